@@ -1,0 +1,30 @@
+# The commands the README shows. Everything installs into .venv; torch comes from the pinned CPU wheel
+# first, so no later requirement can pull a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/charloom corpora
+	$(VENV)/bin/charloom corpus-info shakespeare
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/corpus_bench.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

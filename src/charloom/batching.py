@@ -1,0 +1,309 @@
+"""Training batches from an encoded corpus: stream windows and padded record batches.
+
+Every batch is a pure function of (seed, epoch, index), so a run resumed at a saved position sees
+exactly the batches it would have seen, and nothing per window runs in a Python loop.
+
+Continuous corpora: the training split is a virtual stream (one or more segments of the id array).
+  order="shuffle":    each epoch, non-overlapping windows of T+1 ids from a random offset, in random
+                      order, B per batch (the last partial batch is dropped, so all are equal-size);
+  order="contiguous": the stream is cut into B parallel streams read left to right, so batch i+1 row b
+                      continues batch i row b and hidden state can carry across batches (truncated BPTT).
+Records: each record becomes <bos> + ids + <eos>, padded with <pad> to the batch's longest; records of
+  similar length are batched together (pools of shuffled records sorted by length, batches in random order).
+Targets are inputs shifted by one; padding targets are <pad>, which the loss ignores (`Batch.mask`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import BatchConfig
+from .corpus import Corpus
+from .errors import CharloomError
+
+SPLIT_BLOCK = 1 << 16  # characters per block when a stream is split at random
+BUCKET_POOL = 64  # batches' worth of records sorted together when bucketing
+SPLIT_TAG = 1 << 40  # second seed word of the split's generator; epochs (0, 1, ...) seed the batch order
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T) int64 input ids
+    y: torch.Tensor  # (B, T) int64 target ids: x shifted by one; pad_id where there is nothing to predict
+    pad_id: int
+    epoch: int = 0
+    index: int = 0  # position of this batch within its epoch
+    continues: bool = False  # contiguous order: row b continues row b of the previous batch
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, T) bool: the positions that count in the loss."""
+        return self.y != self.pad_id
+
+    @property
+    def tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+# ---- continuous --------------------------------------------------------------------------------------
+class Stream:
+    """A virtual stream made of segments `[(start, end), ...]` of a flat id array, gathered by position."""
+
+    def __init__(self, ids: np.ndarray, segments: list[tuple[int, int]]):
+        self.ids = ids
+        self.segments = [(s, e) for s, e in segments if e > s]
+        lens = np.array([e - s for s, e in self.segments], dtype=np.int64)
+        self._cum = np.concatenate([[0], np.cumsum(lens)])  # virtual start of each segment
+        self._starts = np.array([s for s, _ in self.segments], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._cum[-1])
+
+    def gather(self, pos: np.ndarray) -> torch.Tensor:
+        """Ids at virtual positions `pos` (any shape) as an int64 tensor of the same shape."""
+        if len(self.segments) == 1:
+            flat = pos + self._starts[0]
+        else:
+            seg = np.searchsorted(self._cum, pos, side="right") - 1
+            flat = self._starts[seg] + (pos - self._cum[seg])
+        return torch.from_numpy(np.asarray(self.ids[flat], dtype=np.int64))
+
+
+def split_stream(n: int, cfg: BatchConfig) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Train and validation segments of a stream of n ids: the tail, or seeded random blocks."""
+    n_val = int(round(n * cfg.val_fraction))
+    if n_val == 0:
+        return [(0, n)], []
+    if cfg.split in ("tail", "auto"):
+        return [(0, n - n_val)], [(n - n_val, n)]
+    blocks = math.ceil(n / SPLIT_BLOCK)
+    k = max(1, min(blocks - 1, round(blocks * cfg.val_fraction)))
+    held = np.zeros(blocks, dtype=bool)
+    held[np.random.default_rng([cfg.seed, SPLIT_TAG]).choice(blocks, size=k, replace=False)] = True
+    train, val = [], []
+    for b in range(blocks):
+        seg = (b * SPLIT_BLOCK, min(n, (b + 1) * SPLIT_BLOCK))
+        target = val if held[b] else train
+        if target and target[-1][1] == seg[0]:
+            target[-1] = (target[-1][0], seg[1])  # merge neighbours into one segment
+        else:
+            target.append(seg)
+    return train, val
+
+
+class StreamBatches:
+    """Equal-size (B, T) batches of windows from a stream; see the module docstring for the orders."""
+
+    def __init__(self, stream: Stream, cfg: BatchConfig, pad_id: int, label: str = "corpus"):
+        self.stream, self.cfg, self.pad_id = stream, cfg, pad_id
+        B, T = cfg.batch_size, cfg.seq_len
+        if len(stream) < T + 1:
+            raise CharloomError(
+                f"{label}: the training split has {len(stream)} characters, fewer than seq_len + 1 = {T + 1}; "
+                f"use a shorter --seq-len, a smaller --val-fraction, or more text")
+        if cfg.order == "contiguous":
+            self.stream_len = (len(stream) - 1) // B  # characters per parallel stream
+            if self.stream_len < T:
+                raise CharloomError(
+                    f"{label}: {len(stream)} training characters cut into {B} streams give {self.stream_len} each, "
+                    f"fewer than seq_len {T}; use a smaller --batch-size or --seq-len")
+        elif (len(stream) - 1) // T < B:
+            raise CharloomError(
+                f"{label}: the training split holds {(len(stream) - 1) // T} windows of {T} characters, "
+                f"fewer than one batch of {B}; use a smaller --batch-size or --seq-len")
+
+    def _epoch_windows(self, epoch: int) -> np.ndarray:
+        """Window starts of one epoch in batch order (shuffle order)."""
+        T = self.cfg.seq_len
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        offset = int(rng.integers(0, T))  # a fresh cut every epoch, so no boundary is always a boundary
+        count = (len(self.stream) - 1 - offset) // T
+        return offset + rng.permutation(count).astype(np.int64) * T
+
+    def batches_in_epoch(self, epoch: int = 0) -> int:
+        B, T = self.cfg.batch_size, self.cfg.seq_len
+        if self.cfg.order == "contiguous":
+            return self.stream_len // T
+        offset = int(np.random.default_rng([self.cfg.seed, epoch]).integers(0, T))
+        return ((len(self.stream) - 1 - offset) // T) // B
+
+    def batch(self, epoch: int, index: int, _starts: np.ndarray | None = None) -> Batch:
+        B, T = self.cfg.batch_size, self.cfg.seq_len
+        if self.cfg.order == "contiguous":
+            starts = np.arange(B, dtype=np.int64) * self.stream_len + index * T
+        else:
+            starts = (self._epoch_windows(epoch) if _starts is None else _starts)[index * B:(index + 1) * B]
+        chunk = self.stream.gather(starts[:, None] + np.arange(T + 1))  # (B, T+1)
+        return Batch(chunk[:, :-1], chunk[:, 1:], self.pad_id, epoch, index,
+                     continues=self.cfg.order == "contiguous" and index > 0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iterate()
+
+    def iterate(self, epoch: int = 0, index: int = 0) -> Iterator[Batch]:
+        """Batches forever, from (epoch, index) on."""
+        while True:
+            starts = self._epoch_windows(epoch) if self.cfg.order == "shuffle" else None
+            for i in range(index, self.batches_in_epoch(epoch)):
+                yield self.batch(epoch, i, starts)
+            epoch, index = epoch + 1, 0
+
+
+def eval_windows(stream: Stream, seq_len: int, batch_size: int, pad_id: int) -> Iterator[Batch]:
+    """The whole stream in order as contiguous batches (B parallel streams, the last window may be short)."""
+    n = len(stream) - 1
+    if n < 1:
+        return
+    rows = max(1, min(batch_size, n // seq_len or 1))
+    per_row = n // rows
+    for i, start in enumerate(range(0, per_row, seq_len)):
+        width = min(seq_len, per_row - start)
+        pos = (np.arange(rows, dtype=np.int64) * per_row + start)[:, None] + np.arange(width + 1)
+        chunk = stream.gather(pos)
+        yield Batch(chunk[:, :-1], chunk[:, 1:], pad_id, 0, i, continues=i > 0)
+
+
+# ---- records -----------------------------------------------------------------------------------------
+def pad_records(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, bos: int, eos: int, pad: int,
+                ends: np.ndarray | None = None) -> torch.Tensor:
+    """(N, L+2) int64: <bos> + record + <eos> per row, <pad> after; vectorised over the whole batch.
+
+    ends: per row, whether the record really ends here (False for a cut record: no <eos> is appended).
+    """
+    n = len(starts)
+    width = int(lengths.max()) + 2 if n else 2
+    out = np.full((n, width), pad, dtype=np.int64)
+    out[:, 0] = bos
+    col = np.arange(width - 2)
+    inside = col[None, :] < lengths[:, None]  # (N, L)
+    src = starts[:, None] + col[None, :]
+    body = out[:, 1:-1]
+    body[inside] = ids[src[inside]]
+    rows = np.arange(n) if ends is None else np.flatnonzero(ends)
+    out[rows, lengths[rows] + 1] = eos
+    return torch.from_numpy(out)
+
+
+class RecordBatches:
+    """Padded (B, L) batches of whole records, bucketed by length; see the module docstring."""
+
+    def __init__(self, corpus: Corpus, indices: np.ndarray, cfg: BatchConfig, label: str = "corpus"):
+        assert corpus.offsets is not None
+        self.corpus, self.cfg = corpus, cfg
+        v = corpus.vocab
+        self.bos, self.eos, self.pad_id = v.bos_id, v.eos_id, v.pad_id
+        lengths = corpus.lengths()[indices]
+        over = lengths > cfg.max_record_len
+        self.overlong = int(over.sum())
+        if cfg.overlong == "skip":
+            indices, lengths = indices[~over], lengths[~over]
+        self.indices = indices
+        self.starts = corpus.offsets[indices]
+        self.ends = lengths <= cfg.max_record_len  # False: cut, so no <eos>
+        self.lengths = np.minimum(lengths, cfg.max_record_len)
+        if len(indices) == 0:
+            raise CharloomError(f"{label}: no training records left (all {self.overlong} are longer than "
+                                f"--max-record-len {cfg.max_record_len} and --overlong is skip)")
+        self.batch_size = min(cfg.batch_size, len(indices))
+
+    def batches_in_epoch(self, epoch: int = 0) -> int:
+        return len(self.indices) // self.batch_size
+
+    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
+        """Row numbers (into self.indices) of each batch of one epoch, in batch order."""
+        B = self.batch_size
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        order = rng.permutation(len(self.indices))
+        usable = (len(order) // B) * B
+        if self.cfg.bucket:
+            pool = B * BUCKET_POOL
+            # within each pool of shuffled records, sort by length (stable: ties keep the shuffle)
+            order = np.concatenate([chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                                    for chunk in np.array_split(order, max(1, math.ceil(len(order) / pool)))])
+            groups = [order[i:i + B] for i in range(0, len(order) - B + 1, B)]
+            return [groups[i] for i in rng.permutation(len(groups))]
+        return [order[i:i + B] for i in range(0, usable, B)]
+
+    def make(self, rows: np.ndarray, epoch: int = 0, index: int = 0) -> Batch:
+        seq = pad_records(self.corpus.ids, self.starts[rows], self.lengths[rows], self.bos, self.eos, self.pad_id,
+                          self.ends[rows])  # (B, L+2)
+        return Batch(seq[:, :-1], seq[:, 1:], self.pad_id, epoch, index)
+
+    def batch(self, epoch: int, index: int) -> Batch:
+        return self.make(self._epoch_groups(epoch)[index], epoch, index)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iterate()
+
+    def iterate(self, epoch: int = 0, index: int = 0) -> Iterator[Batch]:
+        while True:
+            groups = self._epoch_groups(epoch)
+            for i in range(index, len(groups)):
+                yield self.make(groups[i], epoch, i)
+            epoch, index = epoch + 1, 0
+
+    def in_order(self) -> Iterator[Batch]:
+        """Every record once, sorted by length (least padding): for evaluation."""
+        order = np.argsort(self.lengths, kind="stable")
+        for i in range(0, len(order), self.batch_size):
+            yield self.make(order[i:i + self.batch_size], 0, i // self.batch_size)
+
+
+def split_records(n: int, cfg: BatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation record indices: the last records, or a seeded random share."""
+    n_val = int(round(n * cfg.val_fraction))
+    if n_val >= n:
+        n_val = n - 1
+    idx = np.arange(n, dtype=np.int64)
+    if cfg.split in ("random", "auto"):
+        idx = np.random.default_rng([cfg.seed, SPLIT_TAG]).permutation(n)
+        val = np.sort(idx[:n_val])
+        return np.sort(idx[n_val:]), val
+    return idx[:n - n_val], idx[n - n_val:]
+
+
+def padding_fraction(batches: list[Batch]) -> float:
+    """Share of (B, T) positions that are padding, over some batches."""
+    total = sum(b.y.numel() for b in batches)
+    return 1.0 - sum(b.tokens for b in batches) / total if total else 0.0
+
+
+# ---- one entry point for both kinds ------------------------------------------------------------------
+@dataclass
+class Data:
+    """A corpus made ready for training: batches of the training split and the validation split."""
+
+    corpus: Corpus
+    cfg: BatchConfig
+    train: StreamBatches | RecordBatches
+    val: Stream | RecordBatches | None
+    train_size: int  # characters (continuous) or records
+    val_size: int
+
+    def val_batches(self) -> Iterator[Batch]:
+        if self.val is None:
+            return iter(())
+        if isinstance(self.val, Stream):
+            return eval_windows(self.val, self.cfg.seq_len, self.cfg.batch_size, self.corpus.vocab.pad_id)
+        return self.val.in_order()
+
+
+def prepare(corpus: Corpus, cfg: BatchConfig) -> Data:
+    """Split the corpus and set up its batches (checks that it is long enough for `cfg`)."""
+    if corpus.offsets is None:
+        train_seg, val_seg = split_stream(len(corpus.ids), cfg)
+        train = StreamBatches(Stream(corpus.ids, train_seg), cfg, corpus.vocab.pad_id, corpus.name)
+        val = Stream(corpus.ids, val_seg) if val_seg else None
+        return Data(corpus, cfg, train, val, len(train.stream), len(val) if val else 0)
+    n = corpus.num_records
+    if n < 1:
+        raise CharloomError(f"{corpus.name}: the corpus holds no records")
+    tr, va = split_records(n, cfg)
+    train_b = RecordBatches(corpus, tr, cfg, corpus.name)
+    val_b = RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name) if len(va) else None
+    return Data(corpus, cfg, train_b, val_b, len(train_b.indices), len(va))

@@ -1,0 +1,196 @@
+"""The command line: the only place that reads argv. Each command is a thin map onto library calls.
+
+Flags are built from the option dataclasses in `config.py` (help text, types and choices included),
+so an option is declared once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from . import batching, corpus
+from .config import BatchConfig, Config, CorpusConfig
+from .errors import CharloomError
+
+# ---- flags from dataclasses --------------------------------------------------------------------------
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\0": "\0", "\\\\": "\\"}
+
+
+def _unescape(value: str) -> str:
+    r"""Let `--separator '\n\n'` mean two newlines, as a user types it in a shell."""
+    out, i = [], 0
+    while i < len(value):
+        pair = value[i:i + 2]
+        if pair in _ESCAPES:
+            out.append(_ESCAPES[pair])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def _flag_type(name: str, base: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if base is int else 'a number'}") from None
+
+    convert.__name__ = name
+    return convert
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type[Config], skip: Sequence[str] = ()) -> None:
+    """Add one flag per field of `cls` (help, type and choices from the field); unset flags stay unset."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__doc__.splitlines()[0] if cls.__doc__ else cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]  # X | None: the flag takes an X
+        flag = f.metadata.get("flag") or f.name
+        default = f.default
+        shown = "" if default is None else f" (default: {default!r})" if not isinstance(default, tuple) else ""
+        kw: dict[str, Any] = {"help": f.metadata.get("help", "") + shown, "default": argparse.SUPPRESS}
+        if f.metadata.get("metavar"):
+            kw["metavar"] = f.metadata["metavar"]
+        if flag == "source":
+            parser.add_argument("source", nargs="?", **kw)
+            continue
+        name = "--" + flag.replace("_", "-")
+        kw["dest"] = f.name
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is Literal:
+            kw["choices"] = typing.get_args(tp)
+        elif typing.get_origin(tp) is tuple:
+            kw["action"] = "append"
+        elif tp in (int, float):
+            kw["type"] = _flag_type(tp.__name__, tp)
+        elif f.name in ("separator", "column_sep"):
+            kw["type"] = _unescape
+        group.add_argument(name, **kw)
+
+
+def options(ns: argparse.Namespace, cls: type[Config]) -> Any:
+    """The `cls` instance for the flags the user gave (defaults for the rest)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(ns).items() if k in names}
+    return cls(**given)
+
+
+# ---- commands ----------------------------------------------------------------------------------------
+def cmd_corpora(ns: argparse.Namespace) -> None:
+    rows = [("name", "kind", "characters", "records", "stored", "licence")]
+    for b in corpus.bundled().values():
+        rows.append((b.name, b.kind, f"{b.characters:,}", f"{b.records:,}" if b.records else "-",
+                     f"{b.compressed_bytes / 1e6:.2f} MB", b.license))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
+    """Figures about a corpus and its split, as `charloom corpus-info` prints them."""
+    t0 = time.perf_counter()
+    c = corpus.load(ccfg)
+    load_s = time.perf_counter() - t0
+    data = batching.prepare(c, bcfg)
+    v = c.vocab
+    counts = [(int(n), v.itos[i]) for i, n in enumerate(batching.np.bincount(c.ids, minlength=len(v))) if n]
+    counts.sort(reverse=True)
+    info: dict[str, Any] = {
+        "source": ccfg.source,
+        "kind": "records" if c.is_records else "continuous",
+        "format": c.stats["format"],
+        "files": c.stats["files"],
+        "characters": int(len(c.ids)),
+        "vocab_size": len(v),
+        "vocab_characters": len(v.chars),
+        "unknown_characters": c.stats["unknown_characters"],
+        "split": bcfg.split,
+        "train": data.train_size,
+        "validation": data.val_size,
+        "batches_per_epoch": data.train.batches_in_epoch(0),
+        "most_common": "".join(ch for _, ch in counts[:40]),
+        "load_seconds": round(load_s, 3),
+    }
+    if c.is_records:
+        lengths = c.lengths()
+        info.update({
+            "records": c.num_records,
+            "record_length": {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 1),
+                              "max": int(lengths.max())},
+            "empty_records_skipped": c.stats["empty_records_skipped"],
+            "overlong_records": int((lengths > bcfg.max_record_len).sum()),
+        })
+    return info
+
+
+def cmd_corpus_info(ns: argparse.Namespace) -> None:
+    info = corpus_info(options(ns, CorpusConfig), options(ns, BatchConfig))
+    if ns.json:
+        print(json.dumps(info, indent=2))
+        return
+    unit = "records" if info["kind"] == "records" else "characters"
+    print(f"source           {info['source']} ({info['kind']}, {info['format']}, {info['files']} file(s))")
+    print(f"characters       {info['characters']:,}")
+    if "records" in info:
+        rl = info["record_length"]
+        print(f"records          {info['records']:,} (length {rl['min']}-{rl['max']}, mean {rl['mean']}; "
+              f"{info['empty_records_skipped']} empty skipped, {info['overlong_records']} over the length limit)")
+    print(f"vocabulary       {info['vocab_size']} ids: {info['vocab_characters']} characters + 4 special tokens")
+    if info["unknown_characters"]:
+        print(f"unknown          {info['unknown_characters']:,} characters below --min-count, read as <unk>")
+    print(f"split ({info['split']})     {info['train']:,} train / {info['validation']:,} validation {unit}")
+    print(f"batches/epoch    {info['batches_per_epoch']:,}")
+    print(f"most common      {info['most_common']!r}")
+    print(f"loaded in        {info['load_seconds']:.3f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="charloom", description="Character-level RNN, LSTM and GRU text generation.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("corpora", help="list the bundled corpora and their sizes")
+    s.set_defaults(run=cmd_corpora)
+
+    s = sub.add_parser("corpus-info", help="read a corpus and show its size, vocabulary and split",
+                       description="Read a corpus (a file, folder, glob or bundled name) and show its figures.")
+    add_options(s, CorpusConfig)
+    add_options(s, BatchConfig)
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(run=cmd_corpus_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        ns.run(ns)
+    except CharloomError as e:
+        print(f"charloom: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("charloom: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `charloom ... | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

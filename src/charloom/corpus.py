@@ -1,0 +1,527 @@
+"""Corpus sources: every way text gets in, read once and cached on disk as ids.
+
+A source is a text file, a folder or glob of files, a CSV/TSV with chosen columns, a JSONL field, one
+record per line, or a bundled corpus by name. It is read as one of two kinds:
+  continuous: one long stream (files and records joined by a separator), cut into windows for training;
+  records:    a list of separate samples (tweets, titles, names), each later wrapped in <bos> ... <eos>.
+
+Files are streamed in chunks, never read whole: a first pass counts characters (the vocabulary), a
+second writes ids into a memory-mapped array in the cache. The cache is keyed by the files' content
+hashes, the reading options and the vocabulary, so a second run on the same corpus only maps the array.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import glob as globmod
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import tempfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .config import CorpusConfig
+from .errors import CharloomError
+from .vocab import CharCounter, Vocab, prepare_text
+
+CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file size
+CACHE_VERSION = 1
+_COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+
+
+# ---- bundled corpora -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bundled:
+    name: str
+    path: Path
+    kind: str  # "continuous" | "records"
+    characters: int
+    records: int | None
+    license: str
+    description: str
+
+    @property
+    def compressed_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def bundled() -> dict[str, Bundled]:
+    """The corpora shipped inside the package, by name."""
+    folder = Path(str(resources.files("charloom") / "corpora"))
+    index = json.loads((folder / "index.json").read_text())
+    return {
+        e["name"]: Bundled(e["name"], folder / e["file"], e["kind"], e["characters"], e["records"], e["license"],
+                           e["description"])
+        for e in index
+    }
+
+
+# ---- finding the files -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """A CorpusConfig resolved against the file system: which files, which reader, which kind."""
+
+    label: str  # what the user gave, for messages
+    files: tuple[Path, ...]
+    format: str  # text | lines | csv | tsv | jsonl
+    records: bool
+
+
+def _inner_suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _format_of(path: Path, records: bool) -> str:
+    ext = _inner_suffix(path)
+    if ext in (".csv", ".tsv"):
+        return ext[1:]
+    if ext in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "lines" if records else "text"
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def resolve(cfg: CorpusConfig) -> Source:
+    """Find the files of `cfg.source` and decide the reader and the corpus kind."""
+    label = cfg.source
+    corpora = bundled()
+    path = Path(cfg.source).expanduser()
+    if cfg.source in corpora and not path.exists():
+        entry = corpora[cfg.source]
+        records = entry.kind == "records" if cfg.records is None else cfg.records
+        fmt = cfg.format if cfg.format != "auto" else ("lines" if entry.kind == "records" else "text")
+        return Source(label, (entry.path,), fmt, records)
+    records = bool(cfg.records)
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions}
+
+    def wanted(p: Path) -> bool:
+        return p.is_file() and (not exts or _inner_suffix(p) in exts or p.suffix.lower() in exts)
+
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if wanted(p) and _visible(p, path))
+        if not files:
+            what = f"with extension {', '.join(sorted(exts))} " if exts else ""
+            raise CharloomError(f"{label}: folder has no files {what}to read")
+    elif any(ch in cfg.source for ch in "*?["):
+        files = sorted(Path(p) for p in globmod.glob(os.path.expanduser(cfg.source), recursive=True) if wanted(Path(p)))
+        if not files:
+            raise CharloomError(f"{label}: no files match this pattern")
+    else:
+        names = ", ".join(sorted(corpora))
+        raise CharloomError(f"{label}: no such file, folder or bundled corpus (bundled: {names})")
+    if cfg.format != "auto":
+        fmt = cfg.format
+    else:
+        formats = {_format_of(p, records) for p in files}
+        if len(formats) > 1:
+            raise CharloomError(f"{label}: files of mixed formats ({', '.join(sorted(formats))}); choose with --format or --ext")
+        fmt = formats.pop()
+    if fmt == "text" and records and cfg.format == "auto":
+        fmt = "lines"
+    return Source(label, tuple(files), fmt, records)
+
+
+# ---- reading one file ------------------------------------------------------------------------------
+def _open_binary(path: Path) -> IO[bytes]:
+    opener = _COMPRESSED.get(path.suffix.lower())
+    try:
+        return opener(path, "rb") if opener else open(path, "rb")
+    except OSError as e:
+        raise CharloomError(f"{path}: cannot open ({e.strerror or e})") from None
+
+
+def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[str]:
+    """Decoded text of `path` in pieces that end at a newline (so per-piece normalisation is safe).
+
+    A byte-order mark is dropped. An undecodable byte raises CharloomError with the file and byte offset.
+    """
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors)
+    except LookupError:
+        raise CharloomError(f"--encoding: {encoding!r} is not a known text encoding") from None
+    consumed = 0  # bytes fed to the decoder so far
+    carry = ""  # text after the last newline, held back for the next piece
+    first = True
+    with _open_binary(path) as f:
+        while True:
+            try:
+                data = f.read(CHUNK_BYTES)
+            except (OSError, EOFError, lzma.LZMAError) as e:
+                raise CharloomError(f"{path}: cannot read ({e})") from None
+            final = not data
+            buffered = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final)
+            except UnicodeDecodeError as e:
+                offset = consumed - buffered + e.start
+                bad = e.object[e.start:e.end][:4].hex(" ")
+                raise CharloomError(
+                    f"{path}: byte offset {offset}: bytes {bad} are not valid {encoding} "
+                    f"(set --encoding, or --decode-errors replace)") from None
+            consumed += len(data)
+            if first and text:
+                text = text.removeprefix("\ufeff")
+                first = False
+            text = carry + text
+            cut = text.rfind("\n") + 1
+            if final:
+                if text:
+                    yield text
+                return
+            carry = text[cut:]
+            if cut:
+                yield text[:cut]
+
+
+def _lines(path: Path, cfg: CorpusConfig) -> Iterator[str]:
+    """Lines of a file, each with its newline (the last may lack one)."""
+    # only "\n" ends a line (str.splitlines would also split on \x0b, \x1c, U+2028...); "\r\n" is stripped later
+    for chunk in read_chunks(path, cfg.encoding, cfg.decode_errors):
+        yield from _split_nl(chunk)
+
+
+def _split_nl(chunk: str) -> Iterator[str]:
+    start = 0
+    while True:
+        end = chunk.find("\n", start)
+        if end < 0:
+            if start < len(chunk):
+                yield chunk[start:]
+            return
+        yield chunk[start:end + 1]
+        start = end + 1
+
+
+def _strip_eol(line: str) -> str:
+    return line.rstrip("\r\n")
+
+
+def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[str]:
+    """The chosen columns of each row of a CSV/TSV, joined by `cfg.column_sep`."""
+    csv.field_size_limit(2**31 - 1)
+    # newline="" semantics: keep line ends so quoted fields may hold newlines
+    reader = csv.reader(_lines(path, cfg), delimiter=delimiter)
+    by_name = [c for c in cfg.columns if not _is_index(c)]
+    header = cfg.header if cfg.header is not None else bool(by_name)
+    if by_name and not header:
+        raise CharloomError(f"{path}: column {by_name[0]!r} is chosen by name but --no-header says there is no header row")
+    try:
+        head = next(reader, None) if header else None
+        if header and head is None:
+            return
+        picks: list[int] | None = None
+        for row in reader:
+            if not row or row == [""]:
+                continue
+            if picks is None:
+                picks = _pick_columns(path, cfg.columns, head, len(row))
+            if max(picks) >= len(row) or -min(picks) > len(row):
+                raise CharloomError(
+                    f"{path}: line {reader.line_num}: row has {len(row)} columns, column {max(picks)} was asked for")
+            yield cfg.column_sep.join(row[i] for i in picks)
+    except csv.Error as e:
+        raise CharloomError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def _is_index(col: str) -> bool:
+    return col.lstrip("-").isdigit()
+
+
+def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, width: int) -> list[int]:
+    if not columns:
+        if width == 1:
+            return [0]
+        names = f" ({', '.join(head)})" if head else ""
+        raise CharloomError(f"{path}: has {width} columns{names}; choose the text with --column NAME or --column INDEX")
+    picks = []
+    for col in columns:
+        if _is_index(col):
+            i = int(col)
+            if not -width <= i < width:
+                raise CharloomError(f"{path}: column {i} out of range (rows have {width} columns)")
+            picks.append(i)
+        else:
+            assert head is not None
+            if col not in head:
+                raise CharloomError(f"{path}: column {col!r} not found (columns: {', '.join(head)})")
+            picks.append(head.index(col))
+    return picks
+
+
+def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[str]:
+    """The `cfg.field` value of each JSON object, one object per line."""
+    if not cfg.field:
+        raise CharloomError(f"{path}: JSONL needs --field to name the key holding the text")
+    keys = cfg.field.split(".")
+    for n, line in enumerate(_lines(path, cfg), 1):
+        if not line.strip():
+            continue
+        try:
+            obj: Any = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CharloomError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+        for k in keys:
+            if not isinstance(obj, dict) or k not in obj:
+                have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""
+                raise CharloomError(f"{path}: line {n}: field {cfg.field!r} not found{have}")
+            obj = obj[k]
+        if obj is None:
+            continue
+        if not isinstance(obj, str):
+            raise CharloomError(f"{path}: line {n}: field {cfg.field!r} is {type(obj).__name__}, not text")
+        yield obj
+
+
+def iter_records(source: Source, cfg: CorpusConfig) -> Iterator[str]:
+    """Raw records of a source (before normalisation): lines, rows, objects, or whole files."""
+    for path in source.files:
+        if source.format == "lines":
+            yield from (_strip_eol(ln) for ln in _lines(path, cfg))
+        elif source.format in ("csv", "tsv"):
+            yield from _csv_records(path, cfg, "," if source.format == "csv" else "\t")
+        elif source.format == "jsonl":
+            yield from _jsonl_records(path, cfg)
+        else:  # text: one file is one record
+            yield "".join(read_chunks(path, cfg.encoding, cfg.decode_errors))
+
+
+def iter_stream(source: Source, cfg: CorpusConfig) -> Iterator[str]:
+    """A continuous source as pieces of one stream: files/records joined by `cfg.separator`."""
+    first = True
+    if source.format == "text":
+        for path in source.files:
+            if not first and cfg.separator:
+                yield cfg.separator
+            first = False
+            yield from read_chunks(path, cfg.encoding, cfg.decode_errors)
+        return
+    for rec in iter_records(source, cfg):
+        if not first and cfg.separator:
+            yield cfg.separator
+        first = False
+        yield rec
+
+
+# ---- the encoded corpus ----------------------------------------------------------------------------
+@dataclass
+class Corpus:
+    """A corpus as ids. `ids` is one flat array (often memory-mapped from the cache).
+
+    continuous: `offsets` is None and `ids` is the whole stream.
+    records:    record i is `ids[offsets[i]:offsets[i+1]]` (without <bos>/<eos>; batching adds them).
+    """
+
+    name: str
+    vocab: Vocab
+    ids: np.ndarray
+    offsets: np.ndarray | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_records(self) -> bool:
+        return self.offsets is not None
+
+    @property
+    def num_records(self) -> int:
+        return 0 if self.offsets is None else len(self.offsets) - 1
+
+    def record(self, i: int) -> str:
+        assert self.offsets is not None
+        return self.vocab.decode(self.ids[self.offsets[i]:self.offsets[i + 1]])
+
+    def lengths(self) -> np.ndarray:
+        assert self.offsets is not None
+        return np.diff(self.offsets)
+
+    def text(self) -> str:
+        """The whole corpus as text (records joined by newlines): for small corpora and tests."""
+        if self.offsets is None:
+            return self.vocab.decode(self.ids)
+        return "\n".join(self.record(i) for i in range(self.num_records))
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CHARLOOM_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charloom"
+
+
+def _content_hash(path: Path, cache: Path) -> str:
+    """sha256 of a file's bytes, remembered by (path, size, mtime, inode) so an unchanged file is hashed once."""
+    st = path.stat()
+    stat_key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode()).hexdigest()
+    memo = cache / "hashes" / stat_key[:32]
+    try:
+        return memo.read_text().strip()
+    except OSError:
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            h.update(block)
+    digest = h.hexdigest()
+    _atomic_write_text(memo, digest)
+    return digest
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _id_dtype(vocab_size: int) -> np.dtype:
+    # the smallest type that holds every id: a 1 GB ASCII corpus costs 1 GB of disk, not 8
+    if vocab_size <= 256:
+        return np.dtype(np.uint8)
+    if vocab_size <= 2**15:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def _buffered(pieces: Iterator[str], size: int = CHUNK_BYTES) -> Iterator[str]:
+    """Join small pieces (records) into large strings so numpy work is done in big steps."""
+    buf: list[str] = []
+    n = 0
+    for p in pieces:
+        buf.append(p)
+        n += len(p)
+        if n >= size:
+            yield "".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield "".join(buf)
+
+
+def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = False) -> Corpus:
+    """Read, encode and cache the corpus `cfg` describes.
+
+    vocab: encode with this vocabulary (e.g. a trained model's) instead of building one from the corpus;
+        characters outside it follow its unknown-character policy.
+    """
+    source = resolve(cfg)
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharloomError(f"--cache-dir: cannot create {cache} ({e.strerror or e})") from None
+    reading = {k: v for k, v in cfg.to_dict().items() if k not in ("source", "cache_dir", "unknown")}
+    key_src = {
+        "v": CACHE_VERSION, "format": source.format, "records": source.records, "reading": reading,
+        "files": [_content_hash(p, cache) for p in source.files],
+        "vocab": vocab.to_dict() if vocab is not None else None,
+    }
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:32]
+    folder = cache / "ids" / key
+    if not (folder / "meta.json").exists():
+        _encode_to_cache(source, cfg, vocab, folder)
+    return _open_cached(folder, source.label, vocab)
+
+
+def _prepared(source: Source, cfg: CorpusConfig, skipped: list[int]) -> Iterator[str]:
+    """Normalised, lower-cased pieces: records (records kind) or stream pieces (continuous kind)."""
+    if source.records:
+        for rec in iter_records(source, cfg):
+            rec = prepare_text(rec, cfg.normalize, cfg.lower)
+            if rec:
+                yield rec
+            else:
+                skipped[0] += 1
+    else:
+        for piece in iter_stream(source, cfg):
+            yield prepare_text(piece, cfg.normalize, cfg.lower)
+
+
+def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, folder: Path) -> None:
+    # pass 1: count characters (the vocabulary) and record lengths, holding nothing but counts
+    counter = CharCounter()
+    lengths = array("q")
+    skipped = [0]
+    for piece in _prepared(source, cfg, skipped):
+        counter.update(piece)
+        if source.records:
+            lengths.append(len(piece))
+    total = counter.total()
+    if total == 0:
+        what = "records" if source.records else "characters"
+        raise CharloomError(f"{source.label}: the corpus is empty (0 {what} after reading {len(source.files)} file(s))")
+    counts = counter.counts()
+    if vocab is None:
+        vocab = Vocab.from_counts(counts, min_count=cfg.min_count, unknown=cfg.unknown, normalize=cfg.normalize,
+                                  lower=cfg.lower)
+        encoder = vocab if vocab.unknown == "unk" else Vocab(vocab.chars, normalize=vocab.normalize, lower=vocab.lower)
+    else:
+        encoder = vocab
+
+    # pass 2: encode into a memory-mapped array in a temporary folder, then rename it into place
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=_id_dtype(len(encoder)), shape=(total,))
+        pos = 0
+        for big in _buffered(_prepared(source, cfg, [0])):
+            enc = encoder.encode_array(big, where=source.label, offset=pos, prepared=True)
+            ids[pos:pos + len(enc)] = enc
+            pos += len(enc)
+        assert pos == total, "the corpus changed while it was being read"
+        ids.flush()
+        del ids
+        if source.records:
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
+            np.save(tmp / "offsets.npy", offsets)
+        unknown = sum(n for c, n in counts.items() if c not in encoder)
+        meta = {"vocab": vocab.to_dict(), "records": source.records, "format": source.format,
+                "files": len(source.files), "characters": total, "empty_records_skipped": skipped[0],
+                "unknown_characters": unknown}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process cached the same corpus first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _open_cached(folder: Path, label: str, vocab: Vocab | None) -> Corpus:
+    meta = json.loads((folder / "meta.json").read_text())
+    # copy-on-write: a writable view for torch.from_numpy that never changes the cached file
+    ids = np.load(folder / "ids.npy", mmap_mode="c")
+    offsets = np.load(folder / "offsets.npy") if meta["records"] else None
+    stats = {k: meta[k] for k in ("format", "files", "characters", "empty_records_skipped", "unknown_characters")}
+    return Corpus(label, vocab or Vocab.from_dict(meta["vocab"], where=str(folder)), ids, offsets, stats)
+
+
+def read_text(cfg: CorpusConfig) -> str:
+    """A small source as one string, exactly as the continuous stream would hold it (no caching)."""
+    source = resolve(cfg)
+    return "".join(prepare_text(p, cfg.normalize, cfg.lower) for p in iter_stream(source, cfg))
+
+
+__all__ = ["Bundled", "Corpus", "Source", "bundled", "iter_records", "iter_stream", "load", "read_chunks",
+           "read_text", "resolve"]

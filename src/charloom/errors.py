@@ -1,0 +1,15 @@
+"""The one exception type charloom raises for a user's mistake.
+
+The CLI prints its message on one line and exits non-zero; anything else escaping is a bug.
+"""
+
+
+class CharloomError(Exception):
+    """Bad input from the user: a missing file, an unknown column, an option out of range.
+
+    The message names what the user gave (file, field or flag) and stands on one line.
+    """
+
+
+class ConfigError(CharloomError, ValueError):
+    """An option that is unknown, of the wrong type, or out of range."""

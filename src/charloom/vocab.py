@@ -1,0 +1,224 @@
+"""Vocab: the characters a model knows, plus its special tokens, and the maps between text and ids.
+
+Ids are fixed by construction, so two runs on the same text agree: the special tokens come first
+(`<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3), then the corpus characters sorted by code point.
+A character is one Unicode code point; nothing is merged, so `\\r\\n`, combining marks and emoji
+round-trip exactly (unless normalisation or lower-casing is switched on).
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CharloomError
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+FORMAT = "charloom-vocab"
+VERSION = 1
+NORMALIZATIONS = ("none", "NFC", "NFKC")
+POLICIES = ("unk", "error")
+
+
+def codepoints(text: str) -> np.ndarray:
+    """The code points of `text` as a uint32 array, without a Python loop per character."""
+    # surrogatepass: a lone surrogate (legal in a Python str) is still one code point
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def from_codepoints(cps: np.ndarray) -> str:
+    return np.ascontiguousarray(cps, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def prepare_text(text: str, normalize: str = "none", lower: bool = False) -> str:
+    """Text as a vocabulary with these options reads it: Unicode-normalised, then lower-cased."""
+    if normalize != "none":
+        text = unicodedata.normalize(normalize, text)
+    return text.lower() if lower else text
+
+
+class Vocab:
+    """Characters + special tokens. `encode`/`decode` map between text and ids.
+
+    unknown: what `encode` does with a character the vocabulary has never seen:
+        "unk"   -> the `<unk>` id;
+        "error" -> CharloomError naming the character and its position.
+    normalize, lower: applied to every text before it is encoded (and to the corpus the vocabulary
+        was built from), so a start text at sampling time is read the way the corpus was.
+    """
+
+    def __init__(self, chars: Iterable[str], *, unknown: str = "unk", normalize: str = "none", lower: bool = False):
+        chars = sorted(set(chars))
+        for c in chars:
+            if not isinstance(c, str) or len(c) != 1:
+                raise CharloomError(f"vocabulary: {c!r} is not a single character")
+        if unknown not in POLICIES:
+            raise CharloomError(f"vocabulary: unknown-character policy {unknown!r} is not one of {', '.join(POLICIES)}")
+        if normalize not in NORMALIZATIONS:
+            raise CharloomError(f"vocabulary: normalisation {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+        self.chars: tuple[str, ...] = tuple(chars)
+        self.specials: tuple[str, ...] = SPECIALS
+        self.unknown = unknown
+        self.normalize = normalize
+        self.lower = bool(lower)
+        self.itos: tuple[str, ...] = self.specials + self.chars
+        self.stoi: dict[str, int] = {s: i for i, s in enumerate(self.itos)}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.stoi[s] for s in SPECIALS)
+        # sorted code points and their ids, for vectorised lookup by np.searchsorted
+        self._cps = codepoints("".join(self.chars)).astype(np.int64)
+        self._ids = np.arange(len(self.specials), len(self.itos), dtype=np.int64)
+
+    # ---- building --------------------------------------------------------------------------------
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], *, min_count: int = 1, **options: Any) -> Vocab:
+        """A vocabulary of the characters seen at least `min_count` times."""
+        return cls((c for c, n in counts.items() if n >= min_count), **options)
+
+    @classmethod
+    def build(cls, texts: Iterable[str] | str, *, min_count: int = 1, **options: Any) -> Vocab:
+        """A vocabulary from raw texts (normalised and lower-cased as the options say)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        probe = cls((), **options)
+        counter = CharCounter()
+        for t in texts:
+            counter.update(probe.prepare(t))
+        return cls.from_counts(counter.counts(), min_count=min_count, **options)
+
+    # ---- the maps ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, char: str) -> bool:
+        return char in self.stoi and char not in self.specials
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self.chars)} characters + {len(self.specials)} specials, unknown={self.unknown!r})"
+
+    def prepare(self, text: str) -> str:
+        """The text as the vocabulary sees it: normalised, then lower-cased, as configured."""
+        return prepare_text(text, self.normalize, self.lower)
+
+    def encode_array(self, text: str, *, where: str = "text", offset: int = 0, prepared: bool = False) -> np.ndarray:
+        """Ids of `text` as an int64 array. `where`/`offset` name the source in an unknown-character error."""
+        if not prepared:
+            text = self.prepare(text)
+        cps = codepoints(text).astype(np.int64)
+        if len(self._cps) == 0:
+            pos = np.zeros(len(cps), dtype=np.int64)
+            found = np.zeros(len(cps), dtype=bool)
+        else:
+            pos = np.searchsorted(self._cps, cps).clip(max=len(self._cps) - 1)
+            found = self._cps[pos] == cps
+        ids = np.where(found, self._ids[pos] if len(self._ids) else 0, self.unk_id)
+        if self.unknown == "error" and not found.all():
+            i = int(np.argmin(found))
+            ch = text[i]
+            raise CharloomError(
+                f"{where}: character {ch!r} (U+{ord(ch):04X}) at position {offset + i} is not in the vocabulary")
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_tensor(self, text: str) -> torch.Tensor:
+        return torch.from_numpy(self.encode_array(text))
+
+    def unknown_count(self, text: str) -> int:
+        """How many characters of `text` are outside the vocabulary."""
+        cps = codepoints(self.prepare(text)).astype(np.int64)
+        if len(self._cps) == 0:
+            return len(cps)
+        pos = np.searchsorted(self._cps, cps).clip(max=len(self._cps) - 1)
+        return int((self._cps[pos] != cps).sum())
+
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor, *, specials: bool = False) -> str:
+        """Text of `ids`. Special tokens are dropped, or shown as `<bos>` etc. when `specials` is true."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        elif isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        n_special = len(self.specials)
+        out = []
+        for i in ids:
+            if not 0 <= i < len(self.itos):
+                raise CharloomError(f"id {i} is outside the vocabulary (size {len(self.itos)})")
+            if i >= n_special or specials:
+                out.append(self.itos[i])
+        return "".join(out)
+
+    # ---- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "specials": list(self.specials), "chars": "".join(self.chars),
+                "unknown": self.unknown, "normalize": self.normalize, "lower": self.lower}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "vocabulary") -> Vocab:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CharloomError(f"{where}: not a charloom vocabulary")
+        if data.get("version") != VERSION:
+            raise CharloomError(f"{where}: vocabulary version {data.get('version')!r} is not supported (expected {VERSION})")
+        if data.get("specials") != list(SPECIALS):
+            raise CharloomError(f"{where}: special tokens {data.get('specials')!r} differ from {list(SPECIALS)}")
+        chars = data.get("chars")
+        if not isinstance(chars, str):
+            raise CharloomError(f"{where}: field 'chars' must be a string")
+        cps = codepoints(chars)
+        if len(np.unique(cps)) != len(cps):
+            raise CharloomError(f"{where}: field 'chars' repeats a character")
+        return cls(list(chars), unknown=data.get("unknown", "unk"), normalize=data.get("normalize", "none"),
+                   lower=bool(data.get("lower", False)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "vocabulary") -> Vocab:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CharloomError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_dict(data, where)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the vocabulary: part of the key of cached encoded ids."""
+        import hashlib
+
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+class CharCounter:
+    """Counts code points over many chunks of text in O(n) numpy work (no Python loop per character)."""
+
+    _BMP = 0x10000
+
+    def __init__(self) -> None:
+        self._bmp = np.zeros(self._BMP, dtype=np.int64)
+        self._astral: dict[int, int] = {}
+
+    def update(self, text: str) -> None:
+        cps = codepoints(text)
+        small = cps[cps < self._BMP]
+        self._bmp += np.bincount(small, minlength=self._BMP)
+        if len(small) != len(cps):
+            big, n = np.unique(cps[cps >= self._BMP], return_counts=True)
+            for c, k in zip(big.tolist(), n.tolist()):
+                self._astral[c] = self._astral.get(c, 0) + k
+
+    def counts(self) -> dict[str, int]:
+        nz = np.flatnonzero(self._bmp)
+        out = {from_codepoints(np.array([c])): int(self._bmp[c]) for c in nz.tolist()}
+        out.update({from_codepoints(np.array([c])): n for c, n in self._astral.items()})
+        return out
+
+    def total(self) -> int:
+        return int(self._bmp.sum()) + sum(self._astral.values())
