@@ -1,0 +1,212 @@
+import numpy as np
+import pytest
+import torch
+
+from charloom.batching import (
+    SPLIT_BLOCK, RecordBatches, Stream, StreamBatches, eval_windows, pad_records, padding_fraction, prepare,
+    split_records, split_stream,
+)
+from charloom.config import BatchConfig, CorpusConfig
+from charloom.corpus import Corpus, load
+from charloom.errors import CharloomError
+from charloom.vocab import Vocab
+
+
+def stream_corpus(n=5000, seed=0):
+    rng = np.random.default_rng(seed)
+    text = "".join(rng.choice(list("abcdefghij \n"), n))
+    v = Vocab.build(text)
+    return Corpus("toy", v, v.encode_array(text).astype(np.uint8), None)
+
+
+def records_corpus(texts):
+    v = Vocab.build(texts)
+    ids = np.concatenate([v.encode_array(t) for t in texts]).astype(np.uint8)
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in texts])]).astype(np.int64)
+    return Corpus("recs", v, ids, offsets)
+
+
+@pytest.mark.parametrize("order", ["shuffle", "contiguous"])
+def test_targets_are_inputs_shifted_by_one(order):
+    c = stream_corpus()
+    data = prepare(c, BatchConfig(batch_size=4, seq_len=16, order=order, val_fraction=0.1))
+    it = iter(data.train)
+    for _ in range(20):
+        b = next(it)
+        assert b.x.shape == b.y.shape == (4, 16) and b.x.dtype == torch.int64
+        assert torch.equal(b.x[:, 1:], b.y[:, :-1])
+        # every row is a real slice of the corpus: x then the one id after its window
+        for row_x, row_y in zip(b.x, b.y):
+            full = torch.cat([row_x, row_y[-1:]]).numpy()
+            s = np.flatnonzero([np.array_equal(c.ids[i:i + 17], full) for i in range(len(c.ids) - 16)])
+            assert len(s) >= 1
+
+
+def test_shuffle_epoch_is_equal_size_non_overlapping_and_reproducible():
+    c = stream_corpus(4000)
+    cfg = BatchConfig(batch_size=8, seq_len=10, val_fraction=0.0, seed=3)
+    sb = StreamBatches(Stream(c.ids, [(0, len(c.ids))]), cfg, 0)
+    starts = sb._epoch_windows(0)
+    n = sb.batches_in_epoch(0)
+    assert n == (len(starts)) // 8
+    # windows tile the stream at stride T from one offset, each exactly once, in shuffled order
+    used = np.sort(starts)
+    assert np.all(np.diff(used) == 10)
+    assert not np.array_equal(starts, used)
+    first = [sb.batch(0, i).x for i in range(n)]
+    again = StreamBatches(Stream(c.ids, [(0, len(c.ids))]), cfg, 0)
+    assert all(torch.equal(a, again.batch(0, i).x) for i, a in enumerate(first))
+    assert not torch.equal(sb.batch(1, 0).x, first[0])  # a new epoch, a new order
+
+
+def test_iterate_from_a_position_resumes_the_same_batches():
+    c = stream_corpus(3000)
+    sb = prepare(c, BatchConfig(batch_size=4, seq_len=20, val_fraction=0.0)).train
+    per_epoch = sb.batches_in_epoch(0)
+    straight = [b for _, b in zip(range(per_epoch + 5), sb.iterate())]
+    resumed = [b for _, b in zip(range(5), sb.iterate(epoch=straight[per_epoch].epoch, index=0))]
+    for a, b in zip(straight[per_epoch:], resumed):
+        assert torch.equal(a.x, b.x) and (a.epoch, a.index) == (b.epoch, b.index)
+    mid = next(sb.iterate(0, 3))
+    assert torch.equal(mid.x, straight[3].x)
+
+
+def test_contiguous_streams_continue_exactly_across_batches():
+    c = stream_corpus(5000)
+    cfg = BatchConfig(batch_size=5, seq_len=12, order="contiguous", val_fraction=0.0)
+    sb = prepare(c, cfg).train
+    batches = [b for _, b in zip(range(sb.batches_in_epoch() + 1), sb.iterate())]
+    per_row = (len(c.ids) - 1) // 5
+    for i in range(sb.batches_in_epoch() - 1):
+        a, b = batches[i], batches[i + 1]
+        assert b.continues and torch.equal(b.x[:, 0], a.y[:, -1])
+    # row r of the epoch, read batch after batch, is exactly the r-th stretch of the corpus
+    for r in range(5):
+        row = torch.cat([b.x[r] for b in batches[:sb.batches_in_epoch()]]).numpy()
+        assert np.array_equal(row, c.ids[r * per_row:r * per_row + len(row)])
+    assert not batches[0].continues and not batches[sb.batches_in_epoch()].continues  # new epoch: reset state
+
+
+def test_tail_split_holds_out_the_end():
+    train, val = split_stream(1000, BatchConfig(val_fraction=0.1, split="tail"))
+    assert train == [(0, 900)] and val == [(900, 1000)]
+
+
+def test_random_split_is_seeded_disjoint_and_covering():
+    n = SPLIT_BLOCK * 20 + 123
+    cfg = BatchConfig(val_fraction=0.2, split="random", seed=7)
+    train, val = split_stream(n, cfg)
+    assert split_stream(n, cfg) == (train, val)
+    assert split_stream(n, cfg.replace(seed=8)) != (train, val)
+    cover = np.zeros(n, dtype=int)
+    for s, e in train + val:
+        cover[s:e] += 1
+    assert np.all(cover == 1)
+    assert sum(e - s for s, e in val) == 4 * SPLIT_BLOCK
+
+
+def test_stream_gather_across_segments():
+    ids = np.arange(100, dtype=np.int64)
+    s = Stream(ids, [(0, 10), (50, 60), (90, 100)])
+    assert len(s) == 30
+    assert s.gather(np.array([0, 9, 10, 19, 20, 29])).tolist() == [0, 9, 50, 59, 90, 99]
+
+
+def test_eval_windows_cover_the_validation_split_once():
+    c = stream_corpus(3000)
+    data = prepare(c, BatchConfig(batch_size=4, seq_len=16, val_fraction=0.2))
+    seen = 0
+    for b in data.val_batches():
+        assert torch.equal(b.x[:, 1:], b.y[:, :-1])
+        seen += b.y.numel()
+    assert len(data.val) - 1 - 4 < seen <= len(data.val) - 1
+
+
+def test_too_short_corpus_is_a_clear_error():
+    c = stream_corpus(50)
+    with pytest.raises(CharloomError, match=r"toy: the training split has 45 characters, fewer than seq_len \+ 1 = 129"):
+        prepare(c, BatchConfig(seq_len=128, val_fraction=0.1))
+    with pytest.raises(CharloomError, match="fewer than one batch of 64"):
+        prepare(stream_corpus(1000), BatchConfig(seq_len=100, val_fraction=0.0))
+
+
+def test_record_batches_start_with_bos_end_with_eos_and_mask_padding():
+    texts = ["ab", "abcde", "a", "bcd", "dddddd", "ce"]
+    c = records_corpus(texts)
+    v = c.vocab
+    rb = RecordBatches(c, np.arange(len(texts)), BatchConfig(batch_size=3, bucket=False), "recs")
+    got = []
+    for i in range(rb.batches_in_epoch()):
+        b = rb.batch(0, i)
+        assert torch.equal(b.x[:, 1:][b.mask[:, :-1]], b.y[:, :-1][b.mask[:, :-1]])
+        for x, y, m in zip(b.x, b.y, b.mask):
+            assert x[0] == v.bos_id
+            n = int(m.sum())
+            assert y[n - 1] == v.eos_id  # the last real target ends the record
+            assert torch.all(y[n:] == v.pad_id) and torch.all(m[:n])  # all padding masked, nothing else
+            got.append(v.decode(y[:n]))
+    assert sorted(got) == sorted(texts)
+
+
+def test_pad_records_matches_a_python_loop():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 20, 200)
+    starts = np.array([0, 10, 50, 120])
+    lengths = np.array([3, 0, 12, 7])
+    out = pad_records(ids, starts, lengths, 1, 2, 0).numpy()
+    for r, (s, n) in enumerate(zip(starts, lengths)):
+        row = [1, *ids[s:s + n], 2]
+        assert out[r].tolist() == row + [0] * (out.shape[1] - len(row))
+
+
+def test_overlong_records_are_cut_or_skipped_and_counted():
+    c = records_corpus(["short", "x" * 40, "mid-size"])
+    cut = RecordBatches(c, np.arange(3), BatchConfig(batch_size=3, max_record_len=10, overlong="cut"), "r")
+    assert cut.overlong == 1 and len(cut.indices) == 3
+    b = cut.batch(0, 0)
+    assert b.x.shape[1] == 11  # <bos> + 10 kept characters
+    cut_rows = [r for r in range(3) if int(b.mask[r].sum()) == 10]
+    assert len(cut_rows) == 1 and c.vocab.eos_id not in b.y[cut_rows[0]].tolist()  # a cut record has no end
+    skip = RecordBatches(c, np.arange(3), BatchConfig(batch_size=2, max_record_len=10, overlong="skip"), "r")
+    assert skip.overlong == 1 and len(skip.indices) == 2
+    assert max(skip.lengths) == 8
+
+
+def test_bucketing_reduces_padding():
+    rng = np.random.default_rng(1)
+    texts = ["x" * int(n) for n in rng.integers(1, 140, 3000)]  # tweet-like lengths
+    c = records_corpus(texts)
+    idx = np.arange(len(texts))
+    plain = RecordBatches(c, idx, BatchConfig(batch_size=32, bucket=False), "r")
+    bucketed = RecordBatches(c, idx, BatchConfig(batch_size=32, bucket=True), "r")
+    pad_plain = padding_fraction([plain.batch(0, i) for i in range(plain.batches_in_epoch())])
+    pad_bucket = padding_fraction([bucketed.batch(0, i) for i in range(bucketed.batches_in_epoch())])
+    assert pad_plain > 0.4 and pad_bucket < 0.05
+    lens = [int(bucketed.batch(0, i).x.shape[1]) for i in range(10)]
+    assert len(set(lens)) > 1  # batches of different lengths come in shuffled order
+
+
+def test_record_split_is_seeded_and_disjoint():
+    cfg = BatchConfig(val_fraction=0.25, split="random", seed=5)
+    tr, va = split_records(100, cfg)
+    assert len(va) == 25 and not set(tr) & set(va) and len(set(tr) | set(va)) == 100
+    tr2, va2 = split_records(100, cfg)
+    assert np.array_equal(va, va2)
+    assert split_records(100, BatchConfig(val_fraction=0.25, split="tail"))[1].tolist() == list(range(75, 100))
+
+
+def test_prepare_on_bundled_names_is_records():
+    data = prepare(load(CorpusConfig(source="names")), BatchConfig(batch_size=16))
+    assert isinstance(data.train, RecordBatches)
+    assert data.train_size + data.val_size == 5163
+    b = next(iter(data.train))
+    assert b.x.shape[0] == 16 and torch.all(b.x[:, 0] == data.corpus.vocab.bos_id)
+    assert sum(vb.tokens for vb in data.val_batches()) == sum(
+        len(data.corpus.record(i)) + 1 for i in data.val.indices)
+
+
+def test_batches_of_bundled_shakespeare():
+    data = prepare(load(CorpusConfig(source="shakespeare")), BatchConfig(batch_size=32, seq_len=100))
+    b = next(iter(data.train))
+    assert b.x.shape == (32, 100) and torch.equal(b.x[:, 1:], b.y[:, :-1])
+    assert data.val_size == round(5057239 * 0.05)

@@ -1,0 +1,251 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from charloom import corpus as corpus_mod
+from charloom.config import CorpusConfig
+from charloom.corpus import bundled, load, read_chunks
+from charloom.errors import CharloomError
+
+AG_NEWS = (
+    '"3","Wall St. Bears Claw Back Into the Black (Reuters)","Reuters - Short-sellers, Wall Street\'s dwindling\\band '
+    'of ultra-cynics, are seeing green again."\n'
+    '"3","Carlyle Looks Toward Commercial Aerospace (Reuters)","Reuters - Private investment firm Carlyle Group,\\which '
+    'has a reputation for making well-timed and occasionally\\controversial plays in the defense industry."\n'
+    '"4","Comets, Asteroids and Planets around a Nearby Star (SPACE.com)","SPACE.com - A nearby star thought to '
+    'harbor comets and asteroids now appears to have planets."\n'
+)
+HAPPY = (
+    '"@amy Thanks for the follow, have a ""great"" day!",4\n'
+    '"just got home, so happy :) #friday",4\n'
+    '"multi\nline tweet, still one record",4\n'
+)
+
+
+def records(tmp_path, name, content, **kw):
+    p = tmp_path / name
+    p.write_text(content, encoding="utf-8", newline="") if isinstance(content, str) else p.write_bytes(content)
+    c = load(CorpusConfig(source=str(p), records=True, **kw))
+    return [c.record(i) for i in range(c.num_records)]
+
+
+def test_ag_news_columns_by_index_without_header(tmp_path):
+    recs = records(tmp_path, "train.csv", AG_NEWS, columns=("1", "2"))
+    assert len(recs) == 3
+    assert recs[0].startswith("Wall St. Bears Claw Back Into the Black (Reuters) Reuters - Short-sellers")
+    assert recs[2].endswith("appears to have planets.")
+
+
+def test_ag_news_columns_by_name_with_header(tmp_path):
+    content = '"Class Index","Title","Description"\n' + AG_NEWS
+    recs = records(tmp_path, "train.csv", content, columns=("Title", "Description"), column_sep=" | ")
+    assert recs[1] == ("Carlyle Looks Toward Commercial Aerospace (Reuters) | Reuters - Private investment firm "
+                       "Carlyle Group,\\which has a reputation for making well-timed and occasionally\\controversial "
+                       "plays in the defense industry.")
+    assert len(recs) == 3  # the header is not a record
+
+
+def test_negative_index_picks_from_the_end(tmp_path):
+    assert records(tmp_path, "t.csv", AG_NEWS, columns=("-3",))[0] == "3"
+
+
+def test_sentiment140_style_column_zero(tmp_path):
+    recs = records(tmp_path, "happy.csv", HAPPY, columns=("0",))
+    assert recs == ['@amy Thanks for the follow, have a "great" day!', "just got home, so happy :) #friday",
+                    "multi\nline tweet, still one record"]
+
+
+def test_csv_unknown_column_names_the_columns(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("label,text\n1,hello\n")
+    with pytest.raises(CharloomError, match=r"c.csv: column 'title' not found \(columns: label, text\)"):
+        load(CorpusConfig(source=str(p), columns=("title",)))
+
+
+def test_csv_index_out_of_range_and_missing_choice(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text(AG_NEWS)
+    with pytest.raises(CharloomError, match="column 7 out of range"):
+        load(CorpusConfig(source=str(p), columns=("7",)))
+    with pytest.raises(CharloomError, match="has 3 columns; choose the text with --column"):
+        load(CorpusConfig(source=str(p)))
+
+
+def test_tsv_and_single_column_default(tmp_path):
+    assert records(tmp_path, "a.tsv", "x\ty\nz\tw\n", columns=("1",)) == ["y", "w"]
+    assert records(tmp_path, "one.csv", "alpha\nbeta\n") == ["alpha", "beta"]
+
+
+def test_jsonl_field_and_nested_field(tmp_path):
+    lines = [{"text": "first", "meta": {"t": "a"}}, {"text": "second 🎉", "meta": {"t": "b"}}]
+    content = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n"
+    assert records(tmp_path, "d.jsonl", content, field="text") == ["first", "second 🎉"]
+    assert records(tmp_path, "e.jsonl", content, field="meta.t") == ["a", "b"]
+
+
+def test_jsonl_errors_name_file_line_and_field(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "ok"}\n{"body": "no"}\n')
+    with pytest.raises(CharloomError, match=r"d.jsonl: line 2: field 'text' not found \(fields: body\)"):
+        load(CorpusConfig(source=str(p), field="text"))
+    p.write_text('{"text": "ok"}\n{oops\n')
+    with pytest.raises(CharloomError, match=r"d.jsonl: line 2: not valid JSON"):
+        load(CorpusConfig(source=str(p), field="text"))
+    with pytest.raises(CharloomError, match="JSONL needs --field"):
+        load(CorpusConfig(source=str(p)))
+
+
+def test_lines_format_skips_blank_lines_and_strips_crlf(tmp_path):
+    p = tmp_path / "titles.txt"
+    p.write_bytes(b"one\r\n\r\ntwo\r\nthree")
+    c = load(CorpusConfig(source=str(p), records=True))
+    assert [c.record(i) for i in range(c.num_records)] == ["one", "two", "three"]
+    assert c.stats["empty_records_skipped"] == 1
+
+
+def test_folder_with_extension_filter_and_glob(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / ".git").mkdir()
+    (src / "a.py").write_text("import os\n")
+    (src / "pkg" / "b.py").write_text("x = 1\n")
+    (src / "notes.md").write_text("not code\n")
+    (src / ".git" / "c.py").write_text("hidden\n")
+    c = load(CorpusConfig(source=str(src), extensions=(".py",)))
+    assert c.text() == "import os\n" + "\n" + "x = 1\n"  # sorted files joined by the separator
+    assert c.stats["files"] == 2
+    g = load(CorpusConfig(source=str(src / "**" / "*.py"), separator=""))
+    assert g.text() == "import os\nx = 1\n"
+    per_file = load(CorpusConfig(source=str(src), extensions=("py",), records=True, format="text"))
+    assert [per_file.record(i) for i in range(per_file.num_records)] == ["import os\n", "x = 1\n"]
+
+
+def test_bom_is_stripped_and_crlf_kept(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbfHello\r\nWorld\r\n")
+    c = load(CorpusConfig(source=str(p)))
+    assert c.text() == "Hello\r\nWorld\r\n"
+
+
+def test_other_encodings(tmp_path):
+    p = tmp_path / "latin.txt"
+    p.write_bytes("café naïve\n".encode("latin-1"))
+    assert load(CorpusConfig(source=str(p), encoding="latin-1")).text() == "café naïve\n"
+    u16 = tmp_path / "u16.txt"
+    u16.write_bytes("héllo 🌍\n".encode("utf-16"))  # with its BOM
+    assert load(CorpusConfig(source=str(u16), encoding="utf-16")).text() == "héllo 🌍\n"
+    with pytest.raises(CharloomError, match="--encoding: 'nope' is not a known text encoding"):
+        load(CorpusConfig(source=str(p), encoding="nope"))
+
+
+def test_non_utf8_bytes_give_file_and_byte_offset(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"good text\n\xff\xfe more")
+    with pytest.raises(CharloomError, match=r"bad.txt: byte offset 10: bytes ff are not valid utf-8"):
+        load(CorpusConfig(source=str(p)))
+    c = load(CorpusConfig(source=str(p), decode_errors="replace"))
+    assert c.text() == "good text\n\ufffd\ufffd more"
+
+
+def test_byte_offset_is_exact_across_read_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", 7)
+    p = tmp_path / "bad.txt"
+    data = "héllo wörld 🌍\n".encode() * 5
+    p.write_bytes(data + b"\xc3(" + b"tail")
+    with pytest.raises(CharloomError, match=rf"byte offset {len(data)}:"):
+        list(read_chunks(p))
+
+
+def test_small_read_chunks_split_multibyte_characters_correctly(tmp_path, monkeypatch):
+    text = "a🌍b\r\nçé中\n" * 50 + "end without newline"
+    p = tmp_path / "t.txt"
+    p.write_bytes(text.encode())
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", 5)
+    pieces = list(read_chunks(p))
+    assert "".join(pieces) == text
+    assert all(piece.endswith("\n") for piece in pieces[:-1])  # cut only at newlines
+    c = load(CorpusConfig(source=str(p)))
+    assert c.text() == text
+
+
+def test_compressed_file_is_read_by_inner_extension(tmp_path):
+    p = tmp_path / "rows.csv.gz"
+    with gzip.open(p, "wt") as f:
+        f.write("a,b\nc,d\n")
+    c = load(CorpusConfig(source=str(p), columns=("1",), records=True))
+    assert [c.record(i) for i in range(c.num_records)] == ["b", "d"]
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_text("")
+    with pytest.raises(CharloomError, match="empty.txt: the corpus is empty"):
+        load(CorpusConfig(source=str(p)))
+    q = tmp_path / "blank.txt"
+    q.write_text("\n\n\n")
+    with pytest.raises(CharloomError, match="blank.txt: the corpus is empty"):
+        load(CorpusConfig(source=str(q), records=True))
+
+
+def test_missing_source_names_the_bundled_corpora(tmp_path):
+    with pytest.raises(CharloomError, match=r"nothere.txt: no such file, folder or bundled corpus \(bundled: names, shakespeare\)"):
+        load(CorpusConfig(source=str(tmp_path / "nothere.txt")))
+    with pytest.raises(CharloomError, match="no files match"):
+        load(CorpusConfig(source=str(tmp_path / "*.nope")))
+
+
+def test_cached_second_load_does_not_read_the_text(tmp_path, monkeypatch):
+    p = tmp_path / "book.txt"
+    p.write_text("to be or not to be\n" * 100)
+    first = load(CorpusConfig(source=str(p)))
+    monkeypatch.setattr(corpus_mod, "read_chunks", lambda *a, **k: pytest.fail("the text was read again"))
+    second = load(CorpusConfig(source=str(p)))
+    assert isinstance(second.ids, np.memmap)
+    assert np.array_equal(first.ids, second.ids) and second.vocab == first.vocab
+
+
+def test_cache_follows_file_content_and_options(tmp_path):
+    p = tmp_path / "book.txt"
+    p.write_text("abc\n")
+    assert load(CorpusConfig(source=str(p))).text() == "abc\n"
+    p.write_text("xyz!\n")
+    assert load(CorpusConfig(source=str(p))).text() == "xyz!\n"
+    assert load(CorpusConfig(source=str(p), lower=True)).text() == "xyz!\n"
+    p.write_text("ABC\n")
+    assert load(CorpusConfig(source=str(p), lower=True)).text() == "abc\n"
+
+
+def test_ids_use_the_smallest_dtype(tmp_path):
+    p = tmp_path / "wide.txt"
+    p.write_text("".join(chr(0x4E00 + i) for i in range(400)))
+    assert load(CorpusConfig(source=str(p))).ids.dtype == np.int16
+    assert load(CorpusConfig(source="names")).ids.dtype == np.uint8
+
+
+def test_encoding_with_a_given_vocab_counts_unknowns(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("abcabc")
+    base = load(CorpusConfig(source=str(p)))
+    q = tmp_path / "other.txt"
+    q.write_text("abzz")
+    other = load(CorpusConfig(source=str(q)), vocab=base.vocab)
+    assert other.ids.tolist() == base.vocab.encode("abzz")
+    assert other.stats["unknown_characters"] == 2
+
+
+def test_bundled_corpora_are_listed_and_readable():
+    corpora = bundled()
+    assert set(corpora) == {"shakespeare", "names"}
+    names = load(CorpusConfig(source="names"))
+    assert names.is_records and names.num_records == corpora["names"].records == 5163
+    assert "Mary" in {names.record(i) for i in range(names.num_records)}
+
+
+def test_bundled_shakespeare_is_whole():
+    c = load(CorpusConfig(source="shakespeare"))
+    assert not c.is_records
+    assert len(c.ids) == bundled()["shakespeare"].characters
+    head = c.vocab.decode(c.ids[:2000])
+    assert "by William Shakespeare" in head
