@@ -32,6 +32,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import atomic
 from .config import CorpusConfig
 from .errors import CharloomError
 from .vocab import CharCounter, Vocab, prepare_text
@@ -382,16 +383,8 @@ def _content_hash(path: Path, cache: Path) -> str:
         while block := f.read(CHUNK_BYTES):
             h.update(block)
     digest = h.hexdigest()
-    _atomic_write_text(memo, digest)
+    atomic.write_text(memo, digest)
     return digest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _id_dtype(vocab_size: int) -> np.dtype:
@@ -477,19 +470,23 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
     else:
         encoder = vocab
 
-    # pass 2: encode into a memory-mapped array in a temporary folder, then rename it into place
+    # pass 2: encode into an .npy file in a temporary folder, then rename the folder into place
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
-        ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=_id_dtype(len(encoder)), shape=(total,))
+        # plain sequential writes after an .npy header: a memory map being written would count every
+        # page of the array in this process's memory; a 4 MiB piece at a time keeps it bounded
+        dtype = _id_dtype(len(encoder))
         pos = 0
-        for big in _buffered(_prepared(source, cfg, [0])):
-            enc = encoder.encode_array(big, where=source.label, offset=pos, prepared=True)
-            ids[pos:pos + len(enc)] = enc
-            pos += len(enc)
-        assert pos == total, "the corpus changed while it was being read"
-        ids.flush()
-        del ids
+        with open(tmp / "ids.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)})
+            for big in _buffered(_prepared(source, cfg, [0])):
+                enc = encoder.encode_array(big, where=source.label, offset=pos, prepared=True, dtype=dtype)
+                f.write(enc.tobytes())
+                pos += len(enc)
+        if pos != total:
+            raise CharloomError(f"{source.label}: the corpus changed while it was being read; run again")
         if source.records:
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])

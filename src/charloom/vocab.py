@@ -70,9 +70,11 @@ class Vocab:
         self.itos: tuple[str, ...] = self.specials + self.chars
         self.stoi: dict[str, int] = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.stoi[s] for s in SPECIALS)
-        # sorted code points and their ids, for vectorised lookup by np.searchsorted
-        self._cps = codepoints("".join(self.chars)).astype(np.int64)
-        self._ids = np.arange(len(self.specials), len(self.itos), dtype=np.int64)
+        # dense table code point -> id up to the largest known code point (at most 1.1 M entries, 4.4 MB);
+        # anything past it or not in the vocabulary reads <unk>
+        cps = codepoints("".join(self.chars))
+        self._table = np.full(int(cps.max()) + 1 if len(cps) else 1, self.unk_id, dtype=np.int32)
+        self._table[cps] = np.arange(len(self.specials), len(self.itos), dtype=np.int32)
 
     # ---- building --------------------------------------------------------------------------------
     @classmethod
@@ -108,24 +110,28 @@ class Vocab:
         """The text as the vocabulary sees it: normalised, then lower-cased, as configured."""
         return prepare_text(text, self.normalize, self.lower)
 
-    def encode_array(self, text: str, *, where: str = "text", offset: int = 0, prepared: bool = False) -> np.ndarray:
-        """Ids of `text` as an int64 array. `where`/`offset` name the source in an unknown-character error."""
+    def _lookup(self, text: str) -> np.ndarray:
+        """(N,) int32 ids of already prepared text; unknown characters read <unk>."""
+        cps = codepoints(text)
+        top = len(self._table) - 1
+        if len(cps) and int(cps.max()) > top:
+            return np.where(cps <= top, self._table[np.minimum(cps, top)], np.int32(self.unk_id))
+        return self._table[cps]
+
+    def encode_array(self, text: str, *, where: str = "text", offset: int = 0, prepared: bool = False,
+                     dtype: np.dtype | type = np.int64) -> np.ndarray:
+        """Ids of `text` as an array. `where`/`offset` name the source in an unknown-character error."""
         if not prepared:
             text = self.prepare(text)
-        cps = codepoints(text).astype(np.int64)
-        if len(self._cps) == 0:
-            pos = np.zeros(len(cps), dtype=np.int64)
-            found = np.zeros(len(cps), dtype=bool)
-        else:
-            pos = np.searchsorted(self._cps, cps).clip(max=len(self._cps) - 1)
-            found = self._cps[pos] == cps
-        ids = np.where(found, self._ids[pos] if len(self._ids) else 0, self.unk_id)
-        if self.unknown == "error" and not found.all():
-            i = int(np.argmin(found))
-            ch = text[i]
-            raise CharloomError(
-                f"{where}: character {ch!r} (U+{ord(ch):04X}) at position {offset + i} is not in the vocabulary")
-        return ids
+        ids = self._lookup(text)
+        if self.unknown == "error":
+            bad = np.flatnonzero(ids == self.unk_id)
+            if len(bad):
+                i = int(bad[0])
+                ch = text[i]
+                raise CharloomError(
+                    f"{where}: character {ch!r} (U+{ord(ch):04X}) at position {offset + i} is not in the vocabulary")
+        return ids.astype(dtype, copy=False)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -135,11 +141,7 @@ class Vocab:
 
     def unknown_count(self, text: str) -> int:
         """How many characters of `text` are outside the vocabulary."""
-        cps = codepoints(self.prepare(text)).astype(np.int64)
-        if len(self._cps) == 0:
-            return len(cps)
-        pos = np.searchsorted(self._cps, cps).clip(max=len(self._cps) - 1)
-        return int((self._cps[pos] != cps).sum())
+        return int(np.count_nonzero(self._lookup(self.prepare(text)) == self.unk_id))
 
     def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor, *, specials: bool = False) -> str:
         """Text of `ids`. Special tokens are dropped, or shown as `<bos>` etc. when `specials` is true."""
@@ -207,6 +209,11 @@ class CharCounter:
 
     def update(self, text: str) -> None:
         cps = codepoints(text)
+        if len(cps) == 0:
+            return
+        if int(cps.max()) < self._BMP:  # the common case: no copy
+            self._bmp += np.bincount(cps, minlength=self._BMP)
+            return
         small = cps[cps < self._BMP]
         self._bmp += np.bincount(small, minlength=self._BMP)
         if len(small) != len(cps):

@@ -1,0 +1,53 @@
+"""Shared by the benchmarks: machine facts, repeat statistics, and writing one section of BENCHMARKS.md.
+
+Each benchmark owns a section between `<!-- name -->` and `<!-- /name -->` markers and rewrites only
+that, so benchmarks can be run one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "BENCHMARKS.md"
+HEAD = "# Benchmarks\n\nFigures written by the scripts under `bench/`; each section says the command that made it.\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{datetime.date.today().isoformat()}")
+
+
+def spread(values: list[float], fmt: str = "{:.3g}") -> str:
+    """'median (min-max, n=K)' of repeated measurements."""
+    if len(values) == 1:
+        return fmt.format(values[0]) + " (n=1)"
+    return (f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))}, "
+            f"n={len(values)})")
+
+
+def write_section(name: str, body: str) -> None:
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = OUT.read_text() if OUT.exists() else HEAD
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    OUT.write_text(text)
