@@ -16,9 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+DEMO_TIME ?= 2m
+
 demo: setup
-	$(VENV)/bin/charloom corpora
 	$(VENV)/bin/charloom corpus-info shakespeare
+	$(VENV)/bin/charloom train shakespeare --max-time $(DEMO_TIME) --out runs/demo
+	$(VENV)/bin/charloom sample --checkpoint runs/demo --start "ROMEO." --length 600 --temperature 0.8 --seed 1
 
 test: setup
 	$(PY) -m pytest -q

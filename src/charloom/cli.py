@@ -14,10 +14,11 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from . import batching, corpus
-from .config import BatchConfig, Config, CorpusConfig
+from .config import BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, TrainConfig
 from .errors import CharloomError
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
@@ -160,6 +161,90 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
     print(f"loaded in        {info['load_seconds']:.3f} s")
 
 
+def cmd_train(ns: argparse.Namespace) -> None:
+    from . import checkpoint
+    from .train import Trainer
+
+    classes = {"corpus": CorpusConfig, "batch": BatchConfig, "model": ModelConfig, "train": TrainConfig}
+    given = vars(ns)
+    if given.get("resume"):
+        # a resumed run keeps its saved options; flags given now override them (a longer budget, say)
+        out = Path(given.get("out", TrainConfig().out))
+        saved = checkpoint.load(out / checkpoint.RESUME_FILE) if (out / checkpoint.RESUME_FILE).exists() else None
+        if saved is None:
+            raise CharloomError(f"--resume: {out / checkpoint.RESUME_FILE} not found; nothing to resume")
+        base = {**saved.meta, "model": saved.config.to_dict()}
+        cfgs = {k: cls.from_dict({**base[k], **{f: v for f, v in given.items() if f in base[k]}}, where=f"--resume {k}")
+                for k, cls in classes.items()}
+    else:
+        cfgs = {k: options(ns, cls) for k, cls in classes.items()}
+    Trainer(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"]).run()
+
+
+def _stream_printer(n: int) -> Callable[[int, str], None] | None:
+    """Print characters as they are made when one sample is written at a time."""
+    if n != 1:
+        return None
+
+    def write(row: int, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return write
+
+
+def cmd_sample(ns: argparse.Namespace) -> None:
+    from . import checkpoint
+    from .sampling import Generator
+    from .train import pick_device
+
+    cfg = options(ns, SampleConfig)
+    ck = checkpoint.load(ns.checkpoint, device=pick_device(ns.device))
+    gen = Generator(ck.model, ck.vocab, records=ck.records)
+    temps = cfg.temperature_list
+    starts = cfg.starts or ("",)
+    labelled = len(temps) > 1 or len(starts) > 1 or cfg.num_samples > 1
+    for t in temps:
+        for start in starts:
+            if labelled:
+                print(f"--- temperature {t:g}" + (f", start {start!r}" if start else "") + " ---")
+            stream = _stream_printer(cfg.num_samples)
+            if stream:
+                sys.stdout.write(start)
+            texts = gen.generate(start, cfg.length, n=cfg.num_samples, temperature=t, top_k=cfg.top_k,
+                                 top_p=cfg.top_p, seed=cfg.seed, on_text=stream)
+            if stream:
+                print()
+            else:
+                for text in texts:
+                    print(start + text)
+
+
+def cmd_eval(ns: argparse.Namespace) -> None:
+    from . import checkpoint
+    from .train import evaluate, pick_device
+
+    ecfg = options(ns, EvalConfig)
+    device = pick_device(ecfg.device)
+    ck = checkpoint.load(ns.checkpoint, device=device)
+    v = ck.vocab
+    ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
+    c = corpus.load(ccfg, vocab=v)
+    bcfg = BatchConfig(batch_size=ecfg.streams, seq_len=ecfg.window, val_fraction=0.0, max_record_len=10**9)
+    if c.is_records:
+        batches = batching.RecordBatches(c, batching.np.arange(c.num_records), bcfg, c.name).in_order()
+    else:
+        batches = batching.eval_windows(batching.Stream(c.ids, [(0, len(c.ids))]), ecfg.window, ecfg.streams, v.pad_id)
+    result = evaluate(ck.model, batches, device)
+    unknown = c.stats["unknown_characters"]
+    print(json.dumps({"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
+                      "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
+                      "unknown_characters": unknown}) if ns.json else
+          f"{ccfg.source}: {result.bpc:.4f} bits per character, perplexity {result.perplexity:.3f} over "
+          f"{result.characters:,} predicted characters; {unknown:,} characters outside the model's vocabulary "
+          f"(read as <unk>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charloom", description="Character-level RNN, LSTM and GRU text generation.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -173,6 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s, BatchConfig)
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=cmd_corpus_info)
+
+    s = sub.add_parser("train", help="train a model on a corpus (default: the bundled Shakespeare for 10 minutes)",
+                       description="Train an RNN, LSTM or GRU on a corpus; writes a run folder with the model.")
+    add_options(s, CorpusConfig)
+    add_options(s, BatchConfig)
+    add_options(s, ModelConfig, skip=("vocab_size",))
+    add_options(s, TrainConfig, skip=("seed",))
+    s.set_defaults(run=cmd_train)
+
+    s = sub.add_parser("sample", help="generate text from a trained model")
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
+    add_options(s, SampleConfig)
+    s.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: cpu)")
+    s.set_defaults(run=cmd_sample)
+
+    s = sub.add_parser("eval", help="bits per character of a model on a text",
+                       description="Score a model on a text file or corpus: bits per character and perplexity.")
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
+    add_options(s, CorpusConfig, skip=("lower", "normalize", "unknown", "min_count"))
+    add_options(s, EvalConfig)
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(run=cmd_eval)
     return p
 
 

@@ -173,9 +173,151 @@ class BatchConfig(Config):
     max_record_len: int = option(512, "records: characters kept per record")
     overlong: Literal["cut", "skip"] = option("cut", "records longer than max-record-len: cut them, or skip them")
     bucket: bool = option(True, "records: batch records of similar length together, so little compute goes to padding")
-    seed: int = option(1337, "seed for the split and the batch order")
+    seed: int = option(1337, "seed for the split and the batch order (and, on the command line, the weights, "
+                             "dropout and samples)")
 
     def validate(self) -> None:
         _positive(self, "batch_size", "seq_len", "max_record_len")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """The network: a recurrent cell stack between a character input and a linear head."""
+
+    cell: Literal["lstm", "gru", "rnn"] = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh)")
+    num_layers: int = option(2, "stacked recurrent layers", flag="layers")
+    hidden_size: int = option(512, "units per recurrent layer", flag="hidden")
+    embedding: int = option(0, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
+    dropout: float = option(0.0, "dropout between recurrent layers and before the head")
+    vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
+
+    def validate(self) -> None:
+        _positive(self, "num_layers", "hidden_size")
+        if self.embedding < 0:
+            raise ConfigError(f"embedding: must be 0 (one-hot) or positive, got {self.embedding}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.vocab_size < 0:
+            raise ConfigError(f"vocab_size: must not be negative, got {self.vocab_size}")
+
+
+def parse_duration(text: str, name: str = "max_time") -> float:
+    """'90s', '10m', '1.5h', '2m30s' or plain seconds -> seconds."""
+    import re
+
+    t = text.strip().lower()
+    if not t:
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or "".join(a + b for a, b in parts) != t.replace(" ", ""):
+        raise ConfigError(f"{name}: {text!r} is not a duration (examples: 90s, 10m, 1.5h, 2m30s)")
+    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """How long and how to train, how often to evaluate and show samples, where to save."""
+
+    out: str = option("runs/latest", "run folder: model.safetensors (best), last.safetensors (resume), metrics.jsonl")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: no step limit)")
+    epochs: float = option(0.0, "stop after this many passes over the training split (0: no epoch limit)")
+    max_time: str = option("", "stop after this much training time: 90s, 10m, 1.5h (default 10m when no "
+                               "budget is given)")
+    lr: float = option(3e-3, "peak learning rate of AdamW")
+    min_lr_ratio: float = option(0.1, "cosine schedule: the final learning rate as a share of --lr")
+    warmup: int = option(50, "steps of linear learning-rate warm-up")
+    schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up: cosine decay over "
+                                                                "the budget, or constant")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
+    eval_every: int = option(200, "evaluate on the validation split every N steps (0: only at the end)")
+    eval_chars: int = option(65536, "characters (or records' characters) of the validation split used by the "
+                                    "periodic evaluation; 0 = all; the final evaluation always uses all")
+    sample_length: int = option(200, "characters per sample shown at each evaluation (0: no samples)")
+    sample_temperatures: tuple[float, ...] = option(
+        (0.5, 1.0), "temperatures of the samples shown at each evaluation; repeatable",
+        flag="sample_temperature", metavar="T")
+    sample_start: str = option("", "start text of the samples shown during training")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
+    precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision on a GPU")
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    seed: int = option(1337, "seed for weights, dropout and samples (on the command line, --seed sets this "
+                             "and the batch order's seed together)")
+    resume: bool = option(False, "continue the run in --out from last.safetensors, exactly where it stopped")
+    progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal")
+
+    def validate(self) -> None:
+        for n in ("max_steps", "warmup", "eval_every", "eval_chars", "sample_length", "threads"):
+            if getattr(self, n) < 0:
+                raise ConfigError(f"{n}: must not be negative, got {getattr(self, n)}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs: must not be negative, got {self.epochs}")
+        _positive(self, "lr")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("grad_clip and weight_decay: must not be negative")
+        for t in self.sample_temperatures:
+            if t < 0:
+                raise ConfigError(f"sample_temperature: must be >= 0, got {t}")
+        parse_duration(self.max_time)
+
+    @property
+    def seconds(self) -> float:
+        """The time budget in seconds (10 minutes when no budget of any kind is set)."""
+        if not self.max_time and not self.max_steps and not self.epochs:
+            return 600.0
+        return parse_duration(self.max_time)
+
+
+@dataclass(frozen=True)
+class SampleConfig(Config):
+    """What to generate from a trained model."""
+
+    starts: tuple[str, ...] = option((), "start text; repeat for several (default: the model's own start)",
+                                     flag="start", metavar="TEXT")
+    length: int = option(500, "characters to generate per sample (a records model also stops at <eos>)")
+    temperatures: tuple[float, ...] = option(
+        (), "sampling temperature; repeat for a sweep (the notebooks': 0.3 0.8 1.0 1.3 1.8); 0 = greedy; "
+        "default 0.8", flag="temperature", metavar="T")
+    top_k: int = option(0, "sample among the k most likely characters only (0: all)")
+    top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p (1: all)")
+    num_samples: int = option(1, "samples per start text and temperature, generated in parallel")
+    seed: int | None = option(None, "random seed: the same seed gives the same text")
+    greedy: bool = option(False, "always take the most likely character (same as --temperature 0)")
+
+    def validate(self) -> None:
+        if self.length < 0:
+            raise ConfigError(f"length: must not be negative, got {self.length}")
+        _positive(self, "num_samples")
+        for t in self.temperatures:
+            if t < 0:
+                raise ConfigError(f"temperature: must be >= 0, got {t}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+    @property
+    def temperature_list(self) -> tuple[float, ...]:
+        if self.greedy:
+            return (0.0,)
+        return self.temperatures or (0.8,)
+
+
+@dataclass(frozen=True)
+class EvalConfig(Config):
+    """How a model is scored on a text."""
+
+    streams: int = option(1, "score the text as N parallel streams (1: the whole text in order, state carried "
+                             "from character to character; more is faster on long texts)")
+    window: int = option(1024, "characters fed per forward call (the state carries across calls)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
+
+    def validate(self) -> None:
+        _positive(self, "streams", "window")

@@ -1,0 +1,416 @@
+"""The training loop: teacher forcing, evaluation in bits per character, samples as it learns, exact resume.
+
+    result = train(CorpusConfig(...), BatchConfig(...), ModelConfig(...), TrainConfig(...))
+
+Every step feeds a batch of inputs and scores the model's prediction of each next character
+(cross-entropy; padding targets of record batches are ignored). Every `eval_every` steps the held-out
+split is scored in bits per character, samples are shown, the metrics log gets a line, and two files
+are written atomically in the run folder: model.safetensors (the best so far by validation loss) and
+last.safetensors (everything needed to resume exactly). SIGINT and SIGTERM finish the current step,
+save and return; a non-finite loss stops before anything of that step is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .batching import Batch, Data, prepare
+from .config import BatchConfig, CorpusConfig, ModelConfig, TrainConfig
+from .corpus import load as load_corpus
+from .errors import CharloomError
+from .model import CharRNN, State, detach
+from .sampling import sample_texts
+from .vocab import Vocab
+
+LN2 = math.log(2)
+
+
+# ---- evaluation --------------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    loss: float  # mean nats per predicted character
+    characters: int  # predicted characters scored
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / LN2
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+
+def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device,
+               autocast: torch.autocast | None = None, reduction: str = "mean") -> tuple[torch.Tensor, State]:
+    """Cross-entropy of the next-character predictions of one batch (padding ignored) and the final state."""
+    x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
+    if autocast is not None:
+        with autocast:
+            logits, new_state = model(x, state)  # (B, T, V)
+    else:
+        logits, new_state = model(x, state)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=batch.pad_id, reduction=reduction)
+    return loss, new_state
+
+
+@torch.inference_mode()
+def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | str = "cpu",
+             max_characters: int = 0) -> Evaluation:
+    """Mean loss over batches; contiguous batches (`continues`) carry the hidden state through."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    try:
+        for b in batches:
+            nll, state = batch_loss(model, b, state if b.continues else None, device, reduction="sum")
+            total += float(nll)
+            count += b.tokens
+            if max_characters and count >= max_characters:
+                break
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise CharloomError("nothing to evaluate: the text has fewer than two characters")
+    return Evaluation(total / count, count)
+
+
+# ---- devices, schedule, signals ----------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharloomError("--device cuda: no CUDA GPU is available here (use --device auto or cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CharloomError("--device mps: Apple's MPS is not available here (use --device auto or cpu)")
+    return torch.device(name)
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup` steps, then constant or cosine decay to `min_lr_ratio * lr` by the budget's end."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + (cfg.lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop checks after each step; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ---- resume state ------------------------------------------------------------------------------------
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {f"optim.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+@dataclass
+class Progress:
+    """Where a run is: saved in last.safetensors so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # next batch within the epoch
+    elapsed: float = 0.0  # seconds of training so far
+    characters: int = 0  # predicted characters seen so far
+    best_val: float = math.inf  # best validation loss (nats)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path
+    model: CharRNN
+    vocab: Vocab
+    records: bool
+    progress: Progress
+    val: Evaluation | None
+    stopped_by: str  # "budget", "SIGINT", "SIGTERM", "callback"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the model, optimizer, data and position of one run; `run()` trains until the budget or a stop."""
+
+    def __init__(self, corpus_cfg: CorpusConfig, batch_cfg: BatchConfig, model_cfg: ModelConfig, cfg: TrainConfig,
+                 callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None):
+        self.cfg, self.corpus_cfg, self.batch_cfg = cfg, corpus_cfg, batch_cfg
+        self.callback = callback
+        self.out = Path(cfg.out).expanduser()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = pick_device(cfg.device)
+        if cfg.precision != "fp32" and self.device.type != "cuda":
+            raise CharloomError(f"--precision {cfg.precision}: autocast is for a CUDA GPU; on {self.device.type} use fp32")
+        self.data = data or prepare(load_corpus(corpus_cfg), batch_cfg)
+        self.vocab = self.data.corpus.vocab
+        self.records = self.data.corpus.is_records
+        torch.manual_seed(cfg.seed)
+        self.model = CharRNN(model_cfg.replace(vocab_size=len(self.vocab))).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                     weight_decay=cfg.weight_decay)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.pos = Progress()
+        self.carry: State | None = None
+        self.history: list[dict[str, Any]] = []
+        if cfg.resume:
+            self._resume()
+
+    # -- persistence
+    def _extra_meta(self, groups: list[dict]) -> dict[str, Any]:
+        pos = vars(self.pos).copy()
+        pos["best_val"] = None if math.isinf(pos["best_val"]) else pos["best_val"]
+        return {"progress": pos, "optimizer": groups, "corpus": self.corpus_cfg.to_dict(),
+                "batch": self.batch_cfg.to_dict(), "train": self.cfg.to_dict()}
+
+    def info(self, val: Evaluation | None) -> dict[str, Any]:
+        return {"step": self.pos.step, "characters_seen": self.pos.characters, "train_seconds": round(self.pos.elapsed, 1),
+                "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
+                "best_val_bpc": None if math.isinf(self.pos.best_val) else self.pos.best_val / LN2,
+                "corpus": self.corpus_cfg.source, "corpus_characters": int(len(self.data.corpus.ids)),
+                "parameters": self.model.num_parameters()}
+
+    def save(self, val: Evaluation | None) -> None:
+        improved = val is not None and val.loss < self.pos.best_val
+        if improved:
+            self.pos.best_val = val.loss
+        tensors, groups = _optimizer_tensors(self.opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for i, s in enumerate(self.carry or ()):
+            tensors[f"carry.{i}"] = s
+        info = self.info(val)
+        checkpoint.save(self.out / checkpoint.RESUME_FILE, self.model, self.vocab, records=self.records, info=info,
+                        extra_tensors=tensors, extra_meta=self._extra_meta(groups))
+        if improved or val is None or not (self.out / checkpoint.MODEL_FILE).exists():
+            checkpoint.save(self.out / checkpoint.MODEL_FILE, self.model, self.vocab, records=self.records, info=info)
+
+    def _resume(self) -> None:
+        path = self.out / checkpoint.RESUME_FILE
+        if not path.exists():
+            raise CharloomError(f"--resume: {path} not found; nothing to resume in {self.out}")
+        ck = checkpoint.load(path)
+        saved = ck.meta
+        for name, now, then in (("model", self.model.cfg.to_dict(), ck.config.to_dict()),
+                                ("corpus", self.corpus_cfg.to_dict(), saved["corpus"]),
+                                ("batch", self.batch_cfg.to_dict(), saved["batch"])):
+            diff = sorted(k for k in now if now[k] != then.get(k))
+            if diff:
+                k = diff[0]
+                raise CharloomError(f"--resume: option {k} is {now[k]!r} but the run in {self.out} used {then.get(k)!r}")
+        if ck.vocab != self.vocab:
+            raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {self.out}")
+        self.model.load_state_dict(ck.model.state_dict())
+        _restore_optimizer(self.opt, ck.tensors, saved["optimizer"])
+        torch.set_rng_state(ck.tensors["rng.torch"])
+        if "rng.cuda" in ck.tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck.tensors["rng.cuda"], self.device)
+        carry = [ck.tensors[f"carry.{i}"] for i in range(2) if f"carry.{i}" in ck.tensors]
+        self.carry = tuple(t.to(self.device) for t in carry) or None
+        p = saved["progress"]
+        self.pos = Progress(**{**p, "best_val": math.inf if p["best_val"] is None else p["best_val"]})
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop lines a killed run wrote after its last save
+            kept = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.pos.step]
+            metrics.write_text("".join(ln + "\n" for ln in kept))
+
+    # -- budget
+    def fraction_done(self) -> float:
+        c, pos = self.cfg, self.pos
+        parts = []
+        if c.max_steps:
+            parts.append(pos.step / c.max_steps)
+        if c.seconds:
+            parts.append(pos.elapsed / c.seconds)
+        if c.epochs:
+            per = max(1, self.data.train.batches_in_epoch(pos.epoch))
+            parts.append((pos.epoch + pos.index / per) / c.epochs)
+        return max(parts) if parts else 0.0
+
+    # -- output
+    def _say(self, text: str) -> None:
+        if self.cfg.progress:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+
+    def _emit(self, event: dict[str, Any]) -> bool:
+        return bool(self.callback(event)) if self.callback else False
+
+    def _evaluate(self, final: bool) -> Evaluation | None:
+        if self.data.val is None:
+            return None
+        limit = 0 if final else self.cfg.eval_chars
+        return evaluate(self.model, self.data.val_batches(), self.device, limit)
+
+    def _checkpoint(self, train_loss: float, rate: float, final: bool) -> Evaluation | None:
+        val = self._evaluate(final)
+        lr = self.opt.param_groups[0]["lr"]
+        row = {"step": self.pos.step, "epoch": round(self.pos.epoch + self.pos.index /
+                                                      max(1, self.data.train.batches_in_epoch(self.pos.epoch)), 4),
+               "train_loss": train_loss, "train_bpc": train_loss / LN2,
+               "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
+               "lr": lr, "characters": self.pos.characters, "chars_per_s": round(rate), "seconds": round(self.pos.elapsed, 2)}
+        self.history.append(row)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        vtxt = f"val {val.bpc:.3f} bpc" if val else "no validation split"
+        self._say(f"step {self.pos.step:>6}  train {train_loss / LN2:.3f} bpc  {vtxt}  lr {lr:.2e}  "
+                  f"{rate:,.0f} chars/s  {self.pos.elapsed:.0f}s")
+        if self.cfg.sample_length and self.cfg.sample_temperatures and self.cfg.progress:
+            for t, _, text in sample_texts(self.model, self.vocab, [self.cfg.sample_start],
+                                           self.cfg.sample_temperatures, self.cfg.sample_length,
+                                           seed=self.cfg.seed + self.pos.step, records=self.records):
+                self._say(f"--- sample at temperature {t:g} ---\n{self.cfg.sample_start}{text}")
+        self.save(val)
+        self._emit({"event": "eval", **row})
+        return val
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg, pos, model = self.cfg, self.pos, self.model
+        model.train()
+        contiguous = self.batch_cfg.order == "contiguous" and not self.records
+        batches = self.data.train.iterate(pos.epoch, pos.index)
+        n_params = model.num_parameters()
+        self._say(f"{model.cfg.cell} {model.cfg.num_layers}x{model.cfg.hidden_size}, {n_params:,} parameters, "
+                  f"on {self.device.type}; {self.data.train_size:,} training "
+                  f"{'records' if self.records else 'characters'}; run folder {self.out}")
+        bar = tqdm(total=1000, disable=None if cfg.progress else True, leave=False, file=sys.stderr,
+                   bar_format="{percentage:3.0f}%|{bar:20}| {postfix}", initial=int(1000 * self.fraction_done()))
+        stopped_by, val = "budget", None
+        loss_sum, loss_n, seen_since, t_since, steps_run = 0.0, 0, 0, 0.0, 0
+        with _StopSignals() as signals:
+            t_last = time.perf_counter()
+            while self.fraction_done() < 1.0:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                lr = learning_rate(cfg, pos.step, self.fraction_done())
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                state = self.carry if contiguous and cfg.carry_state and batch.continues else None
+                loss, new_state = batch_loss(model, batch, state, self.device, self.autocast)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise CharloomError(
+                        f"step {pos.step + 1}: the loss is {value}; training stopped and this step was not saved "
+                        f"(the files in {self.out} are from the last good evaluation); try a lower --lr")
+                self.opt.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    self.scaler.unscale_(self.opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                if contiguous:
+                    self.carry = detach(new_state)
+                now = time.perf_counter()
+                tokens = batch.tokens
+                steps_run += 1
+                pos.step += 1
+                pos.epoch, pos.index = batch.epoch, batch.index + 1
+                pos.elapsed += now - t_last  # wall time: evaluations count against the budget too
+                t_last = now
+                pos.characters += tokens
+                t_since += now - t0  # training steps alone, for the throughput figure
+                loss_sum, loss_n, seen_since = loss_sum + value, loss_n + 1, seen_since + tokens
+                rate = seen_since / t_since if t_since else 0.0
+                bar.n = int(1000 * min(1.0, self.fraction_done()))
+                bar.set_postfix_str(f"step {pos.step} loss {value:.3f} ({value / LN2:.2f} bpc) "
+                                    f"{rate:,.0f} chars/s ETA {self._eta():.0f}s", refresh=False)
+                bar.update(0)
+                stop = self._emit({"event": "step", "step": pos.step, "loss": value, "lr": lr})
+                if signals.received or stop:
+                    stopped_by = signals.received or "callback"
+                    break
+                if cfg.eval_every and pos.step % cfg.eval_every == 0 and self.fraction_done() < 1.0:
+                    self._checkpoint(loss_sum / loss_n, rate, final=False)
+                    loss_sum, loss_n, seen_since, t_since = 0.0, 0, 0, 0.0
+            bar.close()
+            if loss_n:
+                val = self._checkpoint(loss_sum / loss_n, seen_since / t_since if t_since else 0.0,
+                                       final=stopped_by == "budget")
+            elif not steps_run:
+                self._say(f"nothing to do: the run in {self.out} has already used its budget")
+        if stopped_by != "budget":
+            self._say(f"stopped by {stopped_by} at step {pos.step}; saved {self.out / checkpoint.RESUME_FILE} "
+                      f"(continue with --resume)")
+        best = pos.best_val / LN2 if math.isfinite(pos.best_val) else None
+        self._say(f"model: {self.out / checkpoint.MODEL_FILE}" + (f" (best validation {best:.3f} bpc)" if best else ""))
+        return TrainResult(self.out, model, self.vocab, self.records, pos, val, stopped_by, self.history)
+
+    def _eta(self) -> float:
+        done = self.fraction_done()
+        return self.pos.elapsed * (1 - done) / done if done > 0 else 0.0
+
+
+def train(corpus: CorpusConfig | None = None, batch: BatchConfig | None = None, model: ModelConfig | None = None,
+          config: TrainConfig | None = None, callback: Callable[[dict[str, Any]], bool | None] | None = None,
+          **overrides: Any) -> TrainResult:
+    """Train a model; see the module docstring. `callback(event)` sees each step and evaluation; returning
+    True stops the run as SIGINT would (finish the step, save, return).
+
+    Keyword overrides go to whichever config has the field: `train(source="names", hidden_size=64, max_steps=100)`.
+    """
+    cfgs = {"corpus": corpus or CorpusConfig(), "batch": batch or BatchConfig(), "model": model or ModelConfig(),
+            "train": config or TrainConfig()}
+    for key, value in overrides.items():
+        owners = [n for n, c in cfgs.items() if key in c.to_dict()]
+        if not owners:
+            raise CharloomError(f"train(): unknown option {key!r}")
+        for n in owners:
+            cfgs[n] = cfgs[n].replace(**{key: value})
+    return Trainer(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"], callback).run()

@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from charloom.batching import pad_records
+from charloom.config import ModelConfig
+from charloom.model import CharRNN, detach
+from charloom.train import evaluate
+
+V = 11
+CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+def make(cell="lstm", layers=2, hidden=8, embedding=0, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding,
+                               dropout=dropout, vocab_size=V))
+
+
+def reference_logits(model, ids):
+    """The same network as a hand-written loop over nn.*Cell, one time step and one layer at a time."""
+    cfg = model.cfg
+    x = model.embed(ids) if cfg.embedding else nn.functional.one_hot(ids, V).float()
+    B, T, _ = x.shape
+    for layer in range(cfg.num_layers):
+        cell = CELLS[cfg.cell](x.shape[-1], cfg.hidden_size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).data.copy_(getattr(model.rnn, f"{name}_l{layer}"))
+        h = torch.zeros(B, cfg.hidden_size)
+        c = torch.zeros(B, cfg.hidden_size)
+        outs = []
+        for t in range(T):
+            if cfg.cell == "lstm":
+                h, c = cell(x[:, t], (h, c))
+            else:
+                h = cell(x[:, t], h)
+            outs.append(h)
+        x = torch.stack(outs, 1)
+    return model.head(x)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embedding", [0, 5])
+def test_each_cell_equals_a_hand_written_loop(cell, embedding):
+    model = make(cell, layers=2, embedding=embedding).eval()
+    ids = torch.randint(0, V, (3, 9))
+    logits, state = model(ids)
+    assert logits.shape == (3, 9, V)
+    assert len(state) == (2 if cell == "lstm" else 1) and state[0].shape == (2, 3, 8)
+    torch.testing.assert_close(logits, reference_logits(model, ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_chunked_run_with_carried_state_equals_whole_run(cell):
+    model = make(cell, layers=2).eval()
+    ids = torch.randint(0, V, (2, 30))
+    whole, _ = model(ids)
+    state, parts = None, []
+    for chunk in ids.split([7, 1, 12, 10], dim=1):
+        out, state = model(chunk, state)
+        parts.append(out)
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_parameter_count_matches_the_closed_form(cell, gates):
+    L, H, E = 3, 16, 7
+    model = make(cell, layers=L, hidden=H, embedding=E)
+    rnn = sum(gates * H * ((E if i == 0 else H) + H) + 2 * gates * H for i in range(L))
+    assert model.num_parameters() == V * E + rnn + H * V + V
+    assert make(cell, layers=1, hidden=H).num_parameters() == gates * H * (V + H) + 2 * gates * H + H * V + V
+
+
+@pytest.mark.parametrize("embedding", [0, 6])
+def test_one_hot_and_embedding_inputs_both_train(embedding):
+    model = make("gru", layers=1, hidden=24, embedding=embedding)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    ids = torch.tensor([[4, 5, 6, 7, 8, 9, 10] * 4])
+    losses = []
+    for _ in range(60):
+        logits, _ = model(ids[:, :-1])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_padding_changes_neither_loss_nor_gradients():
+    model = make("lstm", layers=2, hidden=8, embedding=4)
+    ids = torch.arange(4, 4 + 20) % V
+    ids = ids.clamp(min=4).numpy()
+    starts, lengths = torch.tensor([0, 5]).numpy(), torch.tensor([4, 9]).numpy()
+    tight = pad_records(ids, starts, lengths, 1, 2, 0)  # (2, 11)
+    loose = torch.cat([tight, torch.zeros(2, 6, dtype=torch.long)], 1)  # six more columns of <pad>
+
+    def loss_and_grads(seq):
+        model.zero_grad()
+        logits, _ = model(seq[:, :-1])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten(), ignore_index=0)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    l1, g1 = loss_and_grads(tight)
+    l2, g2 = loss_and_grads(loose)
+    torch.testing.assert_close(l1, l2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_bpc_is_mean_negative_log2_probability():
+    from charloom.batching import Batch
+
+    model = make("lstm", layers=1)
+    ids = torch.randint(4, V, (1, 50))
+    batch = Batch(ids[:, :-1], ids[:, 1:], pad_id=0)
+    result = evaluate(model, [batch])
+    with torch.no_grad():
+        logp = model(ids[:, :-1])[0].log_softmax(-1).gather(-1, ids[:, 1:, None])
+    expected_bits = float(-(logp / math.log(2)).mean())
+    assert result.characters == 49
+    assert result.bpc == pytest.approx(expected_bits, rel=1e-6)
+    assert result.bpc == pytest.approx(result.loss / math.log(2))
+    assert result.perplexity == pytest.approx(math.exp(result.loss))
+
+
+def test_detach_keeps_values_and_cuts_the_graph():
+    model = make("lstm")
+    _, state = model(torch.randint(0, V, (2, 3)))
+    cut = detach(state)
+    assert all(not s.requires_grad for s in cut)
+    assert all(torch.equal(a, b) for a, b in zip(state, cut))

@@ -1,0 +1,214 @@
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import charloom
+from charloom import checkpoint
+from charloom.config import TrainConfig, parse_duration
+from charloom.errors import CharloomError, ConfigError
+from charloom.sampling import Generator
+from charloom.train import learning_rate
+
+train_mod = importlib.import_module("charloom.train")  # the module; charloom.train is the function
+
+
+def losses_of(events):
+    return [e["loss"] for e in events if e["event"] == "step"]
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "records"])
+def test_stopped_and_resumed_run_follows_the_same_losses(tmp_path, text_file, tiny, kind):
+    extra = dict(order="contiguous", dropout=0.2, num_layers=2) if kind == "contiguous" else dict(records=True)
+    opts = dict(tiny, **extra, max_steps=14, eval_every=4)
+    straight = []
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), callback=straight.append, **opts)
+
+    first = []
+
+    def stop_at_6(event):
+        first.append(event)
+        return event["event"] == "step" and event["step"] == 6
+
+    r1 = charloom.train(source=str(text_file), out=str(tmp_path / "b"), callback=stop_at_6, **opts)
+    assert r1.stopped_by == "callback" and r1.progress.step == 6
+    second = []
+    r2 = charloom.train(source=str(text_file), out=str(tmp_path / "b"), callback=second.append, resume=True, **opts)
+    assert r2.progress.step == 14
+    assert losses_of(first) + losses_of(second) == losses_of(straight)  # identical on CPU, not just close
+    a = checkpoint.load(tmp_path / "a" / "last.safetensors").model.state_dict()
+    b = checkpoint.load(tmp_path / "b" / "last.safetensors").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_refuses_a_different_model(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    with pytest.raises(CharloomError, match="option hidden_size is 32 but the run .* used 16"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=6, resume=True, **{**tiny, "hidden_size": 32})
+    with pytest.raises(CharloomError, match="nothing to resume"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "new"), max_steps=6, resume=True, **tiny)
+
+
+def test_reloaded_checkpoint_gives_identical_logits_without_the_corpus(tmp_path, text_file, tiny):
+    result = charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, **tiny)
+    ids = result.vocab.encode_tensor("First Citizen")[None]
+    with torch.no_grad():
+        before = result.model.eval()(ids)[0]
+    text_file.unlink()
+    ck = charloom.load(tmp_path / "run")
+    with torch.no_grad():
+        after = ck.model.eval()(ids)[0]
+    assert torch.equal(before, after)
+    assert ck.vocab == result.vocab and ck.info["step"] == 6
+    assert len(Generator(ck.model, ck.vocab).generate("All", 20, seed=1)[0]) == 20
+
+
+def test_best_model_is_kept_by_validation_loss(tmp_path, text_file, tiny):
+    result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=20, **tiny)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["val_loss"])
+    ck = charloom.load(tmp_path / "model.safetensors")
+    assert ck.info["step"] == best["step"]
+    assert ck.info["val_loss"] == pytest.approx(best["val_loss"])
+    assert charloom.load(tmp_path / "last.safetensors").info["step"] == 20 == result.progress.step
+
+
+def test_a_small_model_overfits_one_short_text(tmp_path, tiny):
+    tweet = "@amy Thanks for the follow, have a great day!"
+    p = tmp_path / "one.txt"
+    p.write_text(tweet + "\n")
+    opts = dict(tiny, batch_size=1, hidden_size=64, embedding=0, val_fraction=0.0, eval_every=0, lr=1e-2,
+                warmup=0, schedule="constant")
+    events = []
+    charloom.train(source=str(p), records=True, out=str(tmp_path / "run"), max_steps=150, callback=events.append,
+                   **opts)
+    assert losses_of(events)[-1] < 0.05  # nats per character, near zero
+    ck = charloom.load(tmp_path / "run")
+    assert Generator(ck.model, ck.vocab, records=True).generate("", 100, temperature=0)[0] == tweet
+
+
+def test_non_finite_loss_stops_before_saving(tmp_path, text_file, tiny, monkeypatch):
+    real = train_mod.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, state = real(*args, **kwargs)
+        calls["n"] += torch.is_grad_enabled()  # training steps only, not evaluation
+        return (loss * float("nan") if calls["n"] == 8 else loss), state
+
+    monkeypatch.setattr(train_mod, "batch_loss", poisoned)
+    with pytest.raises(CharloomError, match=r"step 8: the loss is nan; training stopped and this step was not saved"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=20, **tiny)
+    ck = charloom.load(tmp_path / "last.safetensors")
+    assert ck.info["step"] == 5  # the last evaluation before the bad step
+    assert all(torch.isfinite(p).all() for p in ck.model.parameters())
+
+
+def test_budgets_by_steps_and_epochs(tmp_path, text_file, tiny):
+    r = charloom.train(source=str(text_file), out=str(tmp_path / "s"), max_steps=7, **tiny)
+    assert r.progress.step == 7
+    r = charloom.train(source=str(text_file), out=str(tmp_path / "e"), epochs=1.0, **tiny)
+    data = charloom.prepare(charloom.load_corpus(charloom.CorpusConfig(source=str(text_file))),
+                            charloom.BatchConfig(batch_size=4, seq_len=16))
+    assert r.progress.step == data.train.batches_in_epoch(0)
+
+
+def test_time_budget_stops(tmp_path, text_file, tiny):
+    t0 = time.perf_counter()
+    r = charloom.train(source=str(text_file), out=str(tmp_path), max_time="2s", **tiny)
+    assert r.progress.elapsed >= 2.0 and time.perf_counter() - t0 < 30
+    assert r.stopped_by == "budget"
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1, max_steps=100)
+    assert learning_rate(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 9, 0.09) == pytest.approx(1.0)
+    assert learning_rate(cfg, 10, 0.0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 50, 0.5) == pytest.approx(0.55)
+    assert learning_rate(cfg, 100, 1.0) == pytest.approx(0.1)
+    assert learning_rate(cfg.replace(schedule="constant"), 80, 0.8) == 1.0
+
+
+def test_durations():
+    assert parse_duration("10m") == 600 and parse_duration("1.5h") == 5400 and parse_duration("2m30s") == 150
+    assert parse_duration("45") == 45
+    with pytest.raises(ConfigError, match="max_time: '10 minutes' is not a duration"):
+        TrainConfig(max_time="10 minutes")
+    assert TrainConfig().seconds == 600 and TrainConfig(max_steps=5).seconds == 0
+
+
+def test_bad_options_fail_loudly(text_file):
+    with pytest.raises(CharloomError, match="unknown option 'hiden_size'"):
+        charloom.train(source=str(text_file), hiden_size=8)
+    with pytest.raises(ConfigError, match="dropout: must be in"):
+        charloom.ModelConfig(dropout=1.5)
+    with pytest.raises(CharloomError, match="--device cuda: no CUDA GPU"):
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is here")
+        charloom.train(source=str(text_file), device="cuda", max_steps=1)
+
+
+def test_sigterm_finishes_the_step_and_saves(tmp_path, text_file):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-u", "-m", "charloom", "train", str(text_file), "--out", str(out), "--hidden", "16",
+           "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--max-time", "5m", "--eval-every", "0",
+           "--sample-length", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    first = proc.stdout.readline()  # printed when training starts
+    assert "parameters" in first
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM" in out_text
+    ck = charloom.load(out / "last.safetensors")
+    assert ck.info["step"] > 0 and charloom.load(out).info["step"] == ck.info["step"]
+
+
+def test_cli_train_sample_eval(tmp_path, text_file):
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "charloom", *args], capture_output=True, text=True, timeout=300)
+        return p.returncode, p.stdout, p.stderr
+
+    out = tmp_path / "run"
+    code, stdout, err = run("train", str(text_file), "--out", str(out), "--hidden", "16", "--layers", "1",
+                            "--batch-size", "4", "--seq-len", "16", "--max-steps", "10", "--eval-every", "5",
+                            "--no-progress")
+    assert code == 0, err
+    code, a, err = run("sample", "--checkpoint", str(out), "--start", "All", "--length", "40", "--seed", "3")
+    assert code == 0, err
+    assert a.startswith("All") and a.endswith("\n") and len(a) == 3 + 40 + 1  # start, 40 characters, newline
+    assert run("sample", "--checkpoint", str(out), "--start", "All", "--length", "40", "--seed", "3")[1] == a
+    code, js, err = run("eval", "--checkpoint", str(out), str(text_file), "--json")
+    assert code == 0, err
+    figures = json.loads(js)
+    ck = charloom.load(out)
+    whole = charloom.evaluate(ck.model, charloom.batching.eval_windows(
+        charloom.Stream(ck.vocab.encode_array(text_file.read_text()), [(0, len(text_file.read_text()))]),
+        1024, 1, ck.vocab.pad_id))
+    assert figures["bpc"] == pytest.approx(whole.bpc, abs=1e-4)
+    assert figures["characters_scored"] == len(text_file.read_text()) - 1
+    other = tmp_path / "other.txt"
+    other.write_text("All: Speak! 🎉 zzz")
+    code, js, err = run("eval", "--checkpoint", str(out), str(other), "--json")
+    assert code == 0 and json.loads(js)["unknown_characters"] == len("!🎉")  # "z" is in "Citizen"
+    code, _, err = run("train", str(text_file), "--out", str(out), "--resume", "--max-steps", "12", "--no-progress")
+    assert code == 0, err
+    assert charloom.load(out / "last.safetensors").info["step"] == 12
+
+
+def test_progress_output_shows_bpc_and_samples(tmp_path, text_file, tiny, capsys):
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5,
+                   **{**tiny, "progress": True, "sample_length": 30})
+    out = capsys.readouterr().out
+    assert "val " in out and "bpc" in out and "--- sample at temperature 0.5 ---" in out
