@@ -20,7 +20,7 @@ DEMO_TIME ?= 2m
 
 demo: setup
 	$(VENV)/bin/charloom corpus-info shakespeare
-	$(VENV)/bin/charloom train shakespeare --max-time $(DEMO_TIME) --out runs/demo
+	$(VENV)/bin/charloom train shakespeare --max-time $(DEMO_TIME) --out runs/demo --overwrite
 	$(VENV)/bin/charloom sample --checkpoint runs/demo --start "ROMEO." --length 600 --temperature 0.8 --seed 1
 
 test: setup
@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/corpus_bench.py
+	$(PY) bench/train_bench.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

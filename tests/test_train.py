@@ -58,6 +58,15 @@ def test_resume_refuses_a_different_model(tmp_path, text_file, tiny):
         charloom.train(source=str(text_file), out=str(tmp_path / "new"), max_steps=6, resume=True, **tiny)
 
 
+def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    with pytest.raises(CharloomError, match="already holds a run; continue it with --resume"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    r = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, overwrite=True, **tiny)
+    assert r.progress.step == 2 and charloom.load(tmp_path / "last.safetensors").info["step"] == 2
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
 def test_reloaded_checkpoint_gives_identical_logits_without_the_corpus(tmp_path, text_file, tiny):
     result = charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, **tiny)
     ids = result.vocab.encode_tensor("First Citizen")[None]

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from . import batching, corpus
 from .config import BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, TrainConfig
 from .errors import CharloomError
@@ -110,7 +112,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     data = batching.prepare(c, bcfg)
     v = c.vocab
-    counts = [(int(n), v.itos[i]) for i, n in enumerate(batching.np.bincount(c.ids, minlength=len(v))) if n]
+    counts = [(int(n), v.itos[i]) for i, n in enumerate(np.bincount(c.ids, minlength=len(v))) if n]
     counts.sort(reverse=True)
     info: dict[str, Any] = {
         "source": ccfg.source,
@@ -232,7 +234,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     c = corpus.load(ccfg, vocab=v)
     bcfg = BatchConfig(batch_size=ecfg.streams, seq_len=ecfg.window, val_fraction=0.0, max_record_len=10**9)
     if c.is_records:
-        batches = batching.RecordBatches(c, batching.np.arange(c.num_records), bcfg, c.name).in_order()
+        batches = batching.RecordBatches(c, np.arange(c.num_records), bcfg, c.name).in_order()
     else:
         batches = batching.eval_windows(batching.Stream(c.ids, [(0, len(c.ids))]), ecfg.window, ecfg.streams, v.pad_id)
     result = evaluate(ck.model, batches, device)

@@ -161,8 +161,8 @@ class CorpusConfig(Config):
 class BatchConfig(Config):
     """How an encoded corpus becomes training batches and a held-out split."""
 
-    batch_size: int = option(64, "sequences per batch (B)")
-    seq_len: int = option(128, "continuous corpora: characters per training window (T)")
+    batch_size: int = option(32, "sequences per batch (B)")
+    seq_len: int = option(64, "continuous corpora: characters per training window (T)")
     order: Literal["shuffle", "contiguous"] = option(
         "shuffle", "continuous corpora: shuffle = non-overlapping windows in random order each epoch; "
         "contiguous = B parallel streams read in order, so hidden state can carry across batches")
@@ -187,9 +187,9 @@ class ModelConfig(Config):
     """The network: a recurrent cell stack between a character input and a linear head."""
 
     cell: Literal["lstm", "gru", "rnn"] = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh)")
-    num_layers: int = option(2, "stacked recurrent layers", flag="layers")
+    num_layers: int = option(1, "stacked recurrent layers", flag="layers")
     hidden_size: int = option(512, "units per recurrent layer", flag="hidden")
-    embedding: int = option(0, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
+    embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
@@ -227,7 +227,7 @@ class TrainConfig(Config):
     epochs: float = option(0.0, "stop after this many passes over the training split (0: no epoch limit)")
     max_time: str = option("", "stop after this much training time: 90s, 10m, 1.5h (default 10m when no "
                                "budget is given)")
-    lr: float = option(3e-3, "peak learning rate of AdamW")
+    lr: float = option(5e-3, "peak learning rate of AdamW")
     min_lr_ratio: float = option(0.1, "cosine schedule: the final learning rate as a share of --lr")
     warmup: int = option(50, "steps of linear learning-rate warm-up")
     schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up: cosine decay over "
@@ -249,6 +249,7 @@ class TrainConfig(Config):
     seed: int = option(1337, "seed for weights, dropout and samples (on the command line, --seed sets this "
                              "and the batch order's seed together)")
     resume: bool = option(False, "continue the run in --out from last.safetensors, exactly where it stopped")
+    overwrite: bool = option(False, "start afresh even if --out already holds a run (its files are replaced)")
     progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal")
 
     def validate(self) -> None:

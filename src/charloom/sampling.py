@@ -115,11 +115,11 @@ class Generator:
         return [v.decode(o) for o in out]
 
 
-def sample_texts(model: CharRNN, vocab: Vocab, starts: Sequence[str], temperatures: Sequence[float], length: int,
-                 seed: int = 0, records: bool = False) -> list[tuple[float, str, str]]:
-    """(temperature, start, text) for each start at each temperature: what training prints as it learns."""
+def sample_texts(model: CharRNN, vocab: Vocab, start: str, temperatures: Sequence[float], length: int, n: int = 1,
+                 seed: int = 0, records: bool = False) -> list[tuple[float, list[str]]]:
+    """(temperature, n texts) at each temperature: what training prints as it learns."""
     g = Generator(model, vocab, records=records)
-    return [(t, s, g.generate(s, length, temperature=t, seed=seed)[0]) for t in temperatures for s in starts]
+    return [(t, g.generate(start, length, n=n, temperature=t, seed=seed)) for t in temperatures]
 
 
 __all__ = ["Generator", "State", "check_options", "choose", "filter_logits", "sample_texts"]

@@ -205,6 +205,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if cfg.resume:
             self._resume()
+        elif (self.out / checkpoint.RESUME_FILE).exists():
+            if not cfg.overwrite:
+                raise CharloomError(f"--out: {self.out} already holds a run; continue it with --resume, "
+                                    f"replace it with --overwrite, or choose another --out")
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            (self.out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
 
     # -- persistence
     def _extra_meta(self, groups: list[dict]) -> dict[str, Any]:
@@ -243,7 +249,8 @@ class Trainer:
         ck = checkpoint.load(path)
         saved = ck.meta
         for name, now, then in (("model", self.model.cfg.to_dict(), ck.config.to_dict()),
-                                ("corpus", self.corpus_cfg.to_dict(), saved["corpus"]),
+                                ("corpus", self.corpus_cfg.replace(cache_dir=saved["corpus"].get("cache_dir"))
+                                 .to_dict(), saved["corpus"]),
                                 ("batch", self.batch_cfg.to_dict(), saved["batch"])):
             diff = sorted(k for k in now if now[k] != then.get(k))
             if diff:
@@ -310,10 +317,13 @@ class Trainer:
         self._say(f"step {self.pos.step:>6}  train {train_loss / LN2:.3f} bpc  {vtxt}  lr {lr:.2e}  "
                   f"{rate:,.0f} chars/s  {self.pos.elapsed:.0f}s")
         if self.cfg.sample_length and self.cfg.sample_temperatures and self.cfg.progress:
-            for t, _, text in sample_texts(self.model, self.vocab, [self.cfg.sample_start],
-                                           self.cfg.sample_temperatures, self.cfg.sample_length,
-                                           seed=self.cfg.seed + self.pos.step, records=self.records):
-                self._say(f"--- sample at temperature {t:g} ---\n{self.cfg.sample_start}{text}")
+            # records are short: show several at once; a continuous text shows one long passage
+            n = 6 if self.records else 1
+            for t, texts in sample_texts(self.model, self.vocab, self.cfg.sample_start, self.cfg.sample_temperatures,
+                                         self.cfg.sample_length, n=n, seed=self.cfg.seed + self.pos.step,
+                                         records=self.records):
+                shown = " | ".join(self.cfg.sample_start + x for x in texts)
+                self._say(f"--- sample at temperature {t:g} ---\n{shown}")
         self.save(val)
         self._emit({"event": "eval", **row})
         return val
