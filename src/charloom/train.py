@@ -340,7 +340,7 @@ class Trainer:
                   f"on {self.device.type}; {self.data.train_size:,} training "
                   f"{'records' if self.records else 'characters'}; run folder {self.out}")
         bar = tqdm(total=1000, disable=None if cfg.progress else True, leave=False, file=sys.stderr,
-                   bar_format="{percentage:3.0f}%|{bar:20}| {postfix}", initial=int(1000 * self.fraction_done()))
+                   bar_format="{percentage:3.0f}%|{bar:20}| {desc}", initial=int(1000 * self.fraction_done()))
         stopped_by, val = "budget", None
         loss_sum, loss_n, seen_since, t_since, steps_run = 0.0, 0, 0, 0.0, 0
         with _StopSignals() as signals:
@@ -379,8 +379,8 @@ class Trainer:
                 loss_sum, loss_n, seen_since = loss_sum + value, loss_n + 1, seen_since + tokens
                 rate = seen_since / t_since if t_since else 0.0
                 bar.n = int(1000 * min(1.0, self.fraction_done()))
-                bar.set_postfix_str(f"step {pos.step} loss {value:.3f} ({value / LN2:.2f} bpc) "
-                                    f"{rate:,.0f} chars/s ETA {self._eta():.0f}s", refresh=False)
+                bar.set_description_str(f"step {pos.step} loss {value:.3f} ({value / LN2:.2f} bpc) "
+                                        f"{rate:,.0f} chars/s ETA {self._eta():.0f}s", refresh=False)
                 bar.update(0)
                 stop = self._emit({"event": "step", "step": pos.step, "loss": value, "lr": lr})
                 if signals.received or stop:
