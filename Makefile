@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/corpus_bench.py
+	$(PY) bench/generate_bench.py
 	$(PY) bench/train_bench.py
 
 clean:

@@ -126,8 +126,8 @@ def test_too_short_corpus_is_a_clear_error():
     c = stream_corpus(50)
     with pytest.raises(CharloomError, match=r"toy: the training split has 45 characters, fewer than seq_len \+ 1 = 129"):
         prepare(c, BatchConfig(seq_len=128, val_fraction=0.1))
-    with pytest.raises(CharloomError, match="fewer than one batch of 64"):
-        prepare(stream_corpus(1000), BatchConfig(seq_len=100, val_fraction=0.0))
+    with pytest.raises(CharloomError, match="holds 9 windows of 100 characters, fewer than one batch of 64"):
+        prepare(stream_corpus(1000), BatchConfig(batch_size=64, seq_len=100, val_fraction=0.0))
 
 
 def test_record_batches_start_with_bos_end_with_eos_and_mask_padding():

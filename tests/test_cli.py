@@ -63,6 +63,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path):
     (["corpus-info", "names", "--batch-size", "0"], "batch_size: must be positive"),
     (["corpus-info", "names", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
     (["corpus-info", "names", "--order", "sideways"], "argument --order: invalid choice"),
+    (["train", "names", "--sample-temperature", "hot"], "argument --sample-temperature: 'hot' is not a number"),
 ])
 def test_clear_errors_for_bad_flags(args, needle):
     code, out, err = run(*args)

@@ -80,9 +80,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Config], skip: Sequen
             kw["choices"] = typing.get_args(tp)
         elif typing.get_origin(tp) is tuple:
             kw["action"] = "append"
+            item = typing.get_args(tp)[0]
+            if item in (int, float):
+                kw["type"] = _flag_type(item.__name__, item)
         elif tp in (int, float):
             kw["type"] = _flag_type(tp.__name__, tp)
         elif f.name in ("separator", "column_sep"):
+            kw["type"] = _unescape
+        if f.name == "stop":
             kw["type"] = _unescape
         group.add_argument(name, **kw)
 
@@ -183,43 +188,89 @@ def cmd_train(ns: argparse.Namespace) -> None:
     Trainer(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"]).run()
 
 
-def _stream_printer(n: int) -> Callable[[int, str], None] | None:
-    """Print characters as they are made when one sample is written at a time."""
-    if n != 1:
-        return None
-
-    def write(row: int, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    return write
-
-
 def cmd_sample(ns: argparse.Namespace) -> None:
+    import warnings
+
     from . import checkpoint
+    from .novelty import Novelty
     from .sampling import Generator
     from .train import pick_device
 
     cfg = options(ns, SampleConfig)
     ck = checkpoint.load(ns.checkpoint, device=pick_device(ns.device))
     gen = Generator(ck.model, ck.vocab, records=ck.records)
-    temps = cfg.temperature_list
-    starts = cfg.starts or ("",)
-    labelled = len(temps) > 1 or len(starts) > 1 or cfg.num_samples > 1
-    for t in temps:
-        for start in starts:
-            if labelled:
-                print(f"--- temperature {t:g}" + (f", start {start!r}" if start else "") + " ---")
-            stream = _stream_printer(cfg.num_samples)
-            if stream:
-                sys.stdout.write(start)
+    novelty = Novelty.for_checkpoint(ck, ns.novelty_source) if ns.novelty or ns.novelty_source else None
+    try:
+        sink = open(ns.output, "w", encoding="utf-8") if ns.output else None
+    except OSError as e:
+        raise CharloomError(f"--output: cannot write {ns.output} ({e.strerror or e})") from None
+    as_jsonl = bool(ns.output) and ns.output.endswith((".jsonl", ".ndjson"))
+    verdicts: list[bool] = []
+
+    def one(start: str, t: float) -> None:
+        for ch in gen.unknown_characters(start):
+            if ck.vocab.unknown == "error":
+                break
+            print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
+                  file=sys.stderr)
+        stream = cfg.num_samples == 1 and sink is None  # one text at a time: show it as it is made
+
+        def show(i: int, piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        if stream:
+            sys.stdout.write(start)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the note above already said it
             texts = gen.generate(start, cfg.length, n=cfg.num_samples, temperature=t, top_k=cfg.top_k,
-                                 top_p=cfg.top_p, seed=cfg.seed, on_text=stream)
-            if stream:
+                                 top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed,
+                                 stop=cfg.stop, on_text=show if stream else None)
+        for i, text in enumerate(texts):
+            mark = novelty.check(text) if novelty else None
+            if mark is not None:
+                verdicts.append(mark.new)
+            if sink is not None:
+                if as_jsonl:
+                    row = {"start": start, "text": text, "index": i, "temperature": t, "top_k": cfg.top_k,
+                           "top_p": cfg.top_p, "repetition_penalty": cfg.repetition_penalty, "length": cfg.length,
+                           "seed": None if cfg.seed is None else cfg.seed + i, "checkpoint": str(ck.path)}
+                    if mark is not None:
+                        row.update({"new": mark.new, "copied": mark.copied})
+                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    sink.write(start + text + "\n")
+            elif stream:
                 print()
             else:
-                for text in texts:
-                    print(start + text)
+                print(start + text)
+            if mark is not None and not mark.new:
+                print(f"charloom: sample {i} copies the training corpus: {mark.copied[0]!r}", file=sys.stderr)
+
+    try:
+        if ns.interactive:
+            while True:
+                print("start text (empty line or Ctrl-D to end)> ", end="", file=sys.stderr, flush=True)
+                line = sys.stdin.readline()
+                if not line.strip():
+                    break
+                one(line.rstrip("\n"), cfg.temperature_list[0])
+        else:
+            temps = cfg.temperature_list
+            starts = cfg.starts or ("",)
+            labelled = len(temps) > 1 or len(starts) > 1 or cfg.num_samples > 1
+            for t in temps:
+                for start in starts:
+                    if labelled and sink is None:
+                        print(f"--- temperature {t:g}" + (f", start {start!r}" if start else "") + " ---")
+                    one(start, t)
+    finally:
+        if sink is not None:
+            sink.close()
+    if verdicts:
+        new = sum(verdicts)
+        print(f"charloom: novelty: {new} of {len(verdicts)} samples are new ({new / len(verdicts):.0%}); "
+              f"the rest copy the training corpus", file=sys.stderr)
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
@@ -273,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
     add_options(s, SampleConfig)
     s.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: cpu)")
+    s.add_argument("--output", metavar="FILE", help="write the samples to FILE: JSON lines with their settings if it "
+                   "ends in .jsonl, else plain text")
+    s.add_argument("--interactive", action="store_true", help="read start texts from the terminal, one per line, "
+                   "and continue each")
+    s.add_argument("--novelty", action="store_true", help="mark each sample as new or copied from the training "
+                   "corpus, and report the share that is new")
+    s.add_argument("--novelty-source", metavar="SOURCE", help="the corpus to check against (default: the one the "
+                   "model was trained on)")
     s.set_defaults(run=cmd_sample)
 
     s = sub.add_parser("eval", help="bits per character of a model on a text",

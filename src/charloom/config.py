@@ -289,7 +289,10 @@ class SampleConfig(Config):
     top_k: int = option(0, "sample among the k most likely characters only (0: all)")
     top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p (1: all)")
     num_samples: int = option(1, "samples per start text and temperature, generated in parallel")
-    seed: int | None = option(None, "random seed: the same seed gives the same text")
+    repetition_penalty: float = option(1.0, "make characters already used less likely (1: off; 1.1-1.3 is mild)")
+    stop: tuple[str, ...] = option((), "end a sample just before this text appears (repeatable; \\n for a newline)",
+                                   metavar="TEXT")
+    seed: int | None = option(None, "random seed: the same seed gives the same text; sample i uses seed + i")
     greedy: bool = option(False, "always take the most likely character (same as --temperature 0)")
 
     def validate(self) -> None:
@@ -303,6 +306,8 @@ class SampleConfig(Config):
             raise ConfigError(f"top_k: must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty < 1.0:
+            raise ConfigError(f"repetition_penalty: must be >= 1 (1 = off), got {self.repetition_penalty}")
 
     @property
     def temperature_list(self) -> tuple[float, ...]:

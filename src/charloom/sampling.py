@@ -1,55 +1,142 @@
 """Choosing the next character, and a Generator that carries the recurrent state while it writes.
 
-`choose` is a pure function of logits and options. The Generator feeds the start text in one call,
-then steps one character at a time with the state carried (never re-running the prefix).
+`choose` is a pure function of logits and options (greedy, temperature, top-k, top-p), and
+`apply_repetition_penalty` one of logits and the characters already used. The Generator feeds the start
+text through the model in one call, then steps one character at a time with the state carried (never
+re-running the prefix). Its one-character step is a hand-written cell update on weights prepared once
+(`Stepper`): at batch 1 the fused sequence kernels spend most of their time on set-up, and the first
+layer's input product becomes a table lookup.
+
+Seeds are per sample: sample i of a call with seed s is drawn from its own stream seeded with s + i, so
+a sample is the same text whether it is made alone or in a batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import secrets
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from .errors import CharloomError
-from .model import CharRNN, State, select
+from .model import CharRNN, State
 from .vocab import Vocab
 
+UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
 
-def check_options(temperature: float, top_k: int, top_p: float) -> None:
-    if not temperature >= 0:
-        raise CharloomError(f"--temperature: must be >= 0, got {temperature}")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise CharloomError(f"--top-k: must be an integer >= 0, got {top_k}")
-    if not 0 < top_p <= 1:
-        raise CharloomError(f"--top-p: must be in (0, 1], got {top_p}")
+
+def check_options(temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0) -> None:
+    """Raise CharloomError naming the option that is out of range."""
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise CharloomError(f"--temperature: must be a number >= 0, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise CharloomError(f"--top-k: must be an integer >= 0, got {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise CharloomError(f"--top-p: must be in (0, 1], got {top_p!r}")
+    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty >= 1):
+        raise CharloomError(f"--repetition-penalty: must be >= 1 (1 = off), got {repetition_penalty!r}")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """(B, V) logits with every already-used character made less likely (CTRL, Keskar et al. 2019):
+    a positive logit is divided by `penalty`, a negative one multiplied. `seen` is a (B, V) bool mask."""
+    if penalty == 1.0:
+        return logits
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, scaled, logits)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """(B, V) logits with everything outside the top-k / nucleus set to -inf."""
+    """(B, V) logits with everything outside the top-k and the nucleus set to -inf."""
     if top_k and top_k < logits.shape[-1]:
         keep = torch.topk(logits, top_k, dim=-1).indices  # exactly k, even when logits tie
-        masked = torch.full_like(logits, float("-inf"))
-        logits = masked.scatter(-1, keep, logits.gather(-1, keep))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         before = probs.cumsum(-1) - probs  # mass of the strictly more likely candidates
-        drop_sorted = before >= top_p  # the smallest set whose mass reaches p is kept
+        drop_sorted = before >= top_p  # keeps the smallest set whose mass reaches p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
 def choose(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) next ids. Temperature 0 is greedy (argmax)."""
+           u: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) next ids. Temperature 0 is greedy (argmax).
+
+    u: (B,) uniforms in [0, 1), one per row, used by inverse-CDF sampling (drawn from `generator` if absent).
+    """
     check_options(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    if u is None:
+        u = torch.rand(probs.shape[0], generator=generator, device=probs.device)
+    cdf = probs.cumsum(-1)  # (B, V)
+    # the first id whose cumulative mass exceeds u * total: never an id of zero probability
+    idx = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True)
+    return idx.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+# ---- the one-character step --------------------------------------------------------------------------
+class Stepper:
+    """One time step of a CharRNN for a batch of single ids, as plain matrix products.
+
+    Equal to `model(ids[:, None], state)` (to float rounding) and faster at small batches: the first
+    layer's input product and both biases are folded into a (V, G*H) table read by id.
+    """
+
+    def __init__(self, model: CharRNN):
+        cfg = model.cfg
+        self.cell, self.L, self.H = cfg.cell, cfg.num_layers, cfg.hidden_size
+        rnn = model.rnn
+        with torch.no_grad():
+            inputs = model.embed.weight if model.embed is not None else None  # (V, E) or one-hot
+            w0 = rnn.weight_ih_l0
+            table = (inputs @ w0.T if inputs is not None else w0.T.clone()) + rnn.bias_ih_l0  # (V, G*H)
+            fold = self.cell != "gru"  # the GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
+            self.table = (table + rnn.bias_hh_l0 if fold else table).contiguous()
+            self.w_ih = [None] + [getattr(rnn, f"weight_ih_l{i}").T.contiguous() for i in range(1, self.L)]
+            self.b_ih = [None] + [(getattr(rnn, f"bias_ih_l{i}") + (getattr(rnn, f"bias_hh_l{i}") if fold else 0))
+                                  for i in range(1, self.L)]
+            self.w_hh = [getattr(rnn, f"weight_hh_l{i}").T.contiguous() for i in range(self.L)]
+            self.b_hh = [getattr(rnn, f"bias_hh_l{i}").clone() for i in range(self.L)]
+            self.w_out, self.b_out = model.head.weight.T.contiguous(), model.head.bias.clone()
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """ids (B,), state tuple of (L, B, H) -> logits (B, V), new state."""
+        hs = list(state[0].unbind(0))
+        cs = list(state[1].unbind(0)) if self.cell == "lstm" else None
+        x = None
+        for i in range(self.L):
+            gi = self.table[ids] if i == 0 else torch.addmm(self.b_ih[i], x, self.w_ih[i])  # (B, G*H)
+            h = hs[i]
+            if self.cell == "lstm":
+                gates = torch.addmm(gi, h, self.w_hh[i])  # (B, 4H): i, f, g, o
+                ig, fg, gg, og = gates.chunk(4, 1)
+                c = torch.sigmoid(fg) * cs[i] + torch.sigmoid(ig) * torch.tanh(gg)
+                h = torch.sigmoid(og) * torch.tanh(c)
+                cs[i] = c
+            elif self.cell == "gru":
+                gh = torch.addmm(self.b_hh[i], h, self.w_hh[i])  # (B, 3H): r, z, n
+                ir, iz, in_ = gi.chunk(3, 1)
+                hr, hz, hn = gh.chunk(3, 1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                n = torch.tanh(in_ + r * hn)
+                h = n + z * (h - n)
+            else:
+                h = torch.tanh(torch.addmm(gi, h, self.w_hh[i]))
+            hs[i] = h
+            x = h
+        logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
+        new = (torch.stack(hs), torch.stack(cs)) if self.cell == "lstm" else (torch.stack(hs),)
+        return logits, new
+
+
+# ---- the Generator -----------------------------------------------------------------------------------
 class Generator:
     """Writes text with a model: start text in one call, then one character at a time, state carried."""
 
@@ -62,57 +149,135 @@ class Generator:
         # ids a sample may never produce: <pad>, <bos>, <unk>, and <eos> for a model that never saw a record end
         banned = [vocab.pad_id, vocab.bos_id, vocab.unk_id] + ([] if records else [vocab.eos_id])
         self._banned = torch.tensor(banned, device=self.device)
+        self._stepper: Stepper | None = None
+        self._version: tuple | None = None
+
+    def _step_fn(self) -> Stepper:
+        # rebuilt when the weights change (a Generator used during training sees new weights each time)
+        version = tuple(p._version for p in self.model.parameters())
+        if self._stepper is None or version != self._version:
+            self._stepper, self._version = Stepper(self.model), version
+        return self._stepper
+
+    def unknown_characters(self, start: str) -> list[str]:
+        """Characters of `start` the model has never seen (read as <unk>, or refused, by the vocabulary's policy)."""
+        text = self.vocab.prepare(start)
+        return sorted({ch for ch in text if ch not in self.vocab})
+
+    def _prefix(self, start: str) -> list[int]:
+        v = self.vocab
+        ids = v.encode_array(start, where="start text").tolist()  # the vocabulary's unknown policy applies
+        if self.records or not start:
+            # a records model reads <bos> first; a continuous one starts from a newline when given no text
+            first = v.bos_id if self.records or "\n" not in v else v.stoi["\n"]
+            ids = [first] + ids
+        return ids
+
+    def generate(self, start: str = "", length: int = 200, n: int = 1, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None) -> list[str]:
+        """n continuations of `start` (without it). Each ends at <eos>, after `length` characters, or just
+        before the first stop string it writes. `on_text(i, piece)` sees each sample's text as it is made."""
+        out = [""] * n
+        for i, piece in self.stream(start, length, n, temperature, top_k, top_p, repetition_penalty, seed, stop):
+            out[i] += piece
+            if on_text is not None:
+                on_text(i, piece)
+        return out
 
     @torch.inference_mode()
-    def generate(self, start: str = "", length: int = 200, n: int = 1, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
-                 on_text: Callable[[int, str], None] | None = None) -> list[str]:
-        """n continuations of `start` (without it), each at most `length` characters, each ending at <eos>."""
-        check_options(temperature, top_k, top_p)
-        if length < 0 or n < 1:
-            raise CharloomError(f"length must be >= 0 and n >= 1, got length={length}, n={n}")
-        v = self.vocab
-        # a records model reads <bos> first; a continuous one starts from a newline when given no text
-        if self.records or not start:
-            prefix = [v.bos_id if self.records or "\n" not in v else v.stoi["\n"]] + v.encode(start)
-        else:
-            prefix = v.encode(start)
+    def stream(self, start: str = "", length: int = 200, n: int = 1, temperature: float = 1.0, top_k: int = 0,
+               top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+               stop: Sequence[str] = ()) -> Iterator[tuple[int, str]]:
+        """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts."""
+        check_options(temperature, top_k, top_p, repetition_penalty)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise CharloomError(f"--length: must be an integer >= 0, got {length!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise CharloomError(f"--num-samples: must be an integer >= 1, got {n!r}")
+        stops = [s for s in stop if s]
+        unknown = self.unknown_characters(start)
+        if unknown and self.vocab.unknown == "unk":
+            warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
+                          stacklevel=2)
+        prefix = self._prefix(start)
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._run(prefix, length, n, temperature, top_k, top_p, seed, stop_at_eos, on_text)
+            yield from self._run(prefix, length, n, float(temperature), top_k, float(top_p),
+                                 float(repetition_penalty), seed, stops)
         finally:
             self.model.train(was_training)
 
-    def _run(self, prefix, length, n, temperature, top_k, top_p, seed, stop_at_eos, on_text) -> list[str]:
-        v = self.vocab
-        gen = torch.Generator(device=self.device)
-        if seed is None:
-            gen.seed()  # fresh entropy for this generator only; the global RNG is left alone
-        else:
-            gen.manual_seed(seed)
-        ids = torch.tensor([prefix] * n, device=self.device)  # (n, P)
-        logits, state = self.model(ids)  # the whole start text in one call
-        last = logits[:, -1]  # (n, V)
-        out: list[list[int]] = [[] for _ in range(n)]
-        alive = torch.arange(n, device=self.device)
-        for _ in range(length):
-            last = last.index_fill(-1, self._banned, float("-inf"))
-            nxt = choose(last, temperature, top_k, top_p, gen)  # (alive,)
-            done = nxt == v.eos_id if stop_at_eos else torch.zeros_like(nxt, dtype=torch.bool)
-            for row, tok in zip(alive.tolist(), nxt.tolist()):
-                if tok != v.eos_id or not stop_at_eos:
-                    out[row].append(tok)
-                    if on_text is not None:
-                        on_text(row, v.itos[tok] if tok >= len(v.specials) else "")
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(-1)
-                alive, nxt, state = alive[keep], nxt[keep], select(state, keep)
-                if len(alive) == 0:
-                    break
-            logits, state = self.model(nxt[:, None], state)
-            last = logits[:, -1]
-        return [v.decode(o) for o in out]
+    def _run(self, prefix: list[int], length: int, n: int, temperature: float, top_k: int, top_p: float,
+             penalty: float, seed: int | None, stops: list[str]) -> Iterator[tuple[int, str]]:
+        v, dev = self.vocab, self.device
+        if length == 0:
+            return
+        logits, state = self.model(torch.tensor([prefix], device=dev))  # the start text in one call
+        last = logits[:, -1].expand(n, -1)  # (n, V): every sample shares the start
+        state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # (L, n, H)
+        step = self._step_fn()
+        base = secrets.randbits(62) if seed is None else int(seed)
+        gens = [torch.Generator().manual_seed(base + i) for i in range(n)]
+        seen = torch.zeros(n, len(v), dtype=torch.bool, device=dev)
+        if penalty != 1.0:
+            seen[:, torch.tensor(prefix, device=dev)] = True
+        done = [False] * n
+        itos, n_special, eos = v.itos, len(v.specials), v.eos_id
+        texts = [""] * n if stops else None  # per-sample text, only kept to find stop strings
+        held = [""] * n  # streamed text held back while it could be the start of a stop string
+        u = None
+        for t in range(length):
+            if t % UNIFORM_BLOCK == 0 and temperature > 0:
+                u = torch.stack([torch.rand(UNIFORM_BLOCK, generator=g) for g in gens]).to(dev)  # (n, block)
+            scores = last.index_fill(-1, self._banned, float("-inf"))
+            scores = apply_repetition_penalty(scores, seen, penalty)
+            nxt = choose(scores, temperature, top_k, top_p, u[:, t % UNIFORM_BLOCK] if u is not None else None)
+            for i, tok in enumerate(nxt.tolist()):
+                if done[i]:
+                    continue
+                if tok == eos:
+                    done[i] = True
+                    continue
+                ch = itos[tok] if tok >= n_special else ""
+                if texts is None:
+                    yield i, ch
+                    continue
+                texts[i] += ch
+                held[i] += ch
+                hit = next((s for s in stops if texts[i].endswith(s)), None)
+                if hit is not None:
+                    # drop the stop string: what was held back of it is never shown
+                    keep = len(held[i]) - len(hit)
+                    if keep > 0:
+                        yield i, held[i][:keep]
+                    held[i] = ""
+                    done[i] = True
+                    continue
+                safe = len(held[i]) - _longest_stop_prefix(texts[i], stops)
+                if safe > 0:
+                    yield i, held[i][:safe]
+                    held[i] = held[i][safe:]
+            if all(done):
+                break
+            if penalty != 1.0:
+                seen.scatter_(1, nxt[:, None], True)
+            last, state = step(nxt, state)
+        for i, rest in enumerate(held):
+            if rest:
+                yield i, rest
+
+
+def _longest_stop_prefix(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that begins some stop string (so it must be held back)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
 
 
 def sample_texts(model: CharRNN, vocab: Vocab, start: str, temperatures: Sequence[float], length: int, n: int = 1,
@@ -122,4 +287,5 @@ def sample_texts(model: CharRNN, vocab: Vocab, start: str, temperatures: Sequenc
     return [(t, g.generate(start, length, n=n, temperature=t, seed=seed)) for t in temperatures]
 
 
-__all__ = ["Generator", "State", "check_options", "choose", "filter_logits", "sample_texts"]
+__all__ = ["Generator", "State", "Stepper", "apply_repetition_penalty", "check_options", "choose", "filter_logits",
+           "sample_texts"]

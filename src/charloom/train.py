@@ -223,7 +223,8 @@ class Trainer:
         return {"step": self.pos.step, "characters_seen": self.pos.characters, "train_seconds": round(self.pos.elapsed, 1),
                 "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
                 "best_val_bpc": None if math.isinf(self.pos.best_val) else self.pos.best_val / LN2,
-                "corpus": self.corpus_cfg.source, "corpus_characters": int(len(self.data.corpus.ids)),
+                "corpus": self.corpus_cfg.source, "corpus_config": self.corpus_cfg.to_dict(),
+                "corpus_characters": int(len(self.data.corpus.ids)),
                 "parameters": self.model.num_parameters()}
 
     def save(self, val: Evaluation | None) -> None:

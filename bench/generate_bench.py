@@ -1,0 +1,92 @@
+"""Generation benchmark: characters per second at batch 1 and 64, against the notebooks' loop.
+
+    python bench/generate_bench.py [--repeats 3]
+
+The baseline is the notebooks' `generate_soft`: one `model(...)` call per character from a Python loop,
+`torch.multinomial` on `exp(logits / t)`, autograd left on, characters appended to a list. It writes one
+text at a time, so its batch-64 figure is its batch-1 speed. charloom's Generator runs the same model
+(same weights) at temperature 0.8. Models have random weights: speed does not depend on training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+from charloom import CharRNN, Generator, ModelConfig  # noqa: E402
+from charloom.corpus import bundled, read_chunks  # noqa: E402
+from charloom.vocab import Vocab  # noqa: E402
+
+MODELS = {"1x64 LSTM, one-hot": dict(num_layers=1, hidden_size=64, embedding=0),
+          "2x512 LSTM, embedding 512": dict(num_layers=2, hidden_size=512, embedding=512)}
+
+
+def notebook_generate(net, vocab, size, start, temperature):
+    """The notebooks' generate_soft, as written there (the network called once per character)."""
+    chars = list(start)
+    out, s = net(torch.tensor([vocab.encode(start)]))
+    for _ in range(size):
+        out_dist = out[0][-1].div(temperature).exp()
+        nc = torch.multinomial(out_dist, 1)[0]
+        chars.append(vocab.itos[nc])
+        out, s = net(nc.view(1, -1), s)
+    return "".join(chars)
+
+
+def rate(fn, chars: int, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(chars / (time.perf_counter() - t0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    text = "".join(read_chunks(bundled()["shakespeare"].path))[:200_000]
+    vocab = Vocab.build(text)
+    rows = []
+    for name, shape in MODELS.items():
+        torch.manual_seed(0)
+        model = CharRNN(ModelConfig(cell="lstm", vocab_size=len(vocab), **shape)).eval()
+        gen = Generator(model, vocab)
+        n1, n64 = 1000, 300
+        base = rate(lambda: notebook_generate(model, vocab, n1 // 4, "ROMEO", 0.8), n1 // 4, args.repeats)
+        one = rate(lambda: gen.generate("ROMEO", n1, n=1, temperature=0.8, seed=1), n1, args.repeats)
+        many = rate(lambda: gen.generate("ROMEO", n64, n=64, temperature=0.8, seed=1), 64 * n64, args.repeats)
+        b, o, m = (statistics.median(x) for x in (base, one, many))
+        rows.append(f"| {name} | {report.spread(base, '{:,.0f}')} | {report.spread(one, '{:,.0f}')} | "
+                    f"{report.spread(many, '{:,.0f}')} | {o / b:.1f}x | {m / b:.0f}x | {m / o:.1f}x |")
+        print(rows[-1], flush=True)
+    body = "\n".join([
+        "## Generation: characters per second",
+        "",
+        f"Command: `python bench/generate_bench.py --repeats {args.repeats}`.",
+        f"Machine: {report.machine()}, {torch.get_num_threads()} torch threads.",
+        "Median (min-max) characters per second over the repeats, temperature 0.8. Baseline: the notebooks' "
+        "`generate_soft` loop on the same model; it writes one text at a time, so at batch 64 it runs at its "
+        "batch-1 speed. Ratios are of medians measured in the same run.",
+        "",
+        "| model | notebooks' loop | charloom, batch 1 | charloom, batch 64 | batch 1 vs loop | batch 64 vs loop "
+        "| batch 64 vs batch 1 |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    report.write_section("generate", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import charloom
+from charloom.novelty import Novelty
+
+TWEET = "@amy Thanks for the follow, have a great day!"
+
+
+@pytest.fixture(scope="module")
+def recited(tmp_path_factory):
+    """A records model that has learned one tweet by heart (and the file it learned it from)."""
+    folder = tmp_path_factory.mktemp("recite")
+    src = folder / "tweets.txt"
+    src.write_text(TWEET + "\n")
+    os.environ.setdefault("CHARLOOM_CACHE_DIR", str(folder / "cache"))
+    charloom.train(source=str(src), records=True, out=str(folder / "run"), max_steps=150, batch_size=1,
+                   hidden_size=64, num_layers=1, embedding=0, val_fraction=0.0, eval_every=0, lr=1e-2, warmup=0,
+                   schedule="constant", sample_length=0, progress=False)
+    return folder / "run", src
+
+
+def run(*args, stdin=None):
+    p = subprocess.run([sys.executable, "-m", "charloom", *args], capture_output=True, text=True, input=stdin,
+                       timeout=120, env=os.environ.copy())
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_novelty_marks_a_recited_line_as_copied(recited):
+    run_dir, src = recited
+    ck = charloom.load(run_dir)
+    nov = Novelty.for_checkpoint(ck)
+    assert nov.check(TWEET).new is False and nov.check(TWEET).copied == [TWEET]
+    assert nov.check("@amy Thanks for nothing").new is True
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--greedy", "--novelty")
+    assert code == 0, err
+    assert out.strip() == TWEET
+    assert "0 of 1 samples are new (0%)" in err and "copies the training corpus" in err
+
+
+def test_novelty_on_continuous_text_checks_long_lines(tmp_path):
+    p = tmp_path / "book.txt"
+    p.write_text("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n")
+    nov = Novelty(charloom.load_corpus(charloom.CorpusConfig(source=str(p))), min_chars=20)
+    assert not nov.check("something\nWhether 'tis nobler in the mind\nelse").new
+    assert nov.check("To be, or not\nshort").new
+
+
+def test_jsonl_output_holds_each_sample_with_its_settings(recited, tmp_path):
+    run_dir, _ = recited
+    out = tmp_path / "s.jsonl"
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--num-samples", "3", "--temperature", "0.5",
+                       "--temperature", "1.5", "--seed", "4", "--length", "60", "--output", str(out), "--novelty")
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 6
+    assert [r["temperature"] for r in rows] == [0.5] * 3 + [1.5] * 3
+    assert [r["seed"] for r in rows[:3]] == [4, 5, 6]
+    assert all(set(r) >= {"text", "start", "top_k", "top_p", "new"} and len(r["text"]) <= 60 for r in rows)
+
+
+def test_labelled_temperature_sweep_and_several_starts(recited):
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--start", "@amy", "--start", "Thanks",
+                         "--temperature", "0.3", "--temperature", "1.8", "--length", "20", "--seed", "1")
+    assert code == 0, err
+    headers = [ln for ln in out.splitlines() if ln.startswith("--- temperature")]
+    assert headers == ["--- temperature 0.3, start '@amy' ---", "--- temperature 0.3, start 'Thanks' ---",
+                       "--- temperature 1.8, start '@amy' ---", "--- temperature 1.8, start 'Thanks' ---"]
+
+
+def test_interactive_mode_continues_each_line(recited):
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--interactive", "--greedy", stdin="@amy\n@amy Th\n\n")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == TWEET and lines[1] == TWEET
+    assert err.count("start text") >= 2
+
+
+def test_unknown_start_character_is_a_note_not_a_crash(recited):
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--start", "@amy 🎉", "--length", "10", "--seed", "1")
+    assert code == 0 and "'🎉' is not in the model's vocabulary; read as <unk>" in err and "Traceback" not in err
+
+
+def test_bad_sample_options_are_one_line_errors(recited):
+    run_dir, _ = recited
+    for args, needle in ((["--top-p", "0"], "top_p: must be in (0, 1]"), (["--temperature", "-1"], "temperature"),
+                         (["--num-samples", "0"], "num_samples: must be positive")):
+        code, _, err = run("sample", "--checkpoint", str(run_dir), *args)
+        assert code == 2 and needle in err and "Traceback" not in err
+    code, _, err = run("sample", "--checkpoint", str(run_dir / "nope"))
+    assert code == 2 and "no such model file" in err

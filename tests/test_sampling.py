@@ -1,0 +1,221 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from charloom.config import ModelConfig
+from charloom.errors import CharloomError
+from charloom.model import CharRNN
+from charloom.sampling import Generator, Stepper, apply_repetition_penalty, check_options, choose, filter_logits
+from charloom.vocab import Vocab
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.randn(5, 30)
+    assert torch.equal(choose(logits, temperature=0), logits.argmax(-1))
+    assert torch.equal(choose(logits, temperature=0, top_k=3, top_p=0.2), logits.argmax(-1))
+
+
+def test_top_k_one_is_greedy_at_any_temperature():
+    logits = torch.randn(8, 30)
+    g = torch.Generator().manual_seed(0)
+    for t in (0.5, 1.0, 5.0):
+        assert torch.equal(choose(logits, temperature=t, top_k=1, generator=g), logits.argmax(-1))
+
+
+def test_top_k_keeps_exactly_k_even_when_logits_tie():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 3.0, 0.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert int(kept.sum()) == 2 and kept[0, [1, 2, 3, 4]].sum() == 2
+    g = torch.Generator().manual_seed(1)
+    draws = {int(choose(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert len(draws) == 2 and draws <= {1, 2, 3, 4}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p))[0].tolist()  # noqa: E731
+    assert kept(0.5) == [True, False, False, False]  # 0.5 alone reaches 0.5
+    assert kept(0.51) == [True, True, False, False]
+    assert kept(0.8) == [True, True, False, False]
+    assert kept(0.81) == [True, True, True, False]
+    assert kept(1.0) == [True, True, True, True]
+    shuffled = logits[:, [2, 0, 3, 1]]  # the order of ids does not matter
+    assert torch.isfinite(filter_logits(shuffled, top_p=0.8))[0].tolist() == [False, True, False, True]
+
+
+def test_sampling_follows_the_distribution():
+    probs = torch.tensor([0.1, 0.6, 0.0, 0.3])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([choose(probs.log()[None], 1.0, generator=g) for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[2] == 0  # a zero-probability id is never drawn
+    torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
+
+
+def test_uniform_picks_by_inverse_cdf():
+    logits = torch.tensor([[0.25, 0.25, 0.5]]).log()
+    assert choose(logits, 1.0, u=torch.tensor([0.1])).item() == 0
+    assert choose(logits, 1.0, u=torch.tensor([0.3])).item() == 1
+    assert choose(logits, 1.0, u=torch.tensor([0.99])).item() == 2
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(temperature=-0.1, top_k=0, top_p=1.0), "--temperature"),
+    (dict(temperature=1.0, top_k=-1, top_p=1.0), "--top-k"),
+    (dict(temperature=1.0, top_k=1.5, top_p=1.0), "--top-k"),
+    (dict(temperature=1.0, top_k=0, top_p=0.0), "--top-p"),
+    (dict(temperature=1.0, top_k=0, top_p=1.5), "--top-p"),
+    (dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=0.5), "--repetition-penalty"),
+])
+def test_invalid_options_name_the_flag(kwargs, flag):
+    with pytest.raises(CharloomError, match=flag):
+        check_options(**kwargs)
+
+
+def test_repetition_penalty_lowers_only_seen_characters():
+    logits = torch.tensor([[2.0, -1.0, 2.0, -1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 2.0, -1.0]]
+    assert torch.equal(apply_repetition_penalty(logits, seen, 1.0), logits)
+
+
+# ---- the Generator -----------------------------------------------------------------------------------
+TEXT = "the cat sat on the mat. the dog ate the hat.\n"
+
+
+def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0):
+    vocab = Vocab.build(TEXT)
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=embedding,
+                                vocab_size=len(vocab)))
+    return Generator(model, vocab, records=records)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embedding", [0, 6])
+def test_stepper_equals_the_model(cell, embedding):
+    g = model_for(cell, embedding=embedding)
+    model = g.model.eval()
+    ids = torch.randint(4, len(g.vocab), (3, 12))
+    whole, _ = model(ids)
+    _, state = model(ids[:, :1])
+    step = Stepper(model)
+    for t in range(1, 12):
+        logits, state = step(ids[:, t], state)
+        torch.testing.assert_close(logits, whole[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_start_text_in_one_call_equals_one_character_at_a_time():
+    g = model_for()
+    model = g.model.eval()
+    ids = torch.tensor([g.vocab.encode("the cat sat")])
+    with torch.no_grad():
+        whole, _ = model(ids)
+        state, logits = None, None
+        for t in range(ids.shape[1]):
+            logits, state = model(ids[:, t:t + 1], state)
+    torch.testing.assert_close(whole[:, -1].softmax(-1), logits[:, -1].softmax(-1), atol=1e-6, rtol=1e-5)
+
+
+def test_same_seed_same_text_alone_or_in_a_batch():
+    g = model_for()
+    alone = g.generate("the ", 60, n=1, temperature=1.0, seed=7)
+    batch = g.generate("the ", 60, n=4, temperature=1.0, seed=7)
+    assert batch[0] == alone[0]
+    assert g.generate("the ", 60, n=1, temperature=1.0, seed=9)[0] == batch[2]  # sample i uses seed + i
+    assert len(set(batch)) > 1
+    assert g.generate("the ", 60, n=4, temperature=1.0, seed=7) == batch
+
+
+def test_parallel_samples_stop_independently_at_eos():
+    g = model_for(records=True)
+    eos = g.vocab.eos_id
+    with torch.no_grad():  # make <eos> likely, so samples end at different places
+        g.model.head.bias[eos] += 2.5
+    texts = g.generate("", 50, n=16, temperature=1.0, seed=3)
+    lengths = {len(t) for t in texts}
+    assert len(lengths) > 3 and max(lengths) < 50
+    for i, t in enumerate(texts):
+        assert t == g.generate("", 50, n=1, temperature=1.0, seed=3 + i)[0]  # a row is the same alone
+
+
+def test_streamed_output_equals_returned_text():
+    g = model_for()
+    pieces = [[] for _ in range(3)]
+    texts = g.generate("the", 80, n=3, temperature=1.0, seed=5, on_text=lambda i, s: pieces[i].append(s))
+    assert ["".join(p) for p in pieces] == texts
+    streamed = [""] * 3
+    for i, piece in g.stream("the", 80, n=3, temperature=1.0, seed=5):
+        streamed[i] += piece
+    assert streamed == texts
+
+
+def test_stop_strings_end_a_sample_before_they_appear():
+    g = model_for()
+    full = g.generate("", 200, n=4, temperature=1.0, seed=11)
+    stop = "t"
+    cut = g.generate("", 200, n=4, temperature=1.0, seed=11, stop=[stop])
+    for a, b in zip(full, cut):
+        assert b == a.split(stop)[0]
+    pieces = [""] * 4
+    g.generate("", 200, n=4, temperature=1.0, seed=11, stop=["at", "e d"],
+               on_text=lambda i, s: pieces.__setitem__(i, pieces[i] + s))
+    again = g.generate("", 200, n=4, temperature=1.0, seed=11, stop=["at", "e d"])
+    assert pieces == again and all("at" not in t and "e d" not in t for t in again)
+
+
+def test_greedy_generation_is_deterministic_without_seed():
+    g = model_for()
+    assert g.generate("the", 40, temperature=0) == g.generate("the", 40, temperature=0)
+
+
+def test_unknown_start_characters_follow_the_policy():
+    g = model_for()
+    with pytest.warns(UserWarning, match="read as <unk>"):
+        out = g.generate("the 🎉Z", 10, temperature=0)
+    assert len(out[0]) == 10
+    assert g.unknown_characters("the 🎉Z") == sorted(["🎉", "Z"])
+    strict = Generator(g.model, Vocab(g.vocab.chars, unknown="error"))
+    with pytest.raises(CharloomError, match=r"start text: character '🎉' \(U\+1F389\) at position 4"):
+        strict.generate("the 🎉", 10)
+
+
+def test_generator_leaves_training_mode_and_global_rng_alone():
+    g = model_for()
+    g.model.train()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    g.generate("the", 20, temperature=1.0)
+    assert g.model.training and torch.equal(torch.get_rng_state(), before)
+
+
+def test_stepper_follows_new_weights():
+    g = model_for()
+    a = g.generate("the", 30, temperature=0)
+    with torch.no_grad():
+        for p in g.model.parameters():
+            p.add_(torch.randn_like(p))
+    b = g.generate("the", 30, temperature=0)
+    ref = Generator(g.model, g.vocab).generate("the", 30, temperature=0)
+    assert b == ref and a != b
+
+
+def test_records_model_starts_from_bos_with_or_without_start():
+    g = model_for(records=True)
+    assert g._prefix("") == [g.vocab.bos_id]
+    assert g._prefix("th") == [g.vocab.bos_id] + g.vocab.encode("th")
+    c = model_for(records=False)
+    assert c._prefix("") == [c.vocab.stoi["\n"]] and c._prefix("th") == c.vocab.encode("th")
+
+
+def test_length_and_count_are_checked():
+    g = model_for()
+    with pytest.raises(CharloomError, match="--length"):
+        g.generate("", -1)
+    with pytest.raises(CharloomError, match="--num-samples"):
+        g.generate("", 5, n=0)
+    assert g.generate("", 0, n=2) == ["", ""]
