@@ -210,3 +210,36 @@ def test_batches_of_bundled_shakespeare():
     b = next(iter(data.train))
     assert b.x.shape == (32, 100) and torch.equal(b.x[:, 1:], b.y[:, :-1])
     assert data.val_size == round(5057239 * 0.05)
+
+
+@pytest.mark.parametrize("order", ["shuffle", "contiguous"])
+def test_processes_get_disjoint_shares_of_each_epoch(order):
+    c = stream_corpus(6000)
+    cfg = BatchConfig(batch_size=4, seq_len=10, order=order, val_fraction=0.0)
+    shards = [prepare(c, cfg, rank=r, world=3).train for r in range(3)]
+    n = shards[0].batches_in_epoch(0)
+    assert n > 0 and all(s.batches_in_epoch(0) == n for s in shards)
+    rows = [tuple(row.tolist()) for s in shards for i in range(n) for row in s.batch(0, i).x]
+    assert len(rows) == len(set(rows)) == 3 * n * 4  # no window is read by two processes
+    if order == "contiguous":  # each process's rows still continue from batch to batch
+        for s in shards:
+            assert torch.equal(s.batch(0, 1).x[:, 0], s.batch(0, 0).y[:, -1])
+    else:  # together they read exactly the windows one process would, in whole global batches
+        single = prepare(c, cfg.replace(batch_size=12), rank=0, world=1).train
+        one = {tuple(row.tolist()) for i in range(n) for row in single.batch(0, i).x}
+        assert set(rows) == one
+
+
+def test_record_shards_are_disjoint():
+    texts = [f"rec{i}" + "x" * (i % 7) for i in range(100)]
+    c = records_corpus(texts)
+    cfg = BatchConfig(batch_size=8, val_fraction=0.0)
+    got = []
+    for r in range(2):
+        rb = RecordBatches(c, np.arange(100), cfg, "r", rank=r, world=2)
+        for i in range(rb.batches_in_epoch(0)):
+            b = rb.batch(0, i)
+            got += [c.vocab.decode(y[m]) for y, m in zip(b.y, b.mask)]
+    assert len(got) == len(set(got)) == 96
+    with pytest.raises(CharloomError, match="cannot be shared by 4 processes"):
+        RecordBatches(c, np.arange(3), cfg, "r", rank=0, world=4)

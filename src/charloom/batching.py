@@ -97,11 +97,17 @@ def split_stream(n: int, cfg: BatchConfig) -> tuple[list[tuple[int, int]], list[
 
 
 class StreamBatches:
-    """Equal-size (B, T) batches of windows from a stream; see the module docstring for the orders."""
+    """Equal-size (B, T) batches of windows from a stream; see the module docstring for the orders.
 
-    def __init__(self, stream: Stream, cfg: BatchConfig, pad_id: int, label: str = "corpus"):
+    rank, world: with several processes, process `rank` of `world` gets every world-th batch (shuffle) or
+    its own B of the world * B parallel streams (contiguous): disjoint parts of the same epoch.
+    """
+
+    def __init__(self, stream: Stream, cfg: BatchConfig, pad_id: int, label: str = "corpus", rank: int = 0,
+                 world: int = 1):
         self.stream, self.cfg, self.pad_id = stream, cfg, pad_id
-        B, T = cfg.batch_size, cfg.seq_len
+        self.rank, self.world = rank, world
+        B, T = cfg.batch_size * world, cfg.seq_len  # B: rows across all processes
         if len(stream) < T + 1:
             raise CharloomError(
                 f"{label}: the training split has {len(stream)} characters, fewer than seq_len + 1 = {T + 1}; "
@@ -115,7 +121,8 @@ class StreamBatches:
         elif (len(stream) - 1) // T < B:
             raise CharloomError(
                 f"{label}: the training split holds {(len(stream) - 1) // T} windows of {T} characters, "
-                f"fewer than one batch of {B}; use a smaller --batch-size or --seq-len")
+                f"fewer than one batch of {B}{f' ({world} processes)' if world > 1 else ''}; "
+                f"use a smaller --batch-size or --seq-len")
 
     def _epoch_windows(self, epoch: int) -> np.ndarray:
         """Window starts of one epoch in batch order (shuffle order)."""
@@ -130,14 +137,16 @@ class StreamBatches:
         if self.cfg.order == "contiguous":
             return self.stream_len // T
         offset = int(np.random.default_rng([self.cfg.seed, epoch]).integers(0, T))
-        return ((len(self.stream) - 1 - offset) // T) // B
+        return ((len(self.stream) - 1 - offset) // T) // B // self.world
 
     def batch(self, epoch: int, index: int, _starts: np.ndarray | None = None) -> Batch:
         B, T = self.cfg.batch_size, self.cfg.seq_len
         if self.cfg.order == "contiguous":
-            starts = np.arange(B, dtype=np.int64) * self.stream_len + index * T
+            rows = self.rank * B + np.arange(B, dtype=np.int64)  # this process's streams
+            starts = rows * self.stream_len + index * T
         else:
-            starts = (self._epoch_windows(epoch) if _starts is None else _starts)[index * B:(index + 1) * B]
+            g = index * self.world + self.rank  # this process's share of the epoch's batches
+            starts = (self._epoch_windows(epoch) if _starts is None else _starts)[g * B:(g + 1) * B]
         chunk = self.stream.gather(starts[:, None] + np.arange(T + 1))  # (B, T+1)
         return Batch(chunk[:, :-1], chunk[:, 1:], self.pad_id, epoch, index,
                      continues=self.cfg.order == "contiguous" and index > 0)
@@ -192,9 +201,11 @@ def pad_records(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, bos: i
 class RecordBatches:
     """Padded (B, L) batches of whole records, bucketed by length; see the module docstring."""
 
-    def __init__(self, corpus: Corpus, indices: np.ndarray, cfg: BatchConfig, label: str = "corpus"):
+    def __init__(self, corpus: Corpus, indices: np.ndarray, cfg: BatchConfig, label: str = "corpus", rank: int = 0,
+                 world: int = 1):
         assert corpus.offsets is not None
         self.corpus, self.cfg = corpus, cfg
+        self.rank, self.world = rank, world  # process `rank` of `world` takes every world-th batch
         v = corpus.vocab
         self.bos, self.eos, self.pad_id = v.bos_id, v.eos_id, v.pad_id
         lengths = corpus.lengths()[indices]
@@ -209,10 +220,12 @@ class RecordBatches:
         if len(indices) == 0:
             raise CharloomError(f"{label}: no training records left (all {self.overlong} are longer than "
                                 f"--max-record-len {cfg.max_record_len} and --overlong is skip)")
-        self.batch_size = min(cfg.batch_size, len(indices))
+        self.batch_size = min(cfg.batch_size, len(indices) // world)
+        if self.batch_size == 0:
+            raise CharloomError(f"{label}: {len(indices)} training records cannot be shared by {world} processes")
 
     def batches_in_epoch(self, epoch: int = 0) -> int:
-        return len(self.indices) // self.batch_size
+        return len(self.indices) // self.batch_size // self.world
 
     def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
         """Row numbers (into self.indices) of each batch of one epoch, in batch order."""
@@ -235,7 +248,7 @@ class RecordBatches:
         return Batch(seq[:, :-1], seq[:, 1:], self.pad_id, epoch, index)
 
     def batch(self, epoch: int, index: int) -> Batch:
-        return self.make(self._epoch_groups(epoch)[index], epoch, index)
+        return self.make(self._epoch_groups(epoch)[index * self.world + self.rank], epoch, index)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
@@ -243,8 +256,8 @@ class RecordBatches:
     def iterate(self, epoch: int = 0, index: int = 0) -> Iterator[Batch]:
         while True:
             groups = self._epoch_groups(epoch)
-            for i in range(index, len(groups)):
-                yield self.make(groups[i], epoch, i)
+            for i in range(index, self.batches_in_epoch(epoch)):
+                yield self.make(groups[i * self.world + self.rank], epoch, i)
             epoch, index = epoch + 1, 0
 
     def in_order(self) -> Iterator[Batch]:
@@ -293,17 +306,20 @@ class Data:
         return self.val.in_order()
 
 
-def prepare(corpus: Corpus, cfg: BatchConfig) -> Data:
-    """Split the corpus and set up its batches (checks that it is long enough for `cfg`)."""
+def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:
+    """Split the corpus and set up its batches (checks that it is long enough for `cfg`).
+
+    rank, world: this process's disjoint share of the training batches when `world` processes train together.
+    """
     if corpus.offsets is None:
         train_seg, val_seg = split_stream(len(corpus.ids), cfg)
-        train = StreamBatches(Stream(corpus.ids, train_seg), cfg, corpus.vocab.pad_id, corpus.name)
+        train = StreamBatches(Stream(corpus.ids, train_seg), cfg, corpus.vocab.pad_id, corpus.name, rank, world)
         val = Stream(corpus.ids, val_seg) if val_seg else None
         return Data(corpus, cfg, train, val, len(train.stream), len(val) if val else 0)
     n = corpus.num_records
     if n < 1:
         raise CharloomError(f"{corpus.name}: the corpus holds no records")
     tr, va = split_records(n, cfg)
-    train_b = RecordBatches(corpus, tr, cfg, corpus.name)
+    train_b = RecordBatches(corpus, tr, cfg, corpus.name, rank, world)
     val_b = RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name) if len(va) else None
     return Data(corpus, cfg, train_b, val_b, len(train_b.indices), len(va))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
 from .batching import Batch, Data, prepare
@@ -136,6 +139,61 @@ class _StopSignals:
             signal.signal(s, h)
 
 
+class Processes:
+    """The processes of a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK), or just this one.
+
+    With several, training is DistributedDataParallel (gloo on CPU, NCCL on GPU): each process reads its
+    own share of the batches, gradients are averaged, and only rank 0 evaluates, prints and saves.
+    """
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self._started = False
+
+    @property
+    def many(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> torch.device:
+        """Join the process group; a GPU process takes the GPU of its local rank."""
+        if not self.many:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self._started = True
+        return device
+
+    def total(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value summed over all processes (the values themselves with one process)."""
+        if not self.many:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], device=device, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """`t` from every process, by rank (every process must call this)."""
+        if not self.many:
+            return [t]
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t.contiguous())
+        return out
+
+    def close(self) -> None:
+        if self._started:
+            dist.destroy_process_group()
+            self._started = False
+
+
 # ---- resume state ------------------------------------------------------------------------------------
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     sd = opt.state_dict()
@@ -187,14 +245,19 @@ class Trainer:
         self.out = Path(cfg.out).expanduser()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = pick_device(cfg.device)
+        self.procs = Processes()
+        self.device = self.procs.start(pick_device(cfg.device))
         if cfg.precision != "fp32" and self.device.type != "cuda":
             raise CharloomError(f"--precision {cfg.precision}: autocast is for a CUDA GPU; on {self.device.type} use fp32")
-        self.data = data or prepare(load_corpus(corpus_cfg), batch_cfg)
+        self.data = data or prepare(load_corpus(corpus_cfg), batch_cfg, self.procs.rank, self.procs.world)
         self.vocab = self.data.corpus.vocab
         self.records = self.data.corpus.is_records
         torch.manual_seed(cfg.seed)
         self.model = CharRNN(model_cfg.replace(vocab_size=len(self.vocab))).to(self.device)
+        self.net: torch.nn.Module = self.model  # what the training step calls
+        if self.procs.many:
+            torch.manual_seed(cfg.seed + 1_000_003 * self.procs.rank)  # its own dropout masks per process
+            self.net = DistributedDataParallel(self.model)  # copies rank 0's weights to every process
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -216,6 +279,7 @@ class Trainer:
     def _extra_meta(self, groups: list[dict]) -> dict[str, Any]:
         pos = vars(self.pos).copy()
         pos["best_val"] = None if math.isinf(pos["best_val"]) else pos["best_val"]
+        pos["world"] = self.procs.world
         return {"progress": pos, "optimizer": groups, "corpus": self.corpus_cfg.to_dict(),
                 "batch": self.batch_cfg.to_dict(), "train": self.cfg.to_dict()}
 
@@ -232,11 +296,17 @@ class Trainer:
         if improved:
             self.pos.best_val = val.loss
         tensors, groups = _optimizer_tensors(self.opt)
-        tensors["rng.torch"] = torch.get_rng_state()
+        # what differs between processes is saved for each: RNG states and carried hidden state
+        mine = {"rng.torch": torch.get_rng_state().to(self.device)}
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        for i, s in enumerate(self.carry or ()):
-            tensors[f"carry.{i}"] = s
+            mine["rng.cuda"] = torch.cuda.get_rng_state(self.device).to(self.device)
+        for i, st in enumerate(self.carry or ()):
+            mine[f"carry.{i}"] = st
+        for name, t in mine.items():
+            for r, tr in enumerate(self.procs.gather(t)):
+                tensors[f"{name}.r{r}"] = tr
+        if not self.procs.main:
+            return
         info = self.info(val)
         checkpoint.save(self.out / checkpoint.RESUME_FILE, self.model, self.vocab, records=self.records, info=info,
                         extra_tensors=tensors, extra_meta=self._extra_meta(groups))
@@ -261,12 +331,18 @@ class Trainer:
             raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {self.out}")
         self.model.load_state_dict(ck.model.state_dict())
         _restore_optimizer(self.opt, ck.tensors, saved["optimizer"])
-        torch.set_rng_state(ck.tensors["rng.torch"])
-        if "rng.cuda" in ck.tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck.tensors["rng.cuda"], self.device)
-        carry = [ck.tensors[f"carry.{i}"] for i in range(2) if f"carry.{i}" in ck.tensors]
+        saved_world = saved["progress"].get("world", 1)
+        if saved_world != self.procs.world:
+            raise CharloomError(f"--resume: the run in {self.out} trained with {saved_world} process(es), "
+                                f"this launch has {self.procs.world}; resume it with the same number")
+        r = f"r{self.procs.rank}"
+        torch.set_rng_state(ck.tensors[f"rng.torch.{r}"].cpu())
+        if f"rng.cuda.{r}" in ck.tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck.tensors[f"rng.cuda.{r}"].cpu(), self.device)
+        carry = [ck.tensors[f"carry.{i}.{r}"] for i in range(2) if f"carry.{i}.{r}" in ck.tensors]
         self.carry = tuple(t.to(self.device) for t in carry) or None
         p = saved["progress"]
+        p = {k: v for k, v in p.items() if k != "world"}
         self.pos = Progress(**{**p, "best_val": math.inf if p["best_val"] is None else p["best_val"]})
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # drop lines a killed run wrote after its last save
@@ -288,7 +364,7 @@ class Trainer:
 
     # -- output
     def _say(self, text: str) -> None:
-        if self.cfg.progress:
+        if self.cfg.progress and self.procs.main:
             from tqdm import tqdm
 
             tqdm.write(text, file=sys.stdout)
@@ -303,6 +379,9 @@ class Trainer:
         return evaluate(self.model, self.data.val_batches(), self.device, limit)
 
     def _checkpoint(self, train_loss: float, rate: float, final: bool) -> Evaluation | None:
+        if not self.procs.main:
+            self.save(None)  # takes part in gathering this process's state, writes nothing
+            return None
         val = self._evaluate(final)
         lr = self.opt.param_groups[0]["lr"]
         row = {"step": self.pos.step, "epoch": round(self.pos.epoch + self.pos.index /
@@ -340,62 +419,74 @@ class Trainer:
         self._say(f"{model.cfg.cell} {model.cfg.num_layers}x{model.cfg.hidden_size}, {n_params:,} parameters, "
                   f"on {self.device.type}; {self.data.train_size:,} training "
                   f"{'records' if self.records else 'characters'}; run folder {self.out}")
-        bar = tqdm(total=1000, disable=None if cfg.progress else True, leave=False, file=sys.stderr,
-                   bar_format="{percentage:3.0f}%|{bar:20}| {desc}", initial=int(1000 * self.fraction_done()))
+        bar = tqdm(total=1000, disable=None if cfg.progress and self.procs.main else True, leave=False,
+                   file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:20}| {desc}",
+                   initial=int(1000 * self.fraction_done()))
         stopped_by, val = "budget", None
         loss_sum, loss_n, seen_since, t_since, steps_run = 0.0, 0, 0, 0.0, 0
-        with _StopSignals() as signals:
-            t_last = time.perf_counter()
-            while self.fraction_done() < 1.0:
-                t0 = time.perf_counter()
-                batch = next(batches)
-                lr = learning_rate(cfg, pos.step, self.fraction_done())
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-                state = self.carry if contiguous and cfg.carry_state and batch.continues else None
-                loss, new_state = batch_loss(model, batch, state, self.device, self.autocast)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise CharloomError(
-                        f"step {pos.step + 1}: the loss is {value}; training stopped and this step was not saved "
-                        f"(the files in {self.out} are from the last good evaluation); try a lower --lr")
-                self.opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.opt)
-                self.scaler.update()
-                if contiguous:
-                    self.carry = detach(new_state)
-                now = time.perf_counter()
-                tokens = batch.tokens
-                steps_run += 1
-                pos.step += 1
-                pos.epoch, pos.index = batch.epoch, batch.index + 1
-                pos.elapsed += now - t_last  # wall time: evaluations count against the budget too
-                t_last = now
-                pos.characters += tokens
-                t_since += now - t0  # training steps alone, for the throughput figure
-                loss_sum, loss_n, seen_since = loss_sum + value, loss_n + 1, seen_since + tokens
-                rate = seen_since / t_since if t_since else 0.0
-                bar.n = int(1000 * min(1.0, self.fraction_done()))
-                bar.set_description_str(f"step {pos.step} loss {value:.3f} ({value / LN2:.2f} bpc) "
-                                        f"{rate:,.0f} chars/s ETA {self._eta():.0f}s", refresh=False)
-                bar.update(0)
-                stop = self._emit({"event": "step", "step": pos.step, "loss": value, "lr": lr})
-                if signals.received or stop:
-                    stopped_by = signals.received or "callback"
-                    break
-                if cfg.eval_every and pos.step % cfg.eval_every == 0 and self.fraction_done() < 1.0:
-                    self._checkpoint(loss_sum / loss_n, rate, final=False)
-                    loss_sum, loss_n, seen_since, t_since = 0.0, 0, 0, 0.0
-            bar.close()
-            if loss_n:
-                val = self._checkpoint(loss_sum / loss_n, seen_since / t_since if t_since else 0.0,
-                                       final=stopped_by == "budget")
-            elif not steps_run:
-                self._say(f"nothing to do: the run in {self.out} has already used its budget")
+        try:
+            with _StopSignals() as signals:
+                t_last = time.perf_counter()
+                running = self.fraction_done() < 1.0
+                while running:
+                    t0 = time.perf_counter()
+                    batch = next(batches)
+                    lr = learning_rate(cfg, pos.step, self.fraction_done())
+                    for g in self.opt.param_groups:
+                        g["lr"] = lr
+                    state = self.carry if contiguous and cfg.carry_state and batch.continues else None
+                    loss, new_state = batch_loss(self.net, batch, state, self.device, self.autocast)
+                    value = float(loss.detach())
+                    self.opt.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()  # every process joins the gradient average
+                    (bad,) = self.procs.total([not math.isfinite(value)], self.device)
+                    if bad:
+                        where = f"the loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
+                        raise CharloomError(
+                            f"step {pos.step + 1}: {where}; training stopped and this step was not saved "
+                            f"(the files in {self.out} are from the last good evaluation); try a lower --lr")
+                    if cfg.grad_clip:
+                        self.scaler.unscale_(self.opt)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                    if contiguous:
+                        self.carry = detach(new_state)
+                    now = time.perf_counter()
+                    steps_run += 1
+                    pos.step += 1
+                    pos.epoch, pos.index = batch.epoch, batch.index + 1
+                    pos.elapsed += now - t_last  # wall time: evaluations count against the budget too
+                    t_last = now
+                    t_since += now - t0  # training steps alone, for the throughput figure
+                    wanted = self._emit({"event": "step", "step": pos.step, "loss": value, "lr": lr})
+                    local = signals.received or ("callback" if wanted else None)
+                    # every process stops at the same step: a stop anywhere, or the budget, is a stop for all
+                    stops, budgets, tokens = self.procs.total(
+                        [local is not None, self.fraction_done() >= 1.0, batch.tokens], self.device)
+                    pos.characters += int(tokens)
+                    loss_sum, loss_n, seen_since = loss_sum + value, loss_n + 1, seen_since + int(tokens)
+                    rate = seen_since / t_since if t_since else 0.0
+                    bar.n = int(1000 * min(1.0, self.fraction_done()))
+                    bar.set_description_str(f"step {pos.step} loss {value:.3f} ({value / LN2:.2f} bpc) "
+                                            f"{rate:,.0f} chars/s ETA {self._eta():.0f}s", refresh=False)
+                    bar.update(0)
+                    if stops:
+                        stopped_by = local or "a signal to another process"
+                        break
+                    if budgets:
+                        break
+                    if cfg.eval_every and pos.step % cfg.eval_every == 0:
+                        self._checkpoint(loss_sum / loss_n, rate, final=False)
+                        loss_sum, loss_n, seen_since, t_since = 0.0, 0, 0, 0.0
+                bar.close()
+                if loss_n:
+                    val = self._checkpoint(loss_sum / loss_n, seen_since / t_since if t_since else 0.0,
+                                           final=stopped_by == "budget")
+                elif not steps_run:
+                    self._say(f"nothing to do: the run in {self.out} has already used its budget")
+        finally:
+            self.procs.close()
         if stopped_by != "budget":
             self._say(f"stopped by {stopped_by} at step {pos.step}; saved {self.out / checkpoint.RESUME_FILE} "
                       f"(continue with --resume)")

@@ -1,0 +1,55 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import charloom
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def torchrun(*args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("order", ["shuffle", "contiguous"])
+def test_two_cpu_processes_keep_identical_weights_and_learn(tmp_path, text_file, order):
+    p = torchrun(str(WORKER), str(tmp_path), str(text_file), order)
+    assert p.returncode == 0, p.stderr[-3000:]
+    w0 = load_file(tmp_path / "rank0.safetensors")
+    w1 = load_file(tmp_path / "rank1.safetensors")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"{k} differs between the two processes"
+    losses = {}
+    for r in (0, 1):
+        with safe_open(tmp_path / f"rank{r}.safetensors", "pt") as f:
+            losses[r] = [float(x) for x in f.metadata()["losses"].split(",")]
+    assert losses[0] != losses[1]  # each process read its own batches
+    first, last = sum(losses[0][:5]) / 5, sum(losses[0][-5:]) / 5
+    assert last < 0.8 * first  # the loss falls
+    ck = charloom.load(tmp_path / "run" / "last.safetensors")
+    assert ck.info["step"] == 40 and torch.equal(ck.model.state_dict()["head.weight"], w0["head.weight"])
+    assert {f"rng.torch.r{r}" for r in (0, 1)} <= set(ck.tensors)
+
+
+def test_torchrun_cli_trains_and_resumes(tmp_path, text_file):
+    out = tmp_path / "run"
+    common = [str(text_file), "--out", str(out), "--hidden", "16", "--layers", "1", "--batch-size", "4",
+              "--seq-len", "16", "--eval-every", "5", "--sample-length", "0"]
+    p = torchrun("-m", "charloom", "train", *common, "--max-steps", "10")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("parameters") == 1  # only rank 0 prints
+    p = torchrun("-m", "charloom", "train", *common, "--max-steps", "14", "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert charloom.load(out / "last.safetensors").info["step"] == 14
+    single = subprocess.run([sys.executable, "-m", "charloom", "train", *common, "--max-steps", "20", "--resume"],
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 2 and "trained with 2 process(es), this launch has 1" in single.stderr
