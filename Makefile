@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(PY) bench/corpus_bench.py
 	$(PY) bench/generate_bench.py
+	$(PY) bench/train_speed_bench.py
 	$(PY) bench/train_bench.py
 
 clean:
