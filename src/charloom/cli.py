@@ -20,7 +20,8 @@ from typing import Any, Literal
 import numpy as np
 
 from . import batching, corpus
-from .config import BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, TrainConfig
+from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, ServeConfig,
+                     TrainConfig)
 from .errors import CharloomError
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
@@ -298,6 +299,17 @@ def cmd_eval(ns: argparse.Namespace) -> None:
           f"(read as <unk>)")
 
 
+def cmd_serve(ns: argparse.Namespace) -> None:
+    from .checkpoint import model_path
+
+    path = model_path(ns.checkpoint)  # a clear error before any server starts
+    try:
+        from .server import serve
+    except ImportError:
+        raise CharloomError("serve: the server needs the 'serve' extra: pip install 'charloom[serve]'") from None
+    serve(path, options(ns, ServeConfig))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charloom", description="Character-level RNN, LSTM and GRU text generation.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -341,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s, EvalConfig)
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=cmd_eval)
+
+    s = sub.add_parser("serve", help="an HTTP generation API and a web playground for a model",
+                       description="Serve a model: POST /v1/generate, GET /v1/model, the playground at /.")
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
+    add_options(s, ServeConfig)
+    s.set_defaults(run=cmd_serve)
     return p
 
 

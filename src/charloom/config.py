@@ -327,3 +327,24 @@ class EvalConfig(Config):
 
     def validate(self) -> None:
         _positive(self, "streams", "window")
+
+
+@dataclass(frozen=True)
+class ServeConfig(Config):
+    """The HTTP server: where it listens and what one request may ask for."""
+
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = option(8000, "port to listen on")
+    default_length: int = option(300, "characters per sample when a request does not say")
+    max_length: int = option(2000, "the most characters per sample a request may ask for")
+    max_n: int = option(16, "the most samples one request may ask for")
+    max_start: int = option(2000, "the longest start text a request may send, in characters")
+    max_body: int = option(65536, "the largest request body, in bytes (larger: 413)")
+    max_concurrent: int = option(4, "generations running at once; more requests wait for none and get 429")
+
+    def validate(self) -> None:
+        _positive(self, "default_length", "max_length", "max_n", "max_start", "max_body", "max_concurrent")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be in 0-65535, got {self.port}")
+        if self.default_length > self.max_length:
+            raise ConfigError("default_length: must not exceed max_length")

@@ -1,0 +1,189 @@
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+import charloom
+from charloom.config import ServeConfig
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from charloom.server import create_app  # noqa: E402
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    src = folder / "play.txt"
+    src.write_text(TEXT)
+    charloom.train(source=str(src), out=str(folder / "run"), max_steps=30, batch_size=4, seq_len=16, hidden_size=32,
+                   num_layers=1, embedding=8, eval_every=10, sample_length=0, progress=False, warmup=2, lr=1e-2,
+                   cache_dir=str(folder / "cache"))
+    return folder / "run"
+
+
+@pytest.fixture
+def client(model_dir):
+    return TestClient(create_app(model_dir, ServeConfig(max_length=500, max_n=4, max_start=50, max_body=2000,
+                                                         max_concurrent=2)))
+
+
+def sse(text):
+    """Parse a server-sent-events body into (event, data) pairs."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        event, data = "message", ""
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data += line[6:]
+        out.append((event, json.loads(data)))
+    return out
+
+
+def test_generate_happy_path(client):
+    r = client.post("/v1/generate", json={"start": "To be", "length": 40, "n": 3, "seed": 5, "temperature": 0.9})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["samples"]) == 3 and all(len(s["text"]) == 40 for s in body["samples"])
+    assert body["settings"]["seed"] == 5 and body["settings"]["temperature"] == 0.9
+    assert body["timing"]["characters"] == 120
+    again = client.post("/v1/generate", json={"start": "To be", "length": 40, "n": 3, "seed": 5, "temperature": 0.9})
+    assert again.json()["samples"] == body["samples"]
+
+
+def test_every_field_is_optional(client):
+    r = client.post("/v1/generate", json={})
+    assert r.status_code == 200 and len(r.json()["samples"][0]["text"]) == 300
+    assert isinstance(r.json()["settings"]["seed"], int)  # the seed used is reported
+
+
+def test_model_health_docs_and_playground(client):
+    m = client.get("/v1/model").json()
+    assert m["config"]["cell"] == "lstm" and m["vocab_size"] > 4 and m["parameters"] > 0
+    assert m["training"]["step"] == 30 and m["training"]["val_bpc"] > 0
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/docs").status_code == 200
+    assert "/v1/generate" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "charloom playground" in page.text and "Generate" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+
+
+def test_streamed_text_equals_the_non_streamed_text(client):
+    req = {"start": "Whether", "length": 60, "n": 2, "seed": 11, "temperature": 1.0}
+    plain = client.post("/v1/generate", json=req).json()["samples"]
+    r = client.post("/v1/generate", json={**req, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r.text)
+    assert events[0][0] == "start" and events[-1][0] == "done"
+    texts = ["", ""]
+    for event, data in events:
+        if event == "message":
+            texts[data["index"]] += data["text"]
+    assert texts == [s["text"] for s in plain]
+    assert events[-1][1]["characters"] == 120
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"length": 501}, "length"),
+    ({"length": -1}, "length"),
+    ({"n": 5}, "n"),
+    ({"n": 0}, "n"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"start": "x" * 51}, "start"),
+    ({"seed": -3}, "seed"),
+    ({"temprature": 0.5}, "temprature"),
+    ({"stream": "sometimes"}, "stream"),
+])
+def test_limits_answer_4xx_naming_the_field(client, body, field):
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 422
+    assert any(d["loc"][-1] == field for d in r.json()["detail"]), r.json()
+
+
+def test_body_over_the_limit_is_413(client):
+    r = client.post("/v1/generate", content=json.dumps({"start": "x" * 3000}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    chunked = client.post("/v1/generate", content=iter([b'{"start": "', b"y" * 2500, b'"}']),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_a_request_cannot_name_a_file(client, tmp_path):
+    r = client.post("/v1/generate", json={"checkpoint": str(tmp_path)})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "checkpoint"
+
+
+# ---- a real server on a free loopback port -----------------------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live(model_dir):
+    import uvicorn
+
+    port = free_port()
+    app = create_app(model_dir, ServeConfig(port=port, max_length=100000, max_concurrent=2))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_concurrency_over_the_limit_is_429(live):
+    url, _ = live
+    with httpx.Client(timeout=30) as c:
+        streams = [c.stream("POST", f"{url}/v1/generate", json={"length": 100000, "stream": True}) for _ in range(2)]
+        opened = [s.__enter__() for s in streams]
+        try:
+            for resp in opened:
+                next(resp.iter_lines())  # both are generating now
+            third = c.post(f"{url}/v1/generate", json={"length": 10})
+            assert third.status_code == 429
+        finally:
+            for s in streams:
+                s.__exit__(None, None, None)
+
+
+def test_a_disconnect_mid_stream_stops_the_work(live):
+    url, app = live
+    slots = app.state.slots
+    with httpx.Client(timeout=30) as c:
+        with c.stream("POST", f"{url}/v1/generate", json={"length": 100000, "stream": True}) as resp:
+            lines = resp.iter_lines()
+            got = 0
+            for line in lines:
+                got += line.startswith("data: ")
+                if got > 50:
+                    break
+            assert slots.active >= 1
+    deadline = time.time() + 5
+    while slots.active and time.time() < deadline:
+        time.sleep(0.02)
+    assert slots.active == 0
+    before = slots.characters
+    time.sleep(0.5)
+    assert slots.characters == before  # nothing is generated for a client that left
+    assert before < 100000
+    assert httpx.get(f"{url}/healthz").json()["active_generations"] == 0
