@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench serve clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,7 @@ demo: setup
 	$(VENV)/bin/charloom sample --checkpoint runs/demo --start "ROMEO." --length 600 --temperature 0.8 --seed 1
 
 test: setup
+	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 bench: setup

@@ -1,3 +1,7 @@
+import socket
+import threading
+import time
+
 import pytest
 
 
@@ -25,3 +29,49 @@ def tiny():
     """Options for a model and run small enough for a test: (batch, model, train) overrides."""
     return dict(batch_size=4, seq_len=16, hidden_size=16, num_layers=1, embedding=8, eval_every=5, eval_chars=0,
                 sample_length=0, progress=False, warmup=2, lr=1e-2)
+
+
+SERVED_TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny model trained once for the server and browser tests."""
+    import charloom
+
+    folder = tmp_path_factory.mktemp("served")
+    src = folder / "play.txt"
+    src.write_text(SERVED_TEXT)
+    charloom.train(source=str(src), out=str(folder / "run"), max_steps=30, batch_size=4, seq_len=16, hidden_size=32,
+                   num_layers=1, embedding=8, eval_every=10, sample_length=0, progress=False, warmup=2, lr=1e-2,
+                   cache_dir=str(folder / "cache"))
+    return folder / "run"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live(model_dir):
+    """The app served by uvicorn on a free loopback port: (base URL, app)."""
+    pytest.importorskip("fastapi")
+    import uvicorn
+
+    from charloom.config import ServeConfig
+    from charloom.server import create_app
+
+    port = _free_port()
+    app = create_app(model_dir, ServeConfig(port=port, max_length=100000, max_concurrent=2))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the test server did not start"
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)

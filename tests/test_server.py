@@ -1,32 +1,15 @@
 import json
-import socket
-import threading
 import time
 
 import httpx
 import pytest
 
-import charloom
 from charloom.config import ServeConfig
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from charloom.server import create_app  # noqa: E402
-
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("served")
-    src = folder / "play.txt"
-    src.write_text(TEXT)
-    charloom.train(source=str(src), out=str(folder / "run"), max_steps=30, batch_size=4, seq_len=16, hidden_size=32,
-                   num_layers=1, embedding=8, eval_every=10, sample_length=0, progress=False, warmup=2, lr=1e-2,
-                   cache_dir=str(folder / "cache"))
-    return folder / "run"
-
 
 @pytest.fixture
 def client(model_dir):
@@ -126,31 +109,7 @@ def test_a_request_cannot_name_a_file(client, tmp_path):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "checkpoint"
 
 
-# ---- a real server on a free loopback port -----------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def live(model_dir):
-    import uvicorn
-
-    port = free_port()
-    app = create_app(model_dir, ServeConfig(port=port, max_length=100000, max_concurrent=2))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
-
-
+# ---- against a real server on a free loopback port (the `live` fixture) -----------------------------
 def test_concurrency_over_the_limit_is_429(live):
     url, _ = live
     with httpx.Client(timeout=30) as c:
