@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/corpus_bench.py
 	$(PY) bench/generate_bench.py
 	$(PY) bench/train_speed_bench.py
+	$(PY) bench/serve_bench.py
 	$(PY) bench/train_bench.py
 
 clean:

@@ -141,6 +141,14 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     gen = Generator(ck.model, ck.vocab, records=ck.records)
     gen._step_fn()  # prepare the step's tables now, not inside the first request
     slots = _Slots(cfg.max_concurrent)
+    # one generation step at a time: concurrent requests interleave step by step instead of fighting
+    # over the cores (and the interpreter) with a thread each
+    step_lock = threading.Lock()
+    sentinel = object()
+
+    def next_piece(it):
+        with step_lock:
+            return next(it, sentinel)
     app = FastAPI(title="charloom", version="1", summary="Character-level text generation from one model.")
     app.state.slots = slots
     page = (resources.files("charloom.server") / "static" / "index.html").read_text(encoding="utf-8")
@@ -188,7 +196,9 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
 
     def _collect(settings: dict[str, Any]) -> list[str]:
         out = [""] * settings["n"]
-        for i, piece in pieces(settings):
+        it = pieces(settings)
+        while (item := next_piece(it)) is not sentinel:
+            i, piece = item
             out[i] += piece
             slots.count(len(piece))
         return out
@@ -196,13 +206,12 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     async def _events(settings: dict[str, Any], request: Request, release: _Once):
         """Server-sent events: one `data: {"index", "text"}` per piece, then `event: done` with the totals."""
         it = pieces(settings)
-        sentinel = object()
         t0 = time.perf_counter()
         chars = 0
         try:
             yield f"event: start\ndata: {json.dumps({'settings': settings})}\n\n"
             while True:
-                item = await run_in_threadpool(next, it, sentinel)
+                item = await run_in_threadpool(next_piece, it)
                 if item is sentinel:
                     break
                 i, piece = item
