@@ -111,18 +111,26 @@ def test_a_request_cannot_name_a_file(client, tmp_path):
 
 # ---- against a real server on a free loopback port (the `live` fixture) -----------------------------
 def test_concurrency_over_the_limit_is_429(live):
-    url, _ = live
-    with httpx.Client(timeout=30) as c:
-        streams = [c.stream("POST", f"{url}/v1/generate", json={"length": 100000, "stream": True}) for _ in range(2)]
-        opened = [s.__enter__() for s in streams]
-        try:
-            for resp in opened:
-                next(resp.iter_lines())  # both are generating now
-            third = c.post(f"{url}/v1/generate", json={"length": 10})
-            assert third.status_code == 429
-        finally:
-            for s in streams:
-                s.__exit__(None, None, None)
+    url, app = live
+    clients = [httpx.Client(timeout=30) for _ in range(3)]  # one connection each
+    streams = [c.stream("POST", f"{url}/v1/generate", json={"length": 100000, "stream": True}) for c in clients[:2]]
+    readers = []  # kept alive: a dropped line iterator closes its connection, which stops that generation
+    try:
+        for s in streams:
+            resp = s.__enter__()
+            assert resp.status_code == 200
+            readers.append(resp.iter_lines())
+            while not next(readers[-1]).startswith('data: {"index"'):
+                pass  # this one is generating now
+        assert app.state.slots.active == 2
+        third = clients[2].post(f"{url}/v1/generate", json={"length": 10})
+        assert third.status_code == 429, third.text
+        assert "too many generations" in third.json()["detail"]
+    finally:
+        for s in streams:
+            s.__exit__(None, None, None)
+        for c in clients:
+            c.close()
 
 
 def test_a_disconnect_mid_stream_stops_the_work(live):
