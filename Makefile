@@ -28,11 +28,13 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
+	$(PY) -m pip install -q -e ".[plot]"
 	$(PY) bench/corpus_bench.py
 	$(PY) bench/generate_bench.py
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/quality_bench.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import notebook  # noqa: E402
 import report  # noqa: E402
 
 from charloom import CharRNN, Generator, ModelConfig  # noqa: E402
@@ -27,18 +28,6 @@ from charloom.vocab import Vocab  # noqa: E402
 
 MODELS = {"1x64 LSTM, one-hot": dict(num_layers=1, hidden_size=64, embedding=0),
           "2x512 LSTM, embedding 512": dict(num_layers=2, hidden_size=512, embedding=512)}
-
-
-def notebook_generate(net, vocab, size, start, temperature):
-    """The notebooks' generate_soft, as written there (the network called once per character)."""
-    chars = list(start)
-    out, s = net(torch.tensor([vocab.encode(start)]))
-    for _ in range(size):
-        out_dist = out[0][-1].div(temperature).exp()
-        nc = torch.multinomial(out_dist, 1)[0]
-        chars.append(vocab.itos[nc])
-        out, s = net(nc.view(1, -1), s)
-    return "".join(chars)
 
 
 def rate(fn, chars: int, repeats: int) -> list[float]:
@@ -63,7 +52,7 @@ def main() -> None:
         model = CharRNN(ModelConfig(cell="lstm", vocab_size=len(vocab), **shape)).eval()
         gen = Generator(model, vocab)
         n1, n64 = 1000, 300
-        base = rate(lambda: notebook_generate(model, vocab, n1 // 4, "ROMEO", 0.8), n1 // 4, args.repeats)
+        base = rate(lambda: notebook.generate_soft(model, vocab, n1 // 4, "ROMEO", 0.8), n1 // 4, args.repeats)
         one = rate(lambda: gen.generate("ROMEO", n1, n=1, temperature=0.8, seed=1), n1, args.repeats)
         many = rate(lambda: gen.generate("ROMEO", n64, n=64, temperature=0.8, seed=1), 64 * n64, args.repeats)
         b, o, m = (statistics.median(x) for x in (base, one, many))

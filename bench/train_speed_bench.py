@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import notebook  # noqa: E402
 import report  # noqa: E402
 
 from charloom import BatchConfig, CharRNN, CorpusConfig, ModelConfig, load_corpus, prepare  # noqa: E402
 
-NCHARS = 100
+NCHARS = notebook.NCHARS
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
@@ -55,43 +56,13 @@ def matmul_peak(repeats: int) -> float:
 def notebook_rate(texts: list[str], vocab, seconds: float) -> tuple[float, float]:
     """The notebooks' training loop; returns (corpus characters/s, positions/s)."""
     torch.manual_seed(0)
-    V = len(vocab)
-
-    class LSTMGenerator(torch.nn.Module):
-        def __init__(self, vocab_size, hidden_dim):
-            super().__init__()
-            self.rnn = torch.nn.LSTM(vocab_size, hidden_dim, batch_first=True)
-            self.fc = torch.nn.Linear(hidden_dim, vocab_size)
-
-        def forward(self, x, s=None):
-            x = torch.nn.functional.one_hot(x, V).to(torch.float32)
-            x, s = self.rnn(x, s)
-            return self.fc(x), s
-
-    def enc(s):
-        return torch.LongTensor([vocab.stoi[c] for c in s])
-
-    def get_batch(s, nchars=NCHARS):
-        ins = torch.zeros(len(s) - nchars, nchars, dtype=torch.long)
-        outs = torch.zeros(len(s) - nchars, nchars, dtype=torch.long)
-        for i in range(len(s) - nchars):
-            ins[i] = enc(s[i:i + nchars])
-            outs[i] = enc(s[i + 1:i + nchars + 1])
-        return ins, outs
-
-    net = LSTMGenerator(V, 64)
+    net = notebook.LSTMGenerator(len(vocab), 64)
     optimizer = torch.optim.Adam(net.parameters(), 0.01)
     chars = positions = 0
     t0 = time.perf_counter()
     for text in texts:
-        text_in, text_out = get_batch(text)
-        optimizer.zero_grad()
-        out, s = net(text_in)
-        loss = torch.nn.functional.cross_entropy(out.view(-1, V), text_out.flatten())
-        loss.backward()
-        optimizer.step()
-        chars += len(text)
-        positions += text_in.numel()
+        c, p = notebook.train_step(net, optimizer, text, vocab)
+        chars, positions = chars + c, positions + p
         if time.perf_counter() - t0 > seconds:
             break
     dt = time.perf_counter() - t0
@@ -129,7 +100,7 @@ def main() -> None:
     vocab = corpus.vocab
     data = prepare(corpus, BatchConfig(batch_size=64, seq_len=NCHARS))
     text = vocab.decode(corpus.ids[:2_000_000])
-    texts = [text[i:i + 240] for i in range(0, len(text) - 240, 240)]
+    texts = notebook.texts_of(text)
     V = len(vocab)
     shapes = {
         "notebooks' model: LSTM(64), one-hot": ModelConfig(cell="lstm", num_layers=1, hidden_size=64, embedding=0,

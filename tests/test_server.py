@@ -44,7 +44,9 @@ def test_generate_happy_path(client):
 
 def test_every_field_is_optional(client):
     r = client.post("/v1/generate", json={})
-    assert r.status_code == 200 and len(r.json()["samples"][0]["text"]) == 300
+    from charloom.config import SampleConfig
+
+    assert r.status_code == 200 and len(r.json()["samples"][0]["text"]) == SampleConfig().length  # as the CLI
     assert isinstance(r.json()["settings"]["seed"], int)  # the seed used is reported
 
 
@@ -154,3 +156,36 @@ def test_a_disconnect_mid_stream_stops_the_work(live):
     assert slots.characters == before  # nothing is generated for a client that left
     assert before < 100000
     assert httpx.get(f"{url}/healthz").json()["active_generations"] == 0
+
+
+def test_serve_command_starts_and_refuses_a_bad_path(model_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "charloom", "serve", "--checkpoint", str(model_dir), "--port",
+                             str(port), "--max-n", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ.copy())
+    try:
+        assert "serving" in proc.stdout.readline()
+        deadline = time.time() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/model")
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert r.json()["limits"]["max_n"] == 2
+        bad = httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"n": 3})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "n"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    p = subprocess.run([sys.executable, "-m", "charloom", "serve", "--checkpoint", str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no such model file or run folder" in p.stderr and "Traceback" not in p.stderr

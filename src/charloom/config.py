@@ -335,7 +335,7 @@ class ServeConfig(Config):
 
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = option(8000, "port to listen on")
-    default_length: int = option(300, "characters per sample when a request does not say")
+    default_length: int = option(500, "characters per sample when a request does not say (as `charloom sample`)")
     max_length: int = option(2000, "the most characters per sample a request may ask for")
     max_n: int = option(16, "the most samples one request may ask for")
     max_start: int = option(2000, "the longest start text a request may send, in characters")

@@ -152,7 +152,7 @@ class Generator:
         self._stepper: Stepper | None = None
         self._version: tuple | None = None
 
-    def _step_fn(self) -> Stepper:
+    def stepper(self) -> Stepper:
         # rebuilt when the weights change (a Generator used during training sees new weights each time)
         version = tuple(p._version for p in self.model.parameters())
         if self._stepper is None or version != self._version:
@@ -217,7 +217,7 @@ class Generator:
         logits, state = self.model(torch.tensor([prefix], device=dev))  # the start text in one call
         last = logits[:, -1].expand(n, -1)  # (n, V): every sample shares the start
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # (L, n, H)
-        step = self._step_fn()
+        step = self.stepper()
         base = secrets.randbits(62) if seed is None else int(seed)
         gens = [torch.Generator().manual_seed(base + i) for i in range(n)]
         seen = torch.zeros(n, len(v), dtype=torch.bool, device=dev)

@@ -139,7 +139,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     ck.model.eval()
     gen = Generator(ck.model, ck.vocab, records=ck.records)
-    gen._step_fn()  # prepare the step's tables now, not inside the first request
+    gen.stepper()  # prepare the step's tables now, not inside the first request
     slots = _Slots(cfg.max_concurrent)
     # one generation step at a time: concurrent requests interleave step by step instead of fighting
     # over the cores (and the interpreter) with a thread each
@@ -149,6 +149,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     def next_piece(it):
         with step_lock:
             return next(it, sentinel)
+
     app = FastAPI(title="charloom", version="1", summary="Character-level text generation from one model.")
     app.state.slots = slots
     page = (resources.files("charloom.server") / "static" / "index.html").read_text(encoding="utf-8")
@@ -173,7 +174,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
                           s["repetition_penalty"], s["seed"], s["stop"])
 
     @app.post("/v1/generate")
-    async def generate(req: GenerateRequest, request: Request):
+    async def generate(req: GenerateRequest):
         settings = checked(req)
         if settings["seed"] is None:  # say which seed was used, so the text can be made again
             settings["seed"] = int.from_bytes(os.urandom(6), "big")
