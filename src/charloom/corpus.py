@@ -514,11 +514,5 @@ def _open_cached(folder: Path, label: str, vocab: Vocab | None) -> Corpus:
     return Corpus(label, vocab or Vocab.from_dict(meta["vocab"], where=str(folder)), ids, offsets, stats)
 
 
-def read_text(cfg: CorpusConfig) -> str:
-    """A small source as one string, exactly as the continuous stream would hold it (no caching)."""
-    source = resolve(cfg)
-    return "".join(prepare_text(p, cfg.normalize, cfg.lower) for p in iter_stream(source, cfg))
-
-
 __all__ = ["Bundled", "Corpus", "Source", "bundled", "iter_records", "iter_stream", "load", "read_chunks",
-           "read_text", "resolve"]
+           "resolve"]

@@ -48,12 +48,6 @@ class CharRNN(nn.Module):
         new_state: State = tuple(h) if lstm else (h,)
         return self.head(self.drop(out)), new_state  # (B, T, V)
 
-    def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
-        L, H = self.cfg.num_layers, self.cfg.hidden_size
-        dev = device or self.head.weight.device
-        n = 2 if self.cfg.cell == "lstm" else 1
-        return tuple(torch.zeros(L, batch, H, device=dev) for _ in range(n))
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -62,7 +56,3 @@ def detach(state: State | None) -> State | None:
     """Cut the graph at a batch boundary (truncated BPTT) while keeping the values."""
     return None if state is None else tuple(s.detach() for s in state)
 
-
-def select(state: State, rows: torch.Tensor) -> State:
-    """The state of some batch rows: (L, B, H) -> (L, len(rows), H) per tensor."""
-    return tuple(s[:, rows] for s in state)

@@ -69,6 +69,12 @@ def choose(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
     u: (B,) uniforms in [0, 1), one per row, used by inverse-CDF sampling (drawn from `generator` if absent).
     """
     check_options(temperature, top_k, top_p)
+    return _choose(logits, temperature, top_k, top_p, u, generator)
+
+
+def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, u: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """`choose` without the option checks: the Generator checks once per call, not once per character."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
@@ -233,7 +239,7 @@ class Generator:
                 u = torch.stack([torch.rand(UNIFORM_BLOCK, generator=g) for g in gens]).to(dev)  # (n, block)
             scores = last.index_fill(-1, self._banned, float("-inf"))
             scores = apply_repetition_penalty(scores, seen, penalty)
-            nxt = choose(scores, temperature, top_k, top_p, u[:, t % UNIFORM_BLOCK] if u is not None else None)
+            nxt = _choose(scores, temperature, top_k, top_p, u[:, t % UNIFORM_BLOCK] if u is not None else None)
             for i, tok in enumerate(nxt.tolist()):
                 if done[i]:
                     continue

@@ -191,12 +191,6 @@ class Vocab:
             raise CharloomError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
         return cls.from_dict(data, where)
 
-    def fingerprint(self) -> str:
-        """A short stable hash of the vocabulary: part of the key of cached encoded ids."""
-        import hashlib
-
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
 
 class CharCounter:
     """Counts code points over many chunks of text in O(n) numpy work (no Python loop per character)."""
