@@ -1,6 +1,7 @@
 import pytest
 
-from charloom.config import BatchConfig, CorpusConfig
+from charloom.config import (BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, ServeConfig,
+                             TrainConfig)
 from charloom.errors import ConfigError
 
 
@@ -21,6 +22,7 @@ def test_unknown_option_is_refused_with_the_known_ones():
     ({"batch_size": 0}, "batch_size: must be positive"),
     ({"val_fraction": 1.0}, r"val_fraction: must be in \[0, 1\)"),
     ({"order": "random"}, "order: 'random' is not one of 'shuffle', 'contiguous'"),
+    ({"val_fraction": float("nan")}, "val_fraction: nan is not a finite number"),
 ])
 def test_ill_typed_or_out_of_range_options_fail_loudly(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -37,6 +39,6 @@ def test_lists_become_tuples_and_items_are_checked():
 def test_every_field_is_documented():
     import dataclasses
 
-    for cls in (CorpusConfig, BatchConfig):
+    for cls in (CorpusConfig, BatchConfig, ModelConfig, TrainConfig, SampleConfig, EvalConfig, ServeConfig):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"

@@ -64,6 +64,31 @@ def test_chunked_run_with_carried_state_equals_whole_run(cell):
     torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("forget_bias", [1.0, 2.5])
+def test_lstm_forget_gate_starts_at_its_bias_and_other_weights_keep_pytorch_init(forget_bias):
+    torch.manual_seed(3)
+    plain = CharRNN(ModelConfig(num_layers=2, hidden_size=8, vocab_size=V, forget_bias=0.0))
+    torch.manual_seed(3)
+    model = CharRNN(ModelConfig(num_layers=2, hidden_size=8, vocab_size=V, forget_bias=forget_bias))
+    H = 8
+    for k in range(2):
+        total = getattr(model.rnn, f"bias_ih_l{k}") + getattr(model.rnn, f"bias_hh_l{k}")  # (4H,): i, f, g, o
+        torch.testing.assert_close(total[H:2 * H], torch.full((H,), forget_bias))
+        for name in (f"bias_ih_l{k}", f"bias_hh_l{k}"):
+            a, b = getattr(model.rnn, name), getattr(plain.rnn, name)
+            torch.testing.assert_close(torch.cat([a[:H], a[2 * H:]]), torch.cat([b[:H], b[2 * H:]]))
+    for name, p in plain.named_parameters():
+        if "bias_" not in name:
+            torch.testing.assert_close(dict(model.named_parameters())[name], p)
+    # with input and state zero, each unit's forget gate opens at sigmoid(forget_bias)
+    x = torch.zeros(1, 1, model.rnn.input_size)
+    _, (h, c) = model.rnn(x, (torch.zeros(2, 1, H), torch.ones(2, 1, H)))
+    gates = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    i, f, g, _ = gates.chunk(4)
+    torch.testing.assert_close(c[0, 0], torch.sigmoid(f) * 1.0 + torch.sigmoid(i) * torch.tanh(g))
+    assert torch.all(torch.sigmoid(f) > 0.7)
+
+
 @pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
 def test_parameter_count_matches_the_closed_form(cell, gates):
     L, H, E = 3, 16, 7

@@ -8,6 +8,7 @@ unknown keys and ill-typed values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ def _check(name: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{name}: {value!r} is not null")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: {value!r} is not a finite number")
             return float(value)
         raise ConfigError(f"{name}: {value!r} is not a number")
     if tp is int:
@@ -191,6 +194,8 @@ class ModelConfig(Config):
     hidden_size: int = option(512, "units per recurrent layer", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
+    forget_bias: float = option(1.0, "lstm: initial bias of the forget gate (1 keeps memory open from the first "
+                                     "step; 0 is PyTorch's plain initialisation)")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
     def validate(self) -> None:

@@ -33,6 +33,11 @@ class CharRNN(nn.Module):
                                     dropout=cfg.dropout if cfg.num_layers > 1 else 0.0, **extra)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(H, V)
+        if cfg.cell == "lstm" and cfg.forget_bias:
+            with torch.no_grad():  # gate order i, f, g, o: the forget gate's bias is rows H:2H of the sum b_ih + b_hh
+                for k in range(cfg.num_layers):
+                    getattr(self.rnn, f"bias_ih_l{k}")[H:2 * H] = cfg.forget_bias
+                    getattr(self.rnn, f"bias_hh_l{k}")[H:2 * H] = 0.0
 
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, E) input vectors."""

@@ -259,7 +259,7 @@ class Trainer:
             torch.manual_seed(cfg.seed + 1_000_003 * self.procs.rank)  # its own dropout masks per process
             self.net = DistributedDataParallel(self.model)  # copies rank 0's weights to every process
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, foreach=True)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
