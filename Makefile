@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench serve clean
+.PHONY: setup demo test bench sweep clean
 
 setup: $(VENV)/.installed
 
@@ -33,8 +33,14 @@ bench: setup
 	$(PY) bench/generate_bench.py
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
-	$(PY) bench/train_bench.py
 	$(PY) bench/quality_bench.py
+
+# the sweep behind the defaults (about 6 minutes a run; rows accumulate in bench/sweep.jsonl)
+SWEEP_MINUTES ?= 5
+sweep: setup
+	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--forget-bias 0" "--order contiguous" \
+		"--seq-len 128 --batch-size 16" "--lr 1e-2" "--hidden 768" "--cell gru --hidden 640" \
+		"--batch-size 64 --lr 8e-3" "--min-lr-ratio 0" "--grad-clip 5"
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

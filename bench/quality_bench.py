@@ -1,5 +1,6 @@
 """Quality for time: held-out bits per character after 2, 5 and 10 minutes, charloom's defaults against
-the notebooks' method, as a table and a PNG plot; plus peak training memory and time to first character.
+the notebooks' method, as a table and a PNG plot; plus training speed, peak training memory and time to
+first character.
 
     python bench/quality_bench.py [--budgets 2 5 10]
 
@@ -13,8 +14,6 @@ ways: whole, in order, with the state carried from character to character (batch
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,30 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebook  # noqa: E402
 import report  # noqa: E402
+import runs  # noqa: E402
 
 import charloom  # noqa: E402
-from charloom.batching import Batch, Stream, eval_windows  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "quality.png"
-
-
-def held_out(model, data) -> tuple[float, float]:
-    """(whole-text bpc with state carried, mean bpc over 2,048 fixed random 64-character windows)."""
-    val: Stream = data.val
-    pad = data.corpus.vocab.pad_id
-    whole = charloom.evaluate(model, eval_windows(val, 1024, 1, pad))
-    starts = np.random.default_rng(0).integers(0, len(val) - 65, 2048)
-    chunk = val.gather(starts[:, None] + np.arange(65))  # (2048, 65)
-    windows = [Batch(chunk[i:i + 256, :-1], chunk[i:i + 256, 1:], pad) for i in range(0, 2048, 256)]
-    return whole.bpc, charloom.evaluate(model, windows).bpc
-
-
-def charloom_run(minutes: float, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "charloom", "train", "shakespeare", "--max-time", f"{minutes:g}m", "--out", str(out),
-           "--no-progress"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
-    return {"peak_rss": peak}
 
 
 def time_to_first_character(model_dir: Path, repeats: int = 3) -> list[float]:
@@ -94,16 +74,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10])
     args = ap.parse_args()
-    corpus = charloom.load_corpus(charloom.CorpusConfig(source="shakespeare"))
-    data = charloom.prepare(corpus, charloom.BatchConfig())  # the default split: the last 5% held out
-    vocab = corpus.vocab
-    ours, peak = {}, 0
+    data = runs.shakespeare()
+    corpus, vocab = data.corpus, data.corpus.vocab
+    ours, info, peak = {}, {}, 0
     with tempfile.TemporaryDirectory() as tmp:
         for m in args.budgets:
             run = Path(tmp) / f"{m:g}m"
-            peak = max(peak, charloom_run(m, run)["peak_rss"])
-            ck = charloom.load(run / "last.safetensors")
-            ours[m] = held_out(ck.model.eval(), data)
+            info[m] = runs.train(m, run)
+            peak = max(peak, info[m]["peak_rss"])
+            ours[m] = runs.held_out(charloom.load(run / "last.safetensors").model.eval(), data)
             print(f"charloom {m:g} min: {ours[m]}", flush=True)
         first = time_to_first_character(Path(tmp) / f"{args.budgets[-1]:g}m")
 
@@ -114,7 +93,7 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(len(texts))
     net = notebook.LSTMGenerator(len(vocab), 64)
     opt = torch.optim.Adam(net.parameters(), 0.01)
-    theirs, curve_t, curve_b = {}, [], []
+    theirs = {}
     pending = sorted(args.budgets)
     elapsed, i = 0.0, 0
     while pending:
@@ -124,18 +103,25 @@ def main() -> None:
             i += 1
         elapsed += time.perf_counter() - t0
         if elapsed >= pending[0] * 60:
-            theirs[pending.pop(0)] = held_out(net.eval(), data)
+            theirs[pending.pop(0)] = runs.held_out(net.eval(), data)
             net.train()
             print(f"notebooks {elapsed / 60:.1f} min: {theirs}", flush=True)
 
     rows = [f"| {m:g} min | {ours[m][0]:.3f} | {ours[m][1]:.3f} | {theirs[m][0]:.3f} | {theirs[m][1]:.3f} |"
             for m in args.budgets]
+    speed = [f"| `{info[m]['command']}` | {info[m]['steps']:,} | {info[m]['characters'] / 1e6:.1f} M "
+             f"({info[m]['characters'] / len(data.train.stream):.1f} epochs) | "
+             f"{info[m]['characters'] / info[m]['seconds']:,.0f} |" for m in args.budgets]
+    mc, t, bc = charloom.ModelConfig(), charloom.TrainConfig(), charloom.BatchConfig()
     plot_line = plot(args.budgets, ours, theirs)
     body = "\n".join([
         "## Quality for time",
         "",
         f"Command: `python bench/quality_bench.py --budgets {' '.join(f'{m:g}' for m in args.budgets)}`.",
         f"Machine: {report.machine()}. One run per budget for charloom; see the script's docstring for the method.",
+        f"charloom's defaults: {mc.cell} {mc.num_layers}x{mc.hidden_size}, embedding {mc.embedding or 'one-hot'}, "
+        f"batch {bc.batch_size} x {bc.seq_len} ({bc.order}), AdamW lr {t.lr:g} with {t.warmup} warm-up steps and "
+        f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}.",
         "",
         "| training time | charloom: whole text | charloom: 2,048 windows | notebooks' method: whole text | "
         "notebooks' method: 2,048 windows |",
@@ -143,6 +129,12 @@ def main() -> None:
         *rows,
         "",
         plot_line,
+        "",
+        "The charloom runs (training time includes the periodic evaluations, samples and checkpoints):",
+        "",
+        "| command | steps | characters trained | characters/s |",
+        "|---|---|---|---|",
+        *speed,
         "",
         f"Peak memory of a `charloom train` run (largest RSS of the runs above): {peak / 1e6:,.0f} MB.",
         f"Time from starting `charloom sample` (a new process, {args.budgets[-1]:g}-minute model) to its first generated "

@@ -1,0 +1,44 @@
+"""Shared by the quality benchmarks: run `charloom train` on Shakespeare for a time, and score a model on
+the held-out last 5% the two ways the figures use."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import charloom
+from charloom.batching import Batch, Stream, eval_windows
+
+
+def train(minutes: float, out: Path, flags: str = "") -> dict:
+    """One `charloom train shakespeare --max-time Nm` run in a new process; its last metrics row, its
+    command as a user would type it, and the largest child-process RSS so far (bytes)."""
+    args = ["train", "shakespeare", "--max-time", f"{minutes:g}m", *shlex.split(flags)]
+    subprocess.run([sys.executable, "-m", "charloom", *args, "--out", str(out), "--no-progress", "--overwrite"],
+                   check=True, stdout=subprocess.DEVNULL)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return {"command": "charloom " + " ".join(args), "steps": last["step"], "characters": last["characters"],
+            "seconds": last["seconds"], "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+
+
+def held_out(model, data) -> tuple[float, float]:
+    """(whole-text bpc with state carried, mean bpc over 2,048 fixed random 64-character windows)."""
+    val: Stream = data.val
+    pad = data.corpus.vocab.pad_id
+    whole = charloom.evaluate(model, eval_windows(val, 1024, 1, pad))
+    starts = np.random.default_rng(0).integers(0, len(val) - 65, 2048)
+    chunk = val.gather(starts[:, None] + np.arange(65))  # (2048, 65)
+    windows = [Batch(chunk[i:i + 256, :-1], chunk[i:i + 256, 1:], pad) for i in range(0, 2048, 256)]
+    return whole.bpc, charloom.evaluate(model, windows).bpc
+
+
+def shakespeare():
+    """The bundled corpus and its default split (the last 5% held out)."""
+    corpus = charloom.load_corpus(charloom.CorpusConfig(source="shakespeare"))
+    return charloom.prepare(corpus, charloom.BatchConfig())

@@ -1,0 +1,69 @@
+"""The sweep behind the defaults: `charloom train shakespeare` for a fixed time with different flags,
+each scored on the held-out last 5% (whole text with state carried, and 2,048 random 64-character windows).
+
+    python bench/sweep.py --minutes 5 -- "" "--lr 1e-2" "--cell gru --hidden 640"
+
+Each run is appended to bench/sweep.jsonl as it finishes (a long sweep loses nothing if stopped), and the
+sweep section of BENCHMARKS.md is rewritten from all the rows there, best first within each budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+import runs  # noqa: E402
+
+import charloom  # noqa: E402
+
+LOG = Path(__file__).resolve().parent / "sweep.jsonl"
+
+
+def table() -> str:
+    rows = [json.loads(ln) for ln in LOG.read_text().splitlines() if ln.strip()] if LOG.exists() else []
+    rows.sort(key=lambda r: (r["minutes"], r["whole_bpc"]))
+    lines = [f"| {r['minutes']:g} min | `{r['flags'] or '(defaults)'}` | {r['steps']:,} | "
+             f"{r['characters'] / 1e6:.1f} M | {r['whole_bpc']:.3f} | {r['window_bpc']:.3f} | {r['date']} |"
+             for r in rows]
+    return "\n".join([
+        "## Choosing the defaults: the sweep",
+        "",
+        "Command: `python bench/sweep.py --minutes N -- FLAGS...` (one row per run, kept in `bench/sweep.jsonl`; "
+        "`make sweep` reruns the set below). Each row is `charloom train shakespeare --max-time Nm FLAGS` on the "
+        f"machine of the other sections ({report.machine().rsplit(',', 1)[0]}), 2 threads; flags are relative to the "
+        "defaults of the day in the last column. Held-out bpc: the last 5% scored whole with state carried, and "
+        "the mean over 2,048 fixed random 64-character windows from a zero state.",
+        "",
+        "| budget | flags | steps | characters trained | held-out bpc (whole) | held-out bpc (windows) | date |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=5)
+    ap.add_argument("flags", nargs="*", default=[""], help="one string of charloom train flags per run")
+    args = ap.parse_args()
+    data = runs.shakespeare()
+    import datetime
+
+    for flags in args.flags:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = runs.train(args.minutes, Path(tmp), flags)
+            whole, windows = runs.held_out(charloom.load(Path(tmp) / "last.safetensors").model.eval(), data)
+        row = {"minutes": args.minutes, "flags": flags, "steps": r["steps"], "characters": r["characters"],
+               "whole_bpc": round(whole, 4), "window_bpc": round(windows, 4), "date": datetime.date.today().isoformat()}
+        with open(LOG, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        report.write_section("sweep", table())
+
+
+if __name__ == "__main__":
+    main()
