@@ -15,7 +15,7 @@ from charloom import checkpoint
 from charloom.config import TrainConfig, parse_duration
 from charloom.errors import CharloomError, ConfigError
 from charloom.sampling import Generator
-from charloom.train import learning_rate
+from charloom.train import learning_rate, resolve_precision
 
 train_mod = importlib.import_module("charloom.train")  # the module; charloom.train is the function
 
@@ -91,12 +91,13 @@ def test_best_model_is_kept_by_validation_loss(tmp_path, text_file, tiny):
     assert charloom.load(tmp_path / "last.safetensors").info["step"] == 20 == result.progress.step
 
 
-def test_a_small_model_overfits_one_short_text(tmp_path, tiny):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_small_model_overfits_one_short_text(tmp_path, tiny, precision):
     tweet = "@amy Thanks for the follow, have a great day!"
     p = tmp_path / "one.txt"
     p.write_text(tweet + "\n")
     opts = dict(tiny, batch_size=1, hidden_size=64, embedding=0, val_fraction=0.0, eval_every=0, lr=1e-2,
-                warmup=0, schedule="constant")
+                warmup=0, schedule="constant", precision=precision)
     events = []
     charloom.train(source=str(p), records=True, out=str(tmp_path / "run"), max_steps=150, callback=events.append,
                    **opts)
@@ -165,6 +166,22 @@ def test_bad_options_fail_loudly(text_file):
         if torch.cuda.is_available():
             pytest.skip("a GPU is here")
         charloom.train(source=str(text_file), device="cuda", max_steps=1)
+
+
+def test_precision_auto_is_bf16_only_where_native_and_fp16_needs_cuda(monkeypatch, text_file, tiny, tmp_path):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(CharloomError, match="--precision fp16: fp16 autocast is for a CUDA GPU; on cpu use bf16"):
+        resolve_precision("fp16", cpu)
+    cfgs = [charloom.CorpusConfig(source=str(text_file)), charloom.BatchConfig(batch_size=2, seq_len=8),
+            charloom.ModelConfig(hidden_size=8)]
+    t = train_mod.Trainer(*cfgs, TrainConfig(out=str(tmp_path / "a"), precision="bf16", max_steps=1, progress=False))
+    assert t.autocast is not None and t.autocast.fast_dtype == torch.bfloat16
+    assert train_mod.Trainer(*cfgs, TrainConfig(out=str(tmp_path / "b"), max_steps=1, progress=False)).autocast is None
 
 
 def test_sigterm_finishes_the_step_and_saves(tmp_path, text_file):

@@ -106,6 +106,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """The device computes bfloat16 products in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (where oneDNN's bf16 LSTM trains about twice as fast as fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """--precision for this device: auto picks bf16 where it is native, else fp32; fp16 needs CUDA."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise CharloomError(f"--precision fp16: fp16 autocast is for a CUDA GPU; on {device.type} use bf16 or fp32")
+    if name == "bf16" and device.type == "mps":
+        raise CharloomError("--precision bf16: not supported on mps here; use fp32")
+    return name
+
+
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup` steps, then constant or cosine decay to `min_lr_ratio * lr` by the budget's end."""
     if step < cfg.warmup:
@@ -247,8 +269,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.procs = Processes()
         self.device = self.procs.start(pick_device(cfg.device))
-        if cfg.precision != "fp32" and self.device.type != "cuda":
-            raise CharloomError(f"--precision {cfg.precision}: autocast is for a CUDA GPU; on {self.device.type} use fp32")
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.data = data or prepare(load_corpus(corpus_cfg), batch_cfg, self.procs.rank, self.procs.world)
         self.vocab = self.data.corpus.vocab
         self.records = self.data.corpus.is_records
@@ -260,9 +281,9 @@ class Trainer:
             self.net = DistributedDataParallel(self.model)  # copies rank 0's weights to every process
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay, foreach=True)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.pos = Progress()
         self.carry: State | None = None
         self.history: list[dict[str, Any]] = []
@@ -417,7 +438,7 @@ class Trainer:
         batches = self.data.train.iterate(pos.epoch, pos.index)
         n_params = model.num_parameters()
         self._say(f"{model.cfg.cell} {model.cfg.num_layers}x{model.cfg.hidden_size}, {n_params:,} parameters, "
-                  f"on {self.device.type}; {self.data.train_size:,} training "
+                  f"on {self.device.type} ({self.precision}); {self.data.train_size:,} training "
                   f"{'records' if self.records else 'characters'}; run folder {self.out}")
         bar = tqdm(total=1000, disable=None if cfg.progress and self.procs.main else True, leave=False,
                    file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:20}| {desc}",
