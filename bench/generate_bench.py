@@ -6,6 +6,11 @@ The baseline is the notebooks' `generate_soft`: one `model(...)` call per charac
 `torch.multinomial` on `exp(logits / t)`, autograd left on, characters appended to a list. It writes one
 text at a time, so its batch-64 figure is its batch-1 speed. charloom's Generator runs the same model
 (same weights) at temperature 0.8. Models have random weights: speed does not depend on training.
+
+Bounds: a step costs `step_flops` per character (the first layer's input product is a table lookup).
+At batch 1 its products are matrix-vector products, so the step cannot beat `step_flops` at the rate of a
+(1 x H) by (H x 4H) `torch.mm`; at batch 64 it cannot beat the rate of a (64 x H) by (H x 4H) product.
+Both rates are measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ MODELS = {"1x64 LSTM, one-hot": dict(num_layers=1, hidden_size=64, embedding=0),
           "2x512 LSTM, embedding 512": dict(num_layers=2, hidden_size=512, embedding=512)}
 
 
+def step_flops(cfg: ModelConfig) -> float:
+    """FLOPs of one generation step per character: recurrent products, later layers' input products, head."""
+    g, H = 4, cfg.hidden_size
+    return 2 * g * H * H * cfg.num_layers + 2 * g * H * H * (cfg.num_layers - 1) + 2 * H * cfg.vocab_size
+
+
 def rate(fn, chars: int, repeats: int) -> list[float]:
     fn()  # warm-up
     out = []
@@ -46,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     text = "".join(read_chunks(bundled()["shakespeare"].path))[:200_000]
     vocab = Vocab.build(text)
-    rows = []
+    rows, bounds = [], []
     for name, shape in MODELS.items():
         torch.manual_seed(0)
         model = CharRNN(ModelConfig(cell="lstm", vocab_size=len(vocab), **shape)).eval()
@@ -56,9 +67,14 @@ def main() -> None:
         one = rate(lambda: gen.generate("ROMEO", n1, n=1, temperature=0.8, seed=1), n1, args.repeats)
         many = rate(lambda: gen.generate("ROMEO", n64, n=64, temperature=0.8, seed=1), 64 * n64, args.repeats)
         b, o, m = (statistics.median(x) for x in (base, one, many))
+        H, flops = model.cfg.hidden_size, step_flops(model.cfg)
+        bound1 = report.product_rate(1, H, 4 * H, args.repeats) * 1e9 / flops
+        bound64 = report.product_rate(64, H, 4 * H, args.repeats) * 1e9 / flops
         rows.append(f"| {name} | {report.spread(base, '{:,.0f}')} | {report.spread(one, '{:,.0f}')} | "
                     f"{report.spread(many, '{:,.0f}')} | {o / b:.1f}x | {m / b:.0f}x | {m / o:.1f}x |")
-        print(rows[-1], flush=True)
+        bounds.append(f"| {name} | {flops / 1e6:.2f} | {bound1:,.0f} | {o / bound1:.0%} | {bound64:,.0f} | "
+                      f"{m / bound64:.0%} | {bound64 / o:.1f}x |")
+        print(rows[-1], bounds[-1], flush=True)
     body = "\n".join([
         "## Generation: characters per second",
         "",
@@ -72,6 +88,15 @@ def main() -> None:
         "| batch 64 vs batch 1 |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "Against what this CPU allows (see the docstring): each bound is the step's FLOPs at the rate `torch.mm` "
+        "reaches on the step's product shape, measured in this run. The last column is the most that batch 64 "
+        "could be over charloom's batch 1 here, even at the bound.",
+        "",
+        "| model | MFLOP per character | batch-1 bound (chars/s) | batch 1 of bound | batch-64 bound (chars/s) | "
+        "batch 64 of bound | batch-64 bound vs batch 1 |",
+        "|---|---|---|---|---|---|---|",
+        *bounds,
     ])
     report.write_section("generate", body)
     print(body)

@@ -10,6 +10,7 @@ import datetime
 import os
 import platform
 import statistics
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,24 @@ def machine() -> str:
 
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{datetime.date.today().isoformat()}")
+
+
+def product_rate(m: int, k: int, n: int, repeats: int = 3, seconds: float = 0.5) -> float:
+    """GFLOP/s of `torch.mm` on (m, k) x (k, n) at the current thread count: the median of `repeats`
+    timings of as many products as fit in `seconds`. (2048, 2048, 2048) is the benchmarks' matmul peak;
+    (1, 512, 2048) is the matrix-vector product that bounds a batch-1 generation step."""
+    import torch
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(repeats):
+        count, t0 = 0, time.perf_counter()
+        while (dt := time.perf_counter() - t0) < seconds or count == 0:
+            torch.mm(a, b)
+            count += 1
+        rates.append(count * 2 * m * k * n / dt / 1e9)
+    return statistics.median(rates)
 
 
 def spread(values: list[float], fmt: str = "{:.3g}") -> str:

@@ -41,18 +41,6 @@ def forward_flops(cfg: ModelConfig) -> float:
     return 2 * sum(g * H * ((E if i == 0 else H) + H) for i in range(cfg.num_layers)) + 2 * H * V
 
 
-def matmul_peak(repeats: int) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)
-    best = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(5):
-            torch.mm(a, b)
-        best.append(5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(best)
-
-
 def notebook_rate(texts: list[str], vocab, seconds: float) -> tuple[float, float]:
     """The notebooks' training loop; returns (corpus characters/s, positions/s)."""
     torch.manual_seed(0)
@@ -111,7 +99,7 @@ def main() -> None:
     rows, speedups = [], []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        peak = matmul_peak(args.repeats)
+        peak = report.product_rate(2048, 2048, 2048, args.repeats)
         nb = [notebook_rate(texts, vocab, 6.0) for _ in range(args.repeats)]
         nb_chars = [c for c, _ in nb]
         nb_pos = [p for _, p in nb]
