@@ -194,8 +194,8 @@ class ModelConfig(Config):
     hidden_size: int = option(512, "units per recurrent layer", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
-    forget_bias: float = option(1.0, "lstm: initial bias of the forget gate (1 keeps memory open from the first "
-                                     "step; 0 is PyTorch's plain initialisation)")
+    forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
+                                     "the memory from the first step, as Keras does, but trained worse in the sweep)")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
     def validate(self) -> None:
