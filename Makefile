@@ -38,9 +38,8 @@ bench: setup
 # the sweep behind the defaults (about 6 minutes a run; rows accumulate in bench/sweep.jsonl)
 SWEEP_MINUTES ?= 5
 sweep: setup
-	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--forget-bias 0" "--order contiguous" \
-		"--seq-len 128 --batch-size 16" "--lr 1e-2" "--hidden 768" "--cell gru --hidden 640" \
-		"--batch-size 64 --lr 8e-3" "--min-lr-ratio 0" "--grad-clip 5"
+	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--forget-bias 1" "--precision fp32" "--batch-size 16" \
+		"--batch-size 64" "--order contiguous" "--lr 1e-2" "--seq-len 128 --batch-size 16" "--cell gru --hidden 640"
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

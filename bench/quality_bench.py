@@ -29,6 +29,7 @@ import report  # noqa: E402
 import runs  # noqa: E402
 
 import charloom  # noqa: E402
+from charloom.train import resolve_precision  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "quality.png"
 
@@ -121,7 +122,8 @@ def main() -> None:
         f"Machine: {report.machine()}. One run per budget for charloom; see the script's docstring for the method.",
         f"charloom's defaults: {mc.cell} {mc.num_layers}x{mc.hidden_size}, embedding {mc.embedding or 'one-hot'}, "
         f"batch {bc.batch_size} x {bc.seq_len} ({bc.order}), AdamW lr {t.lr:g} with {t.warmup} warm-up steps and "
-        f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}.",
+        f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}, "
+        f"precision {t.precision} (here {resolve_precision(t.precision, torch.device('cpu'))}).",
         "",
         "| training time | charloom: whole text | charloom: 2,048 windows | notebooks' method: whole text | "
         "notebooks' method: 2,048 windows |",

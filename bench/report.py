@@ -33,13 +33,13 @@ def machine() -> str:
             f"{datetime.date.today().isoformat()}")
 
 
-def product_rate(m: int, k: int, n: int, repeats: int = 3, seconds: float = 0.5) -> float:
+def product_rate(m: int, k: int, n: int, repeats: int = 3, seconds: float = 0.5, dtype=None) -> float:
     """GFLOP/s of `torch.mm` on (m, k) x (k, n) at the current thread count: the median of `repeats`
     timings of as many products as fit in `seconds`. (2048, 2048, 2048) is the benchmarks' matmul peak;
     (1, 512, 2048) is the matrix-vector product that bounds a batch-1 generation step."""
     import torch
 
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     torch.mm(a, b)
     rates = []
     for _ in range(repeats):

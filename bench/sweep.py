@@ -35,9 +35,11 @@ def table() -> str:
         "",
         "Command: `python bench/sweep.py --minutes N -- FLAGS...` (one row per run, kept in `bench/sweep.jsonl`; "
         "`make sweep` reruns the set below). Each row is `charloom train shakespeare --max-time Nm FLAGS` on the "
-        f"machine of the other sections ({report.machine().rsplit(',', 1)[0]}), 2 threads; flags are relative to the "
-        "defaults of the day in the last column. Held-out bpc: the last 5% scored whole with state carried, and "
-        "the mean over 2,048 fixed random 64-character windows from a zero state.",
+        f"machine of the other sections ({report.machine().rsplit(',', 1)[0]}), 2 threads. Flags are relative to "
+        "today's defaults: when a default changes, earlier rows are rewritten to the flags that give the same run. "
+        "Held-out bpc: the last 5% scored whole with state carried, and the mean over 2,048 fixed random "
+        "64-character windows from a zero state. The machine is a shared virtual one: the same run's step count "
+        "varies by a few percent, and differences under about 0.01 bpc are noise.",
         "",
         "| budget | flags | steps | characters trained | held-out bpc (whole) | held-out bpc (windows) | date |",
         "|---|---|---|---|---|---|---|",

@@ -9,7 +9,8 @@ linear head; Adam. charloom runs the same model (and 2x512 LSTM, GRU and RNN wit
 vectorised random windows, batch 64 x 100. "Corpus characters per second" counts each character of the
 corpus once (the notebooks' method trains on ~100 overlapping windows per character); "positions per
 second" counts every predicted position. Effective GFLOP/s = 3 x forward FLOPs per position x positions/s
-(forward, and backward at twice the forward), against `torch.mm` on 2048 x 2048 measured in the same run.
+(forward, and backward at twice the forward), against `torch.mm` on 2048 x 2048 in the same precision,
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebook  # noqa: E402
 import report  # noqa: E402
 
-from charloom import BatchConfig, CharRNN, CorpusConfig, ModelConfig, load_corpus, prepare  # noqa: E402
+import charloom  # noqa: E402
+from charloom import CorpusConfig, ModelConfig, load_corpus  # noqa: E402
+from charloom.train import native_bf16  # noqa: E402
 
 NCHARS = notebook.NCHARS
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -57,27 +60,18 @@ def notebook_rate(texts: list[str], vocab, seconds: float) -> tuple[float, float
     return chars / dt, positions / dt
 
 
-def charloom_rate(data, cfg: ModelConfig, steps: int) -> float:
-    """Positions (= corpus characters: windows do not overlap) per second of charloom's training step."""
-    torch.manual_seed(0)
-    model = CharRNN(cfg)
-    opt = torch.optim.AdamW(model.parameters(), 2e-3)
-    it = iter(data.train)
-
-    def step():
-        b = next(it)
-        logits, _ = model(b.x)
-        loss = F.cross_entropy(logits.flatten(0, 1), b.y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return b.x.numel()
-
-    step(), step()
-    t0 = time.perf_counter()
-    n = sum(step() for _ in range(steps))
-    return n / (time.perf_counter() - t0)
+def charloom_rate(shape: dict, steps: int, threads: int, precision: str) -> float:
+    """Positions (= corpus characters: windows do not overlap) per second of charloom's own training loop
+    (`charloom.train`: batching, schedule, autocast, clipping, AdamW), timed between step callbacks after
+    two warm-up steps; no validation split, so nothing but training steps falls in the timed span."""
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        charloom.train(source="shakespeare", batch_size=64, seq_len=NCHARS, val_fraction=0.0, max_steps=steps + 2,
+                       eval_every=0, sample_length=0, progress=False, lr=2e-3, warmup=0, threads=threads,
+                       precision=precision, out=tmp, seed=0,
+                       callback=lambda e: times.append(time.perf_counter()) if e["event"] == "step" else None,
+                       **shape)
+    return 64 * NCHARS * (len(times) - 2) / (times[-1] - times[1])
 
 
 def main() -> None:
@@ -86,48 +80,54 @@ def main() -> None:
     args = ap.parse_args()
     corpus = load_corpus(CorpusConfig(source="shakespeare"))
     vocab = corpus.vocab
-    data = prepare(corpus, BatchConfig(batch_size=64, seq_len=NCHARS))
     text = vocab.decode(corpus.ids[:2_000_000])
     texts = notebook.texts_of(text)
     V = len(vocab)
     shapes = {
-        "notebooks' model: LSTM(64), one-hot": ModelConfig(cell="lstm", num_layers=1, hidden_size=64, embedding=0,
-                                                           vocab_size=V),
-        **{f"2x512 {c.upper()}, embedding 512": ModelConfig(cell=c, num_layers=2, hidden_size=512, embedding=512,
-                                                            vocab_size=V) for c in ("lstm", "gru", "rnn")},
+        "notebooks' model: LSTM(64), one-hot": dict(cell="lstm", num_layers=1, hidden_size=64, embedding=0),
+        **{f"2x512 {c.upper()}, embedding 512": dict(cell=c, num_layers=2, hidden_size=512, embedding=512)
+           for c in ("lstm", "gru", "rnn")},
     }
-    rows, speedups = [], []
+    precisions = ["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"]
+    rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        peak = report.product_rate(2048, 2048, 2048, args.repeats)
+        peaks = {p: report.product_rate(2048, 2048, 2048, args.repeats, dtype=getattr(torch, {"fp32": "float32"}
+                                                                                      .get(p, "bfloat16")))
+                 for p in precisions}
         nb = [notebook_rate(texts, vocab, 6.0) for _ in range(args.repeats)]
         nb_chars = [c for c, _ in nb]
         nb_pos = [p for _, p in nb]
-        rows.append(f"| {threads} | notebooks' method: LSTM(64), one-hot, all windows of each text | "
+        tiny = ModelConfig(**shapes[next(iter(shapes))], vocab_size=V)
+        rows.append(f"| {threads} | notebooks' method: LSTM(64), one-hot, all windows of each text | fp32 | "
                     f"{report.spread(nb_chars, '{:,.0f}')} | {report.spread(nb_pos, '{:,.0f}')} | "
-                    f"{statistics.median(nb_pos) * 3 * forward_flops(shapes[next(iter(shapes))]) / 1e9:.1f} | |")
-        for name, cfg in shapes.items():
-            steps = 40 if cfg.hidden_size < 100 else 6
-            r = [charloom_rate(data, cfg, steps) for _ in range(args.repeats)]
-            gflops = statistics.median(r) * 3 * forward_flops(cfg) / 1e9
-            ratio = ""
-            if cfg.hidden_size < 100:
-                ratio = f"{statistics.median(r) / statistics.median(nb_chars):.0f}x the notebooks' corpus rate"
-                speedups.append(ratio)
-            rows.append(f"| {threads} | charloom: {name} | {report.spread(r, '{:,.0f}')} | "
-                        f"{report.spread(r, '{:,.0f}')} | {gflops:.1f} ({gflops / peak:.0%} of peak) | {ratio} |")
-        rows.append(f"| {threads} | `torch.mm` 2048 x 2048 (the peak) | | | {peak:.1f} | |")
-        print("\n".join(rows[-6:]), flush=True)
+                    f"{statistics.median(nb_pos) * 3 * forward_flops(tiny) / 1e9:.1f} | |")
+        for name, shape in shapes.items():
+            cfg = ModelConfig(**shape, vocab_size=V)
+            for precision in precisions:
+                steps = 40 if cfg.hidden_size < 100 else 6
+                r = [charloom_rate(shape, steps, threads, precision) for _ in range(args.repeats)]
+                gflops = statistics.median(r) * 3 * forward_flops(cfg) / 1e9
+                ratio = ""
+                if cfg.hidden_size < 100:
+                    ratio = f"{statistics.median(r) / statistics.median(nb_chars):.0f}x the notebooks' corpus rate"
+                rows.append(f"| {threads} | charloom: {name} | {precision} | {report.spread(r, '{:,.0f}')} | "
+                            f"{report.spread(r, '{:,.0f}')} | {gflops:.1f} ({gflops / peaks[precision]:.0%} of "
+                            f"{precision} peak) | {ratio} |")
+                print(rows[-1], flush=True)
+        for p, peak in peaks.items():
+            rows.append(f"| {threads} | `torch.mm` 2048 x 2048 (the {p} peak) | {p} | | | {peak:.1f} | |")
     body = "\n".join([
         "## Training throughput",
         "",
         f"Command: `python bench/train_speed_bench.py --repeats {args.repeats}`.",
         f"Machine: {report.machine()}.",
-        "Median (min-max) over the repeats. charloom rows: batch 64 x 100 random windows, AdamW, clip 1. See the "
-        "script's docstring for the notebooks' method as re-implemented, and for how FLOPs are counted.",
+        "Median (min-max) over the repeats. charloom rows: its training loop on batch 64 x 100 random windows, "
+        "AdamW, clip 1, in fp32 and (where the CPU computes bf16 natively) bf16 autocast, charloom's default there. "
+        "See the script's docstring for the notebooks' method as re-implemented, and for how FLOPs are counted.",
         "",
-        "| threads | what | corpus characters/s | positions/s | effective GFLOP/s | vs notebooks |",
-        "|---|---|---|---|---|---|",
+        "| threads | what | precision | corpus characters/s | positions/s | effective GFLOP/s | vs notebooks |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ])
     report.write_section("train-speed", body)
