@@ -108,7 +108,7 @@ def pick_device(name: str) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """The device computes bfloat16 products in hardware: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX (where oneDNN's bf16 LSTM trains about twice as fast as fp32)."""
+    AVX512-BF16 or AMX (where oneDNN's bf16 LSTM trains 1.4-1.9x as fast as fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
