@@ -10,6 +10,7 @@ sweep section of BENCHMARKS.md is rewritten from all the rows there, best first 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import tempfile
@@ -53,8 +54,6 @@ def main() -> None:
     ap.add_argument("flags", nargs="*", default=[""], help="one string of charloom train flags per run")
     args = ap.parse_args()
     data = runs.shakespeare()
-    import datetime
-
     for flags in args.flags:
         with tempfile.TemporaryDirectory() as tmp:
             r = runs.train(args.minutes, Path(tmp), flags)

@@ -30,7 +30,7 @@ import report  # noqa: E402
 
 import charloom  # noqa: E402
 from charloom import CorpusConfig, ModelConfig, load_corpus  # noqa: E402
-from charloom.train import native_bf16  # noqa: E402
+from charloom.train import PRECISIONS, native_bf16  # noqa: E402
 
 NCHARS = notebook.NCHARS
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -92,9 +92,7 @@ def main() -> None:
     rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        peaks = {p: report.product_rate(2048, 2048, 2048, args.repeats, dtype=getattr(torch, {"fp32": "float32"}
-                                                                                      .get(p, "bfloat16")))
-                 for p in precisions}
+        peaks = {p: report.product_rate(2048, 2048, 2048, args.repeats, dtype=PRECISIONS[p]) for p in precisions}
         nb = [notebook_rate(texts, vocab, 6.0) for _ in range(args.repeats)]
         nb_chars = [c for c, _ in nb]
         nb_pos = [p for _, p in nb]

@@ -39,6 +39,7 @@ from .sampling import sample_texts
 from .vocab import Vocab
 
 LN2 = math.log(2)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> dtype
 
 
 # ---- evaluation --------------------------------------------------------------------------------------
@@ -281,8 +282,8 @@ class Trainer:
             self.net = DistributedDataParallel(self.model)  # copies rank 0's weights to every process
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay, foreach=True)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        self.autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else None
+        self.autocast = (torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+                         if self.precision != "fp32" else None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.pos = Progress()
         self.carry: State | None = None
