@@ -242,7 +242,8 @@ class TrainConfig(Config):
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
     eval_every: int = option(200, "evaluate on the validation split every N steps (0: only at the end)")
     eval_chars: int = option(65536, "characters (or records' characters) of the validation split used by the "
-                                    "periodic evaluation; 0 = all; the final evaluation always uses all")
+                                    "evaluations (the same ones each time, so they compare); 0 = all; the final "
+                                    "evaluation also scores the whole split")
     sample_length: int = option(200, "characters per sample shown at each evaluation (0: no samples)")
     sample_temperatures: tuple[float, ...] = option(
         (0.5, 1.0), "temperatures of the samples shown at each evaluation; repeatable",

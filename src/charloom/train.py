@@ -305,15 +305,16 @@ class Trainer:
         return {"progress": pos, "optimizer": groups, "corpus": self.corpus_cfg.to_dict(),
                 "batch": self.batch_cfg.to_dict(), "train": self.cfg.to_dict()}
 
-    def info(self, val: Evaluation | None) -> dict[str, Any]:
+    def info(self, val: Evaluation | None, full: Evaluation | None = None) -> dict[str, Any]:
         return {"step": self.pos.step, "characters_seen": self.pos.characters, "train_seconds": round(self.pos.elapsed, 1),
                 "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
                 "best_val_bpc": None if math.isinf(self.pos.best_val) else self.pos.best_val / LN2,
+                **({"full_val_loss": full.loss, "full_val_bpc": full.bpc} if full else {}),
                 "corpus": self.corpus_cfg.source, "corpus_config": self.corpus_cfg.to_dict(),
                 "corpus_characters": int(len(self.data.corpus.ids)),
                 "parameters": self.model.num_parameters()}
 
-    def save(self, val: Evaluation | None) -> None:
+    def save(self, val: Evaluation | None, full: Evaluation | None = None) -> None:
         improved = val is not None and val.loss < self.pos.best_val
         if improved:
             self.pos.best_val = val.loss
@@ -329,7 +330,7 @@ class Trainer:
                 tensors[f"{name}.r{r}"] = tr
         if not self.procs.main:
             return
-        info = self.info(val)
+        info = self.info(val, full)
         checkpoint.save(self.out / checkpoint.RESUME_FILE, self.model, self.vocab, records=self.records, info=info,
                         extra_tensors=tensors, extra_meta=self._extra_meta(groups))
         if improved or val is None or not (self.out / checkpoint.MODEL_FILE).exists():
@@ -394,28 +395,38 @@ class Trainer:
     def _emit(self, event: dict[str, Any]) -> bool:
         return bool(self.callback(event)) if self.callback else False
 
-    def _evaluate(self, final: bool) -> Evaluation | None:
+    def _evaluate(self, final: bool) -> tuple[Evaluation | None, Evaluation | None]:
+        """(the periodic measure, the whole split at the end). Every row scores the same `eval_chars`
+        characters, so the curve and the choice of the best model compare like with like."""
         if self.data.val is None:
-            return None
-        limit = 0 if final else self.cfg.eval_chars
-        return evaluate(self.model, self.data.val_batches(), self.device, limit)
+            return None, None
+        val = evaluate(self.model, self.data.val_batches(), self.device, self.cfg.eval_chars)
+        if not final:
+            return val, None
+        if not self.cfg.eval_chars or val.characters < self.cfg.eval_chars:
+            return val, val  # the subset was already the whole split
+        return val, evaluate(self.model, self.data.val_batches(), self.device)
 
     def _checkpoint(self, train_loss: float, rate: float, final: bool) -> Evaluation | None:
         if not self.procs.main:
             self.save(None)  # takes part in gathering this process's state, writes nothing
             return None
-        val = self._evaluate(final)
+        val, full = self._evaluate(final)
         lr = self.opt.param_groups[0]["lr"]
         row = {"step": self.pos.step, "epoch": round(self.pos.epoch + self.pos.index /
                                                       max(1, self.data.train.batches_in_epoch(self.pos.epoch)), 4),
                "train_loss": train_loss, "train_bpc": train_loss / LN2,
                "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
                "lr": lr, "characters": self.pos.characters, "chars_per_s": round(rate), "seconds": round(self.pos.elapsed, 2)}
+        if full:
+            row |= {"full_val_loss": full.loss, "full_val_bpc": full.bpc, "full_val_characters": full.characters}
         self.history.append(row)
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         vtxt = f"val {val.bpc:.3f} bpc" if val else "no validation split"
+        if full:
+            vtxt += f" (whole validation split, {full.characters:,} characters: {full.bpc:.3f})"
         self._say(f"step {self.pos.step:>6}  train {train_loss / LN2:.3f} bpc  {vtxt}  lr {lr:.2e}  "
                   f"{rate:,.0f} chars/s  {self.pos.elapsed:.0f}s")
         if self.cfg.sample_length and self.cfg.sample_temperatures and self.cfg.progress:
@@ -426,9 +437,9 @@ class Trainer:
                                          records=self.records):
                 shown = " | ".join(self.cfg.sample_start + x for x in texts)
                 self._say(f"--- sample at temperature {t:g} ---\n{shown}")
-        self.save(val)
+        self.save(val, full)
         self._emit({"event": "eval", **row})
-        return val
+        return full or val
 
     def run(self) -> TrainResult:
         from tqdm import tqdm
