@@ -103,23 +103,23 @@ def main() -> None:
             w = measure("shakespeare", cache)
             warm.append(w["load_s"]); rss_warm.append(w["peak_rss"])
         chars = c["chars"]
-        rows.append(f"| Shakespeare ({chars / 1e6:.2f} M chars), cold: read, count, encode, cache | "
-                    f"{report.spread(cold)} s | {report.spread([x / 1e6 for x in rss_cold], '{:.0f}')} MB |")
-        rows.append(f"| Shakespeare, warm: map the cached ids | {report.spread(warm)} s | "
-                    f"{report.spread([x / 1e6 for x in rss_warm], '{:.0f}')} MB |")
+        rows.append(report.row(f"Shakespeare ({chars / 1e6:.2f} M chars), cold: read, count, encode, cache",
+                               f"{report.spread(cold)} s", f"{report.spread([x / 1e6 for x in rss_cold], '{:.0f}')} MB"))
+        rows.append(report.row("Shakespeare, warm: map the cached ids", f"{report.spread(warm)} s",
+                               f"{report.spread([x / 1e6 for x in rss_warm], '{:.0f}')} MB"))
         rates = {o: [measure("shakespeare", tmp / "cache0", True, o)["batch_chars_per_s"] for _ in range(args.repeats)]
                  for o in ("shuffle", "contiguous")}
         for o, v in rates.items():
-            rows.append(f"| Shakespeare batches, {o} order (64 x 128) | {report.spread([x / 1e6 for x in v])} M chars/s "
-                        f"| |")
+            rows.append(report.row(f"Shakespeare batches, {o} order (64 x 128)",
+                                   f"{report.spread([x / 1e6 for x in v])} M chars/s", ""))
 
         big = tmp / "big.txt"
         size = make_big_corpus(big, args.gigabytes)
         bc = measure(str(big), tmp / "bigcache")
         bw = [measure(str(big), tmp / "bigcache")["load_s"] for _ in range(args.repeats)]
-        rows.append(f"| generated {size / 1e9:.2f} GB text, cold: hash, count, encode, cache | "
-                    f"{bc['load_s']:.1f} s ({size / bc['load_s'] / 1e6:.0f} MB/s, n=1) | {mb(bc['peak_rss'])} |")
-        rows.append(f"| generated {size / 1e9:.2f} GB text, warm | {report.spread(bw)} s | |")
+        rows.append(report.row(f"generated {size / 1e9:.2f} GB text, cold: hash, count, encode, cache",
+                               f"{bc['load_s']:.1f} s ({size / bc['load_s'] / 1e6:.0f} MB/s, n=1)", mb(bc["peak_rss"])))
+        rows.append(report.row(f"generated {size / 1e9:.2f} GB text, warm", f"{report.spread(bw)} s", ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -131,9 +131,7 @@ def main() -> None:
         "Each figure is median (min-max) over fresh processes; peak memory is the process's peak RSS, which includes "
         f"about {statistics_median(base) / 1e6:.0f} MB for the Python interpreter with torch and numpy imported.",
         "",
-        "| job | time | peak memory |",
-        "|---|---|---|",
-        *rows,
+        *report.table(["job", "time", "peak memory"], rows),
         "",
         f"The {size / 1e9:.2f} GB corpus is read in 4 MiB pieces and its ids written sequentially: peak RSS "
         f"{bc['peak_rss'] / 1e6:,.0f} MB is {bc['peak_rss'] / size:.0%} of the corpus size, "

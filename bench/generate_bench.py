@@ -70,10 +70,10 @@ def main() -> None:
         H, flops = model.cfg.hidden_size, step_flops(model.cfg)
         bound1 = report.product_rate(1, H, 4 * H, args.repeats) * 1e9 / flops
         bound64 = report.product_rate(64, H, 4 * H, args.repeats) * 1e9 / flops
-        rows.append(f"| {name} | {report.spread(base, '{:,.0f}')} | {report.spread(one, '{:,.0f}')} | "
-                    f"{report.spread(many, '{:,.0f}')} | {o / b:.1f}x | {m / b:.0f}x | {m / o:.1f}x |")
-        bounds.append(f"| {name} | {flops / 1e6:.2f} | {bound1:,.0f} | {o / bound1:.0%} | {bound64:,.0f} | "
-                      f"{m / bound64:.0%} | {bound64 / o:.1f}x |")
+        rows.append(report.row(name, report.spread(base, "{:,.0f}"), report.spread(one, "{:,.0f}"),
+                               report.spread(many, "{:,.0f}"), f"{o / b:.1f}x", f"{m / b:.0f}x", f"{m / o:.1f}x"))
+        bounds.append(report.row(name, f"{flops / 1e6:.2f}", f"{bound1:,.0f}", f"{o / bound1:.0%}", f"{bound64:,.0f}",
+                                 f"{m / bound64:.0%}", f"{bound64 / o:.1f}x"))
         print(rows[-1], bounds[-1], flush=True)
     body = "\n".join([
         "## Generation: characters per second",
@@ -84,19 +84,15 @@ def main() -> None:
         "`generate_soft` loop on the same model; it writes one text at a time, so at batch 64 it runs at its "
         "batch-1 speed. Ratios are of medians measured in the same run.",
         "",
-        "| model | notebooks' loop | charloom, batch 1 | charloom, batch 64 | batch 1 vs loop | batch 64 vs loop "
-        "| batch 64 vs batch 1 |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
+        *report.table(["model", "notebooks' loop", "charloom, batch 1", "charloom, batch 64", "batch 1 vs loop",
+                       "batch 64 vs loop", "batch 64 vs batch 1"], rows),
         "",
         "Against what this CPU allows (see the docstring): each bound is the step's FLOPs at the rate `torch.mm` "
         "reaches on the step's product shape, measured in this run. The last column is the most that batch 64 "
         "could be over charloom's batch 1 here, even at the bound.",
         "",
-        "| model | MFLOP per character | batch-1 bound (chars/s) | batch 1 of bound | batch-64 bound (chars/s) | "
-        "batch 64 of bound | batch-64 bound vs batch 1 |",
-        "|---|---|---|---|---|---|---|",
-        *bounds,
+        *report.table(["model", "MFLOP per character", "batch-1 bound (chars/s)", "batch 1 of bound",
+                       "batch-64 bound (chars/s)", "batch 64 of bound", "batch-64 bound vs batch 1"], bounds),
     ])
     report.write_section("generate", body)
     print(body)

@@ -108,11 +108,10 @@ def main() -> None:
             net.train()
             print(f"notebooks {elapsed / 60:.1f} min: {theirs}", flush=True)
 
-    rows = [f"| {m:g} min | {ours[m][0]:.3f} | {ours[m][1]:.3f} | {theirs[m][0]:.3f} | {theirs[m][1]:.3f} |"
-            for m in args.budgets]
-    speed = [f"| `{info[m]['command']}` | {info[m]['steps']:,} | {info[m]['characters'] / 1e6:.1f} M "
-             f"({info[m]['characters'] / len(data.train.stream):.1f} epochs) | "
-             f"{info[m]['characters'] / info[m]['seconds']:,.0f} |" for m in args.budgets]
+    rows = [report.row(f"{m:g} min", *(f"{x:.3f}" for x in (*ours[m], *theirs[m]))) for m in args.budgets]
+    speed = [report.row(f"`{info[m]['command']}`", f"{info[m]['steps']:,}",
+                        f"{info[m]['characters'] / 1e6:.1f} M ({info[m]['characters'] / len(data.train.stream):.1f} epochs)",
+                        f"{info[m]['characters'] / info[m]['seconds']:,.0f}") for m in args.budgets]
     mc, t, bc = charloom.ModelConfig(), charloom.TrainConfig(), charloom.BatchConfig()
     plot_line = plot(args.budgets, ours, theirs)
     body = "\n".join([
@@ -125,18 +124,14 @@ def main() -> None:
         f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}, "
         f"precision {t.precision} (here {resolve_precision(t.precision, torch.device('cpu'))}).",
         "",
-        "| training time | charloom: whole text | charloom: 2,048 windows | notebooks' method: whole text | "
-        "notebooks' method: 2,048 windows |",
-        "|---|---|---|---|---|",
-        *rows,
+        *report.table(["training time", "charloom: whole text", "charloom: 2,048 windows",
+                       "notebooks' method: whole text", "notebooks' method: 2,048 windows"], rows),
         "",
         plot_line,
         "",
         "The charloom runs (training time includes the periodic evaluations, samples and checkpoints):",
         "",
-        "| command | steps | characters trained | characters/s |",
-        "|---|---|---|---|",
-        *speed,
+        *report.table(["command", "steps", "characters trained", "characters/s"], speed),
         "",
         f"Peak memory of a `charloom train` run (largest RSS of the runs above): {peak / 1e6:,.0f} MB.",
         f"Time from starting `charloom sample` (a new process, {args.budgets[-1]:g}-minute model) to its first generated "

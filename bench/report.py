@@ -59,6 +59,16 @@ def spread(values: list[float], fmt: str = "{:.3g}") -> str:
             f"n={len(values)})")
 
 
+def row(*cells: object) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(header: list[str], rows: list[str]) -> list[str]:
+    """A markdown table's lines: the header, its rule, then the rows (each made by `row`)."""
+    return [row(*header), "|" + "---|" * len(header), *rows]
+
+
 def write_section(name: str, body: str) -> None:
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     text = OUT.read_text() if OUT.exists() else HEAD

@@ -93,8 +93,8 @@ def main() -> None:
                 q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
                 refused = sum(r[0] == 429 for r in results)
                 failed = sum(r[0] not in (200, 429) for r in results)
-                rows.append(f"| {n} | {len(ok) / wall:.1f} | {sum(r[2] for r in ok) / wall:,.0f} | {q[49]:.0f} | "
-                            f"{q[94]:.0f} | {q[98]:.0f} | {refused} | {failed} |")
+                rows.append(report.row(n, f"{len(ok) / wall:.1f}", f"{sum(r[2] for r in ok) / wall:,.0f}",
+                                       f"{q[49]:.0f}", f"{q[94]:.0f}", f"{q[98]:.0f}", refused, failed))
                 print(rows[-1], flush=True)
         finally:
             server.terminate()
@@ -107,9 +107,7 @@ def main() -> None:
         f"Each request: {LENGTH} characters from a 1x128 LSTM, not streamed; the server runs at most 4 generations at "
         "once and answers 429 beyond that (counted apart: they are the limit working, not failures).",
         "",
-        "| clients | requests/s | characters/s | p50 ms | p95 ms | p99 ms | 429s | failed |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
+        *report.table(["clients", "requests/s", "characters/s", "p50 ms", "p95 ms", "p99 ms", "429s", "failed"], rows),
     ])
     report.write_section("serve", body)
     print(body)

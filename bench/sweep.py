@@ -28,8 +28,8 @@ LOG = Path(__file__).resolve().parent / "sweep.jsonl"
 def table() -> str:
     rows = [json.loads(ln) for ln in LOG.read_text().splitlines() if ln.strip()] if LOG.exists() else []
     rows.sort(key=lambda r: (r["minutes"], r["whole_bpc"]))
-    lines = [f"| {r['minutes']:g} min | `{r['flags'] or '(defaults)'}` | {r['steps']:,} | "
-             f"{r['characters'] / 1e6:.1f} M | {r['whole_bpc']:.3f} | {r['window_bpc']:.3f} | {r['date']} |"
+    lines = [report.row(f"{r['minutes']:g} min", f"`{r['flags'] or '(defaults)'}`", f"{r['steps']:,}",
+                        f"{r['characters'] / 1e6:.1f} M", f"{r['whole_bpc']:.3f}", f"{r['window_bpc']:.3f}", r["date"])
              for r in rows]
     return "\n".join([
         "## Choosing the defaults: the sweep",
@@ -42,9 +42,8 @@ def table() -> str:
         "64-character windows from a zero state. The machine is a shared virtual one: the same run's step count "
         "varies by a few percent, and differences under about 0.01 bpc are noise.",
         "",
-        "| budget | flags | steps | characters trained | held-out bpc (whole) | held-out bpc (windows) | date |",
-        "|---|---|---|---|---|---|---|",
-        *lines,
+        *report.table(["budget", "flags", "steps", "characters trained", "held-out bpc (whole)",
+                       "held-out bpc (windows)", "date"], lines),
     ])
 
 

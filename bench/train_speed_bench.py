@@ -97,9 +97,9 @@ def main() -> None:
         nb_chars = [c for c, _ in nb]
         nb_pos = [p for _, p in nb]
         tiny = ModelConfig(**shapes[next(iter(shapes))], vocab_size=V)
-        rows.append(f"| {threads} | notebooks' method: LSTM(64), one-hot, all windows of each text | fp32 | "
-                    f"{report.spread(nb_chars, '{:,.0f}')} | {report.spread(nb_pos, '{:,.0f}')} | "
-                    f"{statistics.median(nb_pos) * 3 * forward_flops(tiny) / 1e9:.1f} | |")
+        rows.append(report.row(threads, "notebooks' method: LSTM(64), one-hot, all windows of each text", "fp32",
+                               report.spread(nb_chars, "{:,.0f}"), report.spread(nb_pos, "{:,.0f}"),
+                               f"{statistics.median(nb_pos) * 3 * forward_flops(tiny) / 1e9:.1f}", ""))
         for name, shape in shapes.items():
             cfg = ModelConfig(**shape, vocab_size=V)
             for precision in precisions:
@@ -109,12 +109,12 @@ def main() -> None:
                 ratio = ""
                 if cfg.hidden_size < 100:
                     ratio = f"{statistics.median(r) / statistics.median(nb_chars):.0f}x the notebooks' corpus rate"
-                rows.append(f"| {threads} | charloom: {name} | {precision} | {report.spread(r, '{:,.0f}')} | "
-                            f"{report.spread(r, '{:,.0f}')} | {gflops:.1f} ({gflops / peaks[precision]:.0%} of "
-                            f"{precision} peak) | {ratio} |")
+                rows.append(report.row(threads, f"charloom: {name}", precision, report.spread(r, "{:,.0f}"),
+                                       report.spread(r, "{:,.0f}"),
+                                       f"{gflops:.1f} ({gflops / peaks[precision]:.0%} of {precision} peak)", ratio))
                 print(rows[-1], flush=True)
         for p, peak in peaks.items():
-            rows.append(f"| {threads} | `torch.mm` 2048 x 2048 (the {p} peak) | {p} | | | {peak:.1f} | |")
+            rows.append(report.row(threads, f"`torch.mm` 2048 x 2048 (the {p} peak)", p, "", "", f"{peak:.1f}", ""))
     body = "\n".join([
         "## Training throughput",
         "",
@@ -124,9 +124,8 @@ def main() -> None:
         "AdamW, clip 1, in fp32 and (where the CPU computes bf16 natively) bf16 autocast, charloom's default there. "
         "See the script's docstring for the notebooks' method as re-implemented, and for how FLOPs are counted.",
         "",
-        "| threads | what | precision | corpus characters/s | positions/s | effective GFLOP/s | vs notebooks |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
+        *report.table(["threads", "what", "precision", "corpus characters/s", "positions/s", "effective GFLOP/s",
+                       "vs notebooks"], rows),
     ])
     report.write_section("train-speed", body)
     print(body)
