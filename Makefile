@@ -35,11 +35,13 @@ bench: setup
 	$(PY) bench/serve_bench.py
 	$(PY) bench/quality_bench.py
 
-# the sweep behind the defaults (about 6 minutes a run; rows accumulate in bench/sweep.jsonl)
-SWEEP_MINUTES ?= 5
+# the sweep behind the defaults: each run is a `charloom train` of SWEEP_MINUTES with flags relative to
+# today's defaults, then about a minute of scoring (rows accumulate in bench/sweep.jsonl)
+SWEEP_MINUTES ?= 10
 sweep: setup
-	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--forget-bias 1" "--precision fp32" "--batch-size 16" \
-		"--batch-size 64" "--order contiguous" "--lr 1e-2" "--seq-len 128 --batch-size 16" "--cell gru --hidden 640"
+	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--hidden 512" "--hidden 768" "--layers 2 --hidden 384" \
+		"--seq-len 64 --batch-size 32" "--seq-len 256 --batch-size 8" "--lr 3e-3" "--min-lr-ratio 0" \
+		"--order contiguous" "--precision fp32" "--forget-bias 1"
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -39,8 +39,9 @@ def table() -> str:
         f"machine of the other sections ({report.machine().rsplit(',', 1)[0]}), 2 threads. Flags are relative to "
         "today's defaults: when a default changes, earlier rows are rewritten to the flags that give the same run. "
         "Held-out bpc: the last 5% scored whole with state carried, and the mean over 2,048 fixed random "
-        "64-character windows from a zero state. The machine is a shared virtual one: the same run's step count "
-        "varies by a few percent, and differences under about 0.01 bpc are noise.",
+        "64-character windows from a zero state. The machine is a shared virtual one: runs of the same "
+        "model size reached step counts up to 20% apart (compare the characters trained), and differences under "
+        "about 0.01 bpc are noise.",
         "",
         *report.table(["budget", "flags", "steps", "characters trained", "held-out bpc (whole)",
                        "held-out bpc (windows)", "date"], lines),

@@ -164,8 +164,8 @@ class CorpusConfig(Config):
 class BatchConfig(Config):
     """How an encoded corpus becomes training batches and a held-out split."""
 
-    batch_size: int = option(32, "sequences per batch (B)")
-    seq_len: int = option(64, "continuous corpora: characters per training window (T)")
+    batch_size: int = option(16, "sequences per batch (B)")
+    seq_len: int = option(128, "continuous corpora: characters per training window (T)")
     order: Literal["shuffle", "contiguous"] = option(
         "shuffle", "continuous corpora: shuffle = non-overlapping windows in random order each epoch; "
         "contiguous = B parallel streams read in order, so hidden state can carry across batches")
@@ -191,7 +191,7 @@ class ModelConfig(Config):
 
     cell: Literal["lstm", "gru", "rnn"] = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh)")
     num_layers: int = option(1, "stacked recurrent layers", flag="layers")
-    hidden_size: int = option(512, "units per recurrent layer", flag="hidden")
+    hidden_size: int = option(640, "units per recurrent layer", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
