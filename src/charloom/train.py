@@ -425,7 +425,7 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         vtxt = f"val {val.bpc:.3f} bpc" if val else "no validation split"
-        if full:
+        if full is not None and full is not val:  # a subset: say what the whole split scores
             vtxt += f" (whole validation split, {full.characters:,} characters: {full.bpc:.3f})"
         self._say(f"step {self.pos.step:>6}  train {train_loss / LN2:.3f} bpc  {vtxt}  lr {lr:.2e}  "
                   f"{rate:,.0f} chars/s  {self.pos.elapsed:.0f}s")
