@@ -102,8 +102,8 @@ def main() -> None:
                                f"{statistics.median(nb_pos) * 3 * forward_flops(tiny) / 1e9:.1f}", ""))
         for name, shape in shapes.items():
             cfg = ModelConfig(**shape, vocab_size=V)
+            steps = 40 if cfg.hidden_size < 100 else 6
             for precision in precisions:
-                steps = 40 if cfg.hidden_size < 100 else 6
                 r = [charloom_rate(shape, steps, threads, precision) for _ in range(args.repeats)]
                 gflops = statistics.median(r) * 3 * forward_flops(cfg) / 1e9
                 ratio = ""
