@@ -91,14 +91,20 @@ def test_best_model_is_kept_by_validation_loss(tmp_path, text_file, tiny):
     assert charloom.load(tmp_path / "last.safetensors").info["step"] == 20 == result.progress.step
 
 
-def test_evaluations_score_the_same_characters_and_the_last_also_the_whole_split(tmp_path, text_file, tiny):
-    result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=10, **dict(tiny, eval_chars=32))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluations_score_the_same_characters_and_the_last_also_the_whole_split(tmp_path, text_file, tiny,
+                                                                                 precision):
+    result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=10,
+                            **dict(tiny, eval_chars=32, precision=precision))
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     data = charloom.prepare(charloom.load_corpus(charloom.CorpusConfig(source=str(text_file))),
                             charloom.BatchConfig(batch_size=tiny["batch_size"], seq_len=tiny["seq_len"]))
     model = charloom.load(tmp_path / "last.safetensors").model
-    subset = charloom.evaluate(model, data.val_batches(), max_characters=32)
-    whole = charloom.evaluate(model, data.val_batches())
+    # training evaluates in its own precision
+    subset = charloom.evaluate(model, data.val_batches(), max_characters=32, precision=precision)
+    whole = charloom.evaluate(model, data.val_batches(), precision=precision)
+    exact = charloom.evaluate(model, data.val_batches())
+    assert whole.loss == pytest.approx(exact.loss, abs=0 if precision == "fp32" else 0.01)
     assert whole.characters > subset.characters >= 32
     assert rows[-1]["val_loss"] == pytest.approx(subset.loss)  # comparable with the rows before it
     assert rows[-1]["full_val_loss"] == pytest.approx(whole.loss)

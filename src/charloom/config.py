@@ -251,7 +251,8 @@ class TrainConfig(Config):
     sample_start: str = option("", "start text of the samples shown during training")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", "matrix products under autocast (weights and optimizer stay fp32); auto: bf16 where the hardware "
+        "auto", "matrix products under autocast, in training and its evaluations (weights and optimizer stay "
+                "fp32); auto: bf16 where the hardware "
                 "computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32; fp16 is "
                 "for a CUDA GPU only")
     threads: int = option(0, "CPU threads for torch (0: torch's default)")

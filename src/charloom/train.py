@@ -72,15 +72,21 @@ def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.
 
 @torch.inference_mode()
 def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | str = "cpu",
-             max_characters: int = 0) -> Evaluation:
-    """Mean loss over batches; contiguous batches (`continues`) carry the hidden state through."""
+             max_characters: int = 0, precision: str = "fp32") -> Evaluation:
+    """Mean loss over batches; contiguous batches (`continues`) carry the hidden state through.
+
+    precision: "fp32", or "bf16"/"fp16" for the products under autocast (the loss is summed in fp32); training
+    evaluates in its own precision, where bf16 takes about half the time and moves bpc by about 1e-4."""
     device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision]) if precision != "fp32" else None
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     try:
         for b in batches:
-            nll, state = batch_loss(model, b, state if b.continues else None, device, reduction="sum")
+            nll, state = batch_loss(model, b, state if b.continues else None, device, autocast, reduction="sum")
             total += float(nll)
             count += b.tokens
             if max_characters and count >= max_characters:
@@ -400,12 +406,12 @@ class Trainer:
         characters, so the curve and the choice of the best model compare like with like."""
         if self.data.val is None:
             return None, None
-        val = evaluate(self.model, self.data.val_batches(), self.device, self.cfg.eval_chars)
+        val = evaluate(self.model, self.data.val_batches(), self.device, self.cfg.eval_chars, self.precision)
         if not final:
             return val, None
         if not self.cfg.eval_chars or val.characters < self.cfg.eval_chars:
             return val, val  # the subset was already the whole split
-        return val, evaluate(self.model, self.data.val_batches(), self.device)
+        return val, evaluate(self.model, self.data.val_batches(), self.device, precision=self.precision)
 
     def _checkpoint(self, train_loss: float, rate: float, final: bool) -> Evaluation | None:
         if not self.procs.main:
