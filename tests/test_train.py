@@ -45,9 +45,62 @@ def test_stopped_and_resumed_run_follows_the_same_losses(tmp_path, text_file, ti
     assert losses_of(first) + losses_of(second) == losses_of(straight)  # identical on CPU, not just close
     a = checkpoint.load(tmp_path / "a" / "last.safetensors").model.state_dict()
     b = checkpoint.load(tmp_path / "b" / "last.safetensors").model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the weight average
+    ta = checkpoint.load(tmp_path / "a" / "last.safetensors").tensors
+    tb = checkpoint.load(tmp_path / "b" / "last.safetensors").tensors
+    trained = [k for k in ta if k.startswith("weights.")]
+    assert trained and all(torch.equal(ta[k], tb[k]) for k in trained)  # the trained weights
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))
+
+
+@pytest.mark.parametrize("ema", [0.5, 0.0])  # 0.5: the warm-up rule, then the decay
+def test_the_saved_model_is_the_moving_average_of_the_trained_weights(tmp_path, text_file, tiny, ema):
+    from charloom.config import BatchConfig, CorpusConfig, ModelConfig
+
+    trainer = train_mod.Trainer(
+        CorpusConfig(source=str(text_file)), BatchConfig(batch_size=4, seq_len=16),
+        ModelConfig(hidden_size=16, embedding=8),
+        TrainConfig(out=str(tmp_path), max_steps=40, eval_every=0, sample_length=0, progress=False, lr=1e-2, ema=ema))
+    trained, averaged = [], []  # the weights and their average after each step
+
+    def record(event):
+        if event["event"] == "step":
+            trained.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+            averaged.append({k: v.clone() for k, v in trainer.final_model.state_dict().items()})
+
+    trainer.callback = record
+    result = trainer.run()
+    # the reference: the first step's weights, then average <- d * average + (1 - d) * weights
+    average = dict(trained[0])
+    for n, weights in enumerate(trained[1:], start=1):
+        d = min(ema, (1 + n) / (10 + n))
+        average = {k: d * average[k] + (1 - d) * weights[k] for k in average}
+        for k in average:
+            torch.testing.assert_close(averaged[n][k], average[k], rtol=0, atol=1e-6)
+    saved = checkpoint.load(tmp_path / "last.safetensors")
+    for k, v in saved.model.state_dict().items():
+        torch.testing.assert_close(v, average[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(result.model.state_dict()[k], v, rtol=0, atol=0)
+        if ema:
+            assert torch.equal(saved.tensors[f"weights.{k}"], trained[-1][k])
+            assert not torch.allclose(v, trained[-1][k], atol=1e-4)  # the average is not the last weights
+        else:
+            assert torch.equal(v, trained[-1][k]) and f"weights.{k}" not in saved.tensors
+    assert charloom.load(tmp_path).info["weight_average_decay"] == ema
+
+
+@pytest.mark.parametrize("before, after", [(0.5, 0.0), (0.0, 0.5)])
+def test_resume_keeps_the_trained_weights_when_the_average_is_switched(tmp_path, text_file, tiny, before, after):
+    opts = dict(tiny, max_steps=12)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), ema=0.0, **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), ema=before,
+                   callback=lambda e: e["event"] == "step" and e["step"] == 5, **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), ema=after, resume=True, **opts)
+    straight = checkpoint.load(tmp_path / "a" / "last.safetensors").model.state_dict()
+    resumed = checkpoint.load(tmp_path / "b" / "last.safetensors")
+    weights = ({k: resumed.tensors[f"weights.{k}"] for k in straight} if after else resumed.model.state_dict())
+    assert all(torch.equal(straight[k], weights[k]) for k in straight)  # the average never feeds back
 
 
 def test_resume_refuses_a_different_model(tmp_path, text_file, tiny):

@@ -239,6 +239,9 @@ class TrainConfig(Config):
                                                                 "the budget, or constant")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    ema: float = option(0.998, "the model evaluated, sampled and saved is an exponential moving average of the "
+                               "trained weights with this decay per step (the first steps average over fewer: "
+                               "decay min(ema, (1 + n) / (10 + n)) after n updates); 0: the trained weights")
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
     eval_every: int = option(200, "evaluate on the validation split every N steps (0: only at the end)")
     eval_chars: int = option(65536, "characters (or records' characters) of the validation split used by the "
@@ -271,6 +274,8 @@ class TrainConfig(Config):
         _positive(self, "lr")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay: must not be negative")
         for t in self.sample_temperatures:
