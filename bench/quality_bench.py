@@ -122,7 +122,7 @@ def main() -> None:
         f"charloom's defaults: {mc.cell} {mc.num_layers}x{mc.hidden_size}, embedding {mc.embedding or 'one-hot'}, "
         f"batch {bc.batch_size} x {bc.seq_len} ({bc.order}), AdamW lr {t.lr:g} with {t.warmup} warm-up steps and "
         f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}, "
-        f"precision {t.precision} (here {resolve_precision(t.precision, torch.device('cpu'))}).",
+        f"the model scored being the moving average of the weights (decay {t.ema:g}), precision {t.precision} (here {resolve_precision(t.precision, torch.device('cpu'))}).",
         "",
         *report.table(["training time", "charloom: whole text", "charloom: 2,048 windows",
                        "notebooks' method: whole text", "notebooks' method: 2,048 windows"], rows),
