@@ -14,6 +14,7 @@ save and return; a non-finite loss stops before anything of that step is saved.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -220,8 +221,13 @@ class Processes:
         dist.all_gather(out, t.contiguous())
         return out
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
+        """Leave the process group. finished: every process got here the same way, so they wait for each
+        other first (a process that hangs up while a peer still holds the connection can abort it)."""
         if self._started:
+            if finished:
+                dist.barrier()
+            gc.collect()  # the DDP wrapper's reference cycles hold the group: free it while the peers are alive
             dist.destroy_process_group()
             self._started = False
 
@@ -490,6 +496,7 @@ class Trainer:
                    initial=int(1000 * self.fraction_done()))
         stopped_by, val = "budget", None
         loss_sum, loss_n, seen_since, t_since, steps_run = 0.0, 0, 0, 0.0, 0
+        finished = False
         try:
             with _StopSignals() as signals:
                 t_last = time.perf_counter()
@@ -553,8 +560,10 @@ class Trainer:
                                            final=stopped_by == "budget")
                 elif not steps_run:
                     self._say(f"nothing to do: the run in {self.out} has already used its budget")
+            finished = True
         finally:
-            self.procs.close()
+            self.net = self.model  # drop the wrapper, and with it the reducer's hold on the process group
+            self.procs.close(finished)
         if stopped_by != "budget":
             self._say(f"stopped by {stopped_by} at step {pos.step}; saved {self.out / checkpoint.RESUME_FILE} "
                       f"(continue with --resume)")
