@@ -238,8 +238,9 @@ def _ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torc
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        k = float(n)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + k) / (10.0 + k)))
+        # the weight stays a tensor on n's device: reading n on the host would wait for the GPU every step
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=decay)
+        torch._foreach_lerp_(averaged, current, weight)
 
     return update
 
