@@ -10,7 +10,8 @@ vectorised random windows, batch 64 x 100. "Corpus characters per second" counts
 corpus once (the notebooks' method trains on ~100 overlapping windows per character); "positions per
 second" counts every predicted position. Effective GFLOP/s = 3 x forward FLOPs per position x positions/s
 (forward, and backward at twice the forward), against `torch.mm` on 2048 x 2048 in the same precision,
-measured in the same run.
+measured in the same run. For the notebooks' model, a bound row times nn.LSTM's forward and backward alone
+on the same batch: how far charloom's loop is from its kernel, and the most any loop on that kernel could reach.
 """
 
 from __future__ import annotations
@@ -74,6 +75,28 @@ def charloom_rate(shape: dict, steps: int, threads: int, precision: str) -> floa
     return 64 * NCHARS * (len(times) - 2) / (times[-1] - times[1])
 
 
+def kernel_rate(cfg: ModelConfig, threads: int, precision: str, seconds: float = 2.0) -> float:
+    """Positions per second of the recurrent kernel alone (nn.LSTM forward and backward on a 64 x 100 batch
+    of the model's inputs, no head, loss or optimizer): no training loop on this kernel can beat it."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = charloom.CharRNN(cfg)
+    x = model.inputs(torch.randint(0, cfg.vocab_size, (64, NCHARS))).detach()  # (B, T, E)
+    autocast = torch.autocast("cpu", dtype=PRECISIONS[precision], enabled=precision != "fp32")
+
+    def step() -> None:
+        with autocast:
+            out, _ = model.rnn(x)  # (B, T, H)
+        out.float().sum().backward()
+
+    step()
+    count, t0 = 0, time.perf_counter()
+    while (dt := time.perf_counter() - t0) < seconds or count < 3:
+        step()
+        count += 1
+    return 64 * NCHARS * count / dt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -113,6 +136,16 @@ def main() -> None:
                                        report.spread(r, "{:,.0f}"),
                                        f"{gflops:.1f} ({gflops / peaks[precision]:.0%} of {precision} peak)", ratio))
                 print(rows[-1], flush=True)
+                if cfg.hidden_size < 100:  # how far the loop is from its kernel, and what the kernel allows
+                    k = [kernel_rate(cfg, threads, precision) for _ in range(args.repeats)]
+                    kg = statistics.median(k) * 3 * (forward_flops(cfg) - 2 * cfg.hidden_size * V) / 1e9  # no head
+                    rows.append(report.row(
+                        threads, "bound: the same model's nn.LSTM forward and backward alone (no head, loss or "
+                        "optimizer)", precision, "", report.spread(k, "{:,.0f}"),
+                        f"{kg:.1f} ({kg / peaks[precision]:.0%} of {precision} peak)",
+                        f"{statistics.median(k) / statistics.median(nb_chars):.0f}x; charloom's loop runs at "
+                        f"{statistics.median(r) / statistics.median(k):.0%} of it"))
+                    print(rows[-1], flush=True)
         for p, peak in peaks.items():
             rows.append(report.row(threads, f"`torch.mm` 2048 x 2048 (the {p} peak)", p, "", "", f"{peak:.1f}", ""))
     body = "\n".join([
