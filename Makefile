@@ -42,7 +42,8 @@ sweep: setup
 	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--hidden 512" "--hidden 768" "--layers 2 --hidden 384" \
 		"--seq-len 64 --batch-size 32" "--seq-len 256 --batch-size 8" "--lr 3e-3" "--min-lr-ratio 0" \
 		"--order contiguous" "--precision fp32" "--forget-bias 1" "--cell gru" \
-		"--hidden 704" "--ema 0" "--lr 7e-3" "--min-lr-ratio 0.3" "--eval-every 500"
+		"--hidden 704" "--ema 0" "--lr 7e-3" "--min-lr-ratio 0.3" "--eval-every 500" \
+		"--weight-decay 0" "--weight-decay 0.05" "--weight-decay 0.2" "--dropout 0.1" "--embedding 128"
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

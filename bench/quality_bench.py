@@ -120,9 +120,11 @@ def main() -> None:
         f"Command: `python bench/quality_bench.py --budgets {' '.join(f'{m:g}' for m in args.budgets)}`.",
         f"Machine: {report.machine()}. One run per budget for charloom; see the script's docstring for the method.",
         f"charloom's defaults: {mc.cell} {mc.num_layers}x{mc.hidden_size}, embedding {mc.embedding or 'one-hot'}, "
-        f"batch {bc.batch_size} x {bc.seq_len} ({bc.order}), AdamW lr {t.lr:g} with {t.warmup} warm-up steps and "
+        f"batch {bc.batch_size} x {bc.seq_len} ({bc.order}), AdamW lr {t.lr:g} and weight decay {t.weight_decay:g} "
+        f"with {t.warmup} warm-up steps and "
         f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}, "
-        f"the model scored being the moving average of the weights (decay {t.ema:g}), precision {t.precision} (here {resolve_precision(t.precision, torch.device('cpu'))}).",
+        f"the model scored being the moving average of the weights (decay {t.ema:g}), precision {t.precision} "
+        f"(here {resolve_precision(t.precision, torch.device('cpu'))}).",
         "",
         *report.table(["training time", "charloom: whole text", "charloom: 2,048 windows",
                        "notebooks' method: whole text", "notebooks' method: 2,048 windows"], rows),

@@ -41,8 +41,9 @@ def table() -> str:
         "Held-out bpc: the last 5% scored whole with state carried, and the mean over 2,048 fixed random "
         "64-character windows from a zero state. The machine is a shared virtual one: runs of the same "
         "model size reached step counts up to 20% apart (compare the characters trained), and differences under "
-        "about 0.01 bpc are noise. Rows with the same flags are repeats (the 1.904 run with `--ema 0` came after "
-        "evaluations during training moved to bf16, which leaves about 2% more of the budget to training).",
+        "about 0.01 bpc are noise. Rows with the same flags are repeats (the 1.904 run with `--ema 0 --weight-decay 0` "
+        "came after evaluations during training moved to bf16, which leaves about 2% more of the budget to "
+        "training).",
         "",
         *report.table(["budget", "flags", "steps", "characters trained", "held-out bpc (whole)",
                        "held-out bpc (windows)", "date"], lines),

@@ -237,7 +237,8 @@ class TrainConfig(Config):
     warmup: int = option(50, "steps of linear learning-rate warm-up")
     schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up: cosine decay over "
                                                                 "the budget, or constant")
-    weight_decay: float = option(0.0, "AdamW weight decay")
+    weight_decay: float = option(0.1, "AdamW's decoupled weight decay: each step shrinks every weight by lr x this "
+                                      "(0: off)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     ema: float = option(0.998, "the model evaluated, sampled and saved is an exponential moving average of the "
                                "trained weights with this decay per step (the first steps average over fewer: "
