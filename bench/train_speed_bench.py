@@ -155,6 +155,8 @@ def main() -> None:
         f"Machine: {report.machine()}.",
         "Median (min-max) over the repeats. charloom rows: its training loop on batch 64 x 100 random windows, "
         "AdamW, clip 1, in fp32 and (where the CPU computes bf16 natively) bf16 autocast, charloom's default there. "
+        "Bound rows time the notebooks' model's nn.LSTM forward and backward alone on the same batch: no training "
+        "loop on that kernel can pass them. "
         "See the script's docstring for the notebooks' method as re-implemented, and for how FLOPs are counted.",
         "",
         *report.table(["threads", "what", "precision", "corpus characters/s", "positions/s", "effective GFLOP/s",
