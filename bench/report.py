@@ -41,14 +41,17 @@ def product_rate(m: int, k: int, n: int, repeats: int = 3, seconds: float = 0.5,
 
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     torch.mm(a, b)
-    rates = []
-    for _ in range(repeats):
-        count, t0 = 0, time.perf_counter()
-        while (dt := time.perf_counter() - t0) < seconds or count == 0:
-            torch.mm(a, b)
-            count += 1
-        rates.append(count * 2 * m * k * n / dt / 1e9)
-    return statistics.median(rates)
+    return statistics.median(calls_per_second(lambda: torch.mm(a, b), seconds) * 2 * m * k * n / 1e9
+                             for _ in range(repeats))
+
+
+def calls_per_second(fn, seconds: float, min_calls: int = 1) -> float:
+    """Calls of `fn` per second, timing as many as fit in `seconds` (and at least `min_calls`)."""
+    count, t0 = 0, time.perf_counter()
+    while (dt := time.perf_counter() - t0) < seconds or count < min_calls:
+        fn()
+        count += 1
+    return count / dt
 
 
 def spread(values: list[float], fmt: str = "{:.3g}") -> str:

@@ -37,12 +37,12 @@ NCHARS = notebook.NCHARS
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def forward_flops(cfg: ModelConfig) -> float:
-    """Multiply-adds x 2 per position of the forward pass (recurrent layers and head; the one-hot input
-    of a one-hot model is counted as a full product, as nn.LSTM computes it)."""
+def forward_flops(cfg: ModelConfig, head: bool = True) -> float:
+    """Multiply-adds x 2 per position of the forward pass (recurrent layers, and the head unless head=False;
+    the one-hot input of a one-hot model is counted as a full product, as nn.LSTM computes it)."""
     g, H, V = GATES[cfg.cell], cfg.hidden_size, cfg.vocab_size
     E = cfg.embedding or V
-    return 2 * sum(g * H * ((E if i == 0 else H) + H) for i in range(cfg.num_layers)) + 2 * H * V
+    return 2 * sum(g * H * ((E if i == 0 else H) + H) for i in range(cfg.num_layers)) + (2 * H * V if head else 0)
 
 
 def notebook_rate(texts: list[str], vocab, seconds: float) -> tuple[float, float]:
@@ -90,11 +90,7 @@ def kernel_rate(cfg: ModelConfig, threads: int, precision: str, seconds: float =
         out.float().sum().backward()
 
     step()
-    count, t0 = 0, time.perf_counter()
-    while (dt := time.perf_counter() - t0) < seconds or count < 3:
-        step()
-        count += 1
-    return 64 * NCHARS * count / dt
+    return 64 * NCHARS * report.calls_per_second(step, seconds, min_calls=3)
 
 
 def main() -> None:
@@ -138,7 +134,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
                 if cfg.hidden_size < 100:  # how far the loop is from its kernel, and what the kernel allows
                     k = [kernel_rate(cfg, threads, precision) for _ in range(args.repeats)]
-                    kg = statistics.median(k) * 3 * (forward_flops(cfg) - 2 * cfg.hidden_size * V) / 1e9  # no head
+                    kg = statistics.median(k) * 3 * forward_flops(cfg, head=False) / 1e9
                     rows.append(report.row(
                         threads, "bound: the same model's nn.LSTM forward and backward alone (no head, loss or "
                         "optimizer)", precision, "", report.spread(k, "{:,.0f}"),
