@@ -9,7 +9,8 @@ text at a time, so its batch-64 figure is its batch-1 speed. charloom's Generato
 
 Bounds: a step costs `step_flops` per character (the first layer's input product is a table lookup).
 At batch 1 its products are matrix-vector products, so the step cannot beat `step_flops` at the rate of a
-(1 x H) by (H x 4H) `torch.mm`; at batch 64 it cannot beat the rate of a (64 x H) by (H x 4H) product.
+(1 x H) by (H x G*H) `torch.mm` (G gate blocks: 4 for an LSTM); at batch 64 it cannot beat the rate of a
+(64 x H) by (H x G*H) product.
 Both rates are measured in the same run.
 """
 
@@ -29,6 +30,7 @@ import report  # noqa: E402
 
 from charloom import CharRNN, Generator, ModelConfig  # noqa: E402
 from charloom.corpus import bundled, read_chunks  # noqa: E402
+from charloom.model import forward_flops  # noqa: E402
 from charloom.vocab import Vocab  # noqa: E402
 
 MODELS = {"1x64 LSTM, one-hot": dict(num_layers=1, hidden_size=64, embedding=0),
@@ -36,9 +38,9 @@ MODELS = {"1x64 LSTM, one-hot": dict(num_layers=1, hidden_size=64, embedding=0),
 
 
 def step_flops(cfg: ModelConfig) -> float:
-    """FLOPs of one generation step per character: recurrent products, later layers' input products, head."""
-    g, H = 4, cfg.hidden_size
-    return 2 * g * H * H * cfg.num_layers + 2 * g * H * H * (cfg.num_layers - 1) + 2 * H * cfg.vocab_size
+    """FLOPs of one generation step per character: recurrent products, later layers' input products, head
+    (the first layer's input product is a table read)."""
+    return forward_flops(cfg, head=True, lookup=True)
 
 
 def rate(fn, chars: int, repeats: int) -> list[float]:
@@ -67,9 +69,9 @@ def main() -> None:
         one = rate(lambda: gen.generate("ROMEO", n1, n=1, temperature=0.8, seed=1), n1, args.repeats)
         many = rate(lambda: gen.generate("ROMEO", n64, n=64, temperature=0.8, seed=1), 64 * n64, args.repeats)
         b, o, m = (statistics.median(x) for x in (base, one, many))
-        H, flops = model.cfg.hidden_size, step_flops(model.cfg)
-        bound1 = report.product_rate(1, H, 4 * H, args.repeats) * 1e9 / flops
-        bound64 = report.product_rate(64, H, 4 * H, args.repeats) * 1e9 / flops
+        H, G, flops = model.cfg.hidden_size, model.cell.gates, step_flops(model.cfg)
+        bound1 = report.product_rate(1, H, G * H, args.repeats) * 1e9 / flops
+        bound64 = report.product_rate(64, H, G * H, args.repeats) * 1e9 / flops
         rows.append(report.row(name, report.spread(base, "{:,.0f}"), report.spread(one, "{:,.0f}"),
                                report.spread(many, "{:,.0f}"), f"{o / b:.1f}x", f"{m / b:.0f}x", f"{m / o:.1f}x"))
         bounds.append(report.row(name, f"{flops / 1e6:.2f}", f"{bound1:,.0f}", f"{o / bound1:.0%}", f"{bound64:,.0f}",

@@ -29,7 +29,7 @@ import report  # noqa: E402
 import runs  # noqa: E402
 
 import charloom  # noqa: E402
-from charloom.train import resolve_precision  # noqa: E402
+from charloom.runtime import resolve_precision  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "quality.png"
 

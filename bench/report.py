@@ -29,8 +29,21 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+    return (f"{cpu} ({isa()}), {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{datetime.date.today().isoformat()}")
+
+
+def isa() -> str:
+    """The instruction sets the kernels use: ATen's vector level, oneDNN's cap when one is set, and whether
+    a bf16 LSTM kernel runs here (the runtime's probe)."""
+    import torch
+
+    from charloom.runtime import probe
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    bf16 = probe("cpu", "lstm", "bf16").runs
+    return (f"ATen {torch.backends.cpu.get_cpu_capability()}" + (f", oneDNN capped at {cap}" if cap else "") +
+            f", bf16 LSTM kernel {'present' if bf16 else 'absent'}")
 
 
 def product_rate(m: int, k: int, n: int, repeats: int = 3, seconds: float = 0.5, dtype=None) -> float:

@@ -30,19 +30,10 @@ import notebook  # noqa: E402
 import report  # noqa: E402
 
 import charloom  # noqa: E402
-from charloom import CorpusConfig, ModelConfig, load_corpus  # noqa: E402
-from charloom.train import PRECISIONS, native_bf16  # noqa: E402
+from charloom import CorpusConfig, ModelConfig, load_corpus, runtime  # noqa: E402
+from charloom.model import forward_flops  # noqa: E402
 
 NCHARS = notebook.NCHARS
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
-def forward_flops(cfg: ModelConfig, head: bool = True) -> float:
-    """Multiply-adds x 2 per position of the forward pass (recurrent layers, and the head unless head=False;
-    the one-hot input of a one-hot model is counted as a full product, as nn.LSTM computes it)."""
-    g, H, V = GATES[cfg.cell], cfg.hidden_size, cfg.vocab_size
-    E = cfg.embedding or V
-    return 2 * sum(g * H * ((E if i == 0 else H) + H) for i in range(cfg.num_layers)) + (2 * H * V if head else 0)
 
 
 def notebook_rate(texts: list[str], vocab, seconds: float) -> tuple[float, float]:
@@ -82,10 +73,10 @@ def kernel_rate(cfg: ModelConfig, threads: int, precision: str, seconds: float =
     torch.manual_seed(0)
     model = charloom.CharRNN(cfg)
     x = model.inputs(torch.randint(0, cfg.vocab_size, (64, NCHARS))).detach()  # (B, T, E)
-    autocast = torch.autocast("cpu", dtype=PRECISIONS[precision], enabled=precision != "fp32")
+    device = torch.device("cpu")
 
     def step() -> None:
-        with autocast:
+        with runtime.autocast(device, precision):
             out, _ = model.rnn(x)  # (B, T, H)
         out.float().sum().backward()
 
@@ -107,11 +98,13 @@ def main() -> None:
         **{f"2x512 {c.upper()}, embedding 512": dict(cell=c, num_layers=2, hidden_size=512, embedding=512)
            for c in ("lstm", "gru", "rnn")},
     }
-    precisions = ["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"]
+    # bf16 rows where this CPU has a bf16 kernel for every cell timed (the runtime's probe says so)
+    precisions = ["fp32"] + (["bf16"] if all(runtime.probe("cpu", s["cell"], "bf16").runs
+                                             for s in shapes.values()) else [])
     rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        peaks = {p: report.product_rate(2048, 2048, 2048, args.repeats, dtype=PRECISIONS[p]) for p in precisions}
+        peaks = {p: report.product_rate(2048, 2048, 2048, args.repeats, dtype=runtime.PRECISIONS[p]) for p in precisions}
         nb = [notebook_rate(texts, vocab, 6.0) for _ in range(args.repeats)]
         nb_chars = [c for c, _ in nb]
         nb_pos = [p for _, p in nb]
@@ -150,7 +143,7 @@ def main() -> None:
         f"Command: `python bench/train_speed_bench.py --repeats {args.repeats}`.",
         f"Machine: {report.machine()}.",
         "Median (min-max) over the repeats. charloom rows: its training loop on batch 64 x 100 random windows, "
-        "AdamW, clip 1, in fp32 and (where the CPU computes bf16 natively) bf16 autocast, charloom's default there. "
+        "AdamW, clip 1, in fp32 and (where the runtime's probe finds a bf16 kernel) bf16 autocast, which `--precision auto` picks where it is also faster. "
         "Bound rows time the notebooks' model's nn.LSTM forward and backward alone on the same batch: no training "
         "loop on that kernel can pass them. "
         "See the script's docstring for the notebooks' method as re-implemented, and for how FLOPs are counted.",

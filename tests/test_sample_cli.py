@@ -91,8 +91,49 @@ def test_unknown_start_character_is_a_note_not_a_crash(recited):
 def test_bad_sample_options_are_one_line_errors(recited):
     run_dir, _ = recited
     for args, needle in ((["--top-p", "0"], "top_p: must be in (0, 1]"), (["--temperature", "-1"], "temperature"),
-                         (["--num-samples", "0"], "num_samples: must be positive")):
+                         (["--num-samples", "0"], "n (--num-samples): must be >= 1")):
         code, _, err = run("sample", "--checkpoint", str(run_dir), *args)
         assert code == 2 and needle in err and "Traceback" not in err
     code, _, err = run("sample", "--checkpoint", str(run_dir / "nope"))
     assert code == 2 and "no such model file" in err
+
+
+def test_sample_flags_build_one_options_object_per_generation():
+    from charloom.cli import build_parser, options
+    from charloom.config import SampleConfig, SampleOptions
+
+    ns = build_parser().parse_args(["sample", "--checkpoint", "m", "--start", "a", "--start", "b", "--temperature",
+                                    "0.3", "--temperature", "1", "--num-samples", "3", "--length", "7", "--top-k", "5",
+                                    "--top-p", "0.9", "--repetition-penalty", "1.2", "--stop", "\\n", "--stop", "x",
+                                    "--seed", "4"])
+    base = options(ns, SampleOptions)
+    assert base == SampleOptions(length=7, n=3, top_k=5, top_p=0.9, repetition_penalty=1.2, stop=("\n", "x"), seed=4)
+    runs = options(ns, SampleConfig).each(base)
+    assert [(o.temperature, o.start) for o in runs] == [(0.3, "a"), (0.3, "b"), (1.0, "a"), (1.0, "b")]
+    assert all(o.replace(start="", temperature=base.temperature) == base for o in runs)
+    greedy = build_parser().parse_args(["sample", "--checkpoint", "m", "--temperature", "0.3", "--greedy"])
+    assert [o.temperature for o in options(greedy, SampleConfig).each(options(greedy, SampleOptions))] == [0.0]
+
+
+def test_jsonl_rows_are_the_options_with_each_samples_seed(recited, tmp_path):
+    from charloom.config import SampleOptions
+
+    run_dir, _ = recited
+    out = tmp_path / "s.jsonl"
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--start", "@amy", "--num-samples", "2", "--seed", "9",
+                       "--length", "30", "--top-k", "3", "--stop", "!", "--output", str(out))
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    opts = SampleOptions(start="@amy", n=2, seed=9, length=30, top_k=3, stop=("!",))
+    for i, row in enumerate(rows):
+        assert {k: row.pop(k) for k in ("text", "index", "checkpoint")}["index"] == i
+        assert row == {**opts.to_dict(), "seed": 9 + i}
+
+
+def test_undecodable_start_or_stop_is_a_one_line_error(recited):
+    run_dir, _ = recited
+    bad = b"ok\xff".decode("utf-8", "surrogateescape")  # what an invalid UTF-8 argument becomes
+    for flag, needle in (("--start", "start: U+DCFF at position 2 is a lone surrogate"),
+                         ("--stop", "stop[0]: U+DCFF at position 2 is a lone surrogate")):
+        code, _, err = run("sample", "--checkpoint", str(run_dir), flag, bad, "--length", "5")
+        assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err

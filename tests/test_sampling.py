@@ -1,13 +1,12 @@
-import warnings
 
-import numpy as np
 import pytest
 import torch
 
-from charloom.config import ModelConfig
-from charloom.errors import CharloomError
+from charloom import checkpoint
+from charloom.config import ModelConfig, SampleOptions
+from charloom.errors import CharloomError, ConfigError
 from charloom.model import CharRNN
-from charloom.sampling import Generator, Stepper, apply_repetition_penalty, check_options, choose, filter_logits
+from charloom.sampling import Generator, Stepper, apply_repetition_penalty, choose, filter_logits
 from charloom.vocab import Vocab
 
 
@@ -63,16 +62,20 @@ def test_uniform_picks_by_inverse_cdf():
 
 
 @pytest.mark.parametrize("kwargs, flag", [
-    (dict(temperature=-0.1, top_k=0, top_p=1.0), "--temperature"),
-    (dict(temperature=1.0, top_k=-1, top_p=1.0), "--top-k"),
-    (dict(temperature=1.0, top_k=1.5, top_p=1.0), "--top-k"),
-    (dict(temperature=1.0, top_k=0, top_p=0.0), "--top-p"),
-    (dict(temperature=1.0, top_k=0, top_p=1.5), "--top-p"),
-    (dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=0.5), "--repetition-penalty"),
+    (dict(temperature=-0.1, top_k=0, top_p=1.0), "temperature"),
+    (dict(temperature=1.0, top_k=-1, top_p=1.0), "top_k"),
+    (dict(temperature=1.0, top_k=1.5, top_p=1.0), "top_k"),
+    (dict(temperature=1.0, top_k=0, top_p=0.0), "top_p"),
+    (dict(temperature=1.0, top_k=0, top_p=1.5), "top_p"),
+    (dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=0.5), "repetition_penalty"),
 ])
 def test_invalid_options_name_the_flag(kwargs, flag):
-    with pytest.raises(CharloomError, match=flag):
-        check_options(**kwargs)
+    with pytest.raises(CharloomError, match=f"^{flag}: ") as options_error:
+        SampleOptions(**kwargs)
+    if "repetition_penalty" not in kwargs:
+        with pytest.raises(CharloomError) as choose_error:
+            choose(torch.zeros(2, 5), **kwargs)
+        assert str(choose_error.value) == str(options_error.value)  # one rule, one message
 
 
 def test_repetition_penalty_lowers_only_seen_characters():
@@ -214,8 +217,87 @@ def test_records_model_starts_from_bos_with_or_without_start():
 
 def test_length_and_count_are_checked():
     g = model_for()
-    with pytest.raises(CharloomError, match="--length"):
+    with pytest.raises(CharloomError, match="length"):
         g.generate("", -1)
     with pytest.raises(CharloomError, match="--num-samples"):
         g.generate("", 5, n=0)
     assert g.generate("", 0, n=2) == ["", ""]
+
+
+# ---- one options object -----------------------------------------------------------------------------
+def test_options_object_and_keywords_give_the_same_text():
+    g = model_for()
+    opts = SampleOptions(start="the ", length=40, n=3, temperature=1.1, top_k=5, top_p=0.9, repetition_penalty=1.2,
+                         seed=4, stop=("at",))
+    by_keywords = g.generate("the ", 40, n=3, temperature=1.1, top_k=5, top_p=0.9, repetition_penalty=1.2, seed=4,
+                             stop=["at"])
+    assert g.generate(opts) == by_keywords
+    assert g.generate(opts.replace(seed=5)) == g.generate(opts, seed=5)  # keywords change a given object
+    streamed = [""] * 3
+    for i, piece in g.stream(opts):
+        streamed[i] += piece
+    assert streamed == by_keywords
+
+
+def test_generator_defaults_are_the_options_defaults():
+    g = model_for()
+    defaults = SampleOptions()
+    assert len(g.generate(seed=1)[0]) == defaults.length
+    assert g.generate(seed=1) == g.generate(SampleOptions(seed=1))
+    assert g.generate(seed=1) == g.generate(seed=1, temperature=defaults.temperature)
+
+
+def test_stream_checks_its_options_before_the_first_piece():
+    g = model_for()
+    with pytest.raises(ConfigError, match=r"^length: must be >= 0, got -1$"):
+        g.stream("", -1)  # refused at the call, not when the first piece is asked for
+    with pytest.raises(TypeError, match="temprature"):
+        g.generate("the", 10, temprature=0.5)  # a misspelt keyword is a programming error
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(length=-1), r"length: must be >= 0, got -1"),
+    (dict(n=0), r"n \(--num-samples\): must be >= 1, got 0"),
+    (dict(temperature=10.5), r"temperature: must be in \[0, 10\] \(0 = greedy\), got 10.5"),
+    (dict(temperature=float("nan")), r"temperature: nan is not a finite number"),
+    (dict(top_p=float("inf")), r"top_p: inf is not a finite number"),
+    (dict(temperature=10**400), r"temperature: integer too large to be a number"),
+    (dict(repetition_penalty=11), r"repetition_penalty: must be in \[1, 10\] \(1 = off\), got 11.0"),
+    (dict(seed=2**70), r"seed: must be in \[0, 2\*\*62\), got 1180591620717411303424"),
+    (dict(seed=-1), r"seed: must be in \[0, 2\*\*62\), got -1"),
+    (dict(seed=1.5), r"seed: 1.5 is not an integer or null"),
+    (dict(start="ab\ud800"), r"start: U\+D800 at position 2 is a lone surrogate, not a character"),
+    (dict(stop=["ok", "\udcff"]), r"stop\[1\]: U\+DCFF at position 0 is a lone surrogate"),
+    (dict(stop="\n"), r"stop: '\\n' is not a list"),
+])
+def test_sample_options_refuse_bad_values_naming_the_field(kwargs, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        SampleOptions(**kwargs)
+
+
+def test_sample_options_round_trip_and_are_documented():
+    import dataclasses
+
+    opts = SampleOptions(start="Ma", stop=["\n"], seed=2**62 - 1)
+    assert opts.stop == ("\n",) and SampleOptions.from_dict(opts.to_dict()) == opts
+    assert SampleOptions(temperature=0).temperature == 0.0 and SampleOptions(top_p=1).top_p == 1.0
+    for f in dataclasses.fields(SampleOptions):
+        assert f.metadata.get("help"), f"SampleOptions.{f.name} has no help text"
+
+
+@pytest.mark.parametrize("t", [1e-300, 1e-40, 1e-30, 1e-8])
+def test_a_tiny_temperature_is_greedy_not_nan(t):
+    logits = torch.randn(6, 30) * 20
+    logits[:, 0] = float("-inf")  # a banned id, as the Generator sets it
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(choose(logits, t, generator=g), logits.argmax(-1))
+
+
+def test_generator_from_checkpoint(tmp_path):
+    g = model_for(records=True)
+    path = checkpoint.save(tmp_path / "m.safetensors", g.model, g.vocab, records=True)
+    ck = checkpoint.load(path)
+    gen = Generator.from_checkpoint(ck)
+    assert gen.model is ck.model and gen.vocab is ck.vocab and gen.records is True
+    assert gen.device == torch.device("cpu") and Generator.from_checkpoint(ck, device="cpu").device.type == "cpu"
+    assert gen.generate("th", 30, n=2, temperature=1.0, seed=2) == g.generate("th", 30, n=2, temperature=1.0, seed=2)

@@ -44,9 +44,9 @@ def test_generate_happy_path(client):
 
 def test_every_field_is_optional(client):
     r = client.post("/v1/generate", json={})
-    from charloom.config import SampleConfig
+    from charloom.config import SampleOptions
 
-    assert r.status_code == 200 and len(r.json()["samples"][0]["text"]) == SampleConfig().length  # as the CLI
+    assert r.status_code == 200 and len(r.json()["samples"][0]["text"]) == SampleOptions().length  # as the CLI
     assert isinstance(r.json()["settings"]["seed"], int)  # the seed used is reported
 
 
@@ -95,6 +95,89 @@ def test_limits_answer_4xx_naming_the_field(client, body, field):
     r = client.post("/v1/generate", json=body)
     assert r.status_code == 422
     assert any(d["loc"][-1] == field for d in r.json()["detail"]), r.json()
+
+
+def test_server_cli_and_python_share_the_defaults(client, model_dir):
+    from charloom.cli import build_parser, options
+    from charloom.config import SampleConfig, SampleOptions
+
+    defaults = SampleOptions()
+    ns = build_parser().parse_args(["sample", "--checkpoint", str(model_dir)])
+    cli, sweep = options(ns, SampleOptions), options(ns, SampleConfig)
+    assert cli == defaults and sweep.each(cli) == [defaults]  # one generation, with every default
+    settings = client.post("/v1/generate", json={"seed": 1}).json()["settings"]
+    assert settings == {**defaults.to_dict(), "seed": 1}
+    assert settings["temperature"] == defaults.temperature == sweep.temperature_list[0] == 0.8
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert schema["temperature"]["default"] == defaults.temperature and schema["n"]["default"] == defaults.n
+
+
+@pytest.mark.parametrize("field, value, flag", [
+    ("temperature", -0.5, "--temperature"),
+    ("temperature", 10.5, "--temperature"),
+    ("top_k", -1, "--top-k"),
+    ("top_p", 1.5, "--top-p"),
+    ("repetition_penalty", 0.5, "--repetition-penalty"),
+    ("n", 0, "--num-samples"),
+    ("length", -1, "--length"),
+    ("seed", 2**70, "--seed"),
+])
+def test_an_out_of_range_value_reads_the_same_everywhere(client, model_dir, capsys, field, value, flag):
+    from charloom.cli import main
+    from charloom.config import SampleOptions
+    from charloom.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        SampleOptions(**{field: value})
+    python = str(e.value)
+    assert main(["sample", "--checkpoint", str(model_dir), flag, str(value)]) == 2
+    assert capsys.readouterr().err == f"charloom: error: {python}\n"  # one line
+    r = client.post("/v1/generate", json={field: value})
+    assert r.status_code == 422
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["body", field] and detail["type"] == "value_error"
+    assert python.startswith(field) and python.endswith(": " + detail["msg"])
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("field", ["temperature", "top_p", "repetition_penalty", "top_k", "length", "n", "seed"])
+def test_non_finite_numbers_are_422_not_500(client, field, number):
+    r = client.post("/v1/generate", content=f'{{"{field}": {number}}}'.encode(),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", field]
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "repetition_penalty"])
+def test_an_integer_past_float_range_is_422_not_500(client, field):
+    r = client.post("/v1/generate", content=f'{{"{field}": 1{"0" * 400}}}'.encode(),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+
+
+@pytest.mark.parametrize("body", ['{"stream": NaN}', '{"nope": Infinity}', '{"\\ud800": 1}', "NaN", '{"start": 1'])
+def test_refused_bodies_that_pydantic_reads_still_answer_422(client, body):
+    r = client.post("/v1/generate", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert all(set(d) == {"loc", "msg", "type"} for d in r.json()["detail"])
+
+
+@pytest.mark.parametrize("body, loc", [
+    ('{"start": "To \\ud800be"}', ["body", "start"]),
+    ('{"stop": ["ok", "\\udfff"]}', ["body", "stop", 1]),
+])
+def test_a_lone_surrogate_is_422_naming_the_field(client, body, loc):
+    r = client.post("/v1/generate", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == loc and "lone surrogate" in detail["msg"]
+
+
+def test_wrong_types_and_server_limits_name_the_field(client):
+    for body, field in (({"temperature": "0.5"}, "temperature"), ({"n": 1.5}, "n"), ({"stop": "x"}, "stop"),
+                        ({"stop": ["a"] * 9}, "stop"), ({"seed": True}, "seed")):
+        r = client.post("/v1/generate", json=body)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
 
 
 def test_body_over_the_limit_is_413(client):

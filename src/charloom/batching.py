@@ -164,16 +164,18 @@ class StreamBatches:
 
 
 def eval_windows(stream: Stream, seq_len: int, batch_size: int, pad_id: int) -> Iterator[Batch]:
-    """The whole stream in order as contiguous batches (B parallel streams, the last window may be short)."""
-    n = len(stream) - 1
+    """The whole stream in order as contiguous batches: B parallel streams of ceil(n / B) positions each,
+    the last one padded where the text runs out, so every character after the first is scored once."""
+    n = len(stream) - 1  # characters to predict
     if n < 1:
         return
     rows = max(1, min(batch_size, n // seq_len or 1))
-    per_row = n // rows
+    per_row = -(-n // rows)
     for i, start in enumerate(range(0, per_row, seq_len)):
         width = min(seq_len, per_row - start)
-        pos = (np.arange(rows, dtype=np.int64) * per_row + start)[:, None] + np.arange(width + 1)
-        chunk = stream.gather(pos)
+        pos = (np.arange(rows, dtype=np.int64) * per_row + start)[:, None] + np.arange(width + 1)  # (B, W+1)
+        inside = torch.from_numpy(pos <= n)
+        chunk = stream.gather(np.minimum(pos, n)).masked_fill(~inside, pad_id)
         yield Batch(chunk[:, :-1], chunk[:, 1:], pad_id, 0, i, continues=i > 0)
 
 

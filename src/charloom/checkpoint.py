@@ -10,8 +10,10 @@ Loading never unpickles: safetensors holds only raw tensors and a JSON header.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,3 +146,116 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     model.to(device)
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     return Checkpoint(model, vocab, records, info, p, rest, extra)
+
+
+# ---- run state: what a resumed run needs beyond the model --------------------------------------------
+RUN_CONFIGS = ("corpus", "batch", "train")  # saved beside the model's own config
+
+
+@dataclass
+class Progress:
+    """Where a run is: saved in the resume file so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # next batch within the epoch
+    elapsed: float = 0.0  # seconds of training so far
+    characters: int = 0  # predicted characters seen so far
+    best_val: float = math.inf  # best validation loss (nats)
+
+
+@dataclass
+class RunState:
+    """Everything besides the model that the resume file holds; written and read only here.
+
+    Per-process tensors (RNG states, the carried hidden state) are kept for each rank, so a torchrun
+    launch resumes each process where it was; a resumed launch must have as many processes."""
+
+    progress: Progress
+    configs: dict[str, dict[str, Any]]  # "corpus", "batch", "train" as the run used them
+    optimizer: dict[str, Any]  # the optimizer's state_dict: {"state": {i: {name: tensor}}, "param_groups": [...]}
+    ranks: list[dict[str, torch.Tensor]]  # per process: "rng.torch", maybe "rng.cuda", "carry.0", "carry.1", ...
+    trained: dict[str, torch.Tensor] | None = None  # the trained weights, when the file's model is their average
+    averaged: int = 0  # updates folded into that average
+
+    @property
+    def world(self) -> int:
+        return len(self.ranks)
+
+    def carry(self, rank: int) -> tuple[torch.Tensor, ...] | None:
+        mine = self.ranks[rank]
+        return tuple(mine[f"carry.{i}"] for i in range(len(mine)) if f"carry.{i}" in mine) or None
+
+
+def save_run(path: str | Path, model: CharRNN, vocab: Vocab, run: RunState, *, records: bool,
+             info: dict[str, Any] | None = None) -> Path:
+    """Write a resume file atomically: the model file (the average, when there is one) plus `run`."""
+    tensors = {f"optim.{i}.{k}": v for i, st in run.optimizer["state"].items() for k, v in st.items()}
+    for r, mine in enumerate(run.ranks):
+        tensors |= {f"{name}.r{r}": t for name, t in mine.items()}
+    tensors |= {f"weights.{k}": v for k, v in (run.trained or {}).items()}
+    pos = vars(run.progress).copy()
+    pos["best_val"] = None if math.isinf(pos["best_val"]) else pos["best_val"]
+    meta = {"progress": {**pos, "world": run.world, "averaged": run.averaged},
+            "optimizer": run.optimizer["param_groups"], **{k: run.configs[k] for k in RUN_CONFIGS}}
+    return save(path, model, vocab, records=records, info=info, extra_tensors=tensors, extra_meta=meta)
+
+
+def _progress(saved: Any, where: str) -> tuple[Progress, int, int]:
+    """(Progress, world, averaged) from the header's progress object, every field checked."""
+    names = {f.name for f in dataclasses.fields(Progress)}
+    if not isinstance(saved, dict) or set(saved) - {"world", "averaged"} != names:
+        raise CharloomError(f"{where}: damaged resume file (progress)")
+    p = {k: saved[k] for k in names}
+    world, averaged = saved.get("world", 1), saved.get("averaged", 0)
+    numbers = [v for k, v in p.items() if not (k == "best_val" and v is None)] + [world, averaged]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+        raise CharloomError(f"{where}: damaged resume file (progress: not a finite number)")
+    if not isinstance(world, int) or not 1 <= world <= 65536:
+        raise CharloomError(f"{where}: damaged resume file (processes: {world!r})")
+    best = math.inf if p["best_val"] is None else float(p["best_val"])
+    ints = {k: int(p[k]) for k in ("step", "epoch", "index", "characters")}
+    return Progress(**ints, elapsed=float(p["elapsed"]), best_val=best), world, int(averaged)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Checkpoint, RunState]:
+    """Read a resume file: the model file, and its run state checked field by field."""
+    ck = load(path, device)
+    where = str(ck.path)
+    meta = ck.meta
+    missing = [k for k in ("progress", "optimizer", *RUN_CONFIGS) if k not in meta]
+    if missing:
+        raise CharloomError(f"{where}: not a resume file (no {', '.join(missing)}); it is a model file only")
+    progress, world, averaged = _progress(meta["progress"], where)
+    groups = meta["optimizer"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CharloomError(f"{where}: damaged resume file (optimizer)")
+    for k in RUN_CONFIGS:
+        if not isinstance(meta[k], dict):
+            raise CharloomError(f"{where}: damaged resume file ({k} options)")
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
+    trained: dict[str, torch.Tensor] = {}
+    for key, t in ck.tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "optim" and rest.partition(".")[0].isdigit():
+            i, _, name = rest.partition(".")
+            state.setdefault(int(i), {})[name] = t
+        elif kind == "weights":
+            trained[rest] = t
+        elif kind in ("rng", "carry") and rest.rpartition(".r")[2].isdigit() and int(rest.rpartition(".r")[2]) < world:
+            name, _, r = key.rpartition(".r")
+            ranks[int(r)][name] = t
+        else:
+            raise CharloomError(f"{where}: damaged resume file (unexpected tensor {key!r})")
+    if not all("rng.torch" in mine for mine in ranks):
+        raise CharloomError(f"{where}: damaged resume file (an RNG state is missing)")
+    run = RunState(progress, {k: meta[k] for k in RUN_CONFIGS}, {"state": state, "param_groups": groups}, ranks,
+                   trained or None, averaged)
+    return ck, run
+
+
+def run_configs(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The options a resume file's run used: corpus, batch, train, and the model's config."""
+    ck, run = load_run(path)
+    return {**run.configs, "model": ck.config.to_dict()}

@@ -14,14 +14,13 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from . import batching, corpus
-from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, ServeConfig,
-                     TrainConfig)
+from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions,
+                     ServeConfig, TrainConfig)
 from .errors import CharloomError
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
@@ -170,23 +169,40 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from . import checkpoint
-    from .train import Trainer
+    from .trainer import CONFIGS, train
 
-    classes = {"corpus": CorpusConfig, "batch": BatchConfig, "model": ModelConfig, "train": TrainConfig}
-    given = vars(ns)
-    if given.get("resume"):
-        # a resumed run keeps its saved options; flags given now override them (a longer budget, say)
-        out = Path(given.get("out", TrainConfig().out))
-        saved = checkpoint.load(out / checkpoint.RESUME_FILE) if (out / checkpoint.RESUME_FILE).exists() else None
-        if saved is None:
-            raise CharloomError(f"--resume: {out / checkpoint.RESUME_FILE} not found; nothing to resume")
-        base = {**saved.meta, "model": saved.config.to_dict()}
-        cfgs = {k: cls.from_dict({**base[k], **{f: v for f, v in given.items() if f in base[k]}}, where=f"--resume {k}")
-                for k, cls in classes.items()}
-    else:
-        cfgs = {k: options(ns, cls) for k, cls in classes.items()}
-    Trainer(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"]).run()
+    names = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
+    train(**{k: v for k, v in vars(ns).items() if k in names})  # only the flags given: resuming keeps the rest
+
+
+def _open_output(path: str | None):
+    """The file `--output` names, open for writing (None: the samples go to the terminal)."""
+    if not path:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise CharloomError(f"--output: cannot write {path} ({e.strerror or e})") from None
+
+
+def _sample_row(opts: Any, i: int, text: str, mark: Any, model_file: Any) -> str:
+    """One JSON line: sample i with the options that made it, the seed being its own (seed + i)."""
+    seed = None if opts.seed is None else opts.seed + i
+    row = {**opts.to_dict(), "seed": seed, "text": text, "index": i, "checkpoint": str(model_file)}
+    if mark is not None:
+        row.update({"new": mark.new, "copied": mark.copied})
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _show(i: int, piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _novelty_summary(verdicts: list[bool]) -> None:
+    new = sum(verdicts)
+    print(f"charloom: novelty: {new} of {len(verdicts)} samples are new ({new / len(verdicts):.0%}); "
+          f"the rest copy the training corpus", file=sys.stderr)
 
 
 def cmd_sample(ns: argparse.Namespace) -> None:
@@ -194,57 +210,35 @@ def cmd_sample(ns: argparse.Namespace) -> None:
 
     from . import checkpoint
     from .novelty import Novelty
+    from .runtime import pick_device
     from .sampling import Generator
-    from .train import pick_device
 
-    cfg = options(ns, SampleConfig)
+    cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     ck = checkpoint.load(ns.checkpoint, device=pick_device(ns.device))
-    gen = Generator(ck.model, ck.vocab, records=ck.records)
+    gen = Generator.from_checkpoint(ck)
     novelty = Novelty.for_checkpoint(ck, ns.novelty_source) if ns.novelty or ns.novelty_source else None
-    try:
-        sink = open(ns.output, "w", encoding="utf-8") if ns.output else None
-    except OSError as e:
-        raise CharloomError(f"--output: cannot write {ns.output} ({e.strerror or e})") from None
-    as_jsonl = bool(ns.output) and ns.output.endswith((".jsonl", ".ndjson"))
+    sink = _open_output(ns.output)
+    as_jsonl = sink is not None and ns.output.endswith((".jsonl", ".ndjson"))
     verdicts: list[bool] = []
 
-    def one(start: str, t: float) -> None:
-        for ch in gen.unknown_characters(start):
-            if ck.vocab.unknown == "error":
-                break
+    def one(opts: SampleOptions) -> None:
+        for ch in gen.unknown_characters(opts.start) if ck.vocab.unknown != "error" else ():
             print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
                   file=sys.stderr)
-        stream = cfg.num_samples == 1 and sink is None  # one text at a time: show it as it is made
-
-        def show(i: int, piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
+        stream = opts.n == 1 and sink is None  # one text at a time: show it as it is made
         if stream:
-            sys.stdout.write(start)
+            sys.stdout.write(opts.start)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the note above already said it
-            texts = gen.generate(start, cfg.length, n=cfg.num_samples, temperature=t, top_k=cfg.top_k,
-                                 top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed,
-                                 stop=cfg.stop, on_text=show if stream else None)
+            texts = gen.generate(opts, on_text=_show if stream else None)
         for i, text in enumerate(texts):
             mark = novelty.check(text) if novelty else None
             if mark is not None:
                 verdicts.append(mark.new)
             if sink is not None:
-                if as_jsonl:
-                    row = {"start": start, "text": text, "index": i, "temperature": t, "top_k": cfg.top_k,
-                           "top_p": cfg.top_p, "repetition_penalty": cfg.repetition_penalty, "length": cfg.length,
-                           "seed": None if cfg.seed is None else cfg.seed + i, "checkpoint": str(ck.path)}
-                    if mark is not None:
-                        row.update({"new": mark.new, "copied": mark.copied})
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                else:
-                    sink.write(start + text + "\n")
-            elif stream:
-                print()
+                sink.write(_sample_row(opts, i, text, mark, ck.path) if as_jsonl else opts.start + text + "\n")
             else:
-                print(start + text)
+                print("" if stream else opts.start + text)
             if mark is not None and not mark.new:
                 print(f"charloom: sample {i} copies the training corpus: {mark.copied[0]!r}", file=sys.stderr)
 
@@ -255,28 +249,26 @@ def cmd_sample(ns: argparse.Namespace) -> None:
                 line = sys.stdin.readline()
                 if not line.strip():
                     break
-                one(line.rstrip("\n"), cfg.temperature_list[0])
+                one(base.replace(start=line.rstrip("\n"), temperature=cfg.temperature_list[0]))
         else:
-            temps = cfg.temperature_list
-            starts = cfg.starts or ("",)
-            labelled = len(temps) > 1 or len(starts) > 1 or cfg.num_samples > 1
-            for t in temps:
-                for start in starts:
-                    if labelled and sink is None:
-                        print(f"--- temperature {t:g}" + (f", start {start!r}" if start else "") + " ---")
-                    one(start, t)
+            runs = cfg.each(base)
+            labelled = len(runs) > 1 or base.n > 1
+            for opts in runs:
+                if labelled and sink is None:
+                    print(f"--- temperature {opts.temperature:g}" + (f", start {opts.start!r}" if opts.start else "")
+                          + " ---")
+                one(opts)
     finally:
         if sink is not None:
             sink.close()
     if verdicts:
-        new = sum(verdicts)
-        print(f"charloom: novelty: {new} of {len(verdicts)} samples are new ({new / len(verdicts):.0%}); "
-              f"the rest copy the training corpus", file=sys.stderr)
+        _novelty_summary(verdicts)
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
     from . import checkpoint
-    from .train import evaluate, pick_device
+    from .evaluate import score
+    from .runtime import pick_device
 
     ecfg = options(ns, EvalConfig)
     device = pick_device(ecfg.device)
@@ -284,12 +276,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     v = ck.vocab
     ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
     c = corpus.load(ccfg, vocab=v)
-    bcfg = BatchConfig(batch_size=ecfg.streams, seq_len=ecfg.window, val_fraction=0.0, max_record_len=10**9)
-    if c.is_records:
-        batches = batching.RecordBatches(c, np.arange(c.num_records), bcfg, c.name).in_order()
-    else:
-        batches = batching.eval_windows(batching.Stream(c.ids, [(0, len(c.ids))]), ecfg.window, ecfg.streams, v.pad_id)
-    result = evaluate(ck.model, batches, device)
+    result = score(ck.model, c, ecfg, device)
     unknown = c.stats["unknown_characters"]
     print(json.dumps({"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
                       "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
@@ -334,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate text from a trained model")
     s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
+
     add_options(s, SampleConfig)
+    add_options(s, SampleOptions, skip=("start", "temperature"))  # SampleConfig has them, repeatable
     s.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: cpu)")
     s.add_argument("--output", metavar="FILE", help="write the samples to FILE: JSON lines with their settings if it "
                    "ends in .jsonl, else plain text")

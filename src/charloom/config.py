@@ -54,6 +54,8 @@ def _check(name: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{name}: {value!r} is not null")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > 2**1023:  # a JSON integer past float's range
+                raise ConfigError(f"{name}: integer too large to be a number")
             if not math.isfinite(value):
                 raise ConfigError(f"{name}: {value!r} is not a finite number")
             return float(value)
@@ -189,16 +191,20 @@ class BatchConfig(Config):
 class ModelConfig(Config):
     """The network: a recurrent cell stack between a character input and a linear head."""
 
-    cell: Literal["lstm", "gru", "rnn"] = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh)")
+    cell: str = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh); the entries of cells.CELLS")
     num_layers: int = option(1, "stacked recurrent layers", flag="layers")
     hidden_size: int = option(640, "units per recurrent layer", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
-                                     "the memory from the first step, as Keras does, but trained worse in the sweep)")
+                                     "the memory from the first step, as Keras does)")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
     def validate(self) -> None:
+        from .cells import CELLS
+
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(map(repr, CELLS))}")
         _positive(self, "num_layers", "hidden_size")
         if self.embedding < 0:
             raise ConfigError(f"embedding: must be 0 (one-hot) or positive, got {self.embedding}")
@@ -256,9 +262,8 @@ class TrainConfig(Config):
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto", "matrix products under autocast, in training and its evaluations (weights and optimizer stay "
-                "fp32); auto: bf16 where the hardware "
-                "computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32; fp16 is "
-                "for a CUDA GPU only")
+                "fp32); auto: bf16 where a probe of this machine's kernel finds that it runs and is faster, else "
+                "fp32; fp16 is for a CUDA GPU only")
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
     seed: int = option(1337, "seed for weights, dropout and samples (on the command line, --seed sets this "
                              "and the batch order's seed together)")
@@ -279,9 +284,11 @@ class TrainConfig(Config):
             raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay: must not be negative")
-        for t in self.sample_temperatures:
-            if t < 0:
-                raise ConfigError(f"sample_temperature: must be >= 0, got {t}")
+        for t in self.sample_temperatures:  # the samples shown while training follow the samplers' rules
+            try:
+                SampleOptions(temperature=t)
+            except ConfigError as e:
+                raise ConfigError(f"sample_{e}") from None
         parse_duration(self.max_time)
 
     @property
@@ -293,43 +300,84 @@ class TrainConfig(Config):
 
 
 @dataclass(frozen=True)
+class SampleOptions(Config):
+    """How each sample is made: the same options on the command line, over HTTP and in Python.
+
+    Their defaults and ranges are declared here and nowhere else: `charloom sample` builds its flags
+    from these fields, the server its request model, and the Generator takes an instance.
+    """
+
+    start: str = option("", "text to continue (a records model reads <bos> before it)")
+    length: int = option(500, "characters to generate per sample (a records model also stops at <eos>)")
+    n: int = option(1, "samples per start text and temperature, generated in parallel", flag="num_samples")
+    temperature: float = option(0.8, "sampling temperature, 0-10: lower is safer, higher more varied; "
+                                     "0 = greedy (always the most likely character)")
+    top_k: int = option(0, "sample among the k most likely characters only (0: all)")
+    top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p (1: all)")
+    repetition_penalty: float = option(1.0, "make characters already used less likely, 1-10 (1: off; 1.1-1.3 is mild)")
+    seed: int | None = option(None, "random seed, 0 to 2**62 - 1: the same seed gives the same text; sample i "
+                                    "uses seed + i")
+    stop: tuple[str, ...] = option((), "end a sample just before this text appears; give several to stop at any "
+                                       "(on the command line, \\n is a newline)", metavar="TEXT")
+
+    def validate(self) -> None:
+        self._check_text("start", self.start)
+        for i, text in enumerate(self.stop):
+            self._check_text(f"stop[{i}]", text)
+        if self.length < 0:
+            raise ConfigError(f"length: must be >= 0, got {self.length}")
+        if self.n < 1:
+            raise ConfigError(f"n (--num-samples): must be >= 1, got {self.n}")
+        if not 0.0 <= self.temperature <= 10.0:
+            raise ConfigError(f"temperature: must be in [0, 10] (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must be >= 0 (0 = all), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if not 1.0 <= self.repetition_penalty <= 10.0:
+            raise ConfigError(f"repetition_penalty: must be in [1, 10] (1 = off), got {self.repetition_penalty}")
+        if self.seed is not None and not 0 <= self.seed < 2**62:
+            raise ConfigError(f"seed: must be in [0, 2**62), got {self.seed}")
+
+    @staticmethod
+    def _check_text(name: str, text: str) -> None:
+        """Refuse a lone surrogate (what undecodable bytes in argv, or a JSON escape, become): it is not a
+        character, and no UTF-8 file, terminal or reply can hold it."""
+        for i, ch in enumerate(text):
+            if "\ud800" <= ch <= "\udfff":
+                raise ConfigError(f"{name}: U+{ord(ch):04X} at position {i} is a lone surrogate, not a character")
+
+
+@dataclass(frozen=True)
 class SampleConfig(Config):
-    """What to generate from a trained model."""
+    """Start texts and temperatures, each repeatable for a sweep.
+
+    What `charloom sample` adds to SampleOptions: each start and temperature becomes one SampleOptions.
+    """
 
     starts: tuple[str, ...] = option((), "start text; repeat for several (default: the model's own start)",
                                      flag="start", metavar="TEXT")
-    length: int = option(500, "characters to generate per sample (a records model also stops at <eos>)")
     temperatures: tuple[float, ...] = option(
-        (), "sampling temperature; repeat for a sweep (the notebooks': 0.3 0.8 1.0 1.3 1.8); 0 = greedy; "
-        "default 0.8", flag="temperature", metavar="T")
-    top_k: int = option(0, "sample among the k most likely characters only (0: all)")
-    top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p (1: all)")
-    num_samples: int = option(1, "samples per start text and temperature, generated in parallel")
-    repetition_penalty: float = option(1.0, "make characters already used less likely (1: off; 1.1-1.3 is mild)")
-    stop: tuple[str, ...] = option((), "end a sample just before this text appears (repeatable; \\n for a newline)",
-                                   metavar="TEXT")
-    seed: int | None = option(None, "random seed: the same seed gives the same text; sample i uses seed + i")
+        (), "sampling temperature, 0-10; repeat for a sweep (the notebooks': 0.3 0.8 1.0 1.3 1.8); 0 = greedy; "
+        f"default {SampleOptions.temperature}", flag="temperature", metavar="T")
     greedy: bool = option(False, "always take the most likely character (same as --temperature 0)")
 
     def validate(self) -> None:
-        if self.length < 0:
-            raise ConfigError(f"length: must not be negative, got {self.length}")
-        _positive(self, "num_samples")
+        # each start and temperature becomes a SampleOptions: checked by its rules, before any is generated
+        for text in self.starts:
+            SampleOptions(start=text)
         for t in self.temperatures:
-            if t < 0:
-                raise ConfigError(f"temperature: must be >= 0, got {t}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k: must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty < 1.0:
-            raise ConfigError(f"repetition_penalty: must be >= 1 (1 = off), got {self.repetition_penalty}")
+            SampleOptions(temperature=t)
 
     @property
     def temperature_list(self) -> tuple[float, ...]:
         if self.greedy:
             return (0.0,)
-        return self.temperatures or (0.8,)
+        return self.temperatures or (SampleOptions.temperature,)
+
+    def each(self, base: SampleOptions) -> list[SampleOptions]:
+        """`base` at every temperature and start text: a sweep's generations, in the order shown."""
+        return [base.replace(start=s, temperature=t) for t in self.temperature_list for s in self.starts or ("",)]
 
 
 @dataclass(frozen=True)

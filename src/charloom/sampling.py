@@ -7,35 +7,34 @@ re-running the prefix). Its one-character step is a hand-written cell update on 
 (`Stepper`): at batch 1 the fused sequence kernels spend most of their time on set-up, and the first
 layer's input product becomes a table lookup.
 
+A generation's options are one `SampleOptions` (config.py), the object the CLI and the server build
+too, so their defaults and checks are the same everywhere.
+
 Seeds are per sample: sample i of a call with seed s is drawn from its own stream seeded with s + i, so
 a sample is the same text whether it is made alone or in a batch.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import CharloomError
+from .config import SampleOptions
 from .model import CharRNN, State
 from .vocab import Vocab
 
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+
 UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
-
-
-def check_options(temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0) -> None:
-    """Raise CharloomError naming the option that is out of range."""
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise CharloomError(f"--temperature: must be a number >= 0, got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise CharloomError(f"--top-k: must be an integer >= 0, got {top_k!r}")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise CharloomError(f"--top-p: must be in (0, 1], got {top_p!r}")
-    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty >= 1):
-        raise CharloomError(f"--repetition-penalty: must be >= 1 (1 = off), got {repetition_penalty!r}")
+# a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
+# nan), and at it the choice is the argmax anyway, but for exact ties
+GREEDY_BELOW = 1e-30
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -64,18 +63,29 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def choose(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            u: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) next ids. Temperature 0 is greedy (argmax).
+    """(B, V) logits -> (B,) next ids. Temperature 0 (or below GREEDY_BELOW) is greedy (argmax).
 
     u: (B,) uniforms in [0, 1), one per row, used by inverse-CDF sampling (drawn from `generator` if absent).
+    The options are checked by SampleOptions' rules, so a bad value reads as it does everywhere else.
     """
-    check_options(temperature, top_k, top_p)
-    return _choose(logits, temperature, top_k, top_p, u, generator)
+    try:
+        opts = _checked(temperature, top_k, top_p)
+    except TypeError:  # an unhashable value: checked afresh, to be refused with the field's message
+        opts = SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+    return _choose(logits, opts.temperature, opts.top_k, opts.top_p, u, generator)
+
+
+@functools.lru_cache(maxsize=64, typed=True)  # typed: True, 1 and 1.0 are checked apart
+def _checked(temperature: float, top_k: int, top_p: float) -> SampleOptions:
+    """SampleOptions' checks of `choose`'s options, remembered: a caller's loop may choose every character
+    with the same few, and building SampleOptions costs more than the choice."""
+    return SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, u: torch.Tensor | None = None,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """`choose` without the option checks: the Generator checks once per call, not once per character."""
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
     if u is None:
@@ -91,55 +101,40 @@ class Stepper:
     """One time step of a CharRNN for a batch of single ids, as plain matrix products.
 
     Equal to `model(ids[:, None], state)` (to float rounding) and faster at small batches: the first
-    layer's input product and both biases are folded into a (V, G*H) table read by id.
+    layer's input product and its biases are folded into a (V, G*H) table read by id. Each layer's
+    update is its cell's own `step` (cells.py), so the Stepper never asks which cell it runs.
     """
 
     def __init__(self, model: CharRNN):
-        cfg = model.cfg
-        self.cell, self.L, self.H = cfg.cell, cfg.num_layers, cfg.hidden_size
-        rnn = model.rnn
+        cell, rnn, L = model.cell, model.rnn, model.cfg.num_layers
+        self.step, self.L = cell.step, L
+
+        def input_bias(i: int) -> torch.Tensor:  # (G*H,): b_ih, plus b_hh where the cell can fold it in
+            b = getattr(rnn, f"bias_ih_l{i}")
+            return b + getattr(rnn, f"bias_hh_l{i}") if cell.folds_hh_bias else b.clone()
+
         with torch.no_grad():
-            inputs = model.embed.weight if model.embed is not None else None  # (V, E) or one-hot
-            w0 = rnn.weight_ih_l0
-            table = (inputs @ w0.T if inputs is not None else w0.T.clone()) + rnn.bias_ih_l0  # (V, G*H)
-            fold = self.cell != "gru"  # the GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
-            self.table = (table + rnn.bias_hh_l0 if fold else table).contiguous()
-            self.w_ih = [None] + [getattr(rnn, f"weight_ih_l{i}").T.contiguous() for i in range(1, self.L)]
-            self.b_ih = [None] + [(getattr(rnn, f"bias_ih_l{i}") + (getattr(rnn, f"bias_hh_l{i}") if fold else 0))
-                                  for i in range(1, self.L)]
-            self.w_hh = [getattr(rnn, f"weight_hh_l{i}").T.contiguous() for i in range(self.L)]
-            self.b_hh = [getattr(rnn, f"bias_hh_l{i}").clone() for i in range(self.L)]
+            w0 = rnn.weight_ih_l0  # (G*H, E)
+            inputs = model.embed.weight @ w0.T if model.embed is not None else w0.T  # (V, G*H); one-hot: rows of W
+            self.table = (inputs + input_bias(0)).contiguous()
+            self.w_ih = [None] + [getattr(rnn, f"weight_ih_l{i}").T.contiguous() for i in range(1, L)]
+            self.b_ih = [None] + [input_bias(i) for i in range(1, L)]
+            self.w_hh = [getattr(rnn, f"weight_hh_l{i}").T.contiguous() for i in range(L)]
+            self.b_hh = [getattr(rnn, f"bias_hh_l{i}").clone() for i in range(L)]
             self.w_out, self.b_out = model.head.weight.T.contiguous(), model.head.bias.clone()
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """ids (B,), state tuple of (L, B, H) -> logits (B, V), new state."""
-        hs = list(state[0].unbind(0))
-        cs = list(state[1].unbind(0)) if self.cell == "lstm" else None
+        layers = []
         x = None
         for i in range(self.L):
             gi = self.table[ids] if i == 0 else torch.addmm(self.b_ih[i], x, self.w_ih[i])  # (B, G*H)
-            h = hs[i]
-            if self.cell == "lstm":
-                gates = torch.addmm(gi, h, self.w_hh[i])  # (B, 4H): i, f, g, o
-                ig, fg, gg, og = gates.chunk(4, 1)
-                c = torch.sigmoid(fg) * cs[i] + torch.sigmoid(ig) * torch.tanh(gg)
-                h = torch.sigmoid(og) * torch.tanh(c)
-                cs[i] = c
-            elif self.cell == "gru":
-                gh = torch.addmm(self.b_hh[i], h, self.w_hh[i])  # (B, 3H): r, z, n
-                ir, iz, in_ = gi.chunk(3, 1)
-                hr, hz, hn = gh.chunk(3, 1)
-                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-                n = torch.tanh(in_ + r * hn)
-                h = n + z * (h - n)
-            else:
-                h = torch.tanh(torch.addmm(gi, h, self.w_hh[i]))
-            hs[i] = h
-            x = h
+            new = self.step(gi, tuple(s[i] for s in state), self.w_hh[i], self.b_hh[i])  # each (B, H)
+            layers.append(new)
+            x = new[0]
         logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
-        new = (torch.stack(hs), torch.stack(cs)) if self.cell == "lstm" else (torch.stack(hs),)
-        return logits, new
+        return logits, tuple(torch.stack(parts) for parts in zip(*layers))
 
 
 # ---- the Generator -----------------------------------------------------------------------------------
@@ -179,44 +174,52 @@ class Generator:
             ids = [first] + ids
         return ids
 
-    def generate(self, start: str = "", length: int = 200, n: int = 1, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None) -> list[str]:
-        """n continuations of `start` (without it). Each ends at <eos>, after `length` characters, or just
-        before the first stop string it writes. `on_text(i, piece)` sees each sample's text as it is made."""
-        out = [""] * n
-        for i, piece in self.stream(start, length, n, temperature, top_k, top_p, repetition_penalty, seed, stop):
+    @classmethod
+    def from_checkpoint(cls, ck: Checkpoint, device: torch.device | str | None = None) -> Generator:
+        """The Generator for a loaded model file: its model, vocabulary and records flag. device: where to
+        run (the checkpoint's model is moved there); default: where the model already is."""
+        model = ck.model.to(device) if device is not None else ck.model
+        return cls(model, ck.vocab, device=device, records=ck.records)
+
+    def generate(self, options: SampleOptions | str | None = None, length: int | None = None, *,
+                 on_text: Callable[[int, str], None] | None = None, **changes: Any) -> list[str]:
+        """`options.n` continuations of `options.start` (without it). Each ends at <eos>, after `length`
+        characters, or just before the first stop string it writes. `on_text(i, piece)` sees each sample's
+        text as it is made.
+
+        The options are a SampleOptions, or its fields as arguments: `generate("Ma", 20, n=5, seed=1)`
+        (see `sample_options`)."""
+        opts = sample_options(options, length, **changes)
+        out = [""] * opts.n
+        for i, piece in self.stream(opts):
             out[i] += piece
             if on_text is not None:
                 on_text(i, piece)
         return out
 
-    @torch.inference_mode()
-    def stream(self, start: str = "", length: int = 200, n: int = 1, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: Sequence[str] = ()) -> Iterator[tuple[int, str]]:
-        """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts."""
-        check_options(temperature, top_k, top_p, repetition_penalty)
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise CharloomError(f"--length: must be an integer >= 0, got {length!r}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise CharloomError(f"--num-samples: must be an integer >= 1, got {n!r}")
-        stops = [s for s in stop if s]
-        unknown = self.unknown_characters(start)
+    def stream(self, options: SampleOptions | str | None = None, length: int | None = None,
+               **changes: Any) -> Iterator[tuple[int, str]]:
+        """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts.
+        The options and the start text are checked here, before the first piece is asked for."""
+        opts = sample_options(options, length, **changes)
+        unknown = self.unknown_characters(opts.start)
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
                           stacklevel=2)
-        prefix = self._prefix(start)
+        return self._pieces(self._prefix(opts.start), opts)
+
+    @torch.inference_mode()
+    def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
         was_training = self.model.training
         self.model.eval()
         try:
-            yield from self._run(prefix, length, n, float(temperature), top_k, float(top_p),
-                                 float(repetition_penalty), seed, stops)
+            yield from self._run(prefix, opts)
         finally:
             self.model.train(was_training)
 
-    def _run(self, prefix: list[int], length: int, n: int, temperature: float, top_k: int, top_p: float,
-             penalty: float, seed: int | None, stops: list[str]) -> Iterator[tuple[int, str]]:
+    def _run(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
+        length, n, temperature, top_k, top_p = opts.length, opts.n, opts.temperature, opts.top_k, opts.top_p
+        penalty, seed, stops = opts.repetition_penalty, opts.seed, [s for s in opts.stop if s]
         v, dev = self.vocab, self.device
         if length == 0:
             return
@@ -293,5 +296,19 @@ def sample_texts(model: CharRNN, vocab: Vocab, start: str, temperatures: Sequenc
     return [(t, g.generate(start, length, n=n, temperature=t, seed=seed)) for t in temperatures]
 
 
-__all__ = ["Generator", "State", "Stepper", "apply_repetition_penalty", "check_options", "choose", "filter_logits",
-           "sample_texts"]
+def sample_options(options: SampleOptions | str | None = None, length: int | None = None,
+                   **changes: Any) -> SampleOptions:
+    """The SampleOptions a call means: `options` itself (with `changes` applied), or one built from a start
+    text, a length and keyword fields. Either way SampleOptions checks them, as it does for the CLI and
+    the server."""
+    if length is not None:
+        changes["length"] = length
+    if isinstance(options, SampleOptions):
+        return options.replace(**changes) if changes else options
+    if options is not None:
+        changes["start"] = options
+    return SampleOptions(**changes)
+
+
+__all__ = ["Generator", "SampleOptions", "State", "Stepper", "apply_repetition_penalty", "choose", "filter_logits",
+           "sample_options", "sample_texts"]

@@ -5,14 +5,21 @@ The model is loaded once, at start, from the path given on the command line; no 
 file. Every limit answers with a 4xx that names the field: 422 for a value out of range or an unknown
 field, 413 for a body over `max_body`, 429 when `max_concurrent` generations are already running.
 A streaming client that goes away stops its generation within a step.
+
+The sampling fields of a request are SampleOptions' (config.py): their defaults, ranges and messages are
+the CLI's and the Python API's. Only the server's own limits (`max_length`, `max_n`, `max_start`,
+MAX_STOPS) and the transport (`stream`) are added here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import threading
 import time
+import typing
 import weakref
 from importlib import resources
 from pathlib import Path
@@ -20,38 +27,60 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..checkpoint import load as load_checkpoint
-from ..config import ServeConfig
-from ..errors import CharloomError
+from ..config import SampleOptions, ServeConfig
+from ..errors import CharloomError, ConfigError
 from ..sampling import Generator
 
 try:
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, SkipValidation, create_model
     from starlette.concurrency import run_in_threadpool
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise CharloomError("the server needs the 'serve' extra: pip install 'charloom[serve]'") from e
 
 
-class GenerateRequest(BaseModel):
-    """Every field is optional; the defaults are the CLI's."""
+MAX_STOPS = 8  # stop strings one request may send: each is searched for after every character
 
-    model_config = ConfigDict(extra="forbid")
 
-    start: str = Field("", description="text to continue (a records model starts from <bos> before it)")
-    length: int | None = Field(None, ge=0, description="characters per sample (default: the server's)")
-    temperature: float = Field(0.8, ge=0, le=10, description="0 = greedy")
-    top_k: int = Field(0, ge=0, description="sample among the k most likely characters (0: all)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus: the smallest set whose mass reaches p")
-    repetition_penalty: float = Field(1.0, ge=1, le=10, description="1 = off")
-    n: int = Field(1, ge=1, description="samples, made in parallel")
-    seed: int | None = Field(None, ge=0, le=2**62, description="the same seed gives the same text")
-    stop: list[str] = Field(default_factory=list, max_length=8, description="end a sample before any of these")
-    stream: bool = Field(False, description="send characters as server-sent events as they are made")
+def _request_model() -> type[BaseModel]:
+    """The request body as the OpenAPI docs show it: SampleOptions' fields with their defaults and help,
+    and `stream`. Pydantic checks none of SampleOptions' values (SkipValidation): SampleOptions does, so
+    a request is refused by the CLI's rules with the CLI's messages."""
+    hints = typing.get_type_hints(SampleOptions)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(SampleOptions):
+        tp, default, about = hints[f.name], f.default, f.metadata["help"]
+        if f.name == "length":  # the server's operator chooses this default
+            tp, default, about = tp | None, None, f"{about}; default: the server's --default-length"
+        fields[f.name] = (SkipValidation[tp], Field(default, description=about))
+    fields["stream"] = (bool, Field(False, description="send characters as server-sent events as they are made"))
+    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"),
+                        __doc__="Every field is optional; the sampling fields and their defaults are `charloom "
+                                "sample`'s (n is --num-samples).", **fields)
+
+
+GenerateRequest = _request_model()
 
 
 def _field_error(field: str, msg: str, status: int = 422) -> HTTPException:
     return HTTPException(status, detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}])
+
+
+def _options_error(e: ConfigError) -> HTTPException:
+    """SampleOptions' `field: message` (or `field[i]: ...`, `field (--flag): ...`) as a 422 naming the field."""
+    where, _, msg = str(e).partition(": ")
+    m = re.fullmatch(r"(\w+)(?:\[(\d+)\])?(?: \(.*\))?", where)
+    if m is None:
+        return HTTPException(422, detail=[{"loc": ["body"], "msg": str(e), "type": "value_error"}])
+    loc = ["body", m[1]] + ([int(m[2])] if m[2] else [])
+    return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _printable(part: Any) -> Any:
+    """A string with any lone surrogate written as an escape, so that it can be encoded in a reply."""
+    return part.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(part, str) else part
 
 
 class _BodyLimit:
@@ -134,90 +163,67 @@ class _Slots:
             self.characters += n
 
 
-def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = None) -> FastAPI:
-    cfg = cfg or ServeConfig()
-    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    ck.model.eval()
-    gen = Generator(ck.model, ck.vocab, records=ck.records)
-    gen.stepper()  # prepare the step's tables now, not inside the first request
-    slots = _Slots(cfg.max_concurrent)
-    # one generation step at a time: concurrent requests interleave step by step instead of fighting
-    # over the cores (and the interpreter) with a thread each
-    step_lock = threading.Lock()
-    sentinel = object()
+def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleOptions:
+    """A request's SampleOptions, within the server's limits, with the seed it will use."""
+    given = {f.name: getattr(req, f.name) for f in dataclasses.fields(SampleOptions)}
+    if given["length"] is None:
+        given["length"] = cfg.default_length
+    try:
+        opts = SampleOptions(**given)
+    except ConfigError as e:
+        raise _options_error(e) from None
+    if opts.length > cfg.max_length:
+        raise _field_error("length", f"at most {cfg.max_length} characters per sample")
+    if opts.n > cfg.max_n:
+        raise _field_error("n", f"at most {cfg.max_n} samples per request")
+    if len(opts.start) > cfg.max_start:
+        raise _field_error("start", f"at most {cfg.max_start} characters")
+    if len(opts.stop) > MAX_STOPS:
+        raise _field_error("stop", f"at most {MAX_STOPS} stop strings")
+    if gen.vocab.unknown == "error" and (unknown := gen.unknown_characters(opts.start)):
+        raise _field_error("start", f"characters not in the model's vocabulary: {''.join(unknown)!r}")
+    if opts.seed is None:  # say which seed was used, so the text can be made again
+        opts = opts.replace(seed=int.from_bytes(os.urandom(6), "big"))
+    return opts
 
-    def next_piece(it):
-        with step_lock:
-            return next(it, sentinel)
 
-    app = FastAPI(title="charloom", version="1", summary="Character-level text generation from one model.")
-    app.state.slots = slots
-    page = (resources.files("charloom.server") / "static" / "index.html").read_text(encoding="utf-8")
+class _Runner:
+    """Runs the generations of all requests over one Generator, one step at a time: concurrent requests
+    interleave step by step instead of fighting over the cores (and the interpreter) with a thread each."""
 
-    def checked(req: GenerateRequest) -> dict[str, Any]:
-        length = cfg.default_length if req.length is None else req.length
-        if length > cfg.max_length:
-            raise _field_error("length", f"at most {cfg.max_length} characters per sample")
-        if req.n > cfg.max_n:
-            raise _field_error("n", f"at most {cfg.max_n} samples per request")
-        if len(req.start) > cfg.max_start:
-            raise _field_error("start", f"at most {cfg.max_start} characters")
-        if ck.vocab.unknown == "error" and gen.unknown_characters(req.start):
-            raise _field_error("start", f"characters not in the model's vocabulary: "
-                                        f"{''.join(gen.unknown_characters(req.start))!r}")
-        return {"start": req.start, "length": length, "n": req.n, "temperature": req.temperature,
-                "top_k": req.top_k, "top_p": req.top_p, "repetition_penalty": req.repetition_penalty,
-                "seed": req.seed, "stop": req.stop}
+    _END = object()
 
-    def pieces(s: dict[str, Any]):
-        return gen.stream(s["start"], s["length"], s["n"], s["temperature"], s["top_k"], s["top_p"],
-                          s["repetition_penalty"], s["seed"], s["stop"])
+    def __init__(self, gen: Generator, slots: _Slots):
+        self.gen, self.slots = gen, slots
+        self._step = threading.Lock()
 
-    @app.post("/v1/generate")
-    async def generate(req: GenerateRequest):
-        settings = checked(req)
-        if settings["seed"] is None:  # say which seed was used, so the text can be made again
-            settings["seed"] = int.from_bytes(os.urandom(6), "big")
-        slots.take()
-        if req.stream:
-            release = _Once(slots.give)
-            events = _events(settings, release)
-            weakref.finalize(events, release)  # a stream that never starts still gives its slot back
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            t0 = time.perf_counter()
-            texts = await run_in_threadpool(_collect, settings)
-            dt = time.perf_counter() - t0
-        finally:
-            slots.give()
-        chars = sum(map(len, texts))
-        return {"samples": [{"text": t} for t in texts], "settings": settings,
-                "timing": {"seconds": round(dt, 4), "characters": chars, "chars_per_s": round(chars / dt) if dt else None}}
+    def _next(self, it):
+        with self._step:
+            return next(it, self._END)
 
-    def _collect(settings: dict[str, Any]) -> list[str]:
-        out = [""] * settings["n"]
-        it = pieces(settings)
-        while (item := next_piece(it)) is not sentinel:
+    def collect(self, opts: SampleOptions) -> list[str]:
+        out = [""] * opts.n
+        it = self.gen.stream(opts)
+        while (item := self._next(it)) is not self._END:
             i, piece = item
             out[i] += piece
-            slots.count(len(piece))
+            self.slots.count(len(piece))
         return out
 
-    async def _events(settings: dict[str, Any], release: _Once):
+    async def events(self, opts: SampleOptions, release: _Once):
         """Server-sent events: one `data: {"index", "text"}` per piece, then `event: done` with the totals."""
-        it = pieces(settings)
+        it = self.gen.stream(opts)
         t0 = time.perf_counter()
         chars = 0
         try:
-            yield f"event: start\ndata: {json.dumps({'settings': settings})}\n\n"
+            yield f"event: start\ndata: {json.dumps({'settings': opts.to_dict()})}\n\n"
             while True:
-                item = await run_in_threadpool(next_piece, it)
-                if item is sentinel:
+                item = await run_in_threadpool(self._next, it)
+                if item is self._END:
                     break
                 i, piece = item
                 chars += len(piece)
-                slots.count(len(piece))
+                self.slots.count(len(piece))
                 # a client that goes away makes this yield fail or be cancelled: the finally below ends the work
                 yield f"data: {json.dumps({'index': i, 'text': piece}, ensure_ascii=False)}\n\n"
             dt = time.perf_counter() - t0
@@ -226,6 +232,51 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         finally:
             it.close()  # a client that went away stops the generation here
             release()
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # pydantic's errors carry the input they refused, which may be NaN or a lone surrogate: neither can be
+    # written in a JSON reply, so the answer keeps where and what, as _field_error's do
+    detail = [{"loc": [_printable(p) for p in e["loc"]], "msg": _printable(e["msg"]), "type": e["type"]}
+              for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _charloom_error(request: Request, exc: CharloomError) -> JSONResponse:
+    return JSONResponse({"detail": _printable(str(exc))}, status_code=422)
+
+
+def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = None) -> FastAPI:
+    cfg = cfg or ServeConfig()
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ck.model.eval()
+    gen = Generator.from_checkpoint(ck)
+    gen.stepper()  # prepare the step's tables now, not inside the first request
+    slots = _Slots(cfg.max_concurrent)
+    runner = _Runner(gen, slots)
+    app = FastAPI(title="charloom", version="1", summary="Character-level text generation from one model.")
+    app.state.slots = slots
+    page = (resources.files("charloom.server") / "static" / "index.html").read_text(encoding="utf-8")
+
+    @app.post("/v1/generate")
+    async def generate(req: GenerateRequest):
+        opts = request_options(req, cfg, gen)
+        slots.take()
+        if req.stream:
+            release = _Once(slots.give)
+            events = runner.events(opts, release)
+            weakref.finalize(events, release)  # a stream that never starts still gives its slot back
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            t0 = time.perf_counter()
+            texts = await run_in_threadpool(runner.collect, opts)
+            dt = time.perf_counter() - t0
+        finally:
+            slots.give()
+        chars = sum(map(len, texts))
+        return {"samples": [{"text": t} for t in texts], "settings": opts.to_dict(),
+                "timing": {"seconds": round(dt, 4), "characters": chars, "chars_per_s": round(chars / dt) if dt else None}}
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
@@ -241,10 +292,8 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     def playground() -> str:
         return page
 
-    @app.exception_handler(CharloomError)
-    async def charloom_error(request: Request, exc: CharloomError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(CharloomError, _charloom_error)
     app.add_middleware(_BodyLimit, limit=cfg.max_body)
     return app
 
@@ -258,4 +307,4 @@ def serve(checkpoint: str | Path, cfg: ServeConfig) -> None:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 
-__all__ = ["GenerateRequest", "create_app", "serve"]
+__all__ = ["GenerateRequest", "create_app", "request_options", "serve"]

@@ -1,6 +1,4 @@
-import importlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -15,9 +13,12 @@ from charloom import checkpoint
 from charloom.config import TrainConfig, parse_duration
 from charloom.errors import CharloomError, ConfigError
 from charloom.sampling import Generator
-from charloom.train import learning_rate, resolve_precision
+from charloom import hooks
+from charloom import trainer as train_mod
+from charloom.trainer import learning_rate
 
-train_mod = importlib.import_module("charloom.train")  # the module; charloom.train is the function
+
+pytestmark = pytest.mark.kernel
 
 
 def losses_of(events):
@@ -58,7 +59,7 @@ def test_stopped_and_resumed_run_follows_the_same_losses(tmp_path, text_file, ti
 def test_the_saved_model_is_the_moving_average_of_the_trained_weights(tmp_path, text_file, tiny, ema):
     from charloom.config import BatchConfig, CorpusConfig, ModelConfig
 
-    trainer = train_mod.Trainer(
+    trainer = train_mod.setup(
         CorpusConfig(source=str(text_file)), BatchConfig(batch_size=4, seq_len=16),
         ModelConfig(hidden_size=16, embedding=8),
         TrainConfig(out=str(tmp_path), max_steps=40, eval_every=0, sample_length=0, progress=False, lr=1e-2, ema=ema))
@@ -69,7 +70,7 @@ def test_the_saved_model_is_the_moving_average_of_the_trained_weights(tmp_path, 
             trained.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
             averaged.append({k: v.clone() for k, v in trainer.final_model.state_dict().items()})
 
-    trainer.callback = record
+    trainer.hooks.append(hooks.Callback(record))
     result = trainer.run()
     # the reference: the first step's weights, then average <- d * average + (1 - d) * weights
     average = dict(trained[0])
@@ -144,7 +145,7 @@ def test_best_model_is_kept_by_validation_loss(tmp_path, text_file, tiny):
     assert charloom.load(tmp_path / "last.safetensors").info["step"] == 20 == result.progress.step
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.bf16)])
 def test_evaluations_score_the_same_characters_and_the_last_also_the_whole_split(tmp_path, text_file, tiny,
                                                                                  precision):
     result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=10,
@@ -168,7 +169,7 @@ def test_evaluations_score_the_same_characters_and_the_last_also_the_whole_split
     assert charloom.load(tmp_path / "model.safetensors").info["step"] == best["step"]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.bf16)])
 def test_a_small_model_overfits_one_short_text(tmp_path, tiny, precision):
     tweet = "@amy Thanks for the follow, have a great day!"
     p = tmp_path / "one.txt"
@@ -245,22 +246,6 @@ def test_bad_options_fail_loudly(text_file):
         charloom.train(source=str(text_file), device="cuda", max_steps=1)
 
 
-def test_precision_auto_is_bf16_only_where_native_and_fp16_needs_cuda(monkeypatch, text_file, tiny, tmp_path):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
-    assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
-    assert resolve_precision("auto", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
-    with pytest.raises(CharloomError, match="--precision fp16: fp16 autocast is for a CUDA GPU; on cpu use bf16"):
-        resolve_precision("fp16", cpu)
-    cfgs = [charloom.CorpusConfig(source=str(text_file)), charloom.BatchConfig(batch_size=2, seq_len=8),
-            charloom.ModelConfig(hidden_size=8)]
-    t = train_mod.Trainer(*cfgs, TrainConfig(out=str(tmp_path / "a"), precision="bf16", max_steps=1, progress=False))
-    assert t.autocast is not None and t.autocast.fast_dtype == torch.bfloat16
-    assert train_mod.Trainer(*cfgs, TrainConfig(out=str(tmp_path / "b"), max_steps=1, progress=False)).autocast is None
-
-
 def test_sigterm_finishes_the_step_and_saves(tmp_path, text_file):
     out = tmp_path / "run"
     cmd = [sys.executable, "-u", "-m", "charloom", "train", str(text_file), "--out", str(out), "--hidden", "16",
@@ -315,3 +300,22 @@ def test_progress_output_shows_bpc_and_samples(tmp_path, text_file, tiny, capsys
                    **{**tiny, "progress": True, "sample_length": 30})
     out = capsys.readouterr().out
     assert "val " in out and "bpc" in out and "--- sample at temperature 0.5 ---" in out
+
+
+def test_resume_from_python_and_from_the_cli_continue_the_same_run_the_same_way(tmp_path, text_file, tiny):
+    """Resuming names only the run folder: every other option is the saved run's, whichever door is used."""
+    opts = dict(tiny, order="contiguous", max_steps=12, eval_every=4, cache_dir=str(tmp_path / "cache"))
+    straight = charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
+    for name in ("py", "cli"):
+        charloom.train(source=str(text_file), out=str(tmp_path / name), **opts,
+                       callback=lambda e: e["event"] == "step" and e["step"] == 5)
+    resumed = charloom.train(out=str(tmp_path / "py"), resume=True)
+    assert resumed.progress.step == 12 and resumed.steps_run == 7
+    p = subprocess.run([sys.executable, "-m", "charloom", "train", "--out", str(tmp_path / "cli"), "--resume"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    want = checkpoint.load(tmp_path / "a" / "last.safetensors").model.state_dict()
+    for name in ("py", "cli"):
+        got = checkpoint.load(tmp_path / name / "last.safetensors")
+        assert got.info["step"] == 12 and all(torch.equal(want[k], got.model.state_dict()[k]) for k in want)
+    assert straight.progress.step == 12

@@ -1,0 +1,178 @@
+"""What the training loop tells the world: each concern is a hook the Trainer calls.
+
+A hook sees the run start, each step, each evaluation and the end, and never steers the loop except by
+asking it to stop (`on_step` returning True, as the user's callback does). The Trainer knows none of
+them by name: the terminal display, samples as it learns, the metrics log, the saved files and the
+user's callback are all hooks, so a new report (a chart, a web page) is one more class here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import checkpoint
+from .evaluate import LN2, Evaluation
+from .sampling import sample_texts
+
+if TYPE_CHECKING:
+    from .trainer import Trainer, TrainResult
+
+
+class Hook:
+    """Override what you need. `row` is the evaluation's metrics line (None on processes other than the
+    first, which do not evaluate); `val` the periodic score, `full` the whole split's (last evaluation)."""
+
+    def on_start(self, t: Trainer) -> None: ...
+
+    def on_step(self, t: Trainer, event: dict[str, Any]) -> bool:
+        return False
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None: ...
+
+    def on_end(self, t: Trainer, result: TrainResult) -> None: ...
+
+
+def say(text: str) -> None:
+    """A line on the terminal that leaves the progress bar intact."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stdout)
+
+
+class Display(Hook):
+    """The terminal: what runs where, a progress bar, a line per evaluation, and where the model went."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_start(self, t: Trainer) -> None:
+        from tqdm import tqdm
+
+        m = t.model.cfg
+        kind = "records" if t.records else "characters"
+        say(f"{m.cell} {m.num_layers}x{m.hidden_size}, {t.model.num_parameters():,} parameters, on "
+            f"{t.rt.device.type} ({t.rt.precision}); {t.data.train_size:,} training {kind}; run folder {t.out}")
+        self.bar = tqdm(total=1000, disable=None, leave=False, file=sys.stderr, initial=int(1000 * t.fraction_done()),
+                        bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
+
+    def on_step(self, t: Trainer, event: dict[str, Any]) -> bool:
+        loss = event["loss"]
+        self.bar.n = int(1000 * min(1.0, t.fraction_done()))
+        self.bar.set_description_str(f"step {event['step']} loss {loss:.3f} ({loss / LN2:.2f} bpc) "
+                                     f"{t.window.rate:,.0f} chars/s ETA {t.eta():.0f}s", refresh=False)
+        self.bar.update(0)
+        return False
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None:
+        vtxt = f"val {val.bpc:.3f} bpc" if val else "no validation split"
+        if full is not None and full is not val:  # a subset: say what the whole split scores
+            vtxt += f" (whole validation split, {full.characters:,} characters: {full.bpc:.3f})"
+        say(f"step {row['step']:>6}  train {row['train_bpc']:.3f} bpc  {vtxt}  lr {row['lr']:.2e}  "
+            f"{row['chars_per_s']:,.0f} chars/s  {row['seconds']:.0f}s")
+
+    def on_end(self, t: Trainer, result: TrainResult) -> None:
+        self.bar.close()
+        if not result.steps_run:
+            say(f"nothing to do: the run in {t.out} has already used its budget")
+        if result.stopped_by != "budget":
+            say(f"stopped by {result.stopped_by} at step {t.pos.step}; saved {t.out / checkpoint.RESUME_FILE} "
+                f"(continue with --resume)")
+        best = t.pos.best_val / LN2 if math.isfinite(t.pos.best_val) else None
+        say(f"model: {t.out / checkpoint.MODEL_FILE}" + (f" (best validation {best:.3f} bpc)" if best else ""))
+
+
+class Samples(Hook):
+    """Samples at a few temperatures after each evaluation, so a user sees what the model has learned."""
+
+    def __init__(self, start: str, temperatures: tuple[float, ...], length: int, seed: int) -> None:
+        self.start, self.temperatures, self.length, self.seed = start, temperatures, length, seed
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None:
+        n = 6 if t.records else 1  # records are short: show several at once; a text shows one long passage
+        for temp, texts in sample_texts(t.final_model, t.vocab, self.start, self.temperatures, self.length, n=n,
+                                        seed=self.seed + t.pos.step, records=t.records):
+            shown = " | ".join(self.start + x for x in texts)
+            say(f"--- sample at temperature {temp:g} ---\n{shown}")
+
+
+class MetricsLog(Hook):
+    """One JSON line per evaluation in the run folder's metrics.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class Checkpoints(Hook):
+    """At each evaluation: the resume file, and the model file when validation improved (or there is none).
+
+    Every process takes part, since each one's RNG states and carried state go into the resume file;
+    only the first writes."""
+
+    def __init__(self, out: Path, configs: dict[str, dict[str, Any]], info: Callable[[], dict[str, Any]]) -> None:
+        self.out, self.configs, self.info = out, configs, info
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None:
+        improved = val is not None and val.loss < t.pos.best_val
+        if improved:
+            t.pos.best_val = val.loss
+        ranks = _gathered(t)
+        if not t.rt.procs.main:
+            return
+        trained = t.model.state_dict() if t.average is not None else None  # the file's model is the average
+        averaged = int(t.average.n_averaged) if t.average is not None else 0
+        run = checkpoint.RunState(t.pos, self.configs, t.opt.state_dict(), ranks, trained, averaged)
+        info = {**self.info(), **t.scores(val, full)}
+        checkpoint.save_run(self.out / checkpoint.RESUME_FILE, t.final_model, t.vocab, run, records=t.records,
+                            info=info)
+        if improved or val is None or not (self.out / checkpoint.MODEL_FILE).exists():
+            checkpoint.save(self.out / checkpoint.MODEL_FILE, t.final_model, t.vocab, records=t.records, info=info)
+
+
+def _gathered(t: Trainer) -> list[dict[str, torch.Tensor]]:
+    """What differs between processes, from every process: RNG states and the carried hidden state."""
+    mine = {"rng.torch": torch.get_rng_state().to(t.rt.device)}
+    if t.rt.device.type == "cuda":
+        mine["rng.cuda"] = torch.cuda.get_rng_state(t.rt.device).to(t.rt.device)
+    for i, st in enumerate(t.carry or ()):
+        mine[f"carry.{i}"] = st
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(t.rt.procs.world)]
+    for name, tensor in mine.items():
+        for r, tr in enumerate(t.rt.procs.gather(tensor)):
+            ranks[r][name] = tr
+    return ranks
+
+
+class Callback(Hook):
+    """The user's `callback(event)`: sees each step and each evaluation; returning True stops the run as
+    SIGINT would (finish the step, save, return)."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], bool | None]) -> None:
+        self.fn = fn
+
+    def on_step(self, t: Trainer, event: dict[str, Any]) -> bool:
+        return bool(self.fn(event))
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None:
+        if row is not None:
+            self.fn({"event": "eval", **row})
+
+
+__all__ = ["Callback", "Checkpoints", "Display", "Hook", "MetricsLog", "Samples", "say"]

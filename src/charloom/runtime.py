@@ -1,0 +1,241 @@
+"""The hardware: the one place that knows which device, threads, processes and precision run here.
+
+    rt = Runtime.start(device="auto", precision="auto", threads=0, cell="lstm")
+    with rt.autocast():
+        logits, state = model(ids)
+
+Precision is resolved by probing, not by reading CPU flags: whether a bf16 kernel exists depends on
+the kernel library as much as on the processor (oneDNN has a bf16 LSTM only on AVX-512 machines, and
+`ONEDNN_MAX_CPU_ISA` can take it away on any machine). A probe runs one small forward and backward
+step of the cell's real fused module under the candidate precision, once per process and cached.
+`auto` picks bf16 only where it runs and is faster than fp32; an explicit bf16 where it cannot run
+is a one-line error that names the flag and what runs instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from .cells import CELLS
+from .errors import CharloomError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> dtype
+# the probe's shape (B, T, H, E) and its timing: large enough that a faster kernel shows, small enough
+# to cost well under a second; the GPU needs more work per call before the kernels, not the launches, count
+PROBE_SHAPE = {"cpu": (16, 32, 512, 64), "cuda": (64, 128, 1024, 128)}
+PROBE_REPEATS = 5
+FASTER = 1.15  # auto takes bf16 when its step runs at least this many times as fast as fp32's
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu; a named device that is not here is a one-line error."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharloomError("--device cuda: no CUDA GPU is available here (use --device auto or cpu)")
+    if name == "mps" and not has_mps:
+        raise CharloomError("--device mps: Apple's MPS is not available here (use --device auto or cpu)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise CharloomError(f"--device: {name!r} is not one of auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads for torch's kernels (0: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context the model's products run in: autocast to bf16/fp16, or nothing for fp32."""
+    if precision not in PRECISIONS:
+        raise CharloomError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one probe of a (device, cell, precision) found."""
+
+    runs: bool
+    error: str = ""  # the kernel's own message, first sentence, when it does not run
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def _probe_step(device: torch.device, cell: str) -> Callable[[str], None]:
+    """One forward and backward step of the cell's fused module on the probe's shape, in a given precision."""
+    B, T, H, E = PROBE_SHAPE.get(device.type, PROBE_SHAPE["cpu"])
+    module = CELLS[cell].make(E, H, 1).to(device)
+    x = torch.randn(B, T, E, device=device, requires_grad=True)
+
+    def step(precision: str) -> None:
+        with autocast(device, precision):
+            out, _ = module(x)  # (B, T, H)
+        out.float().square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+@contextlib.contextmanager
+def _quiet_probe(device: torch.device):
+    """The global RNG is left as it was (the probe's weights come from a forked stream), and grad mode is on
+    whatever the caller's mode, so a probe changes nothing a run can see."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(False), \
+            torch.enable_grad():
+        torch.manual_seed(0)
+        yield
+
+
+@functools.cache
+def probe(device_type: str, cell: str, precision: str) -> Probe:
+    """Does the cell's fused module run forward and backward in `precision` here? Cached per process."""
+    device = torch.device(device_type)
+    with _quiet_probe(device):
+        try:
+            _probe_step(device, cell)(precision)
+        except RuntimeError as e:  # no kernel for this precision here
+            return Probe(False, _first_sentence(e))
+    return Probe(True)
+
+
+@functools.cache
+def speedup(device_type: str, cell: str, precision: str) -> float:
+    """How many times faster the cell's step runs in `precision` than in fp32 here (it must run). The two are
+    timed in turns, fastest of PROBE_REPEATS each, so a busy machine slows both alike. Cached per process."""
+    device = torch.device(device_type)
+    with _quiet_probe(device):
+        step = _probe_step(device, cell)
+        best = {"fp32": math.inf, precision: math.inf}
+        for p in best:  # warm-up: kernels are made on first use
+            step(p)
+        for _ in range(PROBE_REPEATS):
+            for p in best:
+                t0 = time.perf_counter()
+                step(p)
+                best[p] = min(best[p], time.perf_counter() - t0)
+    return best["fp32"] / best[precision]
+
+
+def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> str:
+    """--precision for this device and cell: fp32, bf16 or fp16, checked against what runs here."""
+    if name not in ("auto", *PRECISIONS):
+        raise CharloomError(f"--precision: {name!r} is not one of auto, {', '.join(PRECISIONS)}")
+    if name == "fp32" or device.type == "mps":
+        if name not in ("fp32", "auto"):
+            raise CharloomError(f"--precision {name}: not supported on mps here; use fp32")
+        return "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise CharloomError(f"--precision fp16: fp16 autocast is for a CUDA GPU; on {device.type} use bf16 or fp32")
+    if name == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return "fp32"
+        runs = probe(device.type, cell, "bf16").runs
+        return "bf16" if runs and speedup(device.type, cell, "bf16") >= FASTER else "fp32"
+    found = probe(device.type, cell, name)
+    if not found.runs:
+        raise CharloomError(f"--precision {name}: this {device.type} has no {name} kernel for the {cell} cell "
+                            f"({found.error}); use --precision fp32, or auto to take the fastest that runs")
+    return name
+
+
+class Processes:
+    """The processes of a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK), or just this one.
+
+    With several, training is DistributedDataParallel (gloo on CPU, NCCL on GPU): each process reads its
+    own share of the batches, gradients are averaged, and only rank 0 evaluates, prints and saves.
+    """
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self._started = False
+
+    @property
+    def many(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> torch.device:
+        """Join the process group; a GPU process takes the GPU of its local rank."""
+        if not self.many:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self._started = True
+        return device
+
+    def total(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value summed over all processes (the values themselves with one process)."""
+        if not self.many:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], device=device, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """`t` from every process, by rank (every process must call this)."""
+        if not self.many:
+            return [t]
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t.contiguous())
+        return out
+
+    def close(self, finished: bool) -> None:
+        """Leave the process group. finished: every process got here the same way, so they wait for each
+        other first (a process that hangs up while a peer still holds the connection can abort it)."""
+        if self._started:
+            if finished:
+                dist.barrier()
+            gc.collect()  # the DDP wrapper's reference cycles hold the group: free it while the peers are alive
+            dist.destroy_process_group()
+            self._started = False
+
+
+@dataclass
+class Runtime:
+    """Where and how a model runs: the device, the resolved precision, and the processes of the launch."""
+
+    device: torch.device
+    precision: str  # resolved: fp32, bf16 or fp16
+    procs: Processes = field(default_factory=Processes)
+
+    @classmethod
+    def start(cls, device: str = "auto", precision: str = "auto", threads: int = 0, cell: str = "lstm") -> Runtime:
+        """Set the threads, pick the device, join the process group (under torchrun), resolve the precision."""
+        set_threads(threads)
+        procs = Processes()
+        dev = procs.start(pick_device(device))
+        return cls(dev, resolve_precision(precision, dev, cell), procs)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+
+__all__ = ["PRECISIONS", "Probe", "Processes", "Runtime", "autocast", "pick_device", "probe", "resolve_precision",
+           "set_threads", "speedup"]

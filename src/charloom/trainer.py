@@ -1,0 +1,432 @@
+"""Training: teacher forcing, evaluation in bits per character, samples as it learns, exact resume.
+
+    result = train(source="names", hidden_size=128, max_time="2m")        # or train(CorpusConfig(...), ...)
+
+Every step feeds a batch of inputs and scores the model's prediction of each next character
+(cross-entropy; padding targets of record batches are ignored), and updates an exponential moving
+average of the weights: that average is the model evaluated, sampled and saved (`ema`). Every
+`eval_every` steps the held-out split is scored and the hooks run (hooks.py): the terminal display,
+samples, the metrics log, and two files written atomically in the run folder: model.safetensors (the
+best so far by validation loss) and last.safetensors (everything needed to resume exactly). SIGINT and
+SIGTERM finish the current step, save and return; a non-finite loss stops before that step is saved.
+
+`setup` assembles a run from its configs (runtime, data, model, optimizer, hooks, resumed state);
+`Trainer` is the loop alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+
+from . import checkpoint, hooks
+from .batching import Batch, Data, prepare
+from .checkpoint import Progress, RunState
+from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
+from .corpus import load as load_corpus
+from .errors import CharloomError
+from .evaluate import LN2, Evaluation, batch_loss, evaluate
+from .model import CharRNN, State, detach
+from .runtime import Runtime
+from .vocab import Vocab
+
+CONFIGS: dict[str, type[Config]] = {"corpus": CorpusConfig, "batch": BatchConfig, "model": ModelConfig,
+                                    "train": TrainConfig}
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup` steps, then constant or cosine decay to `min_lr_ratio * lr` by the budget's end."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + (cfg.lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag that the loop checks after each step; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """AveragedModel's update: after n updates, average <- lerp(average, weights, 1 - min(decay, (1+n)/(10+n))),
+    so the first steps average over a few steps rather than dragging the initial weights along."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        # the weight stays a tensor on n's device: reading n on the host would wait for the GPU every step
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=decay)
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return update
+
+
+@dataclass
+class Window:
+    """Training figures since the last evaluation: mean loss and characters per second of the steps alone."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    characters: int = 0
+    seconds: float = 0.0  # training steps only: evaluations and saving are left out
+
+    @property
+    def rate(self) -> float:
+        return self.characters / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model: CharRNN
+    vocab: Vocab
+    records: bool
+    progress: Progress
+    val: Evaluation | None
+    stopped_by: str  # "budget", "SIGINT", "SIGTERM", "callback"
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps_run: int = 0  # steps taken by this call (a resumed run counts from where it resumed)
+
+
+class Trainer:
+    """The loop: handed the model, data, optimizer and runtime; trains until the budget or a stop, and
+    calls its hooks at the start, after each step, at each evaluation and at the end."""
+
+    def __init__(self, model: CharRNN, data: Data, opt: torch.optim.Optimizer, rt: Runtime, cfg: TrainConfig,
+                 hook_list: Sequence[hooks.Hook] = (), contiguous: bool = False):
+        self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
+        self.hooks = list(hook_list)
+        self.out = Path(cfg.out).expanduser()
+        self.vocab, self.records = data.corpus.vocab, data.corpus.is_records
+        self.contiguous = contiguous  # batches continue each other: the hidden state may carry across them
+        self.net: torch.nn.Module = model  # what the training step calls
+        if rt.procs.many:
+            torch.manual_seed(cfg.seed + 1_000_003 * rt.procs.rank)  # its own dropout masks per process
+            self.net = DistributedDataParallel(model)  # copies rank 0's weights to every process
+        # what is evaluated, sampled and saved: the average of the trained weights (or the weights themselves)
+        self.average = AveragedModel(model, multi_avg_fn=_ema(cfg.ema)) if cfg.ema else None
+        self.final_model: CharRNN = self.average.module if self.average else model
+        self.scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
+        self.pos = Progress()
+        self.carry: State | None = None
+        self.history: list[dict[str, Any]] = []
+        self.window = Window()
+
+    def restore(self, ck: checkpoint.Checkpoint, run: RunState) -> None:
+        """Continue from a resume file: weights, average, optimizer, this process's RNG and carried state."""
+        if run.world != self.rt.procs.world:
+            raise CharloomError(f"--resume: the run in {self.out} trained with {run.world} process(es), "
+                                f"this launch has {self.rt.procs.world}; resume it with the same number")
+        saved_model = ck.model.state_dict()  # the average, when the run kept one
+        self.model.load_state_dict(run.trained or saved_model)
+        if self.average is not None:  # a run that kept no average starts one from its weights
+            self.average.module.load_state_dict(saved_model)
+            self.average.n_averaged.fill_(run.averaged if run.trained else 0)
+        self.opt.load_state_dict(run.optimizer)
+        mine, device = run.ranks[self.rt.procs.rank], self.rt.device
+        torch.set_rng_state(mine["rng.torch"].cpu())
+        if "rng.cuda" in mine and device.type == "cuda":
+            torch.cuda.set_rng_state(mine["rng.cuda"].cpu(), device)
+        carry = run.carry(self.rt.procs.rank)
+        self.carry = tuple(t.to(device) for t in carry) if carry else None
+        self.pos = run.progress
+
+    def fraction_done(self) -> float:
+        c, pos = self.cfg, self.pos
+        parts = []
+        if c.max_steps:
+            parts.append(pos.step / c.max_steps)
+        if c.seconds:
+            parts.append(pos.elapsed / c.seconds)
+        if c.epochs:
+            per = max(1, self.data.train.batches_in_epoch(pos.epoch))
+            parts.append((pos.epoch + pos.index / per) / c.epochs)
+        return max(parts) if parts else 0.0
+
+    def eta(self) -> float:
+        done = self.fraction_done()
+        return self.pos.elapsed * (1 - done) / done if done > 0 else 0.0
+
+    def step(self, batch: Batch) -> tuple[float, float]:
+        """One optimizer step on `batch`: (its mean loss in nats, the learning rate used)."""
+        cfg, device = self.cfg, self.rt.device
+        lr = learning_rate(cfg, self.pos.step, self.fraction_done())
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        state = self.carry if self.contiguous and cfg.carry_state and batch.continues else None
+        loss, new_state = batch_loss(self.net, batch, state, device, self.rt.precision)
+        value = float(loss.detach())
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # every process joins the gradient average
+        (bad,) = self.rt.procs.total([not math.isfinite(value)], device)
+        if bad:
+            where = f"the loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
+            raise CharloomError(f"step {self.pos.step + 1}: {where}; training stopped and this step was not saved "
+                                f"(the files in {self.out} are from the last good evaluation); try a lower --lr")
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
+        if self.contiguous:
+            self.carry = detach(new_state)
+        return value, lr
+
+    def evaluate(self, final: bool) -> tuple[Evaluation | None, Evaluation | None]:
+        """(the periodic measure, the whole split at the end). Every row scores the same `eval_chars`
+        characters, so the curve and the choice of the best model compare like with like."""
+        if self.data.val is None:
+            return None, None
+        model, device, precision = self.final_model, self.rt.device, self.rt.precision
+        val = evaluate(model, self.data.val_batches(), device, self.cfg.eval_chars, precision)
+        if not final:
+            return val, None
+        if not self.cfg.eval_chars or val.characters < self.cfg.eval_chars:
+            return val, val  # the subset was already the whole split
+        return val, evaluate(model, self.data.val_batches(), device, precision=precision)
+
+    def scores(self, val: Evaluation | None, full: Evaluation | None) -> dict[str, Any]:
+        """What a model file records of the run so far."""
+        pos = self.pos
+        return {"step": pos.step, "characters_seen": pos.characters, "train_seconds": round(pos.elapsed, 1),
+                "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
+                "best_val_bpc": None if math.isinf(pos.best_val) else pos.best_val / LN2,
+                **({"full_val_loss": full.loss, "full_val_bpc": full.bpc} if full else {})}
+
+    def checkpoint(self, final: bool) -> Evaluation | None:
+        """Score the held-out split (first process only), then let every hook see the evaluation."""
+        val = full = row = None
+        if self.rt.procs.main:
+            val, full = self.evaluate(final)
+            w, pos = self.window, self.pos
+            per = max(1, self.data.train.batches_in_epoch(pos.epoch))
+            train_loss = w.loss_sum / w.steps
+            row = {"step": pos.step, "epoch": round(pos.epoch + pos.index / per, 4), "train_loss": train_loss,
+                   "train_bpc": train_loss / LN2, "val_loss": val.loss if val else None,
+                   "val_bpc": val.bpc if val else None, "lr": self.opt.param_groups[0]["lr"],
+                   "characters": pos.characters, "chars_per_s": round(w.rate), "seconds": round(pos.elapsed, 2)}
+            if full:
+                row |= {"full_val_loss": full.loss, "full_val_bpc": full.bpc, "full_val_characters": full.characters}
+            self.history.append(row)
+        for h in self.hooks:
+            h.on_eval(self, row, val, full)
+        self.window = Window()
+        return full or val
+
+    def run(self) -> TrainResult:
+        self.model.train()
+        for h in self.hooks:
+            h.on_start(self)
+        stopped_by, val, steps_run, finished = "budget", None, 0, False
+        try:
+            with _StopSignals() as signals:
+                stopped_by, steps_run = self._loop(signals)
+                if self.window.steps:
+                    val = self.checkpoint(final=stopped_by == "budget")
+            finished = True
+        finally:
+            self.net = self.model  # drop the wrapper, and with it the reducer's hold on the process group
+            self.rt.procs.close(finished)
+        result = TrainResult(self.out, self.final_model, self.vocab, self.records, self.pos, val, stopped_by,
+                             self.history, steps_run)
+        for h in self.hooks:
+            h.on_end(self, result)
+        return result
+
+    def _loop(self, signals: _StopSignals) -> tuple[str, int]:
+        """Steps until the budget or a stop, evaluating every `eval_every`: (what stopped it, steps taken)."""
+        pos, procs, device = self.pos, self.rt.procs, self.rt.device
+        batches = self.data.train.iterate(pos.epoch, pos.index)
+        steps_run, t_last = 0, time.perf_counter()
+        while self.fraction_done() < 1.0:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            value, lr = self.step(batch)
+            now = time.perf_counter()
+            steps_run, pos.step = steps_run + 1, pos.step + 1
+            pos.epoch, pos.index = batch.epoch, batch.index + 1
+            pos.elapsed += now - t_last  # wall time: evaluations count against the budget too
+            t_last = now
+            self.window.seconds += now - t0
+            event = {"event": "step", "step": pos.step, "loss": value, "lr": lr}
+            wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
+            local = signals.received or ("callback" if wanted else None)
+            # every process stops at the same step: a stop anywhere, or the budget, is a stop for all
+            stops, budgets, tokens = procs.total([local is not None, self.fraction_done() >= 1.0, batch.tokens], device)
+            pos.characters += int(tokens)
+            w = self.window
+            w.loss_sum, w.steps, w.characters = w.loss_sum + value, w.steps + 1, w.characters + int(tokens)
+            if stops:
+                return local or "a signal to another process", steps_run
+            if budgets:
+                break
+            if self.cfg.eval_every and pos.step % self.cfg.eval_every == 0:
+                self.checkpoint(final=False)
+        return "budget", steps_run
+
+
+# ---- assembling a run --------------------------------------------------------------------------------
+def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = None, model: ModelConfig | None = None,
+              config: TrainConfig | None = None, **options: Any) -> dict[str, Config]:
+    """The four configs of a run, from config objects and keyword options (each goes to whichever config
+    has the field). Resuming, whatever is not given is what the saved run used, so `charloom train
+    --resume` and `train(..., resume=True)` continue the same run the same way."""
+    given: dict[str, Config | None] = {"corpus": corpus, "batch": batch, "model": model, "train": config}
+    names = {kind: {f for f in cls.__dataclass_fields__} for kind, cls in CONFIGS.items()}
+    unknown = sorted(k for k in options if not any(k in n for n in names.values()))
+    if unknown:
+        raise CharloomError(f"train(): unknown option {unknown[0]!r}")
+    train_cfg = config or TrainConfig()
+    base: dict[str, dict[str, Any]] = {}
+    if options.get("resume", train_cfg.resume):
+        out = Path(options.get("out", train_cfg.out)).expanduser()
+        path = out / checkpoint.RESUME_FILE
+        if not path.exists():
+            raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
+        base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict()
+                for k, v in checkpoint.run_configs(path).items()}
+    cfgs = {}
+    for kind, cls in CONFIGS.items():
+        start = given[kind].to_dict() if given[kind] is not None else base.get(kind, {})
+        cfgs[kind] = cls(**{**start, **{k: v for k, v in options.items() if k in names[kind]}})
+    return cfgs
+
+
+def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoint, run: RunState,
+                     vocab: Vocab) -> None:
+    """A resumed run must be the same run: same model, corpus, batching and vocabulary."""
+    saved = {"model": ck.config.to_dict(), **run.configs}
+    for kind in ("model", "corpus", "batch"):
+        mine, then = now[kind].to_dict(), saved[kind]
+        if kind == "corpus":  # where encoded ids are cached may move
+            mine["cache_dir"] = then.get("cache_dir")
+        diff = sorted(k for k in mine if mine[k] != then.get(k))
+        if diff:
+            k = diff[0]
+            raise CharloomError(f"--resume: option {k} is {mine[k]!r} but the run in {out} used {then.get(k)!r}")
+    if ck.vocab != vocab:
+        raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {out}")
+
+
+def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
+    """The run to continue (--resume), or None after making room for a fresh one (--overwrite)."""
+    path = out / checkpoint.RESUME_FILE
+    if cfg.resume:
+        if not path.exists():
+            raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
+        return checkpoint.load_run(path)
+    if path.exists():
+        if not cfg.overwrite:
+            raise CharloomError(f"--out: {out} already holds a run; continue it with --resume, "
+                                f"replace it with --overwrite, or choose another --out")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
+    return None
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the lines a killed run wrote after its last save."""
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines() if _step_of(ln) <= step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill mid-append counts as past every step."""
+    try:
+        row = json.loads(line)
+        return row["step"] if isinstance(row, dict) and isinstance(row.get("step"), int) else math.inf
+    except (json.JSONDecodeError, RecursionError):
+        return math.inf
+
+
+def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], main: bool,
+           callback: Callable[[dict[str, Any]], bool | None] | None) -> list[hooks.Hook]:
+    cfg: TrainConfig = cfgs["train"]  # type: ignore[assignment]
+    out = Path(cfg.out).expanduser()
+    chosen: list[hooks.Hook] = []
+    if cfg.progress and main:
+        chosen.append(hooks.Display())
+    if main:
+        chosen.append(hooks.MetricsLog(out / "metrics.jsonl"))
+    if cfg.progress and main and cfg.sample_length and cfg.sample_temperatures:
+        chosen.append(hooks.Samples(cfg.sample_start, cfg.sample_temperatures, cfg.sample_length, cfg.seed))
+    chosen.append(hooks.Checkpoints(out, {k: cfgs[k].to_dict() for k in checkpoint.RUN_CONFIGS}, trainer_info))
+    if callback is not None:
+        chosen.append(hooks.Callback(callback))
+    return chosen
+
+
+def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
+          callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
+    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
+    rt = Runtime.start(config.device, config.precision, config.threads, model.cell)
+    # the run records the precision it resolved, so a resumed run computes as it did, however a probe goes
+    cfg, out = config.replace(precision=rt.precision), Path(config.out).expanduser()
+    data = data or prepare(load_corpus(corpus), batch, rt.procs.rank, rt.procs.world)
+    vocab = data.corpus.vocab
+    torch.manual_seed(cfg.seed)
+    net = CharRNN(model.replace(vocab_size=len(vocab))).to(rt.device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                            foreach=True)
+    cfgs: dict[str, Config] = {"corpus": corpus, "batch": batch, "model": net.cfg, "train": cfg}
+    previous = _previous_run(cfg, out)
+    if previous is not None:
+        _check_resumable(out, cfgs, *previous, vocab)
+
+    def info() -> dict[str, Any]:
+        return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
+                "parameters": net.num_parameters(), "weight_average_decay": cfg.ema}
+
+    contiguous = batch.order == "contiguous" and not data.corpus.is_records
+    trainer = Trainer(net, data, opt, rt, cfg, _hooks(cfgs, info, rt.procs.main, callback), contiguous)
+    if previous is not None:
+        trainer.restore(*previous)
+        if rt.procs.main:
+            _keep_metrics_until(out / "metrics.jsonl", trainer.pos.step)
+    return trainer
+
+
+def train(corpus: CorpusConfig | None = None, batch: BatchConfig | None = None, model: ModelConfig | None = None,
+          config: TrainConfig | None = None, callback: Callable[[dict[str, Any]], bool | None] | None = None,
+          **options: Any) -> TrainResult:
+    """Train a model; see the module docstring. `callback(event)` sees each step and evaluation; returning
+    True stops the run as SIGINT would (finish the step, save, return).
+
+    Keyword options go to whichever config has the field: `train(source="names", hidden_size=64, max_steps=100)`.
+    `charloom train` calls this with the flags it was given.
+    """
+    cfgs = configure(corpus, batch, model, config, **options)
+    return setup(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"], callback).run()

@@ -1,0 +1,54 @@
+import os
+
+import pytest
+
+from charloom import atomic, checkpoint
+from charloom.config import ModelConfig
+from charloom.errors import CharloomError
+from charloom.model import CharRNN
+from charloom.vocab import Vocab
+
+
+@pytest.fixture
+def saved(tmp_path):
+    vocab = Vocab.build("hello world")
+    model = CharRNN(ModelConfig(cell="gru", num_layers=1, hidden_size=8, embedding=4, vocab_size=len(vocab)))
+    return checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False), model, vocab
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "deep" / "er" / "f.bin"  # the folders are made
+    atomic.write_bytes(path, b"old")
+    atomic.write_text(path, "new \u00e9")
+    assert path.read_bytes() == "new \u00e9".encode()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
+
+
+def test_failed_save_keeps_the_previous_file(saved, monkeypatch):
+    path, model, vocab = saved
+    before = path.read_bytes()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("charloom.atomic.os.replace", full_disk)
+    with pytest.raises(CharloomError, match="cannot save .*No space left on device.*previous file"):
+        checkpoint.save(path, model, vocab, records=False)
+    assert path.read_bytes() == before
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+
+def test_a_write_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    atomic.write_bytes(path, b"previous")
+    real_fsync = os.fsync
+
+    def dying_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("charloom.atomic.os.fsync", dying_fsync)
+    with pytest.raises(CharloomError, match=f"{path}: cannot save \\(Input/output error\\)"):
+        atomic.write_bytes(path, b"half")
+    monkeypatch.setattr("charloom.atomic.os.fsync", real_fsync)
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -1,0 +1,106 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from charloom import CorpusConfig, EvalConfig, load_corpus
+from charloom.batching import Batch
+from charloom.config import ModelConfig
+from charloom.evaluate import corpus_batches, evaluate, score
+from charloom.model import CharRNN
+
+pytestmark = pytest.mark.kernel
+V = 11
+
+
+def make(cell="lstm", layers=1, hidden=8, vocab=V, seed=0):
+    torch.manual_seed(seed)
+    return CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=4, vocab_size=vocab)).eval()
+
+
+def bits_of_one_call(model, ids: list[int]) -> tuple[float, int]:
+    """The reference: the whole sequence in one forward call, -log2 p of each next id, summed."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logp = model(x[:, :-1])[0].log_softmax(-1).gather(-1, x[:, 1:, None])
+    return float(-logp.sum() / math.log(2)), len(ids) - 1
+
+
+def test_bpc_is_mean_negative_log2_probability():
+    model = make("lstm", layers=1)
+    ids = torch.randint(4, V, (1, 50))
+    batch = Batch(ids[:, :-1], ids[:, 1:], pad_id=0)
+    result = evaluate(model, [batch])
+    with torch.no_grad():
+        logp = model(ids[:, :-1])[0].log_softmax(-1).gather(-1, ids[:, 1:, None])
+    expected_bits = float(-(logp / math.log(2)).mean())
+    assert result.characters == 49
+    assert result.bpc == pytest.approx(expected_bits, rel=1e-6)
+    assert result.bpc == pytest.approx(result.loss / math.log(2))
+    assert result.perplexity == pytest.approx(math.exp(result.loss))
+
+
+@pytest.mark.parametrize("window", [7, 64, 4096])
+def test_a_text_scored_in_windows_equals_one_call_over_the_whole(tmp_path, window):
+    text = "the quick brown fox jumps over the lazy dog.\n" * 9
+    (tmp_path / "t.txt").write_text(text)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    model = make(vocab=len(corpus.vocab))
+    bits, n = bits_of_one_call(model, corpus.ids.tolist())
+    result = score(model, corpus, EvalConfig(window=window))
+    assert result.characters == n == len(text) - 1
+    assert result.bpc == pytest.approx(bits / n, rel=1e-5)
+
+
+def test_records_are_scored_each_from_bos_through_eos(tmp_path):
+    names = ["anna", "bob", "christina", "di"]
+    (tmp_path / "n.txt").write_text("\n".join(names) + "\n")
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "n.txt"), records=True))
+    v = corpus.vocab
+    model = make("gru", vocab=len(v))
+    total, count = 0.0, 0
+    for name in names:  # each record alone, with its own fresh state
+        b, n = bits_of_one_call(model, [v.bos_id, *v.encode(name), v.eos_id])
+        total, count = total + b, count + n
+    result = score(model, corpus, EvalConfig(streams=3))  # padded batches of several records
+    assert result.characters == count == sum(len(n) + 1 for n in names)
+    assert result.bpc == pytest.approx(total / count, rel=1e-5)
+
+
+def test_several_streams_score_every_character_once(tmp_path):
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    (tmp_path / "t.txt").write_text(text)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    batches = list(corpus_batches(corpus, streams=4, window=50))
+    assert sum(b.tokens for b in batches) == len(text) - 1
+    targets = np.sort(np.concatenate([b.y[b.mask].numpy() for b in batches]))
+    assert np.array_equal(targets, np.sort(corpus.ids[1:]))
+
+
+def test_max_characters_stops_early_and_an_empty_text_is_a_clear_error():
+    model = make()
+    ids = torch.randint(4, V, (2, 10))
+    batches = [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)] * 5
+    assert evaluate(model, batches, max_characters=20).characters == 36  # two batches of 18
+    from charloom.errors import CharloomError
+
+    with pytest.raises(CharloomError, match="nothing to evaluate"):
+        evaluate(model, [])
+
+
+def test_evaluation_leaves_the_model_in_training_mode_and_without_gradients():
+    model = make().train()
+    ids = torch.randint(4, V, (1, 20))
+    evaluate(model, [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)])
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.bf16
+def test_bf16_evaluation_stays_close_to_fp32():
+    model = make(hidden=32)
+    ids = torch.randint(4, V, (4, 65))
+    batches = [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)]
+    exact, fast = evaluate(model, batches), evaluate(model, batches, precision="bf16")
+    assert fast.characters == exact.characters and fast.loss == pytest.approx(exact.loss, abs=0.01)
+    assert fast.loss != exact.loss  # it did run in bf16

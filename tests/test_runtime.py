@@ -1,0 +1,118 @@
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import charloom
+from charloom import runtime
+from charloom.cells import CELLS
+from charloom.config import BatchConfig, CorpusConfig, ModelConfig, TrainConfig
+from charloom.errors import CharloomError
+from charloom.runtime import Probe, probe, resolve_precision
+from charloom.trainer import setup
+
+pytestmark = pytest.mark.kernel
+CPU = torch.device("cpu")
+
+
+def fake_probes(monkeypatch, bf16: Probe, speedup: float = 1.0):
+    monkeypatch.setattr(runtime, "probe", lambda device, cell, precision: Probe(True) if precision == "fp32" else bf16)
+    monkeypatch.setattr(runtime, "speedup", lambda device, cell, precision: speedup)
+
+
+def test_auto_picks_bf16_only_where_it_runs_and_is_faster(monkeypatch):
+    fake_probes(monkeypatch, Probe(True), speedup=1.6)
+    assert resolve_precision("auto", CPU) == "bf16"
+    fake_probes(monkeypatch, Probe(True), speedup=1.05)  # runs, but not enough faster to be worth its rounding
+    assert resolve_precision("auto", CPU) == "fp32"
+    fake_probes(monkeypatch, Probe(False, "could not create a primitive descriptor"), speedup=9.0)
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_explicit_bf16_without_a_kernel_is_one_line_naming_the_flag(monkeypatch):
+    fake_probes(monkeypatch, Probe(False, "could not create a primitive descriptor for the LSTM"))
+    with pytest.raises(CharloomError) as e:
+        resolve_precision("bf16", CPU, "lstm")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("--precision bf16: ") and "lstm" in msg and "--precision fp32" in msg
+    fake_probes(monkeypatch, Probe(True), speedup=0.5)  # asked for by name: taken wherever it runs
+    assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_fp16_needs_cuda_and_unknown_names_are_refused():
+    with pytest.raises(CharloomError, match="--precision fp16: fp16 autocast is for a CUDA GPU; on cpu use bf16"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(CharloomError, match="--precision: 'fp8' is not one of auto, fp32"):
+        resolve_precision("fp8", CPU)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_the_probe_agrees_with_the_model_it_stands_for(cell):
+    """The probe's verdict is the real model's: a CharRNN of that cell trains a step in bf16 exactly where
+    the probe says bf16 runs."""
+    model = charloom.CharRNN(ModelConfig(cell=cell, hidden_size=24, embedding=8, vocab_size=12))
+    ids = torch.randint(0, 12, (3, 10))
+    try:
+        with runtime.autocast(CPU, "bf16"):
+            logits, _ = model(ids)
+        logits.float().sum().backward()
+        ran = True
+    except RuntimeError:
+        ran = False
+    assert probe("cpu", cell, "bf16").runs == ran
+    assert probe("cpu", cell, "fp32").runs
+    if ran:
+        assert runtime.speedup("cpu", cell, "bf16") > 0
+
+
+def test_the_probe_leaves_the_random_stream_and_grad_mode_alone():
+    probe.cache_clear()
+    runtime.speedup.cache_clear()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        found = probe("cpu", "gru", "fp32")  # runs its backward even when called under inference mode
+        assert runtime.speedup("cpu", "gru", "fp32") > 0
+    assert found.runs
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_autocast_is_the_only_context_and_fp32_is_none():
+    with runtime.autocast(CPU, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with runtime.autocast(CPU, "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_the_trainer_runs_in_the_precision_the_runtime_resolved(monkeypatch, text_file, tmp_path):
+    cfgs = [CorpusConfig(source=str(text_file)), BatchConfig(batch_size=2, seq_len=8), ModelConfig(hidden_size=8)]
+    fake_probes(monkeypatch, Probe(True), speedup=2.0)
+    t = setup(*cfgs, TrainConfig(out=str(tmp_path / "a"), precision="bf16", max_steps=1, progress=False))
+    assert t.rt.precision == "bf16" and t.rt.device == CPU
+    t = setup(*cfgs, TrainConfig(out=str(tmp_path / "b"), precision="fp32", max_steps=1, progress=False))
+    assert t.rt.precision == "fp32"
+    fake_probes(monkeypatch, Probe(False, "no kernel"))
+    assert setup(*cfgs, TrainConfig(out=str(tmp_path / "c"), max_steps=1, progress=False)).rt.precision == "fp32"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's ISA cap is for x86 CPUs")
+def test_on_the_avx2_path_auto_is_fp32_and_bf16_is_a_one_line_error(tmp_path):
+    """What a user of an AVX2-only machine sees, on any x86 machine: oneDNN capped at AVX2 has no bf16 LSTM."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = ("import torch; from charloom.runtime import resolve_precision as r; "
+            "print(r('auto', torch.device('cpu'), 'lstm'))")
+    auto = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stdout.strip() == "fp32"
+    p = subprocess.run([sys.executable, "-m", "charloom", "train", "names", "--precision", "bf16", "--max-steps", "1",
+                        "--out", str(tmp_path / "run"), "--no-progress"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charloom: error: --precision bf16: ") and "fp32" in lines[0]
+    assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
