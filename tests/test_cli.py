@@ -1,10 +1,13 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+import charloom
 from charloom.cli import main
 
 
@@ -81,3 +84,52 @@ def test_console_script_is_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "charloom")
     p = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "corpus-info" in p.stdout
+
+
+def test_sigterm_finishes_the_step_and_saves(tmp_path, text_file):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-u", "-m", "charloom", "train", str(text_file), "--out", str(out), "--hidden", "16",
+           "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--max-time", "5m", "--eval-every", "0",
+           "--sample-length", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    first = proc.stdout.readline()  # printed when training starts
+    assert "parameters" in first
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM" in out_text
+    ck = charloom.load(out / "last.safetensors")
+    assert ck.info["step"] > 0 and charloom.load(out).info["step"] == ck.info["step"]
+
+
+def test_cli_train_sample_eval(tmp_path, text_file):
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "charloom", *args], capture_output=True, text=True, timeout=300)
+        return p.returncode, p.stdout, p.stderr
+
+    out = tmp_path / "run"
+    code, stdout, err = run("train", str(text_file), "--out", str(out), "--hidden", "16", "--layers", "1",
+                            "--batch-size", "4", "--seq-len", "16", "--max-steps", "10", "--eval-every", "5",
+                            "--no-progress")
+    assert code == 0, err
+    code, a, err = run("sample", "--checkpoint", str(out), "--start", "All", "--length", "40", "--seed", "3")
+    assert code == 0, err
+    assert a.startswith("All") and a.endswith("\n") and len(a) == 3 + 40 + 1  # start, 40 characters, newline
+    assert run("sample", "--checkpoint", str(out), "--start", "All", "--length", "40", "--seed", "3")[1] == a
+    code, js, err = run("eval", "--checkpoint", str(out), str(text_file), "--json")
+    assert code == 0, err
+    figures = json.loads(js)
+    ck = charloom.load(out)
+    whole = charloom.evaluate(ck.model, charloom.batching.eval_windows(
+        charloom.Stream(ck.vocab.encode_array(text_file.read_text()), [(0, len(text_file.read_text()))]),
+        1024, 1, ck.vocab.pad_id))
+    assert figures["bpc"] == pytest.approx(whole.bpc, abs=1e-4)
+    assert figures["characters_scored"] == len(text_file.read_text()) - 1
+    other = tmp_path / "other.txt"
+    other.write_text("All: Speak! 🎉 zzz")
+    code, js, err = run("eval", "--checkpoint", str(out), str(other), "--json")
+    assert code == 0 and json.loads(js)["unknown_characters"] == len("!🎉")  # "z" is in "Citizen"
+    code, _, err = run("train", str(text_file), "--out", str(out), "--resume", "--max-steps", "12", "--no-progress")
+    assert code == 0, err
+    assert charloom.load(out / "last.safetensors").info["step"] == 12

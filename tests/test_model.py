@@ -3,12 +3,15 @@ import torch
 from torch import nn
 
 from charloom.batching import pad_records
+from charloom.cells import CELLS
 from charloom.config import ModelConfig
-from charloom.model import CharRNN, detach
+from charloom.model import CharRNN, detach, forward_flops
 
 pytestmark = pytest.mark.kernel
 V = 11
-CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+# the reference for each cell type: PyTorch's one-step module, and its gate blocks G (weights are G*H tall);
+# a new cell type in charloom.cells is one more entry here
+REFERENCE = {"lstm": (nn.LSTMCell, 4), "gru": (nn.GRUCell, 3), "rnn": (nn.RNNCell, 1)}
 
 
 def make(cell="lstm", layers=2, hidden=8, embedding=0, dropout=0.0, seed=0):
@@ -23,23 +26,20 @@ def reference_logits(model, ids):
     x = model.embed(ids) if cfg.embedding else nn.functional.one_hot(ids, V).float()
     B, T, _ = x.shape
     for layer in range(cfg.num_layers):
-        cell = CELLS[cfg.cell](x.shape[-1], cfg.hidden_size)
+        cell = REFERENCE[cfg.cell][0](x.shape[-1], cfg.hidden_size)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(cell, name).data.copy_(getattr(model.rnn, f"{name}_l{layer}"))
-        h = torch.zeros(B, cfg.hidden_size)
-        c = torch.zeros(B, cfg.hidden_size)
+        zeros = tuple(torch.zeros(B, cfg.hidden_size) for _ in model.cell.state)  # (h, c) or (h,)
+        state = zeros if len(zeros) > 1 else zeros[0]
         outs = []
         for t in range(T):
-            if cfg.cell == "lstm":
-                h, c = cell(x[:, t], (h, c))
-            else:
-                h = cell(x[:, t], h)
-            outs.append(h)
+            state = cell(x[:, t], state)
+            outs.append(state[0] if isinstance(state, tuple) else state)
         x = torch.stack(outs, 1)
     return model.head(x)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("embedding", [0, 5])
 def test_each_cell_equals_a_hand_written_loop(cell, embedding):
     model = make(cell, layers=2, embedding=embedding).eval()
@@ -50,7 +50,7 @@ def test_each_cell_equals_a_hand_written_loop(cell, embedding):
     torch.testing.assert_close(logits, reference_logits(model, ids), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_chunked_run_with_carried_state_equals_whole_run(cell):
     model = make(cell, layers=2).eval()
     ids = torch.randint(0, V, (2, 30))
@@ -87,8 +87,13 @@ def test_lstm_forget_gate_starts_at_its_bias_and_other_weights_keep_pytorch_init
     assert torch.all(torch.sigmoid(f) > 0.7)
 
 
-@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
-def test_parameter_count_matches_the_closed_form(cell, gates):
+def test_every_cell_type_has_a_reference():
+    assert set(REFERENCE) == set(CELLS)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_parameter_count_matches_the_closed_form(cell):
+    gates = REFERENCE[cell][1]
     L, H, E = 3, 16, 7
     model = make(cell, layers=L, hidden=H, embedding=E)
     rnn = sum(gates * H * ((E if i == 0 else H) + H) + 2 * gates * H for i in range(L))
@@ -140,3 +145,15 @@ def test_detach_keeps_values_and_cuts_the_graph():
     cut = detach(state)
     assert all(not s.requires_grad for s in cut)
     assert all(torch.equal(a, b) for a, b in zip(state, cut))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("embedding", [0, 5])
+def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, embedding):
+    """Every weight of the recurrent layers and the head is one multiply-add per character (a one-hot
+    input counts as the full product the fused module computes); a table read costs the first input product."""
+    model = make(cell, layers=3, hidden=8, embedding=embedding)
+    weights = {n: p.numel() for n, p in model.named_parameters() if ".weight" in n and "embed" not in n}
+    assert forward_flops(model.cfg) == 2 * sum(weights.values())
+    assert forward_flops(model.cfg, head=False) == 2 * (sum(weights.values()) - weights["head.weight"])
+    assert forward_flops(model.cfg, lookup=True) == 2 * (sum(weights.values()) - weights["rnn.weight_ih_l0"])

@@ -42,14 +42,6 @@ def test_novelty_marks_a_recited_line_as_copied(recited):
     assert "0 of 1 samples are new (0%)" in err and "copies the training corpus" in err
 
 
-def test_novelty_on_continuous_text_checks_long_lines(tmp_path):
-    p = tmp_path / "book.txt"
-    p.write_text("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n")
-    nov = Novelty(charloom.load_corpus(charloom.CorpusConfig(source=str(p))), min_chars=20)
-    assert not nov.check("something\nWhether 'tis nobler in the mind\nelse").new
-    assert nov.check("To be, or not\nshort").new
-
-
 def test_jsonl_output_holds_each_sample_with_its_settings(recited, tmp_path):
     run_dir, _ = recited
     out = tmp_path / "s.jsonl"

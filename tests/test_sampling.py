@@ -1,8 +1,8 @@
-
 import pytest
 import torch
 
 from charloom import checkpoint
+from charloom.cells import CELLS
 from charloom.config import ModelConfig, SampleOptions
 from charloom.errors import CharloomError, ConfigError
 from charloom.model import CharRNN
@@ -98,7 +98,7 @@ def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0):
     return Generator(model, vocab, records=records)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("embedding", [0, 6])
 def test_stepper_equals_the_model(cell, embedding):
     g = model_for(cell, embedding=embedding)
@@ -301,3 +301,14 @@ def test_generator_from_checkpoint(tmp_path):
     assert gen.model is ck.model and gen.vocab is ck.vocab and gen.records is True
     assert gen.device == torch.device("cpu") and Generator.from_checkpoint(ck, device="cpu").device.type == "cpu"
     assert gen.generate("th", 30, n=2, temperature=1.0, seed=2) == g.generate("th", 30, n=2, temperature=1.0, seed=2)
+
+
+def test_inference_never_imports_the_training_loop():
+    import subprocess
+    import sys
+
+    code = ("import sys, charloom, charloom.sampling, charloom.evaluate, charloom.checkpoint, charloom.cli; "
+            "print(sorted(m for m in sys.modules if m in ('charloom.trainer', 'charloom.hooks')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -13,15 +13,24 @@ from .config import BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleCo
 from .corpus import Corpus, bundled
 from .corpus import load as load_corpus
 from .errors import CharloomError, ConfigError
-from .model import CharRNN
 from .evaluate import Evaluation, evaluate, score
+from .model import CharRNN
 from .runtime import Runtime
 from .sampling import Generator, choose
-from .trainer import TrainResult, Trainer, train
 from .vocab import Vocab
+
+_TRAINING = ("TrainResult", "Trainer", "train")  # loaded on first use: inference never imports the training loop
 
 __all__ = ["Batch", "BatchConfig", "CharRNN", "CharloomError", "Checkpoint", "ConfigError", "Corpus", "CorpusConfig",
            "Data", "EvalConfig", "Evaluation", "Generator", "ModelConfig", "RecordBatches", "Runtime", "SampleConfig",
            "SampleOptions", "Stream", "StreamBatches", "TrainConfig", "TrainResult", "Trainer", "Vocab", "bundled",
            "choose", "evaluate", "load", "load_corpus", "prepare", "score", "train"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'charloom' has no attribute {name!r}")

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,11 @@ def save_run(path: str | Path, model: CharRNN, vocab: Vocab, run: RunState, *, r
     return save(path, model, vocab, records=records, info=info, extra_tensors=tensors, extra_meta=meta)
 
 
+_OPTIM_KEY = re.compile(r"optim\.(\d{1,9})\.(\w+)", re.ASCII)  # optim.<param index>.<state name>
+_RANK_KEY = re.compile(r"(rng\.torch|rng\.cuda|carry\.\d)\.r(\d{1,5})", re.ASCII)  # <name>.r<rank>
+_COUNT = 2**62  # the largest step, epoch, position or count a resume file may hold
+
+
 def _progress(saved: Any, where: str) -> tuple[Progress, int, int]:
     """(Progress, world, averaged) from the header's progress object, every field checked."""
     names = {f.name for f in dataclasses.fields(Progress)}
@@ -208,18 +214,66 @@ def _progress(saved: Any, where: str) -> tuple[Progress, int, int]:
         raise CharloomError(f"{where}: damaged resume file (progress)")
     p = {k: saved[k] for k in names}
     world, averaged = saved.get("world", 1), saved.get("averaged", 0)
-    numbers = [v for k, v in p.items() if not (k == "best_val" and v is None)] + [world, averaged]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-        raise CharloomError(f"{where}: damaged resume file (progress: not a finite number)")
-    if not isinstance(world, int) or not 1 <= world <= 65536:
+    counts = {k: p[k] for k in ("step", "epoch", "index", "characters")} | {"averaged": averaged}
+    for k, v in counts.items():
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < _COUNT:
+            raise CharloomError(f"{where}: damaged resume file (progress: {k} is not a count)")
+    for k in ("elapsed", "best_val"):
+        v = p[k]
+        if not (v is None and k == "best_val") and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and abs(v) < 1e300 and v >= 0):
+            raise CharloomError(f"{where}: damaged resume file (progress: {k} is not a finite number)")
+    if not isinstance(world, int) or isinstance(world, bool) or not 1 <= world <= 65536:
         raise CharloomError(f"{where}: damaged resume file (processes: {world!r})")
+    if averaged > p["step"]:
+        raise CharloomError(f"{where}: damaged resume file (progress: more averaged updates than steps)")
     best = math.inf if p["best_val"] is None else float(p["best_val"])
-    ints = {k: int(p[k]) for k in ("step", "epoch", "index", "characters")}
-    return Progress(**ints, elapsed=float(p["elapsed"]), best_val=best), world, int(averaged)
+    return Progress(**{k: counts[k] for k in ("step", "epoch", "index", "characters")}, elapsed=float(p["elapsed"]),
+                    best_val=best), world, averaged
+
+
+def _sort_tensors(tensors: dict[str, torch.Tensor], world: int, where: str):
+    """The resume file's extra tensors by kind: optimizer state, per-rank tensors, trained weights."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
+    trained: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if m := _OPTIM_KEY.fullmatch(key):
+            state.setdefault(int(m[1]), {})[m[2]] = t
+        elif (m := _RANK_KEY.fullmatch(key)) and int(m[2]) < world:
+            ranks[int(m[2])][m[1]] = t
+        elif key.startswith("weights."):
+            trained[key.removeprefix("weights.")] = t
+        else:
+            raise CharloomError(f"{where}: damaged resume file (unexpected tensor {key!r})")
+    return state, ranks, trained
+
+
+def _check_against_model(model: CharRNN, state: dict, ranks: list, trained: dict, where: str) -> None:
+    """Every saved tensor has the kind and shape the model needs, so restoring it cannot fail half-way."""
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    if trained and {k: v.shape for k, v in trained.items()} != shapes:
+        raise CharloomError(f"{where}: damaged resume file (the trained weights do not fit the model)")
+    for i, st in state.items():
+        if i >= len(params) or set(st) != {"step", "exp_avg", "exp_avg_sq"} or st["step"].numel() != 1 or \
+                st["exp_avg"].shape != params[i].shape or st["exp_avg_sq"].shape != params[i].shape:
+            raise CharloomError(f"{where}: damaged resume file (optimizer state of parameter {i})")
+    rng = torch.get_rng_state()
+    layers, width = model.cfg.num_layers, model.cfg.hidden_size
+    for r, mine in enumerate(ranks):
+        t = mine.get("rng.torch")
+        if t is None or t.dtype != rng.dtype or t.shape != rng.shape:
+            raise CharloomError(f"{where}: damaged resume file (the RNG state of process {r})")
+        carry = sorted(k for k in mine if k.startswith("carry."))
+        if carry and (carry != [f"carry.{i}" for i in range(len(model.cell.state))] or
+                      any(not mine[k].is_floating_point() or mine[k].dim() != 3 or
+                          mine[k].shape[0] != layers or mine[k].shape[2] != width for k in carry)):
+            raise CharloomError(f"{where}: damaged resume file (the carried state of process {r})")
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Checkpoint, RunState]:
-    """Read a resume file: the model file, and its run state checked field by field."""
+    """Read a resume file: the model file, and its run state checked field by field against the model."""
     ck = load(path, device)
     where = str(ck.path)
     meta = ck.meta
@@ -233,23 +287,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Chec
     for k in RUN_CONFIGS:
         if not isinstance(meta[k], dict):
             raise CharloomError(f"{where}: damaged resume file ({k} options)")
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
-    trained: dict[str, torch.Tensor] = {}
-    for key, t in ck.tensors.items():
-        kind, _, rest = key.partition(".")
-        if kind == "optim" and rest.partition(".")[0].isdigit():
-            i, _, name = rest.partition(".")
-            state.setdefault(int(i), {})[name] = t
-        elif kind == "weights":
-            trained[rest] = t
-        elif kind in ("rng", "carry") and rest.rpartition(".r")[2].isdigit() and int(rest.rpartition(".r")[2]) < world:
-            name, _, r = key.rpartition(".r")
-            ranks[int(r)][name] = t
-        else:
-            raise CharloomError(f"{where}: damaged resume file (unexpected tensor {key!r})")
+    state, ranks, trained = _sort_tensors(ck.tensors, world, where)
     if not all("rng.torch" in mine for mine in ranks):
         raise CharloomError(f"{where}: damaged resume file (an RNG state is missing)")
+    _check_against_model(ck.model, state, ranks, trained, where)
     run = RunState(progress, {k: meta[k] for k in RUN_CONFIGS}, {"state": state, "param_groups": groups}, ranks,
                    trained or None, averaged)
     return ck, run

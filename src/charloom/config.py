@@ -123,6 +123,11 @@ def _positive(cfg: Config, *names: str) -> None:
             raise ConfigError(f"{n}: must be positive, got {getattr(cfg, n)}")
 
 
+def _seed(seed: int) -> None:
+    if not 0 <= seed < 2**62:
+        raise ConfigError(f"seed: must be in [0, 2**62), got {seed}")
+
+
 @dataclass(frozen=True)
 class CorpusConfig(Config):
     """Where the text is, how to read it, and how its characters become a vocabulary."""
@@ -183,6 +188,7 @@ class BatchConfig(Config):
 
     def validate(self) -> None:
         _positive(self, "batch_size", "seq_len", "max_record_len")
+        _seed(self.seed)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
 
@@ -290,6 +296,7 @@ class TrainConfig(Config):
             except ConfigError as e:
                 raise ConfigError(f"sample_{e}") from None
         parse_duration(self.max_time)
+        _seed(self.seed)
 
     @property
     def seconds(self) -> float:

@@ -100,7 +100,7 @@ class Samples(Hook):
                 full: Evaluation | None) -> None:
         n = 6 if t.records else 1  # records are short: show several at once; a text shows one long passage
         for temp, texts in sample_texts(t.final_model, t.vocab, self.start, self.temperatures, self.length, n=n,
-                                        seed=self.seed + t.pos.step, records=t.records):
+                                        seed=(self.seed + t.pos.step) % 2**62, records=t.records):
             shown = " | ".join(self.start + x for x in texts)
             say(f"--- sample at temperature {temp:g} ---\n{shown}")
 
@@ -129,9 +129,6 @@ class Checkpoints(Hook):
 
     def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
                 full: Evaluation | None) -> None:
-        improved = val is not None and val.loss < t.pos.best_val
-        if improved:
-            t.pos.best_val = val.loss
         ranks = _gathered(t)
         if not t.rt.procs.main:
             return
@@ -141,7 +138,7 @@ class Checkpoints(Hook):
         info = {**self.info(), **t.scores(val, full)}
         checkpoint.save_run(self.out / checkpoint.RESUME_FILE, t.final_model, t.vocab, run, records=t.records,
                             info=info)
-        if improved or val is None or not (self.out / checkpoint.MODEL_FILE).exists():
+        if t.improved or val is None or not (self.out / checkpoint.MODEL_FILE).exists():
             checkpoint.save(self.out / checkpoint.MODEL_FILE, t.final_model, t.vocab, records=t.records, info=info)
 
 

@@ -139,6 +139,8 @@ def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> st
     """--precision for this device and cell: fp32, bf16 or fp16, checked against what runs here."""
     if name not in ("auto", *PRECISIONS):
         raise CharloomError(f"--precision: {name!r} is not one of auto, {', '.join(PRECISIONS)}")
+    if cell not in CELLS:
+        raise CharloomError(f"--cell: {cell!r} is not one of {', '.join(CELLS)}")
     if name == "fp32" or device.type == "mps":
         if name not in ("fp32", "auto"):
             raise CharloomError(f"--precision {name}: not supported on mps here; use fp32")
@@ -231,7 +233,12 @@ class Runtime:
         set_threads(threads)
         procs = Processes()
         dev = procs.start(pick_device(device))
-        return cls(dev, resolve_precision(precision, dev, cell), procs)
+        resolved = resolve_precision(precision, dev, cell)
+        if procs.many:  # every process computes as the first one chose: their probes may time differently
+            names = list(PRECISIONS)
+            (index,) = procs.total([names.index(resolved) if procs.main else 0], dev)
+            resolved = names[int(index)]
+        return cls(dev, resolved, procs)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)

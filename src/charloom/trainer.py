@@ -30,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from . import checkpoint, hooks
+from . import atomic, checkpoint, hooks
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
@@ -141,6 +141,7 @@ class Trainer:
         self.carry: State | None = None
         self.history: list[dict[str, Any]] = []
         self.window = Window()
+        self.improved = False  # the last evaluation beat every earlier one
 
     def restore(self, ck: checkpoint.Checkpoint, run: RunState) -> None:
         """Continue from a resume file: weights, average, optimizer, this process's RNG and carried state."""
@@ -152,7 +153,8 @@ class Trainer:
         if self.average is not None:  # a run that kept no average starts one from its weights
             self.average.module.load_state_dict(saved_model)
             self.average.n_averaged.fill_(run.averaged if run.trained else 0)
-        self.opt.load_state_dict(run.optimizer)
+        # the saved moments, under this run's own settings (the learning rate is set each step anyway)
+        self.opt.load_state_dict({"state": run.optimizer["state"], "param_groups": self.opt.state_dict()["param_groups"]})
         mine, device = run.ranks[self.rt.procs.rank], self.rt.device
         torch.set_rng_state(mine["rng.torch"].cpu())
         if "rng.cuda" in mine and device.type == "cuda":
@@ -230,6 +232,9 @@ class Trainer:
         val = full = row = None
         if self.rt.procs.main:
             val, full = self.evaluate(final)
+            self.improved = val is not None and val.loss < self.pos.best_val
+            if self.improved:
+                self.pos.best_val = val.loss
             w, pos = self.window, self.pos
             per = max(1, self.data.train.batches_in_epoch(pos.epoch))
             train_loss = w.loss_sum / w.steps
@@ -359,8 +364,8 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
 def _keep_metrics_until(path: Path, step: int) -> None:
     """Drop the lines a killed run wrote after its last save."""
     if path.exists():
-        kept = [ln for ln in path.read_text().splitlines() if _step_of(ln) <= step]
-        path.write_text("".join(ln + "\n" for ln in kept))
+        kept = [ln for ln in path.read_text(errors="replace").splitlines() if _step_of(ln) <= step]
+        atomic.write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 def _step_of(line: str) -> float:
@@ -368,7 +373,7 @@ def _step_of(line: str) -> float:
     try:
         row = json.loads(line)
         return row["step"] if isinstance(row, dict) and isinstance(row.get("step"), int) else math.inf
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError, as is an over-long integer
         return math.inf
 
 
@@ -413,7 +418,11 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     contiguous = batch.order == "contiguous" and not data.corpus.is_records
     trainer = Trainer(net, data, opt, rt, cfg, _hooks(cfgs, info, rt.procs.main, callback), contiguous)
     if previous is not None:
-        trainer.restore(*previous)
+        try:
+            trainer.restore(*previous)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CharloomError(f"{out / checkpoint.RESUME_FILE}: damaged resume file ({first})") from None
         if rt.procs.main:
             _keep_metrics_until(out / "metrics.jsonl", trainer.pos.step)
     return trainer
