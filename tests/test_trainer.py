@@ -286,3 +286,12 @@ def test_a_weight_decay_given_on_resume_is_the_one_used(tmp_path, text_file, tin
     t = train_mod.setup(*train_mod.configure(out=str(tmp_path), resume=True, max_steps=8, weight_decay=0.0).values())
     assert t.cfg.weight_decay == 0.0 and t.opt.param_groups[0]["weight_decay"] == 0.0
     assert t.opt.state_dict()["state"]  # the moments were restored all the same
+
+
+def test_an_overwrite_that_cannot_start_keeps_the_old_run(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(CharloomError, match="--precision fp16"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, overwrite=True, precision="fp16",
+                       **tiny)
+    assert (tmp_path / "model.safetensors").read_bytes() == before and (tmp_path / "metrics.jsonl").exists()

@@ -346,18 +346,15 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
 
 
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
-    """The run to continue (--resume), or None after making room for a fresh one (--overwrite)."""
+    """The run to continue (--resume), or None for a fresh one (refused where a run is, unless --overwrite)."""
     path = out / checkpoint.RESUME_FILE
     if cfg.resume:
         if not path.exists():
             raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
         return checkpoint.load_run(path)
-    if path.exists():
-        if not cfg.overwrite:
-            raise CharloomError(f"--out: {out} already holds a run; continue it with --resume, "
-                                f"replace it with --overwrite, or choose another --out")
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        (out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
+    if path.exists() and not cfg.overwrite:
+        raise CharloomError(f"--out: {out} already holds a run; continue it with --resume, "
+                            f"replace it with --overwrite, or choose another --out")
     return None
 
 
@@ -397,9 +394,17 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
 def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
     """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
-    rt = Runtime.start(config.device, config.precision, config.threads, model.cell)
+    out = Path(config.out).expanduser()
+    previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
+    try:
+        rt = Runtime.start(config.device, config.precision, config.threads, model.cell)
+    except CharloomError as e:
+        if previous is None:
+            raise
+        raise CharloomError(f"{e} (the run in {out} trained with --precision {config.precision}; give --precision "
+                            f"to continue it in another)") from None
     # the run records the precision it resolved, so a resumed run computes as it did, however a probe goes
-    cfg, out = config.replace(precision=rt.precision), Path(config.out).expanduser()
+    cfg = config.replace(precision=rt.precision)
     data = data or prepare(load_corpus(corpus), batch, rt.procs.rank, rt.procs.world)
     vocab = data.corpus.vocab
     torch.manual_seed(cfg.seed)
@@ -407,9 +412,11 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                             foreach=True)
     cfgs: dict[str, Config] = {"corpus": corpus, "batch": batch, "model": net.cfg, "train": cfg}
-    previous = _previous_run(cfg, out)
     if previous is not None:
         _check_resumable(out, cfgs, *previous, vocab)
+    elif cfg.overwrite:  # the old run's files go only once the new one is ready to start
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
 
     def info() -> dict[str, Any]:
         return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
