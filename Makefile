@@ -37,6 +37,8 @@ bench: setup
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/quality_bench.py
+	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }
+	$(PY) bench/adapt_bench.py --minutes 10
 
 # the sweep behind the defaults: each run is a `charloom train` of SWEEP_MINUTES with flags relative to
 # today's defaults, then about a minute of scoring (rows accumulate in bench/sweep.jsonl)

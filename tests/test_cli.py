@@ -133,3 +133,29 @@ def test_cli_train_sample_eval(tmp_path, text_file):
     code, _, err = run("train", str(text_file), "--out", str(out), "--resume", "--max-steps", "12", "--no-progress")
     assert code == 0, err
     assert charloom.load(out / "last.safetensors").info["step"] == 12
+
+
+def test_eval_adapt_prints_the_adapted_figure_beside_the_static_one(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("abcabd\n" * 40)
+    out = tmp_path / "run"
+    charloom.train(source=str(src), out=str(out), max_steps=4, batch_size=2, seq_len=8, hidden_size=8,
+                   embedding=4, eval_every=0, sample_length=0, progress=False, val_fraction=0.0)
+    before = (out / "model.safetensors").read_bytes()
+    code, js, err = run("eval", "--checkpoint", str(out), str(src), "--json", "--adapt", "--adapt-lr", "0.5",
+                        "--adapt-segment", "8")
+    assert code == 0, err
+    figures = json.loads(js)
+    ck = charloom.load(out)
+    corpus = charloom.load_corpus(charloom.CorpusConfig(source=str(src)), vocab=ck.vocab)
+    static = charloom.score(ck.model, corpus)
+    adapted = charloom.evaluation.score_adapted(
+        ck.model, corpus, charloom.EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=8))
+    assert figures["bpc"] == pytest.approx(static.bpc, abs=1e-4)
+    assert figures["adapted_bpc"] == pytest.approx(adapted.bpc, abs=1e-4) and figures["adapted_bpc"] < figures["bpc"]
+    assert figures["adapt"] == {"adapt_lr": 0.5, "adapt_segment": 8, "adapt_decay": 0.0}
+    assert (out / "model.safetensors").read_bytes() == before
+    code, text, err = run("eval", "--checkpoint", str(out), str(src), "--adapt")
+    assert code == 0 and "bits per character" in text.splitlines()[0] and "adapted while reading" in text
+    code, _, err = run("eval", "--checkpoint", str(out), str(src), "--adapt-lr", "-1")
+    assert code == 2 and err.strip() == "charloom: error: adapt_lr: must not be negative, got -1.0"

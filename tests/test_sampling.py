@@ -307,7 +307,7 @@ def test_inference_never_imports_the_training_loop():
     import subprocess
     import sys
 
-    code = ("import sys, charloom, charloom.sampling, charloom.evaluate, charloom.checkpoint, charloom.cli; "
+    code = ("import sys, charloom, charloom.sampling, charloom.evaluation, charloom.checkpoint, charloom.cli; "
             "print(sorted(m for m in sys.modules if m in ('charloom.trainer', 'charloom.hooks')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -13,7 +13,7 @@ from .config import BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleCo
 from .corpus import Corpus, bundled
 from .corpus import load as load_corpus
 from .errors import CharloomError, ConfigError
-from .evaluate import Evaluation, evaluate, score
+from .evaluation import Evaluation, evaluate, score
 from .model import CharRNN
 from .runtime import Runtime
 from .sampling import Generator, choose

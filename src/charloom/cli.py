@@ -267,7 +267,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
 
 def cmd_eval(ns: argparse.Namespace) -> None:
     from . import checkpoint
-    from .evaluate import score
+    from .evaluation import score, score_adapted
     from .runtime import pick_device
 
     ecfg = options(ns, EvalConfig)
@@ -277,13 +277,19 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
     c = corpus.load(ccfg, vocab=v)
     result = score(ck.model, c, ecfg, device)
+    adapted = score_adapted(ck.model, c, ecfg, device) if ecfg.adapt else None  # always beside, never instead
     unknown = c.stats["unknown_characters"]
-    print(json.dumps({"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
-                      "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
-                      "unknown_characters": unknown}) if ns.json else
+    figures = {"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
+               "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
+               "unknown_characters": unknown}
+    if adapted is not None:
+        figures |= {"adapted_bpc": round(adapted.bpc, 4), "adapted_perplexity": round(adapted.perplexity, 4),
+                    "adapt": {k: getattr(ecfg, k) for k in ("adapt_lr", "adapt_segment", "adapt_decay")}}
+    print(json.dumps(figures) if ns.json else
           f"{ccfg.source}: {result.bpc:.4f} bits per character, perplexity {result.perplexity:.3f} over "
           f"{result.characters:,} predicted characters; {unknown:,} characters outside the model's vocabulary "
-          f"(read as <unk>)")
+          f"(read as <unk>)" + (f"\nadapted while reading (dynamic evaluation, lr {ecfg.adapt_lr:g}, segments of "
+                                f"{ecfg.adapt_segment}): {adapted.bpc:.4f} bits per character" if adapted else ""))
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:

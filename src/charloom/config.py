@@ -395,9 +395,20 @@ class EvalConfig(Config):
                              "from character to character; more is faster on long texts)")
     window: int = option(1024, "characters fed per forward call (the state carries across calls)")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
+    adapt: bool = option(False, "also score the text as a compressor does (dynamic evaluation): each segment is "
+                                "scored, then the model takes a gradient step on it and reads on; reported beside "
+                                "the static figure, and the model file is never changed")
+    adapt_lr: float = option(0.1, "dynamic evaluation: learning rate of the step after each segment")
+    adapt_segment: int = option(32, "dynamic evaluation: characters per segment (one step each)")
+    adapt_decay: float = option(0.0, "dynamic evaluation: each step pulls the weights this share of the way back "
+                                     "to the trained ones (0: no pull)")
 
     def validate(self) -> None:
-        _positive(self, "streams", "window")
+        _positive(self, "streams", "window", "adapt_segment")
+        if self.adapt_lr < 0:
+            raise ConfigError(f"adapt_lr: must not be negative, got {self.adapt_lr}")
+        if not 0.0 <= self.adapt_decay < 1.0:
+            raise ConfigError(f"adapt_decay: must be in [0, 1), got {self.adapt_decay}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint
-from .evaluate import LN2, Evaluation
+from .evaluation import LN2, Evaluation
 from .sampling import sample_texts
 
 if TYPE_CHECKING:

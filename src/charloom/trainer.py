@@ -36,7 +36,7 @@ from .checkpoint import Progress, RunState
 from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import load as load_corpus
 from .errors import CharloomError
-from .evaluate import LN2, Evaluation, batch_loss, evaluate
+from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
 from .runtime import Runtime
 from .vocab import Vocab

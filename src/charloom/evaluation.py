@@ -11,6 +11,7 @@ targets of record batches are not scored.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import BatchConfig, EvalConfig
 from .corpus import Corpus
 from .errors import CharloomError
-from .model import CharRNN, State
+from .model import CharRNN, State, detach
 
 LN2 = math.log(2)
+ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
 
 
 @dataclass
@@ -96,4 +98,42 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     return evaluate(model, corpus_batches(corpus, cfg.streams, cfg.window), device)
 
 
-__all__ = ["Evaluation", "batch_loss", "corpus_batches", "evaluate", "score"]
+def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.0,
+          device: torch.device | str = "cpu", clip: float = ADAPT_CLIP) -> Evaluation:
+    """Dynamic evaluation (Krause et al., 2018): each batch is scored first, then the model takes one SGD step
+    on that batch's mean loss (its gradient norm clipped to `clip`, as in training, so a passage unlike anything
+    seen cannot throw the weights far), `decay` of the way back towards the trained weights, and reads on with its state
+    carried. Every character is scored by weights that have seen only the characters before it, as a
+    compressor's model has. Works on a copy: `model` is left as it was."""
+    device = torch.device(device)
+    work = copy.deepcopy(model).to(device).eval()  # eval: no dropout while it reads
+    params = [p for p in work.parameters() if p.requires_grad]
+    trained = [p.detach().clone() for p in params]
+    total, count, state = 0.0, 0, None
+    with torch.inference_mode(False), torch.enable_grad():
+        for b in batches:
+            nll, new_state = batch_loss(work, b, state if b.continues else None, device, reduction="sum")
+            total, count = total + float(nll.detach()), count + b.tokens
+            grads = torch.autograd.grad(nll / max(1, b.tokens), params)
+            with torch.no_grad():
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                if clip and norm > clip:
+                    torch._foreach_mul_(grads, clip / float(norm))
+                torch._foreach_add_(params, grads, alpha=-lr)
+                if decay:
+                    torch._foreach_lerp_(params, trained, decay)
+            state = detach(new_state)
+    if count == 0:
+        raise CharloomError("nothing to evaluate: the text has fewer than two characters")
+    return Evaluation(total / count, count)
+
+
+def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
+                  device: torch.device | str | None = None) -> Evaluation:
+    """`adapt` over all of `corpus`, in segments of `cfg.adapt_segment` characters (`cfg.streams` at a time)."""
+    cfg = cfg or EvalConfig()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    return adapt(model, corpus_batches(corpus, cfg.streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device)
+
+
+__all__ = ["Evaluation", "adapt", "batch_loss", "corpus_batches", "evaluate", "score", "score_adapted"]

@@ -7,7 +7,7 @@ import torch
 from charloom import CorpusConfig, EvalConfig, load_corpus
 from charloom.batching import Batch
 from charloom.config import ModelConfig
-from charloom.evaluate import corpus_batches, evaluate, score
+from charloom.evaluation import corpus_batches, evaluate, score
 from charloom.model import CharRNN
 
 pytestmark = pytest.mark.kernel
@@ -104,3 +104,55 @@ def test_bf16_evaluation_stays_close_to_fp32():
     exact, fast = evaluate(model, batches), evaluate(model, batches, precision="bf16")
     assert fast.characters == exact.characters and fast.loss == pytest.approx(exact.loss, abs=0.01)
     assert fast.loss != exact.loss  # it did run in bf16
+
+
+def reference_adapt(model, ids: list[int], segment: int, lr: float, decay: float) -> tuple[float, int]:
+    """Dynamic evaluation by hand: a copy of the model scores each segment, then one plain SGD step on its mean
+    loss (gradient norm clipped to 1), a `decay` pull back to the trained weights, state carried (detached)."""
+    import copy
+
+    work = copy.deepcopy(model)
+    trained = {k: v.clone() for k, v in work.state_dict().items()}
+    bits, count, state = 0.0, 0, None
+    for s in range(0, len(ids) - 1, segment):
+        x = torch.tensor([ids[s:s + segment + 1]])
+        logits, new_state = work(x[:, :-1], state)
+        logp = logits.log_softmax(-1).gather(-1, x[:, 1:, None])
+        bits, count = bits + float(-logp.sum()) / math.log(2), count + x.shape[1] - 1
+        work.zero_grad()
+        (-logp.mean()).backward()
+        torch.nn.utils.clip_grad_norm_(work.parameters(), 1.0)
+        with torch.no_grad():
+            for name, p in work.named_parameters():
+                p -= lr * p.grad
+                p += decay * (trained[name] - p)
+        state = tuple(t.detach() for t in new_state)
+    return bits, count
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_dynamic_evaluation_equals_a_hand_written_loop_and_leaves_the_model_alone(tmp_path, decay):
+    from charloom.evaluation import score_adapted
+
+    text = "the quick brown fox jumps over the lazy dog.\n" * 6
+    (tmp_path / "t.txt").write_text(text)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    model = make(vocab=len(corpus.vocab))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bits, n = reference_adapt(model, corpus.ids.tolist(), 16, 0.5, decay)
+    result = score_adapted(model, corpus, EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=16, adapt_decay=decay))
+    assert result.characters == n == len(text) - 1
+    assert result.bpc == pytest.approx(bits / n, rel=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model file never changes
+    assert result.bpc < score(model, corpus).bpc  # a repetitive text: reading it teaches the model
+
+
+def test_dynamic_evaluation_at_learning_rate_zero_is_the_static_score(tmp_path):
+    from charloom.evaluation import score_adapted
+
+    (tmp_path / "t.txt").write_text("abcabd" * 40)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    model = make(vocab=len(corpus.vocab))
+    static = score(model, corpus, EvalConfig(window=10))
+    adapted = score_adapted(model, corpus, EvalConfig(adapt=True, adapt_lr=0.0, adapt_segment=10))
+    assert adapted.characters == static.characters and adapted.loss == pytest.approx(static.loss, rel=1e-6)
