@@ -49,11 +49,44 @@ def ppmd_bpc(head: str, tail: str) -> tuple[float, float]:
     return 8 * (both - alone) / len(tail), time.perf_counter() - t0
 
 
+def sweep(folder: Path, characters: int) -> None:
+    """The sweep behind `--adapt-*`'s defaults: each setting scores the first `characters` of the held-out
+    tail, adapted, against the static figure on the same characters; rows go to their own section."""
+    from charloom.batching import Stream
+
+    data, ck = runs.shakespeare(), charloom.load(folder)
+    (start, end), = data.val.segments
+    head = Stream(data.val.ids, [(start, min(end, start + characters))])
+    pad = ck.vocab.pad_id
+    static = evaluate(ck.model, eval_windows(head, 1024, 1, pad)).bpc
+    grid = [(lr, seg, 0.0) for lr in (0.03, 0.1, 0.3) for seg in (16, 32, 64)] + [(0.1, 32, 0.001), (0.1, 32, 0.01)]
+    rows = []
+    for lr, seg, decay in grid:
+        a = adapt(ck.model, eval_windows(head, seg, 1, pad), lr, decay).bpc
+        rows.append(report.row(f"{lr:g}", seg, f"{decay:g}", f"{a:.4f}", f"{a - static:+.4f}"))
+        print(rows[-1], flush=True)
+    body = "\n".join([
+        "## Dynamic evaluation: the sweep behind the defaults",
+        "",
+        f"Command: `python bench/adapt_bench.py --checkpoint RUN --sweep {characters}`, RUN a "
+        f"`charloom train shakespeare --max-time 10m` run. Machine: {report.machine()}.",
+        f"The first {characters:,} characters of the held-out tail; static: {static:.4f} bpc.",
+        "",
+        *report.table(["--adapt-lr", "--adapt-segment", "--adapt-decay", "adapted bpc", "vs static"], rows),
+    ])
+    report.write_section("adapt-sweep", body)
+    print(body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--checkpoint", help="score this run folder instead of training one")
+    ap.add_argument("--sweep", type=int, metavar="N", help="with --checkpoint: sweep the adapt options on the first "
+                                                          "N held-out characters instead")
     args = ap.parse_args()
+    if args.sweep:
+        return sweep(Path(args.checkpoint), args.sweep)
     data = runs.shakespeare()
     with tempfile.TemporaryDirectory() as tmp:
         command = f"charloom train shakespeare --max-time {args.minutes:g}m"

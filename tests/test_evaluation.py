@@ -118,7 +118,7 @@ def reference_adapt(model, ids: list[int], segment: int, lr: float, decay: float
         x = torch.tensor([ids[s:s + segment + 1]])
         logits, new_state = work(x[:, :-1], state)
         logp = logits.log_softmax(-1).gather(-1, x[:, 1:, None])
-        bits, count = bits + float(-logp.sum()) / math.log(2), count + x.shape[1] - 1
+        bits, count = bits + float(-logp.sum().detach()) / math.log(2), count + x.shape[1] - 1
         work.zero_grad()
         (-logp.mean()).backward()
         torch.nn.utils.clip_grad_norm_(work.parameters(), 1.0)
