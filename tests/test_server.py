@@ -13,8 +13,14 @@ from charloom.server import create_app  # noqa: E402
 
 @pytest.fixture
 def client(model_dir):
-    return TestClient(create_app(model_dir, ServeConfig(max_length=500, max_n=4, max_start=50, max_body=2000,
-                                                         max_concurrent=2)))
+    app = create_app(model_dir, ServeConfig(max_length=500, max_n=4, max_start=50, max_body=2000, max_concurrent=2))
+    return TestClient(app, base_url="http://localhost:8000")  # a Host the server answers, as a browser sends it
+
+
+@pytest.fixture(scope="module")
+def default_client(model_dir):
+    """The server with its default limits (bodies up to 64 KiB)."""
+    return TestClient(create_app(model_dir, ServeConfig()), base_url="http://localhost:8000")
 
 
 def sse(text):
@@ -148,6 +154,23 @@ def test_non_finite_numbers_are_422_not_500(client, field, number):
     assert r.json()["detail"][0]["loc"] == ["body", field]
 
 
+@pytest.mark.parametrize("template", ['{"temperature": %s}', '{"length": %s}', '{"n": %s}', '{"seed": %s}',
+                                      '{"stream": %s}', '{"stop": [%s]}', '{"unknown": %s}', "-%s"])
+def test_an_integer_over_4300_digits_is_422_naming_the_body(default_client, template):
+    # json.loads refuses it (CPython's limit on int-from-text), which FastAPI answered with a bare 400
+    body = template % ("1" + "0" * 4300)
+    r = default_client.post("/v1/generate", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["body"] and "4300 digits" in detail["msg"] and detail["type"] == "json_invalid"
+
+
+def test_a_body_that_is_not_utf8_is_422_naming_the_body(client):
+    r = client.post("/v1/generate", content=b'{"start": "\xff"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body"] and "utf-8" in r.json()["detail"][0]["msg"]
+
+
 @pytest.mark.parametrize("field", ["temperature", "top_p", "repetition_penalty"])
 def test_an_integer_past_float_range_is_422_not_500(client, field):
     r = client.post("/v1/generate", content=f'{{"{field}": 1{"0" * 400}}}'.encode(),
@@ -178,6 +201,26 @@ def test_wrong_types_and_server_limits_name_the_field(client):
                         ({"stop": ["a"] * 9}, "stop"), ({"seed": True}, "seed")):
         r = client.post("/v1/generate", json=body)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+
+
+def test_stop_strings_are_bounded_by_the_servers_limits(model_dir):
+    # every stop string is looked for after every character: their number and length bound that work
+    app = create_app(model_dir, ServeConfig(max_stops=2, max_stop_length=5))
+    client = TestClient(app, base_url="http://localhost:8000")
+    for stop, msg in ((["a", "b", "c"], "at most 2 stop strings"),
+                      (["abcde", "abcdef"], "stop strings of at most 5 characters (stop[1] has 6)")):
+        r = client.post("/v1/generate", json={"stop": stop, "length": 5})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == [{"loc": ["body", "stop"], "msg": msg, "type": "value_error"}]
+    ok = client.post("/v1/generate", json={"stop": ["zzzzz", "qqqqq"], "length": 20, "seed": 1})
+    assert ok.status_code == 200 and len(ok.json()["samples"][0]["text"]) == 20
+
+
+def test_the_default_stop_limits_refuse_the_slow_request(default_client):
+    # 8 stop strings of 7,900 characters once held a generation slot for 51 s instead of half a second
+    r = default_client.post("/v1/generate", json={"stop": ["e" * 7900] * 8})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "stop"], r.text
+    assert "at most 64 characters (stop[0] has 7900)" in r.json()["detail"][0]["msg"]
 
 
 def test_body_over_the_limit_is_413(client):

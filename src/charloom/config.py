@@ -423,9 +423,18 @@ class ServeConfig(Config):
     max_start: int = option(2000, "the longest start text a request may send, in characters")
     max_body: int = option(65536, "the largest request body, in bytes (larger: 413)")
     max_concurrent: int = option(4, "generations running at once; more requests wait for none and get 429")
+    max_stops: int = option(8, "the most stop strings one request may give")
+    max_stop_length: int = option(64, "the longest stop string a request may give, in characters")
+    allow_hosts: tuple[str, ...] = option(
+        (), "a Host header to accept besides localhost, 127.0.0.1, [::1] and the address listened on; repeatable "
+            "(others get 403, which stops DNS rebinding)", flag="allow_host", metavar="HOST")
+    cors_origins: tuple[str, ...] = option(
+        (), "a web origin allowed to call the API from its pages (CORS); repeatable; none by default",
+        flag="cors_origin", metavar="ORIGIN")
 
     def validate(self) -> None:
-        _positive(self, "default_length", "max_length", "max_n", "max_start", "max_body", "max_concurrent")
+        _positive(self, "default_length", "max_length", "max_n", "max_start", "max_body", "max_concurrent",
+                  "max_stops", "max_stop_length")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
         if self.default_length > self.max_length:

@@ -2,13 +2,18 @@
 GET /healthz, the playground at /, OpenAPI docs at /docs.
 
 The model is loaded once, at start, from the path given on the command line; no request can name a
-file. Every limit answers with a 4xx that names the field: 422 for a value out of range or an unknown
-field, 413 for a body over `max_body`, 429 when `max_concurrent` generations are already running.
-A streaming client that goes away stops its generation within a step.
+file. Every limit answers with a 4xx that names the field: 422 for a value out of range, an unknown
+field or a body that is not readable JSON, 415 for a body not sent as JSON, 413 for a body over
+`max_body`, 429 when `max_concurrent` generations are already running. A streaming client that goes
+away stops its generation within a step.
+
+Only loopback names, the address listened on and `allow_hosts` are answered (others get 403), and no
+other web origin may read the replies unless `cors_origins` names it: a page on another site can
+neither use the API from a visitor's browser nor reach it by pointing its own domain here.
 
 The sampling fields of a request are SampleOptions' (config.py): their defaults, ranges and messages are
 the CLI's and the Python API's. Only the server's own limits (`max_length`, `max_n`, `max_start`,
-MAX_STOPS) and the transport (`stream`) are added here.
+`max_stops`, `max_stop_length`) and the transport (`stream`) are added here.
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ from ..sampling import Generator
 
 try:
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
+    from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field, SkipValidation, create_model
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise CharloomError("the server needs the 'serve' extra: pip install 'charloom[serve]'") from e
 
 
-MAX_STOPS = 8  # stop strings one request may send: each is searched for after every character
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+ANY_ADDRESS = ("0.0.0.0", "::")  # listen on every interface: an address to bind, never a name a client uses
 
 
 def _request_model() -> type[BaseModel]:
@@ -66,6 +75,14 @@ GenerateRequest = _request_model()
 
 def _field_error(field: str, msg: str, status: int = 422) -> HTTPException:
     return HTTPException(status, detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}])
+
+
+async def _send_json(send, status: int, detail: list[dict[str, Any]]) -> None:
+    """An answer from a middleware, before any route runs, shaped as the routes' errors are."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _options_error(e: ConfigError) -> HTTPException:
@@ -112,16 +129,57 @@ class _BodyLimit:
             await self._refuse(send)
 
     async def _refuse(self, send):
-        body = json.dumps({"detail": [{"loc": ["body"], "msg": f"request body over {self.limit} bytes",
-                                       "type": "too_large"}]}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, [{"loc": ["body"], "msg": f"request body over {self.limit} bytes",
+                                      "type": "too_large"}])
 
 
 class _TooLarge(BaseException):
     """Raised from inside the body reader; a BaseException so that the framework's handlers for
     Exception (which would answer 400) let it through to _BodyLimit."""
+
+
+def _host_name(value: str) -> str:
+    """The host part of a Host header (or of an --allow-host value): lower case, without the port, the
+    brackets of an IPv6 address or a final dot, so that equal names compare equal."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:  # more than one colon: a bare IPv6 address, which has no port
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def _allowed_hosts(cfg: ServeConfig) -> frozenset[str]:
+    """The Host names the server answers: loopback, the address it listens on, and `allow_hosts`."""
+    names = set(LOOPBACK_HOSTS) | {_host_name(h) for h in cfg.allow_hosts}
+    if _host_name(cfg.host) not in ANY_ADDRESS:
+        names.add(_host_name(cfg.host))
+    return frozenset(names)
+
+
+class _HostCheck:
+    """ASGI middleware: a request whose Host header names none of `allowed` gets 403 ("*" allows any).
+
+    A web page can point a domain of its own at this machine (DNS rebinding) and then read the replies
+    as its own origin, past any CORS rule; its requests still carry that domain as Host, so they are
+    refused here, before they reach a route."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "*" in self.allowed:
+            return await self.app(scope, receive, send)
+        given = [v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"host"]
+        if given and all(_host_name(h) in self.allowed for h in given):
+            return await self.app(scope, receive, send)
+        if given:
+            bad = next(h for h in given if _host_name(h) not in self.allowed)
+            msg = (f"host {bad!r} is not served here: start the server with --allow-host {_host_name(bad)} "
+                   f"if clients reach it by that name")
+        else:
+            msg = "no Host header: send the name the server is reached by (see --allow-host)"
+        await _send_json(send, 403, [{"loc": ["header", "host"], "msg": msg, "type": "host_not_allowed"}])
 
 
 class _Once:
@@ -178,8 +236,14 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
         raise _field_error("n", f"at most {cfg.max_n} samples per request")
     if len(opts.start) > cfg.max_start:
         raise _field_error("start", f"at most {cfg.max_start} characters")
-    if len(opts.stop) > MAX_STOPS:
-        raise _field_error("stop", f"at most {MAX_STOPS} stop strings")
+    # each stop string is looked for after every character generated: their number and length bound what
+    # that costs per character, however long the body that sent them
+    if len(opts.stop) > cfg.max_stops:
+        raise _field_error("stop", f"at most {cfg.max_stops} stop strings")
+    for i, text in enumerate(opts.stop):
+        if len(text) > cfg.max_stop_length:
+            raise _field_error("stop", f"stop strings of at most {cfg.max_stop_length} characters "
+                                       f"(stop[{i}] has {len(text)})")
     if gen.vocab.unknown == "error" and (unknown := gen.unknown_characters(opts.start)):
         raise _field_error("start", f"characters not in the model's vocabulary: {''.join(unknown)!r}")
     if opts.seed is None:  # say which seed was used, so the text can be made again
@@ -234,12 +298,37 @@ class _Runner:
             release()
 
 
+def _is_json(content_type: str | None) -> bool:
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if not _is_json(request.headers.get("content-type")) and any(tuple(e["loc"]) == ("body",) for e in errors):
+        # the body was never read as JSON, and pydantic's "valid dictionary" message does not say why. It
+        # stays unread: a form or text body is what a page on another site may send without asking first
+        given = request.headers.get("content-type") or "none"
+        msg = f"send the body as a JSON object with the header Content-Type: application/json (got: {given})"
+        return JSONResponse({"detail": [{"loc": ["header", "content-type"], "msg": _printable(msg),
+                                         "type": "unsupported_media_type"}]}, status_code=415)
     # pydantic's errors carry the input they refused, which may be NaN or a lone surrogate: neither can be
     # written in a JSON reply, so the answer keeps where and what, as _field_error's do
     detail = [{"loc": [_printable(p) for p in e["loc"]], "msg": _printable(e["msg"]), "type": e["type"]}
-              for e in exc.errors()]
+              for e in errors]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _unreadable_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI answers a body that json.loads refuses with anything but a syntax error (an integer of over
+    4300 digits, bytes that are not UTF-8) with a 400 that does not say what is wrong: say it, as the
+    other errors do."""
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ValueError):
+        why = str(cause).partition(";")[0]  # the rest is advice for the server's own code
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": f"not readable as JSON: {_printable(why)}",
+                                         "type": "json_invalid"}]}, status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 async def _charloom_error(request: Request, exc: CharloomError) -> JSONResponse:
@@ -292,10 +381,22 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     def playground() -> str:
         return page
 
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(CharloomError, _charloom_error)
-    app.add_middleware(_BodyLimit, limit=cfg.max_body)
+    _add_guards(app, cfg)
     return app
+
+
+def _add_guards(app: FastAPI, cfg: ServeConfig) -> None:
+    """The error answers and the middleware around every route."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _unreadable_body)
+    app.add_exception_handler(CharloomError, _charloom_error)
+    # the last added runs first: the Host check before anything else, then CORS, so that its headers are
+    # on every answer from the body limit and the routes
+    app.add_middleware(_BodyLimit, limit=cfg.max_body)
+    if cfg.cors_origins:  # an Origin header is never sent with a trailing slash
+        app.add_middleware(CORSMiddleware, allow_origins=[o.rstrip("/") for o in cfg.cors_origins],
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+    app.add_middleware(_HostCheck, allowed=_allowed_hosts(cfg))
 
 
 def serve(checkpoint: str | Path, cfg: ServeConfig) -> None:
