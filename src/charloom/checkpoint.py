@@ -4,8 +4,11 @@ Two kinds of file share one format:
   model.safetensors  what sampling, evaluation and the server need: weights, config, vocabulary;
   last.safetensors   the same plus everything to resume training exactly (optimizer moments, RNG
                      states, data position, carried hidden state).
-A sha256 of the tensor bytes is stored in the header, so a truncated or bit-flipped file is refused.
-Loading never unpickles: safetensors holds only raw tensors and a JSON header.
+The header holds two sha256 digests: `sha256` of the tensor bytes, and `sha256_all` of what the header
+means (its fields and tensor table) together with those bytes, so a truncated or bit-flipped file is refused.
+Loading never unpickles: safetensors holds only raw tensors and a JSON header. A file costs little to
+refuse: it is read only if it is a regular file whose size is what its header describes, and weights are
+made only once the config's shapes are the ones its header lists.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+from torch.overrides import TorchFunctionMode
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -29,12 +37,23 @@ from . import atomic
 from .config import ModelConfig
 from .errors import CharloomError
 from .model import CharRNN
-from .vocab import Vocab
+from .vocab import SPECIALS, Vocab
 
 FORMAT = "charloom-model"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "last.safetensors"
+DIGEST = "sha256"  # of the tensor bytes: what every charloom writes and checks
+FULL_DIGEST = "sha256_all"  # of the header's meaning and the tensor bytes (see _full_digest)
+FIELDS = ("format", "version", "config", "vocab", "records", "info", "extra")  # the header's fields, digests aside
+MAX_HEADER = 16 * 2**20  # bytes; a header is a few KB, a vocabulary of every code point about 13 MB
+MAX_VALUES = 2**17  # JSON values in a header (bounded by its commas and brackets): parsing stays in tens of MB
+LIMITS = {"num_layers": 256, "hidden_size": 2**16, "embedding": 2**16, "vocab_size": len(SPECIALS) + 0x110000}
+MAX_MESSAGE = 500  # characters of a refusal, which may quote a name or value from the file
+WEIGHTS = "F32"  # the dtype save writes a model's weights in, and the only one load takes
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}  # the safetensors dtypes a charloom file may hold
 
 
 @dataclass
@@ -67,15 +86,22 @@ def model_path(path: str | Path) -> Path:
     return p
 
 
-def _digest(blob: bytes) -> str:
-    """sha256 of the tensor bytes (everything after the JSON header)."""
-    (n,) = struct.unpack("<Q", blob[:8])
-    return hashlib.sha256(memoryview(blob)[8 + n:]).hexdigest()
+def _full_digest(meta: dict[str, str], table: dict[str, Any], data_digest: str) -> str:
+    """sha256 of what a header means: its fields (all but the digests), its tensor table and the tensor bytes'
+    digest, as canonical JSON (sorted keys, no spaces, ASCII), so one meaning has exactly one digest."""
+    fields = {k: v for k, v in meta.items() if k not in (DIGEST, FULL_DIGEST)}
+    text = json.dumps({"fields": fields, "tensors": table, DIGEST: data_digest}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def encode(model: CharRNN, vocab: Vocab, *, records: bool, info: dict[str, Any] | None = None,
            extra_tensors: dict[str, torch.Tensor] | None = None, extra_meta: dict[str, Any] | None = None) -> bytes:
     """The bytes of a model file."""
+    lone = next((c for c in vocab.chars if "\ud800" <= c <= "\udfff"), None)
+    if lone is not None:  # load refuses it: a model file's vocabulary must be printable
+        raise CharloomError(f"vocabulary: U+{ord(lone):04X} is a lone surrogate, not a character; a model file "
+                            f"holds valid Unicode only")
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().to("cpu").contiguous()
@@ -83,8 +109,11 @@ def encode(model: CharRNN, vocab: Vocab, *, records: bool, info: dict[str, Any] 
             "vocab": vocab.to_json(), "records": json.dumps(records), "info": json.dumps(info or {}),
             "extra": json.dumps(extra_meta or {})}
     blob = st_save(tensors, metadata=meta)
-    # the header holds the checksum of the data that follows it; the data does not change with the header
-    return st_save(tensors, metadata={**meta, "sha256": _digest(blob)})
+    (n,) = struct.unpack("<Q", blob[:8])
+    table = {k: v for k, v in json.loads(blob[8:8 + n]).items() if k != "__metadata__"}
+    data = hashlib.sha256(memoryview(blob)[8 + n:]).hexdigest()
+    # the digests go into the header; the tensor table and bytes do not change with it
+    return st_save(tensors, metadata={**meta, DIGEST: data, FULL_DIGEST: _full_digest(meta, table, data)})
 
 
 def save(path: str | Path, model: CharRNN, vocab: Vocab, *, records: bool, info: dict[str, Any] | None = None,
@@ -96,55 +125,247 @@ def save(path: str | Path, model: CharRNN, vocab: Vocab, *, records: bool, info:
     return path
 
 
-def _header(blob: bytes, where: str) -> dict[str, str]:
-    if len(blob) < 8:
-        raise CharloomError(f"{where}: not a charloom model file (only {len(blob)} bytes)")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > len(blob) - 8:
-        raise CharloomError(f"{where}: the file is truncated (header says {n} bytes, file has {len(blob) - 8})")
+# ---- reading: every check that needs only the header comes before any tensor byte is read ----------------
+@dataclass(frozen=True)
+class _Layout:
+    """A model file's header, checked against the file's size."""
+
+    meta: dict[str, str]  # the __metadata__ fields
+    table: dict[str, dict[str, Any]]  # tensor name -> {"dtype", "shape", "data_offsets"}, as listed
+    head: bytes  # the length and the header: the file's first `start` bytes
+    data: int  # bytes of tensor data the table describes, which end the file
+
+    @property
+    def start(self) -> int:
+        return len(self.head)
+
+
+def _json(text: str | bytes, where: str, name: str | None = None, *, constants: bool = True) -> Any:
+    """JSON from a model file (`name`: the header field it is in; None: the header itself). A repeated key,
+    nesting past Python's recursion limit or an integer of thousands of digits is a damaged file.
+    constants: NaN and Infinity are taken (Python's json writes them in info); the header never holds them."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len(found := dict(items)) != len(items):
+            raise ValueError("a key is repeated")
+        return found
+
+    def constant(word: str) -> Any:
+        raise ValueError(f"{word} is not JSON")
+
     try:
-        head = json.loads(blob[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CharloomError(f"{where}: not a charloom model file (damaged header)") from None
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        return json.loads(text, object_pairs_hook=pairs, **({} if constants else {"parse_constant": constant}))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0]
+        if name is None:
+            raise CharloomError(f"{where}: not a charloom model file (damaged header: {reason})") from None
+        raise CharloomError(f"{where}: damaged model file ({name}: {reason})") from None
+
+
+def _open(p: Path, where: str) -> tuple[BinaryIO, int]:
+    """The file open for reading, and its size; refused unless it is a regular file (a FIFO or a device may
+    block or never end). O_NONBLOCK: opening a FIFO must not wait for a writer before fstat sees what it is."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise CharloomError(f"{where}: cannot read ({e.strerror or e})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CharloomError(f"{where}: not a regular file, so not a model file")
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+def _counts(value: Any, most: int) -> bool:
+    """`value` is a list of at most `most` non-negative integers."""
+    return isinstance(value, list) and len(value) <= most and \
+        all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _table(head: dict[str, Any], where: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """The tensor table, and the bytes of data it describes: each entry a known dtype and a shape whose
+    bytes its offsets span exactly, the entries end to end from offset 0."""
+    table = {k: v for k, v in head.items() if k != "__metadata__"}
+    spans = []
+    for name, entry in table.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"} or \
+                not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES or \
+                not _counts(entry["shape"], 8) or not _counts(entry["data_offsets"], 2) or \
+                len(entry["data_offsets"]) != 2:
+            raise CharloomError(f"{where}: damaged model file (the header's entry for tensor {name!r})")
+        begin, end = entry["data_offsets"]
+        if end - begin != math.prod(entry["shape"]) * _DTYPES[entry["dtype"]].itemsize:
+            raise CharloomError(f"{where}: damaged model file (tensor {name!r}: its offsets do not fit its shape)")
+        spans.append((begin, end, name))
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            raise CharloomError(f"{where}: damaged model file (tensor {name!r}: its bytes do not follow the "
+                                f"previous tensor's)")
+        at = end
+    return table, at
+
+
+def _read_layout(f: BinaryIO, size: int, where: str) -> _Layout:
+    """The header of an open model file, checked against the file's size before any tensor byte is read."""
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise CharloomError(f"{where}: not a charloom model file (only {len(prefix)} bytes)")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > min(size - 8, MAX_HEADER):
+        raise CharloomError(f"{where}: the file is truncated (header says {n} bytes, file has {size - 8})"
+                            if n <= MAX_HEADER else f"{where}: not a charloom model file (a header of {n:,} "
+                                                    f"bytes; at most {MAX_HEADER:,})")
+    raw = f.read(n)
+    if raw.count(b",") + raw.count(b"{") + raw.count(b"[") > MAX_VALUES:
+        raise CharloomError(f"{where}: not a charloom model file (a header of over {MAX_VALUES:,} JSON values)")
+    head = _json(raw, where, constants=False)
     meta = head.get("__metadata__") if isinstance(head, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CharloomError(f"{where}: not a charloom model file")
-    return meta
-
-
-def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a model file (or the model in a run folder). Refuses damaged, foreign and newer files."""
-    p = model_path(path)
-    where = str(p)
-    try:
-        blob = p.read_bytes()
-    except OSError as e:
-        raise CharloomError(f"{where}: cannot read ({e.strerror or e})") from None
-    meta = _header(blob, where)
     if meta.get("version") != str(VERSION):
         raise CharloomError(f"{where}: model file version {meta.get('version')} is not supported by this charloom "
                             f"(reads version {VERSION})")
-    if meta.get("sha256") != _digest(blob):
+    table, data = _table(head, where)
+    if 8 + n + data != size:
+        raise CharloomError(f"{where}: " + ("the file is truncated" if 8 + n + data > size else "damaged model file")
+                            + f" ({size:,} bytes; its header describes {8 + n + data:,})")
+    return _Layout(meta, table, prefix + raw, data)
+
+
+def _fields(meta: dict[str, Any], where: str) -> tuple[ModelConfig, dict[str, Any], bool, dict, dict]:
+    """The header's fields, parsed and checked: (config, vocabulary as a dict, records, info, extra).
+
+    Files written before `sha256_all` existed have no digest of their header: they load, their fields
+    checked as any file's are, provided the header holds no field beyond those such files hold; otherwise a
+    bit flipped in that digest's own name would pass a damaged file off as an older one."""
+    unknown = sorted(set(meta) - {*FIELDS, DIGEST}) if FULL_DIGEST not in meta else []
+    missing = [k for k in (*FIELDS, DIGEST) if k not in meta]
+    if unknown or missing:
+        what = f"unknown field {unknown[0]!r}" if unknown else f"no field {missing[0]!r}"
+        raise CharloomError(f"{where}: damaged model file ({what} in the header)")
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise CharloomError(f"{where}: damaged model file (a header field is not a string)")
+    cfg = ModelConfig.from_dict(_json(meta["config"], where, "config"), where=f"{where}: config")
+    vocab = _json(meta["vocab"], where, "vocabulary")
+    records, info, extra = (_json(meta[k], where, k) for k in ("records", "info", "extra"))
+    if not isinstance(records, bool):
+        raise CharloomError(f"{where}: damaged model file (records: {meta['records'][:20]!r} is not true or false)")
+    for name, value in (("info", info), ("extra", extra)):
+        if not isinstance(value, dict):
+            raise CharloomError(f"{where}: damaged model file ({name}: not a JSON object)")
+    return cfg, vocab, records, info, extra
+
+
+class _SkipInit(TorchFunctionMode):
+    """Makes torch.nn.init's initialisers do nothing: on the meta device their values are never read, and the
+    first random one there imports torch's compiler (seconds and about 70 MB) to produce none."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def _unbuilt(cfg: ModelConfig) -> CharRNN:
+    """The model as shapes only: every tensor on the meta device, no storage, nothing initialised."""
+    with torch.device("meta"), _SkipInit():
+        return CharRNN(cfg)
+
+
+def _check_config(cfg: ModelConfig, vocab: dict[str, Any], table: dict[str, Any], where: str) -> None:
+    """The config within bounds, and its weights exactly the tensors, shapes and dtype the header lists.
+
+    The expected shapes come from the model built as shapes only (see _unbuilt), so no config can make loading
+    allocate more than the file holds."""
+    for k, most in LIMITS.items():
+        if getattr(cfg, k) > most:
+            raise CharloomError(f"{where}: config: {k} {getattr(cfg, k):,} is more than a model file may hold "
+                                f"({most:,})")
+    if cfg.hidden_size < 1:
+        raise CharloomError(f"{where}: config: hidden_size must be positive, got {cfg.hidden_size}")
+    ids = Vocab.check_dict(vocab, where=f"{where}: vocabulary", strict_unicode=True)
+    if cfg.vocab_size != ids:
+        raise CharloomError(f"{where}: config says {cfg.vocab_size} ids but the vocabulary has {ids}")
+    listed = {k.removeprefix("model."): e for k, e in table.items() if k.startswith("model.")}
+    if 2 * cfg.num_layers > len(listed):  # each layer has at least its two weight matrices
+        raise CharloomError(f"{where}: config: num_layers {cfg.num_layers:,} needs more weight tensors than the "
+                            f"file's {len(listed)}")
+    shapes = {k: list(v.shape) for k, v in _unbuilt(cfg).state_dict().items()}
+    for k in sorted(shapes.keys() | listed.keys()):
+        if k not in listed or k not in shapes:
+            what = f"no tensor 'model.{k}'" if k not in listed else f"unexpected tensor 'model.{k}'"
+            raise CharloomError(f"{where}: weights do not fit the config ({what})")
+        if listed[k]["shape"] != shapes[k]:
+            raise CharloomError(f"{where}: weights do not fit the config (tensor 'model.{k}' is {listed[k]['shape']}, "
+                                f"the config makes it {shapes[k]})")
+        if listed[k]["dtype"] != WEIGHTS:
+            raise CharloomError(f"{where}: tensor 'model.{k}' is {listed[k]['dtype']}; a model file's weights are "
+                                f"{WEIGHTS}")
+
+
+def _read_data(f: BinaryIO, layout: _Layout, where: str) -> bytes:
+    """The whole file, once its header has passed: checked against both digests."""
+    f.seek(0)
+    blob = f.read(layout.start + layout.data)
+    if len(blob) != layout.start + layout.data or blob[:layout.start] != layout.head:
+        raise CharloomError(f"{where}: the file changed while it was read")
+    data = hashlib.sha256(memoryview(blob)[layout.start:]).hexdigest()
+    if layout.meta[DIGEST] != data:
         raise CharloomError(f"{where}: checksum mismatch: the file is damaged or was changed after saving")
+    if FULL_DIGEST in layout.meta and layout.meta[FULL_DIGEST] != _full_digest(layout.meta, layout.table, data):
+        raise CharloomError(f"{where}: checksum mismatch: the header is damaged or was changed after saving")
+    return blob
+
+
+def _tensors(blob: bytes, table: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
+    """The file's tensors, as its header lists them; the model's weights finite."""
     try:
         tensors = st_load(blob)
-        cfg = ModelConfig.from_dict(json.loads(meta["config"]), where=f"{where}: config")
-        vocab = Vocab.from_json(meta["vocab"], where=f"{where}: vocabulary")
-        records = bool(json.loads(meta["records"]))
-        info = json.loads(meta.get("info", "{}"))
-        extra = json.loads(meta.get("extra", "{}"))
-    except (SafetensorError, KeyError, json.JSONDecodeError) as e:
-        raise CharloomError(f"{where}: damaged model file ({e})") from None
-    if cfg.vocab_size != len(vocab):
-        raise CharloomError(f"{where}: config says {cfg.vocab_size} ids but the vocabulary has {len(vocab)}")
-    model = CharRNN(cfg)
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    except SafetensorError as e:
+        raise CharloomError(f"{where}: damaged model file ({str(e).splitlines()[0]})") from None
+    if {k: (t.dtype, list(t.shape)) for k, t in tensors.items()} != \
+            {k: (_DTYPES[e["dtype"]], e["shape"]) for k, e in table.items()}:
+        raise CharloomError(f"{where}: damaged model file (its tensors differ from its header)")
+    for k, t in tensors.items():
+        if k.startswith("model.") and not bool(torch.isfinite(t).all()):
+            raise CharloomError(f"{where}: tensor {k!r} holds NaN or infinite values")
+    return tensors
+
+
+@contextmanager
+def _short_refusals() -> Iterator[None]:
+    """A refusal quotes what the file holds (a tensor's name, a field's value): it stays one short line however
+    long that is (repr has already escaped any line break)."""
     try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CharloomError(f"{where}: weights do not fit the config ({first})") from None
-    model.to(device)
+        yield
+    except CharloomError as e:
+        if len(str(e)) <= MAX_MESSAGE:
+            raise
+        raise type(e)(str(e)[:MAX_MESSAGE] + "...") from None
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a model file (or the model in a run folder). Refuses damaged, foreign and newer files, each with
+    one line, before reading more than the header of any file whose header does not hold."""
+    p = model_path(path)
+    with _short_refusals():
+        return _load(p, str(p), device)
+
+
+def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
+    """Header, then fields, then shapes, then data: each step reads or builds only once the ones before held."""
+    f, size = _open(p, where)
+    with f:
+        layout = _read_layout(f, size, where)
+        cfg, vocab_data, records, info, extra = _fields(layout.meta, where)
+        _check_config(cfg, vocab_data, layout.table, where)
+        blob = _read_data(f, layout, where)
+    tensors = _tensors(blob, layout.table, where)
+    del blob
+    vocab = Vocab.from_dict(vocab_data, where=f"{where}: vocabulary", strict_unicode=True)
+    model = _unbuilt(cfg).to_empty(device=device)  # storage without initialisation: every weight is loaded next
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     return Checkpoint(model, vocab, records, info, p, rest, extra)
 
@@ -249,33 +470,71 @@ def _sort_tensors(tensors: dict[str, torch.Tensor], world: int, where: str):
     return state, ranks, trained
 
 
-def _check_against_model(model: CharRNN, state: dict, ranks: list, trained: dict, where: str) -> None:
-    """Every saved tensor has the kind and shape the model needs, so restoring it cannot fail half-way."""
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _check_optimizer(model: CharRNN, state: dict, groups: list, where: str) -> None:
+    """AdamW's state as the trainer saves it: groups that number the model's parameters in order, and for each
+    parameter float32 moments of its shape (the second non-negative) and a finite step count."""
     params = list(model.parameters())
-    if trained and {k: v.shape for k, v in trained.items()} != shapes:
-        raise CharloomError(f"{where}: damaged resume file (the trained weights do not fit the model)")
-    for i, st in state.items():
-        if i >= len(params) or set(st) != {"step", "exp_avg", "exp_avg_sq"} or st["step"].numel() != 1 or \
-                st["exp_avg"].shape != params[i].shape or st["exp_avg_sq"].shape != params[i].shape:
+    numbered = [i for g in groups for i in (g.get("params") if isinstance(g.get("params"), list) else [None])]
+    if numbered != list(range(len(params))):
+        raise CharloomError(f"{where}: damaged resume file (optimizer: the parameter groups do not number the "
+                            f"model's {len(params)} parameters)")
+    for i, st in sorted(state.items()):
+        if i >= len(params) or set(st) != {"step", "exp_avg", "exp_avg_sq"} or \
+                any(t.dtype != torch.float32 or not _finite(t) for t in st.values()) or st["step"].numel() != 1 or \
+                float(st["step"]) < 0 or st["exp_avg"].shape != params[i].shape or \
+                st["exp_avg_sq"].shape != params[i].shape or bool((st["exp_avg_sq"] < 0).any()):
             raise CharloomError(f"{where}: damaged resume file (optimizer state of parameter {i})")
+
+
+def _check_ranks(model: CharRNN, ranks: list, batch_size: Any, where: str) -> None:
+    """Each process's RNG states as torch makes them, and its carried state one finite (layers, batch, width)
+    tensor per state name of the cell, the batch the run's batch size."""
     rng = torch.get_rng_state()
     layers, width = model.cfg.num_layers, model.cfg.hidden_size
+    rows = batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else None
     for r, mine in enumerate(ranks):
         t = mine.get("rng.torch")
         if t is None or t.dtype != rng.dtype or t.shape != rng.shape:
             raise CharloomError(f"{where}: damaged resume file (the RNG state of process {r})")
-        carry = sorted(k for k in mine if k.startswith("carry."))
-        if carry and (carry != [f"carry.{i}" for i in range(len(model.cell.state))] or
-                      any(not mine[k].is_floating_point() or mine[k].dim() != 3 or
-                          mine[k].shape[0] != layers or mine[k].shape[2] != width for k in carry)):
+        t = mine.get("rng.cuda")
+        if t is not None and (t.dtype != torch.uint8 or t.dim() != 1):
+            raise CharloomError(f"{where}: damaged resume file (the CUDA RNG state of process {r})")
+        names = sorted(k for k in mine if k.startswith("carry."))
+        if not names:
+            continue
+        first = mine[names[0]]  # every state tensor of a cell has one shape: (layers, batch, width)
+        shape_ok = first.dim() == 3 and first.shape[0] == layers and first.shape[2] == width and \
+            (rows is None or first.shape[1] == rows)
+        if names != [f"carry.{i}" for i in range(len(model.cell.state))] or not shape_ok or \
+                any(c.shape != first.shape or c.dtype not in (torch.float32, torch.bfloat16, torch.float16) or
+                    not _finite(c) for c in (mine[k] for k in names)):
             raise CharloomError(f"{where}: damaged resume file (the carried state of process {r})")
+
+
+def _check_against_model(model: CharRNN, run: RunState, where: str) -> None:
+    """Every saved tensor has the kind and shape the model needs, so restoring it cannot fail half-way."""
+    trained = run.trained or {}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    if trained and ({k: v.shape for k, v in trained.items()} != shapes or
+                    any(v.dtype != torch.float32 or not _finite(v) for v in trained.values())):
+        raise CharloomError(f"{where}: damaged resume file (the trained weights do not fit the model)")
+    _check_optimizer(model, run.optimizer["state"], run.optimizer["param_groups"], where)
+    _check_ranks(model, run.ranks, run.configs["batch"].get("batch_size"), where)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Checkpoint, RunState]:
     """Read a resume file: the model file, and its run state checked field by field against the model."""
     ck = load(path, device)
-    where = str(ck.path)
+    with _short_refusals():
+        return ck, _run_state(ck, str(ck.path))
+
+
+def _run_state(ck: Checkpoint, where: str) -> RunState:
+    """The run state a loaded resume file holds, each field checked before it is used."""
     meta = ck.meta
     missing = [k for k in ("progress", "optimizer", *RUN_CONFIGS) if k not in meta]
     if missing:
@@ -290,10 +549,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Chec
     state, ranks, trained = _sort_tensors(ck.tensors, world, where)
     if not all("rng.torch" in mine for mine in ranks):
         raise CharloomError(f"{where}: damaged resume file (an RNG state is missing)")
-    _check_against_model(ck.model, state, ranks, trained, where)
     run = RunState(progress, {k: meta[k] for k in RUN_CONFIGS}, {"state": state, "param_groups": groups}, ranks,
                    trained or None, averaged)
-    return ck, run
+    _check_against_model(ck.model, run, where)
+    return run
 
 
 def run_configs(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ FORMAT = "charloom-vocab"
 VERSION = 1
 NORMALIZATIONS = ("none", "NFC", "NFKC")
 POLICIES = ("unk", "error")
+FIELDS = frozenset(("format", "version", "specials", "chars", "unknown", "normalize", "lower"))  # what to_dict writes
 
 
 def codepoints(text: str) -> np.ndarray:
@@ -164,11 +165,18 @@ class Vocab:
                 "unknown": self.unknown, "normalize": self.normalize, "lower": self.lower}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "vocabulary") -> Vocab:
+    def check_dict(cls, data: Any, where: str = "vocabulary", *, strict_unicode: bool = False) -> int:
+        """The number of ids the vocabulary `data` (a to_dict) describes, checked as from_dict checks it but
+        without building it, so a model file can be refused on its vocabulary before anything large is made.
+        strict_unicode: refuse a lone surrogate (legal in a Python str, but it cannot be printed or encoded
+        as UTF-8); model files ask for this, a vocabulary built in Python may hold one."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CharloomError(f"{where}: not a charloom vocabulary")
         if data.get("version") != VERSION:
             raise CharloomError(f"{where}: vocabulary version {data.get('version')!r} is not supported (expected {VERSION})")
+        strange = sorted(set(data) - FIELDS)
+        if strange:
+            raise CharloomError(f"{where}: unknown field {strange[0]!r}")
         if data.get("specials") != list(SPECIALS):
             raise CharloomError(f"{where}: special tokens {data.get('specials')!r} differ from {list(SPECIALS)}")
         chars = data.get("chars")
@@ -177,8 +185,22 @@ class Vocab:
         cps = codepoints(chars)
         if len(np.unique(cps)) != len(cps):
             raise CharloomError(f"{where}: field 'chars' repeats a character")
-        return cls(list(chars), unknown=data.get("unknown", "unk"), normalize=data.get("normalize", "none"),
-                   lower=bool(data.get("lower", False)))
+        lone = np.flatnonzero((cps >= 0xD800) & (cps <= 0xDFFF)) if strict_unicode else ()
+        if len(lone):
+            raise CharloomError(f"{where}: field 'chars' holds U+{int(cps[lone[0]]):04X}, a lone surrogate, "
+                                f"not a character")
+        if not isinstance(data.get("lower", False), bool):
+            raise CharloomError(f"{where}: field 'lower' must be true or false")
+        for name, allowed, default in (("unknown", POLICIES, "unk"), ("normalize", NORMALIZATIONS, "none")):
+            if data.get(name, default) not in allowed:
+                raise CharloomError(f"{where}: field {name!r} is {data.get(name)!r}, not one of {', '.join(allowed)}")
+        return len(SPECIALS) + len(cps)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "vocabulary", *, strict_unicode: bool = False) -> Vocab:
+        cls.check_dict(data, where, strict_unicode=strict_unicode)
+        return cls(list(data["chars"]), unknown=data.get("unknown", "unk"), normalize=data.get("normalize", "none"),
+                   lower=data.get("lower", False))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=True)
@@ -189,6 +211,10 @@ class Vocab:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise CharloomError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except RecursionError:
+            raise CharloomError(f"{where}: not a charloom vocabulary (JSON nested too deeply)") from None
+        except ValueError as e:  # an integer of thousands of digits
+            raise CharloomError(f"{where}: not a charloom vocabulary ({e})") from None
         return cls.from_dict(data, where)
 
 
