@@ -36,19 +36,27 @@ bench: setup
 	$(PY) bench/generate_bench.py
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
-	$(PY) bench/quality_bench.py
 	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }
+	$(PY) bench/processes_bench.py
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/processes_bench.py
+	$(PY) bench/quality_bench.py
 	$(PY) bench/adapt_bench.py --minutes 10
 
 # the sweep behind the defaults: each run is a `charloom train` of SWEEP_MINUTES with flags relative to
-# today's defaults, then about a minute of scoring (rows accumulate in bench/sweep.jsonl)
+# today's defaults, then about a minute of scoring (rows accumulate in bench/sweep.jsonl); the widths run on
+# both kernel paths, one thread each, two at a time, and the law that sizes a run is refitted from them
 SWEEP_MINUTES ?= 10
+WIDTHS ?= 256 384 512 768 1024
 sweep: setup
-	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "" "--hidden 512" "--hidden 768" "--layers 2 --hidden 384" \
-		"--seq-len 64 --batch-size 32" "--seq-len 256 --batch-size 8" "--lr 3e-3" "--min-lr-ratio 0" \
-		"--order contiguous" "--precision fp32" "--forget-bias 1" "--cell gru" \
-		"--hidden 704" "--ema 0" "--lr 7e-3" "--min-lr-ratio 0.3" "--eval-every 500" \
-		"--weight-decay 0" "--weight-decay 0.05" "--weight-decay 0.2" "--dropout 0.1" "--embedding 128"
+	$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "--seq-len 64 --batch-size 32" "--seq-len 256 --batch-size 8" \
+		"--lr 3e-3" "--min-lr-ratio 0" "--order contiguous" "--forget-bias 1" "--cell gru" "--ema 0" "--lr 7e-3" \
+		"--min-lr-ratio 0.3" "--eval-every 500" "--weight-decay 0" "--weight-decay 0.05" "--weight-decay 0.2" \
+		"--dropout 0.1" "--embedding 128" "--layers 2"
+	for w in $(WIDTHS); do \
+		$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "--hidden $$w --threads 1" & \
+		ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "--hidden $$w --threads 1" ; wait; \
+	done
+	$(PY) bench/sizing_fit.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -115,8 +115,9 @@ def main() -> None:
                        f"decay {cfg.adapt_decay:g})", f"{adapted.bpc:.3f}", f"{adapted.characters:,}",
                        f"`charloom eval --adapt`, {adapt_s:.0f} s"),
             report.row("PPMd order 8 (7-Zip)", f"{ppmd:.3f}", f"{len(tail):,}", f"`7z a {PPMD}`, {ppmd_s:.0f} s")]
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
     body = "\n".join([
-        "## Held-out bpc: static, adapted while reading, and PPMd",
+        "## Held-out bpc: static, adapted while reading, and PPMd" + (f" ({capped} path)" if capped else ""),
         "",
         "Command: `python bench/adapt_bench.py " +
         (f"--checkpoint {args.checkpoint}`." if args.checkpoint else f"--minutes {args.minutes:g}`."),
@@ -128,7 +129,6 @@ def main() -> None:
         *report.table(["system", "held-out bpc", "characters", "how"], rows),
     ])
     # one section per kernel path, so the native and the AVX2 figures stand side by side
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
     report.write_section(f"adapt-{capped.lower()}" if capped else "adapt", body)
     print(body)
 

@@ -1,19 +1,29 @@
-"""Quality for time: held-out bits per character after 2, 5 and 10 minutes, charloom's defaults against
-the notebooks' method, as a table and a PNG plot; plus training speed, peak training memory and time to
-first character.
+"""Quality for time: held-out bits per character after 2, 5 and 10 minutes of `charloom train` with its
+defaults, on this machine's kernel path and on oneDNN's AVX2 path, static and adapted while reading, beside
+PPMd and the notebooks' method; plus peak training memory and time to first character.
 
-    python bench/quality_bench.py [--budgets 2 5 10]
+    python bench/quality_bench.py [--budgets 2 5 10] [--paths native avx2] [--no-notebook]
 
-charloom: one `charloom train shakespeare --max-time Nm` run per budget (its schedule fits its budget).
+charloom: one `charloom train shakespeare --max-time Nm` run per budget and path (its width and schedule fit
+its budget and the machine). The AVX2 path is the same command with ONEDNN_MAX_CPU_ISA=AVX2, which takes
+oneDNN's AVX2 kernels on any x86 machine (no bf16 LSTM there, so the run computes in fp32).
 The notebooks' method (bench/notebook.py) has a constant learning rate, so one run scored when it passes
-each budget gives the same figures as separate runs. Held-out = the last 5% of the corpus, scored two
-ways: whole, in order, with the state carried from character to character (batch 1); and the mean over
-2,048 fixed random 64-character windows, each from a zero state (the measure transformer figures use).
+each budget gives the same figures as separate runs.
+Held-out = the last 5% of the corpus, scored three ways: whole, in order, with the state carried (batch 1);
+the mean over 2,048 fixed random 64-character windows, each from a zero state (the measure transformer
+figures use); and whole, adapted while reading (`charloom eval --adapt` with its defaults). PPMd reads the
+same split as bench/adapt_bench.py describes.
+
+Each figure is appended to bench/quality.jsonl as it is made; the section is rebuilt from the newest row of
+each kind there, so a stopped benchmark loses only the run in progress.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,11 +37,61 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebook  # noqa: E402
 import report  # noqa: E402
 import runs  # noqa: E402
+from adapt_bench import PPMD, ppmd_bpc  # noqa: E402
 
 import charloom  # noqa: E402
-from charloom.runtime import resolve_precision  # noqa: E402
+from charloom.batching import eval_windows  # noqa: E402
+from charloom.config import EvalConfig  # noqa: E402
+from charloom.evaluation import adapt  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "quality.png"
+LOG = Path(__file__).resolve().parent / "quality.jsonl"
+PATHS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
+def record(row: dict) -> None:
+    row = {**row, "date": datetime.date.today().isoformat()}
+    with open(LOG, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def newest() -> dict[tuple, dict]:
+    """The newest row of each (system, path, budget)."""
+    rows = [json.loads(ln) for ln in LOG.read_text().splitlines() if ln.strip()] if LOG.exists() else []
+    return {(r["system"], r.get("path", ""), r.get("minutes", 0)): r for r in rows}
+
+
+def isa_of(path: str) -> str:
+    """The machine label of a path, measured in a process that runs it."""
+    code = "import sys; sys.path.insert(0, 'bench'); import report; print(report.isa())"
+    env = {**os.environ, **PATHS[path]}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def charloom_runs(budgets: list[float], path: str, data) -> None:
+    """Train and score one run per budget on one kernel path (rows go to the log)."""
+    isa, cfg = isa_of(path), EvalConfig()
+    pad = data.corpus.vocab.pad_id
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in budgets:
+            run = Path(tmp) / f"{m:g}m"
+            info = runs.train(m, run, env=PATHS[path])
+            ck = charloom.load(run / "last.safetensors")
+            whole, windows = runs.held_out(ck.model.eval(), data)
+            t0 = time.perf_counter()
+            adapted = adapt(ck.model, eval_windows(data.val, cfg.adapt_segment, 1, pad), cfg.adapt_lr,
+                            cfg.adapt_decay).bpc
+            sized = ck.info.get("sizing", {})
+            record({"system": "charloom", "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
+                    "command": info["command"], "hidden": ck.model.cfg.hidden_size,
+                    "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
+                    "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
+                    "whole": whole, "windows": windows, "adapted": adapted,
+                    "adapt_seconds": time.perf_counter() - t0, "peak_rss": info["peak_rss"]})
+            if path == "native" and m == budgets[-1]:
+                record({"system": "first-character", "seconds": time_to_first_character(run)})
 
 
 def time_to_first_character(model_dir: Path, repeats: int = 3) -> list[float]:
@@ -46,8 +106,30 @@ def time_to_first_character(model_dir: Path, repeats: int = 3) -> list[float]:
     return out
 
 
-def plot(budgets: list[float], ours: dict, theirs: dict) -> str:
-    """Draw the table as bench/quality.png; returns the line that points to it."""
+def notebook_runs(budgets: list[float], data) -> None:
+    """The notebooks' method, scored as it passes each budget (a constant learning rate: one run serves all)."""
+    torch.manual_seed(0)
+    vocab = data.corpus.vocab
+    texts = notebook.texts_of(vocab.decode(data.corpus.ids[:len(data.train.stream)]))
+    order = np.random.default_rng(0).permutation(len(texts))
+    net = notebook.LSTMGenerator(len(vocab), 64)
+    opt = torch.optim.Adam(net.parameters(), 0.01)
+    pending, elapsed, i = sorted(budgets), 0.0, 0
+    while pending:
+        t0 = time.perf_counter()
+        for _ in range(50):
+            notebook.train_step(net, opt, texts[order[i % len(texts)]], vocab)
+            i += 1
+        elapsed += time.perf_counter() - t0
+        if elapsed >= pending[0] * 60:
+            whole, windows = runs.held_out(net.eval(), data)
+            net.train()
+            record({"system": "notebook", "path": "native", "isa": report.isa(), "minutes": pending.pop(0),
+                    "precision": "fp32", "whole": whole, "windows": windows})
+
+
+def plot(rows: dict[tuple, dict], budgets: list[float], ppmd: float) -> str:
+    """Draw the figures as bench/quality.png; returns the line that points to it."""
     try:
         import matplotlib
 
@@ -55,14 +137,19 @@ def plot(budgets: list[float], ours: dict, theirs: dict) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "(matplotlib is not installed: no plot; `pip install -e '.[plot]'`.)"
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(budgets, [ours[m][0] for m in budgets], "o-", label="charloom defaults (whole text)")
-    ax.plot(budgets, [ours[m][1] for m in budgets], "o--", label="charloom defaults (64-char windows)")
-    ax.plot(budgets, [theirs[m][0] for m in budgets], "s-", label="notebooks' method (whole text)")
-    ax.plot(budgets, [theirs[m][1] for m in budgets], "s--", label="notebooks' method (64-char windows)")
-    ax.axhline(2.24, color="grey", lw=0.8, ls=":", label="nanoGPT char transformer after 10 min: 2.24 (reference)")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for (system, path), style, label in [(("charloom", "native"), "o-", "charloom, native path"),
+                                         (("charloom", "avx2"), "s-", "charloom, AVX2 path"),
+                                         (("notebook", "native"), "^-", "notebooks' method")]:
+        got = [(m, rows[(system, path, m)]) for m in budgets if (system, path, m) in rows]
+        if got:
+            ax.plot([m for m, _ in got], [r["whole"] for _, r in got], style, label=f"{label}: static")
+            if system == "charloom":
+                ax.plot([m for m, _ in got], [r["adapted"] for _, r in got], style.replace("-", "--"),
+                        label=f"{label}: adapted while reading")
+    ax.axhline(ppmd, color="grey", lw=1, ls=":", label=f"PPMd order 8 (7-Zip, 2 s): {ppmd:.3f}")
     ax.set_xlabel("training time on this CPU (minutes)")
-    ax.set_ylabel("held-out bits per character")
+    ax.set_ylabel("held-out bits per character (whole tail)")
     ax.set_title("Shakespeare, last 5% held out")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -71,76 +158,64 @@ def plot(budgets: list[float], ours: dict, theirs: dict) -> str:
     return f"Plot: `bench/{PLOT.name}`."
 
 
+def section(budgets: list[float]) -> str:
+    rows = newest()
+    ppmd = rows.get(("ppmd", "", 0), {}).get("whole", float("nan"))
+    table = []
+    for path in PATHS:
+        for m in budgets:
+            r = rows.get(("charloom", path, m))
+            if r:
+                table.append(report.row(f"{m:g} min", f"charloom defaults: {r['hidden']} wide (chosen; the law "
+                                        f"predicted {r['predicted_bpc']:.3f}), {r['characters'] / 1e6:.1f} M characters",
+                                        f"{r['isa']}, {r['precision']}",
+                                        f"{r['whole']:.3f}", f"{r['adapted']:.3f}", f"{r['windows']:.3f}",
+                                        f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")))
+    for m in budgets:
+        r = rows.get(("notebook", "native", m))
+        if r:
+            table.append(report.row(f"{m:g} min", "the notebooks' method (one-hot LSTM 64)", f"{r['isa']}, fp32",
+                                    f"{r['whole']:.3f}", "", f"{r['windows']:.3f}", "bench/notebook.py"))
+    table.append(report.row("2 s", "PPMd order 8 (7-Zip)", "", f"{ppmd:.3f}", "(adapts as it reads)", "",
+                            f"`7z a {PPMD}`"))
+    ours = [r for k, r in rows.items() if k[0] == "charloom"]
+    first = rows.get(("first-character", "", 0), {}).get("seconds")
+    return "\n".join([
+        "## Quality for time",
+        "",
+        f"Command: `python bench/quality_bench.py --budgets {' '.join(f'{m:g}' for m in budgets)}` (`make bench`). "
+        f"Machine: {report.machine()}, 2 threads; each row names the kernel path it ran on. "
+        "See the script's docstring for the method; rows accumulate in `bench/quality.jsonl`.",
+        "",
+        *report.table(["training time", "system", "CPU path and precision", "held-out bpc, whole tail",
+                       "adapted while reading", "2,048 windows", "command"], table),
+        "",
+        plot(rows, budgets, ppmd),
+        "",
+        f"Peak memory of a `charloom train` run (largest RSS of the runs above): "
+        f"{max(r['peak_rss'] for r in ours) / 1e6:,.0f} MB." if ours else "",
+        f"Time from starting `charloom sample` (a new process, {budgets[-1]:g}-minute model) to its first generated "
+        f"character: {report.spread(first, '{:.2f}')} s." if first else "",
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10])
+    ap.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
+    ap.add_argument("--no-notebook", action="store_true", help="leave out the notebooks' method (its rows stay)")
     args = ap.parse_args()
     data = runs.shakespeare()
-    corpus, vocab = data.corpus, data.corpus.vocab
-    ours, info, peak = {}, {}, 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for m in args.budgets:
-            run = Path(tmp) / f"{m:g}m"
-            info[m] = runs.train(m, run)
-            peak = max(peak, info[m]["peak_rss"])
-            ours[m] = runs.held_out(charloom.load(run / "last.safetensors").model.eval(), data)
-            print(f"charloom {m:g} min: {ours[m]}", flush=True)
-        first = time_to_first_character(Path(tmp) / f"{args.budgets[-1]:g}m")
-
-    # the notebooks' method, scored as it passes each budget
-    torch.manual_seed(0)
-    train_text = vocab.decode(corpus.ids[:len(data.train.stream)])
-    texts = notebook.texts_of(train_text)
-    order = np.random.default_rng(0).permutation(len(texts))
-    net = notebook.LSTMGenerator(len(vocab), 64)
-    opt = torch.optim.Adam(net.parameters(), 0.01)
-    theirs = {}
-    pending = sorted(args.budgets)
-    elapsed, i = 0.0, 0
-    while pending:
-        t0 = time.perf_counter()
-        for _ in range(50):
-            notebook.train_step(net, opt, texts[order[i % len(texts)]], vocab)
-            i += 1
-        elapsed += time.perf_counter() - t0
-        if elapsed >= pending[0] * 60:
-            theirs[pending.pop(0)] = runs.held_out(net.eval(), data)
-            net.train()
-            print(f"notebooks {elapsed / 60:.1f} min: {theirs}", flush=True)
-
-    rows = [report.row(f"{m:g} min", *(f"{x:.3f}" for x in (*ours[m], *theirs[m]))) for m in args.budgets]
-    speed = [report.row(f"`{info[m]['command']}`", f"{info[m]['steps']:,}",
-                        f"{info[m]['characters'] / 1e6:.1f} M ({info[m]['characters'] / len(data.train.stream):.1f} epochs)",
-                        f"{info[m]['characters'] / info[m]['seconds']:,.0f}") for m in args.budgets]
-    mc, t, bc = charloom.ModelConfig(), charloom.TrainConfig(), charloom.BatchConfig()
-    plot_line = plot(args.budgets, ours, theirs)
-    body = "\n".join([
-        "## Quality for time",
-        "",
-        f"Command: `python bench/quality_bench.py --budgets {' '.join(f'{m:g}' for m in args.budgets)}`.",
-        f"Machine: {report.machine()}. One run per budget for charloom; see the script's docstring for the method.",
-        f"charloom's defaults: {mc.cell} {mc.num_layers}x{mc.hidden_size}, embedding {mc.embedding or 'one-hot'}, "
-        f"batch {bc.batch_size} x {bc.seq_len} ({bc.order}), AdamW lr {t.lr:g} and weight decay {t.weight_decay:g} "
-        f"with {t.warmup} warm-up steps and "
-        f"{t.schedule} decay to {t.min_lr_ratio:g} x lr over the budget, gradient clip {t.grad_clip:g}, "
-        f"the model scored being the moving average of the weights (decay {t.ema:g}), precision {t.precision} "
-        f"(here {resolve_precision(t.precision, torch.device('cpu'))}).",
-        "",
-        *report.table(["training time", "charloom: whole text", "charloom: 2,048 windows",
-                       "notebooks' method: whole text", "notebooks' method: 2,048 windows"], rows),
-        "",
-        plot_line,
-        "",
-        "The charloom runs (training time includes the periodic evaluations, samples and checkpoints):",
-        "",
-        *report.table(["command", "steps", "characters trained", "characters/s"], speed),
-        "",
-        f"Peak memory of a `charloom train` run (largest RSS of the runs above): {peak / 1e6:,.0f} MB.",
-        f"Time from starting `charloom sample` (a new process, {args.budgets[-1]:g}-minute model) to its first generated "
-        f"character: {report.spread(first, '{:.2f}')} s.",
-    ])
-    report.write_section("quality", body)
-    print(body)
+    (start, end), = data.val.segments
+    vocab, ids = data.corpus.vocab, data.corpus.ids
+    record({"system": "ppmd", "whole": ppmd_bpc(vocab.decode(ids[:start]), vocab.decode(ids[start:end]))[0]})
+    for path in args.paths:
+        charloom_runs(args.budgets, path, data)
+        report.write_section("quality", section(args.budgets))
+    if not args.no_notebook:
+        notebook_runs(args.budgets, data)
+    report.write_section("quality", section(args.budgets))
+    print(section(args.budgets))
 
 
 if __name__ == "__main__":

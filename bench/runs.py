@@ -4,6 +4,7 @@ the held-out last 5% the two ways the figures use."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -16,15 +17,16 @@ import charloom
 from charloom.batching import Batch, Stream, eval_windows
 
 
-def train(minutes: float, out: Path, flags: str = "") -> dict:
-    """One `charloom train shakespeare --max-time Nm` run in a new process; its last metrics row, its
-    command as a user would type it, and the largest child-process RSS so far (bytes)."""
+def train(minutes: float, out: Path, flags: str = "", env: dict | None = None) -> dict:
+    """One `charloom train shakespeare --max-time Nm` run in a new process (with `env` added to its environment);
+    its last metrics row, its command as a user would type it, and the largest child-process RSS so far (bytes)."""
     args = ["train", "shakespeare", "--max-time", f"{minutes:g}m", *shlex.split(flags)]
     subprocess.run([sys.executable, "-m", "charloom", *args, "--out", str(out), "--no-progress", "--overwrite"],
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return {"command": "charloom " + " ".join(args), "steps": last["step"], "characters": last["characters"],
-            "seconds": last["seconds"], "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+            "seconds": last["seconds"],
+            "precision": charloom.checkpoint.load(out / "last.safetensors").meta["train"]["precision"], "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
 
 
 def held_out(model, data) -> tuple[float, float]:

@@ -59,8 +59,10 @@ def main() -> None:
     for flags in args.flags:
         with tempfile.TemporaryDirectory() as tmp:
             r = runs.train(args.minutes, Path(tmp), flags)
-            whole, windows = runs.held_out(charloom.load(Path(tmp) / "last.safetensors").model.eval(), data)
+            model = charloom.load(Path(tmp) / "last.safetensors").model.eval()
+            whole, windows = runs.held_out(model, data)
         row = {"minutes": args.minutes, "flags": flags, "steps": r["steps"], "characters": r["characters"],
+               "parameters": model.num_parameters(), "precision": r["precision"], "isa": report.isa(),
                "whole_bpc": round(whole, 4), "window_bpc": round(windows, 4), "date": datetime.date.today().isoformat()}
         with open(LOG, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +54,15 @@ def test_a_write_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch
         atomic.write_bytes(path, b"half")
     monkeypatch.setattr("charloom.atomic.os.fsync", real_fsync)
     assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_leftovers_of_gone_writers_are_removed_and_nothing_else(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    names = [f".model.safetensors.tmp-{gone.pid}", f".metrics.jsonl.tmp-{os.getppid()}", "model.safetensors",
+             ".hidden", f"notes.tmp-{gone.pid}"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    assert atomic.remove_leftovers(tmp_path) == [tmp_path / names[0]]  # a live writer's and other files stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    assert atomic.remove_leftovers(tmp_path / "no such folder") == []

@@ -73,6 +73,43 @@ def test_clear_errors_for_bad_flags(args, needle):
     assert code == 2 and needle in err and "Traceback" not in err
 
 
+def test_a_zero_time_budget_is_one_line_not_a_run_that_never_ends():
+    code, out, err = run("train", "names", "--max-time", "0")
+    assert code == 2 and err == "charloom: error: max_time (--max-time): must be longer than zero, got '0'\n"
+
+
+TINY = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--sample-length", "0"]
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/run", "/proc/charloom-run"])
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_step(tmp_path, text_file, where):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    code, stdout, err = run("train", str(text_file), "--out", out, "--max-steps", "200", *TINY)
+    assert code == 2 and err.startswith("charloom: error: --out: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "step" not in stdout
+
+
+def test_quiet_training_prints_only_where_the_model_went(tmp_path, text_file):
+    out = tmp_path / "run"
+    code, stdout, err = run("train", str(text_file), "--out", str(out), "--max-steps", "6", "--eval-every", "3",
+                            "--sample-length", "30", "--no-progress", *TINY[:-2])
+    assert code == 0, err
+    best = charloom.load(out).info["best_val_bpc"]
+    assert stdout == f"model: {out / 'model.safetensors'} (best validation {best:.3f} bpc)\n" and err == ""
+
+
+def test_resuming_a_run_that_used_its_budget_says_so_and_how_to_extend_it(tmp_path, text_file):
+    out = tmp_path / "run"
+    charloom.train(source=str(text_file), out=str(out), max_steps=4, batch_size=4, seq_len=16, hidden_size=16,
+                   num_layers=1, embedding=8, sample_length=0, progress=False)
+    code, stdout, err = run("train", "--out", str(out), "--resume")
+    assert code == 0, err
+    assert (f"nothing to do: the run in {out} already reached its budget (--max-steps 4) at step 4; to train on, "
+            f"resume with a larger --max-steps") in stdout
+    assert charloom.load(out / "last.safetensors").info["step"] == 4
+
+
 def test_too_short_corpus_from_the_cli(tmp_path):
     p = tmp_path / "short.txt"
     p.write_text("tiny corpus")

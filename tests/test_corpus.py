@@ -97,6 +97,15 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
         load(CorpusConfig(source=str(p)))
 
 
+@pytest.mark.parametrize("line, message", [("[" * 100_000, "JSON nested too deeply to read"),
+                                           ('{"text": ' + "1" * 5000 + "}", "not valid JSON .*digits")])
+def test_a_jsonl_line_python_cannot_parse_names_the_file_and_line(tmp_path, line, message):
+    p = tmp_path / "deep.jsonl"
+    p.write_text('{"text": "ok"}\n' + line + "\n")
+    with pytest.raises(CharloomError, match=f"deep.jsonl: line 2: {message}"):
+        load(CorpusConfig(source=str(p), field="text", records=True))
+
+
 def test_lines_format_skips_blank_lines_and_strips_crlf(tmp_path):
     p = tmp_path / "titles.txt"
     p.write_bytes(b"one\r\n\r\ntwo\r\nthree")

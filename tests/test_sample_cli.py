@@ -129,3 +129,37 @@ def test_undecodable_start_or_stop_is_a_one_line_error(recited):
                          ("--stop", "stop[0]: U+DCFF at position 2 is a lone surrogate")):
         code, _, err = run("sample", "--checkpoint", str(run_dir), flag, bad, "--length", "5")
         assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_novelty_judges_the_sample_with_its_start_text(recited):
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--start", "@amy", "--greedy", "--novelty")
+    assert code == 0, err
+    assert out.strip() == TWEET  # the start and its continuation together are the training record
+    assert "0 of 1 samples are new (0%)" in err and f"copies the training corpus: {TWEET!r}" in err
+
+
+def test_more_samples_than_memory_holds_are_refused_up_front(recited):
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--num-samples", "10000000")
+    assert code == 2 and out == "" and "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("charloom: error: n (--num-samples) and length (--length): 10,000,000 samples of 500 ")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("count", ["1", "3"])
+def test_an_output_that_cannot_be_written_is_one_line(recited, count):
+    run_dir, _ = recited
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--output", "/dev/full", "--num-samples", count,
+                       "--length", "20")
+    assert code == 2 and err == "charloom: error: --output: cannot write /dev/full (No space left on device)\n"
+
+
+def test_undecodable_bytes_typed_in_interactive_mode_are_one_line(recited):
+    run_dir, _ = recited
+    p = subprocess.run([sys.executable, "-m", "charloom", "sample", "--checkpoint", str(run_dir), "--interactive"],
+                       input=b"@a\xffmy\n", capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # a strict UTF-8 stdin, as in a UTF-8 locale
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert err.endswith("charloom: error: --interactive: the line typed is not valid utf-8 (bytes ff at byte 2)\n")

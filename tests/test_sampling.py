@@ -6,7 +6,10 @@ from charloom.cells import CELLS
 from charloom.config import ModelConfig, SampleOptions
 from charloom.errors import CharloomError, ConfigError
 from charloom.model import CharRNN
-from charloom.sampling import Generator, Stepper, apply_repetition_penalty, choose, filter_logits
+import time
+
+from charloom.sampling import (Generator, Stepper, _Stops, apply_repetition_penalty, choose, filter_logits,
+                               sample_options)
 from charloom.vocab import Vocab
 
 
@@ -169,6 +172,95 @@ def test_stop_strings_end_a_sample_before_they_appear():
                on_text=lambda i, s: pieces.__setitem__(i, pieces[i] + s))
     again = g.generate("", 200, n=4, temperature=1.0, seed=11, stop=["at", "e d"])
     assert pieces == again and all("at" not in t and "e d" not in t for t in again)
+
+
+def test_a_string_stop_is_one_stop_string():
+    g = model_for()
+    cut = g.generate("", 120, n=4, temperature=1.0, seed=11, stop="at")
+    assert cut == g.generate("", 120, n=4, temperature=1.0, seed=11, stop=["at"])
+    assert cut != g.generate("", 120, n=4, temperature=1.0, seed=11, stop=["a", "t"])
+    streamed = [""] * 4
+    for i, piece in g.stream("", 120, n=4, temperature=1.0, seed=11, stop="at"):
+        streamed[i] += piece
+    assert streamed == cut
+    assert sample_options(SampleOptions(stop=("x", "y")), stop="the").stop == ("the",)
+
+
+def cut_at_stops(text, stops):
+    """The reference: the text before the stop string that ends first in it (of two ending together, the
+    longer, which began first), and whether one did."""
+    for end in range(1, len(text) + 1):
+        ending = [len(s) for s in stops if s and text.endswith(s, 0, end)]
+        if ending:
+            return text[:end - max(ending)], True
+    return text, False
+
+
+def fed(text, stops):
+    """What `_Stops` shows of `text` written one character at a time, and whether a stop string ended it."""
+    finder, shown = _Stops(stops, 1), []
+    for ch in text:
+        piece, stopped = finder.feed(0, ch)
+        shown.append(piece)
+        if stopped:
+            return "".join(shown), True
+    return "".join(shown) + finder.held[0], False
+
+
+@pytest.mark.parametrize("text, stops, expected", [
+    ("the cat sat on the mat", ["at on", "t o", "mat"], "the cat sa"),  # the one that ends first wins
+    ("the dog", ["d", "e d"], "th"),  # two end together: cut before the longer
+    ("aaab", ["aab"], "a"),  # a partial match that slips by one character
+    ("abab abac", ["abac", "zz"], "abab "),
+    ("no stop here", ["xyz", "here!"], "no stop here"),
+])
+def test_the_cut_falls_just_before_the_first_stop_string(text, stops, expected):
+    assert fed(text, stops)[0] == expected == cut_at_stops(text, stops)[0]
+
+
+def test_text_that_could_begin_a_stop_string_is_held_back_until_it_cannot():
+    finder = _Stops(["abx"], 1)
+    assert [finder.feed(0, ch) for ch in "zab"] == [("z", False), ("", False), ("", False)]
+    assert finder.held[0] == "ab" and finder.feed(0, "c") == ("abc", False) and finder.held[0] == ""
+
+
+def test_long_stop_strings_cut_the_text_as_the_reference_does():
+    g = model_for()
+    full = g.generate("", 400, n=4, temperature=1.0, seed=7)
+    never = "~"  # not in the vocabulary: a stop string holding it never completes
+    stops = [full[0][:300] + never * 7600, full[1][20:220] + never * 7700, "e" * 7900, " " * 7899 + never,
+             full[2][100:400] + never * 7600, full[3][250:262], full[1][330:334], full[0][380:400]]
+    pieces = [""] * 4
+    cut = g.generate("", 400, n=4, temperature=1.0, seed=7, stop=stops,
+                     on_text=lambda i, s: pieces.__setitem__(i, pieces[i] + s))
+    assert cut == [cut_at_stops(t, stops)[0] for t in full] == pieces
+    assert all(len(cut[i]) < len(full[i]) for i in (0, 1, 3))  # stop strings taken from their own text
+
+
+def test_finding_stop_strings_costs_time_linear_in_the_text():
+    # eight stop strings of 7,900 characters, each matched almost to its end again and again
+    stops = ["ab" * 3949 + "c", "a" * 7899 + "c", "b" * 7899 + "c", ("ab" * 3950)[:7899] + "a"] * 2
+    text = ("ab" * 3949 + "b" * 7900 + "a" * 7900) * 2  # 47,392 characters, no stop string completed
+    finder = _Stops(stops, 1)
+    t0 = time.perf_counter()
+    shown = [finder.feed(0, ch) for ch in text]
+    elapsed = time.perf_counter() - t0
+    assert not any(stopped for _, stopped in shown)
+    assert "".join(p for p, _ in shown) + finder.held[0] == text
+    assert elapsed < 20  # a second or two at most; rescanning each stop's prefixes at every character took hours
+
+
+def test_generations_too_big_for_memory_are_refused_before_any_work(monkeypatch):
+    g = model_for()
+    g.check_memory(SampleOptions(n=1000, length=500))  # the ordinary range
+    monkeypatch.setattr("charloom.sampling.memory_cap", lambda: 10**9)
+    g.check_memory(SampleOptions(n=1000, length=500))
+    with pytest.raises(ConfigError, match=r"^n \(--num-samples\) and length \(--length\): 10,000,000 samples of "
+                                          r"500 characters need about [\d.]+ GB, more than the 1.0 GB allowed"):
+        g.generate("", 500, n=10_000_000)
+    with pytest.raises(ConfigError, match=r"1 samples of 1,000,000,000 characters"):
+        next(iter(g.stream("", 10**9)))
+    assert g.memory_needed(2000, 500) == 2 * g.memory_needed(1000, 500)
 
 
 def test_greedy_generation_is_deterministic_without_seed():

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -295,3 +296,46 @@ def test_an_overwrite_that_cannot_start_keeps_the_old_run(tmp_path, text_file, t
         charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, overwrite=True, precision="fp16",
                        **tiny)
     assert (tmp_path / "model.safetensors").read_bytes() == before and (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("duration", ["0", "0s", "0m0s", "0.0h"])
+def test_a_zero_time_budget_is_refused_naming_the_flag(duration):
+    with pytest.raises(ConfigError, match=r"^max_time \(--max-time\): must be longer than zero"):
+        TrainConfig(max_time=duration)
+    assert TrainConfig(max_time="", max_steps=3).seconds == 0  # no time budget at all is still allowed
+
+
+@pytest.mark.parametrize("kind, options", [("stream", dict(val_fraction=0.0005)),
+                                           ("records", dict(records=True, val_fraction=0.01))])
+def test_a_validation_split_too_small_to_score_is_refused_before_any_step(tmp_path, text_file, tiny, kind, options):
+    events = []
+    with pytest.raises(CharloomError, match=r"^--val-fraction 0\.0\d+: the validation split of .* holds [01] "
+                                            r"(character|record)s?, too few to score"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=20, callback=events.append,
+                       **{**tiny, **options})
+    assert events == [] and not (tmp_path / "last.safetensors").exists()
+    result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **{**tiny, **options,
+                                                                                         "val_fraction": 0.0})
+    assert result.val is None and result.progress.step == 3  # asked for no validation: trains without
+
+
+def test_leftover_temporary_files_of_dead_writers_are_removed_at_the_next_start(tmp_path, text_file, tiny):
+    run = tmp_path / "run"
+    charloom.train(source=str(text_file), out=str(run), max_steps=3, **tiny)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer killed mid-save: its process is gone
+    stale = run / f".last.safetensors.tmp-{dead.pid}"
+    stale.write_bytes(b"half a file")
+    live = run / f".model.safetensors.tmp-{os.getppid()}"  # a writer still running: not ours to remove
+    live.write_bytes(b"being written")
+    charloom.train(source=str(text_file), out=str(run), max_steps=5, resume=True)
+    assert not stale.exists() and live.exists()
+    live.unlink()
+    assert sorted(p.name for p in run.iterdir()) == ["last.safetensors", "metrics.jsonl", "model.safetensors"]
+
+
+def test_quiet_runs_still_say_where_the_model_went(tmp_path, text_file, tiny, capsys):
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, **{**tiny, "sample_length": 30})
+    best = charloom.load(tmp_path).info["best_val_bpc"]
+    assert capsys.readouterr().out.splitlines() == [f"model: {tmp_path / 'model.safetensors'} (best validation "
+                                                    f"{best:.3f} bpc)"]  # no bar, evaluations or samples

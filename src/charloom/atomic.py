@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import CharloomError
+
+TMP_MARK = ".tmp-"  # a temporary file is `.NAME.tmp-PID`, beside the file it will replace
+_LEFTOVER = re.compile(r"\..+" + re.escape(TMP_MARK) + r"(\d+)")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -15,7 +19,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -37,3 +41,32 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # another user's process, or no way to tell: leave its file alone
+    return True
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary files in `folder` that writers killed mid-write left behind (their process is
+    gone, so no rename will ever claim them); a live process's file is kept. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _LEFTOVER.fullmatch(p.name)
+        if m and p.is_file() and not _alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass  # gone already, or not ours to remove: the run itself never reads it
+    return removed

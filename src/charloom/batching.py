@@ -300,6 +300,20 @@ class Data:
     train_size: int  # characters (continuous) or records
     val_size: int
 
+    @property
+    def train_shape(self) -> tuple[int, float]:
+        """(rows, characters predicted per row) of one process's training batch."""
+        if isinstance(self.train, StreamBatches):
+            return self.cfg.batch_size, float(self.cfg.seq_len)
+        return self.train.batch_size, float((self.train.lengths + self.train.ends).mean())  # <eos> where it fits
+
+    @property
+    def train_characters(self) -> int:
+        """Characters predicted in one epoch of the training split (its distinct text)."""
+        if isinstance(self.train, StreamBatches):
+            return self.train_size
+        return int((self.train.lengths + self.train.ends).sum())
+
     def val_batches(self) -> Iterator[Batch]:
         if self.val is None:
             return iter(())

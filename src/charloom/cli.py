@@ -13,7 +13,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -175,14 +175,53 @@ def cmd_train(ns: argparse.Namespace) -> None:
     train(**{k: v for k, v in vars(ns).items() if k in names})  # only the flags given: resuming keeps the rest
 
 
-def _open_output(path: str | None):
-    """The file `--output` names, open for writing (None: the samples go to the terminal)."""
-    if not path:
-        return None
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as e:
-        raise CharloomError(f"--output: cannot write {path} ({e.strerror or e})") from None
+class _Output:
+    """The file `--output` names, open for writing. A failed write (a full disk, /dev/full) is one line naming
+    the flag, whether it shows at a write or only at the final flush."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.jsonl = path.endswith((".jsonl", ".ndjson"))
+        try:
+            self.file = open(path, "w", encoding="utf-8")
+        except OSError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> CharloomError:
+        return CharloomError(f"--output: cannot write {self.path} ({e.strerror or e})")
+
+    def write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+        except OSError as e:
+            raise self._error(e) from None
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close; after another failure, quietly (that one is the error to show)."""
+        try:
+            self.file.close()
+        except OSError as e:
+            if not failed:
+                raise self._error(e) from None
+
+
+def _typed_starts() -> Iterator[str]:
+    """Start texts typed one per line, until an empty line or the end of input. The bytes are decoded here, so
+    that ones the terminal's encoding cannot read are one line naming the flag, whatever Python's stdin does."""
+    raw = getattr(sys.stdin, "buffer", None)
+    encoding = sys.stdin.encoding or "utf-8"
+    while True:
+        print("start text (empty line or Ctrl-D to end)> ", end="", file=sys.stderr, flush=True)
+        line = raw.readline() if raw is not None else sys.stdin.readline()
+        if isinstance(line, bytes):
+            try:
+                line = line.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise CharloomError(f"--interactive: the line typed is not valid {encoding} (bytes "
+                                    f"{line[e.start:e.end].hex(' ')} at byte {e.start})") from None
+        if not line.strip():
+            return
+        yield line.rstrip("\r\n")
 
 
 def _sample_row(opts: Any, i: int, text: str, mark: Any, model_file: Any) -> str:
@@ -216,9 +255,9 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     ck = checkpoint.load(ns.checkpoint, device=pick_device(ns.device))
     gen = Generator.from_checkpoint(ck)
+    gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
     novelty = Novelty.for_checkpoint(ck, ns.novelty_source) if ns.novelty or ns.novelty_source else None
-    sink = _open_output(ns.output)
-    as_jsonl = sink is not None and ns.output.endswith((".jsonl", ".ndjson"))
+    sink = _Output(ns.output) if ns.output else None
     verdicts: list[bool] = []
 
     def one(opts: SampleOptions) -> None:
@@ -232,11 +271,11 @@ def cmd_sample(ns: argparse.Namespace) -> None:
             warnings.simplefilter("ignore")  # the note above already said it
             texts = gen.generate(opts, on_text=_show if stream else None)
         for i, text in enumerate(texts):
-            mark = novelty.check(text) if novelty else None
+            mark = novelty.check(opts.start + text) if novelty else None  # the sample as shown, start and all
             if mark is not None:
                 verdicts.append(mark.new)
             if sink is not None:
-                sink.write(_sample_row(opts, i, text, mark, ck.path) if as_jsonl else opts.start + text + "\n")
+                sink.write(_sample_row(opts, i, text, mark, ck.path) if sink.jsonl else opts.start + text + "\n")
             else:
                 print("" if stream else opts.start + text)
             if mark is not None and not mark.new:
@@ -244,12 +283,8 @@ def cmd_sample(ns: argparse.Namespace) -> None:
 
     try:
         if ns.interactive:
-            while True:
-                print("start text (empty line or Ctrl-D to end)> ", end="", file=sys.stderr, flush=True)
-                line = sys.stdin.readline()
-                if not line.strip():
-                    break
-                one(base.replace(start=line.rstrip("\n"), temperature=cfg.temperature_list[0]))
+            for start in _typed_starts():
+                one(base.replace(start=start, temperature=cfg.temperature_list[0]))
         else:
             runs = cfg.each(base)
             labelled = len(runs) > 1 or base.n > 1
@@ -258,9 +293,12 @@ def cmd_sample(ns: argparse.Namespace) -> None:
                     print(f"--- temperature {opts.temperature:g}" + (f", start {opts.start!r}" if opts.start else "")
                           + " ---")
                 one(opts)
-    finally:
+    except BaseException:
         if sink is not None:
-            sink.close()
+            sink.close(failed=True)
+        raise
+    if sink is not None:
+        sink.close()
     if verdicts:
         _novelty_summary(verdicts)
 

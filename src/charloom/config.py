@@ -199,7 +199,8 @@ class ModelConfig(Config):
 
     cell: str = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh); the entries of cells.CELLS")
     num_layers: int = option(1, "stacked recurrent layers", flag="layers")
-    hidden_size: int = option(640, "units per recurrent layer", flag="hidden")
+    hidden_size: int = option(0, "units per recurrent layer (0: the width that predicts the lowest held-out bpc for "
+                                 "this machine and budget, measured at the start; see sizing)", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
@@ -211,7 +212,9 @@ class ModelConfig(Config):
 
         if self.cell not in CELLS:
             raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(map(repr, CELLS))}")
-        _positive(self, "num_layers", "hidden_size")
+        _positive(self, "num_layers")
+        if self.hidden_size < 0:
+            raise ConfigError(f"hidden_size: must be positive (or 0: sized for the run), got {self.hidden_size}")
         if self.embedding < 0:
             raise ConfigError(f"embedding: must be 0 (one-hot) or positive, got {self.embedding}")
         if not 0.0 <= self.dropout < 1.0:
@@ -275,7 +278,8 @@ class TrainConfig(Config):
                              "and the batch order's seed together)")
     resume: bool = option(False, "continue the run in --out from last.safetensors, exactly where it stopped")
     overwrite: bool = option(False, "start afresh even if --out already holds a run (its files are replaced)")
-    progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal")
+    progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal (off: only where "
+                                  "the model went and its score)")
 
     def validate(self) -> None:
         for n in ("max_steps", "warmup", "eval_every", "eval_chars", "sample_length", "threads"):
@@ -295,7 +299,9 @@ class TrainConfig(Config):
                 SampleOptions(temperature=t)
             except ConfigError as e:
                 raise ConfigError(f"sample_{e}") from None
-        parse_duration(self.max_time)
+        # a duration of 0 reads as no time limit, so `--max-time 0` alone would never end
+        if self.max_time.strip() and parse_duration(self.max_time) <= 0:
+            raise ConfigError(f"max_time (--max-time): must be longer than zero, got {self.max_time!r}")
         _seed(self.seed)
 
     @property

@@ -279,8 +279,10 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[str]:
             continue
         try:
             obj: Any = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CharloomError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+        except RecursionError:  # the parser recurses once per level of nesting
+            raise CharloomError(f"{path}: line {n}: JSON nested too deeply to read") from None
+        except ValueError as e:  # a JSONDecodeError, or an integer too long to convert
+            raise CharloomError(f"{path}: line {n}: not valid JSON ({getattr(e, 'msg', e)})") from None
         for k in keys:
             if not isinstance(obj, dict) or k not in obj:
                 have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""

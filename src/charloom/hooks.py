@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, sizing
 from .evaluation import LN2, Evaluation
 from .sampling import sample_texts
 
@@ -48,22 +48,33 @@ def say(text: str) -> None:
 
 
 class Display(Hook):
-    """The terminal: what runs where, a progress bar, a line per evaluation, and where the model went."""
+    """The terminal: what runs where, a progress bar, a line per evaluation, and where the model went.
 
-    def __init__(self) -> None:
+    quiet: only the end (where the model went, its score, why the run stopped), never the rest."""
+
+    def __init__(self, info: Callable[[], dict[str, Any]] = dict, quiet: bool = False) -> None:
         self.bar = None
+        self.info = info  # the run's info: the sizing chosen, if any, is said at the start
+        self.quiet = quiet
 
     def on_start(self, t: Trainer) -> None:
         from tqdm import tqdm
 
+        if self.quiet:
+            return
         m = t.model.cfg
         kind = "records" if t.records else "characters"
         say(f"{m.cell} {m.num_layers}x{m.hidden_size}, {t.model.num_parameters():,} parameters, on "
             f"{t.rt.device.type} ({t.rt.precision}); {t.data.train_size:,} training {kind}; run folder {t.out}")
+        sized = self.info().get("sizing")
+        if sized:
+            say(sizing.Fit(**sized).line())
         self.bar = tqdm(total=1000, disable=None, leave=False, file=sys.stderr, initial=int(1000 * t.fraction_done()),
                         bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
 
     def on_step(self, t: Trainer, event: dict[str, Any]) -> bool:
+        if self.bar is None:
+            return False
         loss = event["loss"]
         self.bar.n = int(1000 * min(1.0, t.fraction_done()))
         self.bar.set_description_str(f"step {event['step']} loss {loss:.3f} ({loss / LN2:.2f} bpc) "
@@ -73,6 +84,8 @@ class Display(Hook):
 
     def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
                 full: Evaluation | None) -> None:
+        if self.quiet:
+            return
         vtxt = f"val {val.bpc:.3f} bpc" if val else "no validation split"
         if full is not None and full is not val:  # a subset: say what the whole split scores
             vtxt += f" (whole validation split, {full.characters:,} characters: {full.bpc:.3f})"
@@ -80,14 +93,20 @@ class Display(Hook):
             f"{row['chars_per_s']:,.0f} chars/s  {row['seconds']:.0f}s")
 
     def on_end(self, t: Trainer, result: TrainResult) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         if not result.steps_run:
-            say(f"nothing to do: the run in {t.out} has already used its budget")
+            spent = ", ".join(k for k, v in t.budgets().items() if v >= 1.0)
+            say(f"nothing to do: the run in {t.out} already reached its budget ({spent}) at step {t.pos.step}; "
+                f"to train on, resume with a larger --max-steps, --max-time or --epochs")
         if result.stopped_by != "budget":
             say(f"stopped by {result.stopped_by} at step {t.pos.step}; saved {t.out / checkpoint.RESUME_FILE} "
                 f"(continue with --resume)")
-        best = t.pos.best_val / LN2 if math.isfinite(t.pos.best_val) else None
-        say(f"model: {t.out / checkpoint.MODEL_FILE}" + (f" (best validation {best:.3f} bpc)" if best else ""))
+        if math.isfinite(t.pos.best_val):
+            score = f" (best validation {t.pos.best_val / LN2:.3f} bpc)"
+        else:  # no validation split: the training loss is the only score there is
+            score = f" (train {t.history[-1]['train_bpc']:.3f} bpc; no validation split)" if t.history else ""
+        say(f"model: {t.out / checkpoint.MODEL_FILE}{score}")
 
 
 class Samples(Hook):

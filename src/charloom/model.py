@@ -24,6 +24,9 @@ class CharRNN(nn.Module):
         super().__init__()
         if cfg.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary before building a model")
+        if cfg.hidden_size < 1:
+            raise ValueError("ModelConfig.hidden_size must be set before building a model (0 asks a training run "
+                             "to choose it: see charloom.sizing)")
         self.cfg = cfg
         self.cell = CELLS[cfg.cell]
         V, H = cfg.vocab_size, cfg.hidden_size

@@ -50,6 +50,8 @@ class Novelty:
         return cls(corpus, min_chars)
 
     def check(self, sample: str) -> Mark:
+        """Judge `sample` as a reader sees it: give the start text with the continuation, since a copied
+        record or line often begins in the start text."""
         if self.records is not None:
             return Mark(False, [sample]) if sample in self.records else Mark(True)
         pieces = [sample] if len(sample) >= self.min_chars else []

@@ -17,6 +17,7 @@ a sample is the same text whether it is made alone or in a batch.
 from __future__ import annotations
 
 import functools
+import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import SampleOptions
+from .errors import ConfigError
 from .model import CharRNN, State
 from .vocab import Vocab
 
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint
 
 UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
+# what one sample holds while it is written, for `Generator.memory_needed` (measured on CPython 3.11, torch 2):
+SAMPLE_FIXED_BYTES = 4096  # its torch.Generator (about 2.7 KB) and its Python bookkeeping
+LOGIT_COPIES = 12  # (V,) float32 rows alive at once while a character is chosen: penalty, filters, sort, cdf
+STATE_COPIES = 12  # (H,) float32 rows per layer: the state, the new state and the gates of a step
+TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pieces' list until they are joined
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
 GREEDY_BELOW = 1e-30
@@ -184,29 +191,48 @@ class Generator:
     def generate(self, options: SampleOptions | str | None = None, length: int | None = None, *,
                  on_text: Callable[[int, str], None] | None = None, **changes: Any) -> list[str]:
         """`options.n` continuations of `options.start` (without it). Each ends at <eos>, after `length`
-        characters, or just before the first stop string it writes. `on_text(i, piece)` sees each sample's
-        text as it is made.
+        characters, or just before the first stop string it writes (where two end at the same character, before
+        the longer). `stop` is one string or a list of them. `on_text(i, piece)` sees each sample's text as it is
+        made.
 
         The options are a SampleOptions, or its fields as arguments: `generate("Ma", 20, n=5, seed=1)`
         (see `sample_options`)."""
         opts = sample_options(options, length, **changes)
-        out = [""] * opts.n
+        out: list[list[str]] = [[] for _ in range(opts.n)]  # joined once at the end: `+=` on each would be quadratic
         for i, piece in self.stream(opts):
-            out[i] += piece
+            out[i].append(piece)
             if on_text is not None:
                 on_text(i, piece)
-        return out
+        return ["".join(pieces) for pieces in out]
 
     def stream(self, options: SampleOptions | str | None = None, length: int | None = None,
                **changes: Any) -> Iterator[tuple[int, str]]:
         """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts.
         The options and the start text are checked here, before the first piece is asked for."""
         opts = sample_options(options, length, **changes)
+        self.check_memory(opts)
         unknown = self.unknown_characters(opts.start)
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
                           stacklevel=2)
         return self._pieces(self._prefix(opts.start), opts)
+
+    def memory_needed(self, n: int, length: int) -> int:
+        """Bytes that n samples of `length` characters hold at the peak of a generation, roughly: each sample's
+        random stream and uniforms, a few copies of its logits and recurrent state, and its text."""
+        cfg, vocab_size = self.model.cfg, len(self.vocab)
+        width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
+        per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
+                      + STATE_COPIES * cfg.num_layers * cfg.hidden_size * 4)
+        return n * (per_sample + length * (TEXT_BYTES + 2 * width))
+
+    def check_memory(self, opts: SampleOptions) -> None:
+        """Refuse, before any work, a generation that would not fit in memory (half of this machine's)."""
+        need, cap = self.memory_needed(opts.n, opts.length), memory_cap()
+        if need > cap:
+            raise ConfigError(f"n (--num-samples) and length (--length): {opts.n:,} samples of {opts.length:,} "
+                              f"characters need about {need / 1e9:,.1f} GB, more than the {cap / 1e9:,.1f} GB allowed "
+                              f"(half of this machine's memory); ask for fewer or shorter samples")
 
     @torch.inference_mode()
     def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
@@ -219,7 +245,7 @@ class Generator:
 
     def _run(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
         length, n, temperature, top_k, top_p = opts.length, opts.n, opts.temperature, opts.top_k, opts.top_p
-        penalty, seed, stops = opts.repetition_penalty, opts.seed, [s for s in opts.stop if s]
+        penalty, seed = opts.repetition_penalty, opts.seed
         v, dev = self.vocab, self.device
         if length == 0:
             return
@@ -234,8 +260,7 @@ class Generator:
             seen[:, torch.tensor(prefix, device=dev)] = True
         done = [False] * n
         itos, n_special, eos = v.itos, len(v.specials), v.eos_id
-        texts = [""] * n if stops else None  # per-sample text, only kept to find stop strings
-        held = [""] * n  # streamed text held back while it could be the start of a stop string
+        stops = _Stops(opts.stop, n) if any(opts.stop) else None
         u = None
         for t in range(length):
             if t % UNIFORM_BLOCK == 0 and temperature > 0:
@@ -250,43 +275,75 @@ class Generator:
                     done[i] = True
                     continue
                 ch = itos[tok] if tok >= n_special else ""
-                if texts is None:
+                if stops is None:
                     yield i, ch
                     continue
-                texts[i] += ch
-                held[i] += ch
-                hit = next((s for s in stops if texts[i].endswith(s)), None)
-                if hit is not None:
-                    # drop the stop string: what was held back of it is never shown
-                    keep = len(held[i]) - len(hit)
-                    if keep > 0:
-                        yield i, held[i][:keep]
-                    held[i] = ""
-                    done[i] = True
-                    continue
-                safe = len(held[i]) - _longest_stop_prefix(texts[i], stops)
-                if safe > 0:
-                    yield i, held[i][:safe]
-                    held[i] = held[i][safe:]
+                shown, done[i] = stops.feed(i, ch)
+                if shown:
+                    yield i, shown
             if all(done):
                 break
             if penalty != 1.0:
                 seen.scatter_(1, nxt[:, None], True)
             last, state = step(nxt, state)
-        for i, rest in enumerate(held):
+        for i, rest in enumerate(stops.held if stops else ()):  # what could have begun a stop string, but did not
             if rest:
                 yield i, rest
 
 
-def _longest_stop_prefix(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that begins some stop string (so it must be held back)."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
+class _Stops:
+    """Finds stop strings in each sample's text as it is written, and holds back what could begin one.
+
+    Each stop string is followed by a Knuth-Morris-Pratt automaton, so a character costs amortised constant
+    time per stop string however long the text or the stop strings: rescanning the text's end for every
+    prefix of every stop string costs the square of their length per character."""
+
+    def __init__(self, stops: Sequence[str], n: int):
+        self.stops = [s for s in stops if s]
+        self.fails = [_failure(s) for s in self.stops]
+        self.matched = [[0] * len(self.stops) for _ in range(n)]  # per sample: characters of each stop matched
+        self.held = [""] * n  # per sample: the end of its text that begins a stop string, not yet shown
+
+    def feed(self, i: int, text: str) -> tuple[str, bool]:
+        """Sample i wrote `text`: (what of it may be shown now, whether a stop string ended the sample there).
+        What is held back is always the longest end of the text that begins some stop string."""
+        matched, held = self.matched[i], self.held[i]
+        for at, ch in enumerate(text):
+            hit = 0
+            for j, s in enumerate(self.stops):
+                k, fail = matched[j], self.fails[j]
+                while k and s[k] != ch:
+                    k = fail[k - 1]
+                k += s[k] == ch
+                matched[j] = k
+                if k == len(s):
+                    hit = max(hit, k)  # of stops ending here, the longer began first
+            if hit:
+                written = held + text[:at + 1]
+                self.held[i] = ""
+                return written[:len(written) - hit], True
+        written, keep = held + text, max(matched, default=0)
+        self.held[i] = written[len(written) - keep:] if keep else ""
+        return written[:len(written) - keep], False
+
+
+def _failure(s: str) -> list[int]:
+    """fail[k]: the length of the longest proper prefix of s[:k + 1] that is also its suffix (KMP's table)."""
+    fail, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        k += s[i] == s[k]
+        fail[i] = k
+    return fail
+
+
+def memory_cap() -> int:
+    """The most memory one generation may take: half of this machine's (8 GB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 * 10**9
 
 
 def sample_texts(model: CharRNN, vocab: Vocab, start: str, temperatures: Sequence[float], length: int, n: int = 1,
@@ -303,6 +360,8 @@ def sample_options(options: SampleOptions | str | None = None, length: int | Non
     the server."""
     if length is not None:
         changes["length"] = length
+    if isinstance(changes.get("stop"), str):  # one stop string, not one per character
+        changes["stop"] = (changes["stop"],)
     if isinstance(options, SampleOptions):
         return options.replace(**changes) if changes else options
     if options is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -30,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from . import atomic, checkpoint, hooks
+from . import atomic, checkpoint, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
@@ -163,17 +164,21 @@ class Trainer:
         self.carry = tuple(t.to(device) for t in carry) if carry else None
         self.pos = run.progress
 
-    def fraction_done(self) -> float:
+    def budgets(self) -> dict[str, float]:
+        """The share used of each budget, keyed by the flag that sets it (`--max-steps 200`)."""
         c, pos = self.cfg, self.pos
-        parts = []
+        parts = {}
         if c.max_steps:
-            parts.append(pos.step / c.max_steps)
+            parts[f"--max-steps {c.max_steps}"] = pos.step / c.max_steps
         if c.seconds:
-            parts.append(pos.elapsed / c.seconds)
+            parts[f"--max-time {c.max_time or '10m'}"] = pos.elapsed / c.seconds
         if c.epochs:
             per = max(1, self.data.train.batches_in_epoch(pos.epoch))
-            parts.append((pos.epoch + pos.index / per) / c.epochs)
-        return max(parts) if parts else 0.0
+            parts[f"--epochs {c.epochs:g}"] = (pos.epoch + pos.index / per) / c.epochs
+        return parts
+
+    def fraction_done(self) -> float:
+        return max(self.budgets().values(), default=0.0)
 
     def eta(self) -> float:
         done = self.fraction_done()
@@ -358,6 +363,33 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
     return None
 
 
+def _check_out(out: Path) -> None:
+    """Create the run folder and write a small file in it, so that a folder that cannot hold the run is said
+    before any work rather than at the first save; and remove what writers killed mid-save left there."""
+    if out.exists() and not out.is_dir():
+        raise CharloomError(f"--out: {out} is a file, not a folder")
+    probe = out / f".write-check{atomic.TMP_MARK}{os.getpid()}"  # named as a leftover: a kill here is cleaned up
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.remove_leftovers(out)
+        probe.write_bytes(b"charloom")
+        probe.unlink()
+    except OSError as e:
+        raise CharloomError(f"--out: cannot write the run folder {out} ({e.strerror or e})") from None
+
+
+def _check_validation(data: Data, cfg: BatchConfig) -> None:
+    """A validation split asked for but too small to score is refused now, not at its first evaluation."""
+    records = data.corpus.is_records
+    need = 1 if records else 2  # a stream's first character is never predicted
+    if cfg.val_fraction == 0 or data.val_size >= need:
+        return
+    unit = ("record" if records else "character") + ("" if data.val_size == 1 else "s")
+    raise CharloomError(f"--val-fraction {cfg.val_fraction:g}: the validation split of {data.corpus.name} holds "
+                        f"{data.val_size} {unit}, too few to score (at least {need}); give a larger --val-fraction, "
+                        f"or --val-fraction 0 to train without validation")
+
+
 def _keep_metrics_until(path: Path, step: int) -> None:
     """Drop the lines a killed run wrote after its last save."""
     if path.exists():
@@ -379,9 +411,8 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     cfg: TrainConfig = cfgs["train"]  # type: ignore[assignment]
     out = Path(cfg.out).expanduser()
     chosen: list[hooks.Hook] = []
-    if cfg.progress and main:
-        chosen.append(hooks.Display())
-    if main:
+    if main:  # quiet or not, the run says where its model went
+        chosen.append(hooks.Display(trainer_info, quiet=not cfg.progress))
         chosen.append(hooks.MetricsLog(out / "metrics.jsonl"))
     if cfg.progress and main and cfg.sample_length and cfg.sample_temperatures:
         chosen.append(hooks.Samples(cfg.sample_start, cfg.sample_temperatures, cfg.sample_length, cfg.seed))
@@ -389,6 +420,19 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     if callback is not None:
         chosen.append(hooks.Callback(callback))
     return chosen
+
+
+def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
+           previous: tuple[checkpoint.Checkpoint, RunState] | None) -> tuple[ModelConfig, sizing.Fit | None]:
+    """The model config with its width set: as given, as the resumed run had it, or chosen for this machine and
+    budget (measured by the first process only, so that the others do not slow its timing; all take its choice)."""
+    if model.hidden_size:
+        return model, None
+    if previous is not None:
+        return model.replace(hidden_size=previous[0].config.hidden_size), None
+    fitted = sizing.fit(model, data.train_shape, cfg, rt, data.train_characters) if rt.procs.main else None
+    (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
+    return model.replace(hidden_size=int(width)), fitted
 
 
 def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
@@ -403,12 +447,16 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
             raise
         raise CharloomError(f"{e} (the run in {out} trained with --precision {config.precision}; give --precision "
                             f"to continue it in another)") from None
+    if rt.procs.main:  # only the first process writes the run folder
+        _check_out(out)
     # the run records the precision it resolved, so a resumed run computes as it did, however a probe goes
     cfg = config.replace(precision=rt.precision)
     data = data or prepare(load_corpus(corpus), batch, rt.procs.rank, rt.procs.world)
+    _check_validation(data, batch)
     vocab = data.corpus.vocab
+    model, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, previous)
     torch.manual_seed(cfg.seed)
-    net = CharRNN(model.replace(vocab_size=len(vocab))).to(rt.device)
+    net = CharRNN(model).to(rt.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                             foreach=True)
     cfgs: dict[str, Config] = {"corpus": corpus, "batch": batch, "model": net.cfg, "train": cfg}
@@ -420,7 +468,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
 
     def info() -> dict[str, Any]:
         return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
-                "parameters": net.num_parameters(), "weight_average_decay": cfg.ema}
+                "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
+                **({"sizing": sized.to_dict()} if sized else {})}
 
     contiguous = batch.order == "contiguous" and not data.corpus.is_records
     trainer = Trainer(net, data, opt, rt, cfg, _hooks(cfgs, info, rt.procs.main, callback), contiguous)

@@ -1,0 +1,72 @@
+"""Both cores: one process of two threads against two processes (torchrun) of one thread each.
+
+    python bench/processes_bench.py [--seconds 75] [--hidden 640]
+    ONEDNN_MAX_CPU_ISA=AVX2 python bench/processes_bench.py      # the same on oneDNN's AVX2 path
+
+Each layout trains `charloom train shakespeare` for the same time with no evaluations or samples on the
+way, and reports the training characters per second of its last metrics row (all processes together).
+Two processes either split the batch (the same 16 rows per step, 8 each) or each take a full one (32 rows
+per step, which changes the recipe). The section is named after the kernel path, so both stand side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+LAYOUTS = [  # (label, launcher, threads per process, rows per process)
+    ("1 process x 2 threads, batch 16", [], 2, 16),
+    ("2 processes x 1 thread, batch 8 each (16 per step)", ["--nproc_per_node=2"], 1, 8),
+    ("2 processes x 1 thread, batch 16 each (32 per step)", ["--nproc_per_node=2"], 1, 16),
+]
+
+
+def rate(launcher: list[str], threads: int, rows: int, seconds: float, hidden: int, out: Path) -> float:
+    flags = ["train", "shakespeare", "--max-time", f"{seconds:g}s", "--eval-every", "0", "--sample-length", "0",
+             "--hidden", str(hidden), "--threads", str(threads), "--batch-size", str(rows), "--no-progress",
+             "--overwrite", "--out", str(out)]
+    runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", *launcher] if launcher else [sys.executable]
+    subprocess.run([*runner, "-m", "charloom", *flags], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return last["characters"] / last["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=75)
+    ap.add_argument("--hidden", type=int, default=640)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, launcher, threads, per) in enumerate(LAYOUTS):
+            r = rate(launcher, threads, per, args.seconds, args.hidden, Path(tmp) / str(i))
+            rows.append((label, r))
+            print(label, f"{r:,.0f}", flush=True)
+    first = rows[0][1]
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    body = "\n".join([
+        f"## Both cores: processes against threads{' (' + capped + ' path)' if capped else ''}",
+        "",
+        f"Command: `{'ONEDNN_MAX_CPU_ISA=' + capped + ' ' if capped else ''}python bench/processes_bench.py "
+        f"--seconds {args.seconds:g} --hidden {args.hidden}`. Machine: {report.machine()}. "
+        f"`charloom train shakespeare --hidden {args.hidden}` for {args.seconds:g} s per layout, precision auto, "
+        "no evaluations; the rate is training characters per second of all processes together.",
+        "",
+        *report.table(["layout", "characters/s", "vs one process"],
+                      [report.row(label, f"{r:,.0f}", f"{r / first:.2f}x") for label, r in rows]),
+    ])
+    report.write_section(f"processes-{capped.lower()}" if capped else "processes", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The law behind `charloom train`'s choice of width: held-out bpc against parameters and characters trained,
+fitted on the runs of bench/sweep.jsonl that differ from the defaults only in width, precision and threads.
+
+    python bench/sizing_fit.py
+
+bpc(N, D) = E + A / N**alpha + B / D_eff**beta, D_eff discounting repeated epochs as sizing.py does. The
+exponents are found by a grid search; E, A and B by least squares at each pair. Prints the fitted law
+(to paste into src/charloom/sizing.py) and writes the sizing section of BENCHMARKS.md: each run's
+observed bpc beside the law's, and the width the law picks for some budgets in characters.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+import runs  # noqa: E402
+
+from charloom import ModelConfig, sizing  # noqa: E402
+
+LOG = Path(__file__).resolve().parent / "sweep.jsonl"
+FREE = {"--hidden", "--precision", "--threads"}  # flags that change speed or width, not the recipe
+MIN_STEPS = 250  # fewer steps spend a fifth of the run or more warming up: not the regime the law is for
+
+
+def width_of(flags: str) -> int | None:
+    """The --hidden of a row whose other flags leave the recipe at its defaults (None: a different recipe)."""
+    words, width = shlex.split(flags), None
+    for i in range(0, len(words), 2):
+        if words[i] not in FREE or i + 1 >= len(words):
+            return None
+        if words[i] == "--hidden":
+            width = int(words[i + 1])
+    return width
+
+
+def fit(n: np.ndarray, d: np.ndarray, bpc: np.ndarray, unique: float) -> tuple[sizing.Law, float]:
+    """The law with the least squared error on the runs, predicting as sizing.py does: exponents by grid search,
+    E, A and B by least squares; parameters past the useful size are discounted by the law being fitted, so
+    each pair of exponents iterates to a fixed point."""
+    best = (np.inf, None)
+    d_eff = np.array([sizing.discounted(c, unique, sizing.EPOCH_DECAY) for c in d])
+    for alpha in np.arange(0.05, 1.01, 0.01):
+        for beta in np.arange(0.05, 1.01, 0.01):
+            n_eff, law = n, None
+            for _ in range(8):
+                X = np.stack([np.ones_like(n), n_eff ** -alpha, d_eff ** -beta], 1)
+                coef, *_ = np.linalg.lstsq(X, bpc, rcond=None)
+                if (coef[1:] <= 0).any():
+                    law = None
+                    break
+                law = sizing.Law(*map(float, (coef[0], coef[1], alpha, coef[2], beta)))
+                useful = law.useful_parameters(unique)
+                n_eff = np.array([sizing.discounted(x, useful, sizing.EXCESS_DECAY) for x in n])
+            if law is None:
+                continue
+            sse = float(sum((law.bpc(ni, di, unique) - b) ** 2 for ni, di, b in zip(n, d, bpc)))
+            if sse < best[0]:
+                best = (sse, law)
+    return best[1], (best[0] / len(bpc)) ** 0.5
+
+
+def main() -> None:
+    data = runs.shakespeare()
+    vocab, unique = len(data.corpus.vocab), data.train_characters
+    model = ModelConfig(vocab_size=vocab)
+    rows = [r for r in map(json.loads, LOG.read_text().splitlines()) if width_of(r["flags"]) and r["steps"] >= MIN_STEPS]
+    n = np.array([r.get("parameters") or sizing.parameters(model, width_of(r["flags"])) for r in rows], float)
+    seen = np.array([r["characters"] for r in rows], float)
+    bpc = np.array([r["whole_bpc"] for r in rows])
+    law, rms = fit(n, seen, bpc, unique)
+    print(f"LAW = Law(E={law.E:.4f}, A={law.A:.4g}, alpha={law.alpha:.2f}, B={law.B:.4g}, beta={law.beta:.2f})")
+    print(f"rms error {rms:.4f} bpc over {len(rows)} runs; useful parameters for this corpus: "
+          f"{law.useful_parameters(unique):,.0f}")
+    lines = [report.row(f"{r['minutes']:g} min", r.get("precision", "bf16"), f"`{r['flags']}`", f"{ni:,.0f}",
+                        f"{ci / 1e6:.1f} M", f"{r['whole_bpc']:.3f}", f"{law.bpc(ni, ci, unique):.3f}")
+             for r, ni, ci in sorted(zip(rows, n, seen), key=lambda t: (t[1], t[2]))]
+    picks = [report.row(f"{c / 1e6:g} M", sizing.choose(model, "", unique, lambda w, c=c: c, law=law).hidden_size)
+             for c in (1e6, 3e6, 10e6, 30e6, 100e6)]
+    body = "\n".join([
+        "## Choosing the width: the law behind sizing",
+        "",
+        "Command: `python bench/sizing_fit.py` (after `bench/sweep.py` runs that vary `--hidden`). The runs of the "
+        "sweep that differ from the defaults only in width, precision or threads, fitted as "
+        "bpc = E + A / N^alpha + B / D^beta (N parameters, D characters trained, repeated epochs discounted as "
+        "in `src/charloom/sizing.py`): "
+        f"E = {law.E:.3f}, A = {law.A:.4g}, alpha = {law.alpha:.2f}, B = {law.B:.4g}, beta = {law.beta:.2f}; "
+        f"root-mean-square error {rms:.3f} bpc over {len(rows)} runs (runs of fewer than {MIN_STEPS} steps "
+        "are left out: they spend a fifth of their steps or more warming up). Rows without a precision are from "
+        "before runs recorded it (bf16, the native path of this machine, 2 threads).",
+        "",
+        *report.table(["budget", "precision", "flags", "parameters", "characters trained", "held-out bpc",
+                       "the law's bpc"], lines),
+        "",
+        "The width `charloom train shakespeare` takes (1 layer, embedding 64) for a budget of characters; "
+        "a time budget becomes characters through the rate measured at the start of the run:",
+        "",
+        *report.table(["characters trained", "width chosen"], picks),
+    ])
+    report.write_section("sizing", body)
+
+
+if __name__ == "__main__":
+    main()

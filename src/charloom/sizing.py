@@ -1,0 +1,224 @@
+"""Sizing: the width a run can best afford on this machine in its budget.
+
+A wider network learns more from each character but trains on fewer characters in the same time, and
+how many fewer depends on the machine: the best model for 10 minutes on an AVX2 core is narrower than
+the best on an AVX512-BF16 one, and the best for 2 minutes narrower still. So when no width is given
+(`hidden_size` 0, the default), the run chooses it:
+
+1. The budget in characters. A time budget is turned into characters per candidate width by measuring
+   this machine: a training step of the real model, in the run's precision and batch shape, at a few
+   widths (a few seconds), interpolated between them by parameter count.
+   A step or epoch budget is a number of characters already.
+2. The predicted held-out loss of each candidate width after that many characters, from a law of the
+   form of Hoffmann et al. (2022), fitted on training runs of charloom itself (`bench/sizing_fit.py`):
+
+       bpc(N, D) = E + A / N**alpha + B / D**beta      (N parameters, D characters trained)
+
+   with repeated epochs worth less than new text, and parameters beyond what the unique text can use
+   worth less than the first, as Muennighoff et al. (2023) measured ("Scaling Data-Constrained
+   Language Models": decay constants 15.4 epochs and 5.3 times the useful size). A small corpus thus
+   gets a small model however long the budget.
+3. The narrowest width whose prediction is within `TOLERANCE` of the best: the predicted curve is flat
+   near its minimum, and a narrower model samples faster.
+
+The choice, and what it was based on, is returned as a `Fit` that the run stores in its model file.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .config import ModelConfig, TrainConfig
+from .model import CharRNN
+from .runtime import Runtime
+
+WIDTHS = tuple(range(64, 2049, 32))  # the candidates: multiples of 32 keep the kernels on their fast paths
+PROBE_WIDTHS = (256, 512, 768, 1024)  # widths timed on this machine; others are interpolated by parameter count
+PROBE_SEQ = 128  # the longest window timed: longer ones cost the same per character, and take longer to time
+TOLERANCE = 0.003  # bpc: the narrowest width predicted within this of the best is taken
+EPOCH_DECAY = 15.4  # Muennighoff et al.: the value of the k-th repeated epoch decays as exp(-k / 15.4)
+EXCESS_DECAY = 5.3  # ... and of parameters beyond the useful size for the unique text, as exp(-x / 5.3)
+
+
+@dataclass(frozen=True)
+class Law:
+    """Held-out bpc after training N parameters on D characters: E + A / N**alpha + B / D**beta."""
+
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+
+    def useful_parameters(self, characters: float) -> float:
+        """The parameter count the law spends a compute budget of 6 x N x D best on, for D = `characters`:
+        N = G * (N * D)**(beta / (alpha + beta)), G = (alpha A / beta B)**(1 / (alpha + beta)), solved for N."""
+        log_n = (math.log(self.alpha * self.A / (self.beta * self.B)) + self.beta * math.log(characters)) / self.alpha
+        return math.exp(min(log_n, 700.0))  # in logs: the powers overflow for extreme laws a fit may try
+
+    def bpc(self, parameters: float, characters: float, unique: float = math.inf) -> float:
+        """Predicted held-out bpc; `unique`: characters of distinct training text (repeats count for less)."""
+        useful = self.useful_parameters(unique) if math.isfinite(unique) else math.inf
+        n, d = discounted(parameters, useful, EXCESS_DECAY), discounted(characters, unique, EPOCH_DECAY)
+        return self.E + self.A / n ** self.alpha + self.B / d ** self.beta
+
+
+def discounted(amount: float, useful: float, decay: float) -> float:
+    """What `amount` is worth when only `useful` of it is new: each further `useful` counts for less, by
+    exp(-k / decay) for the k-th (Muennighoff et al.'s effective data and parameters)."""
+    if amount <= useful:
+        return amount
+    repeats = min(float(amount) / float(useful), 1e9) - 1.0  # past 1e9 the exponential is 0 anyway
+    return useful * (1.0 + decay * (1.0 - math.exp(-repeats / decay)))
+
+
+# fitted by bench/sizing_fit.py on the runs in bench/sweep.jsonl (LSTM, Shakespeare, both kernel paths)
+LAW = Law(E=1.6043, A=341.2, alpha=0.53, B=1.561e+04, beta=0.74)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The width chosen for a run, and what it was chosen from (stored in the model file's info)."""
+
+    hidden_size: int
+    parameters: int
+    budget: str  # what limited the run: "600 s", "2,000 steps", "3 epochs"
+    characters: float  # characters the budget is predicted to train at this width
+    chars_per_s: float  # measured rate at this width (0 for a budget in steps or epochs)
+    predicted_bpc: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        rate = f" at {self.chars_per_s:,.0f} chars/s measured here" if self.chars_per_s else ""
+        return (f"width {self.hidden_size} chosen for {self.budget}: {self.parameters:,} parameters, about "
+                f"{self.characters / 1e6:.3g} M characters{rate}; give --hidden to choose another")
+
+
+@functools.lru_cache(maxsize=4096)
+def parameters(model: ModelConfig, width: int) -> int:
+    """Parameters of `model` at `width`, counted from the modules themselves (no weights are kept)."""
+    with torch.device("meta"):
+        return CharRNN(model.replace(hidden_size=width)).num_parameters()
+
+
+def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int) -> float:
+    """Seconds of one training step at `width` on a batch of `shape`: forward, backward, gradient clipping,
+    the optimizer step and the weight average, as the run does them; the fastest of two after a warm-up."""
+    B, T = shape
+    net = CharRNN(model.replace(hidden_size=width)).to(rt.device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=True)
+    weights = list(net.parameters())
+    average = [p.detach().clone() for p in weights]
+    ids = torch.randint(0, model.vocab_size, (B, T + 1), device=rt.device)
+    best = math.inf
+    for i in range(3):  # the first is a warm-up: kernels are made on first use
+        t0 = time.perf_counter()
+        with rt.autocast():
+            logits, _ = net(ids[:, :-1])  # (B, T, V)
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(weights, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(average, weights, 0.01)
+        _sync(rt)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _sync(rt: Runtime) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+
+
+def _loglog(x: np.ndarray, y: np.ndarray) -> Callable[[float], float]:
+    """y(x) through the measured points, linear in log-log between them; beyond them, the nearest segment's
+    slope held within [0, 1] (work never shrinks with size, and grows at most in proportion to it)."""
+    lx, ly = np.log(x), np.log(np.maximum(y, 1e-12))
+    lo = float(np.clip((ly[1] - ly[0]) / (lx[1] - lx[0]), 0.0, 1.0))
+    hi = float(np.clip((ly[-1] - ly[-2]) / (lx[-1] - lx[-2]), 0.0, 1.0))
+
+    def at(v: float) -> float:
+        u = math.log(v)
+        if u < lx[0]:
+            return math.exp(ly[0] + lo * (u - lx[0]))
+        if u > lx[-1]:
+            return math.exp(ly[-1] + hi * (u - lx[-1]))
+        return math.exp(float(np.interp(u, lx, ly)))
+
+    return at
+
+
+def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime) -> Callable[[int], float]:
+    """Training characters per second as a function of width, from timing real steps at PROBE_WIDTHS here;
+    `shape`: (rows, characters per row) of a training batch.
+
+    The step is timed at the run's own shape: a narrow model's step at batch 16 is bound by the sequential
+    recurrence and the per-step work more than by its products, so it is less faster than its parameter
+    count says, and only the real step shows by how much. Other widths are interpolated in parameters;
+    evaluation pauses (forward only, about a third of a training pass per character) take their share."""
+    B, T = shape[0], max(8, min(round(shape[1]), PROBE_SEQ))
+    with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), torch.enable_grad():
+        torch.manual_seed(0)
+        timed = [(parameters(model, w), _step_seconds(model, (B, T), rt, w)) for w in PROBE_WIDTHS]
+    step = _loglog(np.array([t[0] for t in timed], dtype=float), np.array([t[1] for t in timed]))
+    eval_share = cfg.eval_chars / (3.0 * cfg.eval_every * shape[0] * shape[1]) if cfg.eval_every else 0.0
+
+    def rate(width: int) -> float:
+        return B * T * rt.procs.world / step(parameters(model, width)) / (1.0 + eval_share)
+
+    return rate
+
+
+def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[[int], float],
+           rate: Callable[[int], float] | None = None, law: Law = LAW) -> Fit:
+    """The narrowest width predicted within TOLERANCE of the best, given the characters each width trains.
+
+    Without a time limit (`rate` None) a wider model always predicts lower, however long it would take: the
+    candidates are then the widths the law would spend the compute of those characters on best."""
+    rows = []
+    for w in WIDTHS:
+        p = parameters(model, w)
+        d = characters(w)
+        if rate is None and rows and p > law.useful_parameters(d):
+            break
+        rows.append((law.bpc(p, d, unique), w, p, d))
+    best = min(r[0] for r in rows)
+    bpc, w, p, d = next(r for r in rows if r[0] <= best + TOLERANCE)
+    return Fit(w, p, budget, d, rate(w) if rate else 0.0, bpc)
+
+
+def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtime, unique: float) -> Fit:
+    """The width for this run. `model` has its vocabulary size set; `shape`: (rows, characters per row) of
+    a training batch in one process; `unique`: characters of the training split. The tightest of the
+    run's limits (time, steps, epochs) sets the characters each width trains."""
+    limits: list[tuple[str, Callable[[int], float]]] = []
+    per_step = shape[0] * shape[1] * rt.procs.world
+    if cfg.max_steps:
+        limits.append((f"{cfg.max_steps:,} steps", lambda w: cfg.max_steps * per_step))
+    if cfg.epochs:
+        limits.append((f"{cfg.epochs:g} epochs", lambda w: cfg.epochs * unique))
+    rate = None
+    if cfg.seconds:
+        rate = measure(model, shape, cfg, rt)
+        limits.append((f"{cfg.seconds:g} s", lambda w: cfg.seconds * rate(w)))
+
+    def characters(w: int) -> float:
+        return min(f(w) for _, f in limits)
+
+    chosen = choose(model, "", unique, characters, rate)
+    name = min(limits, key=lambda lim: lim[1](chosen.hidden_size))[0]
+    return Fit(**{**chosen.to_dict(), "budget": name})
+
+
+__all__ = ["LAW", "Fit", "Law", "choose", "discounted", "fit", "measure", "parameters"]

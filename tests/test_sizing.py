@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+
+import charloom
+from charloom import sizing
+from charloom.config import ModelConfig, TrainConfig
+from charloom.model import CharRNN
+from charloom.runtime import Runtime
+
+MODEL = ModelConfig(vocab_size=70)
+
+
+def test_parameters_are_counted_from_the_real_modules():
+    for cell in ("lstm", "gru", "rnn"):
+        cfg = MODEL.replace(cell=cell, num_layers=2, embedding=0)
+        assert sizing.parameters(cfg, 96) == CharRNN(cfg.replace(hidden_size=96)).num_parameters()
+
+
+def test_repeats_are_worth_less_than_new_text_but_never_nothing():
+    assert sizing.discounted(5.0, 10.0, 15.4) == 5.0
+    worth = [sizing.discounted(k * 10.0, 10.0, 15.4) for k in (1, 2, 4, 16, 1000)]
+    assert worth == sorted(worth) and worth[1] < 20.0  # a second epoch counts for less than new text
+    assert worth[-1] <= 10.0 * (1 + 15.4) and worth[-2] < 10.0 * (1 + 15.4)  # the bound: 15.4 epochs' worth of repeats at most
+
+
+def test_the_law_predicts_lower_for_more_parameters_and_more_characters():
+    law = sizing.LAW
+    assert law.bpc(1e6, 1e7) < law.bpc(1e6, 1e6)
+    assert law.bpc(1e6, 1e7) < law.bpc(1e5, 1e7)
+    # repeated text: the same characters from a small corpus are worth less than from a large one
+    assert law.bpc(1e6, 1e7, unique=1e5) > law.bpc(1e6, 1e7, unique=1e8)
+
+
+def test_useful_parameters_solve_the_compute_optimum():
+    """For a compute budget C = 6 N D the law's best N (d/dN of the loss at fixed C is zero) must, paired with
+    its own D = C / 6N, give back N from useful_parameters(D)."""
+    law = sizing.LAW
+    for c in (1e12, 1e14):
+        ns = [10 ** (k / 200) for k in range(600, 1800)]
+        best = min(ns, key=lambda n: law.bpc(n, c / (6 * n)))
+        assert law.useful_parameters(c / (6 * best)) == pytest.approx(best, rel=0.02)
+
+
+def brute_force(characters, unique=math.inf, rate=None):
+    """The reference: every candidate's prediction, the narrowest within the tolerance of the best."""
+    preds = {w: sizing.LAW.bpc(sizing.parameters(MODEL, w), characters(w), unique) for w in sizing.WIDTHS}
+    best = min(preds.values())
+    return min(w for w, b in preds.items() if b <= best + sizing.TOLERANCE)
+
+
+def time_budget(seconds, flops_per_s):
+    """A machine whose rate is its FLOP rate over six FLOPs per parameter per character."""
+    def rate(w):
+        return flops_per_s / (6 * sizing.parameters(MODEL, w))
+    return rate, (lambda w: seconds * rate(w))
+
+
+def test_a_time_budget_takes_the_width_the_law_predicts_best():
+    rate, chars = time_budget(600, 50e9)
+    chosen = sizing.choose(MODEL, "600 s", math.inf, chars, rate)
+    assert chosen.hidden_size == brute_force(chars)
+    assert sizing.WIDTHS[0] < chosen.hidden_size < sizing.WIDTHS[-1]  # an interior optimum, not an end
+    assert chosen.characters == pytest.approx(chars(chosen.hidden_size))
+    assert chosen.predicted_bpc == pytest.approx(sizing.LAW.bpc(chosen.parameters, chosen.characters))
+
+
+def test_a_faster_machine_or_a_longer_budget_gets_a_wider_model():
+    widths = [sizing.choose(MODEL, "", math.inf, time_budget(s, f)[1], time_budget(s, f)[0]).hidden_size
+              for s, f in [(120, 20e9), (600, 20e9), (600, 100e9), (3600, 100e9)]]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
+def test_a_small_corpus_gets_a_smaller_model_for_the_same_budget():
+    rate, chars = time_budget(3600, 100e9)
+    big = sizing.choose(MODEL, "", 1e8, chars, rate).hidden_size
+    small = sizing.choose(MODEL, "", 2e5, chars, rate).hidden_size
+    assert small < big
+    assert small == brute_force(chars, unique=2e5)
+
+
+def test_a_budget_in_characters_alone_stops_at_the_compute_optimal_size():
+    chosen = sizing.choose(MODEL, "", math.inf, lambda w: 1e7)
+    assert chosen.parameters <= sizing.LAW.useful_parameters(1e7) or chosen.hidden_size == sizing.WIDTHS[0]
+    wider = [w for w in sizing.WIDTHS if w > chosen.hidden_size]
+    assert sizing.parameters(MODEL, wider[0]) > sizing.LAW.useful_parameters(1e7) or \
+        chosen.predicted_bpc <= sizing.LAW.bpc(sizing.parameters(MODEL, wider[0]), 1e7) + sizing.TOLERANCE
+
+
+@pytest.mark.kernel
+def test_the_measured_rate_falls_with_width():
+    rt = Runtime.start(device="cpu", precision="auto")
+    rate = sizing.measure(MODEL, (16, 128.0), TrainConfig(), rt)
+    rates = [rate(w) for w in (64, 256, 1024, 2048)]
+    assert all(math.isfinite(r) and r > 0 for r in rates)
+    assert rates == sorted(rates, reverse=True)
+    assert torch.is_grad_enabled()
+
+
+def test_a_run_without_a_width_takes_the_chosen_one_and_records_it(tmp_path, text_file, tiny):
+    opts = {k: v for k, v in tiny.items() if k != "hidden_size"}
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=3, **opts)
+    saved = charloom.load(tmp_path / "a")
+    sized = saved.info["sizing"]
+    data = charloom.prepare(charloom.load_corpus(charloom.CorpusConfig(source=str(text_file))),
+                            charloom.BatchConfig(batch_size=4, seq_len=16))
+    expected = sizing.choose(saved.model.cfg, "", data.train_characters, lambda w: 3 * 4 * 16).hidden_size
+    assert saved.model.cfg.hidden_size == sized["hidden_size"] == expected
+    assert sized["budget"] == "3 steps" and sized["characters"] == 3 * 4 * 16
+    # resuming keeps the width the run started with, whatever the new budget would choose
+    charloom.train(out=str(tmp_path / "a"), resume=True, max_steps=400, progress=False)
+    assert charloom.load(tmp_path / "a" / "last.safetensors").model.cfg.hidden_size == expected
+
+
+def test_a_given_width_wins_and_nothing_is_measured(tmp_path, text_file, tiny, monkeypatch):
+    monkeypatch.setattr(sizing, "measure", lambda *a: pytest.fail("measured although the width was given"))
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_time="1s", **tiny)
+    saved = charloom.load(tmp_path / "b")
+    assert saved.model.cfg.hidden_size == tiny["hidden_size"] and "sizing" not in saved.info
+
+
+def test_a_model_needs_a_width():
+    with pytest.raises(ValueError, match="hidden_size"):
+        CharRNN(MODEL)
+    with pytest.raises(charloom.ConfigError, match="hidden_size"):
+        ModelConfig(hidden_size=-1)
