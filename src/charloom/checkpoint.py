@@ -364,8 +364,12 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
     tensors = _tensors(blob, layout.table, where)
     del blob
     vocab = Vocab.from_dict(vocab_data, where=f"{where}: vocabulary", strict_unicode=True)
-    model = _unbuilt(cfg).to_empty(device=device)  # storage without initialisation: every weight is loaded next
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    # the file's own tensors become the weights (assign): no storage is made and initialised only to be
+    # overwritten, and no meta tensor is copied (which would import torch's symbolic-shape machinery)
+    model = _unbuilt(cfg)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
+                          assign=True)
+    model.to(device)
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     return Checkpoint(model, vocab, records, info, p, rest, extra)
 
