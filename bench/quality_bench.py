@@ -2,10 +2,11 @@
 defaults, on this machine's kernel path and on oneDNN's AVX2 path, static and adapted while reading, beside
 PPMd and the notebooks' method; plus peak training memory and time to first character.
 
-    python bench/quality_bench.py [--budgets 2 5 10] [--paths native avx2] [--no-notebook]
+    python bench/quality_bench.py [--budgets 2 5 10] [--paths native avx2] [--no-notebook] [--fixed-width 640]
 
 charloom: one `charloom train shakespeare --max-time Nm` run per budget and path (its width and schedule fit
-its budget and the machine). The AVX2 path is the same command with ONEDNN_MAX_CPU_ISA=AVX2, which takes
+its budget and the machine). With --fixed-width N, each budget also runs with `--hidden N`, the same day on
+the same machine, to show what choosing the width gains over a fixed one. The AVX2 path is the same command with ONEDNN_MAX_CPU_ISA=AVX2, which takes
 oneDNN's AVX2 kernels on any x86 machine (no bf16 LSTM there, so the run computes in fp32).
 The notebooks' method (bench/notebook.py) has a constant learning rate, so one run scored when it passes
 each budget gives the same figures as separate runs.
@@ -70,28 +71,30 @@ def isa_of(path: str) -> str:
                           check=True).stdout.strip()
 
 
-def charloom_runs(budgets: list[float], path: str, data) -> None:
-    """Train and score one run per budget on one kernel path (rows go to the log)."""
+def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None:
+    """Train and score one run per budget on one kernel path, with the defaults or `--hidden fixed` (rows go
+    to the log)."""
     isa, cfg = isa_of(path), EvalConfig()
     pad = data.corpus.vocab.pad_id
+    system, flags = (f"charloom --hidden {fixed}", f"--hidden {fixed}") if fixed else ("charloom", "")
     with tempfile.TemporaryDirectory() as tmp:
         for m in budgets:
             run = Path(tmp) / f"{m:g}m"
-            info = runs.train(m, run, env=PATHS[path])
+            info = runs.train(m, run, flags=flags, env=PATHS[path])
             ck = charloom.load(run / "last.safetensors")
             whole, windows = runs.held_out(ck.model.eval(), data)
             t0 = time.perf_counter()
             adapted = adapt(ck.model, eval_windows(data.val, cfg.adapt_segment, 1, pad), cfg.adapt_lr,
                             cfg.adapt_decay).bpc
             sized = ck.info.get("sizing", {})
-            record({"system": "charloom", "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
+            record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "windows": windows, "adapted": adapted,
                     "adapt_seconds": time.perf_counter() - t0, "peak_rss": info["peak_rss"]})
-            if path == "native" and m == budgets[-1]:
-                record({"system": "first-character", "seconds": time_to_first_character(run)})
+            if path == "native" and m == budgets[-1] and not fixed:
+                record({"system": "first-character", "model_minutes": m, "seconds": time_to_first_character(run)})
 
 
 def time_to_first_character(model_dir: Path, repeats: int = 3) -> list[float]:
@@ -158,8 +161,10 @@ def plot(rows: dict[tuple, dict], budgets: list[float], ppmd: float) -> str:
     return f"Plot: `bench/{PLOT.name}`."
 
 
-def section(budgets: list[float]) -> str:
+def section() -> str:
     rows = newest()
+    budgets = sorted({k[2] for k in rows if k[2]})
+    fixed = sorted({k[0] for k in rows if k[0].startswith("charloom --hidden")})
     ppmd = rows.get(("ppmd", "", 0), {}).get("whole", float("nan"))
     table = []
     for path in PATHS:
@@ -168,9 +173,12 @@ def section(budgets: list[float]) -> str:
             if r:
                 table.append(report.row(f"{m:g} min", f"charloom defaults: {r['hidden']} wide (chosen; the law "
                                         f"predicted {r['predicted_bpc']:.3f}), {r['characters'] / 1e6:.1f} M characters",
-                                        f"{r['isa']}, {r['precision']}",
-                                        f"{r['whole']:.3f}", f"{r['adapted']:.3f}", f"{r['windows']:.3f}",
-                                        f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")))
+                                        *_figures(r, path)))
+            for system in fixed:
+                r = rows.get((system, path, m))
+                if r:
+                    table.append(report.row(f"{m:g} min", f"`{system}` ({r['date']}), "
+                                            f"{r['characters'] / 1e6:.1f} M characters", *_figures(r, path)))
     for m in budgets:
         r = rows.get(("notebook", "native", m))
         if r:
@@ -178,8 +186,9 @@ def section(budgets: list[float]) -> str:
                                     f"{r['whole']:.3f}", "", f"{r['windows']:.3f}", "bench/notebook.py"))
     table.append(report.row("2 s", "PPMd order 8 (7-Zip)", "", f"{ppmd:.3f}", "(adapts as it reads)", "",
                             f"`7z a {PPMD}`"))
-    ours = [r for k, r in rows.items() if k[0] == "charloom"]
-    first = rows.get(("first-character", "", 0), {}).get("seconds")
+    ours = [r for k, r in rows.items() if k[0].startswith("charloom")]
+    first_row = rows.get(("first-character", "", 0), {})
+    first = first_row.get("seconds")
     return "\n".join([
         "## Quality for time",
         "",
@@ -194,9 +203,15 @@ def section(budgets: list[float]) -> str:
         "",
         f"Peak memory of a `charloom train` run (largest RSS of the runs above): "
         f"{max(r['peak_rss'] for r in ours) / 1e6:,.0f} MB." if ours else "",
-        f"Time from starting `charloom sample` (a new process, {budgets[-1]:g}-minute model) to its first generated "
+        f"Time from starting `charloom sample` (a new process, {first_row.get('model_minutes', 10):g}-minute model) to its first generated "
         f"character: {report.spread(first, '{:.2f}')} s." if first else "",
     ])
+
+
+def _figures(r: dict, path: str) -> list[str]:
+    """A charloom row's cells after its name: path, static, adapted, windows, command."""
+    return [f"{r['isa']}, {r['precision']}", f"{r['whole']:.3f}", f"{r['adapted']:.3f}", f"{r['windows']:.3f}",
+            f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")]
 
 
 def main() -> None:
@@ -204,18 +219,20 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10])
     ap.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     ap.add_argument("--no-notebook", action="store_true", help="leave out the notebooks' method (its rows stay)")
+    ap.add_argument("--fixed-width", type=int, default=0, help="also run each budget with --hidden N")
     args = ap.parse_args()
     data = runs.shakespeare()
     (start, end), = data.val.segments
     vocab, ids = data.corpus.vocab, data.corpus.ids
     record({"system": "ppmd", "whole": ppmd_bpc(vocab.decode(ids[:start]), vocab.decode(ids[start:end]))[0]})
     for path in args.paths:
-        charloom_runs(args.budgets, path, data)
-        report.write_section("quality", section(args.budgets))
+        for fixed in [0, args.fixed_width] if args.fixed_width else [0]:
+            charloom_runs(args.budgets, path, data, fixed)
+            report.write_section("quality", section())
     if not args.no_notebook:
         notebook_runs(args.budgets, data)
-    report.write_section("quality", section(args.budgets))
-    print(section(args.budgets))
+    report.write_section("quality", section())
+    print(section())
 
 
 if __name__ == "__main__":

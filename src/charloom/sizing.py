@@ -18,8 +18,8 @@ the best on an AVX512-BF16 one, and the best for 2 minutes narrower still. So wh
    worth less than the first, as Muennighoff et al. (2023) measured ("Scaling Data-Constrained
    Language Models": decay constants 15.4 epochs and 5.3 times the useful size). A small corpus thus
    gets a small model however long the budget.
-3. The narrowest width whose prediction is within `TOLERANCE` of the best: the predicted curve is flat
-   near its minimum, and a narrower model samples faster.
+3. The width with the best prediction. Measured against runs at fixed widths, errors in the rate have
+   leaned towards narrow widths, never wide ones, so no narrower width is taken for being "nearly as good".
 
 The choice, and what it was based on, is returned as a `Fit` that the run stores in its model file.
 """
@@ -42,7 +42,8 @@ from .runtime import Runtime
 WIDTHS = tuple(range(64, 2049, 32))  # the candidates: multiples of 32 keep the kernels on their fast paths
 PROBE_WIDTHS = (256, 512, 768, 1024)  # widths timed on this machine; others are interpolated by parameter count
 PROBE_SEQ = 128  # the longest window timed: longer ones cost the same per character, and take longer to time
-TOLERANCE = 0.003  # bpc: the narrowest width predicted within this of the best is taken
+PROBE_STEPS = (3, 12)  # timed steps per width, fewest and most: the median of those that fit in PROBE_SECONDS
+PROBE_SECONDS = 0.4  # per width: a step's time varies by 10-30% on a shared machine, so one step is not enough
 EPOCH_DECAY = 15.4  # Muennighoff et al.: the value of the k-th repeated epoch decays as exp(-k / 15.4)
 EXCESS_DECAY = 5.3  # ... and of parameters beyond the useful size for the unique text, as exp(-x / 5.3)
 
@@ -112,15 +113,15 @@ def parameters(model: ModelConfig, width: int) -> int:
 
 def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int) -> float:
     """Seconds of one training step at `width` on a batch of `shape`: forward, backward, gradient clipping,
-    the optimizer step and the weight average, as the run does them; the fastest of two after a warm-up."""
+    the optimizer step and the weight average, as the run does them; the median of a few after a warm-up."""
     B, T = shape
     net = CharRNN(model.replace(hidden_size=width)).to(rt.device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=True)
     weights = list(net.parameters())
     average = [p.detach().clone() for p in weights]
     ids = torch.randint(0, model.vocab_size, (B, T + 1), device=rt.device)
-    best = math.inf
-    for i in range(3):  # the first is a warm-up: kernels are made on first use
+
+    def one() -> float:
         t0 = time.perf_counter()
         with rt.autocast():
             logits, _ = net(ids[:, :-1])  # (B, T, V)
@@ -131,9 +132,13 @@ def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width
         with torch.no_grad():
             torch._foreach_lerp_(average, weights, 0.01)
         _sync(rt)
-        if i:
-            best = min(best, time.perf_counter() - t0)
-    return best
+        return time.perf_counter() - t0
+
+    one()  # a warm-up: kernels are made on first use
+    times, start = [], time.perf_counter()
+    while len(times) < PROBE_STEPS[1] and (len(times) < PROBE_STEPS[0] or time.perf_counter() - start < PROBE_SECONDS):
+        times.append(one())
+    return float(np.median(times))
 
 
 def _sync(rt: Runtime) -> None:
@@ -182,7 +187,7 @@ def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: 
 
 def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[[int], float],
            rate: Callable[[int], float] | None = None, law: Law = LAW) -> Fit:
-    """The narrowest width predicted within TOLERANCE of the best, given the characters each width trains.
+    """The width with the lowest predicted bpc given the characters each width trains (the narrower of a tie).
 
     Without a time limit (`rate` None) a wider model always predicts lower, however long it would take: the
     candidates are then the widths the law would spend the compute of those characters on best."""
@@ -193,8 +198,7 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
         if rate is None and rows and p > law.useful_parameters(d):
             break
         rows.append((law.bpc(p, d, unique), w, p, d))
-    best = min(r[0] for r in rows)
-    bpc, w, p, d = next(r for r in rows if r[0] <= best + TOLERANCE)
+    bpc, w, p, d = min(rows)
     return Fit(w, p, budget, d, rate(w) if rate else 0.0, bpc)
 
 
