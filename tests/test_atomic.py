@@ -66,3 +66,14 @@ def test_leftovers_of_gone_writers_are_removed_and_nothing_else(tmp_path):
     assert atomic.remove_leftovers(tmp_path) == [tmp_path / names[0]]  # a live writer's and other files stay
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
     assert atomic.remove_leftovers(tmp_path / "no such folder") == []
+
+
+def test_a_temporary_folder_of_a_gone_writer_is_removed_with_its_files(tmp_path, monkeypatch):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    mine = atomic.temporary_folder(tmp_path / "abc")
+    monkeypatch.setattr("charloom.atomic.os.getpid", lambda: gone.pid)
+    theirs = atomic.temporary_folder(tmp_path / "abc")
+    (theirs / "ids.npy").write_bytes(b"half")
+    assert atomic.remove_leftovers(tmp_path) == [theirs]
+    assert list(tmp_path.iterdir()) == [mine]

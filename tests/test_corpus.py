@@ -1,5 +1,8 @@
 import gzip
 import json
+import subprocess
+import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from charloom import corpus as corpus_mod
 from charloom.config import CorpusConfig
 from charloom.corpus import bundled, load, read_chunks
 from charloom.errors import CharloomError
+from charloom.vocab import Vocab, prepare_text
 
 AG_NEWS = (
     '"3","Wall St. Bears Claw Back Into the Black (Reuters)","Reuters - Short-sellers, Wall Street\'s dwindling\\band '
@@ -177,6 +181,44 @@ def test_small_read_chunks_split_multibyte_characters_correctly(tmp_path, monkey
     assert all(piece.endswith("\n") for piece in pieces[:-1])  # cut only at newlines
     c = load(CorpusConfig(source=str(p)))
     assert c.text() == text
+
+
+def test_a_text_without_newlines_is_read_in_bounded_pieces_that_read_as_the_whole(tmp_path, monkeypatch):
+    # final sigmas, a combining accent, a ligature NFKC splits, and every kind of cut character
+    text = "ΟΔΟΣ ΣΑΣ e\u0301ﬁ Ab,12(x)-y;\tz ΣΑΣ-ΟΔΟΣ,ΑΣ9 " * 300
+    p = tmp_path / "one-line.txt"
+    p.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", 64)
+    cfg = CorpusConfig(source=str(p), normalize="NFKC", lower=True)
+    pieces = list(corpus_mod.iter_stream(corpus_mod.resolve(cfg), cfg))
+    assert "".join(pieces) == text
+    assert len(pieces) > 50 and max(map(len, pieces)) <= 3 * 64  # held back no more than a few reads
+    assert load(cfg).text() == prepare_text(text, "NFKC", True)
+    assert all(piece.endswith("\n") for piece in list(read_chunks(p))[:-1])  # lines stay whole where asked
+
+
+def test_character_counts_do_not_widen_the_whole_corpus(monkeypatch):
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", 1 << 16)
+    ids = np.random.default_rng(0).integers(0, 70, 4_000_000).astype(np.uint8)
+    c = corpus_mod.Corpus("x", Vocab([chr(65 + i) for i in range(68)]), ids, None)
+    tracemalloc.start()
+    counts = c.counts()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(counts, np.bincount(ids, minlength=len(c.vocab)))
+    assert peak < len(ids)  # a whole-array count widens each id to 8 bytes
+
+
+def test_an_encoding_killed_before_its_rename_is_cleaned_up_by_the_next_load(tmp_path):
+    p = tmp_path / "book.txt"
+    p.write_text("to be or not to be\n" * 100)
+    cfg = CorpusConfig(source=str(p), cache_dir=str(tmp_path / "cache"))
+    dies = ("import os, charloom.corpus as c, charloom.vocab as v; from charloom.config import CorpusConfig as C; "
+            f"v.Vocab.encode_array = lambda *a, **k: os._exit(9); c.load(C(**{cfg.to_dict()!r}))")
+    assert subprocess.run([sys.executable, "-c", dies]).returncode == 9  # killed mid-encode
+    assert [q for q in (tmp_path / "cache" / "ids").iterdir() if corpus_mod.atomic.TMP_MARK in q.name]
+    assert load(cfg).text() == p.read_text()
+    assert not [q for q in (tmp_path / "cache").rglob("*") if corpus_mod.atomic.TMP_MARK in q.name]
 
 
 def test_compressed_file_is_read_by_inner_extension(tmp_path):

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from .errors import CharloomError
 
 TMP_MARK = ".tmp-"  # a temporary file is `.NAME.tmp-PID`, beside the file it will replace
-_LEFTOVER = re.compile(r"\..+" + re.escape(TMP_MARK) + r"(\d+)")
+_LEFTOVER = re.compile(r"\..+" + re.escape(TMP_MARK) + r"(\d+)(-\w+)?")  # a folder adds `-` and a random part
+
+
+def temporary_folder(path: Path) -> Path:
+    """A new empty folder beside `path`, named so that `remove_leftovers` finds it if its writer is killed
+    before renaming it to `path`."""
+    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-"))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -54,8 +62,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
-    """Remove the temporary files in `folder` that writers killed mid-write left behind (their process is
-    gone, so no rename will ever claim them); a live process's file is kept. Returns what was removed."""
+    """Remove the temporary files and folders in `folder` that writers killed mid-write left behind (their
+    process is gone, so no rename will ever claim them); a live process's are kept. Returns what was removed."""
     removed = []
     try:
         entries = list(Path(folder).iterdir())
@@ -63,9 +71,12 @@ def remove_leftovers(folder: Path) -> list[Path]:
         return removed
     for p in entries:
         m = _LEFTOVER.fullmatch(p.name)
-        if m and p.is_file() and not _alive(int(m.group(1))):
+        if m and not p.is_symlink() and not _alive(int(m.group(1))):
             try:
-                p.unlink()
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
             except OSError:
                 pass  # gone already, or not ours to remove: the run itself never reads it

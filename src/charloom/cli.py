@@ -16,8 +16,6 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
-import numpy as np
-
 from . import batching, corpus
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions,
                      ServeConfig, TrainConfig)
@@ -117,7 +115,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     data = batching.prepare(c, bcfg)
     v = c.vocab
-    counts = [(int(n), v.itos[i]) for i, n in enumerate(np.bincount(c.ids, minlength=len(v))) if n]
+    counts = [(int(n), v.itos[i]) for i, n in enumerate(c.counts()) if n]
     counts.sort(reverse=True)
     info: dict[str, Any] = {
         "source": ccfg.source,

@@ -22,7 +22,6 @@ import json
 import lzma
 import os
 import shutil
-import tempfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,10 @@ from .errors import CharloomError
 from .vocab import CharCounter, Vocab, prepare_text
 
 CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file size
+# where a piece of a stream may end when a line runs on past CHUNK_BYTES: before one of these, neither Unicode
+# normalisation (no character composes with a following one of them) nor lower-casing (they are neither cased
+# nor case-ignorable, so a final sigma reads the same) depends on what lies across the cut
+_CUTS = " \t,;-()0123456789"
 CACHE_VERSION = 1
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
@@ -151,8 +154,10 @@ def _open_binary(path: Path) -> IO[bytes]:
         raise CharloomError(f"{path}: cannot open ({e.strerror or e})") from None
 
 
-def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[str]:
-    """Decoded text of `path` in pieces that end at a newline (so per-piece normalisation is safe).
+def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lines: bool = True) -> Iterator[str]:
+    """Decoded text of `path` in pieces that end at a newline, so that per-piece normalisation is safe and
+    lines are whole. With `lines` False a line longer than CHUNK_BYTES is cut too, before a character of
+    `_CUTS`: a file without newlines is then read in bounded pieces rather than held whole.
 
     A byte-order mark is dropped. An undecodable byte raises CharloomError with the file and byte offset.
     """
@@ -161,7 +166,7 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict") -> 
     except LookupError:
         raise CharloomError(f"--encoding: {encoding!r} is not a known text encoding") from None
     consumed = 0  # bytes fed to the decoder so far
-    carry = ""  # text after the last newline, held back for the next piece
+    carry = ""  # text after the last cut, held back for the next piece
     first = True
     with _open_binary(path) as f:
         while True:
@@ -184,11 +189,13 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict") -> 
                 text = text.removeprefix("\ufeff")
                 first = False
             text = carry + text
-            cut = text.rfind("\n") + 1
             if final:
                 if text:
                     yield text
                 return
+            cut = text.rfind("\n") + 1
+            if not cut and not lines and len(text) >= CHUNK_BYTES:
+                cut = max(0, *(text.rfind(c, 1) for c in _CUTS))
             carry = text[cut:]
             if cut:
                 yield text[:cut]
@@ -316,7 +323,7 @@ def iter_stream(source: Source, cfg: CorpusConfig) -> Iterator[str]:
             if not first and cfg.separator:
                 yield cfg.separator
             first = False
-            yield from read_chunks(path, cfg.encoding, cfg.decode_errors)
+            yield from read_chunks(path, cfg.encoding, cfg.decode_errors, lines=False)
         return
     for rec in iter_records(source, cfg):
         if not first and cfg.separator:
@@ -355,6 +362,14 @@ class Corpus:
     def lengths(self) -> np.ndarray:
         assert self.offsets is not None
         return np.diff(self.offsets)
+
+    def counts(self) -> np.ndarray:
+        """(V,) int64 occurrences of each id, counted a piece at a time: counting the whole array at once
+        would widen all of it to int64, 8 bytes per character."""
+        out = np.zeros(len(self.vocab), dtype=np.int64)
+        for i in range(0, len(self.ids), CHUNK_BYTES):
+            out += np.bincount(self.ids[i:i + CHUNK_BYTES], minlength=len(self.vocab))[:len(self.vocab)]
+        return out
 
     def text(self) -> str:
         """The whole corpus as text (records joined by newlines): for small corpora and tests."""
@@ -474,7 +489,8 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
 
     # pass 2: encode into an .npy file in a temporary folder, then rename the folder into place
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    atomic.remove_leftovers(folder.parent)  # what encodings killed before their rename left
+    tmp = atomic.temporary_folder(folder)
     try:
         # plain sequential writes after an .npy header: a memory map being written would count every
         # page of the array in this process's memory; a 4 MiB piece at a time keeps it bounded
