@@ -111,9 +111,9 @@ def parameters(model: ModelConfig, width: int) -> int:
         return CharRNN(model.replace(hidden_size=width)).num_parameters()
 
 
-def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int) -> float:
-    """Seconds of one training step at `width` on a batch of `shape`: forward, backward, gradient clipping,
-    the optimizer step and the weight average, as the run does them; the median of a few after a warm-up."""
+def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int) -> Callable[[], float]:
+    """A function that takes one training step at `width` on a batch of `shape` and returns its seconds:
+    forward, backward, gradient clipping, the optimizer step and the weight average, as the run does them."""
     B, T = shape
     net = CharRNN(model.replace(hidden_size=width)).to(rt.device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=True)
@@ -134,11 +134,22 @@ def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width
         _sync(rt)
         return time.perf_counter() - t0
 
-    one()  # a warm-up: kernels are made on first use
-    times, start = [], time.perf_counter()
-    while len(times) < PROBE_STEPS[1] and (len(times) < PROBE_STEPS[0] or time.perf_counter() - start < PROBE_SECONDS):
-        times.append(one())
-    return float(np.median(times))
+    return one
+
+
+def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, widths: tuple[int, ...]) -> list[float]:
+    """Median seconds of a training step at each of `widths`. The widths take turns, a step each, so a burst
+    of other work on the machine slows them all alike rather than bending the comparison between them."""
+    steppers = [_stepper(model, shape, rt, w) for w in widths]
+    for one in steppers:
+        one()  # a warm-up: kernels are made on first use
+    times: list[list[float]] = [[] for _ in widths]
+    start = time.perf_counter()
+    while len(times[0]) < PROBE_STEPS[1] and (
+            len(times[0]) < PROBE_STEPS[0] or time.perf_counter() - start < PROBE_SECONDS * len(widths)):
+        for one, t in zip(steppers, times):
+            t.append(one())
+    return [float(np.median(t)) for t in times]
 
 
 def _sync(rt: Runtime) -> None:
@@ -175,8 +186,8 @@ def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: 
     B, T = shape[0], max(8, min(round(shape[1]), PROBE_SEQ))
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(0)
-        timed = [(parameters(model, w), _step_seconds(model, (B, T), rt, w)) for w in PROBE_WIDTHS]
-    step = _loglog(np.array([t[0] for t in timed], dtype=float), np.array([t[1] for t in timed]))
+        seconds = _step_seconds(model, (B, T), rt, PROBE_WIDTHS)
+    step = _loglog(np.array([parameters(model, w) for w in PROBE_WIDTHS], dtype=float), np.array(seconds))
     eval_share = cfg.eval_chars / (3.0 * cfg.eval_every * shape[0] * shape[1]) if cfg.eval_every else 0.0
 
     def rate(width: int) -> float:
