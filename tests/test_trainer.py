@@ -339,3 +339,12 @@ def test_quiet_runs_still_say_where_the_model_went(tmp_path, text_file, tiny, ca
     best = charloom.load(tmp_path).info["best_val_bpc"]
     assert capsys.readouterr().out.splitlines() == [f"model: {tmp_path / 'model.safetensors'} (best validation "
                                                     f"{best:.3f} bpc)"]  # no bar, evaluations or samples
+
+
+def test_a_fresh_start_after_a_run_killed_before_its_first_save_logs_only_its_own_steps(tmp_path, text_file, tiny):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "val_bpc": 3.0}) + "\n" + '{"step": 1')  # then killed
+    charloom.train(source=str(text_file), out=str(run), max_steps=10, **tiny)
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10]

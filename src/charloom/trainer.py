@@ -462,9 +462,12 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     cfgs: dict[str, Config] = {"corpus": corpus, "batch": batch, "model": net.cfg, "train": cfg}
     if previous is not None:
         _check_resumable(out, cfgs, *previous, vocab)
-    elif cfg.overwrite:  # the old run's files go only once the new one is ready to start
+    else:  # the old run's files go only once the new one is ready to start
+        # with no resume file (--overwrite, or a run killed before its first save), its metrics lines belong
+        # to no run that can continue: left in place, this run's lines would follow them
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        (out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
+        if cfg.overwrite:
+            (out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
 
     def info() -> dict[str, Any]:
         return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
