@@ -439,6 +439,7 @@ def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = Fals
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CharloomError(f"--cache-dir: cannot create {cache} ({e.strerror or e})") from None
+    atomic.remove_leftovers(cache / "hashes")  # what hash notes killed mid-write left
     reading = {k: v for k, v in cfg.to_dict().items() if k not in ("source", "cache_dir", "unknown")}
     key_src = {
         "v": CACHE_VERSION, "format": source.format, "records": source.records, "reading": reading,
