@@ -165,6 +165,16 @@ def test_an_integer_over_4300_digits_is_422_naming_the_body(default_client, temp
     assert detail["loc"] == ["body"] and "4300 digits" in detail["msg"] and detail["type"] == "json_invalid"
 
 
+@pytest.mark.parametrize("body", ["[" * 5000 + "]" * 5000, '{"start": ' + "[" * 5000 + "]" * 5000 + "}",
+                                  '{"a": ' * 3000 + "1" + "}" * 3000, "[" * 20000])
+def test_deeply_nested_json_is_422_naming_the_body(default_client, body):
+    # json.loads gives up with a RecursionError, which FastAPI answered with a bare 400
+    r = default_client.post("/v1/generate", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["body"] and "recursion" in detail["msg"] and detail["type"] == "json_invalid"
+
+
 def test_a_body_that_is_not_utf8_is_422_naming_the_body(client):
     r = client.post("/v1/generate", content=b'{"start": "\xff"}', headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text

@@ -67,6 +67,31 @@ def test_a_star_allows_any_host(make_client):
     assert make_client(allow_hosts=("*",)).get("/healthz", headers={"host": "evil.example"}).status_code == 200
 
 
+def test_listening_beyond_loopback_says_which_hosts_are_answered():
+    from charloom.server.app import startup_lines
+
+    assert len(startup_lines("m", ServeConfig())) == 1  # loopback only: nothing more to say
+    first, access = startup_lines("m", ServeConfig(host="0.0.0.0", port=8123))
+    assert "every interface at http://127.0.0.1:8123/" in first  # 0.0.0.0 as a Host gets 403
+    assert "only requests to localhost, 127.0.0.1, [::1] are answered" in access
+    assert "0.0.0.0" not in access and "--allow-host NAME" in access and "403" in access
+    _, access = startup_lines("m", ServeConfig(host="192.168.1.5", allow_hosts=("box.lan", "[fd00::7]")))
+    assert "only requests to localhost, 127.0.0.1, [::1], 192.168.1.5, box.lan, [fd00::7] are answered" in access
+    _, any_host = startup_lines("m", ServeConfig(host="0.0.0.0", allow_hosts=("*",)))
+    assert "whatever their Host" in any_host
+
+
+def test_serve_prints_the_hosts_it_answers(model_dir, capsys, monkeypatch):
+    import uvicorn
+
+    from charloom.server import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    serve(model_dir, ServeConfig(host="0.0.0.0", port=8123))
+    first, access = capsys.readouterr().out.splitlines()
+    assert first.startswith("charloom: serving") and "--allow-host NAME" in access
+
+
 # ---- CORS -------------------------------------------------------------------------------------------
 def preflight(client, origin):
     return client.options("/v1/generate", headers={"origin": origin, "access-control-request-method": "POST",

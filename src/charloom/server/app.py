@@ -321,10 +321,10 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 async def _unreadable_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """FastAPI answers a body that json.loads refuses with anything but a syntax error (an integer of over
-    4300 digits, bytes that are not UTF-8) with a 400 that does not say what is wrong: say it, as the
-    other errors do."""
+    4300 digits, bytes that are not UTF-8, arrays or objects nested deeper than the interpreter's recursion
+    limit) with a 400 that does not say what is wrong: say it, as the other errors do."""
     cause = exc.__cause__
-    if exc.status_code == 400 and isinstance(cause, ValueError):
+    if exc.status_code == 400 and isinstance(cause, (ValueError, RecursionError)):
         why = str(cause).partition(";")[0]  # the rest is advice for the server's own code
         return JSONResponse({"detail": [{"loc": ["body"], "msg": f"not readable as JSON: {_printable(why)}",
                                          "type": "json_invalid"}]}, status_code=422)
@@ -399,13 +399,40 @@ def _add_guards(app: FastAPI, cfg: ServeConfig) -> None:
     app.add_middleware(_HostCheck, allowed=_allowed_hosts(cfg))
 
 
+def _url_name(name: str) -> str:
+    return f"[{name}]" if ":" in name else name
+
+
+def startup_lines(checkpoint: str | Path, cfg: ServeConfig) -> list[str]:
+    """What `charloom serve` prints as it starts: where it serves and, when it listens beyond loopback,
+    which Host names it answers (a client that reaches it by any other name gets 403)."""
+    listen = _host_name(cfg.host)
+    # 0.0.0.0 is an address to bind, not one to browse to: such a Host is refused, so show one that works
+    shown = f"127.0.0.1:{cfg.port}" if listen in ANY_ADDRESS else f"{_url_name(listen)}:{cfg.port}"
+    where = " on every interface" if listen in ANY_ADDRESS else ""
+    lines = [f"charloom: serving {checkpoint}{where} at http://{shown}/ (API docs at /docs)"]
+    if listen in LOOPBACK_HOSTS:
+        return lines
+    allowed = _allowed_hosts(cfg)
+    if "*" in allowed:
+        lines.append("charloom: requests are answered whatever their Host header names (--allow-host '*')")
+        return lines
+    names = [*LOOPBACK_HOSTS, *([listen] if listen in allowed else []),
+             *sorted(allowed - set(LOOPBACK_HOSTS) - {listen})]
+    lines.append(f"charloom: only requests to {', '.join(map(_url_name, names))} are answered (loopback names, "
+                 "the address listened on and --allow-host names); others get 403. To reach the server by another "
+                 "name or address (this machine's name or LAN address, a domain), start it with --allow-host NAME "
+                 "(repeatable)")
+    return lines
+
+
 def serve(checkpoint: str | Path, cfg: ServeConfig) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(checkpoint, cfg)
-    print(f"charloom: serving {checkpoint} at http://{cfg.host}:{cfg.port}/ (API docs at /docs)", flush=True)
+    print("\n".join(startup_lines(checkpoint, cfg)), flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 
-__all__ = ["GenerateRequest", "create_app", "request_options", "serve"]
+__all__ = ["GenerateRequest", "create_app", "request_options", "serve", "startup_lines"]
