@@ -202,3 +202,36 @@ def test_the_readme_curl_lines_work(live):
     assert events[0][0] == "start" and events[-1][0] == "done", replies[1][:300]
     streamed = "".join(data["text"] for event, data in events if event == "message")
     assert len(streamed) == events[-1][1]["characters"] == events[0][1]["settings"]["length"]
+
+
+# ---- malformed HTTP: refused by the HTTP layer, never an exception in the app ------------------------------
+MALFORMED = [  # framing a parser refuses only after the headers, sent with a Host the app refuses at once
+    b"Content-Length: 24\r\nContent-Length: 25",
+    b"Content-Length: -1",
+    b"Transfer-Encoding: chunked\r\n\r\n" + b"f" * 40 + b"\r\n",
+]
+
+
+@pytest.mark.parametrize("framing", MALFORMED)
+def test_malformed_framing_gets_one_answer_and_no_exception(live, framing):
+    import logging
+    import socket
+
+    url, _ = live
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = records.append
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        head, _, rest = framing.partition(b"\r\n\r\n")
+        with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n"
+                         + head + b"\r\n\r\n" + (rest or b'{"length": 3, "seed": 1}'))
+            reply = b""
+            while chunk := sock.recv(65536):  # the server closes: a malformed stream cannot be trusted
+                reply += chunk
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403")) and reply.count(b"HTTP/1.1 ") == 1, reply[:300]
+    # an app answering a request its HTTP layer has already refused raises inside the server
+    assert not records, [r.getMessage() for r in records]
