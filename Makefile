@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench sweep clean
+.PHONY: setup demo test bench sweep fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ bench: setup
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/processes_bench.py
 	$(PY) bench/quality_bench.py
 	$(PY) bench/adapt_bench.py --minutes 10
+
+# the reliability suite with figures (about 20 minutes): hostile model files, kills at random points and
+# mid-save, a fuzzed and loaded server; each exits non-zero when anything got in or was lost
+fuzz: setup
+	$(PY) bench/fuzz_files.py
+	$(PY) bench/fuzz_kill.py
+	$(PY) bench/fuzz_server.py
 
 # the sweep behind the defaults: each run is a `charloom train` of SWEEP_MINUTES with flags relative to
 # today's defaults, then about a minute of scoring (rows accumulate in bench/sweep.jsonl); the widths run on
