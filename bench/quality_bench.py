@@ -90,6 +90,7 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
+                    "predicted_characters": sized.get("characters"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "windows": windows, "adapted": adapted,
                     "adapt_seconds": time.perf_counter() - t0, "peak_rss": info["peak_rss"]})
@@ -172,7 +173,8 @@ def section() -> str:
             r = rows.get(("charloom", path, m))
             if r:
                 table.append(report.row(f"{m:g} min", f"charloom defaults: {r['hidden']} wide (chosen; the law "
-                                        f"predicted {r['predicted_bpc']:.3f}), {r['characters'] / 1e6:.1f} M characters",
+                                        f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}), "
+                                        f"{r['characters'] / 1e6:.1f} M characters",
                                         *_figures(r, path)))
             for system in fixed:
                 r = rows.get((system, path, m))
@@ -206,6 +208,10 @@ def section() -> str:
         f"Time from starting `charloom sample` (a new process, {first_row.get('model_minutes', 10):g}-minute model) to its first generated "
         f"character: {report.spread(first, '{:.2f}')} s." if first else "",
     ])
+
+
+def _millions(characters: float | None) -> str:
+    return f"{characters / 1e6:.1f} M characters" if characters else "the characters it expected"
 
 
 def _figures(r: dict, path: str) -> list[str]:
