@@ -42,7 +42,7 @@ bench: setup
 	$(PY) bench/quality_bench.py
 	$(PY) bench/adapt_bench.py --minutes 10
 
-# the reliability suite with figures (about 20 minutes): hostile model files, kills at random points and
+# the reliability suite with figures (about 10 minutes): hostile model files, kills at random points and
 # mid-save, a fuzzed and loaded server; each exits non-zero when anything got in or was lost
 fuzz: setup
 	$(PY) bench/fuzz_files.py
