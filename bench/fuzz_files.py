@@ -113,6 +113,21 @@ class Forge:
         self.add("resume header", name, path=folder, resume=True)
 
 
+def cli_code(args: list[str]) -> int:
+    """charloom's command line run in this process, as the exit code `python -m charloom ARGS` would give:
+    a traceback is printed to stderr as the interpreter would print it."""
+    try:
+        code = charloom.cli.main(args)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
 def field(name: str, text: str):
     return lambda meta, tensors: meta.update({name: text})
 
@@ -319,15 +334,7 @@ for line in sys.stdin:
         os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
         os.dup2(os.open(os.devnull, os.O_RDWR), 1)
         os.dup2(os.open(os.devnull, os.O_RDWR), 0)
-        try:
-            code = charloom.cli.main(args)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
+        code = cli_code(args)
         with open("/proc/self/status") as f:
             hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
         with open(cost, "w") as o:

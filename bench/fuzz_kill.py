@@ -64,9 +64,11 @@ POLL = 0.0002  # seconds between looks at the folder while aiming at a save
 # and where its output goes) it forks a child that runs `charloom ARGS`, prints the child's pid, and once the
 # child has ended, its exit status (-9 when killed)
 SERVER = r"""
-import json, os, sys, traceback
+import json, os, sys
 import torch
 import charloom.cli, charloom.trainer
+sys.path.insert(0, sys.argv[1])  # bench/
+from fuzz_files import cli_code
 print("ready", flush=True)
 for line in sys.stdin:
     args, log = json.loads(line)
@@ -76,15 +78,7 @@ for line in sys.stdin:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        try:
-            code = charloom.cli.main(args)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
+        code = cli_code(args)
         os._exit(code)
     print(pid, flush=True)
     print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
@@ -96,8 +90,8 @@ class Starter:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, text=True)
+        self.server = subprocess.Popen([sys.executable, "-c", SERVER, str(Path(__file__).resolve().parent)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.server.stdout.readline().strip() == "ready"
         self.count = 0
 
