@@ -8,60 +8,92 @@ from charloom.errors import CharloomError, ConfigError
 from charloom.model import CharRNN
 import time
 
-from charloom.sampling import (Generator, Stepper, _Stops, apply_repetition_penalty, choose, filter_logits,
-                               sample_options)
+import numpy as np
+
+from charloom.decoding import Stops as _Stops
+from charloom.decoding import apply_repetition_penalty, choose, filter_logits, sample_options, uniforms
+from charloom.sampling import Generator, Stepper
 from charloom.vocab import Vocab
 
 
 def test_temperature_zero_is_greedy():
-    logits = torch.randn(5, 30)
-    assert torch.equal(choose(logits, temperature=0), logits.argmax(-1))
-    assert torch.equal(choose(logits, temperature=0, top_k=3, top_p=0.2), logits.argmax(-1))
+    logits = np.random.default_rng(0).standard_normal((5, 30)).astype(np.float32)
+    assert np.array_equal(choose(logits, temperature=0), logits.argmax(-1))
+    assert np.array_equal(choose(logits, temperature=0, top_k=3, top_p=0.2), logits.argmax(-1))
 
 
 def test_top_k_one_is_greedy_at_any_temperature():
-    logits = torch.randn(8, 30)
-    g = torch.Generator().manual_seed(0)
+    logits = np.random.default_rng(1).standard_normal((8, 30)).astype(np.float32)
+    rng = np.random.default_rng(0)
     for t in (0.5, 1.0, 5.0):
-        assert torch.equal(choose(logits, temperature=t, top_k=1, generator=g), logits.argmax(-1))
+        assert np.array_equal(choose(logits, temperature=t, top_k=1, rng=rng), logits.argmax(-1))
 
 
 def test_top_k_keeps_exactly_k_even_when_logits_tie():
-    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 3.0, 0.0]])
-    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    logits = np.array([[1.0, 3.0, 3.0, 3.0, 3.0, 0.0]], dtype=np.float32)
+    kept = np.isfinite(filter_logits(logits, top_k=2))
     assert int(kept.sum()) == 2 and kept[0, [1, 2, 3, 4]].sum() == 2
-    g = torch.Generator().manual_seed(1)
-    draws = {int(choose(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    rng = np.random.default_rng(1)
+    draws = {int(choose(logits, 1.0, top_k=2, rng=rng)[0]) for _ in range(200)}
     assert len(draws) == 2 and draws <= {1, 2, 3, 4}
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    logits = probs.log()
-    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p))[0].tolist()  # noqa: E731
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32)
+    logits = np.log(probs)
+    kept = lambda p: np.isfinite(filter_logits(logits, top_p=p))[0].tolist()  # noqa: E731
     assert kept(0.5) == [True, False, False, False]  # 0.5 alone reaches 0.5
     assert kept(0.51) == [True, True, False, False]
     assert kept(0.8) == [True, True, False, False]
     assert kept(0.81) == [True, True, True, False]
     assert kept(1.0) == [True, True, True, True]
     shuffled = logits[:, [2, 0, 3, 1]]  # the order of ids does not matter
-    assert torch.isfinite(filter_logits(shuffled, top_p=0.8))[0].tolist() == [False, True, False, True]
+    assert np.isfinite(filter_logits(shuffled, top_p=0.8))[0].tolist() == [False, True, False, True]
 
 
 def test_sampling_follows_the_distribution():
-    probs = torch.tensor([0.1, 0.6, 0.0, 0.3])
-    g = torch.Generator().manual_seed(0)
-    draws = torch.stack([choose(probs.log()[None], 1.0, generator=g) for _ in range(4000)]).flatten()
-    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    probs = np.array([0.1, 0.6, 0.0, 0.3], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    with np.errstate(divide="ignore"):
+        logits = np.log(probs)[None]
+    draws = np.concatenate([choose(logits, 1.0, rng=rng) for _ in range(4000)])
+    freq = np.bincount(draws, minlength=4) / len(draws)
     assert freq[2] == 0  # a zero-probability id is never drawn
-    torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
+    np.testing.assert_allclose(freq, probs, atol=0.03)
 
 
 def test_uniform_picks_by_inverse_cdf():
-    logits = torch.tensor([[0.25, 0.25, 0.5]]).log()
-    assert choose(logits, 1.0, u=torch.tensor([0.1])).item() == 0
-    assert choose(logits, 1.0, u=torch.tensor([0.3])).item() == 1
-    assert choose(logits, 1.0, u=torch.tensor([0.99])).item() == 2
+    logits = np.log(np.array([[0.25, 0.25, 0.5]], dtype=np.float32))
+    assert choose(logits, 1.0, u=np.array([0.1]))[0] == 0
+    assert choose(logits, 1.0, u=np.array([0.3]))[0] == 1
+    assert choose(logits, 1.0, u=np.array([0.99]))[0] == 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 + 7, 2**62 - 1])
+def test_uniform_streams_are_torchs_own(seed):
+    """The seeded draws equal torch's CPU generator's, so a seed means the same text with or without torch."""
+    want = torch.rand(600, generator=torch.Generator().manual_seed(seed)).numpy()
+    assert np.array_equal(uniforms(seed, 600), want)
+
+
+def test_choice_matches_an_independent_torch_reference():
+    """The NumPy choice against the same rule written in torch: softmax, cumulative sum, first id past u."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        logits = torch.randn(16, 40, generator=gen) * 3
+        u = torch.rand(16, generator=gen)
+        for t, k, p in ((1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.9), (0.5, 10, 0.8)):
+            x = logits / t
+            if k:
+                x = torch.where(x >= torch.topk(x, k).values[:, -1:], x, float("-inf"))
+            if p < 1:
+                srt, order = x.sort(-1, descending=True)
+                pr = srt.softmax(-1)
+                drop = torch.zeros_like(x, dtype=torch.bool).scatter(-1, order, pr.cumsum(-1) - pr >= p)
+                x = x.masked_fill(drop, float("-inf"))
+            cdf = x.softmax(-1).cumsum(-1)
+            want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+            assert np.array_equal(choose(logits.numpy(), t, k, p, u=u.numpy()), want.numpy())
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -77,16 +109,16 @@ def test_invalid_options_name_the_flag(kwargs, flag):
         SampleOptions(**kwargs)
     if "repetition_penalty" not in kwargs:
         with pytest.raises(CharloomError) as choose_error:
-            choose(torch.zeros(2, 5), **kwargs)
+            choose(np.zeros((2, 5), np.float32), **kwargs)
         assert str(choose_error.value) == str(options_error.value)  # one rule, one message
 
 
 def test_repetition_penalty_lowers_only_seen_characters():
-    logits = torch.tensor([[2.0, -1.0, 2.0, -1.0]])
-    seen = torch.tensor([[True, True, False, False]])
+    logits = np.array([[2.0, -1.0, 2.0, -1.0]], dtype=np.float32)
+    seen = np.array([[True, True, False, False]])
     out = apply_repetition_penalty(logits, seen, 2.0)
     assert out.tolist() == [[1.0, -2.0, 2.0, -1.0]]
-    assert torch.equal(apply_repetition_penalty(logits, seen, 1.0), logits)
+    assert np.array_equal(apply_repetition_penalty(logits, seen, 1.0), logits)
 
 
 # ---- the Generator -----------------------------------------------------------------------------------
@@ -253,7 +285,7 @@ def test_finding_stop_strings_costs_time_linear_in_the_text():
 def test_generations_too_big_for_memory_are_refused_before_any_work(monkeypatch):
     g = model_for()
     g.check_memory(SampleOptions(n=1000, length=500))  # the ordinary range
-    monkeypatch.setattr("charloom.sampling.memory_cap", lambda: 10**9)
+    monkeypatch.setattr("charloom.decoding.memory_cap", lambda: 10**9)
     g.check_memory(SampleOptions(n=1000, length=500))
     with pytest.raises(ConfigError, match=r"^n \(--num-samples\) and length \(--length\): 10,000,000 samples of "
                                           r"500 characters need about [\d.]+ GB, more than the 1.0 GB allowed"):
@@ -379,10 +411,9 @@ def test_sample_options_round_trip_and_are_documented():
 
 @pytest.mark.parametrize("t", [1e-300, 1e-40, 1e-30, 1e-8])
 def test_a_tiny_temperature_is_greedy_not_nan(t):
-    logits = torch.randn(6, 30) * 20
-    logits[:, 0] = float("-inf")  # a banned id, as the Generator sets it
-    g = torch.Generator().manual_seed(0)
-    assert torch.equal(choose(logits, t, generator=g), logits.argmax(-1))
+    logits = np.random.default_rng(0).standard_normal((6, 30)).astype(np.float32) * 20
+    logits[:, 0] = -np.inf  # a banned id, as the Generator sets it
+    assert np.array_equal(choose(logits, t, rng=np.random.default_rng(0)), logits.argmax(-1))
 
 
 def test_generator_from_checkpoint(tmp_path):

@@ -6,31 +6,34 @@
     charloom.Generator.from_checkpoint(ck).generate("Ma", n=5, temperature=0.8)
 """
 
-from .batching import Batch, Data, RecordBatches, Stream, StreamBatches, prepare
-from .checkpoint import Checkpoint
-from .checkpoint import load
-from .config import BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions, TrainConfig
-from .corpus import Corpus, bundled
-from .corpus import load as load_corpus
-from .errors import CharloomError, ConfigError
-from .evaluation import Evaluation, evaluate, score
-from .model import CharRNN
-from .runtime import Runtime
-from .sampling import Generator, choose
-from .vocab import Vocab
+import importlib
 
-_TRAINING = ("TrainResult", "Trainer", "train")  # loaded on first use: inference never imports the training loop
-
-__all__ = ["Batch", "BatchConfig", "CharRNN", "CharloomError", "Checkpoint", "ConfigError", "Corpus", "CorpusConfig",
-           "Data", "EvalConfig", "Evaluation", "Generator", "ModelConfig", "RecordBatches", "Runtime", "SampleConfig",
-           "SampleOptions", "Stream", "StreamBatches", "TrainConfig", "TrainResult", "Trainer", "Vocab", "bundled",
-           "choose", "evaluate", "load", "load_corpus", "prepare", "score", "train"]
+# name -> (module, attribute): loaded on first use, so `import charloom` costs nothing, the ONNX backend runs
+# without torch, and inference never imports the training loop
+_EXPORTS = {
+    **{n: ("batching", n) for n in ("Batch", "Data", "RecordBatches", "Stream", "StreamBatches", "prepare")},
+    **{n: ("config", n) for n in ("BatchConfig", "CorpusConfig", "EvalConfig", "ModelConfig", "SampleConfig",
+                                  "SampleOptions", "TrainConfig")},
+    **{n: ("evaluation", n) for n in ("Evaluation", "evaluate", "score")},
+    **{n: ("trainer", n) for n in ("TrainResult", "Trainer", "train")},
+    **{n: ("errors", n) for n in ("CharloomError", "ConfigError")},
+    "Checkpoint": ("checkpoint", "Checkpoint"), "load": ("checkpoint", "load"), "Corpus": ("corpus", "Corpus"),
+    "bundled": ("corpus", "bundled"), "load_corpus": ("corpus", "load"), "CharRNN": ("model", "CharRNN"),
+    "Runtime": ("runtime", "Runtime"), "Generator": ("sampling", "Generator"), "choose": ("decoding", "choose"),
+    "OnnxGenerator": ("onnx_generator", "OnnxGenerator"), "Vocab": ("vocab", "Vocab"),
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name in _TRAINING:
-        from . import trainer
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'charloom' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    globals()[name] = value  # found directly from now on
+    return value
 
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'charloom' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

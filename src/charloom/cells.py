@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import CELL_STATES
+
 LayerState = tuple[torch.Tensor, ...]  # one layer's state: each (B, H)
 Step = Callable[[torch.Tensor, LayerState, torch.Tensor, torch.Tensor], LayerState]
 
@@ -92,7 +94,8 @@ class Cell:
 
 
 CELLS: dict[str, Cell] = {
-    "lstm": Cell("lstm", 4, nn.LSTM, ("h", "c"), _lstm_step, True, _lstm_init),
-    "gru": Cell("gru", 3, nn.GRU, ("h",), _gru_step, False, _keep_init),
-    "rnn": Cell("rnn", 1, nn.RNN, ("h",), _rnn_step, True, _keep_init, (("nonlinearity", "tanh"),)),
+    "lstm": Cell("lstm", 4, nn.LSTM, CELL_STATES["lstm"], _lstm_step, True, _lstm_init),
+    "gru": Cell("gru", 3, nn.GRU, CELL_STATES["gru"], _gru_step, False, _keep_init),
+    "rnn": Cell("rnn", 1, nn.RNN, CELL_STATES["rnn"], _rnn_step, True, _keep_init, (("nonlinearity", "tanh"),)),
 }
+assert {name: cell.state for name, cell in CELLS.items()} == CELL_STATES, "config.CELL_STATES names each cell's state"

@@ -193,6 +193,11 @@ class BatchConfig(Config):
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
 
 
+# each recurrent cell's state tensors by name, each (num_layers, B, H): the cells of cells.CELLS, named here
+# without torch so that a config and an exported file's state can be checked where torch is absent
+CELL_STATES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
+
+
 @dataclass(frozen=True)
 class ModelConfig(Config):
     """The network: a recurrent cell stack between a character input and a linear head."""
@@ -208,10 +213,8 @@ class ModelConfig(Config):
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
     def validate(self) -> None:
-        from .cells import CELLS
-
-        if self.cell not in CELLS:
-            raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(map(repr, CELLS))}")
+        if self.cell not in CELL_STATES:
+            raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(map(repr, CELL_STATES))}")
         _positive(self, "num_layers")
         if self.hidden_size < 0:
             raise ConfigError(f"hidden_size: must be positive (or 0: sized for the run), got {self.hidden_size}")
@@ -445,3 +448,30 @@ class ServeConfig(Config):
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
         if self.default_length > self.max_length:
             raise ConfigError("default_length: must not exceed max_length")
+
+
+@dataclass(frozen=True)
+class ExportConfig(Config):
+    """Exporting a model to ONNX, and to a web page that generates with it in the browser."""
+
+    out: str = option("", "the ONNX file to write (default: model.onnx in the run folder, or beside the model file)",
+                      metavar="FILE")
+    int8: bool = option(False, "also write FILE's int8 twin (NAME.int8.onnx: weights quantised by onnxruntime, about "
+                               "4x smaller) and report its held-out bpc beside fp32's")
+    text: str = option("", "the text the int8 file is scored on: a file, folder or bundled corpus (default: the "
+                           "corpus the model was trained on); its held-out split, as training splits it, is "
+                           "scored", metavar="SOURCE")
+    score_chars: int = option(100_000, "the most held-out characters scored for the int8 comparison")
+    web: str = option("", "also write a static web page that generates in the browser into this folder",
+                      metavar="DIR")
+    runtime: str = option("", "a folder holding onnxruntime-web's dist files (ort.min.mjs and its .wasm), copied "
+                              "into the page so it works with no network (default: load them from the pinned "
+                              "public package URL)", metavar="DIR")
+    opset: int = option(17, "the ONNX opset to write")
+
+    def validate(self) -> None:
+        _positive(self, "score_chars")
+        if not 14 <= self.opset <= 21:
+            raise ConfigError(f"opset: must be in [14, 21] (onnxruntime and onnxruntime-web run them), got {self.opset}")
+        if self.runtime and not self.web:
+            raise ConfigError("runtime: only means something with --web DIR (it is copied into the page)")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import CharloomError
+
+if TYPE_CHECKING:  # torch is needed only to hand out tensors: the ONNX backend runs without it
+    import torch
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -138,6 +140,8 @@ class Vocab:
         return self.encode_array(text).tolist()
 
     def encode_tensor(self, text: str) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(self.encode_array(text))
 
     def unknown_count(self, text: str) -> int:
@@ -146,9 +150,7 @@ class Vocab:
 
     def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor, *, specials: bool = False) -> str:
         """Text of `ids`. Special tokens are dropped, or shown as `<bos>` etc. when `specials` is true."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        elif isinstance(ids, np.ndarray):
+        if hasattr(ids, "tolist"):  # a numpy array or a torch tensor
             ids = ids.tolist()
         n_special = len(self.specials)
         out = []

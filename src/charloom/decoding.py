@@ -1,0 +1,321 @@
+"""Choosing the next character and writing samples, in NumPy: the part of generation every backend shares.
+
+`choose` is a pure function of logits and options (greedy, temperature, top-k, top-p), and
+`apply_repetition_penalty` one of logits and the characters already used. `Writer` runs a generation for
+any backend that can read a start text and take one step: the PyTorch model (sampling.Generator) and an
+exported ONNX file (onnx_generator.OnnxGenerator). Nothing here imports torch, so the ONNX path runs
+without it, and both backends make the same choice from the same uniform draws.
+
+Seeds are per sample: sample i of a call with seed s draws from its own Mersenne Twister seeded with
+s + i (its low 32 bits), exactly the float32 stream of `torch.rand` with `torch.Generator().manual_seed`,
+so a sample is the same text whether it is made alone or in a batch, with torch or without.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .config import SampleOptions
+from .errors import ConfigError
+from .vocab import Vocab
+
+UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
+# what one sample holds while it is written, for `Writer.memory_needed` (measured on CPython 3.11):
+SAMPLE_FIXED_BYTES = 4096  # its Mersenne Twister state (2.5 KB) and its Python bookkeeping
+LOGIT_COPIES = 12  # (V,) float32 rows alive at once while a character is chosen: penalty, filters, sort, cdf
+STATE_COPIES = 12  # (H,) float32 rows per layer: the state, the new state and the gates of a step
+TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pieces' list until they are joined
+# a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
+# nan), and at it the choice is the argmax anyway, but for exact ties
+GREEDY_BELOW = 1e-30
+_MANTISSA = np.float32(2.0 ** -24)  # torch's float32 uniform: the low 24 bits of a 32-bit draw, scaled
+
+
+def uniforms(seed: int, n: int) -> np.ndarray:
+    """(n,) float32 uniforms in [0, 1) from the stream seeded with `seed`: equal to
+    `torch.rand(n, generator=torch.Generator().manual_seed(seed))`."""
+    return UniformStream(seed).take(n)
+
+
+class UniformStream:
+    """One sample's random numbers: MT19937 seeded as torch seeds its CPU generator (the seed's low 32 bits)."""
+
+    def __init__(self, seed: int):
+        legacy = np.random.RandomState(int(seed) & 0xFFFFFFFF).get_state(legacy=False)  # MT19937's own seeding
+        self.bits = np.random.MT19937()
+        self.bits.state = legacy
+
+    def take(self, n: int) -> np.ndarray:
+        raw = self.bits.random_raw(n)  # (n,) 32-bit draws as uint64
+        return (raw & 0xFFFFFF).astype(np.float32) * _MANTISSA
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """(B, V) logits with every already-used character made less likely (CTRL, Keskar et al. 2019):
+    a positive logit is divided by `penalty`, a negative one multiplied. `seen` is a (B, V) bool mask."""
+    if penalty == 1.0:
+        return logits
+    scaled = np.where(logits > 0, logits / np.float32(penalty), logits * np.float32(penalty))
+    return np.where(seen, scaled, logits).astype(logits.dtype, copy=False)
+
+
+def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """(B, V) logits with everything outside the top-k and the nucleus set to -inf."""
+    logits = np.asarray(logits)
+    if top_k and top_k < logits.shape[-1]:
+        keep = np.argpartition(-logits, top_k - 1, axis=-1)[:, :top_k]  # exactly k, even when logits tie
+        kept = np.full_like(logits, -np.inf)
+        np.put_along_axis(kept, keep, np.take_along_axis(logits, keep, -1), -1)
+        logits = kept
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        probs = softmax(np.take_along_axis(logits, order, -1))
+        before = np.cumsum(probs, -1) - probs  # mass of the strictly more likely candidates
+        drop = np.zeros(logits.shape, dtype=bool)
+        np.put_along_axis(drop, order, before >= top_p, -1)  # keeps the smallest set whose mass reaches p
+        logits = np.where(drop, -np.inf, logits).astype(logits.dtype, copy=False)
+    return logits
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in x's precision; rows of -inf but one stay finite."""
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def choose(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           u: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(B, V) logits -> (B,) next ids. Temperature 0 (or below GREEDY_BELOW) is greedy (argmax).
+
+    u: (B,) uniforms in [0, 1), one per row, used by inverse-CDF sampling (drawn from `rng` if absent).
+    The options are checked by SampleOptions' rules, so a bad value reads as it does everywhere else.
+    """
+    opts = SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+    logits = np.asarray(logits, dtype=np.float32)
+    if u is None and opts.temperature >= GREEDY_BELOW:
+        u = (rng or np.random.default_rng()).random(logits.shape[0], dtype=np.float32)
+    return choose_checked(logits, opts.temperature, opts.top_k, opts.top_p, u)
+
+
+def choose_checked(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
+                   u: np.ndarray | None) -> np.ndarray:
+    """`choose` without the option checks: a generation checks once per call, not once per character."""
+    if temperature < GREEDY_BELOW:
+        return logits.argmax(-1)
+    probs = softmax(filter_logits(logits / np.float32(temperature), top_k, top_p))
+    cdf = np.cumsum(probs, -1)  # (B, V)
+    # the first id whose cumulative mass exceeds u * total: never an id of zero probability
+    threshold = np.asarray(u, dtype=np.float32) * cdf[:, -1]
+    idx = (cdf <= threshold[:, None]).sum(-1)
+    return np.minimum(idx, probs.shape[-1] - 1)
+
+
+# ---- the generation loop ----------------------------------------------------------------------------
+class Writer:
+    """Writes text with a backend: start text in one call, then one character at a time, state carried.
+
+    A backend subclass gives `_start(prefix, n)` -> ((n, V) float32 logits after the prefix, state for n
+    samples) and `_step(ids (n,), state)` -> ((n, V) logits, new state), and sets `vocab`, `records`,
+    `num_layers` and `hidden_size`. The state is the backend's own; the Writer only passes it back.
+    """
+
+    vocab: Vocab
+    records: bool
+    num_layers: int
+    hidden_size: int
+
+    def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def _step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def banned_ids(self) -> list[int]:
+        """Ids a sample may never produce: <pad>, <bos>, <unk>, and <eos> for a model that never saw a record end."""
+        v = self.vocab
+        return [v.pad_id, v.bos_id, v.unk_id] + ([] if self.records else [v.eos_id])
+
+    def unknown_characters(self, start: str) -> list[str]:
+        """Characters of `start` the model has never seen (read as <unk>, or refused, by the vocabulary's policy)."""
+        text = self.vocab.prepare(start)
+        return sorted({ch for ch in text if ch not in self.vocab})
+
+    def _prefix(self, start: str) -> list[int]:
+        v = self.vocab
+        ids = v.encode_array(start, where="start text").tolist()  # the vocabulary's unknown policy applies
+        if self.records or not start:
+            # a records model reads <bos> first; a continuous one starts from a newline when given no text
+            first = v.bos_id if self.records or "\n" not in v else v.stoi["\n"]
+            ids = [first] + ids
+        return ids
+
+    def generate(self, options: SampleOptions | str | None = None, length: int | None = None, *,
+                 on_text: Callable[[int, str], None] | None = None, **changes: Any) -> list[str]:
+        """`options.n` continuations of `options.start` (without it). Each ends at <eos>, after `length`
+        characters, or just before the first stop string it writes (where two end at the same character, before
+        the longer). `stop` is one string or a list of them. `on_text(i, piece)` sees each sample's text as it is
+        made.
+
+        The options are a SampleOptions, or its fields as arguments: `generate("Ma", 20, n=5, seed=1)`
+        (see `sample_options`)."""
+        opts = sample_options(options, length, **changes)
+        out: list[list[str]] = [[] for _ in range(opts.n)]  # joined once at the end: `+=` on each would be quadratic
+        for i, piece in self.stream(opts):
+            out[i].append(piece)
+            if on_text is not None:
+                on_text(i, piece)
+        return ["".join(pieces) for pieces in out]
+
+    def stream(self, options: SampleOptions | str | None = None, length: int | None = None,
+               **changes: Any) -> Iterator[tuple[int, str]]:
+        """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts.
+        The options and the start text are checked here, before the first piece is asked for."""
+        opts = sample_options(options, length, **changes)
+        self.check_memory(opts)
+        unknown = self.unknown_characters(opts.start)
+        if unknown and self.vocab.unknown == "unk":
+            warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
+                          stacklevel=2)
+        return self._pieces(self._prefix(opts.start), opts)
+
+    def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
+        return self._run(prefix, opts)
+
+    def memory_needed(self, n: int, length: int) -> int:
+        """Bytes that n samples of `length` characters hold at the peak of a generation, roughly: each sample's
+        random stream and uniforms, a few copies of its logits and recurrent state, and its text."""
+        vocab_size = len(self.vocab)
+        width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
+        per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
+                      + STATE_COPIES * self.num_layers * self.hidden_size * 4)
+        return n * (per_sample + length * (TEXT_BYTES + 2 * width))
+
+    def check_memory(self, opts: SampleOptions) -> None:
+        """Refuse, before any work, a generation that would not fit in memory (half of this machine's)."""
+        need, cap = self.memory_needed(opts.n, opts.length), memory_cap()
+        if need > cap:
+            raise ConfigError(f"n (--num-samples) and length (--length): {opts.n:,} samples of {opts.length:,} "
+                              f"characters need about {need / 1e9:,.1f} GB, more than the {cap / 1e9:,.1f} GB allowed "
+                              f"(half of this machine's memory); ask for fewer or shorter samples")
+
+    def _run(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
+        n, penalty, v = opts.n, opts.repetition_penalty, self.vocab
+        if opts.length == 0:
+            return
+        last, state = self._start(prefix, n)  # (n, V): every sample shares the start
+        base = secrets.randbits(62) if opts.seed is None else int(opts.seed)
+        streams = [UniformStream(base + i) for i in range(n)] if opts.temperature > 0 else []
+        banned = np.asarray(self.banned_ids())
+        seen = np.zeros((n, len(v)), dtype=bool)
+        if penalty != 1.0:
+            seen[:, prefix] = True
+        done = [False] * n
+        itos, n_special, eos = v.itos, len(v.specials), v.eos_id
+        stops = Stops(opts.stop, n) if any(opts.stop) else None
+        u = None
+        for t in range(opts.length):
+            if streams and t % UNIFORM_BLOCK == 0:
+                u = np.stack([s.take(UNIFORM_BLOCK) for s in streams])  # (n, block)
+            scores = np.array(last, dtype=np.float32)  # a copy: the backend's array stays as it was
+            scores[:, banned] = -np.inf
+            scores = apply_repetition_penalty(scores, seen, penalty)
+            nxt = choose_checked(scores, opts.temperature, opts.top_k, opts.top_p,
+                                 u[:, t % UNIFORM_BLOCK] if u is not None else None)
+            for i, tok in enumerate(nxt.tolist()):
+                if done[i]:
+                    continue
+                if tok == eos:
+                    done[i] = True
+                    continue
+                ch = itos[tok] if tok >= n_special else ""
+                if stops is None:
+                    yield i, ch
+                    continue
+                shown, done[i] = stops.feed(i, ch)
+                if shown:
+                    yield i, shown
+            if all(done):
+                break
+            if penalty != 1.0:
+                seen[np.arange(n), nxt] = True
+            last, state = self._step(nxt, state)
+        for i, rest in enumerate(stops.held if stops else ()):  # what could have begun a stop string, but did not
+            if rest:
+                yield i, rest
+
+
+class Stops:
+    """Finds stop strings in each sample's text as it is written, and holds back what could begin one.
+
+    Each stop string is followed by a Knuth-Morris-Pratt automaton, so a character costs amortised constant
+    time per stop string however long the text or the stop strings: rescanning the text's end for every
+    prefix of every stop string costs the square of their length per character."""
+
+    def __init__(self, stops: Sequence[str], n: int):
+        self.stops = [s for s in stops if s]
+        self.fails = [_failure(s) for s in self.stops]
+        self.matched = [[0] * len(self.stops) for _ in range(n)]  # per sample: characters of each stop matched
+        self.held = [""] * n  # per sample: the end of its text that begins a stop string, not yet shown
+
+    def feed(self, i: int, text: str) -> tuple[str, bool]:
+        """Sample i wrote `text`: (what of it may be shown now, whether a stop string ended the sample there).
+        What is held back is always the longest end of the text that begins some stop string."""
+        matched, held = self.matched[i], self.held[i]
+        for at, ch in enumerate(text):
+            hit = 0
+            for j, s in enumerate(self.stops):
+                k, fail = matched[j], self.fails[j]
+                while k and s[k] != ch:
+                    k = fail[k - 1]
+                k += s[k] == ch
+                matched[j] = k
+                if k == len(s):
+                    hit = max(hit, k)  # of stops ending here, the longer began first
+            if hit:
+                written = held + text[:at + 1]
+                self.held[i] = ""
+                return written[:len(written) - hit], True
+        written, keep = held + text, max(matched, default=0)
+        self.held[i] = written[len(written) - keep:] if keep else ""
+        return written[:len(written) - keep], False
+
+
+def _failure(s: str) -> list[int]:
+    """fail[k]: the length of the longest proper prefix of s[:k + 1] that is also its suffix (KMP's table)."""
+    fail, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        k += s[i] == s[k]
+        fail[i] = k
+    return fail
+
+
+def memory_cap() -> int:
+    """The most memory one generation may take: half of this machine's (8 GB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 * 10**9
+
+
+def sample_options(options: SampleOptions | str | None = None, length: int | None = None,
+                   **changes: Any) -> SampleOptions:
+    """The SampleOptions a call means: `options` itself (with `changes` applied), or one built from a start
+    text, a length and keyword fields. Either way SampleOptions checks them, as it does for the CLI and
+    the server."""
+    if length is not None:
+        changes["length"] = length
+    if isinstance(changes.get("stop"), str):  # one stop string, not one per character
+        changes["stop"] = (changes["stop"],)
+    if isinstance(options, SampleOptions):
+        return options.replace(**changes) if changes else options
+    if options is not None:
+        changes["start"] = options
+    return SampleOptions(**changes)
