@@ -322,6 +322,16 @@ class Data:
         return self.val.in_order()
 
 
+def heldout_batches(corpus: Corpus, cfg: BatchConfig) -> Iterator[Batch]:
+    """The held-out split's batches as training scores them (`Data.val_batches`), without building the
+    training split: for scoring a model on the text it was trained on, however short its training split."""
+    if corpus.offsets is None:
+        _, val_seg = split_stream(len(corpus.ids), cfg)
+        return eval_windows(Stream(corpus.ids, val_seg), cfg.seq_len, cfg.batch_size, corpus.vocab.pad_id)
+    _, va = split_records(corpus.num_records, cfg)
+    return RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name).in_order() if len(va) else iter(())
+
+
 def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:
     """Split the corpus and set up its batches (checks that it is long enough for `cfg`).
 

@@ -14,11 +14,11 @@ import time
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-from . import batching, corpus
-from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions,
-                     ServeConfig, TrainConfig)
+from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
+                     SampleOptions, ServeConfig, TrainConfig)
 from .errors import CharloomError
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
@@ -99,6 +99,8 @@ def options(ns: argparse.Namespace, cls: type[Config]) -> Any:
 
 # ---- commands ----------------------------------------------------------------------------------------
 def cmd_corpora(ns: argparse.Namespace) -> None:
+    from . import corpus
+
     rows = [("name", "kind", "characters", "records", "stored", "licence")]
     for b in corpus.bundled().values():
         rows.append((b.name, b.kind, f"{b.characters:,}", f"{b.records:,}" if b.records else "-",
@@ -109,6 +111,8 @@ def cmd_corpora(ns: argparse.Namespace) -> None:
 
 
 def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
+    from . import batching, corpus
+
     """Figures about a corpus and its split, as `charloom corpus-info` prints them."""
     t0 = time.perf_counter()
     c = corpus.load(ccfg)
@@ -245,21 +249,19 @@ def _novelty_summary(verdicts: list[bool]) -> None:
 def cmd_sample(ns: argparse.Namespace) -> None:
     import warnings
 
-    from . import checkpoint
-    from .novelty import Novelty
-    from .runtime import pick_device
-    from .sampling import Generator
-
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
-    ck = checkpoint.load(ns.checkpoint, device=pick_device(ns.device))
-    gen = Generator.from_checkpoint(ck)
+    gen, ck = _generator(ns.checkpoint, ns.device)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
-    novelty = Novelty.for_checkpoint(ck, ns.novelty_source) if ns.novelty or ns.novelty_source else None
+    novelty = None
+    if ns.novelty or ns.novelty_source:
+        from .novelty import Novelty
+
+        novelty = Novelty.for_checkpoint(ck, ns.novelty_source)
     sink = _Output(ns.output) if ns.output else None
     verdicts: list[bool] = []
 
     def one(opts: SampleOptions) -> None:
-        for ch in gen.unknown_characters(opts.start) if ck.vocab.unknown != "error" else ():
+        for ch in gen.unknown_characters(opts.start) if gen.vocab.unknown != "error" else ():
             print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
                   file=sys.stderr)
         stream = opts.n == 1 and sink is None  # one text at a time: show it as it is made
@@ -273,7 +275,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
             if mark is not None:
                 verdicts.append(mark.new)
             if sink is not None:
-                sink.write(_sample_row(opts, i, text, mark, ck.path) if sink.jsonl else opts.start + text + "\n")
+                sink.write(_sample_row(opts, i, text, mark, gen.path) if sink.jsonl else opts.start + text + "\n")
             else:
                 print("" if stream else opts.start + text)
             if mark is not None and not mark.new:
@@ -301,8 +303,39 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         _novelty_summary(verdicts)
 
 
-def cmd_eval(ns: argparse.Namespace) -> None:
+def _generator(path: str, device: str) -> tuple[Any, Any]:
+    """(the Generator, what it was loaded from) for a model file or run folder, or for an exported .onnx file,
+    which runs on onnxruntime without torch."""
+    if path.endswith(".onnx"):
+        if device not in ("cpu", "auto"):
+            raise CharloomError(f"--device {device}: an .onnx model runs on onnxruntime's CPU backend; use --device cpu")
+        from .onnx_generator import OnnxGenerator
+
+        gen = OnnxGenerator.load(path)
+        return gen, gen.model
     from . import checkpoint
+    from .runtime import pick_device
+    from .sampling import Generator
+
+    ck = checkpoint.load(path, device=pick_device(device))
+    gen = Generator.from_checkpoint(ck)
+    gen.path = ck.path
+    return gen, ck
+
+
+def cmd_export(ns: argparse.Namespace) -> None:
+    from . import checkpoint
+    from .export import export
+
+    cfg = options(ns, ExportConfig)
+    ck = checkpoint.load(ns.checkpoint)
+    out = Path(cfg.out) if cfg.out else (ck.path.parent / "model.onnx")
+    for line in export(ck, cfg, out).lines():
+        print(f"charloom: {line}", file=sys.stderr)
+
+
+def cmd_eval(ns: argparse.Namespace) -> None:
+    from . import checkpoint, corpus
     from .evaluation import score, score_adapted
     from .runtime import pick_device
 
@@ -362,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_train)
 
     s = sub.add_parser("sample", help="generate text from a trained model")
-    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
-
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder, a model file, or an exported "
+                   ".onnx file (run with onnxruntime, no torch needed)")
     add_options(s, SampleConfig)
     add_options(s, SampleOptions, skip=("start", "temperature"))  # SampleConfig has them, repeatable
     s.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: cpu)")
@@ -384,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s, EvalConfig)
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=cmd_eval)
+
+    s = sub.add_parser("export", help="write a model as ONNX (and int8, and a web page that generates in the browser)",
+                       description="Export a model to ONNX, checked with onnxruntime against PyTorch; optionally an "
+                                   "int8 twin and a static web page that runs it with onnxruntime-web.")
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
+    add_options(s, ExportConfig)
+    s.set_defaults(run=cmd_export)
 
     s = sub.add_parser("serve", help="an HTTP generation API and a web playground for a model",
                        description="Serve a model: POST /v1/generate, GET /v1/model, the playground at /.")

@@ -1,0 +1,227 @@
+"""A model as an ONNX file that any ONNX runtime can run, checked against PyTorch, and as a web page.
+
+One graph serves both uses: `ids` (B, T) and the state in, `logits` (B, T, V) and the new state out, with
+B and T free, so a sampler feeds a whole start text in one call and then one character per call. The
+state tensors are named after the cell's (`h`, and `c` for an LSTM), each (num_layers, B, H), and come
+back as `h_out` (`c_out`). The recurrent layers are ONNX's own LSTM, GRU and RNN operators.
+
+The vocabulary, the records flag, the model config and the sampling defaults are stored in the file's
+metadata under `charloom` (JSON), so the file stands alone: `onnx_generator.OnnxGenerator` and the web
+page read everything they need from it.
+
+Needs the `onnx` extra (onnx, onnxruntime); the web page, onnxruntime-web in the browser.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import atomic
+from .checkpoint import Checkpoint
+from .config import BatchConfig, CorpusConfig, ExportConfig, SampleOptions
+from .errors import CharloomError
+from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
+
+FP32_TOLERANCE = 1e-4  # the largest logit or state difference from PyTorch an fp32 export may show
+ORT_WEB_VERSION = "1.31.1"  # the onnxruntime-web the page loads when no runtime is copied in
+ORT_WEB_URL = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
+RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+WEB_FILES = ("index.html", "charloom.js")  # the page's own files, package data under charloom/web
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how close it came to PyTorch."""
+
+    path: Path
+    max_difference: float  # largest |ONNX - PyTorch| over logits and state on the check text
+    bytes: int
+    int8_path: Path | None = None
+    int8_bytes: int = 0
+    int8_difference: float = 0.0  # largest logit difference of the int8 file from PyTorch
+    bpc: dict[str, float] = field(default_factory=dict)  # held-out bpc: "fp32", "int8"
+    scored_characters: int = 0
+    web: Path | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"wrote {self.path} ({self.bytes / 1e6:.2f} MB); onnxruntime matches PyTorch within "
+               f"{self.max_difference:.1e} (largest logit or state difference on the check text)"]
+        if self.int8_path is not None:
+            out.append(f"wrote {self.int8_path} ({self.int8_bytes / 1e6:.2f} MB, int8 weights); largest logit "
+                       f"difference from PyTorch {self.int8_difference:.3f}")
+            if self.bpc:
+                out.append(f"held-out bpc over {self.scored_characters:,} characters: fp32 {self.bpc['fp32']:.4f}, "
+                           f"int8 {self.bpc['int8']:.4f} ({self.bpc['int8'] - self.bpc['fp32']:+.4f})")
+        if self.web is not None:
+            out.append(f"wrote a web page to {self.web}: open {self.web / 'index.html'} through any static web server")
+        return out
+
+
+class _Graph(nn.Module):
+    """The model with its state as separate tensors, the shape an exporter and a runtime want."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, new = self.model(ids, tuple(state))
+        return (logits, *new)
+
+
+def metadata(ck: Checkpoint) -> dict[str, Any]:
+    """What a runtime needs besides the weights: everything to encode, decode and sample."""
+    v, cfg = ck.vocab, ck.config
+    return {"format": FORMAT, "version": VERSION, "vocab": v.to_dict(), "itos": list(v.itos),
+            "ids": {"pad": v.pad_id, "bos": v.bos_id, "eos": v.eos_id, "unk": v.unk_id},
+            "records": bool(ck.records), "state": list(ck.model.cell.state), "model": cfg.to_dict(),
+            "sampling": SampleOptions().to_dict(),
+            "info": {k: ck.info[k] for k in ("step", "val_bpc", "chars_seen", "corpus", "corpus_config") if k in ck.info}}
+
+
+def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
+    """Write `out` (and its int8 twin, the web page, as `cfg` asks), each checked before it is reported."""
+    _need_onnx()
+    model = ck.model.float().eval()
+    write_onnx(model, metadata(ck), out, cfg.opset)
+    report = ExportReport(out, check(model, out), out.stat().st_size)
+    if report.max_difference > FP32_TOLERANCE:
+        raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more than "
+                            f"{FP32_TOLERANCE:g}); the file is kept for inspection")
+    if cfg.int8:
+        int8 = out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx")
+        quantize(out, int8)
+        report.int8_path, report.int8_bytes = int8, int8.stat().st_size
+        report.int8_difference = check(model, int8)
+        report.bpc, report.scored_characters = compare_bpc(ck, cfg, {"fp32": out, "int8": int8})
+    if cfg.web:
+        report.web = write_web(out, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
+    return report
+
+
+def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 17) -> None:
+    """The model as ONNX with `meta` stored under `charloom`, written atomically."""
+    import onnx
+
+    cfg, names = model.cfg, list(model.cell.state)
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    state = tuple(torch.zeros(cfg.num_layers, 1, cfg.hidden_size) for _ in names)
+    axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"},
+            **{n: {1: "batch"} for n in names}, **{f"{n}_out": {1: "batch"} for n in names}}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # torch.export fixes the time axis of a fused recurrent module; the TorchScript-based exporter maps it to
+        # ONNX's own LSTM/GRU/RNN operators, which take any length (it warns that it is the older path)
+        warnings.simplefilter("ignore")
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(_Graph(model), (ids, *state), str(raw), dynamo=False, opset_version=opset,
+                          input_names=["ids", *names], output_names=["logits", *[f"{n}_out" for n in names]],
+                          dynamic_axes=axes)
+        graph = onnx.load(str(raw))
+    graph.producer_name = "charloom"
+    graph.doc_string = "charloom character model: ids (batch, time) and state in, logits and state out"
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
+    onnx.checker.check_model(graph)
+    atomic.write_bytes(out, graph.SerializeToString())
+
+
+def check_inputs(model: nn.Module, rows: int = 2, length: int = 48) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A fixed check text (every id in turn, from two offsets) and a fixed non-zero state."""
+    V, cfg = model.cfg.vocab_size, model.cfg
+    ids = (torch.arange(length)[None] * 7 + torch.arange(rows)[:, None] * 3) % V  # (rows, length)
+    g = torch.Generator().manual_seed(0)
+    state = tuple(torch.randn(cfg.num_layers, rows, cfg.hidden_size, generator=g) * 0.5 for _ in model.cell.state)
+    return ids, state
+
+
+@torch.inference_mode()
+def check(model: nn.Module, path: Path) -> float:
+    """The largest |ONNX - PyTorch| over logits and state: the check text in one call, then one step."""
+    onnx_model = OnnxModel.load(path)
+    ids, state = check_inputs(model)
+    worst = 0.0
+    for chunk in (ids, ids[:, :1]):
+        want_logits, want_state = model(chunk, state)
+        got_logits, got_state = onnx_model.forward(chunk.numpy(), tuple(s.numpy() for s in state))
+        for got, want in zip((got_logits, *got_state), (want_logits, *want_state)):
+            worst = max(worst, float(np.abs(got - want.numpy()).max()))
+        state = want_state
+    return worst
+
+
+def quantize(src: Path, out: Path) -> None:
+    """Dynamic int8 quantisation (weights int8, activations quantised per call) with onnxruntime's tools."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = Path(tmp) / out.name
+        import logging
+
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
+        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8)
+        atomic.write_bytes(out, tmp_out.read_bytes())
+
+
+def compare_bpc(ck: Checkpoint, cfg: ExportConfig, files: dict[str, Path]) -> tuple[dict[str, float], int]:
+    """Held-out bpc of each file on the same characters: the text's held-out split as training makes it."""
+    from .batching import heldout_batches
+    from .corpus import load as load_corpus
+
+    saved = ck.info.get("corpus_config")
+    if not cfg.text and not saved:
+        raise CharloomError("--int8: the model file does not say which corpus it was trained on; give the text to "
+                            "score with --text SOURCE")
+    ccfg = CorpusConfig.from_dict(saved, where="model file: corpus_config") if saved else CorpusConfig()
+    if cfg.text:
+        ccfg = ccfg.replace(source=cfg.text)
+    ccfg = ccfg.replace(records=ck.records, lower=ck.vocab.lower, normalize=ck.vocab.normalize)
+    corpus, batch = load_corpus(ccfg, vocab=ck.vocab), BatchConfig(batch_size=16, seq_len=256)
+    if next(heldout_batches(corpus, batch), None) is None:
+        raise CharloomError(f"--text {ccfg.source}: no held-out split to score the int8 file on (the text is too "
+                            f"short)")
+    figures, scored = {}, 0
+    for name, path in files.items():
+        figures[name], scored = heldout_bpc(OnnxModel.load(path), heldout_batches(corpus, batch), cfg.score_chars)
+    return figures, scored
+
+
+def write_web(onnx_path: Path, folder: Path, runtime: Path | None) -> Path:
+    """A static page that generates in the browser: index.html, charloom.js, model.onnx, and the runtime's
+    files in ort/ when `runtime` is given (otherwise the page loads them from ORT_WEB_URL)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if runtime is not None:
+        missing = [n for n in RUNTIME_FILES if not (runtime / n).is_file()]
+        if missing:
+            raise CharloomError(f"--runtime {runtime}: no {missing[0]} there (give onnxruntime-web's dist folder, "
+                                f"e.g. node_modules/onnxruntime-web/dist)")
+        (folder / "ort").mkdir(exist_ok=True)
+        for name in RUNTIME_FILES:
+            shutil.copyfile(runtime / name, folder / "ort" / name)
+    source = resources.files("charloom") / "web"
+    page = (source / "index.html").read_text(encoding="utf-8")
+    where = "./ort/" if runtime is not None else ORT_WEB_URL
+    page = page.replace("{{ORT_BASE}}", where).replace("{{ORT_VERSION}}", ORT_WEB_VERSION)
+    atomic.write_bytes(folder / "index.html", page.encode("utf-8"))
+    atomic.write_bytes(folder / "charloom.js", (source / "charloom.js").read_bytes())
+    if onnx_path.resolve() != (folder / "model.onnx").resolve():
+        shutil.copyfile(onnx_path, folder / "model.onnx")
+    return folder
+
+
+def _need_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CharloomError("export: needs the 'onnx' extra: pip install 'charloom[onnx]'") from None

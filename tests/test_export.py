@@ -1,0 +1,188 @@
+"""ONNX export against PyTorch: logits and state, same-seed text, metadata, int8, and the torch-free path."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+import onnx  # noqa: E402
+
+from charloom import checkpoint  # noqa: E402
+from charloom.cli import main  # noqa: E402
+from charloom.config import ExportConfig, ModelConfig  # noqa: E402
+from charloom.errors import CharloomError  # noqa: E402
+from charloom.evaluation import evaluate  # noqa: E402
+from charloom.export import FP32_TOLERANCE, export, metadata, write_onnx  # noqa: E402
+from charloom.model import CharRNN  # noqa: E402
+from charloom.onnx_generator import OnnxGenerator, OnnxModel  # noqa: E402
+from charloom.sampling import Generator  # noqa: E402
+from charloom.vocab import Vocab  # noqa: E402
+
+TEXT = "the cat sat on the mat. the dog ate the hat.\nA bird, a bee; a BAT!\n"
+
+
+def saved_model(tmp_path, cell="lstm", layers=1, embedding=8, records=False, hidden=16, seed=0, info=None):
+    vocab = Vocab.build(TEXT)
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding,
+                                vocab_size=len(vocab)))
+    with torch.no_grad():  # larger weights than the initialisation's, so the outputs differ visibly by input
+        for p in model.parameters():
+            p.mul_(3.0)
+    path = checkpoint.save(tmp_path / f"{cell}{layers}{embedding}.safetensors", model, vocab, records=records,
+                           info=info or {"step": 3})
+    return checkpoint.load(path)
+
+
+def exported(tmp_path, **kw):
+    ck = saved_model(tmp_path, **kw)
+    out = tmp_path / "model.onnx"
+    return ck, export(ck, ExportConfig(), out)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embedding", [0, 8])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_exported_logits_and_state_match_pytorch(tmp_path, cell, embedding, layers):
+    ck, report = exported(tmp_path, cell=cell, embedding=embedding, layers=layers)
+    assert report.max_difference < FP32_TOLERANCE
+    onnx_model, model = OnnxModel.load(report.path), ck.model.eval()
+    g = torch.Generator().manual_seed(5)
+    for batch, length in ((1, 1), (3, 17), (2, 64)):  # one step, a short text, a longer one: one graph for all
+        ids = torch.randint(0, len(ck.vocab), (batch, length), generator=g)
+        state = tuple(torch.randn(layers, batch, 16, generator=g) for _ in model.cell.state)
+        with torch.no_grad():
+            want_logits, want_state = model(ids, state)
+        got_logits, got_state = onnx_model.forward(ids.numpy(), tuple(s.numpy() for s in state))
+        assert got_logits.shape == (batch, length, len(ck.vocab))
+        np.testing.assert_allclose(got_logits, want_logits.numpy(), atol=FP32_TOLERANCE, rtol=0)
+        for got, want in zip(got_state, want_state):
+            np.testing.assert_allclose(got, want.numpy(), atol=FP32_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("cell, records", [("lstm", False), ("gru", True), ("rnn", False)])
+def test_the_same_seed_gives_the_same_text_on_both_backends(tmp_path, cell, records):
+    ck, report = exported(tmp_path, cell=cell, records=records, layers=2)
+    torch_gen, onnx_gen = Generator.from_checkpoint(ck), OnnxGenerator.load(report.path)
+    for opts in (dict(temperature=1.0), dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.9),
+                 dict(temperature=0.9, repetition_penalty=1.3), dict(temperature=0)):
+        want = torch_gen.generate("the ", 120, n=4, seed=11, **opts)
+        assert onnx_gen.generate("the ", 120, n=4, seed=11, **opts) == want
+        assert len(set(want)) > 1 or opts["temperature"] == 0  # the samples really differ: the seeds are used
+
+
+def test_metadata_round_trips(tmp_path):
+    ck, report = exported(tmp_path, cell="gru", records=True, layers=2,
+                          info={"step": 40, "val_bpc": 2.5, "corpus": "play.txt", "secret": "not exported"})
+    m = OnnxModel.load(report.path)
+    assert m.vocab == ck.vocab and m.records is True and m.config == ck.config
+    assert m.info == {"step": 40, "val_bpc": 2.5, "corpus": "play.txt"}
+    stored = json.loads(onnx.load(str(report.path)).metadata_props[0].value)
+    assert stored == json.loads(json.dumps(metadata(ck)))  # what was written is what metadata() says
+    assert stored["itos"][stored["ids"]["eos"]] == "<eos>" and stored["state"] == ["h"]
+    assert stored["sampling"]["temperature"] == 0.8
+
+
+def test_int8_file_is_smaller_and_its_bpc_change_is_measured(tmp_path, text_file):
+    import charloom
+
+    charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=60, batch_size=8, seq_len=32,
+                   hidden_size=64, embedding=16, eval_every=0, sample_length=0, progress=False, warmup=2, lr=1e-2)
+    ck = checkpoint.load(tmp_path / "run")
+    report = export(ck, ExportConfig(int8=True), tmp_path / "run" / "model.onnx")
+    assert report.int8_path == tmp_path / "run" / "model.int8.onnx" and report.int8_bytes < report.bytes / 2
+    assert report.scored_characters > 0 and set(report.bpc) == {"fp32", "int8"}
+    assert 0 < report.int8_difference < 1.0  # quantised: close to PyTorch, but not within fp32's tolerance
+    assert abs(report.bpc["int8"] - report.bpc["fp32"]) < 0.05
+    # fp32's figure is the one PyTorch's own evaluation gives on the same held-out batches
+    from charloom.batching import heldout_batches
+    from charloom.config import BatchConfig, CorpusConfig
+    from charloom.corpus import load as load_corpus
+
+    corpus = load_corpus(CorpusConfig.from_dict(ck.info["corpus_config"]), vocab=ck.vocab)
+    want = evaluate(ck.model, heldout_batches(corpus, BatchConfig(batch_size=16, seq_len=256)))
+    assert report.bpc["fp32"] == pytest.approx(want.bpc, abs=1e-4)
+    assert report.scored_characters == want.characters
+    assert any("int8" in line and "held-out bpc" in line for line in report.lines())
+
+
+def test_the_onnx_path_needs_no_torch(tmp_path):
+    ck, report = exported(tmp_path, layers=2)
+    want = Generator.from_checkpoint(ck).generate("the", 80, n=2, seed=4, temperature=1.0)
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+            "from charloom.onnx_generator import OnnxGenerator\n"
+            f"print(repr(OnnxGenerator.load({str(report.path)!r}).generate('the', 80, n=2, seed=4, temperature=1.0)))\n"
+            "from charloom.cli import main\n"
+            f"main(['sample', '--checkpoint', {str(report.path)!r}, '--start', 'the', '--length', '80', '--seed', '4',"
+            " '--temperature', '1.0'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('torch')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == repr(want)
+    assert lines[1] == "the" + want[0].split("\n")[0]  # the CLI streams the same first sample
+    assert lines[-1] == "['torch']"  # only the blocked entry: nothing imported torch
+
+
+def test_cli_export_writes_into_the_run_folder_and_samples_match(tmp_path, capsys):
+    ck = saved_model(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint.save(run / "model.safetensors", ck.model, ck.vocab, records=False)
+    assert main(["export", "--checkpoint", str(run)]) == 0
+    assert "onnxruntime matches PyTorch within" in capsys.readouterr().err
+    assert (run / "model.onnx").is_file()
+    args = ["sample", "--start", "the", "--length", "60", "--seed", "9", "--num-samples", "2"]
+    assert main([*args, "--checkpoint", str(run)]) == 0
+    from_torch = capsys.readouterr().out
+    assert main([*args, "--checkpoint", str(run / "model.onnx")]) == 0
+    assert capsys.readouterr().out == from_torch
+
+
+def test_bad_onnx_files_are_one_line_errors(tmp_path, capsys):
+    ck, report = exported(tmp_path)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07not a model at all" * 10)
+    graph = onnx.load(str(report.path))
+    del graph.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    bare.write_bytes(graph.SerializeToString())
+    meta = metadata(ck)
+    wrong = tmp_path / "wrong.onnx"
+    write_onnx(ck.model, {**meta, "model": {**meta["model"], "vocab_size": 5}}, wrong)
+    newer = tmp_path / "newer.onnx"
+    write_onnx(ck.model, {**meta, "version": 99}, newer)
+    for path, message in ((tmp_path / "missing.onnx", "no such ONNX file"), (junk, "not a model onnxruntime can run"),
+                          (bare, "not a charloom model"), (wrong, "model reads 5 ids but the vocabulary has"),
+                          (newer, "version 99 is not supported")):
+        with pytest.raises(CharloomError, match=message):
+            OnnxModel.load(path)
+        assert main(["sample", "--checkpoint", str(path), "--length", "5"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"charloom: error: {path}") and "Traceback" not in err
+
+
+def test_export_flags_are_checked(tmp_path, capsys):
+    ck = saved_model(tmp_path)
+    with pytest.raises(CharloomError, match="^runtime: only means something with --web"):
+        ExportConfig(runtime="x")
+    with pytest.raises(CharloomError, match="--runtime .*: no ort.wasm.min.mjs there"):
+        export(ck, ExportConfig(web=str(tmp_path / "page"), runtime=str(tmp_path)), tmp_path / "m.onnx")
+    assert main(["export", "--checkpoint", str(ck.path), "--opset", "9"]) == 2
+    assert "opset: must be in [14, 21]" in capsys.readouterr().err
+
+
+def test_a_page_without_a_runtime_loads_the_pinned_one_and_says_so(tmp_path):
+    from charloom.export import ORT_WEB_URL
+
+    ck = saved_model(tmp_path)
+    export(ck, ExportConfig(web=str(tmp_path / "page")), tmp_path / "m.onnx")
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert ORT_WEB_URL in page and "{{" not in page
+    assert sorted(p.name for p in (tmp_path / "page").iterdir()) == ["charloom.js", "index.html", "model.onnx"]
+    assert Path(tmp_path / "page" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
