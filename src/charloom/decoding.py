@@ -68,18 +68,19 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
     """(B, V) logits with everything outside the top-k and the nucleus set to -inf."""
     logits = np.asarray(logits)
+    rows = np.arange(logits.shape[0])[:, None]  # (B, 1): with an (B, k) index array, picks per row
     if top_k and top_k < logits.shape[-1]:
-        keep = np.argpartition(-logits, top_k - 1, axis=-1)[:, :top_k]  # exactly k, even when logits tie
+        keep = np.argpartition(logits, -top_k, axis=-1)[:, -top_k:]  # exactly k, even when logits tie
         kept = np.full_like(logits, -np.inf)
-        np.put_along_axis(kept, keep, np.take_along_axis(logits, keep, -1), -1)
+        kept[rows, keep] = logits[rows, keep]
         logits = kept
     if top_p < 1.0:
-        order = np.argsort(-logits, axis=-1, kind="stable")
-        probs = softmax(np.take_along_axis(logits, order, -1))
+        order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V): most likely first
+        probs = softmax(logits[rows, order])
         before = np.cumsum(probs, -1) - probs  # mass of the strictly more likely candidates
-        drop = np.zeros(logits.shape, dtype=bool)
-        np.put_along_axis(drop, order, before >= top_p, -1)  # keeps the smallest set whose mass reaches p
-        logits = np.where(drop, -np.inf, logits).astype(logits.dtype, copy=False)
+        drop = np.empty(logits.shape, dtype=bool)
+        drop[rows, order] = before >= top_p  # keeps the smallest set whose mass reaches p
+        logits = np.where(drop, np.float32(-np.inf), logits).astype(logits.dtype, copy=False)
     return logits
 
 

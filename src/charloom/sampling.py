@@ -109,10 +109,11 @@ class Generator(Writer):
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, State]:
         logits, state = self.model(torch.tensor([prefix], device=self.device))  # the start text in one call
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # (L, n, H)
+        self._steps = self.stepper()  # checked once per generation: the weights do not change while it writes
         return _numpy(logits[:, -1]).repeat(n, 0), state  # (n, V)
 
     def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        logits, state = self.stepper()(torch.from_numpy(ids).to(self.device), state)
+        logits, state = self._steps(torch.from_numpy(ids).to(self.device), state)
         return _numpy(logits), state
 
 
