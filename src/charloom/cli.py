@@ -21,6 +21,8 @@ from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig
                      SampleOptions, ServeConfig, TrainConfig)
 from .errors import CharloomError
 
+COLOUR_CHARS = 10_000  # eval --color shows this much of the text
+
 # ---- flags from dataclasses --------------------------------------------------------------------------
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\0": "\0", "\\\\": "\\"}
 
@@ -258,18 +260,27 @@ def cmd_sample(ns: argparse.Namespace) -> None:
 
         novelty = Novelty.for_checkpoint(ck, ns.novelty_source)
     sink = _Output(ns.output) if ns.output else None
+    colour = ns.color and sink is None and _colour_terminal()
+    if colour:
+        from .insight import legend
+
+        print(legend(), file=sys.stderr)
     verdicts: list[bool] = []
 
     def one(opts: SampleOptions) -> None:
         for ch in gen.unknown_characters(opts.start) if gen.vocab.unknown != "error" else ():
             print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
                   file=sys.stderr)
-        stream = opts.n == 1 and sink is None  # one text at a time: show it as it is made
+        stream = opts.n == 1 and sink is None and not colour  # one text at a time: show it as it is made
         if stream:
             sys.stdout.write(opts.start)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the note above already said it
             texts = gen.generate(opts, on_text=_show if stream else None)
+        if colour:  # what the model expected of each character it wrote, after the start text
+            from .insight import read, shade
+
+            texts = [shade(read(gen, text, context=opts.start)) for text in texts]
         for i, text in enumerate(texts):
             mark = novelty.check(opts.start + text) if novelty else None  # the sample as shown, start and all
             if mark is not None:
@@ -301,6 +312,24 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         sink.close()
     if verdicts:
         _novelty_summary(verdicts)
+
+
+def _colour_terminal() -> bool:
+    """ANSI colours only where a person reads them: stdout a terminal, and NO_COLOR unset."""
+    import os
+
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _coloured_text(gen: Any, text: str) -> None:
+    """`text` shaded by what the model expected, on a terminal; plain text anywhere else."""
+    if not _colour_terminal():
+        print(text)
+        return
+    from .insight import legend, read, shade
+
+    print(legend(), file=sys.stderr)
+    print(shade(read(gen, text)))
 
 
 def _generator(path: str, device: str) -> tuple[Any, Any]:
@@ -347,6 +376,10 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     c = corpus.load(ccfg, vocab=v)
     result = score(ck.model, c, ecfg, device)
     adapted = score_adapted(ck.model, c, ecfg, device) if ecfg.adapt else None  # always beside, never instead
+    if ns.color:
+        from .sampling import Generator
+
+        _coloured_text(Generator.from_checkpoint(ck), v.decode(c.ids[:COLOUR_CHARS]))
     unknown = c.stats["unknown_characters"]
     figures = {"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
                "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
@@ -404,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ends in .jsonl, else plain text")
     s.add_argument("--interactive", action="store_true", help="read start texts from the terminal, one per line, "
                    "and continue each")
+    s.add_argument("--color", action="store_true", help="shade each generated character by the probability the "
+                   "model gave it (red: surprising); on a terminal only, plain text elsewhere")
     s.add_argument("--novelty", action="store_true", help="mark each sample as new or copied from the training "
                    "corpus, and report the share that is new")
     s.add_argument("--novelty-source", metavar="SOURCE", help="the corpus to check against (default: the one the "
@@ -416,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s, CorpusConfig, skip=("lower", "normalize", "unknown", "min_count"))
     add_options(s, EvalConfig)
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.add_argument("--color", action="store_true", help=f"also print the text's first {COLOUR_CHARS:,} characters "
+                   "shaded by the probability the model gave each (red: surprising); on a terminal only")
     s.set_defaults(run=cmd_eval)
 
     s = sub.add_parser("export", help="write a model as ONNX (and int8, and a web page that generates in the browser)",

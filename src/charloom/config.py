@@ -434,6 +434,8 @@ class ServeConfig(Config):
     max_concurrent: int = option(4, "generations running at once; more requests wait for none and get 429")
     max_stops: int = option(8, "the most stop strings one request may give")
     max_stop_length: int = option(64, "the longest stop string a request may give, in characters")
+    max_score: int = option(20000, "the longest text a scoring request (/v1/score) may send, in characters")
+    max_trace: int = option(2000, "the longest text whose hidden units a request (/v1/activations) may ask for")
     allow_hosts: tuple[str, ...] = option(
         (), "a Host header to accept besides localhost, 127.0.0.1, [::1] and the address listened on; repeatable "
             "(others get 403, which stops DNS rebinding)", flag="allow_host", metavar="HOST")
@@ -443,7 +445,7 @@ class ServeConfig(Config):
 
     def validate(self) -> None:
         _positive(self, "default_length", "max_length", "max_n", "max_start", "max_body", "max_concurrent",
-                  "max_stops", "max_stop_length")
+                  "max_score", "max_trace", "max_stops", "max_stop_length")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
         if self.default_length > self.max_length:

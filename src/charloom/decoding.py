@@ -137,6 +137,25 @@ class Writer:
     def _step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
 
+    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """(T, V) float32 logits of one text of ids read in one call from a zero state: row t predicts ids[t + 1]."""
+        raise NotImplementedError
+
+    def state_arrays(self, state: Any) -> dict[str, np.ndarray]:
+        """The backend's state as named float32 arrays, each (num_layers, B, H): `h`, and `c` for an LSTM."""
+        raise NotImplementedError
+
+    def trace(self, before: Sequence[int], ids: Sequence[int]) -> dict[str, np.ndarray]:
+        """Every layer's state after each of `ids`, read one at a time after `before`: name -> (L, N, H)."""
+        _, state = self._start(list(before), 1)
+        kept: dict[str, list[np.ndarray]] = {name: [] for name in self.state_arrays(state)}
+        for i in ids:
+            _, state = self._step(np.asarray([i], dtype=np.int64), state)
+            for name, s in self.state_arrays(state).items():
+                kept[name].append(np.array(s[:, 0], dtype=np.float32))  # (L, H)
+        return {name: np.stack(rows, 1) if rows else np.zeros((self.num_layers, 0, self.hidden_size), np.float32)
+                for name, rows in kept.items()}
+
     def banned_ids(self) -> list[int]:
         """Ids a sample may never produce: <pad>, <bos>, <unk>, and <eos> for a model that never saw a record end."""
         v = self.vocab
@@ -148,13 +167,7 @@ class Writer:
         return sorted({ch for ch in text if ch not in self.vocab})
 
     def _prefix(self, start: str) -> list[int]:
-        v = self.vocab
-        ids = v.encode_array(start, where="start text").tolist()  # the vocabulary's unknown policy applies
-        if self.records or not start:
-            # a records model reads <bos> first; a continuous one starts from a newline when given no text
-            first = v.bos_id if self.records or "\n" not in v else v.stoi["\n"]
-            ids = [first] + ids
-        return ids
+        return prefix_ids(self.vocab, self.records, start)
 
     def generate(self, options: SampleOptions | str | None = None, length: int | None = None, *,
                  on_text: Callable[[int, str], None] | None = None, **changes: Any) -> list[str]:
@@ -296,6 +309,16 @@ def _failure(s: str) -> list[int]:
         k += s[i] == s[k]
         fail[i] = k
     return fail
+
+
+def prefix_ids(vocab: Vocab, records: bool, start: str, where: str = "start text") -> list[int]:
+    """The ids a model reads before it writes or scores what follows `start`: the start text, after <bos> for a
+    records model, or after a newline for a continuous one given no text (so the first character is predicted)."""
+    ids = vocab.encode_array(start, where=where).tolist()  # the vocabulary's unknown policy applies
+    if records or not start:
+        first = vocab.bos_id if records or "\n" not in vocab else vocab.stoi["\n"]
+        ids = [first] + ids
+    return ids
 
 
 def memory_cap() -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,12 @@ class OnnxGenerator(Writer):
     def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         logits, state = self.model.forward(ids[:, None], state)
         return logits[:, 0], state
+
+    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+        return self.model.forward(np.asarray([list(ids)], dtype=np.int64))[0][0]  # (T, V)
+
+    def state_arrays(self, state: State) -> dict[str, np.ndarray]:
+        return dict(zip(self.model.state_names, state))
 
 
 def heldout_bpc(model: OnnxModel, batches: Iterable[Any], max_characters: int = 0) -> tuple[float, int]:

@@ -13,6 +13,7 @@ too, so their defaults and checks are the same everywhere.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -97,14 +98,24 @@ class Generator(Writer):
         model = ck.model.to(device) if device is not None else ck.model
         return cls(model, ck.vocab, device=device, records=ck.records)
 
-    @torch.inference_mode()
-    def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The model in eval mode (no dropout) and no autograd while it reads or writes; its mode after."""
         was_training = self.model.training
         self.model.eval()
         try:
-            yield from self._run(prefix, opts)
+            with torch.inference_mode():
+                yield
         finally:
             self.model.train(was_training)
+
+    def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
+        with self._reading():
+            yield from self._run(prefix, opts)
+
+    def trace(self, before: Sequence[int], ids: Sequence[int]) -> dict[str, np.ndarray]:
+        with self._reading():
+            return super().trace(before, ids)
 
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, State]:
         logits, state = self.model(torch.tensor([prefix], device=self.device))  # the start text in one call
@@ -115,6 +126,15 @@ class Generator(Writer):
     def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         logits, state = self._steps(torch.from_numpy(ids).to(self.device), state)
         return _numpy(logits), state
+
+
+    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+        with self._reading():
+            logits, _ = self.model(torch.tensor([list(ids)], device=self.device))
+        return _numpy(logits[0])  # (T, V)
+
+    def state_arrays(self, state: State) -> dict[str, np.ndarray]:
+        return {name: s.detach().float().cpu().numpy() for name, s in zip(self.model.cell.state, state)}
 
 
 def _numpy(logits: torch.Tensor) -> np.ndarray:

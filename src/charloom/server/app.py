@@ -30,10 +30,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..checkpoint import Checkpoint
 from ..checkpoint import load as load_checkpoint
 from ..config import SampleOptions, ServeConfig
 from ..errors import CharloomError, ConfigError
+from ..insight import activations, read
 from ..sampling import Generator
 
 try:
@@ -65,12 +68,32 @@ def _request_model() -> type[BaseModel]:
             tp, default, about = tp | None, None, f"{about}; default: the server's --default-length"
         fields[f.name] = (SkipValidation[tp], Field(default, description=about))
     fields["stream"] = (bool, Field(False, description="send characters as server-sent events as they are made"))
+    fields["logprobs"] = (bool, Field(False, description="with each sample, the probability the model gave each "
+                                                         "character and the 5 likeliest alternatives"))
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"),
                         __doc__="Every field is optional; the sampling fields and their defaults are `charloom "
                                 "sample`'s (n is --num-samples).", **fields)
 
 
 GenerateRequest = _request_model()
+
+
+class ScoreRequest(BaseModel):
+    """A text to read: what the model expected at each of its characters."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="the text to score")
+    context: str = Field("", description="text read before it, not scored (a records model reads <bos> first)")
+
+
+class ActivationsRequest(ScoreRequest):
+    """A text to read one character at a time, keeping a layer's hidden units."""
+
+    state: str = Field("h", description="which state: h, or c (an LSTM's cell)")
+    layer: int = Field(0, description="which layer, from 0")
+    units: list[int] | None = Field(None, description="the units whose values to return (default: the `top` that "
+                                                      "vary most over the text)")
+    top: int = Field(16, ge=1, le=64, description="how many of the most varying units to list")
 
 
 def _field_error(field: str, msg: str, status: int = 422) -> HTTPException:
@@ -259,11 +282,15 @@ class _Runner:
 
     def __init__(self, gen: Generator, slots: _Slots):
         self.gen, self.slots = gen, slots
-        self._step = threading.Lock()
+        self.lock = threading.Lock()  # one step (or one reading) at a time
 
     def _next(self, it):
-        with self._step:
+        with self.lock:
             return next(it, self._END)
+
+    def read(self, text: str, context: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return read(self.gen, text, context).to_json()
 
     def collect(self, opts: SampleOptions) -> list[str]:
         out = [""] * opts.n
@@ -274,11 +301,13 @@ class _Runner:
             self.slots.count(len(piece))
         return out
 
-    async def events(self, opts: SampleOptions, release: _Once):
-        """Server-sent events: one `data: {"index", "text"}` per piece, then `event: done` with the totals."""
+    async def events(self, opts: SampleOptions, release: _Once, logprobs: bool = False):
+        """Server-sent events: one `data: {"index", "text"}` per piece, then (asked for) one `event: logprobs`
+        per sample with its characters' probabilities, then `event: done` with the totals."""
         it = self.gen.stream(opts)
         t0 = time.perf_counter()
         chars = 0
+        texts: list[list[str]] = [[] for _ in range(opts.n)]
         try:
             yield f"event: start\ndata: {json.dumps({'settings': opts.to_dict()})}\n\n"
             while True:
@@ -287,9 +316,13 @@ class _Runner:
                     break
                 i, piece = item
                 chars += len(piece)
+                texts[i].append(piece)
                 self.slots.count(len(piece))
                 # a client that goes away makes this yield fail or be cancelled: the finally below ends the work
                 yield f"data: {json.dumps({'index': i, 'text': piece}, ensure_ascii=False)}\n\n"
+            for i, pieces in enumerate(texts if logprobs else ()):
+                reading = await run_in_threadpool(self.read, "".join(pieces), opts.start)
+                yield f"event: logprobs\ndata: {json.dumps({'index': i, 'logprobs': reading}, ensure_ascii=False)}\n\n"
             dt = time.perf_counter() - t0
             done = {"characters": chars, "seconds": round(dt, 4), "chars_per_s": round(chars / dt) if dt else None}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
@@ -353,7 +386,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         slots.take()
         if req.stream:
             release = _Once(slots.give)
-            events = runner.events(opts, release)
+            events = runner.events(opts, release, req.logprobs)
             weakref.finalize(events, release)  # a stream that never starts still gives its slot back
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -361,10 +394,13 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
             t0 = time.perf_counter()
             texts = await run_in_threadpool(runner.collect, opts)
             dt = time.perf_counter() - t0
+            samples = [{"text": t} for t in texts]
+            for sample in samples if req.logprobs else ():
+                sample["logprobs"] = await run_in_threadpool(runner.read, sample["text"], opts.start)
         finally:
             slots.give()
         chars = sum(map(len, texts))
-        return {"samples": [{"text": t} for t in texts], "settings": opts.to_dict(),
+        return {"samples": samples, "settings": opts.to_dict(),
                 "timing": {"seconds": round(dt, 4), "characters": chars, "chars_per_s": round(chars / dt) if dt else None}}
 
     @app.get("/v1/model")
@@ -372,6 +408,8 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         return {"config": ck.config.to_dict(), "vocab_size": len(ck.vocab), "characters": "".join(ck.vocab.chars),
                 "records": ck.records, "parameters": ck.model.num_parameters(), "training": ck.info,
                 "limits": cfg.to_dict()}
+
+    _add_reading_routes(app, runner, ck, cfg)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -383,6 +421,55 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
 
     _add_guards(app, cfg)
     return app
+
+
+def _add_reading_routes(app: FastAPI, runner: _Runner, ck: Checkpoint, cfg: ServeConfig) -> None:
+    """What the model expects of a text, and what its hidden units do while it reads one."""
+    gen, slots = runner.gen, runner.slots
+
+    def checked(req: ScoreRequest, limit: int, flag: str) -> None:
+        if len(req.text) > limit:
+            raise _field_error("text", f"at most {limit} characters (the server's --{flag})")
+        if len(req.context) > cfg.max_start:
+            raise _field_error("context", f"at most {cfg.max_start} characters")
+        for name in ("text", "context"):
+            try:
+                SampleOptions(start=getattr(req, name))  # the start text's checks: no lone surrogates
+            except ConfigError as e:
+                raise _field_error(name, str(e).partition(": ")[2]) from None
+
+    def busy(fn, *args):
+        slots.take()
+        try:
+            with runner.lock:
+                return fn(*args)
+        finally:
+            slots.give()
+
+    @app.post("/v1/score")
+    async def score(req: ScoreRequest) -> dict[str, Any]:
+        checked(req, cfg.max_score, "max-score")
+        reading = await run_in_threadpool(busy, read, gen, req.text, req.context)
+        return {"text": reading.text, "bpc": round(reading.bpc, 5) if len(reading.probs) else None,
+                "characters": reading.to_json()}
+
+    @app.post("/v1/activations")
+    async def hidden(req: ActivationsRequest) -> dict[str, Any]:
+        checked(req, cfg.max_trace, "max-trace")
+        names = list(ck.model.cell.state)
+        if req.state not in names:
+            raise _field_error("state", f"one of {', '.join(names)} for this {ck.config.cell}")
+        if not 0 <= req.layer < ck.config.num_layers:
+            raise _field_error("layer", f"from 0 to {ck.config.num_layers - 1}")
+        if req.units is not None and (len(req.units) > 64 or any(not 0 <= u < ck.config.hidden_size for u in req.units)):
+            raise _field_error("units", f"at most 64 units, each from 0 to {ck.config.hidden_size - 1}")
+        acts = await run_in_threadpool(busy, activations, gen, req.text, req.context)
+        varying = acts.varying(req.state, req.layer, req.top)
+        units = req.units if req.units is not None else [u for u, _ in varying]
+        values = acts.values[req.state][req.layer]  # (N, H)
+        return {"text": acts.text, "state": req.state, "layer": req.layer, "hidden_size": ck.config.hidden_size,
+                "varying": [{"unit": u, "std": round(sd, 5)} for u, sd in varying],
+                "values": {str(u): np.round(values[:, u], 4).tolist() for u in units}}
 
 
 def _add_guards(app: FastAPI, cfg: ServeConfig) -> None:

@@ -1,0 +1,121 @@
+"""Text as the model sees it: each character's probability, the likeliest alternatives, the hidden units.
+
+    r = read(gen, "To be, or not to be")        # gen: a Generator or an OnnxGenerator
+    r.probs                                     # (N,) the probability given to each character before it came
+    r.alternatives(3)                           # [(char, p), ...]: the 5 likeliest at position 3
+    shade(r)                                    # the text with ANSI colours, surprising characters in red
+    a = activations(gen, "if (x) {\\n  y;\\n}")
+    a.values["c"][0]                            # (N, H): layer 0's LSTM cell after each character
+    a.varying("c", 0)                           # the units whose value moves most over the text
+
+Everything is NumPy and reads the model through the generator's backend, so it runs on the PyTorch model
+and on an exported ONNX file alike. The probabilities are the model's own (softmax of its logits),
+before any temperature or filter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .decoding import Writer, prefix_ids, softmax
+from .vocab import Vocab
+
+ALTERNATIVES = 5  # the likeliest characters reported at each position
+# probability -> ANSI 256-colour foreground, from the least expected up: red, orange, yellow, pale green;
+# a character the model was sure of (p >= the last bound) keeps the terminal's own colour
+SHADES = ((0.02, 196), (0.1, 208), (0.3, 220), (0.6, 150))
+RESET = "\033[0m"
+
+
+@dataclass
+class Reading:
+    """A text read by a model: for each character, what the model expected just before it."""
+
+    text: str  # the text as the vocabulary reads it (normalised, lower-cased as configured)
+    probs: np.ndarray  # (N,) probability of each character
+    top_ids: np.ndarray  # (N, k) the k likeliest ids at each position, most likely first
+    top_probs: np.ndarray  # (N, k) their probabilities
+    vocab: Vocab
+
+    @property
+    def bpc(self) -> float:
+        """Bits per character over the text."""
+        return float(-np.log2(np.maximum(self.probs, 1e-45)).mean()) if len(self.probs) else float("nan")
+
+    def alternatives(self, i: int) -> list[tuple[str, float]]:
+        """[(character, probability)] of the likeliest characters at position i (special tokens by name)."""
+        return [(self.vocab.itos[j], float(p)) for j, p in zip(self.top_ids[i].tolist(), self.top_probs[i].tolist())]
+
+    def to_json(self, digits: int = 5) -> list[dict[str, Any]]:
+        """One object per character: {"char", "p", "top": [[char, p], ...]}, for the HTTP API."""
+        return [{"char": ch, "p": round(float(p), digits),
+                 "top": [[c, round(q, digits)] for c, q in self.alternatives(i)]}
+                for i, (ch, p) in enumerate(zip(self.text, self.probs.tolist()))]
+
+
+def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES) -> Reading:
+    """What the model behind `gen` expected at each character of `text`, after reading `context` (a records
+    model reads <bos> first; with no context a continuous model starts after a newline, as sampling does)."""
+    v = gen.vocab
+    before = prefix_ids(v, gen.records, context, where="context")
+    ids = v.encode_array(text, where="text").tolist()
+    shown = v.prepare(text)
+    if not ids:
+        empty = np.zeros((0, k))
+        return Reading(shown, np.zeros(0, np.float32), empty.astype(np.int64), empty.astype(np.float32), v)
+    logits = gen.read_logits(before + ids)[len(before) - 1:-1]  # (N, V): row j predicts ids[j]
+    probs = softmax(logits.astype(np.float64))
+    k = min(k, probs.shape[-1])
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (N, k)
+    rows = np.arange(len(ids))
+    return Reading(shown, probs[rows, ids].astype(np.float32), top, probs[rows[:, None], top].astype(np.float32), v)
+
+
+@dataclass
+class Activations:
+    """The recurrent state after each character of a text: values[name][layer] is (N, H)."""
+
+    text: str
+    values: dict[str, np.ndarray]  # name ("h", "c") -> (num_layers, N, H)
+
+    def varying(self, name: str = "h", layer: int = 0, k: int = 16) -> list[tuple[int, float]]:
+        """[(unit, standard deviation over the text)] of the k units that vary most, the most first."""
+        spread = self.values[name][layer].std(0)  # (H,)
+        order = np.argsort(-spread, kind="stable")[:k]
+        return [(int(u), float(spread[u])) for u in order]
+
+
+def activations(gen: Writer, text: str, context: str = "") -> Activations:
+    """Step the model through `text` one character at a time after `context`, keeping every layer's state."""
+    v = gen.vocab
+    before = prefix_ids(v, gen.records, context, where="context")
+    return Activations(v.prepare(text), gen.trace(before, v.encode_array(text, where="text").tolist()))
+
+
+def colour(p: float) -> int | None:
+    """The ANSI 256-colour code for a character given probability p (None: the terminal's own colour)."""
+    for bound, code in SHADES:
+        if p < bound:
+            return code
+    return None
+
+
+def shade(reading: Reading) -> str:
+    """The text with each character coloured by its probability (ANSI escapes; newlines stay uncoloured)."""
+    out = []
+    for ch, p in zip(reading.text, reading.probs.tolist()):
+        code = colour(p)
+        out.append(ch if code is None or ch in "\r\n" else f"\033[38;5;{code}m{ch}{RESET}")
+    return "".join(out)
+
+
+def legend() -> str:
+    """One line explaining the colours, in them."""
+    parts, low = [], 0.0
+    for bound, code in SHADES:
+        parts.append(f"\033[38;5;{code}m{low:g}-{bound:g}{RESET}")
+        low = bound
+    return "probability: " + " ".join(parts) + f" {low:g}-1 (plain)"

@@ -1,0 +1,196 @@
+"""Text as the model sees it: probabilities against the model's own softmax, alternatives, hidden units,
+ANSI only on a terminal, and the server's logprobs, scoring and activations."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from charloom import checkpoint
+from charloom.config import ModelConfig
+from charloom.insight import activations, read, shade
+from charloom.model import CharRNN
+from charloom.sampling import Generator, Stepper
+from charloom.vocab import Vocab
+
+TEXT = "the cat sat on the mat. the dog ate the hat.\n"
+
+
+def generator(cell="lstm", layers=2, records=False):
+    vocab = Vocab.build(TEXT)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=6, vocab_size=len(vocab)))
+    return Generator(model, vocab, records=records)
+
+
+@pytest.mark.parametrize("records", [False, True])
+def test_probabilities_are_the_softmax_of_the_models_logits(records):
+    g = generator(records=records)
+    r = read(g, "the hat", context="on ")
+    ids = g.vocab.encode("the hat")
+    before = [g.vocab.bos_id] if records else []
+    full = before + g.vocab.encode("on ") + ids
+    with torch.no_grad():
+        logits, _ = g.model.eval()(torch.tensor([full]))
+    probs = logits[0].double().softmax(-1)[len(full) - len(ids) - 1:-1]  # row j predicts ids[j]
+    want = probs[torch.arange(len(ids)), torch.tensor(ids)].numpy()
+    np.testing.assert_allclose(r.probs, want, rtol=1e-5)
+    assert r.bpc == pytest.approx(float(-np.log2(want).mean()), rel=1e-5)
+    top = probs.topk(5, -1)
+    assert [c for c, _ in r.alternatives(2)] == [g.vocab.itos[i] for i in top.indices[2].tolist()]
+    np.testing.assert_allclose([p for _, p in r.alternatives(2)], top.values[2].numpy(), rtol=1e-5)
+
+
+def test_a_text_without_context_is_read_after_a_newline_as_sampling_starts():
+    g = generator(layers=1)
+    r = read(g, "the")
+    with torch.no_grad():
+        logits, _ = g.model(torch.tensor([[g.vocab.stoi["\n"], *g.vocab.encode("the")]]))
+    assert r.probs[0] == pytest.approx(float(logits[0, 0].softmax(-1)[g.vocab.stoi["t"]]), rel=1e-5)
+    assert len(read(g, "").probs) == 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_activations_are_the_states_of_a_hand_written_step_loop(cell):
+    g = generator(cell)
+    a = activations(g, "a cat", context="the ")
+    model = g.model.eval()
+    with torch.no_grad():
+        _, state = model(torch.tensor([g.vocab.encode("the ")]))
+        step, want = Stepper(model), []
+        for i in g.vocab.encode("a cat"):
+            _, state = step(torch.tensor([i]), state)
+            want.append(state[-1][:, 0].numpy())  # c for an LSTM, h for a GRU: (L, H)
+    name = "c" if cell == "lstm" else "h"
+    assert a.values[name].shape == (2, 5, 16)
+    np.testing.assert_allclose(a.values[name], np.stack(want, 1), atol=1e-6)
+    units = a.varying(name, 1, k=3)
+    spread = a.values[name][1].std(0)
+    assert [u for u, _ in units] == np.argsort(-spread, kind="stable")[:3].tolist()
+
+
+def test_shading_colours_surprises_and_keeps_the_text():
+    g = generator()
+    r = read(g, "the cat\nsat")
+    shaded = shade(r)
+    import re
+
+    assert re.sub(r"\033\[[0-9;]*m", "", shaded) == "the cat\nsat"
+    from charloom.insight import colour
+
+    codes = re.findall(r"(?:\033\[38;5;(\d+)m)?([^\033])(?:\033\[0m)?", shaded)
+    assert [ch for _, ch in codes] == list("the cat\nsat")
+    for (code, ch), p in zip(codes, r.probs.tolist()):
+        want = colour(p) if ch != "\n" else None  # a newline is never coloured
+        assert (int(code) if code else None) == want
+
+
+def test_cli_colours_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    from charloom.cli import main
+
+    g = generator()
+    path = checkpoint.save(tmp_path / "m.safetensors", g.model, g.vocab, records=False)
+    args = ["sample", "--checkpoint", str(path), "--length", "30", "--seed", "1", "--color"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert "\033[" not in plain  # captured output is not a terminal
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "\033[38;5;" in out.out and "probability:" in out.err
+    import re
+
+    assert re.sub(r"\033\[[0-9;]*m", "", out.out) == plain  # the same text, only coloured
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(args) == 0
+    assert "\033[" not in capsys.readouterr().out
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 3)
+    monkeypatch.delenv("NO_COLOR")
+    assert main(["eval", "--checkpoint", str(path), str(text), "--color"]) == 0
+    shown = capsys.readouterr().out
+    assert re.sub(r"\033\[[0-9;]*m", "", shown).startswith(TEXT) and "\033[38;5;" in shown
+
+
+# ---- over HTTP ------------------------------------------------------------------------------------------
+@pytest.fixture
+def client(model_dir):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from charloom.config import ServeConfig
+    from charloom.server import create_app
+
+    app = create_app(model_dir, ServeConfig(max_length=300, default_length=100, max_start=50, max_score=400, max_trace=100))
+    return TestClient(app, base_url="http://localhost:8000")
+
+
+def softmax_probs(model_dir, text, context):
+    ck = checkpoint.load(model_dir)
+    v = ck.vocab
+    ids = v.encode(text)
+    full = v.encode(context) if context else [v.stoi["\n"]]
+    with torch.no_grad():
+        logits, _ = ck.model.eval()(torch.tensor([full + ids]))
+    probs = logits[0].double().softmax(-1)[len(full) - 1:-1]
+    return probs[torch.arange(len(ids)), torch.tensor(ids)].numpy(), probs
+
+
+def test_generate_with_logprobs_returns_the_models_probabilities(client, model_dir):
+    body = client.post("/v1/generate", json={"start": "To be", "length": 40, "n": 2, "seed": 3,
+                                             "logprobs": True}).json()
+    plain = client.post("/v1/generate", json={"start": "To be", "length": 40, "n": 2, "seed": 3}).json()
+    assert [s["text"] for s in body["samples"]] == [s["text"] for s in plain["samples"]]
+    assert "logprobs" not in plain["samples"][0]
+    for sample in body["samples"]:
+        chars = sample["logprobs"]
+        assert "".join(c["char"] for c in chars) == sample["text"]
+        want, probs = softmax_probs(model_dir, sample["text"], "To be")
+        np.testing.assert_allclose([c["p"] for c in chars], want, atol=1e-5)
+        assert all(len(c["top"]) == 5 for c in chars)
+        assert chars[0]["top"][0][1] == pytest.approx(float(probs[0].max()), abs=1e-5)
+
+
+def test_streamed_logprobs_come_after_the_text(client):
+    from tests.test_server import sse
+
+    r = client.post("/v1/generate", json={"start": "To", "length": 30, "n": 2, "seed": 1, "stream": True,
+                                          "logprobs": True})
+    events = sse(r.text)
+    kinds = [e for e, _ in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("logprobs") == 2
+    for i in range(2):
+        text = "".join(d["text"] for e, d in events if e == "message" and d["index"] == i)
+        probs = next(d["logprobs"] for e, d in events if e == "logprobs" and d["index"] == i)
+        assert "".join(c["char"] for c in probs) == text
+
+
+def test_score_endpoint(client, model_dir):
+    r = client.post("/v1/score", json={"text": "To be, or not", "context": ""})
+    assert r.status_code == 200
+    body = r.json()
+    want, _ = softmax_probs(model_dir, "To be, or not", "")
+    np.testing.assert_allclose([c["p"] for c in body["characters"]], want, atol=1e-5)
+    assert body["bpc"] == pytest.approx(float(-np.log2(want).mean()), abs=1e-4)
+    too_long = client.post("/v1/score", json={"text": "x" * 401})
+    assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["body", "text"]
+    assert client.post("/v1/score", json={"text": "a", "extra": 1}).status_code == 422
+
+
+def test_activations_endpoint(client, model_dir):
+    r = client.post("/v1/activations", json={"text": "To be, or not", "state": "c", "layer": 0, "top": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ck = checkpoint.load(model_dir)
+    g = Generator.from_checkpoint(ck)
+    a = activations(g, "To be, or not")
+    assert [v["unit"] for v in body["varying"]] == [u for u, _ in a.varying("c", 0, 4)]
+    for unit, values in body["values"].items():
+        np.testing.assert_allclose(values, a.values["c"][0][:, int(unit)], atol=1e-3)
+    one = client.post("/v1/activations", json={"text": "To be", "units": [3]}).json()
+    assert list(one["values"]) == ["3"] and len(one["values"]["3"]) == 5
+    for bad, field in (({"state": "x"}, "state"), ({"layer": 5}, "layer"), ({"units": [999]}, "units"),
+                       ({"text": "x" * 101}, "text")):
+        r = client.post("/v1/activations", json={"text": "To be", **bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
