@@ -186,3 +186,48 @@ def test_a_page_without_a_runtime_loads_the_pinned_one_and_says_so(tmp_path):
     assert ORT_WEB_URL in page and "{{" not in page
     assert sorted(p.name for p in (tmp_path / "page").iterdir()) == ["charloom.js", "index.html", "model.onnx"]
     assert Path(tmp_path / "page" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+
+
+def readme_export_lines():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Use a model elsewhere", 1)[1].split("```", 2)[1]
+    return [ln for ln in block.splitlines() if ln.strip()]
+
+
+def test_the_readme_export_lines_work(tmp_path, model_dir):
+    import shlex
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    lines = readme_export_lines()
+    assert [ln.split()[0] for ln in lines] == ["charloom", "charloom", "python"]
+    shutil.copytree(model_dir, tmp_path / "runs" / "quick")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for line in lines[:2]:
+        args = shlex.split(line, comments=True)
+        p = subprocess.run([sys.executable, "-m", "charloom", *args[1:]], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ROMEO.") and len(p.stdout) > 100
+    for name in ("model.onnx", "model.int8.onnx"):
+        assert (tmp_path / "runs" / "quick" / name).is_file()
+    args = shlex.split(lines[2].replace("8080", str(port)), comments=True)
+    server = subprocess.Popen([sys.executable, *args[1:]], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert "charloom.js" in page
+        onnx_bytes = urllib.request.urlopen(f"http://127.0.0.1:{port}/model.onnx", timeout=5).read()
+        assert onnx_bytes == (tmp_path / "runs" / "quick" / "model.onnx").read_bytes()
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -64,7 +64,8 @@ class ExportReport:
                 out.append(f"held-out bpc over {self.scored_characters:,} characters: fp32 {self.bpc['fp32']:.4f}, "
                            f"int8 {self.bpc['int8']:.4f} ({self.bpc['int8'] - self.bpc['fp32']:+.4f})")
         if self.web is not None:
-            out.append(f"wrote a web page to {self.web}: open {self.web / 'index.html'} through any static web server")
+            out.append(f"wrote a web page to {self.web}: serve the folder over HTTP (any static host, or `python -m "
+                       f"http.server -d {self.web}`), not as a file")
         return out
 
 
@@ -205,6 +206,10 @@ def write_web(onnx_path: Path, folder: Path, runtime: Path | None) -> Path:
         if missing:
             raise CharloomError(f"--runtime {runtime}: no {missing[0]} there (give onnxruntime-web's dist folder, "
                                 f"e.g. node_modules/onnxruntime-web/dist)")
+        version = _runtime_version(runtime)
+        if version not in (None, ORT_WEB_VERSION):
+            raise CharloomError(f"--runtime {runtime}: onnxruntime-web {version}, but the page is written for "
+                                f"{ORT_WEB_VERSION} (npm install onnxruntime-web@{ORT_WEB_VERSION})")
         (folder / "ort").mkdir(exist_ok=True)
         for name in RUNTIME_FILES:
             shutil.copyfile(runtime / name, folder / "ort" / name)
@@ -217,6 +222,14 @@ def write_web(onnx_path: Path, folder: Path, runtime: Path | None) -> Path:
     if onnx_path.resolve() != (folder / "model.onnx").resolve():
         shutil.copyfile(onnx_path, folder / "model.onnx")
     return folder
+
+
+def _runtime_version(dist: Path) -> str | None:
+    """The onnxruntime-web version of a dist folder, from its package.json one level up (None: not said)."""
+    try:
+        return str(json.loads((dist.parent / "package.json").read_text(encoding="utf-8")).get("version"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _need_onnx() -> None:
