@@ -3,7 +3,7 @@
 A hook sees the run start, each step, each evaluation and the end, and never steers the loop except by
 asking it to stop (`on_step` returning True, as the user's callback does). The Trainer knows none of
 them by name: the terminal display, samples as it learns, the metrics log, the saved files and the
-user's callback are all hooks, so a new report (a chart, a web page) is one more class here.
+user's callback are all hooks, so a new report (the chart, a web page) is one more class here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint, sizing
+from .errors import CharloomError
 from .evaluation import LN2, Evaluation
 from .sampling import sample_texts
 
@@ -107,6 +108,11 @@ class Display(Hook):
         else:  # no validation split: the training loss is the only score there is
             score = f" (train {t.history[-1]['train_bpc']:.3f} bpc; no validation split)" if t.history else ""
         say(f"model: {t.out / checkpoint.MODEL_FILE}{score}")
+        if (t.out / checkpoint.MODEL_FILE).is_file():  # the run's report, as `charloom info` prints it
+            from .runinfo import SAMPLES, describe, lines
+
+            shown = 0 if not t.cfg.sample_length else SAMPLES  # no samples asked for: none at the end either
+            say("\n".join(lines(describe(t.out, samples=shown))))
 
 
 class Samples(Hook):
@@ -135,6 +141,47 @@ class MetricsLog(Hook):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class Chart(Hook):
+    """curves.png in the run folder, redrawn from metrics.jsonl at each evaluation, so a user can watch a run
+    learn. It must come after MetricsLog, which appends the evaluation's row. Without matplotlib (the `plot`
+    extra) it says how to get it once at the start, unless quiet, and draws nothing; a chart that cannot be
+    written is said once and left, never stopping the run."""
+
+    def __init__(self, out: Path, quiet: bool = False) -> None:
+        self.out, self.quiet = out, quiet
+        self.drawing = False
+
+    def on_start(self, t: Trainer) -> None:
+        from . import curves
+
+        if not t.rt.procs.main:
+            return
+        chart, resumed = self.out / curves.CHART_FILE, (self.out / curves.METRICS_FILE).exists()
+        if not resumed:  # a fresh run (or --overwrite): an older run's chart must not pass for this one's
+            chart.unlink(missing_ok=True)
+        self.drawing = curves.available()
+        if not self.drawing and not self.quiet:
+            say(f"no training curves in {chart}: they need matplotlib ({curves.INSTALL_HINT})")
+        if self.drawing and resumed:  # the metrics kept up to the resumed step, at once
+            self._draw(t)
+
+    def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
+                full: Evaluation | None) -> None:
+        if self.drawing and row is not None and t.rt.procs.main:
+            self._draw(t)
+
+    def _draw(self, t: Trainer) -> None:
+        from . import curves
+
+        m = t.model.cfg
+        title = f"{self.out.name}: {m.cell} {m.num_layers}x{m.hidden_size} on {t.data.corpus.name}"
+        try:
+            curves.draw([curves.read_curve(self.out)], self.out / curves.CHART_FILE, title=title)
+        except CharloomError as e:
+            self.drawing = False
+            say(f"training curves: {e}; the run goes on without them")
 
 
 class Checkpoints(Hook):
@@ -191,4 +238,4 @@ class Callback(Hook):
             self.fn({"event": "eval", **row})
 
 
-__all__ = ["Callback", "Checkpoints", "Display", "Hook", "MetricsLog", "Samples", "say"]
+__all__ = ["Callback", "Chart", "Checkpoints", "Display", "Hook", "MetricsLog", "Samples", "say"]

@@ -143,6 +143,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.window = Window()
         self.improved = False  # the last evaluation beat every earlier one
+        self.ended: str | None = None  # what stopped the run ("budget", "SIGINT", ...), once it has stopped
 
     def restore(self, ck: checkpoint.Checkpoint, run: RunState) -> None:
         """Continue from a resume file: weights, average, optimizer, this process's RNG and carried state."""
@@ -229,7 +230,7 @@ class Trainer:
         pos = self.pos
         return {"step": pos.step, "characters_seen": pos.characters, "train_seconds": round(pos.elapsed, 1),
                 "val_loss": val.loss if val else None, "val_bpc": val.bpc if val else None,
-                "best_val_bpc": None if math.isinf(pos.best_val) else pos.best_val / LN2,
+                "best_val_bpc": None if math.isinf(pos.best_val) else pos.best_val / LN2, "stopped_by": self.ended,
                 **({"full_val_loss": full.loss, "full_val_bpc": full.bpc} if full else {})}
 
     def checkpoint(self, final: bool) -> Evaluation | None:
@@ -263,6 +264,7 @@ class Trainer:
         try:
             with _StopSignals() as signals:
                 stopped_by, steps_run = self._loop(signals)
+                self.ended = stopped_by  # recorded by the final save
                 if self.window.steps:
                     val = self.checkpoint(final=stopped_by == "budget")
             finished = True
@@ -414,6 +416,7 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     if main:  # quiet or not, the run says where its model went
         chosen.append(hooks.Display(trainer_info, quiet=not cfg.progress))
         chosen.append(hooks.MetricsLog(out / "metrics.jsonl"))
+        chosen.append(hooks.Chart(out, quiet=not cfg.progress))  # after MetricsLog: it draws the row just written
     if cfg.progress and main and cfg.sample_length and cfg.sample_temperatures:
         chosen.append(hooks.Samples(cfg.sample_start, cfg.sample_temperatures, cfg.sample_length, cfg.seed))
     chosen.append(hooks.Checkpoints(out, {k: cfgs[k].to_dict() for k in checkpoint.RUN_CONFIGS}, trainer_info))
@@ -471,6 +474,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
 
     def info() -> dict[str, Any]:
         return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
+                "device": rt.device.type, "precision": rt.precision,
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
                 **({"sizing": sized.to_dict()} if sized else {})}
 
