@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench sweep fuzz clean
+.PHONY: setup demo test bench sweep fuzz readme-images clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,7 @@ demo: setup
 # so a suite that passes on an AVX-512 machine also passes on an AVX2 one
 test: setup
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_ort_web.sh
 	$(PY) -m pytest -q
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m kernel
 
@@ -34,6 +35,7 @@ bench: setup
 	$(PY) -m pip install -q -e ".[plot]"
 	$(PY) bench/corpus_bench.py
 	$(PY) bench/generate_bench.py
+	$(PY) bench/export_bench.py
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
 	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }
@@ -41,6 +43,10 @@ bench: setup
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/processes_bench.py
 	$(PY) bench/quality_bench.py
 	$(PY) bench/adapt_bench.py --minutes 10
+
+# the README's chart and coloured passage, from a one-minute run on the bundled Shakespeare (runs/readme)
+readme-images: setup
+	$(PY) scripts/readme_images.py
 
 # the reliability suite with figures (about 10 minutes): hostile model files, kills at random points and
 # mid-save, a fuzzed and loaded server; each exits non-zero when anything got in or was lost

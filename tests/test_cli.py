@@ -90,13 +90,17 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_step(tmp_pat
     assert "Traceback" not in err and "step" not in stdout
 
 
-def test_quiet_training_prints_only_where_the_model_went(tmp_path, text_file):
+def test_quiet_training_prints_only_where_the_model_went_and_its_report(tmp_path, text_file):
     out = tmp_path / "run"
     code, stdout, err = run("train", str(text_file), "--out", str(out), "--max-steps", "6", "--eval-every", "3",
                             "--sample-length", "30", "--no-progress", *TINY[:-2])
     assert code == 0, err
     best = charloom.load(out).info["best_val_bpc"]
-    assert stdout == f"model: {out / 'model.safetensors'} (best validation {best:.3f} bpc)\n" and err == ""
+    first, _, rest = stdout.partition("\n")
+    assert first == f"model: {out / 'model.safetensors'} (best validation {best:.3f} bpc)" and err == ""
+    code, report, err = run("info", str(out))
+    assert code == 0 and rest == report  # the report `charloom info` prints, samples and all
+    assert "ended: budget" in rest and rest.count("\n---\n") == 2
 
 
 def test_resuming_a_run_that_used_its_budget_says_so_and_how_to_extend_it(tmp_path, text_file):

@@ -46,7 +46,7 @@ def test_torchrun_cli_trains_and_resumes(tmp_path, text_file):
               "--seq-len", "16", "--eval-every", "5", "--sample-length", "0"]
     p = torchrun("-m", "charloom", "train", *common, "--max-steps", "10")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("parameters") == 1  # only rank 0 prints
+    assert p.stdout.count("parameters, on") == 1 and p.stdout.count("model file ") == 1  # only rank 0 prints
     p = torchrun("-m", "charloom", "train", *common, "--max-steps", "14", "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert charloom.load(out / "last.safetensors").info["step"] == 14

@@ -21,6 +21,7 @@ _EXPORTS = {
     "bundled": ("corpus", "bundled"), "load_corpus": ("corpus", "load"), "CharRNN": ("model", "CharRNN"),
     "Runtime": ("runtime", "Runtime"), "Generator": ("sampling", "Generator"), "choose": ("decoding", "choose"),
     "OnnxGenerator": ("onnx_generator", "OnnxGenerator"), "Vocab": ("vocab", "Vocab"),
+    "plot_runs": ("curves", "plot_runs"), "describe": ("runinfo", "describe"),
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

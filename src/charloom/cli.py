@@ -352,6 +352,22 @@ def _generator(path: str, device: str) -> tuple[Any, Any]:
     return gen, ck
 
 
+def cmd_info(ns: argparse.Namespace) -> None:
+    from .runinfo import describe, lines
+
+    if ns.samples < 0:
+        raise CharloomError(f"--samples: must be 0 or more, got {ns.samples}")
+    report = describe(ns.path, samples=ns.samples, seed=ns.seed)
+    print(json.dumps(report, ensure_ascii=False) if ns.json else "\n".join(lines(report)))
+
+
+def cmd_plot(ns: argparse.Namespace) -> None:
+    from .curves import plot_runs
+
+    drawn = plot_runs(ns.runs, ns.out)
+    print(f"wrote {ns.out}: " + "; ".join(d.label for d in drawn))
+
+
 def cmd_export(ns: argparse.Namespace) -> None:
     from . import checkpoint
     from .export import export
@@ -454,6 +470,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--color", action="store_true", help=f"also print the text's first {COLOUR_CHARS:,} characters "
                    "shaded by the probability the model gave each (red: surprising); on a terminal only")
     s.set_defaults(run=cmd_eval)
+
+    s = sub.add_parser("info", help="a run's report: corpus, model, training, bpc and a few samples",
+                       description="Describe a run folder or a model file on its own (the corpus is not needed).")
+    s.add_argument("path", metavar="PATH", help="a run folder or a model file")
+    s.add_argument("--samples", type=_flag_type("int", int), default=3, metavar="N",
+                   help="samples to show (default: 3; 0: none)")
+    s.add_argument("--seed", type=_flag_type("int", int), default=0, help="the samples' seed (default: 0)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(run=cmd_info)
+
+    s = sub.add_parser("plot", help="draw the training curves of one or more runs into a PNG",
+                       description="Draw bits per character against characters seen and wall time for one or more "
+                                   "run folders, each run labelled by the settings that differ between them.")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="a run folder (it holds metrics.jsonl)")
+    s.add_argument("--out", required=True, metavar="FILE", help="the PNG file to write")
+    s.set_defaults(run=cmd_plot)
 
     s = sub.add_parser("export", help="write a model as ONNX (and int8, and a web page that generates in the browser)",
                        description="Export a model to ONNX, checked with onnxruntime against PyTorch; optionally an "

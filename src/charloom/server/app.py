@@ -36,7 +36,9 @@ from ..checkpoint import Checkpoint
 from ..checkpoint import load as load_checkpoint
 from ..config import SampleOptions, ServeConfig
 from ..errors import CharloomError, ConfigError
+from ..curves import CHART_FILE
 from ..insight import activations, read
+from ..runinfo import describe
 from ..sampling import Generator
 
 try:
@@ -44,7 +46,7 @@ try:
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field, SkipValidation, create_model
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -402,6 +404,20 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         chars = sum(map(len, texts))
         return {"samples": samples, "settings": opts.to_dict(),
                 "timing": {"seconds": round(dt, 4), "characters": chars, "chars_per_s": round(chars / dt) if dt else None}}
+
+    @app.get("/v1/report")
+    def report() -> dict[str, Any]:
+        """`charloom info`'s report of the served model (without samples: the playground makes its own)."""
+        return describe(ck.path, samples=0, ck=ck) if ck.path else {}
+
+    @app.get("/v1/curves.png", include_in_schema=False)
+    def curves_png() -> Response:
+        """The training chart of the run folder the model was loaded from, when it has one."""
+        chart = ck.path.parent / CHART_FILE if ck.path else None
+        if chart is None or not chart.is_file():
+            raise HTTPException(404, detail="no training chart beside this model (a run folder trained with the "
+                                            "plot extra has one)")
+        return Response(chart.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:

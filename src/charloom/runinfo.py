@@ -1,0 +1,85 @@
+"""A run's report: what a model was trained on, what it is, how training went, how good it is, and what it
+writes. `charloom info PATH` prints it (or its JSON), and training ends by printing it.
+
+    describe("runs/quick")          # a run folder, or a model file on its own
+    lines(describe("runs/quick"))   # the same as the lines `charloom info` prints
+
+Everything comes from the model file (its config, vocabulary and info), plus the run folder's
+metrics.jsonl when there is one; the corpus itself is never read, so a model file that travelled
+without its corpus is described all the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Checkpoint, load, model_path
+from .curves import read_rows
+from .sampling import Generator
+
+SAMPLES = 3  # samples in a report (six for a records model: they are short)
+SAMPLE_LENGTH = 200
+
+
+def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkpoint | None = None) -> dict[str, Any]:
+    """The report of a run folder or model file as plain data (JSON-ready)."""
+    file = model_path(path)
+    ck = ck or load(file)
+    rows = read_rows(file.parent) if (file.parent / "metrics.jsonl").is_file() else []
+    info, cfg, v = ck.info, ck.config, ck.vocab
+    last = rows[-1] if rows else {}
+    seconds, chars = info.get("train_seconds"), info.get("characters_seen")
+    return {
+        "path": str(file),
+        "corpus": {"source": info.get("corpus"), "characters": info.get("corpus_characters"), "records": ck.records,
+                   "vocabulary": len(v.chars), "characters_known": "".join(v.chars), "unknown": v.unknown,
+                   "lower": v.lower, "normalize": v.normalize},
+        "model": {"cell": cfg.cell, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
+                  "embedding": cfg.embedding, "dropout": cfg.dropout, "parameters": ck.model.num_parameters()},
+        "training": {"steps": info.get("step"), "characters_seen": chars, "seconds": seconds,
+                     "chars_per_s": round(chars / seconds) if chars and seconds else None,
+                     "device": info.get("device"), "precision": info.get("precision"),
+                     "ended": info.get("stopped_by"), "sizing": info.get("sizing"), "evaluations": len(rows)},
+        "bpc": {"best_validation": info.get("best_val_bpc"), "last_validation": last.get("val_bpc", info.get("val_bpc")),
+                "whole_validation_split": info.get("full_val_bpc"), "last_train": last.get("train_bpc")},
+        "samples": _samples(ck, samples, seed) if samples else [],
+    }
+
+
+def _samples(ck: Checkpoint, count: int, seed: int) -> list[str]:
+    n = 2 * count if ck.records else count
+    return Generator.from_checkpoint(ck).generate("", SAMPLE_LENGTH, n=n, temperature=0.8, seed=seed)
+
+
+def _figure(value: Any, fmt: str = "{:,}", missing: str = "unknown") -> str:
+    if value is None:
+        return missing
+    return fmt.format(value) if isinstance(value, (int, float)) else str(value)
+
+
+def lines(report: dict[str, Any]) -> list[str]:
+    """The report as the lines a person reads."""
+    c, m, t, b = report["corpus"], report["model"], report["training"], report["bpc"]
+    kind = "records" if c["records"] else "a continuous text"
+    out = [f"model file   {report['path']}",
+           f"corpus       {_figure(c['source'])}: {_figure(c['characters'])} characters, read as {kind}; "
+           f"vocabulary of {c['vocabulary']} characters (unknown ones: {c['unknown']})",
+           f"model        {m['cell']} {m['layers']}x{m['hidden_size']}, "
+           f"{'embedding ' + str(m['embedding']) if m['embedding'] else 'one-hot input'}, "
+           f"{m['parameters']:,} parameters",
+           f"training     {_figure(t['steps'])} steps, {_figure(t['characters_seen'])} characters in "
+           f"{_figure(t['seconds'], '{:,.0f}')} s ({_figure(t['chars_per_s'])} characters/s) on "
+           f"{_figure(t['device'])} ({_figure(t['precision'])}); ended: {_figure(t['ended'])}",
+           f"bpc          best validation {_figure(b['best_validation'], '{:.3f}', 'none')}, last validation "
+           f"{_figure(b['last_validation'], '{:.3f}', 'none')}, whole validation split "
+           f"{_figure(b['whole_validation_split'], '{:.3f}', 'none')}, last train "
+           f"{_figure(b['last_train'], '{:.3f}', 'unknown')}"]
+    if isinstance(t.get("sizing"), dict):
+        fit = t["sizing"]
+        out.append(f"sizing       width {fit.get('hidden_size')} chosen for {fit.get('budget')}, predicted "
+                   f"{_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
+    if report["samples"]:
+        joiner = " | " if c["records"] else "\n---\n"
+        out.append("samples (temperature 0.8):\n" + joiner.join(report["samples"]))
+    return out

@@ -1,0 +1,54 @@
+"""A run's report: from a run folder, and from a model file alone with its corpus gone."""
+
+import json
+import shutil
+
+import charloom
+from charloom.cli import main
+from charloom.runinfo import describe, lines
+
+
+def test_info_reads_a_model_file_alone_with_its_corpus_deleted(tmp_path, text_file, tiny, capsys):
+    cache = tmp_path / "cache"
+    size = len(text_file.read_text())
+    result = charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=12, cache_dir=str(cache),
+                            **tiny)
+    alone = tmp_path / "elsewhere" / "model.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "run" / "model.safetensors", alone)
+    text_file.unlink()
+    shutil.rmtree(cache, ignore_errors=True)
+    capsys.readouterr()  # what training printed
+    assert main(["info", str(alone), "--json", "--samples", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["corpus"]["source"] == str(text_file) and report["corpus"]["characters"] == size
+    assert report["corpus"]["vocabulary"] == len(result.vocab.chars)
+    assert report["model"] == {"cell": "lstm", "layers": 1, "hidden_size": 16, "embedding": 8, "dropout": 0.0,
+                               "parameters": result.model.num_parameters()}
+    t = report["training"]
+    assert t["steps"] == 12 and t["characters_seen"] == 12 * 4 * 16 and t["chars_per_s"] > 0
+    assert t["device"] == "cpu" and t["precision"] in ("fp32", "bf16") and t["ended"] == "budget"
+    assert t["evaluations"] == 0  # no metrics.jsonl beside a lone model file
+    assert report["bpc"]["best_validation"] == result.progress.best_val / 0.6931471805599453
+    assert len(report["samples"]) == 2 and all(len(s) == 200 for s in report["samples"])
+    assert main(["info", str(alone), "--samples", "0"]) == 0
+    shown = capsys.readouterr().out
+    assert "lstm 1x16, embedding 8" in shown and "12 steps" in shown and "ended: budget" in shown
+    assert "samples" not in shown
+
+
+def test_info_of_a_run_folder_reads_its_metrics_and_samples_records(tmp_path, tiny):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(["anna", "bob", "carla", "dave", "eve", "fred", "gina", "hal"] * 10) + "\n")
+    charloom.train(source=str(names), records=True, out=str(tmp_path / "run"), max_steps=10, **tiny)
+    report = describe(tmp_path / "run", samples=1)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert report["training"]["evaluations"] == len(rows) and report["corpus"]["records"] is True
+    assert report["bpc"]["last_train"] == rows[-1]["train_bpc"]
+    assert len(report["samples"]) == 2  # records are short: twice as many
+    assert any(line.startswith("samples (temperature 0.8):") and " | " in line for line in lines(report))
+
+
+def test_info_refuses_what_is_not_a_model(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert "holds no model.safetensors" in capsys.readouterr().err
