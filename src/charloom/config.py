@@ -466,9 +466,10 @@ class ExportConfig(Config):
     score_chars: int = option(100_000, "the most held-out characters scored for the int8 comparison")
     web: str = option("", "also write a static web page that generates in the browser into this folder",
                       metavar="DIR")
-    runtime: str = option("", "a folder holding onnxruntime-web's dist files (ort.min.mjs and its .wasm), copied "
-                              "into the page so it works with no network (default: load them from the pinned "
-                              "public package URL)", metavar="DIR")
+    runtime: str = option("", "onnxruntime-web's dist folder (node_modules/onnxruntime-web/dist: ort.wasm.min.mjs, "
+                              "ort-wasm-simd-threaded.mjs and .wasm), copied into the page so it works with no "
+                              "network (default: the page loads them from the pinned public package URL)",
+                          metavar="DIR")
     opset: int = option(17, "the ONNX opset to write")
 
     def validate(self) -> None:
