@@ -421,7 +421,8 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
-        return {"config": ck.config.to_dict(), "vocab_size": len(ck.vocab), "characters": "".join(ck.vocab.chars),
+        return {"config": ck.config.to_dict(), "states": list(ck.model.cell.state), "vocab_size": len(ck.vocab),
+                "characters": "".join(ck.vocab.chars),
                 "records": ck.records, "parameters": ck.model.num_parameters(), "training": ck.info,
                 "limits": cfg.to_dict()}
 
