@@ -280,6 +280,11 @@ class TrainConfig(Config):
     seed: int = option(1337, "seed for weights, dropout and samples (on the command line, --seed sets this "
                              "and the batch order's seed together)")
     resume: bool = option(False, "continue the run in --out from last.safetensors, exactly where it stopped")
+    init_from: str = option("", "fine-tune: start from this run folder's (or model file's) weights, keeping its "
+                                "vocabulary and model config; characters outside its vocabulary follow its "
+                                "unknown-character policy", metavar="RUN")
+    extend_vocab: bool = option(False, "with --init-from: add the new text's unknown characters to the vocabulary as "
+                                       "new ids (new rows in the input and output layers; the old rows unchanged)")
     overwrite: bool = option(False, "start afresh even if --out already holds a run (its files are replaced)")
     progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal (off: only where "
                                   "the model went and its score)")
@@ -290,6 +295,8 @@ class TrainConfig(Config):
                 raise ConfigError(f"{n}: must not be negative, got {getattr(self, n)}")
         if self.epochs < 0:
             raise ConfigError(f"epochs: must not be negative, got {self.epochs}")
+        if self.extend_vocab and not self.init_from:
+            raise ConfigError("extend_vocab: only means something with --init-from RUN (the vocabulary it extends)")
         _positive(self, "lr")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")

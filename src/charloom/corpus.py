@@ -484,7 +484,8 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
     if vocab is None:
         vocab = Vocab.from_counts(counts, min_count=cfg.min_count, unknown=cfg.unknown, normalize=cfg.normalize,
                                   lower=cfg.lower)
-        encoder = vocab if vocab.unknown == "unk" else Vocab(vocab.chars, normalize=vocab.normalize, lower=vocab.lower)
+        encoder = vocab if vocab.unknown == "unk" else Vocab(vocab.chars, normalize=vocab.normalize, lower=vocab.lower,
+                                                                        ordered=True)
     else:
         encoder = vocab
 

@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from . import atomic, checkpoint, hooks, sizing
+from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
@@ -425,6 +425,18 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     return chosen
 
 
+def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | None,
+            previous: tuple[checkpoint.Checkpoint, RunState] | None):
+    """The corpus, encoded with the vocabulary the run must keep: its parent's when fine-tuning (or the one it
+    had when resuming a fine-tuned run); otherwise one built from the text."""
+    if parent is not None:
+        return finetune.read_corpus(parent, corpus, cfg.extend_vocab)
+    if previous is not None and previous[0].info.get("parent"):
+        v = previous[0].vocab
+        return load_corpus(corpus.replace(lower=v.lower, normalize=v.normalize), vocab=v)
+    return load_corpus(corpus)
+
+
 def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
            previous: tuple[checkpoint.Checkpoint, RunState] | None) -> tuple[ModelConfig, sizing.Fit | None]:
     """The model config with its width set: as given, as the resumed run had it, or chosen for this machine and
@@ -454,12 +466,20 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         _check_out(out)
     # the run records the precision it resolved, so a resumed run computes as it did, however a probe goes
     cfg = config.replace(precision=rt.precision)
-    data = data or prepare(load_corpus(corpus), batch, rt.procs.rank, rt.procs.world)
+    parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
+    data = data or prepare(_corpus(corpus, cfg, parent, previous), batch, rt.procs.rank, rt.procs.world)
     _check_validation(data, batch)
     vocab = data.corpus.vocab
+    if parent is not None:
+        model = finetune.model_config(parent, model)
+        if rt.procs.main and (line := finetune.outside(parent, data.corpus)):
+            hooks.say(line)  # before any step: what of the new text the parent cannot read
     model, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, previous)
     torch.manual_seed(cfg.seed)
     net = CharRNN(model).to(rt.device)
+    if parent is not None:
+        finetune.start_from(net, parent)
+    lineage = parent.lineage if parent else previous[0].info.get("parent") if previous else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                             foreach=True)
     cfgs: dict[str, Config] = {"corpus": corpus, "batch": batch, "model": net.cfg, "train": cfg}
@@ -474,7 +494,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
 
     def info() -> dict[str, Any]:
         return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
-                "device": rt.device.type, "precision": rt.precision,
+                "device": rt.device.type, "precision": rt.precision, **({"parent": lineage} if lineage else {}),
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
                 **({"sizing": sized.to_dict()} if sized else {})}
 

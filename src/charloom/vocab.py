@@ -56,8 +56,11 @@ class Vocab:
         was built from), so a start text at sampling time is read the way the corpus was.
     """
 
-    def __init__(self, chars: Iterable[str], *, unknown: str = "unk", normalize: str = "none", lower: bool = False):
-        chars = sorted(set(chars))
+    def __init__(self, chars: Iterable[str], *, unknown: str = "unk", normalize: str = "none", lower: bool = False,
+                 ordered: bool = False):
+        """ordered: keep the characters in the order given (their ids follow it), as a saved vocabulary and an
+        extended one must; otherwise they are sorted by code point."""
+        chars = list(dict.fromkeys(chars)) if ordered else sorted(set(chars))
         for c in chars:
             if not isinstance(c, str) or len(c) != 1:
                 raise CharloomError(f"vocabulary: {c!r} is not a single character")
@@ -202,7 +205,14 @@ class Vocab:
     def from_dict(cls, data: Any, where: str = "vocabulary", *, strict_unicode: bool = False) -> Vocab:
         cls.check_dict(data, where, strict_unicode=strict_unicode)
         return cls(list(data["chars"]), unknown=data.get("unknown", "unk"), normalize=data.get("normalize", "none"),
-                   lower=data.get("lower", False))
+                   lower=data.get("lower", False), ordered=True)
+
+    def extended(self, chars: Iterable[str]) -> Vocab:
+        """This vocabulary with the characters of `chars` it lacks added after its own, in code-point order:
+        every id it had keeps its meaning, so a model's rows for them stay valid."""
+        new = sorted(set(chars) - set(self.chars) - set(self.specials))
+        return Vocab([*self.chars, *new], unknown=self.unknown, normalize=self.normalize, lower=self.lower,
+                     ordered=True)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=True)

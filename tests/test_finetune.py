@@ -1,0 +1,120 @@
+"""Fine-tuning from a trained model: ids kept, the first loss equal to the parent's, unknown characters by
+the parent's policy or added as new rows, the parent recorded, and resume."""
+
+import hashlib
+
+import pytest
+import torch
+
+import charloom
+from charloom import checkpoint
+from charloom.batching import prepare
+from charloom.config import BatchConfig, CorpusConfig
+from charloom.corpus import load as load_corpus
+from charloom.errors import CharloomError
+from charloom.evaluation import batch_loss
+from charloom.finetune import load_parent, read_corpus, same_ids
+
+PARENT_TEXT = "the cat sat on the mat. the dog ate the hat.\n" * 30
+NEW_TEXT = "the hat sat on the cat; the mat ate the dog!\n" * 30  # ';' and '!' are new
+
+
+@pytest.fixture
+def parent(tmp_path, tiny):
+    src = tmp_path / "old.txt"
+    src.write_text(PARENT_TEXT)
+    charloom.train(source=str(src), out=str(tmp_path / "parent"), max_steps=20, **tiny)
+    new = tmp_path / "new.txt"
+    new.write_text(NEW_TEXT)
+    return tmp_path / "parent", new
+
+
+def test_fine_tuning_keeps_every_id_and_starts_at_the_parents_loss(tmp_path, parent, tiny, capsys):
+    run, new = parent
+    losses = []
+    result = charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), max_steps=3,
+                            precision="fp32", callback=lambda e: losses.append(e["loss"]) if "loss" in e else None,
+                            **{**tiny, "hidden_size": 0, "embedding": 64})  # the parent's config wins over defaults
+    old = checkpoint.load(run)
+    assert result.vocab == old.vocab and result.model.cfg == old.config
+    # the same first batch through the parent: its loss is the fine-tuning's first
+    data = prepare(load_corpus(CorpusConfig(source=str(new)), vocab=old.vocab),
+                   BatchConfig(batch_size=tiny["batch_size"], seq_len=tiny["seq_len"]))
+    first = next(iter(data.train))
+    with torch.no_grad():
+        want, _ = batch_loss(old.model.train(), first, None, torch.device("cpu"))
+    assert losses[0] == pytest.approx(float(want), rel=1e-5)
+    lineage = checkpoint.load(tmp_path / "child").info["parent"]
+    digest = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    assert lineage == {"path": str((run / "model.safetensors").resolve()), "sha256": digest, "step": 20}
+
+
+def test_characters_outside_the_vocabulary_follow_the_parents_policy_and_are_reported(tmp_path, parent, tiny,
+                                                                                        capsys):
+    run, new = parent
+    charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), max_steps=2, **tiny)
+    said = capsys.readouterr().out
+    assert f"fine-tuning {run / 'model.safetensors'}: 60 characters of the new text are outside its vocabulary " \
+           "and are read as <unk>" in said
+    corpus = read_corpus(load_parent(str(run)), CorpusConfig(source=str(new)), extend=False)
+    old = checkpoint.load(run).vocab
+    assert int((corpus.ids == old.unk_id).sum()) == 60 and corpus.stats["unknown_characters"] == 60
+
+
+def test_a_parent_that_refuses_unknown_characters_refuses_the_new_text(tmp_path, tiny):
+    src = tmp_path / "old.txt"
+    src.write_text(PARENT_TEXT)
+    charloom.train(source=str(src), out=str(tmp_path / "strict"), max_steps=3, unknown="error", **tiny)
+    new = tmp_path / "new.txt"
+    new.write_text(NEW_TEXT)
+    with pytest.raises(CharloomError, match=r"character ';' \(U\+003B\) at position \d+ is not in the vocabulary"):
+        charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(tmp_path / "strict"),
+                       max_steps=2, **tiny)
+
+
+@pytest.mark.parametrize("embedding", [8, 0])
+def test_extend_vocab_adds_new_ids_and_leaves_old_rows_unchanged(tmp_path, tiny, embedding):
+    src = tmp_path / "old.txt"
+    src.write_text(PARENT_TEXT)
+    charloom.train(source=str(src), out=str(tmp_path / "parent"), max_steps=5, **{**tiny, "embedding": embedding})
+    new = tmp_path / "new.txt"
+    new.write_text(NEW_TEXT)
+    from charloom.trainer import configure, setup
+
+    cfgs = configure(source=str(new), out=str(tmp_path / "child"), init_from=str(tmp_path / "parent"),
+                     extend_vocab=True, max_steps=1, **{**tiny, "embedding": embedding})
+    trainer = setup(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"])  # ready to run: no step taken
+    old = checkpoint.load(tmp_path / "parent")
+    child = trainer.vocab
+    assert same_ids(old.vocab, child) and child.chars[-2:] == ("!", ";")
+    assert len(child) == len(old.vocab) + 2 == trainer.model.cfg.vocab_size
+    V = len(old.vocab)
+    a, b = old.model.state_dict(), trainer.model.state_dict()
+    for name in a:
+        if name == "rnn.weight_ih_l0" and not embedding:
+            assert torch.equal(b[name][:, :V], a[name]) and b[name].shape[1] == V + 2
+        elif name in ("embed.weight", "head.weight", "head.bias"):
+            assert torch.equal(b[name][:V], a[name]) and b[name].shape[0] == V + 2
+        else:
+            assert torch.equal(b[name], a[name]), name
+    result = trainer.run()
+    assert checkpoint.load(tmp_path / "child").vocab == result.vocab == child  # the order of ids survives the file
+
+
+def test_a_fine_tuned_run_resumes_with_its_parents_vocabulary(tmp_path, parent, tiny):
+    run, new = parent
+    charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), extend_vocab=True,
+                   max_steps=3, **tiny)
+    resumed = charloom.train(source=str(new), out=str(tmp_path / "child"), max_steps=6, resume=True, **tiny)
+    assert resumed.progress.step == 6 and same_ids(checkpoint.load(run).vocab, resumed.vocab)
+    assert checkpoint.load(tmp_path / "child").info["parent"]["step"] == 20
+
+
+def test_fine_tuning_refuses_a_different_model_or_a_missing_parent(tmp_path, parent, tiny):
+    run, new = parent
+    with pytest.raises(CharloomError, match=r"^--hidden 32: a fine-tuned model keeps its parent's model config"):
+        charloom.train(source=str(new), out=str(tmp_path / "c"), init_from=str(run), max_steps=1,
+                       **{**tiny, "hidden_size": 32})
+    with pytest.raises(CharloomError, match=r"^--init-from: .*no such model file or run folder"):
+        charloom.train(source=str(new), out=str(tmp_path / "c"), init_from=str(tmp_path / "nothing"), max_steps=1,
+                       **tiny)
