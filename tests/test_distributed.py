@@ -53,3 +53,18 @@ def test_torchrun_cli_trains_and_resumes(tmp_path, text_file):
     single = subprocess.run([sys.executable, "-m", "charloom", "train", *common, "--max-steps", "20", "--resume"],
                             capture_output=True, text=True, timeout=120)
     assert single.returncode == 2 and "trained with 2 process(es), this launch has 1" in single.stderr
+
+
+def test_torchrun_fine_tunes_from_a_parent(tmp_path, text_file):
+    common = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--eval-every", "5",
+              "--sample-length", "0"]
+    charloom.train(source=str(text_file), out=str(tmp_path / "parent"), max_steps=5, hidden_size=16, batch_size=4,
+                   seq_len=16, sample_length=0, progress=False)
+    new = tmp_path / "new.txt"
+    new.write_text(text_file.read_text().replace("e", "é"))  # a character the parent never saw
+    p = torchrun("-m", "charloom", "train", str(new), "--out", str(tmp_path / "child"), "--init-from",
+                 str(tmp_path / "parent"), "--extend-vocab", "--max-steps", "6", *common[2:])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("1 new character added to its vocabulary as new ids: 'é'") == 1  # said once, by rank 0
+    child = charloom.load(tmp_path / "child")
+    assert child.info["step"] == 6 and child.info["parent"]["step"] == 5 and child.vocab.chars[-1] == "é"

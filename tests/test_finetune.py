@@ -54,8 +54,8 @@ def test_characters_outside_the_vocabulary_follow_the_parents_policy_and_are_rep
     run, new = parent
     charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), max_steps=2, **tiny)
     said = capsys.readouterr().out
-    assert f"fine-tuning {run / 'model.safetensors'}: 60 characters of the new text are outside its vocabulary " \
-           "and are read as <unk>" in said
+    assert f"fine-tuning {run / 'model.safetensors'}: 60 characters of the new text are outside its vocabulary, " \
+           "read as <unk>" in said
     corpus = read_corpus(load_parent(str(run)), CorpusConfig(source=str(new)), extend=False)
     old = checkpoint.load(run).vocab
     assert int((corpus.ids == old.unk_id).sum()) == 60 and corpus.stats["unknown_characters"] == 60

@@ -84,10 +84,12 @@ def outside(parent: Parent, corpus: Corpus) -> str | None:
     unknown = corpus.stats.get("unknown_characters", 0)
     if added:
         new = "".join(corpus.vocab.chars[-added:])
-        return f"fine-tuning {parent.path}: {added} new characters added to its vocabulary as new ids: {new!r}"
+        return (f"fine-tuning {parent.path}: {added} new character{'s' if added > 1 else ''} added to its vocabulary "
+                f"as new ids: {new!r}")
     if unknown:
-        return (f"fine-tuning {parent.path}: {unknown:,} characters of the new text are outside its vocabulary "
-                f"and are read as <unk> (--extend-vocab adds them instead)")
+        return (f"fine-tuning {parent.path}: {unknown:,} character{'s' if unknown > 1 else ''} of the new text "
+                f"{'are' if unknown > 1 else 'is'} outside its vocabulary, read as <unk> (--extend-vocab adds them "
+                f"as new ids instead)")
     return None
 
 
