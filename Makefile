@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/corpus_bench.py
 	$(PY) bench/generate_bench.py
 	$(PY) bench/export_bench.py
+	$(PY) bench/finetune_bench.py
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
 	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }

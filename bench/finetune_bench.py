@@ -1,0 +1,85 @@
+"""Fine-tuning against training from scratch, on the same new text and the same time budget.
+
+    python bench/finetune_bench.py [--parent-minutes 5] [--minutes 1 2]
+
+The bundled Shakespeare is cut in two: the general text (its first 90%) trains a parent model, and the
+rest (the last plays, unseen by the parent) is the new text. On the new text, each budget trains once
+from scratch and once with `--init-from` the parent, with the same model shape; both are scored on the
+new text's held-out split (its last 5%, the whole split). The parent's own time is not counted in the
+budget: it is the model a user already has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+import charloom  # noqa: E402
+from charloom.corpus import bundled, read_chunks  # noqa: E402
+from charloom.evaluation import score as score_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = dict(hidden_size=512, num_layers=1, embedding=64)
+QUIET = dict(progress=False, sample_length=0, overwrite=True)
+
+
+def split_texts(folder: Path) -> tuple[Path, Path]:
+    text = "".join(read_chunks(bundled()["shakespeare"].path))
+    cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1
+    general, new = folder / "general.txt", folder / "new.txt"
+    general.write_text(text[:cut])
+    new.write_text(text[cut:])
+    return general, new
+
+
+def score(run: Path) -> float:
+    return charloom.load(run).info["full_val_bpc"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parent-minutes", type=float, default=5)
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2])
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "finetune-bench"))
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        general, new = split_texts(Path(tmp))
+        parent = runs / "parent"
+        charloom.train(source=str(general), out=str(parent), max_time=f"{args.parent_minutes}m", **SHAPE, **QUIET)
+        ck = charloom.load(parent)
+        before = score_text(ck.model, charloom.load_corpus(charloom.CorpusConfig(source=str(new)), vocab=ck.vocab))
+        rows = []
+        for minutes in args.minutes:
+            scratch, tuned = runs / f"scratch-{minutes:g}m", runs / f"tuned-{minutes:g}m"
+            charloom.train(source=str(new), out=str(scratch), max_time=f"{minutes}m", **SHAPE, **QUIET)
+            charloom.train(source=str(new), out=str(tuned), max_time=f"{minutes}m", init_from=str(parent), **QUIET)
+            s, t = score(scratch), score(tuned)
+            rows.append(report.row(f"{minutes:g} min", f"{s:.3f}", f"{t:.3f}", f"{t - s:+.3f}"))
+            print(rows[-1], flush=True)
+        new_chars = len(new.read_text())
+    body = "\n".join([
+        "## Fine-tuning against training from scratch",
+        "",
+        f"Command: `python bench/finetune_bench.py --parent-minutes {args.parent_minutes:g} --minutes "
+        f"{' '.join(f'{m:g}' for m in args.minutes)}`.",
+        f"Machine: {report.machine()}.",
+        f"The bundled Shakespeare's first 90% trains the parent (LSTM 1x{SHAPE['hidden_size']}, embedding "
+        f"{SHAPE['embedding']}, {args.parent_minutes:g} minutes); the last 10% ({new_chars:,} characters, plays the "
+        f"parent never read) is the new text. Each row trains on the new text for the same time from scratch and "
+        f"from the parent (`--init-from`), and scores the new text's whole held-out split (its last 5%). The "
+        f"parent alone, before fine-tuning, scores {before.bpc:.3f} bpc on the whole new text.",
+        "",
+        *report.table(["budget on the new text", "from scratch (bpc)", "fine-tuned (bpc)", "difference"], rows),
+    ])
+    report.write_section("finetune", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
