@@ -65,6 +65,14 @@ def test_exported_logits_and_state_match_pytorch(tmp_path, cell, embedding, laye
             np.testing.assert_allclose(got, want.numpy(), atol=FP32_TOLERANCE, rtol=0)
 
 
+def test_a_model_trained_with_dropout_exports_without_it(tmp_path):
+    vocab = Vocab.build(TEXT)
+    model = CharRNN(ModelConfig(num_layers=2, hidden_size=16, embedding=8, dropout=0.3, vocab_size=len(vocab)))
+    ck = checkpoint.load(checkpoint.save(tmp_path / "d.safetensors", model.train(), vocab, records=False))
+    report = export(ck, ExportConfig(), tmp_path / "d.onnx")
+    assert report.max_difference < FP32_TOLERANCE
+
+
 @pytest.mark.parametrize("cell, records", [("lstm", False), ("gru", True), ("rnn", False)])
 def test_the_same_seed_gives_the_same_text_on_both_backends(tmp_path, cell, records):
     ck, report = exported(tmp_path, cell=cell, records=records, layers=2)
@@ -157,14 +165,52 @@ def test_bad_onnx_files_are_one_line_errors(tmp_path, capsys):
     write_onnx(ck.model, {**meta, "model": {**meta["model"], "vocab_size": 5}}, wrong)
     newer = tmp_path / "newer.onnx"
     write_onnx(ck.model, {**meta, "version": 99}, newer)
-    for path, message in ((tmp_path / "missing.onnx", "no such ONNX file"), (junk, "not a model onnxruntime can run"),
+    hostile = hostile_graphs(tmp_path, report.path, ck)
+    for path, message in ((tmp_path / "missing.onnx", "no such ONNX file"), (junk, "not an ONNX model"),
                           (bare, "not a charloom model"), (wrong, "model reads 5 ids but the vocabulary has"),
-                          (newer, "version 99 is not supported")):
+                          (newer, "version 99 is not supported"), *hostile):
         with pytest.raises(CharloomError, match=message):
-            OnnxModel.load(path)
+            OnnxGenerator.load(path).generate("the", 5)
         assert main(["sample", "--checkpoint", str(path), "--length", "5"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"charloom: error: {path}") and "Traceback" not in err
+
+
+def hostile_graphs(tmp_path, good, ck):
+    """Files that hold charloom's metadata but a graph it never writes: (path, the error they get)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def variant(name, change):
+        graph = onnx.load(str(good))
+        change(graph)
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(graph.SerializeToString())
+        return path
+
+    def huge(g):  # an operator that allocates what its input says
+        g.graph.node.append(helper.make_node("ConstantOfShape", ["shape"], ["big"]))
+
+    def float_ids(g):
+        g.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
+
+    def outside(g):
+        t = g.graph.initializer[0]
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.add(key="location", value="../../etc/hostname")
+
+    def itos(g):
+        meta = json.loads(g.metadata_props[0].value)
+        g.metadata_props[0].value = json.dumps({**meta, "itos": meta["itos"][::-1]})
+
+    def nan_head(g):  # the head's bias: every logit NaN at run time
+        t = next(t for t in g.graph.initializer if numpy_helper.to_array(t).shape == (len(ck.vocab),))
+        t.CopyFrom(numpy_helper.from_array(np.full(len(ck.vocab), np.nan, np.float32), t.name))
+
+    return [(variant("huge", huge), "operator ConstantOfShape is not one charloom's exporter writes"),
+            (variant("float_ids", float_ids), "graph input ids is type 1"),
+            (variant("outside", outside), "weights stored outside the file are not read"),
+            (variant("itos", itos), "itos or ids disagree with the vocabulary"),
+            (variant("nan", nan_head), "logits that are not finite numbers")]
 
 
 def test_export_flags_are_checked(tmp_path, capsys):
@@ -175,6 +221,15 @@ def test_export_flags_are_checked(tmp_path, capsys):
         export(ck, ExportConfig(web=str(tmp_path / "page"), runtime=str(tmp_path)), tmp_path / "m.onnx")
     assert main(["export", "--checkpoint", str(ck.path), "--opset", "9"]) == 2
     assert "opset: must be in [14, 21]" in capsys.readouterr().err
+    before = ck.path.read_bytes()
+    for args, message in ((["--out", str(ck.path)], "give a file name ending in .onnx"),
+                          (["--out", str(tmp_path / "m.txt")], "give a file name ending in .onnx"),
+                          (["--out", str(tmp_path / "x.onnx"), "--web", str(ck.path)], "not a folder"),
+                          (["--out", str(tmp_path / "x.onnx"), "--int8"], "give the text to score with --text")):
+        assert main(["export", "--checkpoint", str(ck.path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert ck.path.read_bytes() == before and not (tmp_path / "x.onnx").exists()  # nothing written, nothing lost
 
 
 def test_a_page_without_a_runtime_loads_the_pinned_one_and_says_so(tmp_path):

@@ -69,10 +69,20 @@ def _row_ok(row: Any) -> bool:
     """A metrics row has an integer step, characters and seconds, and numbers for the scores it gives."""
     if not isinstance(row, dict) or not isinstance(row.get("step"), int):
         return False
-    num = (int, float)
     val = row.get("val_bpc")
-    return (isinstance(row.get("characters"), int) and isinstance(row.get("seconds"), num)
-            and isinstance(row.get("train_bpc"), num) and (val is None or isinstance(val, num)))
+    return (_finite(row.get("characters"), int) and _finite(row.get("seconds")) and _finite(row.get("train_bpc"))
+            and (val is None or _finite(val)))
+
+
+def _finite(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """A number a chart can place: of `kind`, not a bool, and finite as a float (JSON allows Infinity and
+    integers of any length)."""
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def read_rows(folder: str | Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ Needs the `onnx` extra (onnx, onnxruntime); the web page, onnxruntime-web in the
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -37,7 +38,8 @@ FP32_TOLERANCE = 1e-4  # the largest logit or state difference from PyTorch an f
 ORT_WEB_VERSION = "1.31.1"  # the onnxruntime-web the page loads when no runtime is copied in
 ORT_WEB_URL = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-WEB_FILES = ("index.html", "charloom.js")  # the page's own files, package data under charloom/web
+WEB_FILES = ("index.html", "charloom.js")
+HELDOUT_BATCH = BatchConfig(batch_size=16, seq_len=256)  # how the int8 comparison reads the held-out split  # the page's own files, package data under charloom/web
 
 
 @dataclass
@@ -94,6 +96,9 @@ def metadata(ck: Checkpoint) -> dict[str, Any]:
 def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     """Write `out` (and its int8 twin, the web page, as `cfg` asks), each checked before it is reported."""
     _need_onnx()
+    _check_targets(ck, cfg, out)
+    if cfg.int8:
+        _heldout_corpus(ck, cfg)  # a text that cannot be read is said before any file is written
     model = ck.model.float().eval()
     write_onnx(model, metadata(ck), out, cfg.opset)
     report = ExportReport(out, check(model, out), out.stat().st_size)
@@ -125,7 +130,8 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 1
         # ONNX's own LSTM/GRU/RNN operators, which take any length (it warns that it is the older path)
         warnings.simplefilter("ignore")
         raw = Path(tmp) / "model.onnx"
-        torch.onnx.export(_Graph(model), (ids, *state), str(raw), dynamo=False, opset_version=opset,
+        # eval: the exporter puts the module back in the mode it found it in, dropout and all
+        torch.onnx.export(_Graph(model).eval(), (ids, *state), str(raw), dynamo=False, opset_version=opset,
                           input_names=["ids", *names], output_names=["logits", *[f"{n}_out" for n in names]],
                           dynamic_axes=axes)
         graph = onnx.load(str(raw))
@@ -150,6 +156,7 @@ def check_inputs(model: nn.Module, rows: int = 2, length: int = 48) -> tuple[tor
 def check(model: nn.Module, path: Path) -> float:
     """The largest |ONNX - PyTorch| over logits and state: the check text in one call, then one step."""
     onnx_model = OnnxModel.load(path)
+    model.eval()  # no dropout: the graph has none
     ids, state = check_inputs(model)
     worst = 0.0
     for chunk in (ids, ids[:, :1]):
@@ -165,17 +172,20 @@ def quantize(src: Path, out: Path) -> None:
     """Dynamic int8 quantisation (weights int8, activations quantised per call) with onnxruntime's tools."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_out = Path(tmp) / out.name
-        import logging
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # onnxruntime logs advice on pre-processing as a warning
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_out = Path(tmp) / out.name
+            quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8)
+            atomic.write_bytes(out, tmp_out.read_bytes())
+    finally:
+        root.setLevel(level)
 
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
-        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8)
-        atomic.write_bytes(out, tmp_out.read_bytes())
 
-
-def compare_bpc(ck: Checkpoint, cfg: ExportConfig, files: dict[str, Path]) -> tuple[dict[str, float], int]:
-    """Held-out bpc of each file on the same characters: the text's held-out split as training makes it."""
+def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
+    """The text the int8 file is scored on, read as the model reads text: --text, or the training corpus."""
     from .batching import heldout_batches
     from .corpus import load as load_corpus
 
@@ -187,10 +197,22 @@ def compare_bpc(ck: Checkpoint, cfg: ExportConfig, files: dict[str, Path]) -> tu
     if cfg.text:
         ccfg = ccfg.replace(source=cfg.text)
     ccfg = ccfg.replace(records=ck.records, lower=ck.vocab.lower, normalize=ck.vocab.normalize)
-    corpus, batch = load_corpus(ccfg, vocab=ck.vocab), BatchConfig(batch_size=16, seq_len=256)
-    if next(heldout_batches(corpus, batch), None) is None:
-        raise CharloomError(f"--text {ccfg.source}: no held-out split to score the int8 file on (the text is too "
-                            f"short)")
+    try:
+        corpus = load_corpus(ccfg, vocab=ck.vocab)
+    except CharloomError as e:
+        hint = "" if cfg.text else " (the corpus the model was trained on); give the text to score with --text SOURCE"
+        raise CharloomError(f"--int8: {e}{hint}") from None
+    if next(heldout_batches(corpus, HELDOUT_BATCH), None) is None:
+        raise CharloomError(f"--int8: {ccfg.source} has no held-out split to score the int8 file on (the text is too "
+                            f"short); give a longer one with --text SOURCE")
+    return corpus
+
+
+def compare_bpc(ck: Checkpoint, cfg: ExportConfig, files: dict[str, Path]) -> tuple[dict[str, float], int]:
+    """Held-out bpc of each file on the same characters: the text's held-out split as training makes it."""
+    from .batching import heldout_batches
+
+    corpus, batch = _heldout_corpus(ck, cfg), HELDOUT_BATCH
     figures, scored = {}, 0
     for name, path in files.items():
         figures[name], scored = heldout_bpc(OnnxModel.load(path), heldout_batches(corpus, batch), cfg.score_chars)
@@ -200,16 +222,18 @@ def compare_bpc(ck: Checkpoint, cfg: ExportConfig, files: dict[str, Path]) -> tu
 def write_web(onnx_path: Path, folder: Path, runtime: Path | None) -> Path:
     """A static page that generates in the browser: index.html, charloom.js, model.onnx, and the runtime's
     files in ort/ when `runtime` is given (otherwise the page loads them from ORT_WEB_URL)."""
-    folder.mkdir(parents=True, exist_ok=True)
     if runtime is not None:
-        missing = [n for n in RUNTIME_FILES if not (runtime / n).is_file()]
-        if missing:
-            raise CharloomError(f"--runtime {runtime}: no {missing[0]} there (give onnxruntime-web's dist folder, "
-                                f"e.g. node_modules/onnxruntime-web/dist)")
-        version = _runtime_version(runtime)
-        if version not in (None, ORT_WEB_VERSION):
-            raise CharloomError(f"--runtime {runtime}: onnxruntime-web {version}, but the page is written for "
-                                f"{ORT_WEB_VERSION} (npm install onnxruntime-web@{ORT_WEB_VERSION})")
+        _check_runtime(runtime)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _copy_page(onnx_path, folder, runtime)
+    except OSError as e:
+        raise CharloomError(f"--web {folder}: cannot write the page ({e.strerror or e})") from None
+    return folder
+
+
+def _copy_page(onnx_path: Path, folder: Path, runtime: Path | None) -> None:
+    if runtime is not None:
         (folder / "ort").mkdir(exist_ok=True)
         for name in RUNTIME_FILES:
             shutil.copyfile(runtime / name, folder / "ort" / name)
@@ -221,7 +245,38 @@ def write_web(onnx_path: Path, folder: Path, runtime: Path | None) -> Path:
     atomic.write_bytes(folder / "charloom.js", (source / "charloom.js").read_bytes())
     if onnx_path.resolve() != (folder / "model.onnx").resolve():
         shutil.copyfile(onnx_path, folder / "model.onnx")
-    return folder
+
+
+def _check_runtime(runtime: Path) -> None:
+    """A --runtime folder holds the three files the page loads, of the version it is written for."""
+    missing = [n for n in RUNTIME_FILES if not (runtime / n).is_file()]
+    if missing:
+        raise CharloomError(f"--runtime {runtime}: no {missing[0]} there (give onnxruntime-web's dist folder, "
+                            f"e.g. node_modules/onnxruntime-web/dist)")
+    version = _runtime_version(runtime)
+    if version not in (None, ORT_WEB_VERSION):
+        raise CharloomError(f"--runtime {runtime}: onnxruntime-web {version}, but the page is written for "
+                            f"{ORT_WEB_VERSION} (npm install onnxruntime-web@{ORT_WEB_VERSION})")
+
+
+def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
+    """Where the files will go, checked before any is written: an .onnx name that is not a folder and not a
+    model file, and a --web folder that is a folder (or can become one)."""
+    if out.suffix != ".onnx" or out.is_dir():
+        raise CharloomError(f"--out {out}: give a file name ending in .onnx (sample and the web page know an "
+                            f"exported model by it)")
+    if ck.path is not None and out.resolve() == ck.path.resolve():
+        raise CharloomError(f"--out {out}: that is the model file being exported; choose another name")
+    if cfg.web:
+        if cfg.runtime:
+            _check_runtime(Path(cfg.runtime))
+        web = Path(cfg.web)
+        if web.exists() and not web.is_dir():
+            raise CharloomError(f"--web {web}: not a folder")
+        try:
+            web.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CharloomError(f"--web {web}: cannot make the folder ({e.strerror or e})") from None
 
 
 def _runtime_version(dist: Path) -> str | None:

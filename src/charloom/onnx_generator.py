@@ -26,7 +26,15 @@ from .vocab import Vocab
 METADATA_KEY = "charloom"
 FORMAT = "charloom-onnx"
 VERSION = 1
-MAX_FILE_BYTES = 4 << 30  # a larger file is not a character model (onnx's own protobuf limit is 2 GB)
+MAX_FILE_BYTES = 2 << 30  # protobuf's own limit: a larger file is not a model onnxruntime can read
+MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large vocabulary is a few hundred KB
+# the operators charloom's exporter writes (fp32 and int8, every cell and input kind): a file that asks
+# for any other cannot be one, and an arbitrary graph may allocate without bound at run time
+ALLOWED_OPS = frozenset({("", op) for op in (
+    "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "DynamicQuantizeLinear", "GRU", "Gather", "LSTM",
+    "MatMul", "MatMulInteger", "Mul", "OneHot", "RNN", "Slice", "Squeeze", "Transpose")} | {
+    ("com.microsoft", "DynamicQuantizeLSTM")})
+INT64, FLOAT = 7, 1  # onnx.TensorProto element types
 
 State = tuple[np.ndarray, ...]  # each (num_layers, B, H) float32
 
@@ -58,17 +66,17 @@ class OnnxModel:
             raise CharloomError(f"{where}: no such ONNX file")
         if p.stat().st_size > MAX_FILE_BYTES:
             raise CharloomError(f"{where}: {p.stat().st_size:,} bytes is too large for a character model file")
+        data = p.read_bytes()
+        meta = _read_metadata(_proto(data, where), where)  # the whole file is checked before a session is made
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: warnings are for the exporter's author, not the user
         if threads:
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         try:
-            session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own classes for unreadable and invalid graphs
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CharloomError(f"{where}: not a model onnxruntime can run ({first})") from None
-        meta = _read_metadata(session.get_modelmeta().custom_metadata_map, where)
-        _check_graph(session, meta, where)
         return cls(session, meta, p)
 
     def zero_state(self, batch: int) -> State:
@@ -79,16 +87,41 @@ class OnnxModel:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         state = self.zero_state(ids.shape[0]) if state is None else state
         feed = {"ids": ids, **{n: np.ascontiguousarray(s, dtype=np.float32) for n, s in zip(self.state_names, state)}}
-        logits, *new = self.session.run(None, feed)
+        try:
+            logits, *new = self.session.run(None, feed)
+        except Exception as e:  # onnxruntime's own error classes
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CharloomError(f"{self.path}: the model failed to run ({first})") from None
+        B, T = ids.shape
+        L, H, V = self.config.num_layers, self.config.hidden_size, self.config.vocab_size
+        if logits.shape != (B, T, V) or any(x.shape != (L, B, H) for x in new) or len(new) != len(state):
+            raise CharloomError(f"{self.path}: the model gave logits {logits.shape} and state "
+                                f"{[x.shape for x in new]} for ids {ids.shape}, not ({B}, {T}, {V}) and ({L}, {B}, {H})")
+        if not np.isfinite(logits).all():
+            raise CharloomError(f"{self.path}: the model gave logits that are not finite numbers (a damaged file)")
         return logits, tuple(new)
 
 
-def _read_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
-    """The `charloom` metadata, checked field by field: a one-line error names what is wrong."""
+def _proto(data: bytes, where: str) -> Any:
+    """The file parsed as an ONNX model (the onnx package's protobuf classes), or a one-line error."""
+    import onnx
+
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf's DecodeError, and whatever a damaged file makes of the parser
+        raise CharloomError(f"{where}: not an ONNX model ({type(e).__name__})") from None
+
+
+def _read_metadata(model: Any, where: str) -> dict[str, Any]:
+    """The `charloom` metadata checked field by field, then the graph checked against it: a one-line error names
+    what is wrong."""
+    props = {p.key: p.value for p in model.metadata_props}
     raw = props.get(METADATA_KEY)
     if raw is None:
         raise CharloomError(f"{where}: not a charloom model (no '{METADATA_KEY}' metadata; export one with "
                             f"`charloom export`)")
+    if sum(len(k) + len(v) for k, v in props.items()) > MAX_METADATA_BYTES:
+        raise CharloomError(f"{where}: metadata of over {MAX_METADATA_BYTES:,} bytes is not a charloom model's")
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError) as e:
@@ -102,27 +135,44 @@ def _read_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
     vocab = Vocab.from_dict(meta.get("vocab"), where=f"{where}: vocabulary", strict_unicode=True)
     if not isinstance(meta.get("records"), bool):
         raise CharloomError(f"{where}: damaged charloom metadata (records is not true or false)")
+    ids = {"pad": vocab.pad_id, "bos": vocab.bos_id, "eos": vocab.eos_id, "unk": vocab.unk_id}
+    if meta.get("itos") != list(vocab.itos) or meta.get("ids") != ids:  # what the web page reads instead
+        raise CharloomError(f"{where}: damaged charloom metadata (itos or ids disagree with the vocabulary)")
     cfg = ModelConfig.from_dict(meta.get("model"), where=f"{where}: model")
     if cfg.vocab_size != len(vocab):
         raise CharloomError(f"{where}: model reads {cfg.vocab_size} ids but the vocabulary has {len(vocab)}")
     if meta.get("state") != list(CELL_STATES[cfg.cell]):
         raise CharloomError(f"{where}: state {str(meta.get('state'))[:60]} is not the {cfg.cell}'s "
                             f"{list(CELL_STATES[cfg.cell])}")
-    return {**meta, "vocab_obj": vocab, "config": cfg}
+    meta = {**meta, "vocab_obj": vocab, "config": cfg}
+    _check_graph(model.graph, meta, where)
+    return meta
 
 
-def _check_graph(session: Any, meta: dict[str, Any], where: str) -> None:
-    """The graph's inputs and outputs are the ones the metadata promises, with the promised widths."""
+def _check_graph(graph: Any, meta: dict[str, Any], where: str) -> None:
+    """The graph is one charloom's exporter writes: its operators only, no data outside the file, and the inputs
+    and outputs the metadata promises, with their types and fixed widths."""
+    for node in graph.node:
+        if (node.domain, node.op_type) not in ALLOWED_OPS or any(a.g.node or a.graphs for a in node.attribute):
+            raise CharloomError(f"{where}: operator {node.domain + '.' if node.domain else ''}{node.op_type[:40]} "
+                                f"is not one charloom's exporter writes")
+    if any(t.data_location == 1 for t in graph.initializer):  # TensorProto.EXTERNAL
+        raise CharloomError(f"{where}: weights stored outside the file are not read")
     cfg, names = meta["config"], meta["state"]
-    inputs = {i.name: i.shape for i in session.get_inputs()}
-    outputs = {o.name: o.shape for o in session.get_outputs()}
-    want_in, want_out = ["ids", *names], ["logits", *[f"{n}_out" for n in names]]
-    if sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(want_out):
-        raise CharloomError(f"{where}: graph takes {sorted(inputs)} and gives {sorted(outputs)}, not {want_in} and "
-                            f"{want_out}")
-    if outputs["logits"][-1] != cfg.vocab_size or any(inputs[n][-1] != cfg.hidden_size for n in names):
-        raise CharloomError(f"{where}: graph widths differ from the metadata's (vocabulary {cfg.vocab_size}, "
-                            f"hidden {cfg.hidden_size})")
+    L, H, V = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
+    want_in = {"ids": (INT64, (None, None)), **{n: (FLOAT, (L, None, H)) for n in names}}
+    want_out = {"logits": (FLOAT, (None, None, V)), **{f"{n}_out": (FLOAT, (L, None, H)) for n in names}}
+    for side, values, want in (("inputs", graph.input, want_in), ("outputs", graph.output, want_out)):
+        given = {v.name: v for v in values if v.name not in {t.name for t in graph.initializer}}
+        if sorted(given) != sorted(want):
+            raise CharloomError(f"{where}: graph {side} are {sorted(given)[:8]}, not {sorted(want)}")
+        for name, (kind, dims) in want.items():
+            t = given[name].type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            if t.elem_type != kind or len(shape) != len(dims) or any(w is not None and d != w
+                                                                     for d, w in zip(shape, dims)):
+                raise CharloomError(f"{where}: graph {side[:-1]} {name} is type {t.elem_type} of shape {shape}, not "
+                                    f"type {kind} of shape {dims} (None: any)")
 
 
 class OnnxGenerator(Writer):
