@@ -1,3 +1,4 @@
+import contextlib
 import socket
 import threading
 import time
@@ -73,9 +74,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live(model_dir):
-    """The app served by uvicorn on a free loopback port: (base URL, app)."""
+@contextlib.contextmanager
+def serving(model, **limits):
+    """A model (a run folder, model file or loaded Checkpoint) served by uvicorn on a free loopback port:
+    (base URL, app)."""
     pytest.importorskip("fastapi")
     import uvicorn
 
@@ -83,7 +85,7 @@ def live(model_dir):
     from charloom.server import create_app
 
     port = _free_port()
-    app = create_app(model_dir, ServeConfig(port=port, max_length=100000, max_concurrent=2))
+    app = create_app(model, ServeConfig(port=port, **limits))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -91,6 +93,15 @@ def live(model_dir):
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
     assert server.started, "the test server did not start"
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live(model_dir):
+    """The app served by uvicorn on a free loopback port: (base URL, app)."""
+    with serving(model_dir, max_length=100000, max_concurrent=2) as served:
+        yield served

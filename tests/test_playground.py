@@ -316,3 +316,56 @@ def test_the_chart_is_hidden_when_the_run_has_none(live, browser):
     page.goto(url + "/")
     page.wait_for_function("document.getElementById('curves-figure').hidden")
     page.close()
+
+
+def test_the_label_picker_is_hidden_for_a_model_without_labels(live, browser):
+    url, _ = live
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('parameters')")
+    assert page.is_hidden("#label-choice")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def labelled_live(tmp_path_factory):
+    """An untrained records model with three labels, served."""
+    import torch
+
+    from charloom import checkpoint
+    from charloom.config import ModelConfig
+    from charloom.model import CharRNN
+    from charloom.vocab import Vocab
+
+    from conftest import serving
+
+    torch.manual_seed(0)
+    vocab = Vocab("abcdefgh ", labels=["World", "Sports", "Sci/Tech"])
+    path = tmp_path_factory.mktemp("labelled") / "model.safetensors"
+    model = CharRNN(ModelConfig(hidden_size=16, embedding=8, vocab_size=len(vocab)))
+    with torch.no_grad():
+        model.head.weight.mul_(30.0)  # far from uniform, so what it read (the label) shows in what it writes
+        model.head.bias[vocab.eos_id] = -100.0  # samples run their full length
+    checkpoint.save(path, model, vocab, records=True)
+    with serving(path) as served:
+        yield served
+
+
+def test_the_label_picker_sends_the_chosen_label(labelled_live, browser):
+    url, _ = labelled_live
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.wait_for_selector("#label-choice", state="visible")
+    assert page.eval_on_selector_all("#label option", "els => els.map((e) => e.textContent)") == [
+        "(any)", "World", "Sports", "Sci/Tech"]
+    page.select_option("#label", "World")
+    page.fill("#seed", "3")
+    set_range(page, "#length", "60")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('status').dataset.state === 'done'", timeout=60_000)
+    body = {"seed": 3, "length": 60, "temperature": 0.8, "top_p": 1.0}
+    world = httpx.post(f"{url}/v1/generate", json={**body, "label": "World"}).json()["samples"][0]["text"]
+    plain = httpx.post(f"{url}/v1/generate", json=body).json()["samples"][0]["text"]
+    assert len(world) == 60 and world != plain  # the label changes what is written
+    assert page.text_content("#generated") == world
+    page.close()

@@ -10,6 +10,9 @@ Continuous corpora: the training split is a virtual stream (one or more segments
                       continues batch i row b and hidden state can carry across batches (truncated BPTT).
 Records: each record becomes <bos> + ids + <eos>, padded with <pad> to the batch's longest; records of
   similar length are batched together (pools of shuffled records sorted by length, batches in random order).
+  A labelled record reads <bos> <label:NAME> + ids + <eos>; the label is given, never predicted (its target
+  is <pad>), and a share of training records (`label_dropout`) go without it, so that the model also
+  writes with no label. Evaluation batches always carry the label.
 Targets are inputs shifted by one; padding targets are <pad>, which the loss ignores (`Batch.mask`).
 """
 
@@ -29,6 +32,7 @@ from .errors import CharloomError
 SPLIT_BLOCK = 1 << 16  # characters per block when a stream is split at random
 BUCKET_POOL = 64  # batches' worth of records sorted together when bucketing
 SPLIT_TAG = 1 << 40  # second seed word of the split's generator; epochs (0, 1, ...) seed the batch order
+LABEL_TAG = 1 << 41  # last seed word of the label dropout's generator
 
 
 @dataclass
@@ -181,23 +185,41 @@ def eval_windows(stream: Stream, seq_len: int, batch_size: int, pad_id: int) -> 
 
 # ---- records -----------------------------------------------------------------------------------------
 def pad_records(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, bos: int, eos: int, pad: int,
-                ends: np.ndarray | None = None) -> torch.Tensor:
+                ends: np.ndarray | None = None, heads: np.ndarray | None = None) -> torch.Tensor:
     """(N, L+2) int64: <bos> + record + <eos> per row, <pad> after; vectorised over the whole batch.
 
     ends: per row, whether the record really ends here (False for a cut record: no <eos> is appended).
+    heads: per row, a token read right after <bos> (a label's), or -1 for none; a row with one is one wider.
     """
     n = len(starts)
-    width = int(lengths.max()) + 2 if n else 2
+    shift = np.ones(n, dtype=np.int64) if heads is None else 1 + (heads >= 0)  # where each record's text begins
+    width = int((lengths + shift).max()) + 1 if n else 2
     out = np.full((n, width), pad, dtype=np.int64)
     out[:, 0] = bos
-    col = np.arange(width - 2)
+    if heads is not None:
+        labelled = np.flatnonzero(heads >= 0)
+        out[labelled, 1] = heads[labelled]
+    col = np.arange(width - 1)
     inside = col[None, :] < lengths[:, None]  # (N, L)
     src = starts[:, None] + col[None, :]
-    body = out[:, 1:-1]
-    body[inside] = ids[src[inside]]
+    row, at = np.nonzero(inside)
+    out[row, at + shift[row]] = ids[src[inside]]
     rows = np.arange(n) if ends is None else np.flatnonzero(ends)
-    out[rows, lengths[rows] + 1] = eos
+    out[rows, lengths[rows] + shift[rows]] = eos
     return torch.from_numpy(out)
+
+
+def label_heads(corpus: Corpus, indices: np.ndarray, drop: np.ndarray | None = None,
+                label: int | None = None) -> np.ndarray | None:
+    """(N,) the label token each of the records `indices` reads after <bos> (-1: none), or None for an
+    unlabelled corpus. drop: (N,) bool, rows read without their label; label: a label index given to every
+    row instead of its own (-1: no label for any)."""
+    if corpus.labels is None:
+        return None
+    own = corpus.labels[indices].astype(np.int64) if label is None else np.full(len(indices), label, np.int64)
+    first = corpus.vocab.first_char - len(corpus.vocab.labels)  # the id of the first label's token
+    heads = np.where(own >= 0, own + first, -1)
+    return heads if drop is None else np.where(drop, -1, heads)
 
 
 class RecordBatches:
@@ -244,13 +266,25 @@ class RecordBatches:
             return [groups[i] for i in rng.permutation(len(groups))]
         return [order[i:i + B] for i in range(0, usable, B)]
 
-    def make(self, rows: np.ndarray, epoch: int = 0, index: int = 0) -> Batch:
+    def make(self, rows: np.ndarray, epoch: int = 0, index: int = 0, heads: np.ndarray | None = None) -> Batch:
+        """The batch of `rows` (into self.indices); heads: their label tokens (see label_heads), or None."""
         seq = pad_records(self.corpus.ids, self.starts[rows], self.lengths[rows], self.bos, self.eos, self.pad_id,
-                          self.ends[rows])  # (B, L+2)
-        return Batch(seq[:, :-1], seq[:, 1:], self.pad_id, epoch, index)
+                          self.ends[rows], heads)  # (B, L+2), one wider with a label
+        x, y = seq[:, :-1], seq[:, 1:].clone()
+        if heads is not None:
+            y[torch.from_numpy(heads >= 0), 0] = self.pad_id  # the label is given, not predicted: not scored
+        return Batch(x, y, self.pad_id, epoch, index)
+
+    def _training(self, rows: np.ndarray, epoch: int, index: int) -> Batch:
+        """A training batch: its labels, less a seeded `label_dropout` share, so a resumed run drops the same."""
+        drop = None
+        if self.corpus.labels is not None and self.cfg.label_dropout:
+            rng = np.random.default_rng([self.cfg.seed, epoch, index, self.rank, LABEL_TAG])
+            drop = rng.random(len(rows)) < self.cfg.label_dropout
+        return self.make(rows, epoch, index, label_heads(self.corpus, self.indices[rows], drop))
 
     def batch(self, epoch: int, index: int) -> Batch:
-        return self.make(self._epoch_groups(epoch)[index * self.world + self.rank], epoch, index)
+        return self._training(self._epoch_groups(epoch)[index * self.world + self.rank], epoch, index)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
@@ -259,14 +293,16 @@ class RecordBatches:
         while True:
             groups = self._epoch_groups(epoch)
             for i in range(index, self.batches_in_epoch(epoch)):
-                yield self.make(groups[i * self.world + self.rank], epoch, i)
+                yield self._training(groups[i * self.world + self.rank], epoch, i)
             epoch, index = epoch + 1, 0
 
-    def in_order(self) -> Iterator[Batch]:
-        """Every record once, sorted by length (least padding): for evaluation."""
+    def in_order(self, label: int | None = None) -> Iterator[Batch]:
+        """Every record once, sorted by length (least padding), each with its own label: for evaluation.
+        label: a label index given to every record instead (-1: none), to see what the label is worth."""
         order = np.argsort(self.lengths, kind="stable")
         for i in range(0, len(order), self.batch_size):
-            yield self.make(order[i:i + self.batch_size], 0, i // self.batch_size)
+            rows = order[i:i + self.batch_size]
+            yield self.make(rows, 0, i // self.batch_size, label_heads(self.corpus, self.indices[rows], label=label))
 
 
 def split_records(n: int, cfg: BatchConfig) -> tuple[np.ndarray, np.ndarray]:

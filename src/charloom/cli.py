@@ -113,6 +113,8 @@ def cmd_corpora(ns: argparse.Namespace) -> None:
 
 
 def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
+    import numpy as np
+
     from . import batching, corpus
 
     """Figures about a corpus and its split, as `charloom corpus-info` prints them."""
@@ -148,6 +150,8 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
             "empty_records_skipped": c.stats["empty_records_skipped"],
             "overlong_records": int((lengths > bcfg.max_record_len).sum()),
         })
+    if c.labels is not None:
+        info["labels"] = {name: int(n) for name, n in zip(v.labels, np.bincount(c.labels, minlength=len(v.labels)))}
     return info
 
 
@@ -163,7 +167,11 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
         rl = info["record_length"]
         print(f"records          {info['records']:,} (length {rl['min']}-{rl['max']}, mean {rl['mean']}; "
               f"{info['empty_records_skipped']} empty skipped, {info['overlong_records']} over the length limit)")
-    print(f"vocabulary       {info['vocab_size']} ids: {info['vocab_characters']} characters + 4 special tokens")
+    labels = info.get("labels")
+    print(f"vocabulary       {info['vocab_size']} ids: {info['vocab_characters']} characters + 4 special tokens"
+          + (f" + {len(labels)} label tokens" if labels else ""))
+    if labels:
+        print("labels           " + ", ".join(f"{name} ({n:,} records)" for name, n in labels.items()))
     if info["unknown_characters"]:
         print(f"unknown          {info['unknown_characters']:,} characters below --min-count, read as <unk>")
     print(f"split ({info['split']})     {info['train']:,} train / {info['validation']:,} validation {unit}")
@@ -280,7 +288,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         if colour:  # what the model expected of each character it wrote, after the start text
             from .insight import read, shade
 
-            texts = [shade(read(gen, text, context=opts.start)) for text in texts]
+            texts = [shade(read(gen, text, context=opts.start, label=opts.label)) for text in texts]
         for i, text in enumerate(texts):
             mark = novelty.check(opts.start + text) if novelty else None  # the sample as shown, start and all
             if mark is not None:
@@ -381,7 +389,7 @@ def cmd_export(ns: argparse.Namespace) -> None:
 
 def cmd_eval(ns: argparse.Namespace) -> None:
     from . import checkpoint, corpus
-    from .evaluation import score, score_adapted
+    from .evaluation import label_scores, score, score_adapted
     from .runtime import pick_device
 
     ecfg = options(ns, EvalConfig)
@@ -403,11 +411,28 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     if adapted is not None:
         figures |= {"adapted_bpc": round(adapted.bpc, 4), "adapted_perplexity": round(adapted.perplexity, 4),
                     "adapt": {k: getattr(ecfg, k) for k in ("adapt_lr", "adapt_segment", "adapt_decay")}}
+    per_label = label_scores(ck.model, c, device=device) if c.labels is not None else None
+    if per_label is not None:
+        figures["labels"] = per_label
     print(json.dumps(figures) if ns.json else
           f"{ccfg.source}: {result.bpc:.4f} bits per character, perplexity {result.perplexity:.3f} over "
           f"{result.characters:,} predicted characters; {unknown:,} characters outside the model's vocabulary "
           f"(read as <unk>)" + (f"\nadapted while reading (dynamic evaluation, lr {ecfg.adapt_lr:g}, segments of "
                                 f"{ecfg.adapt_segment}): {adapted.bpc:.4f} bits per character" if adapted else ""))
+    if per_label is not None and not ns.json:
+        print("\n".join(label_table(per_label)))
+
+
+def label_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Bits per character of each label's records given their own label, a wrong one (the mean) and none."""
+    table = [("label", "records", "characters", "own label", "wrong label", "no label")]
+    table += [(r["label"], f"{r['records']:,}", f"{r['characters']:,}", f"{r['bpc']:.4f}",
+               "-" if r["wrong_bpc"] is None else f"{r['wrong_bpc']:.4f}", f"{r['no_label_bpc']:.4f}") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["bits per character of each label's records, given:"]
+    for row in table:
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    return lines
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:

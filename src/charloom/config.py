@@ -117,6 +117,10 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+MAX_LABEL_LENGTH = 64  # characters of one label name
+MAX_LABELS = 1024  # label names one vocabulary may hold
+
+
 def _positive(cfg: Config, *names: str) -> None:
     for n in names:
         if getattr(cfg, n) <= 0:
@@ -157,11 +161,51 @@ class CorpusConfig(Config):
     min_count: int = option(1, "characters seen fewer times than this are left out of the vocabulary (become <unk>)")
     cache_dir: str | None = option(
         None, "where encoded ids are cached (default: $CHARLOOM_CACHE_DIR or ~/.cache/charloom)")
+    label_column: str | None = option(
+        None, "records from a CSV/TSV: the column holding each record's label (World, Sports...), by header name or "
+              "0-based index; the model learns to write for a chosen label", metavar="NAME|INDEX")
+    label_field: str | None = option(
+        None, "records from JSONL: the key holding each record's label (dotted for nested objects)")
+    label_map: str | None = option(
+        None, "label values to names, RAW=NAME pairs joined by commas: \"1=World,2=Sports\"; a value not in the "
+              "map is refused (default: the values themselves are the names)", metavar="PAIRS")
 
     def validate(self) -> None:
         _positive(self, "min_count")
         if self.field is not None and not self.field:
             raise ConfigError("field: must not be empty")
+        if self.label_field is not None and not self.label_field:
+            raise ConfigError("label_field: must not be empty")
+        if self.label_column is not None and self.label_field is not None:
+            raise ConfigError("label_column and label_field: give one (a CSV column or a JSONL field), not both")
+        if self.records is False and self.labelled:
+            raise ConfigError("label_column/label_field: labels belong to records; drop --no-records")
+        if self.label_map is not None and not self.labelled:
+            raise ConfigError("label_map: only means something with --label-column or --label-field")
+        self.label_names()  # checks the map
+
+    @property
+    def labelled(self) -> bool:
+        """Each record carries a label."""
+        return self.label_column is not None or self.label_field is not None
+
+    def label_names(self) -> dict[str, str] | None:
+        """`label_map` as {raw value: name}, or None when the raw values are the names."""
+        if self.label_map is None:
+            return None
+        pairs: dict[str, str] = {}
+        for piece in self.label_map.split(","):
+            raw, eq, name = (part.strip() for part in piece.partition("="))
+            if not eq or not raw or not name:
+                raise ConfigError(f"label_map (--label-map): {piece.strip()!r} is not RAW=NAME "
+                                  f"(example: \"1=World,2=Sports\")")
+            if raw in pairs:
+                raise ConfigError(f"label_map (--label-map): value {raw!r} is mapped twice")
+            if len(name) > MAX_LABEL_LENGTH:
+                raise ConfigError(f"label_map (--label-map): name {name[:20]!r}... is longer than "
+                                  f"{MAX_LABEL_LENGTH} characters")
+            pairs[raw] = name
+        return pairs
         for ext in self.extensions:
             if not ext or "/" in ext:
                 raise ConfigError(f"ext: {ext!r} is not a file extension")
@@ -183,12 +227,17 @@ class BatchConfig(Config):
     max_record_len: int = option(512, "records: characters kept per record")
     overlong: Literal["cut", "skip"] = option("cut", "records longer than max-record-len: cut them, or skip them")
     bucket: bool = option(True, "records: batch records of similar length together, so little compute goes to padding")
+    label_dropout: float = option(
+        0.1, "labelled records: the share of training records read without their label token, so that the model "
+             "also writes when no label is asked for (evaluation always gives the label)")
     seed: int = option(1337, "seed for the split and the batch order (and, on the command line, the weights, "
                              "dropout and samples)")
 
     def validate(self) -> None:
         _positive(self, "batch_size", "seq_len", "max_record_len")
         _seed(self.seed)
+        if not 0.0 <= self.label_dropout <= 1.0:
+            raise ConfigError(f"label_dropout: must be in [0, 1], got {self.label_dropout}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
 
@@ -342,6 +391,8 @@ class SampleOptions(Config):
                                     "uses seed + i")
     stop: tuple[str, ...] = option((), "end a sample just before this text appears; give several to stop at any "
                                        "(on the command line, \\n is a newline)", metavar="TEXT")
+    label: str | None = option(None, "a model trained on labelled records: write for this label (Sports); "
+                                     "default: no label", metavar="NAME")
 
     def validate(self) -> None:
         self._check_text("start", self.start)
@@ -361,6 +412,10 @@ class SampleOptions(Config):
             raise ConfigError(f"repetition_penalty: must be in [1, 10] (1 = off), got {self.repetition_penalty}")
         if self.seed is not None and not 0 <= self.seed < 2**62:
             raise ConfigError(f"seed: must be in [0, 2**62), got {self.seed}")
+        if self.label is not None:
+            self._check_text("label", self.label)
+            if not self.label or len(self.label) > MAX_LABEL_LENGTH:
+                raise ConfigError(f"label: must be 1 to {MAX_LABEL_LENGTH} characters, got {len(self.label)}")
 
     @staticmethod
     def _check_text(name: str, text: str) -> None:

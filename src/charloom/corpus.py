@@ -34,7 +34,7 @@ import numpy as np
 from . import atomic
 from .config import CorpusConfig
 from .errors import CharloomError
-from .vocab import CharCounter, Vocab, prepare_text
+from .vocab import CharCounter, Vocab, check_labels, prepare_text
 
 CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file size
 # where a piece of a stream may end when a line runs on past CHUNK_BYTES: before one of these, neither Unicode
@@ -224,12 +224,13 @@ def _strip_eol(line: str) -> str:
     return line.rstrip("\r\n")
 
 
-def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[str]:
-    """The chosen columns of each row of a CSV/TSV, joined by `cfg.column_sep`."""
+def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tuple[str, str | None]]:
+    """(the chosen columns of a row joined by `cfg.column_sep`, its label column or None) for each row of a CSV/TSV."""
     csv.field_size_limit(2**31 - 1)
     # newline="" semantics: keep line ends so quoted fields may hold newlines
     reader = csv.reader(_lines(path, cfg), delimiter=delimiter)
-    by_name = [c for c in cfg.columns if not _is_index(c)]
+    wanted = cfg.columns + ((cfg.label_column,) if cfg.label_column is not None else ())
+    by_name = [c for c in wanted if not _is_index(c)]
     header = cfg.header if cfg.header is not None else bool(by_name)
     if by_name and not header:
         raise CharloomError(f"{path}: column {by_name[0]!r} is chosen by name but --no-header says there is no header row")
@@ -243,10 +244,18 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[str]
                 continue
             if picks is None:
                 picks = _pick_columns(path, cfg.columns, head, len(row))
+                if cfg.label_column is not None:
+                    at = _pick_columns(path, (cfg.label_column,), head, len(row))[0]
             if max(picks) >= len(row) or -min(picks) > len(row):
                 raise CharloomError(
                     f"{path}: line {reader.line_num}: row has {len(row)} columns, column {max(picks)} was asked for")
-            yield cfg.column_sep.join(row[i] for i in picks)
+            label = None
+            if cfg.label_column is not None:
+                if not -len(row) <= at < len(row):
+                    raise CharloomError(f"{path}: line {reader.line_num}: row has {len(row)} columns, label column "
+                                        f"{at} was asked for")
+                label = row[at]
+            yield cfg.column_sep.join(row[i] for i in picks), label
     except csv.Error as e:
         raise CharloomError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
 
@@ -276,11 +285,10 @@ def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, 
     return picks
 
 
-def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[str]:
-    """The `cfg.field` value of each JSON object, one object per line."""
+def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | None]]:
+    """(the `cfg.field` value, the `cfg.label_field` value or None) of each JSON object, one object per line."""
     if not cfg.field:
         raise CharloomError(f"{path}: JSONL needs --field to name the key holding the text")
-    keys = cfg.field.split(".")
     for n, line in enumerate(_lines(path, cfg), 1):
         if not line.strip():
             continue
@@ -290,29 +298,64 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[str]:
             raise CharloomError(f"{path}: line {n}: JSON nested too deeply to read") from None
         except ValueError as e:  # a JSONDecodeError, or an integer too long to convert
             raise CharloomError(f"{path}: line {n}: not valid JSON ({getattr(e, 'msg', e)})") from None
-        for k in keys:
-            if not isinstance(obj, dict) or k not in obj:
-                have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""
-                raise CharloomError(f"{path}: line {n}: field {cfg.field!r} not found{have}")
-            obj = obj[k]
-        if obj is None:
+        text = _json_field(obj, cfg.field, f"{path}: line {n}")
+        if text is None:
             continue
-        if not isinstance(obj, str):
-            raise CharloomError(f"{path}: line {n}: field {cfg.field!r} is {type(obj).__name__}, not text")
-        yield obj
+        if not isinstance(text, str):
+            raise CharloomError(f"{path}: line {n}: field {cfg.field!r} is {type(text).__name__}, not text")
+        label = None
+        if cfg.label_field is not None:
+            value = _json_field(obj, cfg.label_field, f"{path}: line {n}")
+            if isinstance(value, (dict, list)) or value is None:
+                raise CharloomError(f"{path}: line {n}: label field {cfg.label_field!r} is "
+                                    f"{'null' if value is None else type(value).__name__}, not a label")
+            label = value if isinstance(value, str) else json.dumps(value)  # 1 and true read as "1" and "true"
+        yield text, label
+
+
+def _json_field(obj: Any, name: str, where: str) -> Any:
+    """The value of a dotted field of a JSON object."""
+    for k in name.split("."):
+        if not isinstance(obj, dict) or k not in obj:
+            have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""
+            raise CharloomError(f"{where}: field {name!r} not found{have}")
+        obj = obj[k]
+    return obj
 
 
 def iter_records(source: Source, cfg: CorpusConfig) -> Iterator[str]:
     """Raw records of a source (before normalisation): lines, rows, objects, or whole files."""
+    return (text for text, _ in iter_labelled(source, cfg))
+
+
+def iter_labelled(source: Source, cfg: CorpusConfig) -> Iterator[tuple[str, str | None]]:
+    """(raw record, its raw label or None) of a source: a label comes from `cfg.label_column` (CSV/TSV) or
+    `cfg.label_field` (JSONL)."""
+    _check_label_source(source, cfg)
     for path in source.files:
         if source.format == "lines":
-            yield from (_strip_eol(ln) for ln in _lines(path, cfg))
+            yield from ((_strip_eol(ln), None) for ln in _lines(path, cfg))
         elif source.format in ("csv", "tsv"):
             yield from _csv_records(path, cfg, "," if source.format == "csv" else "\t")
         elif source.format == "jsonl":
             yield from _jsonl_records(path, cfg)
         else:  # text: one file is one record
-            yield "".join(read_chunks(path, cfg.encoding, cfg.decode_errors))
+            yield "".join(read_chunks(path, cfg.encoding, cfg.decode_errors)), None
+
+
+def _check_label_source(source: Source, cfg: CorpusConfig) -> None:
+    """Labels come from a records corpus, from the kind of file the option reads."""
+    if not cfg.labelled:
+        return
+    flag = "--label-column" if cfg.label_column is not None else "--label-field"
+    if not source.records:
+        raise CharloomError(f"{flag}: labels belong to records; {source.label} is read as a continuous text "
+                            f"(add --records)")
+    want = ("csv", "tsv") if cfg.label_column is not None else ("jsonl",)
+    if source.format not in want:
+        raise CharloomError(f"{flag}: {source.label} is read as {source.format}; this option reads "
+                            f"{' or '.join(want)} ({'--label-field' if flag == '--label-column' else '--label-column'} "
+                            f"is for the other)")
 
 
 def iter_stream(source: Source, cfg: CorpusConfig) -> Iterator[str]:
@@ -339,6 +382,7 @@ class Corpus:
 
     continuous: `offsets` is None and `ids` is the whole stream.
     records:    record i is `ids[offsets[i]:offsets[i+1]]` (without <bos>/<eos>; batching adds them).
+    labels:     labelled records: (records,) the label of each, an index into `vocab.labels`; else None.
     """
 
     name: str
@@ -346,6 +390,7 @@ class Corpus:
     ids: np.ndarray
     offsets: np.ndarray | None
     stats: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
     @property
     def is_records(self) -> bool:
@@ -453,26 +498,67 @@ def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = Fals
     return _open_cached(folder, source.label, vocab)
 
 
-def _prepared(source: Source, cfg: CorpusConfig, skipped: list[int]) -> Iterator[str]:
-    """Normalised, lower-cased pieces: records (records kind) or stream pieces (continuous kind)."""
+def _prepared(source: Source, cfg: CorpusConfig, skipped: list[int], labels: list[str] | None = None) -> Iterator[str]:
+    """Normalised, lower-cased pieces: records (records kind) or stream pieces (continuous kind).
+    labels: where the raw label of each record kept is appended (labelled records)."""
     if source.records:
-        for rec in iter_records(source, cfg):
+        for rec, label in iter_labelled(source, cfg):
             rec = prepare_text(rec, cfg.normalize, cfg.lower)
-            if rec:
-                yield rec
-            else:
+            if not rec:
                 skipped[0] += 1
+                continue
+            if labels is not None and label is not None:
+                labels.append(label)
+            yield rec
     else:
         for piece in iter_stream(source, cfg):
             yield prepare_text(piece, cfg.normalize, cfg.lower)
 
 
+def label_names(raw: list[str], cfg: CorpusConfig) -> list[str]:
+    """Each record's label name: its raw value through `cfg.label_map` (a value outside it is refused), or the
+    raw value itself when there is no map."""
+    mapping = cfg.label_names()
+    if mapping is None:
+        return raw
+    bad = next((r for r in dict.fromkeys(raw) if r not in mapping), None)
+    if bad is not None:
+        raise CharloomError(f"--label-map: label value {bad!r} is not in the map (it maps "
+                            f"{', '.join(map(repr, mapping))})")
+    return [mapping[r] for r in raw]
+
+
+def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> tuple[tuple[str, ...], np.ndarray]:
+    """(the vocabulary's label names, each record's index into them). A new vocabulary takes the names the
+    records use, in the map's order (sorted without a map); a given one (a model's) must hold every name."""
+    flag = "--label-column" if cfg.label_column is not None else "--label-field"
+    if vocab is None:
+        used = set(names)
+        mapping = cfg.label_names()
+        order = list(dict.fromkeys(mapping.values())) if mapping is not None else sorted(used)
+        known = tuple(n for n in order if n in used)
+    else:
+        known = vocab.labels
+        if not known:
+            raise CharloomError(f"{flag}: the model was not trained on labelled records, so it has no labels")
+        bad = next((n for n in dict.fromkeys(names) if n not in known), None)
+        if bad is not None:
+            raise CharloomError(f"{flag}: label {bad!r} is not one of the model's ({', '.join(known)})")
+    try:
+        check_labels(list(known), flag)
+    except CharloomError as e:
+        raise CharloomError(f"{e} (a label map, --label-map, can name them)") from None
+    at = {n: i for i, n in enumerate(known)}
+    return known, np.fromiter((at[n] for n in names), dtype=np.int16, count=len(names))
+
+
 def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, folder: Path) -> None:
-    # pass 1: count characters (the vocabulary) and record lengths, holding nothing but counts
+    # pass 1: count characters (the vocabulary) and record lengths, holding nothing but counts (and labels)
     counter = CharCounter()
     lengths = array("q")
     skipped = [0]
-    for piece in _prepared(source, cfg, skipped):
+    raw_labels: list[str] | None = [] if cfg.labelled else None
+    for piece in _prepared(source, cfg, skipped, raw_labels):
         counter.update(piece)
         if source.records:
             lengths.append(len(piece))
@@ -481,11 +567,12 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
         what = "records" if source.records else "characters"
         raise CharloomError(f"{source.label}: the corpus is empty (0 {what} after reading {len(source.files)} file(s))")
     counts = counter.counts()
+    names, labels = label_indices(label_names(raw_labels, cfg), cfg, vocab) if raw_labels is not None else ((), None)
     if vocab is None:
         vocab = Vocab.from_counts(counts, min_count=cfg.min_count, unknown=cfg.unknown, normalize=cfg.normalize,
-                                  lower=cfg.lower)
+                                  lower=cfg.lower, labels=names)
         encoder = vocab if vocab.unknown == "unk" else Vocab(vocab.chars, normalize=vocab.normalize, lower=vocab.lower,
-                                                                        ordered=True)
+                                                             ordered=True, labels=vocab.labels)
     else:
         encoder = vocab
 
@@ -511,6 +598,8 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
             np.save(tmp / "offsets.npy", offsets)
+        if labels is not None:
+            np.save(tmp / "labels.npy", labels)
         unknown = sum(n for c, n in counts.items() if c not in encoder)
         meta = {"vocab": vocab.to_dict(), "records": source.records, "format": source.format,
                 "files": len(source.files), "characters": total, "empty_records_skipped": skipped[0],
@@ -530,9 +619,10 @@ def _open_cached(folder: Path, label: str, vocab: Vocab | None) -> Corpus:
     # copy-on-write: a writable view for torch.from_numpy that never changes the cached file
     ids = np.load(folder / "ids.npy", mmap_mode="c")
     offsets = np.load(folder / "offsets.npy") if meta["records"] else None
+    labels = np.load(folder / "labels.npy") if (folder / "labels.npy").exists() else None
     stats = {k: meta[k] for k in ("format", "files", "characters", "empty_records_skipped", "unknown_characters")}
-    return Corpus(label, vocab or Vocab.from_dict(meta["vocab"], where=str(folder)), ids, offsets, stats)
+    return Corpus(label, vocab or Vocab.from_dict(meta["vocab"], where=str(folder)), ids, offsets, stats, labels)
 
 
-__all__ = ["Bundled", "Corpus", "Source", "bundled", "iter_records", "iter_stream", "load", "read_chunks",
-           "resolve"]
+__all__ = ["Bundled", "Corpus", "Source", "bundled", "iter_labelled", "iter_records", "iter_stream", "load",
+           "read_chunks", "resolve"]

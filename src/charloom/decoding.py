@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import SampleOptions
-from .errors import ConfigError
+from .errors import CharloomError, ConfigError
 from .vocab import Vocab
 
 UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
@@ -157,17 +157,18 @@ class Writer:
                 for name, rows in kept.items()}
 
     def banned_ids(self) -> list[int]:
-        """Ids a sample may never produce: <pad>, <bos>, <unk>, and <eos> for a model that never saw a record end."""
+        """Ids a sample may never produce: <pad>, <bos>, <unk>, every label token, and <eos> for a model that never
+        saw a record end."""
         v = self.vocab
-        return [v.pad_id, v.bos_id, v.unk_id] + ([] if self.records else [v.eos_id])
+        return [v.pad_id, v.bos_id, v.unk_id, *v.label_ids] + ([] if self.records else [v.eos_id])
 
     def unknown_characters(self, start: str) -> list[str]:
         """Characters of `start` the model has never seen (read as <unk>, or refused, by the vocabulary's policy)."""
         text = self.vocab.prepare(start)
         return sorted({ch for ch in text if ch not in self.vocab})
 
-    def _prefix(self, start: str) -> list[int]:
-        return prefix_ids(self.vocab, self.records, start)
+    def _prefix(self, start: str, label: str | None = None) -> list[int]:
+        return prefix_ids(self.vocab, self.records, start, label=label)
 
     def generate(self, options: SampleOptions | str | None = None, length: int | None = None, *,
                  on_text: Callable[[int, str], None] | None = None, **changes: Any) -> list[str]:
@@ -196,7 +197,7 @@ class Writer:
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
                           stacklevel=2)
-        return self._pieces(self._prefix(opts.start), opts)
+        return self._pieces(self._prefix(opts.start, opts.label), opts)
 
     def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
         return self._run(prefix, opts)
@@ -230,7 +231,7 @@ class Writer:
         if penalty != 1.0:
             seen[:, prefix] = True
         done = [False] * n
-        itos, n_special, eos = v.itos, len(v.specials), v.eos_id
+        itos, n_special, eos = v.itos, v.first_char, v.eos_id
         stops = Stops(opts.stop, n) if any(opts.stop) else None
         u = None
         for t in range(opts.length):
@@ -311,14 +312,25 @@ def _failure(s: str) -> list[int]:
     return fail
 
 
-def prefix_ids(vocab: Vocab, records: bool, start: str, where: str = "start text") -> list[int]:
+def prefix_ids(vocab: Vocab, records: bool, start: str, where: str = "start text",
+               label: str | None = None) -> list[int]:
     """The ids a model reads before it writes or scores what follows `start`: the start text, after <bos> for a
-    records model, or after a newline for a continuous one given no text (so the first character is predicted)."""
+    records model, or after a newline for a continuous one given no text (so the first character is predicted).
+    label: a labelled records model's label, read right after <bos>; a name the model lacks is refused."""
+    head = [] if label is None else [_label_id(vocab, label)]
     ids = vocab.encode_array(start, where=where).tolist()  # the vocabulary's unknown policy applies
     if records or not start:
         first = vocab.bos_id if records or "\n" not in vocab else vocab.stoi["\n"]
-        ids = [first] + ids
+        ids = [first] + head + ids
     return ids
+
+
+def _label_id(vocab: Vocab, label: str) -> int:
+    """The token of `label`, or a ConfigError naming the field and the labels the model knows."""
+    try:
+        return vocab.label_id(label)
+    except CharloomError as e:
+        raise ConfigError(str(e)) from None
 
 
 def memory_cap() -> int:

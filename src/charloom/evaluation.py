@@ -15,6 +15,7 @@ import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,6 +99,36 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     return evaluate(model, corpus_batches(corpus, cfg.streams, cfg.window), device)
 
 
+def label_scores(model: CharRNN, corpus: Corpus, indices: np.ndarray | None = None,
+                 device: torch.device | str | None = None, batch_size: int = 32) -> list[dict[str, Any]]:
+    """Is the label used? For each label of a labelled records corpus, the bpc of its records (those of
+    `indices`, default all) given their own label, given each wrong label (and their mean), and given none.
+    A model that writes for its label scores its own label lowest. One dict per label, in the vocabulary's
+    order: {"label", "records", "characters", "bpc", "wrong_bpc", "wrong_bpc_each", "no_label_bpc"}."""
+    if corpus.labels is None:
+        raise CharloomError(f"{corpus.name}: the records carry no labels (give --label-column or --label-field)")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    indices = np.arange(corpus.num_records) if indices is None else np.asarray(indices)
+    names = corpus.vocab.labels
+    cfg = BatchConfig(batch_size=batch_size, val_fraction=0.0, max_record_len=10**9)
+    out = []
+    for own, name in enumerate(names):
+        mine = indices[corpus.labels[indices] == own]
+        if not len(mine):
+            continue
+        records = RecordBatches(corpus, mine, cfg, corpus.name)
+
+        def bpc(label: int | None) -> Evaluation:
+            return evaluate(model, records.in_order(label), device)
+
+        given = bpc(None)
+        wrong = {other: bpc(i).bpc for i, other in enumerate(names) if i != own}
+        out.append({"label": name, "records": int(len(mine)), "characters": given.characters, "bpc": given.bpc,
+                    "wrong_bpc": float(np.mean(list(wrong.values()))) if wrong else None,
+                    "wrong_bpc_each": wrong, "no_label_bpc": bpc(-1).bpc})
+    return out
+
+
 def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.0,
           device: torch.device | str = "cpu", clip: float = ADAPT_CLIP) -> Evaluation:
     """Dynamic evaluation (Krause et al., 2018): each batch is scored first, then the model takes one SGD step
@@ -136,4 +167,5 @@ def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     return adapt(model, corpus_batches(corpus, cfg.streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device)
 
 
-__all__ = ["Evaluation", "adapt", "batch_loss", "corpus_batches", "evaluate", "score", "score_adapted"]
+__all__ = ["Evaluation", "adapt", "batch_loss", "corpus_batches", "evaluate", "label_scores", "score",
+           "score_adapted"]

@@ -56,11 +56,12 @@ class Reading:
                 for i, (ch, p) in enumerate(zip(self.text, self.probs.tolist()))]
 
 
-def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES) -> Reading:
+def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES, label: str | None = None) -> Reading:
     """What the model behind `gen` expected at each character of `text`, after reading `context` (a records
-    model reads <bos> first; with no context a continuous model starts after a newline, as sampling does)."""
+    model reads <bos> first, then `label`'s token when one is given; with no context a continuous model starts
+    after a newline, as sampling does)."""
     v = gen.vocab
-    before = prefix_ids(v, gen.records, context, where="context")
+    before = prefix_ids(v, gen.records, context, where="context", label=label)
     ids = v.encode_array(text, where="text").tolist()
     shown = v.prepare(text)
     if not ids:

@@ -34,7 +34,7 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
         "path": str(file),
         "corpus": {"source": info.get("corpus"), "characters": info.get("corpus_characters"), "records": ck.records,
                    "vocabulary": len(v.chars), "characters_known": "".join(v.chars), "unknown": v.unknown,
-                   "lower": v.lower, "normalize": v.normalize},
+                   "lower": v.lower, "normalize": v.normalize, "labels": list(v.labels)},
         "model": {"cell": cfg.cell, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
                   "embedding": cfg.embedding, "dropout": cfg.dropout, "parameters": ck.model.num_parameters()},
         "training": {"steps": info.get("step"), "characters_seen": chars, "seconds": seconds,
@@ -65,6 +65,8 @@ def lines(report: dict[str, Any]) -> list[str]:
     out = [f"model file   {report['path']}",
            f"corpus       {_figure(c['source'])}: {_figure(c['characters'])} characters, read as {kind}; "
            f"vocabulary of {c['vocabulary']} characters (unknown ones: {c['unknown']})",
+           *([f"labels       {len(c['labels'])}, one given after <bos> to write for it: {', '.join(c['labels'])}"]
+             if c.get("labels") else []),
            f"model        {m['cell']} {m['layers']}x{m['hidden_size']}, "
            f"{'embedding ' + str(m['embedding']) if m['embedding'] else 'one-hot input'}, "
            f"{m['parameters']:,} parameters",

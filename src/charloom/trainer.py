@@ -341,7 +341,8 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
     """A resumed run must be the same run: same model, corpus, batching and vocabulary."""
     saved = {"model": ck.config.to_dict(), **run.configs}
     for kind in ("model", "corpus", "batch"):
-        mine, then = now[kind].to_dict(), saved[kind]
+        # an option the saved run predates has its default there
+        mine, then = now[kind].to_dict(), {**type(now[kind])().to_dict(), **saved[kind]}
         if kind == "corpus":  # where encoded ids are cached may move
             mine["cache_dir"] = then.get("cache_dir")
         diff = sorted(k for k in mine if mine[k] != then.get(k))

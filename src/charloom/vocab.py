@@ -1,7 +1,8 @@
 """Vocab: the characters a model knows, plus its special tokens, and the maps between text and ids.
 
 Ids are fixed by construction, so two runs on the same text agree: the special tokens come first
-(`<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3), then the corpus characters sorted by code point.
+(`<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=3), then one `<label:NAME>` token per label of a labelled records
+corpus (none for most vocabularies), then the corpus characters sorted by code point.
 A character is one Unicode code point; nothing is merged, so `\\r\\n`, combining marks and emoji
 round-trip exactly (unless normalisation or lower-casing is switched on).
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import MAX_LABEL_LENGTH, MAX_LABELS
 from .errors import CharloomError
 
 if TYPE_CHECKING:  # torch is needed only to hand out tensors: the ONNX backend runs without it
@@ -26,7 +28,29 @@ FORMAT = "charloom-vocab"
 VERSION = 1
 NORMALIZATIONS = ("none", "NFC", "NFKC")
 POLICIES = ("unk", "error")
-FIELDS = frozenset(("format", "version", "specials", "chars", "unknown", "normalize", "lower"))  # what to_dict writes
+FIELDS = frozenset(("format", "version", "specials", "labels", "chars", "unknown", "normalize", "lower"))  # to_dict's
+
+
+def label_token(name: str) -> str:
+    """The token that stands for a label in `itos`: `<label:Sports>`."""
+    return f"<label:{name}>"
+
+
+def check_labels(labels: Any, where: str) -> tuple[str, ...]:
+    """Label names as a tuple, checked: a list of distinct, non-empty strings of bounded length and count."""
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(n, str) for n in labels):
+        raise CharloomError(f"{where}: field 'labels' must be a list of names")
+    if len(labels) > MAX_LABELS:
+        raise CharloomError(f"{where}: {len(labels)} labels, more than {MAX_LABELS}")
+    for name in labels:
+        if not name or len(name) > MAX_LABEL_LENGTH:
+            raise CharloomError(f"{where}: label {name[:20]!r} must be 1 to {MAX_LABEL_LENGTH} characters")
+        if any("\ud800" <= ch <= "\udfff" or ch in "\n\r" for ch in name):
+            raise CharloomError(f"{where}: label {name[:20]!r} holds a line break or a lone surrogate")
+    if len(set(labels)) != len(labels):
+        twice = next(n for n in labels if labels.count(n) > 1)
+        raise CharloomError(f"{where}: label {twice!r} appears twice")
+    return tuple(labels)
 
 
 def codepoints(text: str) -> np.ndarray:
@@ -57,9 +81,10 @@ class Vocab:
     """
 
     def __init__(self, chars: Iterable[str], *, unknown: str = "unk", normalize: str = "none", lower: bool = False,
-                 ordered: bool = False):
+                 ordered: bool = False, labels: Sequence[str] = ()):
         """ordered: keep the characters in the order given (their ids follow it), as a saved vocabulary and an
-        extended one must; otherwise they are sorted by code point."""
+        extended one must; otherwise they are sorted by code point. labels: the label names of a labelled records
+        corpus, in order: each gets a token after the special ones."""
         chars = list(dict.fromkeys(chars)) if ordered else sorted(set(chars))
         for c in chars:
             if not isinstance(c, str) or len(c) != 1:
@@ -70,17 +95,20 @@ class Vocab:
             raise CharloomError(f"vocabulary: normalisation {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
         self.chars: tuple[str, ...] = tuple(chars)
         self.specials: tuple[str, ...] = SPECIALS
+        self.labels: tuple[str, ...] = check_labels(list(labels), "vocabulary")
         self.unknown = unknown
         self.normalize = normalize
         self.lower = bool(lower)
-        self.itos: tuple[str, ...] = self.specials + self.chars
+        self.first_char = len(self.specials) + len(self.labels)  # the id of the first character
+        self.itos: tuple[str, ...] = self.specials + tuple(map(label_token, self.labels)) + self.chars
         self.stoi: dict[str, int] = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.stoi[s] for s in SPECIALS)
+        self.label_ids: tuple[int, ...] = tuple(range(len(self.specials), self.first_char))
         # dense table code point -> id up to the largest known code point (at most 1.1 M entries, 4.4 MB);
         # anything past it or not in the vocabulary reads <unk>
         cps = codepoints("".join(self.chars))
         self._table = np.full(int(cps.max()) + 1 if len(cps) else 1, self.unk_id, dtype=np.int32)
-        self._table[cps] = np.arange(len(self.specials), len(self.itos), dtype=np.int32)
+        self._table[cps] = np.arange(self.first_char, len(self.itos), dtype=np.int32)
 
     # ---- building --------------------------------------------------------------------------------
     @classmethod
@@ -104,13 +132,22 @@ class Vocab:
         return len(self.itos)
 
     def __contains__(self, char: str) -> bool:
-        return char in self.stoi and char not in self.specials
+        return self.stoi.get(char, -1) >= self.first_char
+
+    def label_id(self, name: str, where: str = "label") -> int:
+        """The token id of label `name`; a name the vocabulary lacks is a one-line error listing the known ones."""
+        if not self.labels:
+            raise CharloomError(f"{where}: this model was not trained on labelled records, so it takes no label")
+        if name not in self.labels:
+            raise CharloomError(f"{where}: {name!r} is not one of {', '.join(self.labels)}")
+        return self.first_char - len(self.labels) + self.labels.index(name)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        return f"Vocab({len(self.chars)} characters + {len(self.specials)} specials, unknown={self.unknown!r})"
+        labels = f" + {len(self.labels)} labels" if self.labels else ""
+        return f"Vocab({len(self.chars)} characters + {len(self.specials)} specials{labels}, unknown={self.unknown!r})"
 
     def prepare(self, text: str) -> str:
         """The text as the vocabulary sees it: normalised, then lower-cased, as configured."""
@@ -152,10 +189,11 @@ class Vocab:
         return int(np.count_nonzero(self._lookup(self.prepare(text)) == self.unk_id))
 
     def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor, *, specials: bool = False) -> str:
-        """Text of `ids`. Special tokens are dropped, or shown as `<bos>` etc. when `specials` is true."""
+        """Text of `ids`. Special and label tokens are dropped, or shown as `<bos>`, `<label:Sports>` etc. when
+        `specials` is true."""
         if hasattr(ids, "tolist"):  # a numpy array or a torch tensor
             ids = ids.tolist()
-        n_special = len(self.specials)
+        n_special = self.first_char
         out = []
         for i in ids:
             if not 0 <= i < len(self.itos):
@@ -166,8 +204,11 @@ class Vocab:
 
     # ---- persistence ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "specials": list(self.specials), "chars": "".join(self.chars),
-                "unknown": self.unknown, "normalize": self.normalize, "lower": self.lower}
+        """The vocabulary as JSON-ready data; "labels" only when there are some, so an unlabelled vocabulary
+        reads as it always has."""
+        labels = {"labels": list(self.labels)} if self.labels else {}
+        return {"format": FORMAT, "version": VERSION, "specials": list(self.specials), **labels,
+                "chars": "".join(self.chars), "unknown": self.unknown, "normalize": self.normalize, "lower": self.lower}
 
     @classmethod
     def check_dict(cls, data: Any, where: str = "vocabulary", *, strict_unicode: bool = False) -> int:
@@ -194,25 +235,26 @@ class Vocab:
         if len(lone):
             raise CharloomError(f"{where}: field 'chars' holds U+{int(cps[lone[0]]):04X}, a lone surrogate, "
                                 f"not a character")
+        labels = check_labels(data.get("labels", []), where)
         if not isinstance(data.get("lower", False), bool):
             raise CharloomError(f"{where}: field 'lower' must be true or false")
         for name, allowed, default in (("unknown", POLICIES, "unk"), ("normalize", NORMALIZATIONS, "none")):
             if data.get(name, default) not in allowed:
                 raise CharloomError(f"{where}: field {name!r} is {data.get(name)!r}, not one of {', '.join(allowed)}")
-        return len(SPECIALS) + len(cps)
+        return len(SPECIALS) + len(labels) + len(cps)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "vocabulary", *, strict_unicode: bool = False) -> Vocab:
         cls.check_dict(data, where, strict_unicode=strict_unicode)
         return cls(list(data["chars"]), unknown=data.get("unknown", "unk"), normalize=data.get("normalize", "none"),
-                   lower=data.get("lower", False), ordered=True)
+                   lower=data.get("lower", False), ordered=True, labels=data.get("labels", ()))
 
     def extended(self, chars: Iterable[str]) -> Vocab:
         """This vocabulary with the characters of `chars` it lacks added after its own, in code-point order:
         every id it had keeps its meaning, so a model's rows for them stay valid."""
         new = sorted(set(chars) - set(self.chars) - set(self.specials))
         return Vocab([*self.chars, *new], unknown=self.unknown, normalize=self.normalize, lower=self.lower,
-                     ordered=True)
+                     ordered=True, labels=self.labels)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=True)

@@ -271,6 +271,11 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
                                        f"(stop[{i}] has {len(text)})")
     if gen.vocab.unknown == "error" and (unknown := gen.unknown_characters(opts.start)):
         raise _field_error("start", f"characters not in the model's vocabulary: {''.join(unknown)!r}")
+    if opts.label is not None:  # said now: a stream that has begun can only break off
+        try:
+            gen.vocab.label_id(opts.label)
+        except CharloomError as e:
+            raise _options_error(ConfigError(str(e))) from None
     if opts.seed is None:  # say which seed was used, so the text can be made again
         opts = opts.replace(seed=int.from_bytes(os.urandom(6), "big"))
     return opts
@@ -290,9 +295,9 @@ class _Runner:
         with self.lock:
             return next(it, self._END)
 
-    def read(self, text: str, context: str) -> list[dict[str, Any]]:
+    def read(self, text: str, context: str, label: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return read(self.gen, text, context).to_json()
+            return read(self.gen, text, context, label=label).to_json()
 
     def collect(self, opts: SampleOptions) -> list[str]:
         out = [""] * opts.n
@@ -323,7 +328,7 @@ class _Runner:
                 # a client that goes away makes this yield fail or be cancelled: the finally below ends the work
                 yield f"data: {json.dumps({'index': i, 'text': piece}, ensure_ascii=False)}\n\n"
             for i, pieces in enumerate(texts if logprobs else ()):
-                reading = await run_in_threadpool(self.read, "".join(pieces), opts.start)
+                reading = await run_in_threadpool(self.read, "".join(pieces), opts.start, opts.label)
                 yield f"event: logprobs\ndata: {json.dumps({'index': i, 'logprobs': reading}, ensure_ascii=False)}\n\n"
             dt = time.perf_counter() - t0
             done = {"characters": chars, "seconds": round(dt, 4), "chars_per_s": round(chars / dt) if dt else None}
@@ -398,7 +403,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
             dt = time.perf_counter() - t0
             samples = [{"text": t} for t in texts]
             for sample in samples if req.logprobs else ():
-                sample["logprobs"] = await run_in_threadpool(runner.read, sample["text"], opts.start)
+                sample["logprobs"] = await run_in_threadpool(runner.read, sample["text"], opts.start, opts.label)
         finally:
             slots.give()
         chars = sum(map(len, texts))
@@ -422,7 +427,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
         return {"config": ck.config.to_dict(), "states": list(ck.model.cell.state), "vocab_size": len(ck.vocab),
-                "characters": "".join(ck.vocab.chars),
+                "characters": "".join(ck.vocab.chars), "labels": list(ck.vocab.labels),
                 "records": ck.records, "parameters": ck.model.num_parameters(), "training": ck.info,
                 "limits": cfg.to_dict()}
 

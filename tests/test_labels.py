@@ -1,0 +1,302 @@
+"""Labelled records: a label read from a CSV column or JSONL field, given as a token after <bos>, chosen when
+sampling, and measured in evaluation (is the label used?)."""
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import charloom
+from charloom import checkpoint
+from charloom.batching import RecordBatches, prepare, split_records
+from charloom.cli import main
+from charloom.config import BatchConfig, CorpusConfig, ModelConfig
+from charloom.corpus import load
+from charloom.errors import CharloomError, ConfigError
+from charloom.evaluation import label_scores
+from charloom.model import CharRNN
+from charloom.sampling import Generator
+from charloom.vocab import Vocab
+
+AG_MAP = "1=World,2=Sports,3=Business,4=Sci/Tech"
+NAMES = ("World", "Sports", "Business", "Sci/Tech")
+# four classes of headline, as in AG News, each with its own words and shape
+WORDS = {
+    1: (["UN", "EU", "Iraq", "Iran", "Sudan", "Kenya"], ["leaders meet over", "envoy warns on", "talks stall on"],
+        ["border dispute", "peace deal", "refugee camps"]),
+    2: (["Yankees", "Lakers", "Arsenal", "Eagles"], ["beat", "edge past", "crush"], ["in overtime", "at home"]),
+    3: (["Oil", "Stocks", "Dollar", "IBM"], ["shares rise after", "profit falls on"], ["weak demand", "rate hike"]),
+    4: (["NASA", "Microsoft", "Apple", "Nokia"], ["unveils new", "patches flaw in"], ["iPod", "space probe"]),
+}
+
+
+def headline(cls: int, r: random.Random) -> str:
+    a, b, c = WORDS[cls]
+    if cls == 2:
+        return f"{r.choice(a)} {r.choice(b)} {r.choice(a)} {r.randint(1, 9)}-{r.randint(0, 9)} {r.choice(c)}"
+    if cls == 3:
+        return f"{r.choice(a)} {r.choice(b)} {r.choice(c)}, up {r.randint(1, 30)}%"
+    return f"{r.choice(a)} {r.choice(b)} {r.choice(c)}"
+
+
+def ag_rows(n: int, seed: int = 0) -> list[tuple[int, str]]:
+    r = random.Random(seed)
+    return [(cls, headline(cls, r)) for cls in (r.randint(1, 4) for _ in range(n))]
+
+
+@pytest.fixture
+def ag_csv(tmp_path):
+    """An AG-News-shaped CSV without a header: class (1-4), title. (the file, its rows)"""
+    rows = ag_rows(400)
+    path = tmp_path / "ag.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path, rows
+
+
+def ag_config(path, **changes) -> CorpusConfig:
+    return CorpusConfig(**{"source": str(path), "records": True, "columns": ("1",), "label_column": "0",
+                           "label_map": AG_MAP, **changes})
+
+
+# ---- reading labels -------------------------------------------------------------------------------------
+def test_labels_come_from_a_csv_column_through_the_map(ag_csv):
+    path, rows = ag_csv
+    c = load(ag_config(path))
+    assert c.vocab.labels == NAMES  # the map's order
+    assert [c.vocab.labels[i] for i in c.labels] == [NAMES[cls - 1] for cls, _ in rows]
+    assert [c.record(i) for i in range(c.num_records)] == [text for _, text in rows]
+
+
+def test_labels_come_from_a_jsonl_field_named_as_they_are(tmp_path):
+    path = tmp_path / "tweets.jsonl"
+    objs = [{"text": "so happy today", "meta": {"mood": "happy"}}, {"text": "rain again", "meta": {"mood": "sad"}},
+            {"text": None, "meta": {"mood": "sad"}}, {"text": "sunshine!", "meta": {"mood": "happy"}}]
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    c = load(CorpusConfig(source=str(path), records=True, field="text", label_field="meta.mood"))
+    assert c.vocab.labels == ("happy", "sad")  # no map: the values, sorted
+    assert c.labels.tolist() == [0, 1, 0]  # the record without text is skipped with its label
+
+
+def test_a_value_outside_the_map_is_refused_naming_value_and_flag(ag_csv):
+    path, _ = ag_csv
+    with pytest.raises(CharloomError, match=r"--label-map: label value '4' is not in the map"):
+        load(ag_config(path, label_map="1=World,2=Sports,3=Business"))
+
+
+def test_labels_belong_to_records_of_the_right_format(ag_csv, tmp_path):
+    path, _ = ag_csv
+    with pytest.raises(CharloomError, match="--label-column: labels belong to records"):
+        load(CorpusConfig(source=str(path), columns=("1",), label_column="0"))
+    with pytest.raises(CharloomError, match="--label-field: .* read as csv"):
+        load(CorpusConfig(source=str(path), records=True, columns=("1",), label_field="mood"))
+    with pytest.raises(ConfigError, match="label_map: only means something with --label-column"):
+        CorpusConfig(source=str(path), label_map=AG_MAP)
+    with pytest.raises(ConfigError, match=r"label_map \(--label-map\): 'World' is not RAW=NAME"):
+        ag_config(path, label_map="World")
+
+
+def test_the_cache_is_keyed_on_the_label_options(ag_csv):
+    path, rows = ag_csv
+    first = load(ag_config(path))
+    renamed = load(ag_config(path, label_map="1=W,2=S,3=B,4=T"))
+    plain = load(CorpusConfig(source=str(path), records=True, columns=("1",)))
+    assert first.vocab.labels == NAMES and renamed.vocab.labels == ("W", "S", "B", "T")
+    assert plain.labels is None and plain.vocab.labels == ()
+    assert load(ag_config(path)).labels.tolist() == first.labels.tolist()  # read again from the cache
+
+
+# ---- batches ---------------------------------------------------------------------------------------------
+def labelled_corpus(tmp_path):
+    path = tmp_path / "tiny.csv"
+    path.write_text("1,ab\n2,c\n1,bca\n")
+    return load(CorpusConfig(source=str(path), records=True, columns=("1",), label_column="0", label_map="1=X,2=Y"))
+
+
+def test_the_label_token_follows_bos_and_is_not_scored(tmp_path):
+    c = labelled_corpus(tmp_path)
+    v = c.vocab
+    P, B, E, X, Y = v.pad_id, v.bos_id, v.eos_id, v.label_id("X"), v.label_id("Y")
+    a, b, ch = (v.stoi[s] for s in "abc")
+    batch = next(RecordBatches(c, np.arange(3), BatchConfig(batch_size=3, val_fraction=0)).in_order())
+    # in_order sorts by length: "c", "ab", "bca"; each reads <bos> <label> text <eos>
+    seqs = [[B, Y, ch, E, P, P], [B, X, a, b, E, P], [B, X, b, ch, a, E]]
+    want = torch.tensor(seqs)
+    assert torch.equal(batch.x, want[:, :-1])
+    target = want[:, 1:].clone()
+    target[:, 0] = P  # the label is given, not predicted
+    assert torch.equal(batch.y, target)
+    assert batch.tokens == 2 + 3 + 4  # each record's characters and its <eos>: what bpc counts
+
+
+def test_label_dropout_leaves_a_seeded_share_of_training_records_unlabelled(tmp_path, ag_csv):
+    path, _ = ag_csv
+    c = load(ag_config(path))
+    first = c.vocab.label_ids[0]
+
+    def labelled_share(dropout):
+        data = prepare(c, BatchConfig(batch_size=20, label_dropout=dropout))
+        xs = [data.train.batch(0, i).x[:, 1] for i in range(data.train.batches_in_epoch(0))]
+        return float(np.mean([(x >= first) & (x < c.vocab.first_char) for x in torch.cat(xs).numpy()]))
+
+    assert labelled_share(0.0) == 1.0 and labelled_share(1.0) == 0.0
+    assert 0.8 < labelled_share(0.1) < 0.97
+    data = prepare(c, BatchConfig(batch_size=20, label_dropout=0.5))
+    assert torch.equal(data.train.batch(1, 3).x, data.train.batch(1, 3).x)  # the same batch after a resume
+    assert all((b.x[:, 1] >= first).all() for b in data.val_batches())  # evaluation always gives the label
+
+
+# ---- the vocabulary ----------------------------------------------------------------------------------------
+def test_vocab_with_labels_round_trips_through_the_model_file(tmp_path):
+    v = Vocab("abc ", labels=NAMES)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, vocab_size=len(v)))
+    checkpoint.save(tmp_path / "m.safetensors", model, v, records=True)
+    ck = checkpoint.load(tmp_path / "m.safetensors")
+    assert ck.vocab == v and ck.vocab.labels == NAMES and ck.vocab.itos[4] == "<label:World>"
+    assert ck.vocab.encode(" a") == [4 + len(NAMES), 5 + len(NAMES)]  # the characters come after the labels
+
+
+def test_a_vocabulary_without_labels_is_written_and_read_as_before(tmp_path):
+    old = {"format": "charloom-vocab", "version": 1, "specials": ["<pad>", "<bos>", "<eos>", "<unk>"],
+           "chars": "ab", "unknown": "unk", "normalize": "none", "lower": False}
+    v = Vocab.from_dict(old)
+    assert v.to_dict() == old and v.labels == () and v.encode("b") == [5]
+    assert Vocab("ab") != Vocab("ab", labels=["X"])  # the labels are part of the vocabulary
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["A", "A"], "label 'A' appears twice"), ([""], "must be 1 to"), ("AB", "must be a list"),
+    (["x" * 65], "must be 1 to 64"), ([str(i) for i in range(1025)], "more than 1024"),
+])
+def test_bad_labels_in_a_vocabulary_are_refused(labels, message):
+    data = {**Vocab("ab").to_dict(), "labels": labels}
+    with pytest.raises(CharloomError, match=message):
+        Vocab.from_dict(data)
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------
+def labelled_generator(eager_labels=True):
+    """An untrained model over a labelled vocabulary whose head prefers the label tokens above all, and never ends."""
+    torch.manual_seed(0)
+    v = Vocab("abc ", labels=NAMES)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, vocab_size=len(v)))
+    with torch.no_grad():
+        if eager_labels:
+            model.head.bias[list(v.label_ids)] = 100.0
+        model.head.bias[v.eos_id] = -100.0
+    return Generator(model, v, records=True)
+
+
+def test_sampling_for_a_label_reads_its_token_after_bos():
+    gen = labelled_generator()
+    v = gen.vocab
+    assert gen._prefix("ab", "Sports") == [v.bos_id, v.label_id("Sports"), *v.encode("ab")]
+    assert gen._prefix("ab") == [v.bos_id, *v.encode("ab")]  # no label: as before
+
+
+def test_sampling_never_writes_a_label_token():
+    gen = labelled_generator()
+    for label in (None, "Sports"):
+        texts = gen.generate("", 40, n=3, seed=1, label=label)
+        assert [len(t) for t in texts] == [40] * 3  # a label token chosen would write nothing
+        assert all(set(t) <= set("abc ") for t in texts)
+
+
+def test_an_unknown_label_is_one_line_listing_the_known_ones():
+    gen = labelled_generator()
+    with pytest.raises(ConfigError, match=r"^label: 'Sprots' is not one of World, Sports, Business, Sci/Tech$"):
+        gen.generate("", 5, label="Sprots")
+    plain = Generator(CharRNN(ModelConfig(hidden_size=8, embedding=4, vocab_size=len(Vocab("ab")))), Vocab("ab"))
+    with pytest.raises(ConfigError, match="label: this model was not trained on labelled records"):
+        plain.generate("", 5, label="Sports")
+
+
+# ---- training, evaluation, the CLI and the server ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model trained briefly on the AG-News-shaped CSV: (run folder, corpus config)."""
+    folder = tmp_path_factory.mktemp("labelled")
+    path = folder / "ag.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(ag_rows(600, seed=1))
+    cfg = ag_config(path, cache_dir=str(folder / "cache"))
+    with open(folder / "ag_eval.csv", "w", newline="") as f:
+        csv.writer(f).writerows(ag_rows(40, seed=2))
+    charloom.train(cfg, BatchConfig(batch_size=16, val_fraction=0.2), ModelConfig(hidden_size=64, embedding=16),
+                   out=str(folder / "run"), max_steps=300, lr=2e-2, warmup=10, ema=0.0, eval_every=0,
+                   sample_length=0, progress=False, precision="fp32")
+    return folder / "run", cfg
+
+
+def test_held_out_records_score_better_given_their_own_label(trained):
+    run, cfg = trained
+    ck = checkpoint.load(run)
+    c = load(cfg, vocab=ck.vocab)
+    _, held_out = split_records(c.num_records, BatchConfig(batch_size=32, val_fraction=0.2))
+    rows = label_scores(ck.model, c, held_out)
+    assert [r["label"] for r in rows] == list(NAMES)
+    for r in rows:
+        assert r["bpc"] < r["wrong_bpc"] - 0.2, r  # the label is used
+        assert r["bpc"] < r["no_label_bpc"], r
+        assert set(r["wrong_bpc_each"]) == set(NAMES) - {r["label"]}
+    assert sum(r["records"] for r in rows) == len(held_out)
+
+
+def test_eval_reports_bpc_per_label(trained, capsys):
+    run, cfg = trained
+    flags = ["eval", "--checkpoint", str(run), str(run.parent / "ag_eval.csv"), "--records", "--column", "1", "--label-column", "0",
+             "--label-map", AG_MAP, "--cache-dir", cfg.cache_dir]
+    assert main(flags + ["--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in figures["labels"]] == list(NAMES)
+    assert main(flags) == 0
+    out = capsys.readouterr().out
+    assert "own label" in out and "wrong label" in out and "Sci/Tech" in out
+
+
+def test_sample_and_info_on_the_command_line(trained, capsys):
+    run, _ = trained
+    assert main(["sample", "--checkpoint", str(run), "--label", "Sports", "--length", "60", "--seed", "3"]) == 0
+    assert "<label" not in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(run), "--label", "Sprots"]) == 2
+    assert "label: 'Sprots' is not one of World, Sports, Business, Sci/Tech" in capsys.readouterr().err
+    assert main(["info", str(run), "--samples", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["corpus"]["labels"] == list(NAMES)
+
+
+def test_the_http_api_lists_labels_and_takes_one(trained):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from charloom.server import create_app
+
+    run, _ = trained
+    client = TestClient(create_app(run), base_url="http://localhost:8000")
+    assert client.get("/v1/model").json()["labels"] == list(NAMES)
+    r = client.post("/v1/generate", json={"label": "Sports", "length": 30, "seed": 2, "n": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["settings"]["label"] == "Sports"
+    gen = Generator.from_checkpoint(checkpoint.load(run))
+    assert [s["text"] for s in r.json()["samples"]] == gen.generate("", 30, n=2, seed=2, label="Sports")
+    bad = client.post("/v1/generate", json={"label": "Sprots", "stream": True})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "label"]
+    assert "not one of World, Sports" in bad.json()["detail"][0]["msg"]
+
+
+def test_an_exported_model_writes_for_a_label_as_pytorch_does(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from charloom.config import ExportConfig
+    from charloom.export import export
+    from charloom.onnx_generator import OnnxGenerator
+
+    run, _ = trained
+    ck = checkpoint.load(run)
+    export(ck, ExportConfig(), tmp_path / "model.onnx")
+    onnx_gen = OnnxGenerator.load(tmp_path / "model.onnx")
+    assert onnx_gen.vocab == ck.vocab and onnx_gen.vocab.labels == NAMES
+    want = Generator.from_checkpoint(ck).generate("", 40, n=2, seed=5, label="Business")
+    assert onnx_gen.generate("", 40, n=2, seed=5, label="Business") == want
