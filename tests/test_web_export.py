@@ -55,11 +55,14 @@ class Site:
     url: str
 
 
+LABELS = ("World", "Sports")
+
+
 def export_site(folder: Path, *, records: bool) -> None:
-    """A tiny random LSTM exported with its web page and the runtime copied in."""
+    """A tiny random LSTM exported with its web page and the runtime copied in (a records model has labels)."""
     from charloom.export import export
 
-    vocab = Vocab.build(TEXT)
+    vocab = Vocab.build(TEXT, labels=LABELS) if records else Vocab.build(TEXT)
     torch.manual_seed(1)
     model = CharRNN(ModelConfig(cell="lstm", num_layers=2, hidden_size=24, embedding=8, vocab_size=len(vocab)))
     with torch.no_grad():
@@ -234,6 +237,31 @@ def test_a_records_model_stops_at_end_of_record(served, open_page):
     want = OnnxGenerator.load(site.folder / "web" / "model.onnx").generate("", 400, n=4, seed=11, temperature=1.0)
     assert got == want and all(len(t) < 400 for t in got)
     assert samples(page) == want
+    assert refused == []
+
+
+def test_a_labelled_model_writes_for_the_chosen_label_and_never_a_label_token(served, open_page):
+    from charloom.onnx_generator import OnnxGenerator
+
+    site = served(records=True)
+    page, _, refused = open_page(site.url)
+    assert page.is_visible("#label") and page.eval_on_selector_all(
+        "#label option", "os => os.map(o => o.value)") == ["", *LABELS]
+    gen = OnnxGenerator.load(site.folder / "web" / "model.onnx")
+    for label in (*LABELS, None):
+        got = page.evaluate("o => window.charloom.generate(o)", {"start": "", "length": 200, "n": 3, "seed": "5",
+                                                                   "temperature": 1.0, "label": label})
+        assert got == gen.generate("", 200, n=3, seed=5, temperature=1.0, label=label)
+        assert not any("<label:" in t for t in got)
+    page.select_option("#label", "Sports")
+    page.fill("#seed", "8")
+    page.click("#generate")
+    wait_done(page)
+    assert samples(page) == gen.generate("", int(page.input_value("#length")), seed=8,
+                                         temperature=float(page.input_value("#temperature")), label="Sports")
+    error = page.evaluate("o => window.charloom.generate(o).then(() => '', e => e.message)",
+                          {"start": "", "length": 5, "label": "Sprots"})
+    assert error == 'label: "Sprots" is not one of World, Sports'
     assert refused == []
 
 

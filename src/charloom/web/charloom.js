@@ -133,7 +133,21 @@ export class Model {
     this.specials = (meta.vocab.specials || ["<pad>", "<bos>", "<eos>", "<unk>"]).length;
     this.stoi = new Map(meta.itos.slice(this.specials).map((ch, k) => [ch, k + this.specials]));
     const ids = meta.ids;
-    this.banned = [ids.pad, ids.bos, ids.unk, ...(meta.records ? [] : [ids.eos])];
+    // a labelled records model: one `<label:NAME>` token per label, read after <bos>, never written
+    this.labels = new Map((meta.vocab.labels || []).map((name) => [name, meta.itos.indexOf(`<label:${name}>`)]));
+    for (const [name, id] of this.labels) {
+      if (id < 0) throw new Error(`damaged charloom metadata (no token for label ${JSON.stringify(name)})`);
+      this.stoi.delete(`<label:${name}>`);
+    }
+    this.banned = [ids.pad, ids.bos, ids.unk, ...this.labels.values(), ...(meta.records ? [] : [ids.eos])];
+  }
+
+  // The token of a label, or an error listing the labels the model knows (decoding.prefix_ids).
+  labelId(label) {
+    if (this.labels.has(label)) return this.labels.get(label);
+    const known = [...this.labels.keys()];
+    throw new Error(known.length ? `label: ${JSON.stringify(label)} is not one of ${known.join(", ")}`
+                                 : "label: this model was trained without labels");
   }
 
   // The summary the page shows: cell, layers, width, vocabulary, records or not.
@@ -159,8 +173,9 @@ export class Model {
 
   // The ids a generation starts from: the start text, after <bos> for a records model, after a newline (or
   // <bos>) when there is no start text; decoding.Writer._prefix.
-  prefix(start) {
+  prefix(start, label = null) {
     checkText("start", start);
+    const head = label === null ? [] : [this.labelId(label)];
     const ids = [];
     let at = 0;
     for (const ch of this.prepare(start)) {
@@ -174,7 +189,7 @@ export class Model {
       at++;
     }
     if (this.meta.records || !start) {
-      ids.unshift(this.meta.records || !this.stoi.has("\n") ? this.meta.ids.bos : this.stoi.get("\n"));
+      ids.unshift(this.meta.records || !this.stoi.has("\n") ? this.meta.ids.bos : this.stoi.get("\n"), ...head);
     }
     return ids;
   }
@@ -390,7 +405,7 @@ function checkText(name, text) {
 // The options a generation means, defaults from the model file, checked by SampleOptions' rules.
 export function sampleOptions(options = {}, defaults = {}) {
   const o = { start: "", length: 500, n: 1, temperature: 0.8, top_k: 0, top_p: 1.0, repetition_penalty: 1.0,
-              seed: null };
+              seed: null, label: null };
   for (const key of Object.keys(o)) {
     if (defaults[key] !== undefined && defaults[key] !== null) o[key] = defaults[key];
     if (options[key] !== undefined && options[key] !== null && options[key] !== "") o[key] = options[key];
@@ -443,12 +458,12 @@ function nextTask() {
 }
 
 // Yield [sample index, text] pieces as they are made; joined per sample they are the samples' texts
-// (decoding.Writer._run). options: start, length, n, temperature, top_k, top_p, repetition_penalty, seed (a
+// (decoding.Writer._run). options: start, length, n, temperature, top_k, top_p, repetition_penalty, label, seed (a
 // number, a BigInt or a string of digits; none: a random one, told through `options.onSeed`), and `signal`
 // (an AbortSignal) to stop between characters.
 export async function* stream(model, options = {}) {
   const o = sampleOptions(options, model.meta.sampling || {});
-  const prefix = model.prefix(o.start);
+  const prefix = model.prefix(o.start, o.label);
   const seed = o.seed === null ? randomSeed() : o.seed;
   if (options.onSeed) options.onSeed(seed);
   if (o.length === 0) return;
