@@ -118,3 +118,15 @@ def test_fine_tuning_refuses_a_different_model_or_a_missing_parent(tmp_path, par
     with pytest.raises(CharloomError, match=r"^--init-from: .*no such model file or run folder"):
         charloom.train(source=str(new), out=str(tmp_path / "c"), init_from=str(tmp_path / "nothing"), max_steps=1,
                        **tiny)
+
+
+def test_the_command_line_refuses_a_model_flag_other_than_the_parents_even_a_default(tmp_path, text_file, tiny,
+                                                                                     capsys):
+    from charloom.cli import main
+
+    charloom.train(source=str(text_file), out=str(tmp_path / "gru"), max_steps=2, cell="gru", **tiny)
+    args = ["train", str(text_file), "--init-from", str(tmp_path / "gru"), "--out", str(tmp_path / "c"),
+            "--max-steps", "1", "--no-progress"]
+    assert main([*args, "--cell", "lstm"]) == 2  # lstm is the default, but not the parent's
+    assert "--cell lstm: a fine-tuned model keeps its parent's model config (cell 'gru'" in capsys.readouterr().err
+    assert main([*args, "--cell", "gru", "--hidden", "16", "--batch-size", "4", "--seq-len", "16"]) == 0  # its own

@@ -194,3 +194,48 @@ def test_activations_endpoint(client, model_dir):
                        ({"text": "x" * 101}, "text")):
         r = client.post("/v1/activations", json={"text": "To be", **bad})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+
+
+def test_eval_colours_the_text_it_scores_record_by_record(tmp_path, capsys, monkeypatch):
+    import re
+
+    from charloom.cli import main
+
+    g = generator(records=True)
+    path = checkpoint.save(tmp_path / "m.safetensors", g.model, g.vocab, records=True)
+    names = tmp_path / "names.txt"
+    names.write_text("the cat\nsat on\nthe mat?\n")  # '?' is outside the vocabulary
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    assert main(["eval", "--checkpoint", str(path), str(names), "--records", "--color"]) == 0
+    out = capsys.readouterr().out
+    plain = re.sub(r"\033\[[0-9;]*m", "", out).splitlines()
+    assert plain[:3] == ["the cat", "sat on", "the mat\ufffd"]  # one record a line, the unknown one marked
+    # each record is coloured as scoring reads it: after <bos>, on its own
+    first = read(g, "the cat")
+    assert out.splitlines()[0] == shade(first)
+    assert main(["eval", "--checkpoint", str(path), str(names), "--records", "--color", "--json"]) == 2
+    assert "--color: not with --json" in capsys.readouterr().err
+
+
+def test_colour_never_changes_what_novelty_checks(tmp_path, capsys, monkeypatch):
+    from charloom.cli import main
+
+    g = generator()
+    path = checkpoint.save(tmp_path / "m.safetensors", g.model, g.vocab, records=False)
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 5)
+    args = ["sample", "--checkpoint", str(path), "--length", "60", "--seed", "1", "--temperature", "0",
+            "--novelty-source", str(text), "--num-samples", "3"]
+    assert main(args) == 0
+    plain = capsys.readouterr().err
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    assert main([*args, "--color"]) == 0
+    coloured = capsys.readouterr().err
+    assert plain.splitlines()[-1] == coloured.splitlines()[-1] and "novelty:" in plain  # the same verdicts
+
+
+def test_empty_texts_read_and_trace_to_nothing():
+    g = generator()
+    assert len(read(g, "").probs) == 0
+    a = activations(g, "")
+    assert a.values["c"].shape == (2, 0, 16) and a.varying("c", 0) == []

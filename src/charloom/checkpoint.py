@@ -83,6 +83,9 @@ def model_path(path: str | Path) -> Path:
         raise CharloomError(f"{p}: folder holds no {MODEL_FILE}")
     if not p.exists():
         raise CharloomError(f"{p}: no such model file or run folder")
+    if p.suffix == ".onnx":
+        raise CharloomError(f"{p}: an exported ONNX file runs with `charloom sample` (or OnnxGenerator in Python); "
+                            f"here give the run folder or its model.safetensors")
     return p
 
 

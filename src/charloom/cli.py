@@ -22,6 +22,7 @@ from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig
 from .errors import CharloomError
 
 COLOUR_CHARS = 10_000  # eval --color shows this much of the text
+MAX_INFO_SAMPLES = 100  # a report's samples are a glimpse; `charloom sample` makes many
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\0": "\0", "\\\\": "\\"}
@@ -184,7 +185,13 @@ def cmd_train(ns: argparse.Namespace) -> None:
     from .trainer import CONFIGS, train
 
     names = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
-    train(**{k: v for k, v in vars(ns).items() if k in names})  # only the flags given: resuming keeps the rest
+    given = {k: v for k, v in vars(ns).items() if k in names}  # only the flags given: resuming keeps the rest
+    if given.get("init_from"):
+        from .finetune import check_flags, load_parent
+
+        check_flags(load_parent(given["init_from"]), {k: v for k, v in given.items()
+                                                      if k in {f.name for f in dataclasses.fields(ModelConfig)}})
+    train(**given)
 
 
 class _Output:
@@ -285,18 +292,19 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the note above already said it
             texts = gen.generate(opts, on_text=_show if stream else None)
+        shown = texts
         if colour:  # what the model expected of each character it wrote, after the start text
             from .insight import read, shade
 
-            texts = [shade(read(gen, text, context=opts.start, label=opts.label)) for text in texts]
-        for i, text in enumerate(texts):
+            shown = [shade(read(gen, text, context=opts.start, label=opts.label)) for text in texts]
+        for i, (text, seen) in enumerate(zip(texts, shown)):
             mark = novelty.check(opts.start + text) if novelty else None  # the sample as shown, start and all
             if mark is not None:
                 verdicts.append(mark.new)
             if sink is not None:
                 sink.write(_sample_row(opts, i, text, mark, gen.path) if sink.jsonl else opts.start + text + "\n")
             else:
-                print("" if stream else opts.start + text)
+                print("" if stream else opts.start + seen)
             if mark is not None and not mark.new:
                 print(f"charloom: sample {i} copies the training corpus: {mark.copied[0]!r}", file=sys.stderr)
 
@@ -329,15 +337,36 @@ def _colour_terminal() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _coloured_text(gen: Any, text: str) -> None:
-    """`text` shaded by what the model expected, on a terminal; plain text anywhere else."""
-    if not _colour_terminal():
-        print(text)
-        return
-    from .insight import legend, read, shade
+def _coloured_corpus(ck: Any, c: Any) -> None:
+    """The scored text's first COLOUR_CHARS characters, each shaded by what the model expected of it, as scoring
+    reads them (a record after its <bos> and label, one per line); on a terminal only, plain text elsewhere."""
+    from .decoding import prefix_ids
+    from .insight import legend, read_ids, shade
+    from .sampling import Generator
 
-    print(legend(), file=sys.stderr)
-    print(shade(read(gen, text)))
+    gen, v = Generator.from_checkpoint(ck), ck.vocab
+    shown = lambda ids: "".join(v.itos[i] if i >= v.first_char else "\ufffd" for i in ids)  # noqa: E731
+    if c.offsets is None:  # one stream: its first character is read, not predicted
+        ids = c.ids[:COLOUR_CHARS].tolist()
+        pieces = [(ids[:1], ids[1:])] if ids else []
+    else:
+        pieces, total = [], 0
+        for i in range(c.num_records):
+            if total >= COLOUR_CHARS:
+                break
+            label = None if c.labels is None else v.labels[int(c.labels[i])]
+            ids = c.ids[c.offsets[i]:c.offsets[i + 1]].tolist()
+            pieces.append((prefix_ids(v, True, "", label=label), ids))
+            total += len(ids)
+    colour = _colour_terminal()
+    if colour:
+        print(legend(), file=sys.stderr)
+    for before, ids in pieces:
+        head = shown(before) if c.offsets is None else ""
+        print(head + (shade(read_ids(gen, before, ids, shown(ids))) if colour else shown(ids)),
+              end="" if c.offsets is None else "\n")
+    if c.offsets is None:
+        print()
 
 
 def _generator(path: str, device: str) -> tuple[Any, Any]:
@@ -363,8 +392,8 @@ def _generator(path: str, device: str) -> tuple[Any, Any]:
 def cmd_info(ns: argparse.Namespace) -> None:
     from .runinfo import describe, lines
 
-    if ns.samples < 0:
-        raise CharloomError(f"--samples: must be 0 or more, got {ns.samples}")
+    if not 0 <= ns.samples <= MAX_INFO_SAMPLES:
+        raise CharloomError(f"--samples: must be from 0 to {MAX_INFO_SAMPLES}, got {ns.samples}")
     report = describe(ns.path, samples=ns.samples, seed=ns.seed)
     print(json.dumps(report, ensure_ascii=False) if ns.json else "\n".join(lines(report)))
 
@@ -393,6 +422,8 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     from .runtime import pick_device
 
     ecfg = options(ns, EvalConfig)
+    if ns.color and ns.json:
+        raise CharloomError("--color: not with --json (the colours are for a person reading a terminal)")
     device = pick_device(ecfg.device)
     ck = checkpoint.load(ns.checkpoint, device=device)
     v = ck.vocab
@@ -401,9 +432,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     result = score(ck.model, c, ecfg, device)
     adapted = score_adapted(ck.model, c, ecfg, device) if ecfg.adapt else None  # always beside, never instead
     if ns.color:
-        from .sampling import Generator
-
-        _coloured_text(Generator.from_checkpoint(ck), v.decode(c.ids[:COLOUR_CHARS]))
+        _coloured_corpus(ck, c)
     unknown = c.stats["unknown_characters"]
     figures = {"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
                "loss_nats": round(result.loss, 5), "characters_scored": result.characters,

@@ -180,6 +180,7 @@ class Writer:
         The options are a SampleOptions, or its fields as arguments: `generate("Ma", 20, n=5, seed=1)`
         (see `sample_options`)."""
         opts = sample_options(options, length, **changes)
+        self.check_memory(opts)  # before anything per sample is made
         out: list[list[str]] = [[] for _ in range(opts.n)]  # joined once at the end: `+=` on each would be quadratic
         for i, piece in self.stream(opts):
             out[i].append(piece)

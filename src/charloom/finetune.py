@@ -55,17 +55,22 @@ def load_parent(path: str) -> Parent:
 
 
 def model_config(parent: Parent, asked: ModelConfig) -> ModelConfig:
-    """The parent's model config; a model flag given with another value is a mistake said at once."""
-    mine, default = parent.ck.config, ModelConfig()
+    """The parent's model config; a model option set to another value than its default and the parent's is a
+    mistake said at once (the command line also refuses one given with its default: see check_flags)."""
+    default = ModelConfig()
+    check_flags(parent, {f.name: getattr(asked, f.name) for f in fields(ModelConfig)
+                         if f.name != "vocab_size" and getattr(asked, f.name) != getattr(default, f.name)})
+    return parent.ck.config
+
+
+def check_flags(parent: Parent, given: dict[str, Any]) -> None:
+    """Each model option in `given` must be the parent's own value."""
+    mine = parent.ck.config
     for f in fields(ModelConfig):
-        if f.name == "vocab_size":
-            continue
-        value = getattr(asked, f.name)
-        if value != getattr(default, f.name) and value != getattr(mine, f.name):
+        if f.name in given and f.name != "vocab_size" and given[f.name] != getattr(mine, f.name):
             flag = (f.metadata.get("flag") or f.name).replace("_", "-")
-            raise CharloomError(f"--{flag} {value}: a fine-tuned model keeps its parent's model config "
+            raise CharloomError(f"--{flag} {given[f.name]}: a fine-tuned model keeps its parent's model config "
                                 f"({f.name} {getattr(mine, f.name)!r} in {parent.path}); drop the flag")
-    return mine
 
 
 def read_corpus(parent: Parent, cfg: CorpusConfig, extend: bool) -> Corpus:

@@ -24,6 +24,7 @@ from .decoding import Writer, prefix_ids, softmax
 from .vocab import Vocab
 
 ALTERNATIVES = 5  # the likeliest characters reported at each position
+READ_ROWS = 2048  # positions whose probabilities are computed at once
 # probability -> ANSI 256-colour foreground, from the least expected up: red, orange, yellow, pale green;
 # a character the model was sure of (p >= the last bound) keeps the terminal's own colour
 SHADES = ((0.02, 196), (0.1, 208), (0.3, 220), (0.6, 150))
@@ -62,17 +63,28 @@ def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES, label
     after a newline, as sampling does)."""
     v = gen.vocab
     before = prefix_ids(v, gen.records, context, where="context", label=label)
-    ids = v.encode_array(text, where="text").tolist()
-    shown = v.prepare(text)
+    return read_ids(gen, before, v.encode_array(text, where="text").tolist(), v.prepare(text), k)
+
+
+def read_ids(gen: Writer, before: list[int], ids: list[int], shown: str, k: int = ALTERNATIVES) -> Reading:
+    """`read` of ids already encoded, after the ids `before` (at least one): `shown` is their text."""
+    v = gen.vocab
     if not ids:
         empty = np.zeros((0, k))
         return Reading(shown, np.zeros(0, np.float32), empty.astype(np.int64), empty.astype(np.float32), v)
     logits = gen.read_logits(before + ids)[len(before) - 1:-1]  # (N, V): row j predicts ids[j]
-    probs = softmax(logits.astype(np.float64))
-    k = min(k, probs.shape[-1])
-    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (N, k)
-    rows = np.arange(len(ids))
-    return Reading(shown, probs[rows, ids].astype(np.float32), top, probs[rows[:, None], top].astype(np.float32), v)
+    k = min(k, logits.shape[-1])
+    probs, top_ids, top_probs = [], [], []
+    for at in range(0, len(ids), READ_ROWS):  # in pieces: (N, V) in float64 at once can be gigabytes
+        p = softmax(logits[at:at + READ_ROWS].astype(np.float64))  # (n, V)
+        rows = np.arange(len(p))
+        best = np.argpartition(-p, k - 1, axis=-1)[:, :k]  # the k likeliest, in no order
+        best = np.take_along_axis(best, np.argsort(-p[rows[:, None], best], axis=-1, kind="stable"), -1)
+        probs.append(p[rows, ids[at:at + READ_ROWS]])
+        top_ids.append(best)
+        top_probs.append(p[rows[:, None], best])
+    return Reading(shown, np.concatenate(probs).astype(np.float32), np.concatenate(top_ids),
+                   np.concatenate(top_probs).astype(np.float32), v)
 
 
 @dataclass
@@ -84,7 +96,10 @@ class Activations:
 
     def varying(self, name: str = "h", layer: int = 0, k: int = 16) -> list[tuple[int, float]]:
         """[(unit, standard deviation over the text)] of the k units that vary most, the most first."""
-        spread = self.values[name][layer].std(0)  # (H,)
+        values = self.values[name][layer]  # (N, H)
+        if not len(values):  # an empty text: nothing varies
+            return []
+        spread = values.std(0)  # (H,)
         order = np.argsort(-spread, kind="stable")[:k]
         return [(int(u), float(spread[u])) for u in order]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint, load, model_path
 from .curves import read_rows
+from .errors import CharloomError
 from .sampling import Generator
 
 SAMPLES = 3  # samples in a report (six for a records model: they are short)
@@ -26,7 +27,7 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     """The report of a run folder or model file as plain data (JSON-ready)."""
     file = model_path(path)
     ck = ck or load(file)
-    rows = read_rows(file.parent) if (file.parent / "metrics.jsonl").is_file() else []
+    rows = _rows(file.parent)
     info, cfg, v = ck.info, ck.config, ck.vocab
     last = rows[-1] if rows else {}
     seconds, chars = info.get("train_seconds"), info.get("characters_seen")
@@ -45,6 +46,15 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
                 "whole_validation_split": info.get("full_val_bpc"), "last_train": last.get("train_bpc")},
         "samples": _samples(ck, samples, seed) if samples else [],
     }
+
+
+def _rows(folder: Path) -> list[dict[str, Any]]:
+    """The run folder's metrics rows; none where there is no log or it is unreadable (the model file still
+    describes the run)."""
+    try:
+        return read_rows(folder) if (folder / "metrics.jsonl").is_file() else []
+    except CharloomError:
+        return []
 
 
 def _samples(ck: Checkpoint, count: int, seed: int) -> list[str]:
