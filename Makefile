@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/generate_bench.py
 	$(PY) bench/export_bench.py
 	$(PY) bench/finetune_bench.py
+	$(PY) bench/labels_bench.py
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
 	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }
