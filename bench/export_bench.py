@@ -166,7 +166,8 @@ def write(args, ck, rep, figures, web) -> None:
         "## Exported models: speed and the int8 bpc change",
         "",
         f"Command: `python bench/export_bench.py --train-minutes {args.train_minutes:g} --repeats {args.repeats}`.",
-        f"Machine: {report.machine()}; one thread for every backend.",
+        f"Machine: {report.machine()}; one thread for every backend; generation in fp32 on every backend but int8 "
+        f"(int8 weights, activations quantised per call).",
         f"Model: LSTM {ck.config.num_layers}x{ck.config.hidden_size}, embedding {ck.config.embedding}, "
         f"{ck.model.num_parameters():,} parameters, trained {args.train_minutes:g} minutes on the bundled "
         f"Shakespeare. Files: fp32 {rep.bytes / 1e6:.1f} MB, int8 {rep.int8_bytes / 1e6:.1f} MB; onnxruntime fp32 "

@@ -38,7 +38,15 @@ def split_texts(folder: Path) -> tuple[Path, Path]:
 
 
 def score(run: Path) -> float:
-    return charloom.load(run).info["full_val_bpc"]
+    """The whole held-out split's bpc of the run's final model (the model file holds the best one, which an
+    earlier evaluation may have saved without the whole-split score)."""
+    return charloom.load(run / "last.safetensors").info["full_val_bpc"]
+
+
+def train_once(reuse: bool, out: Path, **options) -> None:
+    """Train into `out`, or keep the run already there when `reuse` is set (to redo only the scoring)."""
+    if not (reuse and (out / "last.safetensors").is_file()):
+        charloom.train(out=str(out), **options, **QUIET)
 
 
 def main() -> None:
@@ -46,31 +54,34 @@ def main() -> None:
     ap.add_argument("--parent-minutes", type=float, default=5)
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 2])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "finetune-bench"))
+    ap.add_argument("--reuse", action="store_true", help="keep runs already in --runs; train only the missing ones")
     args = ap.parse_args()
     runs = Path(args.runs)
     with tempfile.TemporaryDirectory() as tmp:
         general, new = split_texts(Path(tmp))
         parent = runs / "parent"
-        charloom.train(source=str(general), out=str(parent), max_time=f"{args.parent_minutes}m", **SHAPE, **QUIET)
+        train_once(args.reuse, parent, source=str(general), max_time=f"{args.parent_minutes}m", **SHAPE)
         ck = charloom.load(parent)
         before = score_text(ck.model, charloom.load_corpus(charloom.CorpusConfig(source=str(new)), vocab=ck.vocab))
         rows = []
         for minutes in args.minutes:
             scratch, tuned = runs / f"scratch-{minutes:g}m", runs / f"tuned-{minutes:g}m"
-            charloom.train(source=str(new), out=str(scratch), max_time=f"{minutes}m", **SHAPE, **QUIET)
-            charloom.train(source=str(new), out=str(tuned), max_time=f"{minutes}m", init_from=str(parent), **QUIET)
+            train_once(args.reuse, scratch, source=str(new), max_time=f"{minutes}m", **SHAPE)
+            train_once(args.reuse, tuned, source=str(new), max_time=f"{minutes}m", init_from=str(parent))
             s, t = score(scratch), score(tuned)
             rows.append(report.row(f"{minutes:g} min", f"{s:.3f}", f"{t:.3f}", f"{t - s:+.3f}"))
             print(rows[-1], flush=True)
         new_chars = len(new.read_text())
+    precision = charloom.load(runs / "parent").info.get("precision")  # auto: what the probe chose
     body = "\n".join([
         "## Fine-tuning against training from scratch",
         "",
         f"Command: `python bench/finetune_bench.py --parent-minutes {args.parent_minutes:g} --minutes "
-        f"{' '.join(f'{m:g}' for m in args.minutes)}`.",
+        f"{' '.join(f'{m:g}' for m in args.minutes)}` (the runs of that command; `--reuse` redoes the scoring).",
         f"Machine: {report.machine()}.",
         f"The bundled Shakespeare's first 90% trains the parent (LSTM 1x{SHAPE['hidden_size']}, embedding "
-        f"{SHAPE['embedding']}, {args.parent_minutes:g} minutes); the last 10% ({new_chars:,} characters, plays the "
+        f"{SHAPE['embedding']}, {args.parent_minutes:g} minutes, every run in {precision}); the last 10% "
+        f"({new_chars:,} characters, plays the "
         f"parent never read) is the new text. Each row trains on the new text for the same time from scratch and "
         f"from the parent (`--init-from`), and scores the new text's whole held-out split (its last 5%). The "
         f"parent alone, before fine-tuning, scores {before.bpc:.3f} bpc on the whole new text.",

@@ -79,6 +79,7 @@ def main() -> None:
         samples = {name: charloom("sample", "--checkpoint", str(run), "--label", name, "--num-samples", "3",
                                   "--seed", "1", "--temperature", "0.5").split("\n")[1:4]
                    for name in ("World", "Sports", "Business", "Sci/Tech")}
+    precision = json.loads(charloom("info", str(run), "--json", "--samples", "0"))["training"]["precision"]
     rows = [report.row(r["label"], f"{r['records']:,}", f"{r['bpc']:.3f}", f"{r['wrong_bpc']:.3f}",
                        f"{r['no_label_bpc']:.3f}", f"{r['wrong_bpc'] - r['bpc']:+.3f}") for r in figures["labels"]]
     body = "\n".join([
@@ -87,7 +88,7 @@ def main() -> None:
         f"Command: `python bench/labels_bench.py --minutes {args.minutes:g} --rows {args.rows}`.",
         f"Machine: {report.machine()}.",
         f"{args.rows:,} synthetic AG-News-shaped headlines (four classes sharing verbs and places, see the script) "
-        f"train a model with the default settings for {args.minutes:g} minutes (`--records --column 1 --label-column "
+        f"train a model with the default settings for {args.minutes:g} minutes (precision {precision}; `--records --column 1 --label-column "
         f"0 --label-map \"{LABEL_MAP}\"`); `charloom eval` scores 2,000 other headlines of the same kind. Overall "
         f"{figures['bpc']:.3f} bpc.",
         "",

@@ -13,6 +13,7 @@ import sys
 import time
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -263,23 +264,26 @@ def _novelty_summary(verdicts: list[bool]) -> None:
           f"the rest copy the training corpus", file=sys.stderr)
 
 
-def cmd_sample(ns: argparse.Namespace) -> None:
-    import warnings
+def _novelty(ns: argparse.Namespace, ck: Any) -> Any:
+    """The novelty check `--novelty` asks for (None without it)."""
+    if not (ns.novelty or ns.novelty_source):
+        return None
+    from .novelty import Novelty
 
+    return Novelty.for_checkpoint(ck, ns.novelty_source)
+
+
+def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
-    novelty = None
-    if ns.novelty or ns.novelty_source:
-        from .novelty import Novelty
-
-        novelty = Novelty.for_checkpoint(ck, ns.novelty_source)
+    novelty = _novelty(ns, ck)
     sink = _Output(ns.output) if ns.output else None
     colour = ns.color and sink is None and _colour_terminal()
     if colour:
         from .insight import legend
 
-        print(legend(), file=sys.stderr)
+        print(legend(), file=sys.stderr)  # once, before the samples
     verdicts: list[bool] = []
 
     def one(opts: SampleOptions) -> None:
@@ -524,7 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--color", action="store_true", help=f"also print the text's first {COLOUR_CHARS:,} characters "
                    "shaded by the probability the model gave each (red: surprising); on a terminal only")
     s.set_defaults(run=cmd_eval)
+    _add_model_commands(sub)
+    return p
 
+
+def _add_model_commands(sub: Any) -> None:
+    """The commands about a trained model: its report, its curves, its export, its server."""
     s = sub.add_parser("info", help="a run's report: corpus, model, training, bpc and a few samples",
                        description="Describe a run folder or a model file on its own (the corpus is not needed).")
     s.add_argument("path", metavar="PATH", help="a run folder or a model file")
@@ -553,7 +562,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run folder or a model file")
     add_options(s, ServeConfig)
     s.set_defaults(run=cmd_serve)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -410,6 +410,31 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         return {"samples": samples, "settings": opts.to_dict(),
                 "timing": {"seconds": round(dt, 4), "characters": chars, "chars_per_s": round(chars / dt) if dt else None}}
 
+    @app.get("/v1/model")
+    def model_info() -> dict[str, Any]:
+        return {"config": ck.config.to_dict(), "states": list(ck.model.cell.state), "vocab_size": len(ck.vocab),
+                "characters": "".join(ck.vocab.chars), "labels": list(ck.vocab.labels),
+                "records": ck.records, "parameters": ck.model.num_parameters(), "training": ck.info,
+                "limits": cfg.to_dict()}
+
+    _add_reading_routes(app, runner, ck, cfg)
+    _add_run_routes(app, ck)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "active_generations": slots.active, "generated_characters": slots.characters}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def playground() -> str:
+        return page
+
+    _add_guards(app, cfg)
+    return app
+
+
+def _add_run_routes(app: FastAPI, ck: Checkpoint) -> None:
+    """The run the model came from: its report and its training chart."""
+
     @app.get("/v1/report")
     def report() -> dict[str, Any]:
         """`charloom info`'s report of the served model (without samples: the playground makes its own)."""
@@ -423,26 +448,6 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
             raise HTTPException(404, detail="no training chart beside this model (a run folder trained with the "
                                             "plot extra has one)")
         return Response(chart.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-cache"})
-
-    @app.get("/v1/model")
-    def model_info() -> dict[str, Any]:
-        return {"config": ck.config.to_dict(), "states": list(ck.model.cell.state), "vocab_size": len(ck.vocab),
-                "characters": "".join(ck.vocab.chars), "labels": list(ck.vocab.labels),
-                "records": ck.records, "parameters": ck.model.num_parameters(), "training": ck.info,
-                "limits": cfg.to_dict()}
-
-    _add_reading_routes(app, runner, ck, cfg)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "active_generations": slots.active, "generated_characters": slots.characters}
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def playground() -> str:
-        return page
-
-    _add_guards(app, cfg)
-    return app
 
 
 def _add_reading_routes(app: FastAPI, runner: _Runner, ck: Checkpoint, cfg: ServeConfig) -> None:
