@@ -1,4 +1,5 @@
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -105,3 +106,16 @@ def live(model_dir):
     """The app served by uvicorn on a free loopback port: (base URL, app)."""
     with serving(model_dir, max_length=100000, max_concurrent=2) as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium (or CHARLOOM_CHROMIUM) driven by Playwright, headless, its background services off:
+    this machine's closed network refuses their connections."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=os.environ.get("CHARLOOM_CHROMIUM", "/usr/bin/chromium"), headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()

@@ -28,7 +28,7 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"
         "First Citizen: You are all resolved rather to die than to famish?\n") * 8
 SEED = 2**33 - 1  # sample 0 draws from the stream seeded 2**32 - 1, sample 1 from the one seeded 0
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 pytest.importorskip("onnx", reason="the web export needs the 'onnx' extra")
 pytest.importorskip("onnxruntime", reason="the web export needs the 'onnx' extra")
 if not os.path.exists(CHROMIUM):
@@ -105,16 +105,6 @@ def served(serve, tmp_path_factory):
         return sites[records]
 
     return site
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
 
 
 @pytest.fixture
