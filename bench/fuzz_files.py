@@ -273,7 +273,7 @@ def controls(f: Forge) -> None:
 COST = r"""
 import atexit, json, runpy, sys, time
 out = sys.argv.pop(1)
-import charloom.cli
+import charloom.checkpoint, charloom.cli  # the package imports lazily: checkpoint brings torch up before the clock
 t0, c0 = time.perf_counter(), time.process_time()
 def cost():
     with open("/proc/self/status") as f:
@@ -324,7 +324,7 @@ def outcome(case: Case, code: int | None, err: str) -> str:
 # same command line through cli.main, prints any traceback as the interpreter would, and reports its cost
 SERVER = r"""
 import json, os, sys, time, traceback
-import charloom.cli
+import charloom.checkpoint, charloom.cli  # torch too: the package imports lazily
 print("ready", flush=True)
 for line in sys.stdin:
     args, err, cost = json.loads(line)
