@@ -19,6 +19,18 @@ def set_range(page, selector, value):
     page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
 
 
+def swept(browser, url, start, seed, length):
+    """A new page that has run the temperature sweep for `start` with this seed and length."""
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.fill("#start", start)
+    page.fill("#seed", str(seed))
+    set_range(page, "#length", str(length))
+    page.click("#sweep-button")
+    page.wait_for_function("document.getElementById('status').textContent === 'sweep done'", timeout=60_000)
+    return page
+
+
 def test_typed_start_text_streams_into_the_page(live, browser):
     url, _ = live
     page = browser.new_page(viewport={"width": 1200, "height": 800})
@@ -60,13 +72,7 @@ def test_text_appears_while_it_is_made_and_stop_ends_it(live, browser):
 
 def test_temperature_sweep_shows_five_columns(live, browser):
     url, _ = live
-    page = browser.new_page()
-    page.goto(url + "/")
-    page.fill("#start", "Whether")
-    page.fill("#seed", "3")
-    set_range(page, "#length", "80")
-    page.click("#sweep-button")
-    page.wait_for_function("document.getElementById('status').textContent === 'sweep done'", timeout=60_000)
+    page = swept(browser, url, "Whether", seed=3, length=80)
     columns = page.query_selector_all("#sweep .text")
     assert [c.get_attribute("data-temperature") for c in columns] == ["0.3", "0.8", "1", "1.3", "1.8"]
     texts = [c.text_content() for c in columns]
@@ -152,13 +158,7 @@ def test_generated_text_is_coloured_by_the_models_own_probabilities(live, browse
 
 def test_the_sweep_columns_are_coloured_too(live, browser):
     url, _ = live
-    page = browser.new_page()
-    page.goto(url + "/")
-    page.fill("#start", "To")
-    page.fill("#seed", "2")
-    set_range(page, "#length", "40")
-    page.click("#sweep-button")
-    page.wait_for_function("document.getElementById('status').textContent === 'sweep done'", timeout=60_000)
+    page = swept(browser, url, "To", seed=2, length=40)
     for column in page.query_selector_all("#sweep .text"):
         assert len(column.query_selector_all(".char[data-p]")) == 40
     page.close()
