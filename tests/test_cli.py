@@ -165,7 +165,10 @@ def test_cli_train_sample_eval(tmp_path, text_file):
     whole = charloom.evaluate(ck.model, charloom.batching.eval_windows(
         charloom.Stream(ck.vocab.encode_array(text_file.read_text()), [(0, len(text_file.read_text()))]),
         1024, 1, ck.vocab.pad_id))
-    assert figures["bpc"] == pytest.approx(whole.bpc, abs=1e-4)
+    assert figures["network_bpc"] == pytest.approx(whole.bpc, abs=1e-4)  # the network alone, beside the model
+    assert figures["bpc"] < figures["network_bpc"]  # with the n-gram that has read this very text
+    code, js, err = run("eval", "--checkpoint", str(out), str(text_file), "--json", "--no-ngram")
+    assert code == 0 and json.loads(js)["bpc"] == pytest.approx(whole.bpc, abs=1e-4) and "network_bpc" not in js
     assert figures["characters_scored"] == len(text_file.read_text()) - 1
     other = tmp_path / "other.txt"
     other.write_text("All: Speak! 🎉 zzz")
@@ -189,9 +192,9 @@ def test_eval_adapt_prints_the_adapted_figure_beside_the_static_one(tmp_path):
     figures = json.loads(js)
     ck = charloom.load(out)
     corpus = charloom.load_corpus(charloom.CorpusConfig(source=str(src)), vocab=ck.vocab)
-    static = charloom.score(ck.model, corpus)
+    static = charloom.score(ck.model, corpus, mixture=ck.mixture)
     adapted = charloom.evaluation.score_adapted(
-        ck.model, corpus, charloom.EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=8))
+        ck.model, corpus, charloom.EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=8), mixture=ck.mixture)
     assert figures["bpc"] == pytest.approx(static.bpc, abs=1e-4)
     assert figures["adapted_bpc"] == pytest.approx(adapted.bpc, abs=1e-4) and figures["adapted_bpc"] < figures["bpc"]
     assert figures["adapt"] == {"adapt_lr": 0.5, "adapt_segment": 8, "adapt_decay": 0.0}

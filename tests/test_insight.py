@@ -11,6 +11,7 @@ from charloom import checkpoint
 from charloom.config import ModelConfig
 from charloom.insight import activations, read, shade
 from charloom.model import CharRNN
+from charloom.ngram import bucket, contexts
 from charloom.sampling import Generator, Stepper
 from charloom.vocab import Vocab
 
@@ -134,6 +135,12 @@ def softmax_probs(model_dir, text, context):
     with torch.no_grad():
         logits, _ = ck.model.eval()(torch.tensor([full + ids]))
     probs = logits[0].double().softmax(-1)[len(full) - 1:-1]
+    if ck.mixture is not None:  # the model's probabilities: w p_network + (1 - w) p_ngram, written out
+        ng = ck.mixture.ngram
+        ctx = contexts(np.array([full + ids]), None, ng.order)[0][len(full) - 1:-1]
+        p_ng, longest, count = ng.probs(ctx)
+        w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(longest, count)])[:, None]
+        probs = w * probs + (1 - w) * torch.from_numpy(p_ng)
     return probs[torch.arange(len(ids)), torch.tensor(ids)].numpy(), probs
 
 

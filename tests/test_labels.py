@@ -298,5 +298,6 @@ def test_an_exported_model_writes_for_a_label_as_pytorch_does(trained, tmp_path)
     export(ck, ExportConfig(), tmp_path / "model.onnx")
     onnx_gen = OnnxGenerator.load(tmp_path / "model.onnx")
     assert onnx_gen.vocab == ck.vocab and onnx_gen.vocab.labels == NAMES
-    want = Generator.from_checkpoint(ck).generate("", 40, n=2, seed=5, label="Business")
+    # the ONNX file holds the network alone
+    want = Generator.from_checkpoint(ck).generate("", 40, n=2, seed=5, label="Business", ngram=False)
     assert onnx_gen.generate("", 40, n=2, seed=5, label="Business") == want

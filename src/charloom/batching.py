@@ -368,6 +368,29 @@ def heldout_batches(corpus: Corpus, cfg: BatchConfig) -> Iterator[Batch]:
     return RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name).in_order() if len(va) else iter(())
 
 
+def training_text(data: Data, most: int) -> np.ndarray:
+    """The training split as one id array, its last `most` ids at most: a stream's segments joined, or each
+    training record wrapped in <bos> ... <eos> (as training reads it, label tokens aside)."""
+    if isinstance(data.train, StreamBatches):
+        stream = data.train.stream
+        parts, left = [], most
+        for s, e in reversed(stream.segments):
+            parts.append(stream.ids[max(s, e - left):e])
+            left -= len(parts[-1])
+            if left <= 0:
+                break
+        return np.concatenate(parts[::-1]).astype(np.int64)
+    corpus, v = data.corpus, data.corpus.vocab
+    parts, left = [], most
+    for i in data.train.indices[::-1]:
+        rec = corpus.ids[corpus.offsets[i]:corpus.offsets[i + 1]]
+        parts.append(np.concatenate([[v.bos_id], rec, [v.eos_id]])[-left:])
+        left -= len(parts[-1])
+        if left <= 0:
+            break
+    return np.concatenate(parts[::-1]).astype(np.int64)
+
+
 def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:
     """Split the corpus and set up its batches (checks that it is long enough for `cfg`).
 

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import atomic
+from . import atomic, ngram
 from .config import ModelConfig
 from .errors import CharloomError
 from .model import CharRNN
@@ -67,6 +68,7 @@ class Checkpoint:
     path: Path | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the extra (non-model) tensors
     meta: dict[str, Any] = field(default_factory=dict)  # the extra JSON fields
+    mixture: ngram.Mixture | None = None  # the n-gram of the training text mixed with the network, if it has one
 
     @property
     def config(self) -> ModelConfig:
@@ -120,12 +122,65 @@ def encode(model: CharRNN, vocab: Vocab, *, records: bool, info: dict[str, Any] 
 
 
 def save(path: str | Path, model: CharRNN, vocab: Vocab, *, records: bool, info: dict[str, Any] | None = None,
-         extra_tensors: dict[str, torch.Tensor] | None = None, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write a model file atomically (the previous file survives any failure)."""
+         extra_tensors: dict[str, torch.Tensor] | None = None, extra_meta: dict[str, Any] | None = None,
+         mixture: ngram.Mixture | None = None) -> Path:
+    """Write a model file atomically (the previous file survives any failure); with `mixture`, its n-gram's text
+    and weights go in too."""
     path = Path(path)
+    if mixture is not None:
+        extra_tensors, extra_meta = {**(extra_tensors or {}), **_mixture_tensors(mixture)}, \
+            {**(extra_meta or {}), NGRAM: {"order": mixture.ngram.order, "beta": mixture.ngram.beta}}
     atomic.write_bytes(path, encode(model, vocab, records=records, info=info, extra_tensors=extra_tensors,
                                     extra_meta=extra_meta))
     return path
+
+
+NGRAM = "ngram"  # the extra field, and the prefix of the tensors, of a model's n-gram
+_NGRAM_IDS = {"U8": 2**8, "I16": 2**15, "I32": 2**31}  # dtypes of the n-gram's text, and the ids each can hold
+
+
+def _mixture_tensors(mixture: ngram.Mixture) -> dict[str, torch.Tensor]:
+    ids, vocab_size = mixture.ngram.ids, mixture.ngram.vocab_size
+    dtype = next(_DTYPES[name] for name, most in _NGRAM_IDS.items() if vocab_size <= most)
+    return {f"{NGRAM}.ids": torch.from_numpy(ids.astype(np.int64)).to(dtype),
+            f"{NGRAM}.weights": torch.from_numpy(np.asarray(mixture.weights, dtype=np.float32))}
+
+
+def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str) -> None:
+    """An n-gram's fields and tensor shapes, before any byte of it is read: both or neither, within bounds."""
+    names = {k for k in table if k.startswith(f"{NGRAM}.")}
+    if NGRAM not in extra and not names:
+        return
+    spec = extra.get(NGRAM)
+    if names != {f"{NGRAM}.ids", f"{NGRAM}.weights"} or not isinstance(spec, dict) or set(spec) != {"order", "beta"}:
+        raise CharloomError(f"{where}: damaged model file (its n-gram needs the field {NGRAM!r} with order and beta, "
+                            f"and the tensors {NGRAM}.ids and {NGRAM}.weights)")
+    order, beta = spec["order"], spec["beta"]
+    if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= ngram.MAX_ORDER:
+        raise CharloomError(f"{where}: n-gram order {order!r} is not an integer in 1..{ngram.MAX_ORDER}")
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta <= 1e6:
+        raise CharloomError(f"{where}: n-gram beta {beta!r} is not a number in (0, 1e6]")
+    ids, weights = table[f"{NGRAM}.ids"], table[f"{NGRAM}.weights"]
+    if ids["dtype"] not in _NGRAM_IDS or len(ids["shape"]) != 1 or not 0 < ids["shape"][0] <= ngram.MAX_CHARS:
+        raise CharloomError(f"{where}: tensor '{NGRAM}.ids' must be 1 to {ngram.MAX_CHARS:,} integers, is "
+                            f"{ids['dtype']} {ids['shape']}")
+    if weights["dtype"] != "F32" or weights["shape"] != [order + 1, ngram.BUCKETS]:
+        raise CharloomError(f"{where}: tensor '{NGRAM}.weights' must be F32 {[order + 1, ngram.BUCKETS]}, is "
+                            f"{weights['dtype']} {weights['shape']}")
+
+
+def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size: int,
+             where: str) -> ngram.Mixture | None:
+    """The model's n-gram from its checked header and tensors: every id in the vocabulary, weights in [0, 1]."""
+    if NGRAM not in extra:
+        return None
+    ids, weights = tensors[f"{NGRAM}.ids"].numpy(), tensors[f"{NGRAM}.weights"].numpy()
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise CharloomError(f"{where}: tensor '{NGRAM}.ids' holds ids outside the vocabulary of {vocab_size}")
+    if not (np.isfinite(weights).all() and (weights >= 0).all() and (weights <= 1).all()):
+        raise CharloomError(f"{where}: tensor '{NGRAM}.weights' holds values outside [0, 1]")
+    spec = extra[NGRAM]
+    return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), weights.astype(np.float64))
 
 
 # ---- reading: every check that needs only the header comes before any tensor byte is read ----------------
@@ -363,6 +418,7 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
         layout = _read_layout(f, size, where)
         cfg, vocab_data, records, info, extra = _fields(layout.meta, where)
         _check_config(cfg, vocab_data, layout.table, where)
+        _check_ngram_header(extra, layout.table, where)
         blob = _read_data(f, layout, where)
     tensors = _tensors(blob, layout.table, where)
     del blob
@@ -374,7 +430,7 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
                           assign=True)
     model.to(device)
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
-    return Checkpoint(model, vocab, records, info, p, rest, extra)
+    return Checkpoint(model, vocab, records, info, p, rest, extra, _mixture(extra, rest, cfg.vocab_size, where))
 
 
 # ---- run state: what a resumed run needs beyond the model --------------------------------------------

@@ -433,27 +433,41 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     v = ck.vocab
     ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
     c = corpus.load(ccfg, vocab=v)
-    result = score(ck.model, c, ecfg, device)
-    adapted = score_adapted(ck.model, c, ecfg, device) if ecfg.adapt else None  # always beside, never instead
+    mixture = ck.mixture if ecfg.ngram else None
+    result = score(ck.model, c, ecfg, device, mixture)
+    adapted = score_adapted(ck.model, c, ecfg, device, mixture) if ecfg.adapt else None  # beside, never instead
     if ns.color:
         _coloured_corpus(ck, c)
     unknown = c.stats["unknown_characters"]
     figures = {"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
                "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
                "unknown_characters": unknown}
+    if result.network_bpc is not None:
+        figures["network_bpc"] = round(result.network_bpc, 4)
     if adapted is not None:
         figures |= {"adapted_bpc": round(adapted.bpc, 4), "adapted_perplexity": round(adapted.perplexity, 4),
                     "adapt": {k: getattr(ecfg, k) for k in ("adapt_lr", "adapt_segment", "adapt_decay")}}
+        if adapted.network_bpc is not None:
+            figures["adapted_network_bpc"] = round(adapted.network_bpc, 4)
     per_label = label_scores(ck.model, c, device=device) if c.labels is not None else None
     if per_label is not None:
         figures["labels"] = per_label
-    print(json.dumps(figures) if ns.json else
-          f"{ccfg.source}: {result.bpc:.4f} bits per character, perplexity {result.perplexity:.3f} over "
-          f"{result.characters:,} predicted characters; {unknown:,} characters outside the model's vocabulary "
-          f"(read as <unk>)" + (f"\nadapted while reading (dynamic evaluation, lr {ecfg.adapt_lr:g}, segments of "
-                                f"{ecfg.adapt_segment}): {adapted.bpc:.4f} bits per character" if adapted else ""))
+    print(json.dumps(figures) if ns.json else "\n".join(_eval_lines(ccfg.source, result, adapted, ecfg, unknown)))
     if per_label is not None and not ns.json:
         print("\n".join(label_table(per_label)))
+
+
+def _eval_lines(source: str, result: Any, adapted: Any, ecfg: EvalConfig, unknown: int) -> list[str]:
+    def alone(ev: Any) -> str:  # a model with an n-gram: the network's own figure beside the model's
+        return f" (the network alone, without its n-gram: {ev.network_bpc:.4f})" if ev.network_bpc is not None else ""
+
+    out = [f"{source}: {result.bpc:.4f} bits per character{alone(result)}, perplexity {result.perplexity:.3f} over "
+           f"{result.characters:,} predicted characters; {unknown:,} characters outside the model's vocabulary "
+           f"(read as <unk>)"]
+    if adapted is not None:
+        out.append(f"adapted while reading (dynamic evaluation, lr {ecfg.adapt_lr:g}, segments of "
+                   f"{ecfg.adapt_segment}): {adapted.bpc:.4f} bits per character{alone(adapted)}")
+    return out
 
 
 def label_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -311,6 +311,8 @@ class TrainConfig(Config):
                                "trained weights with this decay per step (the first steps average over fewer: "
                                "decay min(ema, (1 + n) / (10 + n)) after n updates); 0: the trained weights")
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
+    ngram: int = option(8, "at the end, mix the network with an n-gram of this order of the training text (0: none); "
+                           "the model file then holds up to 8 M characters of the training text")
     eval_every: int = option(200, "evaluate on the validation split every N steps (0: only at the end)")
     eval_chars: int = option(65536, "characters (or records' characters) of the validation split used by the "
                                     "evaluations (the same ones each time, so they compare); 0 = all; the final "
@@ -339,11 +341,13 @@ class TrainConfig(Config):
                                   "the model went and its score)")
 
     def validate(self) -> None:
-        for n in ("max_steps", "warmup", "eval_every", "eval_chars", "sample_length", "threads"):
+        for n in ("max_steps", "warmup", "eval_every", "eval_chars", "sample_length", "threads", "ngram"):
             if getattr(self, n) < 0:
                 raise ConfigError(f"{n}: must not be negative, got {getattr(self, n)}")
         if self.epochs < 0:
             raise ConfigError(f"epochs: must not be negative, got {self.epochs}")
+        if self.ngram > 16:
+            raise ConfigError(f"ngram: at most 16, got {self.ngram}")
         if self.extend_vocab and not self.init_from:
             raise ConfigError("extend_vocab: only means something with --init-from RUN (the vocabulary it extends)")
         _positive(self, "lr")
@@ -393,6 +397,8 @@ class SampleOptions(Config):
                                        "(on the command line, \\n is a newline)", metavar="TEXT")
     label: str | None = option(None, "a model trained on labelled records: write for this label (Sports); "
                                      "default: no label", metavar="NAME")
+    ngram: bool = option(True, "a model with an n-gram of its training text: mix it in (off: the network alone, which "
+                               "copies less of the training text and writes faster)")
 
     def validate(self) -> None:
         self._check_text("start", self.start)
@@ -473,6 +479,8 @@ class EvalConfig(Config):
     adapt_segment: int = option(32, "dynamic evaluation: characters per segment (one step each)")
     adapt_decay: float = option(0.0, "dynamic evaluation: each step pulls the weights this share of the way back "
                                      "to the trained ones (0: no pull)")
+    ngram: bool = option(True, "a model with an n-gram of its training text: score with it mixed in, the network "
+                               "alone beside it (the n-gram has memorised the training text: score other text)")
 
     def validate(self) -> None:
         _positive(self, "streams", "window", "adapt_segment")

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import SampleOptions
 from .errors import CharloomError, ConfigError
+from .ngram import Mixture, contexts
 from .vocab import Vocab
 
 UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
@@ -130,6 +131,7 @@ class Writer:
     records: bool
     num_layers: int
     hidden_size: int
+    mixture: Mixture | None = None  # the model's n-gram, mixed with the backend's prediction at every step
 
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
@@ -137,9 +139,19 @@ class Writer:
     def _step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
 
-    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
-        """(T, V) float32 logits of one text of ids read in one call from a zero state: row t predicts ids[t + 1]."""
+    def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
         raise NotImplementedError
+
+    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """(T, V) float32 logits of one text of ids read in one call from a zero state: row t predicts ids[t + 1]
+        (log-probabilities of the mixture, for a model with an n-gram)."""
+        logits = self._read_logits(ids)
+        if self.mixture is None:
+            return logits
+        return self.mixture.log_probs(logits, contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order)[0])
+
+    def _mixed(self, logits: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+        return logits if context is None else self.mixture.log_probs(logits, context)
 
     def state_arrays(self, state: Any) -> dict[str, np.ndarray]:
         """The backend's state as named float32 arrays, each (num_layers, B, H): `h`, and `c` for an LSTM."""
@@ -225,6 +237,10 @@ class Writer:
         if opts.length == 0:
             return
         last, state = self._start(prefix, n)  # (n, V): every sample shares the start
+        context = None  # (n, order): the ids the n-gram reads, for a model with one
+        if self.mixture is not None and opts.ngram:
+            context = contexts(np.asarray([prefix]), None, self.mixture.ngram.order)[0, -1:].repeat(n, 0)
+        last = self._mixed(last, context)
         base = secrets.randbits(62) if opts.seed is None else int(opts.seed)
         streams = [UniformStream(base + i) for i in range(n)] if opts.temperature > 0 else []
         banned = np.asarray(self.banned_ids())
@@ -261,6 +277,9 @@ class Writer:
             if penalty != 1.0:
                 seen[np.arange(n), nxt] = True
             last, state = self._step(nxt, state)
+            if context is not None:
+                context = np.concatenate([context[:, 1:], nxt[:, None]], axis=1)
+            last = self._mixed(last, context)
         for i, rest in enumerate(stops.held if stops else ()):  # what could have begun a stop string, but did not
             if rest:
                 yield i, rest

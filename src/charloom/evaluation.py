@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import runtime
+from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import BatchConfig, EvalConfig
 from .corpus import Corpus
@@ -30,12 +30,18 @@ from .model import CharRNN, State, detach
 
 LN2 = math.log(2)
 ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
+FIT_CHARS = 200_000  # characters of training text a mixture's weights are fitted on
 
 
 @dataclass
 class Evaluation:
     loss: float  # mean nats per predicted character
     characters: int  # predicted characters scored
+    network_loss: float | None = None  # for a model with an n-gram: the network's own mean nats, without it
+
+    @property
+    def network_bpc(self) -> float | None:
+        return None if self.network_loss is None else self.network_loss / LN2
 
     @property
     def bpc(self) -> float:
@@ -82,6 +88,68 @@ def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | st
     return Evaluation(total / count, count)
 
 
+def _target_probs(logits: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """The network's probability of each scored target of `batch` (float64), and which targets are scored."""
+    y = batch.y.to(logits.device)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    keep = (batch.y != batch.pad_id).numpy()
+    return np.exp(logp.detach().double().cpu().numpy())[keep], keep
+
+
+def _contexts(batch: Batch, before: np.ndarray | None, order: int) -> np.ndarray:
+    """(B, T, order): the ids each target of `batch` follows, the carried ones first when it continues."""
+    return ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)
+
+
+@torch.inference_mode()
+def network_predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device | str = "cpu",
+                        max_characters: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every scored target of `batches`: (the network's probability of it (N,), the `order` ids before it
+    (N, order), the target (N,)). What a mixture is fitted on."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    probs, ctxs, targets, state, before, count = [], [], [], None, None, 0
+    try:
+        for b in batches:
+            logits, state = model(b.x.to(device), state if b.continues else None)
+            p, keep = _target_probs(logits, b)
+            ctx = _contexts(b, before, order)
+            before = ctx[:, -1]
+            probs.append(p), ctxs.append(ctx[keep]), targets.append(b.y.numpy()[keep].astype(np.int64))
+            count += len(p)
+            if max_characters and count >= max_characters:
+                break
+    finally:
+        model.train(was_training)
+    if not count:
+        raise CharloomError("nothing to evaluate: the text has fewer than two characters")
+    return np.concatenate(probs), np.concatenate(ctxs), np.concatenate(targets)
+
+
+def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Batch],
+                   device: torch.device | str = "cpu") -> Evaluation:
+    """`evaluate` for a model with an n-gram: the mixture's loss, with the network's own beside it."""
+    p_net, ctx, y = network_predictions(model, batches, mixture.ngram.order, device)
+    mixed = mixture.target_probs(p_net, ctx, y)
+    return Evaluation(float(-np.log(np.maximum(mixed, 1e-300)).mean()), len(y),
+                      float(-np.log(np.maximum(p_net, 1e-300)).mean()))
+
+
+def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
+                device: torch.device | str = "cpu") -> ngram.Mixture:
+    """The n-gram of training text `ids` mixed with `model`: its weights fitted on the last tenth of `ids` (at
+    most FIT_CHARS), scored by the network and by an n-gram built from the rest; then the n-gram of all of `ids`."""
+    held = min(FIT_CHARS, len(ids) // 10)
+    if held < 2 or len(ids) - held < 2:
+        return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), np.ones((order + 1, ngram.BUCKETS)))
+    start = len(ids) - held
+    batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
+    p_net, ctx, y = network_predictions(model, batches, order, device)
+    weights = ngram.fit(ngram.NGram(ids[:start], vocab_size, order, beta), p_net, ctx, y).weights
+    return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), weights)
+
+
 def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iterable[Batch]:
     """A whole corpus as evaluation batches: records in order, each wrapped in <bos> ... <eos>; a continuous
     text as `streams` parallel streams fed `window` characters at a time, state carried."""
@@ -92,11 +160,13 @@ def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iter
 
 
 def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
-          device: torch.device | str | None = None) -> Evaluation:
-    """Bits per character of `model` on all of `corpus` (encoded with the model's vocabulary), in fp32."""
+          device: torch.device | str | None = None, mixture: ngram.Mixture | None = None) -> Evaluation:
+    """Bits per character of `model` (with its n-gram `mixture`, if it has one) on all of `corpus` (encoded with
+    the model's vocabulary), in fp32."""
     cfg = cfg or EvalConfig()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return evaluate(model, corpus_batches(corpus, cfg.streams, cfg.window), device)
+    batches = corpus_batches(corpus, cfg.streams, cfg.window)
+    return evaluate_mixed(model, mixture, batches, device) if mixture else evaluate(model, batches, device)
 
 
 def label_scores(model: CharRNN, corpus: Corpus, indices: np.ndarray | None = None,
@@ -130,42 +200,59 @@ def label_scores(model: CharRNN, corpus: Corpus, indices: np.ndarray | None = No
 
 
 def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.0,
-          device: torch.device | str = "cpu", clip: float = ADAPT_CLIP) -> Evaluation:
+          device: torch.device | str = "cpu", clip: float = ADAPT_CLIP,
+          mixture: ngram.Mixture | None = None) -> Evaluation:
     """Dynamic evaluation (Krause et al., 2018): each batch is scored first, then the model takes one SGD step
     on that batch's mean loss (its gradient norm clipped to `clip`, as in training, so a passage unlike anything
     seen cannot throw the weights far), `decay` of the way back towards the trained weights, and reads on with its state
     carried. Every character is scored by weights that have seen only the characters before it, as a
-    compressor's model has. Works on a copy: `model` is left as it was."""
+    compressor's model has. With `mixture`, each character is scored by the adapting network mixed with the
+    (fixed) n-gram, and the network's own figure goes beside it. Works on a copy: `model` is left as it was."""
     device = torch.device(device)
     work = copy.deepcopy(model).to(device).eval()  # eval: no dropout while it reads
     params = [p for p in work.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params]
-    total, count, state = 0.0, 0, None
+    total, own, count, state, before = 0.0, 0.0, 0, None, None
     with torch.inference_mode(False), torch.enable_grad():
         for b in batches:
-            nll, new_state = batch_loss(work, b, state if b.continues else None, device, reduction="sum")
-            total, count = total + float(nll.detach()), count + b.tokens
-            grads = torch.autograd.grad(nll / max(1, b.tokens), params)
-            with torch.no_grad():
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                if clip and norm > clip:
-                    torch._foreach_mul_(grads, clip / float(norm))
-                torch._foreach_add_(params, grads, alpha=-lr)
-                if decay:
-                    torch._foreach_lerp_(params, trained, decay)
+            nll, new_state = batch_loss(work, b, state if b.continues else None, device, reduction="none")
+            scored = nll.detach()[(b.y != b.pad_id).flatten().to(device)]
+            own, count = own + float(scored.sum()), count + b.tokens
+            if mixture is None:
+                total = own
+            else:
+                ctx = _contexts(b, before, mixture.ngram.order)
+                before, keep = ctx[:, -1], (b.y != b.pad_id).numpy()
+                p = mixture.target_probs(np.exp(-scored.double().cpu().numpy()), ctx[keep], b.y.numpy()[keep])
+                total += float(-np.log(np.maximum(p, 1e-300)).sum())
+            _descend(nll.sum() / max(1, b.tokens), params, trained, lr, decay, clip)
             state = detach(new_state)
     if count == 0:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
-    return Evaluation(total / count, count)
+    return Evaluation(total / count, count, own / count if mixture is not None else None)
+
+
+def _descend(loss: torch.Tensor, params: list[torch.Tensor], trained: list[torch.Tensor], lr: float, decay: float,
+             clip: float) -> None:
+    """One clipped SGD step on `loss`, then `decay` of the way back to the trained weights."""
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if clip and norm > clip:
+            torch._foreach_mul_(grads, clip / float(norm))
+        torch._foreach_add_(params, grads, alpha=-lr)
+        if decay:
+            torch._foreach_lerp_(params, trained, decay)
 
 
 def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
-                  device: torch.device | str | None = None) -> Evaluation:
+                  device: torch.device | str | None = None, mixture: ngram.Mixture | None = None) -> Evaluation:
     """`adapt` over all of `corpus`, in segments of `cfg.adapt_segment` characters (`cfg.streams` at a time)."""
     cfg = cfg or EvalConfig()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return adapt(model, corpus_batches(corpus, cfg.streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device)
+    return adapt(model, corpus_batches(corpus, cfg.streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,
+                 mixture=mixture)
 
 
-__all__ = ["Evaluation", "adapt", "batch_loss", "corpus_batches", "evaluate", "label_scores", "score",
-           "score_adapted"]
+__all__ = ["Evaluation", "adapt", "batch_loss", "corpus_batches", "evaluate", "evaluate_mixed", "label_scores",
+           "fit_mixture", "network_predictions", "score", "score_adapted"]

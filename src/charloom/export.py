@@ -55,6 +55,7 @@ class ExportReport:
     bpc: dict[str, float] = field(default_factory=dict)  # held-out bpc: "fp32", "int8"
     scored_characters: int = 0
     web: Path | None = None
+    without: dict[str, Any] | None = None  # a model with an n-gram: its figures (the file holds the network alone)
 
     def lines(self) -> list[str]:
         out = [f"wrote {self.path} ({self.bytes / 1e6:.2f} MB); onnxruntime matches PyTorch within "
@@ -65,6 +66,12 @@ class ExportReport:
             if self.bpc:
                 out.append(f"held-out bpc over {self.scored_characters:,} characters: fp32 {self.bpc['fp32']:.4f}, "
                            f"int8 {self.bpc['int8']:.4f} ({self.bpc['int8'] - self.bpc['fp32']:+.4f})")
+        if self.without is not None:
+            g = self.without
+            figures = (f" (whole validation split: {g['network_val_bpc']:.3f} bpc alone, {g['val_bpc']:.3f} with it)"
+                       if isinstance(g.get("val_bpc"), float) and isinstance(g.get("network_val_bpc"), float) else "")
+            out.append(f"the model's n-gram of its training text is not exported: the ONNX file writes with the "
+                       f"network alone{figures}")
         if self.web is not None:
             out.append(f"wrote a web page to {self.web}: serve the folder over HTTP (any static host, or `python -m "
                        f"http.server -d {self.web}`), not as a file")
@@ -102,6 +109,8 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     model = ck.model.float().eval()
     write_onnx(model, metadata(ck), out, cfg.opset)
     report = ExportReport(out, check(model, out), out.stat().st_size)
+    if ck.mixture is not None:
+        report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
     if report.max_difference > FP32_TOLERANCE:
         raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more than "
                             f"{FP32_TOLERANCE:g}); the file is kept for inspection")

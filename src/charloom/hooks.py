@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import checkpoint, sizing
+from . import checkpoint, ngram, sizing
+from .batching import training_text
 from .errors import CharloomError
-from .evaluation import LN2, Evaluation
+from .evaluation import LN2, Evaluation, evaluate_mixed, fit_mixture
 from .sampling import sample_texts
 
 if TYPE_CHECKING:
@@ -113,6 +115,30 @@ class Display(Hook):
 
             shown = 0 if not t.cfg.sample_length else SAMPLES  # no samples asked for: none at the end either
             say("\n".join(lines(describe(t.out, samples=shown))))
+
+
+class Mixing(Hook):
+    """At the end of a run, the saved model gains the n-gram of its training text (first process only): the
+    mixture's weights are fitted to that model, the validation split scored with and without it."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+
+    def on_end(self, t: Trainer, result: TrainResult) -> None:
+        path = t.out / checkpoint.MODEL_FILE
+        if not t.rt.procs.main or not path.is_file():
+            return
+        t0 = time.perf_counter()
+        ck = checkpoint.load(path, t.rt.device)
+        ids = training_text(t.data, ngram.MAX_CHARS)
+        mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device)
+        figures: dict[str, Any] = {"order": self.order, "characters": int(len(ids))}
+        if t.data.val is not None:
+            ev = evaluate_mixed(ck.model, mixture, t.data.val_batches(), t.rt.device)
+            figures |= {"val_bpc": ev.bpc, "network_val_bpc": ev.network_bpc}
+        figures["seconds"] = round(time.perf_counter() - t0, 1)
+        checkpoint.save(path, ck.model, ck.vocab, records=ck.records, info={**ck.info, "ngram": figures},
+                        mixture=mixture)
 
 
 class Samples(Hook):

@@ -197,7 +197,7 @@ class OnnxGenerator(Writer):
         logits, state = self.model.forward(ids[:, None], state)
         return logits[:, 0], state
 
-    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+    def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
         return self.model.forward(np.asarray([list(ids)], dtype=np.int64))[0][0]  # (T, V)
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:

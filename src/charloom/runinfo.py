@@ -44,6 +44,7 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
                      "ended": info.get("stopped_by"), "sizing": info.get("sizing"), "evaluations": len(rows)},
         "bpc": {"best_validation": info.get("best_val_bpc"), "last_validation": last.get("val_bpc", info.get("val_bpc")),
                 "whole_validation_split": info.get("full_val_bpc"), "last_train": last.get("train_bpc")},
+        "ngram": info.get("ngram") if ck.mixture is not None else None,
         "samples": _samples(ck, samples, seed) if samples else [],
     }
 
@@ -91,6 +92,11 @@ def lines(report: dict[str, Any]) -> list[str]:
         fit = t["sizing"]
         out.append(f"sizing       width {fit.get('hidden_size')} chosen for {fit.get('budget')}, predicted "
                    f"{_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
+    if isinstance(report.get("ngram"), dict):
+        g = report["ngram"]
+        out.append(f"n-gram       order {_figure(g.get('order'))} over {_figure(g.get('characters'))} characters of "
+                   f"the training text, mixed in: whole validation split {_figure(g.get('val_bpc'), '{:.3f}', 'none')} "
+                   f"(the network alone {_figure(g.get('network_val_bpc'), '{:.3f}', 'none')})")
     if report["samples"]:
         joiner = " | " if c["records"] else "\n---\n"
         out.append("samples (temperature 0.8):\n" + joiner.join(report["samples"]))

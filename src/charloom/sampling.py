@@ -93,10 +93,12 @@ class Generator(Writer):
 
     @classmethod
     def from_checkpoint(cls, ck: Checkpoint, device: torch.device | str | None = None) -> Generator:
-        """The Generator for a loaded model file: its model, vocabulary and records flag. device: where to
-        run (the checkpoint's model is moved there); default: where the model already is."""
+        """The Generator for a loaded model file: its model, vocabulary, records flag and n-gram. device: where
+        to run (the checkpoint's model is moved there); default: where the model already is."""
         model = ck.model.to(device) if device is not None else ck.model
-        return cls(model, ck.vocab, device=device, records=ck.records)
+        gen = cls(model, ck.vocab, device=device, records=ck.records)
+        gen.mixture = ck.mixture
+        return gen
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -128,7 +130,7 @@ class Generator(Writer):
         return _numpy(logits), state
 
 
-    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+    def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
         with self._reading():
             logits, _ = self.model(torch.tensor([list(ids)], device=self.device))
         return _numpy(logits[0])  # (T, V)

@@ -413,7 +413,7 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
            callback: Callable[[dict[str, Any]], bool | None] | None) -> list[hooks.Hook]:
     cfg: TrainConfig = cfgs["train"]  # type: ignore[assignment]
     out = Path(cfg.out).expanduser()
-    chosen: list[hooks.Hook] = []
+    chosen: list[hooks.Hook] = [hooks.Mixing(cfg.ngram)] if cfg.ngram else []  # before Display reports the model
     if main:  # quiet or not, the run says where its model went
         chosen.append(hooks.Display(trainer_info, quiet=not cfg.progress))
         chosen.append(hooks.MetricsLog(out / "metrics.jsonl"))

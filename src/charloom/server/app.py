@@ -381,6 +381,8 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     ck.model.eval()
     gen = Generator.from_checkpoint(ck)
     gen.stepper()  # prepare the step's tables now, not inside the first request
+    if ck.mixture is not None:
+        ck.mixture.ngram.orders()  # and the n-gram's counts
     slots = _Slots(cfg.max_concurrent)
     runner = _Runner(gen, slots)
     app = FastAPI(title="charloom", version="1", summary="Character-level text generation from one model.")
@@ -415,6 +417,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         return {"config": ck.config.to_dict(), "states": list(ck.model.cell.state), "vocab_size": len(ck.vocab),
                 "characters": "".join(ck.vocab.chars), "labels": list(ck.vocab.labels),
                 "records": ck.records, "parameters": ck.model.num_parameters(), "training": ck.info,
+                "ngram": {"order": ck.mixture.ngram.order, "characters": len(ck.mixture.ngram.ids)} if ck.mixture else None,
                 "limits": cfg.to_dict()}
 
     _add_reading_routes(app, runner, ck, cfg)

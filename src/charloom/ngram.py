@@ -1,0 +1,221 @@
+"""A character n-gram of the training text, mixed with the network's prediction.
+
+A network trained for minutes has not yet memorised the text's long exact repeats (names, stage directions,
+refrains, identifiers); counts of what followed each context in the training text have. The model a run
+saves predicts with both:
+
+    p(x | context) = w * p_network(x) + (1 - w) * p_ngram(x | the last `order` characters)
+
+p_ngram interpolates the counts of every order from `order` down to a unigram (Witten-Bell, each order's
+escape weighted by `beta`), and w depends on how long a context the training text has seen and how often
+(`bucket`), fitted by EM on training text the counts were not built from (`fit`). Nothing here needs torch:
+the PyTorch and the ONNX backends share it.
+
+Counts are kept as sorted 64-bit keys: a context of order k is a polynomial hash of its k characters, and a
+(context, next character) pair is that hash shifted left with the character in the low bits, so that sorting
+the pairs groups them by context. A model file holds the text (at most MAX_CHARS ids), not the counts: they
+are rebuilt, one sort per order, the first time they are used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_ORDER = 16
+MAX_CHARS = 8_000_000  # ids of training text a model keeps for its n-gram (the last ones)
+BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count)
+PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many characters that guess is worth
+_MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
+_MISSING = -1  # a context position before the start of the text
+
+
+@dataclass
+class _Order:
+    """Counts of one order: contexts (sorted keys, their counts and distinct followers), and pairs."""
+
+    contexts: np.ndarray  # (C,) uint64, sorted
+    seen: np.ndarray  # (C,) int32: how often each context was followed by anything
+    followers: np.ndarray  # (C,) int32: how many different characters followed it
+    pairs: np.ndarray  # (P,) uint64, sorted: context key << bits | next id
+    counts: np.ndarray  # (P,) int32
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """values[i] where keys[i] == query, else 0 (keys sorted)."""
+    if not len(keys):
+        return np.zeros(query.shape, dtype=values.dtype)
+    i = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[i] == query, values[i], 0)
+
+
+@dataclass
+class NGram:
+    """Counts of every order up to `order` over `ids` (ids of one vocabulary of `vocab_size`)."""
+
+    ids: np.ndarray  # (N,) the text the counts come from
+    vocab_size: int
+    order: int = 8
+    beta: float = 4.0  # weight of each order's escape to the order below: higher trusts short contexts more
+    _orders: list[_Order] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.bits = max(1, (self.vocab_size - 1).bit_length())
+        self.mask = np.uint64((1 << (64 - self.bits)) - 1)
+        counts = np.bincount(self.ids, minlength=self.vocab_size)[:self.vocab_size]
+        self.unigram = (counts + 1.0) / (counts.sum() + self.vocab_size)  # (V,), add-one
+
+    def orders(self) -> list[_Order]:
+        if self._orders is None:
+            self._orders = self._build()
+        return self._orders
+
+    def _build(self) -> list[_Order]:
+        a, n, shift = self.ids, len(self.ids), np.uint64(self.bits)
+        h = np.zeros(n, dtype=np.uint64)  # h[i]: hash of the k ids before position i
+        out = []
+        for k in range(1, self.order + 1):
+            if k >= n:
+                break
+            h[k:] = h[k:] * _MUL + (a[:n - k] + 1).astype(np.uint64)
+            pairs = np.sort(((h[k:] & self.mask) << shift) | a[k:].astype(np.uint64))
+            first = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+            keys, counts = pairs[first], np.diff(np.r_[first, len(pairs)]).astype(np.int32)
+            del pairs
+            ctx = keys >> shift
+            starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
+            out.append(_Order(ctx[starts], np.add.reduceat(counts, starts, dtype=np.int64).astype(np.int32),
+                              np.diff(np.r_[starts, len(ctx)]).astype(np.int32), keys, counts))
+        return out
+
+    def probs(self, context: np.ndarray, candidates: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """context (N, order) ids, the nearest last (-1: before the text's start); candidates (N, C) ids, or None
+        for every id. -> (p (N, C or V) float64, the longest order whose context the text holds (N,), that
+        context's count (N,))."""
+        n, shift = len(context), np.uint64(self.bits)
+        every = candidates is None
+        if every and n == 1:  # one sample writing: the same sums on scalars, several times faster
+            one, longest1, count1 = self._one(context[0])
+            return one[None], np.array([longest1]), np.array([count1])
+        p = np.tile(self.unigram, (n, 1)) if every else self.unigram[candidates].astype(np.float64)
+        longest, count = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        h, alive = np.zeros(n, dtype=np.uint64), np.ones(n, dtype=bool)
+        for k, t in enumerate(self.orders(), 1):
+            prev = context[:, -k]
+            alive &= prev != _MISSING
+            h = h * _MUL + (np.maximum(prev, 0) + 1).astype(np.uint64)
+            key = h & self.mask
+            seen = np.where(alive, _lookup(t.contexts, t.seen, key), 0)
+            rows = np.flatnonzero(seen)
+            if not len(rows):
+                break  # no longer context can be held either
+            c = seen[rows, None]
+            u = _lookup(t.contexts, t.followers, key[rows])
+            pair = self._all_pairs(t, key[rows], u) if every else \
+                _lookup(t.pairs, t.counts, (key[rows, None] << shift) | candidates[rows].astype(np.uint64))
+            p[rows] = (pair + self.beta * u[:, None] * p[rows]) / (c + self.beta * u[:, None])
+            longest[rows], count[rows] = k, seen[rows]
+            alive[:] = False
+            alive[rows] = True
+        return p, longest, count
+
+    def _one(self, context: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """`probs` of every id after one context (order,)."""
+        p, h, longest, count = self.unigram.copy(), 0, 0, 0
+        mul, mask, bits, low = int(_MUL), int(self.mask), self.bits, np.uint64((1 << self.bits) - 1)
+        for k, t in enumerate(self.orders(), 1):
+            prev = int(context[-k])
+            if prev == _MISSING:
+                break
+            h = (h * mul + prev + 1) & 0xFFFFFFFFFFFFFFFF
+            key = h & mask
+            i = int(t.contexts.searchsorted(np.uint64(key)))
+            if i == len(t.contexts) or int(t.contexts[i]) != key:
+                break
+            c, u = int(t.seen[i]), int(t.followers[i])
+            lo = int(t.pairs.searchsorted(np.uint64(key << bits)))
+            pair = np.zeros(self.vocab_size)
+            pair[(t.pairs[lo:lo + u] & low).astype(np.int64)] = t.counts[lo:lo + u]
+            p = (pair + self.beta * u * p) / (c + self.beta * u)
+            longest, count = k, c
+        return p, longest, count
+
+    def _all_pairs(self, t: _Order, keys: np.ndarray, followers: np.ndarray) -> np.ndarray:
+        """(R, V) counts of every id after each of R held contexts: their pairs lie together in t.pairs."""
+        lo = np.searchsorted(t.pairs, keys << np.uint64(self.bits))
+        row = np.repeat(np.arange(len(keys)), followers)
+        at = np.arange(len(row)) - np.repeat(np.cumsum(followers) - followers, followers) + np.repeat(lo, followers)
+        out = np.zeros((len(keys), self.vocab_size))
+        out[row, (t.pairs[at] & np.uint64((1 << self.bits) - 1)).astype(np.int64)] = t.counts[at]
+        return out
+
+
+def contexts(x: np.ndarray, before: np.ndarray | None, order: int) -> np.ndarray:
+    """x (B, T) ids read in order, `before` (B, order) the ids read before them (None: nothing) -> (B, T, order):
+    [:, t] holds the `order` ids up to and including x[:, t], the context of the character after it."""
+    if before is None:
+        before = np.full((len(x), order), _MISSING, dtype=np.int64)
+    full = np.concatenate([before, np.asarray(x, dtype=np.int64)], axis=1)
+    return np.lib.stride_tricks.sliding_window_view(full, order, axis=1)[:, 1:]
+
+
+def bucket(longest: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The mixing weight's index: longest context held (0 .. order) x BUCKETS + min(log2(count + 1), BUCKETS - 1)."""
+    return longest * BUCKETS + np.minimum(np.log2(count + 1.0).astype(np.int64), BUCKETS - 1)
+
+
+@dataclass
+class Mixture:
+    """The n-gram and the network's weight in each bucket: (order + 1, BUCKETS) in [0, 1]."""
+
+    ngram: NGram
+    weights: np.ndarray
+
+    def mix(self, p_network: np.ndarray, p_ngram: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        w = self.weights.reshape(-1)[buckets]
+        return w * p_network + (1 - w) * p_ngram
+
+    def target_probs(self, p_network: np.ndarray, context: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """p_network (N,) of targets (N,) after context (N, order) -> the mixture's (N,)."""
+        p, longest, count = self.ngram.probs(context, targets[:, None])
+        return self.mix(p_network, p[:, 0], bucket(longest, count))
+
+    def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
+        mixture: what a Writer chooses from, as from logits."""
+        z = logits.astype(np.float64)
+        z = np.exp(z - z.max(axis=-1, keepdims=True))
+        p_net = z / z.sum(axis=-1, keepdims=True)
+        p, longest, count = self.ngram.probs(context)
+        w = self.weights.reshape(-1)[bucket(longest, count)][:, None]
+        with np.errstate(divide="ignore"):
+            return np.log(w * p_net + (1 - w) * p).astype(np.float32)
+
+
+def fit(ngram: NGram, p_network: np.ndarray, context: np.ndarray, targets: np.ndarray,
+        rounds: int = 50) -> Mixture:
+    """The weights that best mix the network with `ngram` on these characters (EM, one weight per bucket; each
+    starts from PRIOR and an empty bucket keeps it). The characters must be ones `ngram` was not built from."""
+    p, longest, count = ngram.probs(context, targets[:, None])
+    p_ng, groups = p[:, 0], bucket(longest, count)
+    size = (ngram.order + 1) * BUCKETS
+    start, strength = PRIOR
+    n = np.bincount(groups, minlength=size)
+    w = np.full(size, start)
+    for _ in range(rounds):
+        a = w[groups] * p_network
+        share = a / np.maximum(a + (1 - w[groups]) * p_ng, 1e-300)  # the network's share of each character
+        w = (np.bincount(groups, share, minlength=size) + start * strength) / (n + strength)
+    return Mixture(ngram, w.reshape(ngram.order + 1, BUCKETS))
+
+
+def bits(p: np.ndarray) -> float:
+    """Mean bits per character of probabilities p."""
+    return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
+
+
+__all__ = ["BUCKETS", "MAX_CHARS", "MAX_ORDER", "Mixture", "NGram", "bits", "bucket", "contexts", "fit"]

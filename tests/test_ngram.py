@@ -1,0 +1,205 @@
+"""The n-gram of the training text and its mixture with the network: against a hand-written reference, through
+every path that scores or writes (chunked == whole, adapt at rate 0 == static), and in model files."""
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+import charloom
+from charloom import checkpoint
+from charloom.batching import Stream, eval_windows
+from charloom.config import ModelConfig
+from charloom.errors import CharloomError
+from charloom.evaluation import adapt, evaluate_mixed, fit_mixture, network_predictions
+from charloom.model import CharRNN
+from charloom.ngram import BUCKETS, Mixture, NGram, bits, contexts, fit
+from charloom.sampling import Generator
+from charloom.vocab import Vocab
+
+
+V = 9
+
+
+def reference(ids: list[int], order: int, beta: float, context: list[int], x: int) -> float:
+    """Witten-Bell interpolation written out with dictionaries: p_k = (c(h, x) + beta u(h) p_{k-1}) / (c(h) +
+    beta u(h)) for every order whose context h the text holds, from an add-one unigram."""
+    uni = Counter(ids)
+    p = (uni[x] + 1) / (len(ids) + V)
+    for k in range(1, order + 1):
+        h = tuple(context[-k:])
+        if len(h) < k or -1 in h:
+            break
+        follow: dict[int, int] = defaultdict(int)
+        for i in range(k, len(ids)):
+            if tuple(ids[i - k:i]) == h:
+                follow[ids[i]] += 1
+        if not follow:
+            break
+        c, u = sum(follow.values()), len(follow)
+        p = (follow[x] + beta * u * p) / (c + beta * u)
+    return p
+
+
+@pytest.fixture
+def text():
+    rng = np.random.default_rng(0)
+    phrase = list(rng.integers(4, V, 12))  # characters only: no special ids
+    ids = []
+    for _ in range(30):  # repeats, with noise between them: contexts of every count
+        ids += phrase[: rng.integers(4, 12)] + list(rng.integers(4, V, rng.integers(1, 6)))
+    return ids
+
+
+@pytest.mark.parametrize("order,beta", [(1, 1.0), (3, 4.0), (5, 0.5)])
+def test_probabilities_equal_the_written_out_interpolation(text, order, beta):
+    ng = NGram(np.array(text), V, order, beta)
+    rng = np.random.default_rng(1)
+    ctx = np.array([text[i - order:i] if i >= order else [-1] * (order - i) + text[:i]
+                    for i in rng.integers(0, len(text), 40)])
+    ctx[0, :] = rng.integers(0, V, order)  # a context the text may not hold
+    full, _, _ = ng.probs(ctx)
+    for r, row in enumerate(ctx):
+        for x in range(V):
+            assert full[r, x] == pytest.approx(reference(text, order, beta, list(row), x), rel=1e-9)
+    assert np.allclose(full.sum(1), 1.0)
+    for r in range(len(ctx)):  # one row at a time (how one sample is written) sums the same
+        assert np.allclose(ng.probs(ctx[r:r + 1])[0][0], full[r], rtol=1e-12)
+    some = rng.integers(0, V, (len(ctx), 3))
+    assert np.allclose(ng.probs(ctx, some)[0], np.take_along_axis(full, some, 1))
+
+
+def test_contexts_carry_the_ids_read_before():
+    x = np.array([[1, 2, 3, 4, 5]])
+    whole = contexts(x, None, 3)
+    assert whole[0, 0].tolist() == [-1, -1, 1] and whole[0, 4].tolist() == [3, 4, 5]
+    second = contexts(x[:, 3:], whole[:, 2], 3)
+    assert np.array_equal(second, whole[:, 3:])
+
+
+def test_fitted_weights_lean_on_the_ngram_where_it_knows_and_beat_both_alone(text):
+    ids = np.array(text * 3)
+    ng = NGram(ids[: len(ids) // 2], V, 4)
+    ctx = contexts(ids[None, :-1], None, 4)[0][len(ids) // 2:]
+    y = ids[len(ids) // 2 + 1:]
+    p_net = np.full(len(y), 1.0 / V)  # a network that has learned nothing
+    m = fit(ng, p_net, ctx, y)
+    mixed = m.target_probs(p_net, ctx, y)
+    alone = ng.probs(ctx, y[:, None])[0][:, 0]
+    unfitted = Mixture(ng, np.full((5, BUCKETS), 0.8)).target_probs(p_net, ctx, y)  # where EM starts
+    assert bits(mixed) < bits(unfitted) and bits(mixed) < bits(p_net) and bits(mixed) <= bits(alone) + 0.1
+    assert m.weights.shape == (5, BUCKETS) and m.weights[4].min() < 0.5  # long contexts: mostly the n-gram
+
+
+def test_log_probs_for_writing_equal_the_scored_mixture(text):
+    ng = NGram(np.array(text), V, 3)
+    m = Mixture(ng, np.random.default_rng(2).uniform(0, 1, (4, BUCKETS)))
+    logits = np.random.default_rng(3).normal(size=(6, V)).astype(np.float32)
+    ctx = np.array(text[:18]).reshape(6, 3)
+    lp = m.log_probs(logits, ctx)
+    p_net = torch.softmax(torch.from_numpy(logits).double(), -1).numpy()
+    for x in range(V):
+        target = np.full(6, x)
+        assert np.allclose(np.exp(lp[:, x]), m.target_probs(p_net[:, x], ctx, target), rtol=1e-5)
+    assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-5)
+
+
+def small_model(vocab_size: int) -> CharRNN:
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(hidden_size=16, embedding=4, vocab_size=vocab_size)).eval()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("window,streams", [(7, 1), (64, 1), (5, 3)])
+def test_scoring_in_windows_equals_reading_the_whole_text_with_its_ngram(text, window, streams):
+    ids = np.array(text)
+    model = small_model(V)
+    m = fit_mixture(model, ids[:300], V, 0, 4)
+    gen = Generator(model, _vocab())
+    gen.mixture = m
+    if streams == 1:
+        ev = evaluate_mixed(model, m, eval_windows(Stream(ids, [(0, len(ids))]), window, 1, 0))
+        lp = gen.read_logits(ids.tolist())[:-1]  # (T - 1, V): log-probabilities of the mixture
+        whole = -np.take_along_axis(lp, ids[1:, None], 1).mean()
+        assert ev.characters == len(ids) - 1 and ev.loss == pytest.approx(whole, rel=1e-5)
+        net = network_predictions(model, eval_windows(Stream(ids, [(0, len(ids))]), window, 1, 0), 4)[0]
+        assert ev.network_loss == pytest.approx(float(-np.log(net).mean()), rel=1e-9)
+    else:  # several streams: each its own contexts, every character once
+        ev = evaluate_mixed(model, m, eval_windows(Stream(ids, [(0, len(ids))]), window, streams, 0))
+        assert ev.characters < len(ids) and ev.loss < ev.network_loss
+
+
+@pytest.mark.kernel
+def test_adapting_at_rate_zero_is_the_static_mixed_score(text):
+    ids = np.array(text)
+    model = small_model(V)
+    m = fit_mixture(model, ids[:300], V, 0, 4)
+    batches = lambda w: eval_windows(Stream(ids, [(0, len(ids))]), w, 1, 0)  # noqa: E731
+    static, adapted = evaluate_mixed(model, m, batches(1024)), adapt(model, batches(16), lr=0.0, mixture=m)
+    assert adapted.loss == pytest.approx(static.loss, rel=1e-5)
+    assert adapted.network_loss == pytest.approx(static.network_loss, rel=1e-5)
+
+
+def _vocab() -> Vocab:
+    return Vocab.build("abcdefghijklmnopqrstuvwxyz"[: V - 4])
+
+
+def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
+    vocab = _vocab()
+    assert len(vocab) == V
+    model = small_model(V)
+    m = fit_mixture(model, np.array(text), V, vocab.pad_id, 3)
+    path = checkpoint.save(tmp_path / "m.safetensors", model, vocab, records=False, mixture=m)
+    ck = checkpoint.load(path)
+    assert ck.mixture is not None and ck.mixture.ngram.order == 3
+    assert np.array_equal(ck.mixture.ngram.ids, np.array(text)) and np.allclose(ck.mixture.weights, m.weights)
+    ctx = np.array(text[:30]).reshape(10, 3)
+    assert np.allclose(ck.mixture.ngram.probs(ctx)[0], m.ngram.probs(ctx)[0])
+    assert checkpoint.load(checkpoint.save(tmp_path / "plain.safetensors", model, vocab, records=False)).mixture is None
+
+    bad = {"ids out of the vocabulary": {"ngram.ids": torch.full((5,), V, dtype=torch.uint8)},
+           "weights above 1": {"ngram.weights": torch.full((4, BUCKETS), 1.5)},
+           "weights of the wrong shape": {"ngram.weights": torch.zeros(3, BUCKETS)},
+           "ids as floats": {"ngram.ids": torch.zeros(5)}}
+    for name, tensors in bad.items():
+        extra = {**checkpoint._mixture_tensors(m), **tensors}
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=extra,
+                                        extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
+        with pytest.raises(CharloomError, match=r"ngram|n-gram") as e:
+            checkpoint.load(p)
+        assert str(p) in str(e.value) and "\n" not in str(e.value), name
+    for spec in ({"order": 0, "beta": 4.0}, {"order": 17, "beta": 4.0}, {"order": 3, "beta": -1}, {"order": 3}):
+        p = tmp_path / "spec.safetensors"
+        p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=checkpoint._mixture_tensors(m),
+                                        extra_meta={"ngram": spec}))
+        with pytest.raises(CharloomError, match=r"ngram|n-gram"):
+            checkpoint.load(p)
+    p = tmp_path / "half.safetensors"  # the field without its tensors
+    p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
+    with pytest.raises(CharloomError, match="n-gram"):
+        checkpoint.load(p)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("source", ["text", "names"])
+def test_training_ends_with_the_ngram_in_the_model_file(tmp_path, text_file, tiny, source):
+    src = str(text_file) if source == "text" else "names"
+    out = tmp_path / "run"
+    charloom.train(source=src, out=str(out), max_steps=20, ngram=4, **tiny)
+    ck = checkpoint.load(out)
+    g = ck.info["ngram"]
+    assert ck.mixture is not None and ck.mixture.ngram.order == 4 and g["order"] == 4
+    assert g["val_bpc"] < g["network_val_bpc"]  # a 20-step network: the n-gram's counts help it
+    assert g["network_val_bpc"] == pytest.approx(ck.info["full_val_bpc"], abs=1e-3)
+    if source == "names":  # records: each wrapped in <bos> ... <eos>, as training reads them
+        assert ck.mixture.ngram.ids[0] == ck.vocab.bos_id and ck.vocab.eos_id in ck.mixture.ngram.ids
+    gen = Generator.from_checkpoint(ck)
+    a = gen.generate("", 40, n=2, seed=3)
+    assert a == gen.generate("", 40, n=2, seed=3)
+    plain = Generator(ck.model, ck.vocab, records=ck.records)
+    assert gen.generate("", 40, n=2, seed=3, ngram=False) == plain.generate("", 40, n=2, seed=3)
+    charloom.train(source=src, out=str(tmp_path / "none"), max_steps=5, ngram=0, **tiny)
+    assert checkpoint.load(tmp_path / "none").mixture is None
