@@ -177,7 +177,8 @@ def section() -> str:
         for m in budgets:
             r = rows.get(("charloom", path, m))
             if r:
-                table.append(report.row(f"{m:g} min", f"charloom defaults: {r['hidden']} wide (chosen; the law "
+                table.append(report.row(f"{m:g} min", f"charloom defaults ({r['date']}"
+                                        f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}): {r['hidden']} wide (chosen; the law "
                                         f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}), "
                                         f"{r['characters'] / 1e6:.1f} M characters",
                                         *_figures(r, path)))
