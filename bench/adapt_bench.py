@@ -27,6 +27,7 @@ import report  # noqa: E402
 import runs  # noqa: E402
 
 import charloom  # noqa: E402
+import charloom.checkpoint  # noqa: E402  (the package imports its modules lazily)
 from charloom.batching import eval_windows  # noqa: E402
 from charloom.config import EvalConfig  # noqa: E402
 from charloom.evaluation import adapt, evaluate  # noqa: E402

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import charloom
+import charloom.checkpoint  # the package imports its modules lazily
 from charloom.batching import Batch, Stream, eval_windows
 
 

@@ -164,6 +164,9 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
     if ids["dtype"] not in _NGRAM_IDS or len(ids["shape"]) != 1 or not 0 < ids["shape"][0] <= ngram.MAX_CHARS:
         raise CharloomError(f"{where}: tensor '{NGRAM}.ids' must be 1 to {ngram.MAX_CHARS:,} integers, is "
                             f"{ids['dtype']} {ids['shape']}")
+    if order * ids["shape"][0] > ngram.MAX_PAIRS:  # what rebuilding its counts may hold
+        raise CharloomError(f"{where}: an n-gram of order {order} over {ids['shape'][0]:,} characters is more than a "
+                            f"model file may ask for (order x characters at most {ngram.MAX_PAIRS:,})")
     if weights["dtype"] != "F32" or weights["shape"] != [order + 1, ngram.BUCKETS]:
         raise CharloomError(f"{where}: tensor '{NGRAM}.weights' must be F32 {[order + 1, ngram.BUCKETS]}, is "
                             f"{weights['dtype']} {weights['shape']}")

@@ -130,7 +130,7 @@ class Mixing(Hook):
             return
         t0 = time.perf_counter()
         ck = checkpoint.load(path, t.rt.device)
-        ids = training_text(t.data, ngram.MAX_CHARS)
+        ids = training_text(t.data, min(ngram.MAX_CHARS, ngram.MAX_PAIRS // self.order))
         mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device)
         figures: dict[str, Any] = {"order": self.order, "characters": int(len(ids))}
         if t.data.val is not None:

@@ -26,6 +26,7 @@ import numpy as np
 
 MAX_ORDER = 16
 MAX_CHARS = 8_000_000  # ids of training text a model keeps for its n-gram (the last ones)
+MAX_PAIRS = 8 * MAX_CHARS  # order x ids at most: the counts hold at most this many pairs, 12 bytes each
 BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count)
 PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many characters that guess is worth
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
@@ -34,21 +35,11 @@ _MISSING = -1  # a context position before the start of the text
 
 @dataclass
 class _Order:
-    """Counts of one order: contexts (sorted keys, their counts and distinct followers), and pairs."""
+    """Counts of one order: every (context, next id) pair the text holds, sorted, so that the pairs of one context
+    lie together; a context's count and its number of different followers come from its run of pairs."""
 
-    contexts: np.ndarray  # (C,) uint64, sorted
-    seen: np.ndarray  # (C,) int32: how often each context was followed by anything
-    followers: np.ndarray  # (C,) int32: how many different characters followed it
     pairs: np.ndarray  # (P,) uint64, sorted: context key << bits | next id
-    counts: np.ndarray  # (P,) int32
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """values[i] where keys[i] == query, else 0 (keys sorted)."""
-    if not len(keys):
-        return np.zeros(query.shape, dtype=values.dtype)
-    i = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[i] == query, values[i], 0)
+    cum: np.ndarray  # (P + 1,) uint32: counts of the pairs before each; pair j was seen cum[j + 1] - cum[j] times
 
 
 @dataclass
@@ -64,7 +55,8 @@ class NGram:
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
         self.bits = max(1, (self.vocab_size - 1).bit_length())
-        self.mask = np.uint64((1 << (64 - self.bits)) - 1)
+        self.mask = np.uint64((1 << (64 - self.bits)) - 1)  # a context key's bits
+        self.low = np.uint64((1 << self.bits) - 1)  # a pair's next-id bits
         counts = np.bincount(self.ids, minlength=self.vocab_size)[:self.vocab_size]
         self.unigram = (counts + 1.0) / (counts.sum() + self.vocab_size)  # (V,), add-one
 
@@ -77,26 +69,34 @@ class NGram:
         a, n, shift = self.ids, len(self.ids), np.uint64(self.bits)
         h = np.zeros(n, dtype=np.uint64)  # h[i]: hash of the k ids before position i
         out = []
-        for k in range(1, self.order + 1):
-            if k >= n:
-                break
+        for k in range(1, min(self.order, n - 1) + 1):
             h[k:] = h[k:] * _MUL + (a[:n - k] + 1).astype(np.uint64)
             pairs = np.sort(((h[k:] & self.mask) << shift) | a[k:].astype(np.uint64))
             first = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
-            keys, counts = pairs[first], np.diff(np.r_[first, len(pairs)]).astype(np.int32)
-            del pairs
-            ctx = keys >> shift
-            starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
-            out.append(_Order(ctx[starts], np.add.reduceat(counts, starts, dtype=np.int64).astype(np.int32),
-                              np.diff(np.r_[starts, len(ctx)]).astype(np.int32), keys, counts))
+            cum = np.zeros(len(first) + 1, dtype=np.uint32)
+            cum[1:-1], cum[-1] = first[1:], len(pairs)  # sorted: the pairs before each distinct one
+            out.append(_Order(pairs[first], cum))
         return out
+
+    def _runs(self, t: _Order, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first pair, count, different followers) of each context key (R,); count 0 where the text lacks it."""
+        shift = np.uint64(self.bits)
+        lo = np.searchsorted(t.pairs, keys << shift)
+        hi = np.searchsorted(t.pairs, (keys << shift) | self.low, side="right")
+        return lo, (t.cum[hi] - t.cum[lo]).astype(np.int64), hi - lo
+
+    def _pair_counts(self, t: _Order, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Counts of (key, id) pairs: keys (R,), ids (R, C) -> (R, C)."""
+        q = (keys[:, None] << np.uint64(self.bits)) | ids.astype(np.uint64)
+        j = np.minimum(np.searchsorted(t.pairs, q), len(t.pairs) - 1)
+        return np.where(t.pairs[j] == q, t.cum[j + 1].astype(np.int64) - t.cum[j], 0)
 
     def probs(self, context: np.ndarray, candidates: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """context (N, order) ids, the nearest last (-1: before the text's start); candidates (N, C) ids, or None
         for every id. -> (p (N, C or V) float64, the longest order whose context the text holds (N,), that
         context's count (N,))."""
-        n, shift = len(context), np.uint64(self.bits)
+        n = len(context)
         every = candidates is None
         if every and n == 1:  # one sample writing: the same sums on scalars, several times faster
             one, longest1, count1 = self._one(context[0])
@@ -108,17 +108,16 @@ class NGram:
             prev = context[:, -k]
             alive &= prev != _MISSING
             h = h * _MUL + (np.maximum(prev, 0) + 1).astype(np.uint64)
-            key = h & self.mask
-            seen = np.where(alive, _lookup(t.contexts, t.seen, key), 0)
-            rows = np.flatnonzero(seen)
+            rows = np.flatnonzero(alive)
+            lo, seen, u = self._runs(t, h[rows] & self.mask)
+            held = seen > 0
+            rows, lo, seen, u = rows[held], lo[held], seen[held], u[held]
             if not len(rows):
                 break  # no longer context can be held either
-            c = seen[rows, None]
-            u = _lookup(t.contexts, t.followers, key[rows])
-            pair = self._all_pairs(t, key[rows], u) if every else \
-                _lookup(t.pairs, t.counts, (key[rows, None] << shift) | candidates[rows].astype(np.uint64))
-            p[rows] = (pair + self.beta * u[:, None] * p[rows]) / (c + self.beta * u[:, None])
-            longest[rows], count[rows] = k, seen[rows]
+            key = h[rows] & self.mask
+            pair = self._all_pairs(t, lo, u) if every else self._pair_counts(t, key, candidates[rows])
+            p[rows] = (pair + self.beta * u[:, None] * p[rows]) / (seen + self.beta * u)[:, None]
+            longest[rows], count[rows] = k, seen
             alive[:] = False
             alive[rows] = True
         return p, longest, count
@@ -126,31 +125,30 @@ class NGram:
     def _one(self, context: np.ndarray) -> tuple[np.ndarray, int, int]:
         """`probs` of every id after one context (order,)."""
         p, h, longest, count = self.unigram.copy(), 0, 0, 0
-        mul, mask, bits, low = int(_MUL), int(self.mask), self.bits, np.uint64((1 << self.bits) - 1)
+        mul, mask, bits = int(_MUL), int(self.mask), self.bits
         for k, t in enumerate(self.orders(), 1):
             prev = int(context[-k])
             if prev == _MISSING:
                 break
             h = (h * mul + prev + 1) & 0xFFFFFFFFFFFFFFFF
-            key = h & mask
-            i = int(t.contexts.searchsorted(np.uint64(key)))
-            if i == len(t.contexts) or int(t.contexts[i]) != key:
+            base = (h & mask) << bits
+            lo = int(t.pairs.searchsorted(np.uint64(base)))
+            hi = int(t.pairs.searchsorted(np.uint64(base | int(self.low)), side="right"))
+            if hi == lo:
                 break
-            c, u = int(t.seen[i]), int(t.followers[i])
-            lo = int(t.pairs.searchsorted(np.uint64(key << bits)))
+            c, u = int(t.cum[hi]) - int(t.cum[lo]), hi - lo
             pair = np.zeros(self.vocab_size)
-            pair[(t.pairs[lo:lo + u] & low).astype(np.int64)] = t.counts[lo:lo + u]
+            pair[(t.pairs[lo:hi] & self.low).astype(np.int64)] = np.diff(t.cum[lo:hi + 1].astype(np.int64))
             p = (pair + self.beta * u * p) / (c + self.beta * u)
             longest, count = k, c
         return p, longest, count
 
-    def _all_pairs(self, t: _Order, keys: np.ndarray, followers: np.ndarray) -> np.ndarray:
-        """(R, V) counts of every id after each of R held contexts: their pairs lie together in t.pairs."""
-        lo = np.searchsorted(t.pairs, keys << np.uint64(self.bits))
-        row = np.repeat(np.arange(len(keys)), followers)
+    def _all_pairs(self, t: _Order, lo: np.ndarray, followers: np.ndarray) -> np.ndarray:
+        """(R, V) counts of every id after each of R held contexts, whose pairs start at lo (R,)."""
+        row = np.repeat(np.arange(len(lo)), followers)
         at = np.arange(len(row)) - np.repeat(np.cumsum(followers) - followers, followers) + np.repeat(lo, followers)
-        out = np.zeros((len(keys), self.vocab_size))
-        out[row, (t.pairs[at] & np.uint64((1 << self.bits) - 1)).astype(np.int64)] = t.counts[at]
+        out = np.zeros((len(lo), self.vocab_size))
+        out[row, (t.pairs[at] & self.low).astype(np.int64)] = t.cum[at + 1].astype(np.int64) - t.cum[at]
         return out
 
 
@@ -218,4 +216,4 @@ def bits(p: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "MAX_CHARS", "MAX_ORDER", "Mixture", "NGram", "bits", "bucket", "contexts", "fit"]
+__all__ = ["BUCKETS", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "bits", "bucket", "contexts", "fit"]
