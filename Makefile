@@ -45,6 +45,7 @@ bench: setup
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/processes_bench.py
 	$(PY) bench/quality_bench.py
 	$(PY) bench/adapt_bench.py --minutes 10
+	$(PY) bench/corpora_bench.py --minutes 3
 
 # the README's chart and coloured passage, from a one-minute run on the bundled Shakespeare (runs/readme)
 readme-images: setup

@@ -1,0 +1,105 @@
+"""Not Shakespeare alone: held-out bits per character on other kinds of text, charloom with its defaults beside
+PPMd on the same split.
+
+    python bench/corpora_bench.py [--minutes 3] [--only code names]
+
+code:  the Python standard library's top-level modules (/usr/lib/python3.11/*.py), one continuous text, the
+       last 5% held out and scored whole, in order, state carried.
+names: the bundled names, records; the held-out records (charloom's seeded random split) each scored from
+       <bos> through <eos>.
+Each corpus: one `charloom train SOURCE --max-time Nm` with its defaults, scored as saved (the network mixed
+with its n-gram of the training text), by the network alone, and adapted while reading (`eval --adapt`'s
+defaults). PPMd (7-Zip, order 8): bits = 8 x (archive of head+tail - archive of head) / tail characters, the
+head being the training text and the tail the held-out one (records one per line, so a newline stands for
+<eos>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+from adapt_bench import PPMD, ppmd_bpc  # noqa: E402
+
+import charloom  # noqa: E402
+import charloom.checkpoint  # noqa: E402  (the package imports its modules lazily)
+from charloom.batching import Stream, eval_windows, heldout_batches, split_records, split_stream  # noqa: E402
+from charloom.config import BatchConfig, EvalConfig  # noqa: E402
+from charloom.evaluation import adapt, evaluate, evaluate_mixed  # noqa: E402
+
+CORPORA = {"code": "/usr/lib/python3.11/*.py", "names": "names"}
+
+
+def held_out(corpus, batch: BatchConfig):
+    """The held-out split's batches as the benchmark scores them, and (head text, tail text) for PPMd."""
+    v = corpus.vocab
+    if corpus.offsets is None:
+        train, val = split_stream(len(corpus.ids), batch)
+        return (lambda w: eval_windows(Stream(corpus.ids, val), w, 1, v.pad_id)), \
+            "".join(v.decode(corpus.ids[s:e]) for s, e in train), "".join(v.decode(corpus.ids[s:e]) for s, e in val)
+    tr, va = split_records(corpus.num_records, batch)
+    one = batch.replace(batch_size=1)
+    return (lambda w: heldout_batches(corpus, one)), \
+        "".join(corpus.record(i) + "\n" for i in sorted(tr)), "".join(corpus.record(i) + "\n" for i in sorted(va))
+
+
+def measure(name: str, source: str, minutes: float, tmp: Path) -> list[str]:
+    run = tmp / name
+    command = ["charloom", "train", source, "--max-time", f"{minutes:g}m"]
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *command, "--out", str(run), "--no-progress"], check=True,
+                   stdout=subprocess.DEVNULL)
+    train_s = time.perf_counter() - t0
+    ck = charloom.load(run)
+    configs = charloom.checkpoint.run_configs(run / "last.safetensors")
+    batch = BatchConfig.from_dict(configs["batch"])
+    corpus = charloom.load_corpus(charloom.CorpusConfig.from_dict(configs["corpus"]), vocab=ck.vocab)
+    batches, head, tail = held_out(corpus, batch)
+    cfg = EvalConfig()
+    static = evaluate_mixed(ck.model, ck.mixture, batches(1024)) if ck.mixture else evaluate(ck.model, batches(1024))
+    adapted = adapt(ck.model, batches(cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, mixture=ck.mixture)
+    ppmd, ppmd_s = ppmd_bpc(head, tail)
+    alone = static.network_bpc if static.network_bpc is not None else static.bpc
+    info = ck.info
+    return [report.row(name, f"{len(head) + len(tail):,}", f"{static.characters:,}",
+                       f"{ck.config.hidden_size} wide, {info.get('characters_seen', 0) / 1e6:.1f} M characters, "
+                       f"{info.get('precision')}", f"{static.bpc:.3f}", f"{alone:.3f}",
+                       f"{adapted.bpc:.3f}", f"{ppmd:.3f}", f"{static.bpc - ppmd:+.3f}",
+                       f"`{' '.join(command)}` ({train_s / 60:.1f} min with start and n-gram)")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--only", nargs="+", choices=list(CORPORA), default=list(CORPORA))
+    args = ap.parse_args()
+    if not glob.glob(CORPORA["code"]):
+        args.only = [c for c in args.only if c != "code"]
+        print("no /usr/lib/python3.11: the code corpus is left out", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only:
+            rows += measure(name, CORPORA[name], args.minutes, Path(tmp))
+    body = "\n".join([
+        "## Not Shakespeare alone: code and short records, beside PPMd",
+        "",
+        f"Command: `python bench/corpora_bench.py --minutes {args.minutes:g}`. Machine: {report.machine()}, 2 threads.",
+        "See the script's docstring for the splits and how each figure is made.",
+        "",
+        *report.table(["corpus", "characters", "held-out characters scored", "model", "charloom as saved",
+                       "the network alone", "adapted while reading", f"PPMd (`7z a {PPMD}`)",
+                       "charloom - PPMd", "command"], rows),
+    ])
+    report.write_section("corpora", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
