@@ -192,34 +192,34 @@ def ngram_fields(f: Forge) -> None:
     """A model with an n-gram of its training text, its fields and tensors made hostile (the good one loads)."""
     vocab = Vocab.build(TEXT)
     ids = torch.from_numpy(vocab.encode_array(TEXT).astype(np.int64)).to(torch.uint8)
-    good = {"ngram.ids": ids, "ngram.weights": torch.full((9, ngram.BUCKETS), 0.5)}
+    good = {"ngram.ids": ids, "ngram.weights": torch.full((11, *ngram.SHAPE), 0.5)}
 
     def with_ngram(tensors: dict | None = None, spec: object = None, drop: str = ""):
         def change(meta, t):
             t.update({**good, **(tensors or {})})
             t.pop(drop, None)
-            meta["extra"] = json.dumps({"ngram": {"order": 8, "beta": 4.0} if spec is None else spec})
+            meta["extra"] = json.dumps({"ngram": {"order": 10, "beta": 4.0} if spec is None else spec})
         return change
 
     f.add("controls", "a model with its n-gram", f.forged(with_ngram()), expect="load")
     for name, spec in [("order 10**9", {"order": 10**9, "beta": 4.0}), ("order 0", {"order": 0, "beta": 4.0}),
-                       ("order as text", {"order": "8", "beta": 4.0}), ("beta 0", {"order": 8, "beta": 0}),
-                       ("beta 1e400", {"order": 8, "beta": 1e400}), ("no beta", {"order": 8}),
-                       ("spec a list", [8, 4.0]), ("an extra key", {"order": 8, "beta": 4.0, "x": 1})]:
+                       ("order as text", {"order": "10", "beta": 4.0}), ("beta 0", {"order": 10, "beta": 0}),
+                       ("beta 1e400", {"order": 10, "beta": 1e400}), ("no beta", {"order": 10}),
+                       ("spec a list", [10, 4.0]), ("an extra key", {"order": 10, "beta": 4.0, "x": 1})]:
         f.add("n-gram", name, f.forged(with_ngram(spec=spec)))
     big = torch.zeros(ngram.MAX_CHARS + 1, dtype=torch.uint8)
     many = torch.zeros(ngram.MAX_PAIRS // 16 + 1, dtype=torch.uint8)
     for name, tensors, spec in [
             ("ids over the limit", {"ngram.ids": big}, None),
-            ("order x ids over the limit", {"ngram.ids": many, "ngram.weights": torch.zeros(17, ngram.BUCKETS)},
+            ("order x ids over the limit", {"ngram.ids": many, "ngram.weights": torch.zeros(17, *ngram.SHAPE)},
              {"order": 16, "beta": 4.0}),
             ("ids as floats", {"ngram.ids": ids.float()}, None), ("ids as int64", {"ngram.ids": ids.long()}, None),
             ("ids outside the vocabulary", {"ngram.ids": torch.full((50,), 250, dtype=torch.uint8)}, None),
             ("negative ids", {"ngram.ids": torch.full((50,), -3, dtype=torch.int16)}, None),
             ("ids as a matrix", {"ngram.ids": ids[:100].reshape(10, 10)}, None),
-            ("weights NaN", {"ngram.weights": torch.full((9, ngram.BUCKETS), float("nan"))}, None),
-            ("weights 2", {"ngram.weights": torch.full((9, ngram.BUCKETS), 2.0)}, None),
-            ("weights of another order", {"ngram.weights": torch.full((5, ngram.BUCKETS), 0.5)}, None)]:
+            ("weights NaN", {"ngram.weights": torch.full((11, *ngram.SHAPE), float("nan"))}, None),
+            ("weights 2", {"ngram.weights": torch.full((11, *ngram.SHAPE), 2.0)}, None),
+            ("weights of another order", {"ngram.weights": torch.full((5, *ngram.SHAPE), 0.5)}, None)]:
         f.add("n-gram", name, f.forged(with_ngram(tensors, spec)))
     f.add("n-gram", "the field without its ids", f.forged(with_ngram(drop="ngram.ids")))
     f.add("n-gram", "the tensors without the field", f.forged(lambda m, t: t.update(good)))

@@ -196,7 +196,8 @@ def test_eval_adapt_prints_the_adapted_figure_beside_the_static_one(tmp_path):
     adapted = charloom.evaluation.score_adapted(
         ck.model, corpus, charloom.EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=8), mixture=ck.mixture)
     assert figures["bpc"] == pytest.approx(static.bpc, abs=1e-4)
-    assert figures["adapted_bpc"] == pytest.approx(adapted.bpc, abs=1e-4) and figures["adapted_bpc"] < figures["bpc"]
+    assert figures["adapted_bpc"] == pytest.approx(adapted.bpc, abs=1e-4)
+    assert figures["adapted_network_bpc"] < figures["network_bpc"]  # the network learns the text as it reads
     assert figures["adapt"] == {"adapt_lr": 0.5, "adapt_segment": 8, "adapt_decay": 0.0}
     assert (out / "model.safetensors").read_bytes() == before
     code, text, err = run("eval", "--checkpoint", str(out), str(src), "--adapt")

@@ -127,7 +127,7 @@ def client(model_dir):
     return TestClient(app, base_url="http://localhost:8000")
 
 
-def softmax_probs(model_dir, text, context):
+def softmax_probs(model_dir, text, context, ngram=True):
     ck = checkpoint.load(model_dir)
     v = ck.vocab
     ids = v.encode(text)
@@ -135,11 +135,12 @@ def softmax_probs(model_dir, text, context):
     with torch.no_grad():
         logits, _ = ck.model.eval()(torch.tensor([full + ids]))
     probs = logits[0].double().softmax(-1)[len(full) - 1:-1]
-    if ck.mixture is not None:  # the model's probabilities: w p_network + (1 - w) p_ngram, written out
+    if ck.mixture is not None and ngram:  # the model's probabilities: w p_network + (1 - w) p_ngram, written out
         ng = ck.mixture.ngram
         ctx = contexts(np.array([full + ids]), None, ng.order)[0][len(full) - 1:-1]
         p_ng, longest, count = ng.probs(ctx)
-        w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(longest, count)])[:, None]
+        sure = probs.max(-1).values.numpy()
+        w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(longest, count, sure)])[:, None]
         probs = w * probs + (1 - w) * torch.from_numpy(p_ng)
     return probs[torch.arange(len(ids)), torch.tensor(ids)].numpy(), probs
 
@@ -157,6 +158,20 @@ def test_generate_with_logprobs_returns_the_models_probabilities(client, model_d
         np.testing.assert_allclose([c["p"] for c in chars], want, atol=1e-5)
         assert all(len(c["top"]) == 5 for c in chars)
         assert chars[0]["top"][0][1] == pytest.approx(float(probs[0].max()), abs=1e-5)
+
+
+def test_logprobs_and_scores_follow_the_ngram_option(client, model_dir):
+    assert checkpoint.load(model_dir).mixture is not None  # trained with the default n-gram
+    body = client.post("/v1/generate", json={"start": "To be", "length": 30, "seed": 4, "logprobs": True,
+                                             "ngram": False}).json()
+    sample = body["samples"][0]
+    alone, _ = softmax_probs(model_dir, sample["text"], "To be", ngram=False)
+    np.testing.assert_allclose([c["p"] for c in sample["logprobs"]], alone, atol=1e-5)
+    mixed, _ = softmax_probs(model_dir, sample["text"], "To be")
+    assert np.abs(mixed - alone).max() > 1e-3  # the two differ, so the test can tell them apart
+    for ngram, want in ((False, alone), (True, mixed)):
+        scored = client.post("/v1/score", json={"text": sample["text"], "context": "To be", "ngram": ngram}).json()
+        np.testing.assert_allclose([c["p"] for c in scored["characters"]], want, atol=1e-5)
 
 
 def test_streamed_logprobs_come_after_the_text(client):

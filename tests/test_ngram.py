@@ -15,7 +15,7 @@ from charloom.config import ModelConfig
 from charloom.errors import CharloomError
 from charloom.evaluation import adapt, evaluate_mixed, fit_mixture, network_predictions
 from charloom.model import CharRNN
-from charloom.ngram import BUCKETS, Mixture, NGram, bits, contexts, fit
+from charloom.ngram import SHAPE, Mixture, NGram, bits, contexts, fit
 from charloom.sampling import Generator
 from charloom.vocab import Vocab
 
@@ -85,24 +85,39 @@ def test_fitted_weights_lean_on_the_ngram_where_it_knows_and_beat_both_alone(tex
     ctx = contexts(ids[None, :-1], None, 4)[0][len(ids) // 2:]
     y = ids[len(ids) // 2 + 1:]
     p_net = np.full(len(y), 1.0 / V)  # a network that has learned nothing
-    m = fit(ng, p_net, ctx, y)
-    mixed = m.target_probs(p_net, ctx, y)
+    top = np.full(len(y), 1.0 / V)
+    m = fit(ng, p_net, top, ctx, y)
+    mixed = m.target_probs(p_net, top, ctx, y)
     alone = ng.probs(ctx, y[:, None])[0][:, 0]
-    unfitted = Mixture(ng, np.full((5, BUCKETS), 0.8)).target_probs(p_net, ctx, y)  # where EM starts
+    unfitted = Mixture(ng, np.full((5, *SHAPE), 0.8)).target_probs(p_net, top, ctx, y)  # where EM starts
     assert bits(mixed) < bits(unfitted) and bits(mixed) < bits(p_net) and bits(mixed) <= bits(alone) + 0.1
-    assert m.weights.shape == (5, BUCKETS) and m.weights[4].min() < 0.5  # long contexts: mostly the n-gram
+    assert m.weights.shape == (5, *SHAPE) and m.weights[4].min() < 0.5  # long contexts: mostly the n-gram
+
+
+def test_a_nan_from_the_network_leaves_the_weights_finite_and_bad_weights_are_never_saved(text, tmp_path):
+    ids = np.array(text)
+    ng = NGram(ids[:200], V, 3)
+    ctx, y = contexts(ids[None, 199:-1], ids[None, 196:199], 3)[0], ids[200:]
+    p_net = np.full(len(y), 0.2)
+    p_net[5] = np.nan
+    m = fit(ng, p_net, p_net, ctx, y)
+    assert np.isfinite(m.weights).all() and ((m.weights >= 0) & (m.weights <= 1)).all()
+    m.weights[0, 0, 0] = np.nan
+    with pytest.raises(CharloomError, match="weights"):
+        checkpoint.save(tmp_path / "m.safetensors", small_model(V), _vocab(), records=False, mixture=m)
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_log_probs_for_writing_equal_the_scored_mixture(text):
     ng = NGram(np.array(text), V, 3)
-    m = Mixture(ng, np.random.default_rng(2).uniform(0, 1, (4, BUCKETS)))
-    logits = np.random.default_rng(3).normal(size=(6, V)).astype(np.float32)
+    m = Mixture(ng, np.random.default_rng(2).uniform(0, 1, (4, *SHAPE)))
+    logits = 3 * np.random.default_rng(3).normal(size=(6, V)).astype(np.float32)  # sure and unsure rows
     ctx = np.array(text[:18]).reshape(6, 3)
     lp = m.log_probs(logits, ctx)
     p_net = torch.softmax(torch.from_numpy(logits).double(), -1).numpy()
     for x in range(V):
         target = np.full(6, x)
-        assert np.allclose(np.exp(lp[:, x]), m.target_probs(p_net[:, x], ctx, target), rtol=1e-5)
+        assert np.allclose(np.exp(lp[:, x]), m.target_probs(p_net[:, x], p_net.max(1), ctx, target), rtol=1e-5)
     assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-5)
 
 
@@ -124,7 +139,8 @@ def test_scoring_in_windows_equals_reading_the_whole_text_with_its_ngram(text, w
         lp = gen.read_logits(ids.tolist())[:-1]  # (T - 1, V): log-probabilities of the mixture
         whole = -np.take_along_axis(lp, ids[1:, None], 1).mean()
         assert ev.characters == len(ids) - 1 and ev.loss == pytest.approx(whole, rel=1e-5)
-        net = network_predictions(model, eval_windows(Stream(ids, [(0, len(ids))]), window, 1, 0), 4)[0]
+        net, top = network_predictions(model, eval_windows(Stream(ids, [(0, len(ids))]), window, 1, 0), 4)[:2]
+        assert np.all(top >= net)
         assert ev.network_loss == pytest.approx(float(-np.log(net).mean()), rel=1e-9)
     else:  # several streams: each its own contexts, every character once
         ev = evaluate_mixed(model, m, eval_windows(Stream(ids, [(0, len(ids))]), window, streams, 0))
@@ -160,8 +176,9 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     assert checkpoint.load(checkpoint.save(tmp_path / "plain.safetensors", model, vocab, records=False)).mixture is None
 
     bad = {"ids out of the vocabulary": {"ngram.ids": torch.full((5,), V, dtype=torch.uint8)},
-           "weights above 1": {"ngram.weights": torch.full((4, BUCKETS), 1.5)},
-           "weights of the wrong shape": {"ngram.weights": torch.zeros(3, BUCKETS)},
+           "weights above 1": {"ngram.weights": torch.full((4, *SHAPE), 1.5)},
+           "weights of the wrong shape": {"ngram.weights": torch.zeros(3, *SHAPE)},
+           "weights of the old shape": {"ngram.weights": torch.zeros(4, SHAPE[0])},
            "ids as floats": {"ngram.ids": torch.zeros(5)}}
     for name, tensors in bad.items():
         extra = {**checkpoint._mixture_tensors(m), **tensors}

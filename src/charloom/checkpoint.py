@@ -140,7 +140,9 @@ _NGRAM_IDS = {"U8": 2**8, "I16": 2**15, "I32": 2**31}  # dtypes of the n-gram's 
 
 
 def _mixture_tensors(mixture: ngram.Mixture) -> dict[str, torch.Tensor]:
-    ids, vocab_size = mixture.ngram.ids, mixture.ngram.vocab_size
+    ids, vocab_size, w = mixture.ngram.ids, mixture.ngram.vocab_size, np.asarray(mixture.weights)
+    if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):  # what load would refuse
+        raise CharloomError("n-gram: its mixing weights must be numbers in [0, 1]; the model file was not written")
     dtype = next(_DTYPES[name] for name, most in _NGRAM_IDS.items() if vocab_size <= most)
     return {f"{NGRAM}.ids": torch.from_numpy(ids.astype(np.int64)).to(dtype),
             f"{NGRAM}.weights": torch.from_numpy(np.asarray(mixture.weights, dtype=np.float32))}
@@ -167,8 +169,8 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
     if order * ids["shape"][0] > ngram.MAX_PAIRS:  # what rebuilding its counts may hold
         raise CharloomError(f"{where}: an n-gram of order {order} over {ids['shape'][0]:,} characters is more than a "
                             f"model file may ask for (order x characters at most {ngram.MAX_PAIRS:,})")
-    if weights["dtype"] != "F32" or weights["shape"] != [order + 1, ngram.BUCKETS]:
-        raise CharloomError(f"{where}: tensor '{NGRAM}.weights' must be F32 {[order + 1, ngram.BUCKETS]}, is "
+    if weights["dtype"] != "F32" or weights["shape"] != [order + 1, *ngram.SHAPE]:
+        raise CharloomError(f"{where}: tensor '{NGRAM}.weights' must be F32 {[order + 1, *ngram.SHAPE]}, is "
                             f"{weights['dtype']} {weights['shape']}")
 
 

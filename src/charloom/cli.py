@@ -300,7 +300,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         if colour:  # what the model expected of each character it wrote, after the start text
             from .insight import read, shade
 
-            shown = [shade(read(gen, text, context=opts.start, label=opts.label)) for text in texts]
+            shown = [shade(read(gen, text, context=opts.start, label=opts.label, ngram=opts.ngram)) for text in texts]
         for i, (text, seen) in enumerate(zip(texts, shown)):
             mark = novelty.check(opts.start + text) if novelty else None  # the sample as shown, start and all
             if mark is not None:
@@ -341,7 +341,7 @@ def _colour_terminal() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _coloured_corpus(ck: Any, c: Any) -> None:
+def _coloured_corpus(ck: Any, c: Any, ngram: bool = True) -> None:
     """The scored text's first COLOUR_CHARS characters, each shaded by what the model expected of it, as scoring
     reads them (a record after its <bos> and label, one per line); on a terminal only, plain text elsewhere."""
     from .decoding import prefix_ids
@@ -367,7 +367,7 @@ def _coloured_corpus(ck: Any, c: Any) -> None:
         print(legend(), file=sys.stderr)
     for before, ids in pieces:
         head = shown(before) if c.offsets is None else ""
-        print(head + (shade(read_ids(gen, before, ids, shown(ids))) if colour else shown(ids)),
+        print(head + (shade(read_ids(gen, before, ids, shown(ids), ngram=ngram)) if colour else shown(ids)),
               end="" if c.offsets is None else "\n")
     if c.offsets is None:
         print()
@@ -437,7 +437,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     result = score(ck.model, c, ecfg, device, mixture)
     adapted = score_adapted(ck.model, c, ecfg, device, mixture) if ecfg.adapt else None  # beside, never instead
     if ns.color:
-        _coloured_corpus(ck, c)
+        _coloured_corpus(ck, c, ecfg.ngram)
     unknown = c.stats["unknown_characters"]
     figures = {"source": ccfg.source, "bpc": round(result.bpc, 4), "perplexity": round(result.perplexity, 4),
                "loss_nats": round(result.loss, 5), "characters_scored": result.characters,
@@ -454,7 +454,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
         figures["labels"] = per_label
     print(json.dumps(figures) if ns.json else "\n".join(_eval_lines(ccfg.source, result, adapted, ecfg, unknown)))
     if per_label is not None and not ns.json:
-        print("\n".join(label_table(per_label)))
+        print("\n".join(label_table(per_label, alone=ck.mixture is not None)))
 
 
 def _eval_lines(source: str, result: Any, adapted: Any, ecfg: EvalConfig, unknown: int) -> list[str]:
@@ -470,13 +470,13 @@ def _eval_lines(source: str, result: Any, adapted: Any, ecfg: EvalConfig, unknow
     return out
 
 
-def label_table(rows: list[dict[str, Any]]) -> list[str]:
+def label_table(rows: list[dict[str, Any]], alone: bool = False) -> list[str]:
     """Bits per character of each label's records given their own label, a wrong one (the mean) and none."""
     table = [("label", "records", "characters", "own label", "wrong label", "no label")]
     table += [(r["label"], f"{r['records']:,}", f"{r['characters']:,}", f"{r['bpc']:.4f}",
                "-" if r["wrong_bpc"] is None else f"{r['wrong_bpc']:.4f}", f"{r['no_label_bpc']:.4f}") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["bits per character of each label's records, given:"]
+    lines = [f"bits per character of each label's records{' (the network alone)' if alone else ''}, given:"]
     for row in table:
         lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
     return lines

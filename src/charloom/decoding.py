@@ -31,6 +31,8 @@ UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
 SAMPLE_FIXED_BYTES = 4096  # its Mersenne Twister state (2.5 KB) and its Python bookkeeping
 LOGIT_COPIES = 12  # (V,) float32 rows alive at once while a character is chosen: penalty, filters, sort, cdf
 STATE_COPIES = 12  # (H,) float32 rows per layer: the state, the new state and the gates of a step
+MIX_COPIES = 8  # (V,) float64 rows per sample while a model's n-gram is mixed in
+MIX_ROWS = 1024  # rows of a long reading mixed with the n-gram at a time
 TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pieces' list until they are joined
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
@@ -142,13 +144,17 @@ class Writer:
     def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
         raise NotImplementedError
 
-    def read_logits(self, ids: Sequence[int]) -> np.ndarray:
+    def read_logits(self, ids: Sequence[int], ngram: bool = True) -> np.ndarray:
         """(T, V) float32 logits of one text of ids read in one call from a zero state: row t predicts ids[t + 1]
-        (log-probabilities of the mixture, for a model with an n-gram)."""
+        (log-probabilities of the mixture, for a model with an n-gram, unless `ngram` is False)."""
         logits = self._read_logits(ids)
-        if self.mixture is None:
+        if self.mixture is None or not ngram:
             return logits
-        return self.mixture.log_probs(logits, contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order)[0])
+        logits = np.array(logits, dtype=np.float32)  # its own copy, rewritten below
+        ctx = contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order)[0]  # (T, order), a view
+        for at in range(0, len(logits), MIX_ROWS):  # in pieces: the mixture's float64 copies stay small
+            logits[at:at + MIX_ROWS] = self.mixture.log_probs(logits[at:at + MIX_ROWS], ctx[at:at + MIX_ROWS])
+        return logits
 
     def _mixed(self, logits: np.ndarray, context: np.ndarray | None) -> np.ndarray:
         return logits if context is None else self.mixture.log_probs(logits, context)
@@ -221,7 +227,8 @@ class Writer:
         vocab_size = len(self.vocab)
         width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
         per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
-                      + STATE_COPIES * self.num_layers * self.hidden_size * 4)
+                      + STATE_COPIES * self.num_layers * self.hidden_size * 4
+                      + (MIX_COPIES * vocab_size * 8 if self.mixture is not None else 0))
         return n * (per_sample + length * (TEXT_BYTES + 2 * width))
 
     def check_memory(self, opts: SampleOptions) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,12 +88,14 @@ def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | st
     return Evaluation(total / count, count)
 
 
-def _target_probs(logits: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """The network's probability of each scored target of `batch` (float64), and which targets are scored."""
+def _target_probs(logits: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The network's probability of each scored target of `batch` and its largest probability there (float64,
+    each (n,)), and which targets are scored ((B, T) bool)."""
     y = batch.y.to(logits.device)
-    logp = torch.log_softmax(logits.float(), -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    logp = torch.log_softmax(logits.detach().float(), -1)  # (B, T, V)
+    target, top = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), logp.max(-1).values  # (B, T) each
     keep = (batch.y != batch.pad_id).numpy()
-    return np.exp(logp.detach().double().cpu().numpy())[keep], keep
+    return (np.exp(target.double().cpu().numpy())[keep], np.exp(top.double().cpu().numpy())[keep], keep)
 
 
 def _contexts(batch: Batch, before: np.ndarray | None, order: int) -> np.ndarray:
@@ -101,39 +103,55 @@ def _contexts(batch: Batch, before: np.ndarray | None, order: int) -> np.ndarray
     return ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)
 
 
-@torch.inference_mode()
-def network_predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device | str = "cpu",
-                        max_characters: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every scored target of `batches`: (the network's probability of it (N,), the `order` ids before it
-    (N, order), the target (N,)). What a mixture is fitted on."""
-    device = torch.device(device)
+def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Batch by batch, the scored targets: (the network's probability of each (n,), its largest probability there
+    (n,), the `order` ids before each (n, order), the targets (n,)); contexts carry across batches that continue
+    each other."""
     was_training = model.training
     model.eval()
-    probs, ctxs, targets, state, before, count = [], [], [], None, None, 0
+    state, before = None, None
     try:
-        for b in batches:
-            logits, state = model(b.x.to(device), state if b.continues else None)
-            p, keep = _target_probs(logits, b)
-            ctx = _contexts(b, before, order)
-            before = ctx[:, -1]
-            probs.append(p), ctxs.append(ctx[keep]), targets.append(b.y.numpy()[keep].astype(np.int64))
-            count += len(p)
-            if max_characters and count >= max_characters:
-                break
+        with torch.inference_mode():
+            for b in batches:
+                logits, state = model(b.x.to(device), state if b.continues else None)
+                p, top, keep = _target_probs(logits, b)
+                ctx = _contexts(b, before, order)
+                before = ctx[:, -1]
+                yield p, top, ctx[keep], b.y.numpy()[keep].astype(np.int64)
     finally:
         model.train(was_training)
+
+
+def network_predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device | str = "cpu",
+                        max_characters: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every scored target of `batches` (up to about `max_characters`, 0: all), joined: (the network's
+    probability of it (N,), its largest probability there (N,), the `order` ids before it (N, order), the target
+    (N,)). What a mixture is fitted on."""
+    parts, count = [], 0
+    for part in _predictions(model, batches, order, torch.device(device)):
+        parts.append(part)
+        count += len(part[0])
+        if max_characters and count >= max_characters:
+            break
     if not count:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
-    return np.concatenate(probs), np.concatenate(ctxs), np.concatenate(targets)
+    return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
 
 
 def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Batch],
                    device: torch.device | str = "cpu") -> Evaluation:
-    """`evaluate` for a model with an n-gram: the mixture's loss, with the network's own beside it."""
-    p_net, ctx, y = network_predictions(model, batches, mixture.ngram.order, device)
-    mixed = mixture.target_probs(p_net, ctx, y)
-    return Evaluation(float(-np.log(np.maximum(mixed, 1e-300)).mean()), len(y),
-                      float(-np.log(np.maximum(p_net, 1e-300)).mean()))
+    """`evaluate` for a model with an n-gram: the mixture's loss, with the network's own beside it. Batch by
+    batch: memory stays that of one batch however long the text."""
+    mixed = own = 0.0
+    count = 0
+    for p_net, top, ctx, y in _predictions(model, batches, mixture.ngram.order, torch.device(device)):
+        mixed -= float(np.log(np.maximum(mixture.target_probs(p_net, top, ctx, y), 1e-300)).sum())
+        own -= float(np.log(np.maximum(p_net, 1e-300)).sum())
+        count += len(y)
+    if not count:
+        raise CharloomError("nothing to evaluate: the text has fewer than two characters")
+    return Evaluation(mixed / count, count, own / count)
 
 
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
@@ -142,11 +160,11 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
     most FIT_CHARS), scored by the network and by an n-gram built from the rest; then the n-gram of all of `ids`."""
     held = min(FIT_CHARS, len(ids) // 10)
     if held < 2 or len(ids) - held < 2:
-        return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), np.ones((order + 1, ngram.BUCKETS)))
+        return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
     start = len(ids) - held
     batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
-    p_net, ctx, y = network_predictions(model, batches, order, device)
-    weights = ngram.fit(ngram.NGram(ids[:start], vocab_size, order, beta), p_net, ctx, y).weights
+    p_net, top, ctx, y = network_predictions(model, batches, order, device)
+    weights = ngram.fit(ngram.NGram(ids[:start], vocab_size, order, beta), p_net, top, ctx, y).weights
     return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), weights)
 
 
@@ -215,17 +233,19 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
     total, own, count, state, before = 0.0, 0.0, 0, None, None
     with torch.inference_mode(False), torch.enable_grad():
         for b in batches:
-            nll, new_state = batch_loss(work, b, state if b.continues else None, device, reduction="none")
-            scored = nll.detach()[(b.y != b.pad_id).flatten().to(device)]
-            own, count = own + float(scored.sum()), count + b.tokens
+            logits, new_state = work(b.x.to(device), state if b.continues else None)
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), b.y.to(device).flatten(), ignore_index=b.pad_id,
+                                  reduction="sum")
+            own, count = own + float(nll.detach()), count + b.tokens
             if mixture is None:
                 total = own
             else:
+                p_net, top, keep = _target_probs(logits, b)
                 ctx = _contexts(b, before, mixture.ngram.order)
-                before, keep = ctx[:, -1], (b.y != b.pad_id).numpy()
-                p = mixture.target_probs(np.exp(-scored.double().cpu().numpy()), ctx[keep], b.y.numpy()[keep])
+                before = ctx[:, -1]
+                p = mixture.target_probs(p_net, top, ctx[keep], b.y.numpy()[keep])
                 total += float(-np.log(np.maximum(p, 1e-300)).sum())
-            _descend(nll.sum() / max(1, b.tokens), params, trained, lr, decay, clip)
+            _descend(nll / max(1, b.tokens), params, trained, lr, decay, clip)
             state = detach(new_state)
     if count == 0:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")

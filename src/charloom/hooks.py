@@ -128,6 +128,12 @@ class Mixing(Hook):
         path = t.out / checkpoint.MODEL_FILE
         if not t.rt.procs.main or not path.is_file():
             return
+        try:
+            self._add(t, path)
+        except (MemoryError, CharloomError) as e:  # the model file stays as it was: the network alone
+            say(f"the n-gram was not added to {path} ({str(e) or 'out of memory'}); it holds the network alone")
+
+    def _add(self, t: Trainer, path: Path) -> None:
         t0 = time.perf_counter()
         ck = checkpoint.load(path, t.rt.device)
         ids = training_text(t.data, min(ngram.MAX_CHARS, ngram.MAX_PAIRS // self.order))

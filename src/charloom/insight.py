@@ -57,22 +57,24 @@ class Reading:
                 for i, (ch, p) in enumerate(zip(self.text, self.probs.tolist()))]
 
 
-def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES, label: str | None = None) -> Reading:
+def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES, label: str | None = None,
+         ngram: bool = True) -> Reading:
     """What the model behind `gen` expected at each character of `text`, after reading `context` (a records
     model reads <bos> first, then `label`'s token when one is given; with no context a continuous model starts
-    after a newline, as sampling does)."""
+    after a newline, as sampling does). ngram=False: the network alone, for a model with an n-gram."""
     v = gen.vocab
     before = prefix_ids(v, gen.records, context, where="context", label=label)
-    return read_ids(gen, before, v.encode_array(text, where="text").tolist(), v.prepare(text), k)
+    return read_ids(gen, before, v.encode_array(text, where="text").tolist(), v.prepare(text), k, ngram)
 
 
-def read_ids(gen: Writer, before: list[int], ids: list[int], shown: str, k: int = ALTERNATIVES) -> Reading:
+def read_ids(gen: Writer, before: list[int], ids: list[int], shown: str, k: int = ALTERNATIVES,
+             ngram: bool = True) -> Reading:
     """`read` of ids already encoded, after the ids `before` (at least one): `shown` is their text."""
     v = gen.vocab
     if not ids:
         empty = np.zeros((0, k))
         return Reading(shown, np.zeros(0, np.float32), empty.astype(np.int64), empty.astype(np.float32), v)
-    logits = gen.read_logits(before + ids)[len(before) - 1:-1]  # (N, V): row j predicts ids[j]
+    logits = gen.read_logits(before + ids, ngram)[len(before) - 1:-1]  # (N, V): row j predicts ids[j]
     k = min(k, logits.shape[-1])
     probs, top_ids, top_probs = [], [], []
     for at in range(0, len(ids), READ_ROWS):  # in pieces: (N, V) in float64 at once can be gigabytes

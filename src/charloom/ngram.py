@@ -8,7 +8,7 @@ saves predicts with both:
 
 p_ngram interpolates the counts of every order from `order` down to a unigram (Witten-Bell, each order's
 escape weighted by `beta`), and w depends on how long a context the training text has seen and how often
-(`bucket`), fitted by EM on training text the counts were not built from (`fit`). Nothing here needs torch:
+and how sure the network is (`bucket`), fitted by EM on training text the counts were not built from (`fit`). Nothing here needs torch:
 the PyTorch and the ONNX backends share it.
 
 Counts are kept as sorted 64-bit keys: a context of order k is a polynomial hash of its k characters, and a
@@ -27,7 +27,9 @@ import numpy as np
 MAX_ORDER = 16
 MAX_CHARS = 8_000_000  # ids of training text a model keeps for its n-gram (the last ones)
 MAX_PAIRS = 8 * MAX_CHARS  # order x ids at most: the counts hold at most this many pairs, 12 bytes each
-BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count)
+BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count, ...
+CONFIDENCE = 5  # ... and the network's largest probability there, in fifths)
+SHAPE = (BUCKETS, CONFIDENCE)  # the weights of one order: a model's are (order + 1, *SHAPE)
 PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many characters that guess is worth
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
@@ -48,7 +50,7 @@ class NGram:
 
     ids: np.ndarray  # (N,) the text the counts come from
     vocab_size: int
-    order: int = 8
+    order: int = 10
     beta: float = 4.0  # weight of each order's escape to the order below: higher trusts short contexts more
     _orders: list[_Order] | None = field(default=None, repr=False)
 
@@ -161,26 +163,28 @@ def contexts(x: np.ndarray, before: np.ndarray | None, order: int) -> np.ndarray
     return np.lib.stride_tricks.sliding_window_view(full, order, axis=1)[:, 1:]
 
 
-def bucket(longest: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """The mixing weight's index: longest context held (0 .. order) x BUCKETS + min(log2(count + 1), BUCKETS - 1)."""
-    return longest * BUCKETS + np.minimum(np.log2(count + 1.0).astype(np.int64), BUCKETS - 1)
+def bucket(longest: np.ndarray, count: np.ndarray, p_max: np.ndarray) -> np.ndarray:
+    """The mixing weight's index (flat, into (order + 1, *SHAPE)): the longest context held (0 .. order), the log2
+    of its count (capped), and the network's largest probability at that character, in CONFIDENCE steps."""
+    counted = np.minimum(np.log2(count + 1.0).astype(np.int64), BUCKETS - 1)
+    sure = np.clip((np.nan_to_num(p_max) * CONFIDENCE).astype(np.int64), 0, CONFIDENCE - 1)
+    return (longest * BUCKETS + counted) * CONFIDENCE + sure
 
 
 @dataclass
 class Mixture:
-    """The n-gram and the network's weight in each bucket: (order + 1, BUCKETS) in [0, 1]."""
+    """The n-gram and the network's weight in each bucket: (order + 1, *SHAPE) in [0, 1]."""
 
     ngram: NGram
     weights: np.ndarray
 
-    def mix(self, p_network: np.ndarray, p_ngram: np.ndarray, buckets: np.ndarray) -> np.ndarray:
-        w = self.weights.reshape(-1)[buckets]
-        return w * p_network + (1 - w) * p_ngram
-
-    def target_probs(self, p_network: np.ndarray, context: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """p_network (N,) of targets (N,) after context (N, order) -> the mixture's (N,)."""
+    def target_probs(self, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray,
+                     targets: np.ndarray) -> np.ndarray:
+        """The network's probability of targets (N,) and its largest one (N,), after context (N, order) -> the
+        mixture's probability of targets (N,)."""
         p, longest, count = self.ngram.probs(context, targets[:, None])
-        return self.mix(p_network, p[:, 0], bucket(longest, count))
+        w = self.weights.reshape(-1)[bucket(longest, count, p_max)]
+        return w * p_network + (1 - w) * p[:, 0]
 
     def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
         """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
@@ -189,18 +193,20 @@ class Mixture:
         z = np.exp(z - z.max(axis=-1, keepdims=True))
         p_net = z / z.sum(axis=-1, keepdims=True)
         p, longest, count = self.ngram.probs(context)
-        w = self.weights.reshape(-1)[bucket(longest, count)][:, None]
+        w = self.weights.reshape(-1)[bucket(longest, count, p_net.max(axis=-1))][:, None]
         with np.errstate(divide="ignore"):
             return np.log(w * p_net + (1 - w) * p).astype(np.float32)
 
 
-def fit(ngram: NGram, p_network: np.ndarray, context: np.ndarray, targets: np.ndarray,
+def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
         rounds: int = 50) -> Mixture:
-    """The weights that best mix the network with `ngram` on these characters (EM, one weight per bucket; each
-    starts from PRIOR and an empty bucket keeps it). The characters must be ones `ngram` was not built from."""
+    """The weights that best mix the network with `ngram` on these characters, given the network's probability
+    of each (N,) and its largest (N,) (EM, one weight per bucket; each starts from PRIOR and an empty bucket keeps
+    it). The characters must be ones `ngram` was not built from."""
     p, longest, count = ngram.probs(context, targets[:, None])
-    p_ng, groups = p[:, 0], bucket(longest, count)
-    size = (ngram.order + 1) * BUCKETS
+    p_ng, groups = p[:, 0], bucket(longest, count, p_max)
+    p_network = np.nan_to_num(np.asarray(p_network, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    size = (ngram.order + 1) * BUCKETS * CONFIDENCE
     start, strength = PRIOR
     n = np.bincount(groups, minlength=size)
     w = np.full(size, start)
@@ -208,7 +214,7 @@ def fit(ngram: NGram, p_network: np.ndarray, context: np.ndarray, targets: np.nd
         a = w[groups] * p_network
         share = a / np.maximum(a + (1 - w[groups]) * p_ng, 1e-300)  # the network's share of each character
         w = (np.bincount(groups, share, minlength=size) + start * strength) / (n + strength)
-    return Mixture(ngram, w.reshape(ngram.order + 1, BUCKETS))
+    return Mixture(ngram, w.reshape(ngram.order + 1, *SHAPE))
 
 
 def bits(p: np.ndarray) -> float:
@@ -216,4 +222,4 @@ def bits(p: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "bits", "bucket", "contexts", "fit"]
+__all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "bits", "bucket", "contexts", "fit"]

@@ -80,15 +80,22 @@ def _request_model() -> type[BaseModel]:
 GenerateRequest = _request_model()
 
 
-class ScoreRequest(BaseModel):
-    """A text to read: what the model expected at each of its characters."""
+class ReadRequest(BaseModel):
+    """A text for the model to read."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(description="the text to score")
+    text: str = Field(description="the text to read")
     context: str = Field("", description="text read before it, not scored (a records model reads <bos> first)")
 
 
-class ActivationsRequest(ScoreRequest):
+class ScoreRequest(ReadRequest):
+    """A text to read: what the model expected at each of its characters."""
+
+    ngram: bool = Field(True, description="a model with an n-gram of its training text: score with it mixed in "
+                                          "(false: the network alone)")
+
+
+class ActivationsRequest(ReadRequest):
     """A text to read one character at a time, keeping a layer's hidden units."""
 
     state: str = Field("h", description="which state: h, or c (an LSTM's cell)")
@@ -295,9 +302,10 @@ class _Runner:
         with self.lock:
             return next(it, self._END)
 
-    def read(self, text: str, context: str, label: str | None = None) -> list[dict[str, Any]]:
+    def read(self, text: str, opts: SampleOptions) -> list[dict[str, Any]]:
+        """What the model expected at each character of a sample it wrote with `opts`."""
         with self.lock:
-            return read(self.gen, text, context, label=label).to_json()
+            return read(self.gen, text, opts.start, label=opts.label, ngram=opts.ngram).to_json()
 
     def collect(self, opts: SampleOptions) -> list[str]:
         out = [""] * opts.n
@@ -328,7 +336,7 @@ class _Runner:
                 # a client that goes away makes this yield fail or be cancelled: the finally below ends the work
                 yield f"data: {json.dumps({'index': i, 'text': piece}, ensure_ascii=False)}\n\n"
             for i, pieces in enumerate(texts if logprobs else ()):
-                reading = await run_in_threadpool(self.read, "".join(pieces), opts.start, opts.label)
+                reading = await run_in_threadpool(self.read, "".join(pieces), opts)
                 yield f"event: logprobs\ndata: {json.dumps({'index': i, 'logprobs': reading}, ensure_ascii=False)}\n\n"
             dt = time.perf_counter() - t0
             done = {"characters": chars, "seconds": round(dt, 4), "chars_per_s": round(chars / dt) if dt else None}
@@ -405,7 +413,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
             dt = time.perf_counter() - t0
             samples = [{"text": t} for t in texts]
             for sample in samples if req.logprobs else ():
-                sample["logprobs"] = await run_in_threadpool(runner.read, sample["text"], opts.start, opts.label)
+                sample["logprobs"] = await run_in_threadpool(runner.read, sample["text"], opts)
         finally:
             slots.give()
         chars = sum(map(len, texts))
@@ -468,18 +476,18 @@ def _add_reading_routes(app: FastAPI, runner: _Runner, ck: Checkpoint, cfg: Serv
             except ConfigError as e:
                 raise _field_error(name, str(e).partition(": ")[2]) from None
 
-    def busy(fn, *args):
+    def busy(fn, *args, **kwargs):
         slots.take()
         try:
             with runner.lock:
-                return fn(*args)
+                return fn(*args, **kwargs)
         finally:
             slots.give()
 
     @app.post("/v1/score")
     async def score(req: ScoreRequest) -> dict[str, Any]:
         checked(req, cfg.max_score, "max-score")
-        reading = await run_in_threadpool(busy, read, gen, req.text, req.context)
+        reading = await run_in_threadpool(busy, read, gen, req.text, req.context, ngram=req.ngram)
         return {"text": reading.text, "bpc": round(reading.bpc, 5) if len(reading.probs) else None,
                 "characters": reading.to_json()}
 
