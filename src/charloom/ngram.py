@@ -20,6 +20,7 @@ are rebuilt, one sort per order, the first time they are used.
 from __future__ import annotations
 
 import math
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,7 @@ SHAPE = (BUCKETS, CONFIDENCE)  # the weights of one order: a model's are (order 
 PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many characters that guess is worth
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
+BUILD_THREADS = 2  # orders sorted at once when the counts are built
 
 
 @dataclass
@@ -42,6 +44,15 @@ class _Order:
 
     pairs: np.ndarray  # (P,) uint64, sorted: context key << bits | next id
     cum: np.ndarray  # (P + 1,) uint32: counts of the pairs before each; pair j was seen cum[j + 1] - cum[j] times
+
+
+def _counted(pairs: np.ndarray) -> _Order:
+    """The distinct pairs of an unsorted array and their running counts."""
+    pairs.sort()
+    first = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+    cum = np.zeros(len(first) + 1, dtype=np.uint32)
+    cum[1:-1], cum[-1] = first[1:], len(pairs)  # sorted: the pairs before each distinct one
+    return _Order(pairs[first], cum)
 
 
 @dataclass
@@ -68,17 +79,19 @@ class NGram:
         return self._orders
 
     def _build(self) -> list[_Order]:
+        """One sort per order, two at a time (NumPy sorts without holding the GIL): the orders' hashes come one
+        from the other, so they are made here in turn and each is sorted on a worker."""
         a, n, shift = self.ids, len(self.ids), np.uint64(self.bits)
         h = np.zeros(n, dtype=np.uint64)  # h[i]: hash of the k ids before position i
-        out = []
-        for k in range(1, min(self.order, n - 1) + 1):
-            h[k:] = h[k:] * _MUL + (a[:n - k] + 1).astype(np.uint64)
-            pairs = np.sort(((h[k:] & self.mask) << shift) | a[k:].astype(np.uint64))
-            first = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
-            cum = np.zeros(len(first) + 1, dtype=np.uint32)
-            cum[1:-1], cum[-1] = first[1:], len(pairs)  # sorted: the pairs before each distinct one
-            out.append(_Order(pairs[first], cum))
-        return out
+        pending: list[Future] = []
+        with ThreadPoolExecutor(BUILD_THREADS) as pool:
+            for k in range(1, min(self.order, n - 1) + 1):
+                h[k:] = h[k:] * _MUL + (a[:n - k] + 1).astype(np.uint64)
+                running = [f for f in pending if not f.done()]
+                if len(running) >= BUILD_THREADS:  # at most a few orders' unsorted pairs in memory at once
+                    wait(running, return_when=FIRST_COMPLETED)
+                pending.append(pool.submit(_counted, ((h[k:] & self.mask) << shift) | a[k:].astype(np.uint64)))
+            return [f.result() for f in pending]
 
     def _runs(self, t: _Order, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first pair, count, different followers) of each context key (R,); count 0 where the text lacks it."""
@@ -140,7 +153,7 @@ class NGram:
                 break
             c, u = int(t.cum[hi]) - int(t.cum[lo]), hi - lo
             pair = np.zeros(self.vocab_size)
-            pair[(t.pairs[lo:hi] & self.low).astype(np.int64)] = np.diff(t.cum[lo:hi + 1].astype(np.int64))
+            pair[(t.pairs[lo:hi] & self.low).astype(np.int64)] = t.cum[lo + 1:hi + 1] - t.cum[lo:hi]
             p = (pair + self.beta * u * p) / (c + self.beta * u)
             longest, count = k, c
         return p, longest, count
@@ -167,7 +180,8 @@ def bucket(longest: np.ndarray, count: np.ndarray, p_max: np.ndarray) -> np.ndar
     """The mixing weight's index (flat, into (order + 1, *SHAPE)): the longest context held (0 .. order), the log2
     of its count (capped), and the network's largest probability at that character, in CONFIDENCE steps."""
     counted = np.minimum(np.log2(count + 1.0).astype(np.int64), BUCKETS - 1)
-    sure = np.clip((np.nan_to_num(p_max) * CONFIDENCE).astype(np.int64), 0, CONFIDENCE - 1)
+    sure = p_max * CONFIDENCE
+    sure = np.where(sure >= 0, np.minimum(sure, CONFIDENCE - 1), 0).astype(np.int64)  # NaN: the least sure
     return (longest * BUCKETS + counted) * CONFIDENCE + sure
 
 
