@@ -123,17 +123,12 @@ def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: t
         model.train(was_training)
 
 
-def network_predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device | str = "cpu",
-                        max_characters: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every scored target of `batches` (up to about `max_characters`, 0: all), joined: (the network's
-    probability of it (N,), its largest probability there (N,), the `order` ids before it (N, order), the target
-    (N,)). What a mixture is fitted on."""
-    parts, count = [], 0
-    for part in _predictions(model, batches, order, torch.device(device)):
-        parts.append(part)
-        count += len(part[0])
-        if max_characters and count >= max_characters:
-            break
+def network_predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device | str = "cpu"
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every scored target of `batches`, joined: (the network's probability of it (N,), its largest probability
+    there (N,), the `order` ids before it (N, order), the target (N,)). What a mixture is fitted on."""
+    parts = list(_predictions(model, batches, order, torch.device(device)))
+    count = sum(len(part[0]) for part in parts)
     if not count:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
     return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
