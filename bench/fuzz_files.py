@@ -192,7 +192,8 @@ def ngram_fields(f: Forge) -> None:
     """A model with an n-gram of its training text, its fields and tensors made hostile (the good one loads)."""
     vocab = Vocab.build(TEXT)
     ids = torch.from_numpy(vocab.encode_array(TEXT).astype(np.int64)).to(torch.uint8)
-    good = {"ngram.ids": ids, "ngram.weights": torch.full((11, *ngram.SHAPE), 0.5)}
+    good = {"ngram.ids": ids, "ngram.weights": torch.full((11, *ngram.SHAPE), 0.5),
+            "ngram.reading": torch.full((11, *ngram.SHAPE), 0.4)}
 
     def with_ngram(tensors: dict | None = None, spec: object = None, drop: str = ""):
         def change(meta, t):
@@ -219,9 +220,15 @@ def ngram_fields(f: Forge) -> None:
             ("ids as a matrix", {"ngram.ids": ids[:100].reshape(10, 10)}, None),
             ("weights NaN", {"ngram.weights": torch.full((11, *ngram.SHAPE), float("nan"))}, None),
             ("weights 2", {"ngram.weights": torch.full((11, *ngram.SHAPE), 2.0)}, None),
-            ("weights of another order", {"ngram.weights": torch.full((5, *ngram.SHAPE), 0.5)}, None)]:
+            ("weights of another order", {"ngram.weights": torch.full((5, *ngram.SHAPE), 0.5)}, None),
+            ("reading weights -1", {"ngram.reading": torch.full((11, *ngram.SHAPE), -1.0)}, None),
+            ("reading weights as float16", {"ngram.reading": torch.full((11, *ngram.SHAPE), 0.5).half()}, None),
+            ("reading weights of another order", {"ngram.reading": torch.full((5, *ngram.SHAPE), 0.5)}, None),
+            ("a tensor of no known name", {"ngram.counts": torch.zeros(10)}, None)]:
         f.add("n-gram", name, f.forged(with_ngram(tensors, spec)))
     f.add("n-gram", "the field without its ids", f.forged(with_ngram(drop="ngram.ids")))
+    f.add("controls", "a model with its n-gram, from before the weights for reading",
+          f.forged(with_ngram(drop="ngram.reading")), expect="load")
     f.add("n-gram", "the tensors without the field", f.forged(lambda m, t: t.update(good)))
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import charloom
-from charloom import checkpoint
+from charloom import checkpoint, evaluation, ngram
 from charloom.batching import Stream, eval_windows
 from charloom.config import ModelConfig
 from charloom.errors import CharloomError
@@ -23,19 +23,21 @@ from charloom.vocab import Vocab
 V = 9
 
 
-def reference(ids: list[int], order: int, beta: float, context: list[int], x: int) -> float:
+def reference(ids: list[int], order: int, beta: float, context: list[int], x: int, read: list[int] = ()) -> float:
     """Witten-Bell interpolation written out with dictionaries: p_k = (c(h, x) + beta u(h) p_{k-1}) / (c(h) +
-    beta u(h)) for every order whose context h the text holds, from an add-one unigram."""
-    uni = Counter(ids)
-    p = (uni[x] + 1) / (len(ids) + V)
+    beta u(h)) for every order whose context h the text holds, from an add-one unigram. `read`: a second text
+    counted beside `ids` (what a Reader has read: its first id is no one's target)."""
+    uni = Counter(ids) + Counter(read[1:])
+    p = (uni[x] + 1) / (sum(uni.values()) + V)
     for k in range(1, order + 1):
         h = tuple(context[-k:])
         if len(h) < k or -1 in h:
             break
         follow: dict[int, int] = defaultdict(int)
-        for i in range(k, len(ids)):
-            if tuple(ids[i - k:i]) == h:
-                follow[ids[i]] += 1
+        for text in (ids, read):
+            for i in range(k, len(text)):
+                if tuple(text[i - k:i]) == h:
+                    follow[text[i]] += 1
         if not follow:
             break
         c, u = sum(follow.values()), len(follow)
@@ -69,6 +71,35 @@ def test_probabilities_equal_the_written_out_interpolation(text, order, beta):
         assert np.allclose(ng.probs(ctx[r:r + 1])[0][0], full[r], rtol=1e-12)
     some = rng.integers(0, V, (len(ctx), 3))
     assert np.allclose(ng.probs(ctx, some)[0], np.take_along_axis(full, some, 1))
+
+
+def test_a_reader_predicts_from_the_counts_of_everything_read_before(text, monkeypatch):
+    train = text[:200]
+    novel = [8, 8, 4, 5, 8, 8, 6, 4, 8, 7, 7, 5]
+    z = np.array(text[150:] + novel * 3 + [4, 4, 4, 4])  # phrases the training text holds, and a new one
+    ng = NGram(np.array(train), V, 4, 2.0)
+    ctx, y = contexts(z[None, :-1], None, 4)[0], z[1:]
+    r = ngram.Reader(ng)
+    pieces = [r.read(ctx[a:b], y[a:b]) for a, b in ((0, 1), (1, 40), (40, 41), (41, len(y)))]
+    p, longest, count = (np.concatenate(part) for part in zip(*pieces))
+    for t in range(len(y)):
+        assert p[t] == pytest.approx(reference(train, 4, 2.0, list(ctx[t]), y[t], read=list(z[:t + 1])), rel=1e-9)
+    whole = ngram.Reader(ng).read(ctx, y)  # one call reads its rows in order, as pieces do
+    assert np.allclose(whole[0], p, rtol=1e-12) and np.array_equal(whole[1], longest)
+    assert np.array_equal(whole[2], count)
+    static = ng.probs(ctx, y[:, None])
+    assert np.allclose(static[0][0, 0], p[0]) and (longest >= static[1]).all()
+    last = slice(-len(novel) - 4, -4)  # the new phrase's third time: the reader has read it twice
+    assert bits(p[last]) < bits(static[0][last, 0]) - 0.5
+
+    monkeypatch.setattr(ngram, "READ_PAIRS", 4 * 50)  # counts 50 characters, then reads on without counting
+    capped = ngram.Reader(ng)
+    first, rest = capped.read(ctx[:50], y[:50])[0], capped.read(ctx[50:], y[50:])[0]
+    assert np.allclose(first, p[:50], rtol=1e-12)
+    for t in range(50, len(y)):
+        assert rest[t - 50] == pytest.approx(reference(train, 4, 2.0, list(ctx[t]), y[t], read=list(z[:51])),
+                                             rel=1e-9)
+    assert np.allclose(capped.read(ctx[50:], y[50:])[0], rest)  # and reads the same again
 
 
 def test_contexts_carry_the_ids_read_before():
@@ -148,14 +179,20 @@ def test_scoring_in_windows_equals_reading_the_whole_text_with_its_ngram(text, w
 
 
 @pytest.mark.kernel
-def test_adapting_at_rate_zero_is_the_static_mixed_score(text):
-    ids = np.array(text)
+@pytest.mark.parametrize("streams", [1, 3])
+def test_adapting_at_rate_zero_is_the_network_mixed_with_its_ngram_counting_as_it_reads(text, streams, monkeypatch):
+    ids = np.array(text[200:] + [8, 8, 4, 5, 8, 8, 6, 4, 8, 7, 7, 5] * 20)  # a new phrase, again and again
     model = small_model(V)
-    m = fit_mixture(model, ids[:300], V, 0, 4)
-    batches = lambda w: eval_windows(Stream(ids, [(0, len(ids))]), w, 1, 0)  # noqa: E731
-    static, adapted = evaluate_mixed(model, m, batches(1024)), adapt(model, batches(16), lr=0.0, mixture=m)
-    assert adapted.loss == pytest.approx(static.loss, rel=1e-5)
+    m = fit_mixture(model, np.array(text[:200]), V, 0, 4)
+    assert m.reading is not None and m.reading.shape == m.weights.shape
+    batches = lambda w: eval_windows(Stream(ids, [(0, len(ids))]), w, streams, 0)  # noqa: E731
+    monkeypatch.setattr(evaluation, "READ_AHEAD", 50)  # several calls of the reader, each several batches
+    static, adapted = evaluate_mixed(model, m, batches(16)), adapt(model, batches(16), lr=0.0, mixture=m)
+    p_net, top, ctx, y = network_predictions(model, batches(16), 4)  # batch by batch, a batch's rows in turn
+    by_hand = m.mix(p_net, top, ngram.Reader(m.ngram).read(ctx, y), reading=True)
+    assert adapted.loss == pytest.approx(float(-np.log(by_hand).mean()), rel=1e-6)
     assert adapted.network_loss == pytest.approx(static.network_loss, rel=1e-5)
+    assert adapted.loss < static.loss - 0.3  # counting the phrase as it reads it pays
 
 
 def _vocab() -> Vocab:
@@ -171,6 +208,12 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     ck = checkpoint.load(path)
     assert ck.mixture is not None and ck.mixture.ngram.order == 3
     assert np.array_equal(ck.mixture.ngram.ids, np.array(text)) and np.allclose(ck.mixture.weights, m.weights)
+    assert np.allclose(ck.mixture.reading, m.reading)
+    older = {k: v for k, v in checkpoint._mixture_tensors(m).items() if k != "ngram.reading"}
+    p = tmp_path / "older.safetensors"  # a file from before the weights for reading: reading mixes with `weights`
+    p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=older,
+                                    extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
+    assert checkpoint.load(p).mixture.reading is None
     ctx = np.array(text[:30]).reshape(10, 3)
     assert np.allclose(ck.mixture.ngram.probs(ctx)[0], m.ngram.probs(ctx)[0])
     assert checkpoint.load(checkpoint.save(tmp_path / "plain.safetensors", model, vocab, records=False)).mixture is None
@@ -179,7 +222,10 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
            "weights above 1": {"ngram.weights": torch.full((4, *SHAPE), 1.5)},
            "weights of the wrong shape": {"ngram.weights": torch.zeros(3, *SHAPE)},
            "weights of the old shape": {"ngram.weights": torch.zeros(4, SHAPE[0])},
-           "ids as floats": {"ngram.ids": torch.zeros(5)}}
+           "ids as floats": {"ngram.ids": torch.zeros(5)},
+           "reading weights NaN": {"ngram.reading": torch.full((4, *SHAPE), float("nan"))},
+           "reading weights of the wrong shape": {"ngram.reading": torch.zeros(4, SHAPE[0])},
+           "an n-gram tensor of no known name": {"ngram.counts": torch.zeros(4)}}
     for name, tensors in bad.items():
         extra = {**checkpoint._mixture_tensors(m), **tensors}
         p = tmp_path / f"{name}.safetensors"

@@ -140,12 +140,17 @@ _NGRAM_IDS = {"U8": 2**8, "I16": 2**15, "I32": 2**31}  # dtypes of the n-gram's 
 
 
 def _mixture_tensors(mixture: ngram.Mixture) -> dict[str, torch.Tensor]:
-    ids, vocab_size, w = mixture.ngram.ids, mixture.ngram.vocab_size, np.asarray(mixture.weights)
-    if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):  # what load would refuse
-        raise CharloomError("n-gram: its mixing weights must be numbers in [0, 1]; the model file was not written")
+    ids, vocab_size = mixture.ngram.ids, mixture.ngram.vocab_size
+    for w in (mixture.weights, mixture.reading if mixture.reading is not None else mixture.weights):
+        w = np.asarray(w)
+        if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):  # what load would refuse
+            raise CharloomError("n-gram: its mixing weights must be numbers in [0, 1]; the model file was not written")
     dtype = next(_DTYPES[name] for name, most in _NGRAM_IDS.items() if vocab_size <= most)
-    return {f"{NGRAM}.ids": torch.from_numpy(ids.astype(np.int64)).to(dtype),
-            f"{NGRAM}.weights": torch.from_numpy(np.asarray(mixture.weights, dtype=np.float32))}
+    out = {f"{NGRAM}.ids": torch.from_numpy(ids.astype(np.int64)).to(dtype),
+           f"{NGRAM}.weights": torch.from_numpy(np.asarray(mixture.weights, dtype=np.float32))}
+    if mixture.reading is not None:
+        out[f"{NGRAM}.reading"] = torch.from_numpy(np.asarray(mixture.reading, dtype=np.float32))
+    return out
 
 
 def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str) -> None:
@@ -154,24 +159,27 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
     if NGRAM not in extra and not names:
         return
     spec = extra.get(NGRAM)
-    if names != {f"{NGRAM}.ids", f"{NGRAM}.weights"} or not isinstance(spec, dict) or set(spec) != {"order", "beta"}:
+    needed = {f"{NGRAM}.ids", f"{NGRAM}.weights"}
+    if names - {f"{NGRAM}.reading"} != needed or not isinstance(spec, dict) or set(spec) != {"order", "beta"}:
         raise CharloomError(f"{where}: damaged model file (its n-gram needs the field {NGRAM!r} with order and beta, "
-                            f"and the tensors {NGRAM}.ids and {NGRAM}.weights)")
+                            f"and the tensors {NGRAM}.ids and {NGRAM}.weights, {NGRAM}.reading at most beside them)")
     order, beta = spec["order"], spec["beta"]
     if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= ngram.MAX_ORDER:
         raise CharloomError(f"{where}: n-gram order {order!r} is not an integer in 1..{ngram.MAX_ORDER}")
     if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta <= 1e6:
         raise CharloomError(f"{where}: n-gram beta {beta!r} is not a number in (0, 1e6]")
-    ids, weights = table[f"{NGRAM}.ids"], table[f"{NGRAM}.weights"]
+    ids = table[f"{NGRAM}.ids"]
     if ids["dtype"] not in _NGRAM_IDS or len(ids["shape"]) != 1 or not 0 < ids["shape"][0] <= ngram.MAX_CHARS:
         raise CharloomError(f"{where}: tensor '{NGRAM}.ids' must be 1 to {ngram.MAX_CHARS:,} integers, is "
                             f"{ids['dtype']} {ids['shape']}")
     if order * ids["shape"][0] > ngram.MAX_PAIRS:  # what rebuilding its counts may hold
         raise CharloomError(f"{where}: an n-gram of order {order} over {ids['shape'][0]:,} characters is more than a "
                             f"model file may ask for (order x characters at most {ngram.MAX_PAIRS:,})")
-    if weights["dtype"] != "F32" or weights["shape"] != [order + 1, *ngram.SHAPE]:
-        raise CharloomError(f"{where}: tensor '{NGRAM}.weights' must be F32 {[order + 1, *ngram.SHAPE]}, is "
-                            f"{weights['dtype']} {weights['shape']}")
+    for name in sorted(names - {f"{NGRAM}.ids"}):
+        weights = table[name]
+        if weights["dtype"] != "F32" or weights["shape"] != [order + 1, *ngram.SHAPE]:
+            raise CharloomError(f"{where}: tensor '{name}' must be F32 {[order + 1, *ngram.SHAPE]}, is "
+                                f"{weights['dtype']} {weights['shape']}")
 
 
 def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size: int,
@@ -179,13 +187,19 @@ def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size
     """The model's n-gram from its checked header and tensors: every id in the vocabulary, weights in [0, 1]."""
     if NGRAM not in extra:
         return None
-    ids, weights = tensors[f"{NGRAM}.ids"].numpy(), tensors[f"{NGRAM}.weights"].numpy()
+    ids = tensors[f"{NGRAM}.ids"].numpy()
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise CharloomError(f"{where}: tensor '{NGRAM}.ids' holds ids outside the vocabulary of {vocab_size}")
-    if not (np.isfinite(weights).all() and (weights >= 0).all() and (weights <= 1).all()):
-        raise CharloomError(f"{where}: tensor '{NGRAM}.weights' holds values outside [0, 1]")
+    weights = {}
+    for name in ("weights", "reading"):
+        if f"{NGRAM}.{name}" not in tensors:
+            continue  # a file from before the weights for reading: reading mixes with `weights`
+        w = weights[name] = tensors[f"{NGRAM}.{name}"].numpy().astype(np.float64)
+        if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
+            raise CharloomError(f"{where}: tensor '{NGRAM}.{name}' holds values outside [0, 1]")
     spec = extra[NGRAM]
-    return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), weights.astype(np.float64))
+    return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), weights["weights"],
+                         weights.get("reading"))
 
 
 # ---- reading: every check that needs only the header comes before any tensor byte is read ----------------

@@ -465,8 +465,9 @@ def _eval_lines(source: str, result: Any, adapted: Any, ecfg: EvalConfig, unknow
            f"{result.characters:,} predicted characters; {unknown:,} characters outside the model's vocabulary "
            f"(read as <unk>)"]
     if adapted is not None:
+        counting = ", its n-gram counting what it reads" if adapted.network_bpc is not None else ""
         out.append(f"adapted while reading (dynamic evaluation, lr {ecfg.adapt_lr:g}, segments of "
-                   f"{ecfg.adapt_segment}): {adapted.bpc:.4f} bits per character{alone(adapted)}")
+                   f"{ecfg.adapt_segment}{counting}): {adapted.bpc:.4f} bits per character{alone(adapted)}")
     return out
 
 

@@ -473,9 +473,11 @@ class EvalConfig(Config):
     window: int = option(1024, "characters fed per forward call (the state carries across calls)")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
     adapt: bool = option(False, "also score the text as a compressor does (dynamic evaluation): each segment is "
-                                "scored, then the model takes a gradient step on it and reads on; reported beside "
-                                "the static figure, and the model file is never changed")
-    adapt_lr: float = option(0.1, "dynamic evaluation: learning rate of the step after each segment")
+                                "scored, then the network takes a gradient step on it, its n-gram counts it, and "
+                                "it reads on; reported beside the static figure, and the model file is never "
+                                "changed")
+    adapt_lr: float = option(0.1, "dynamic evaluation: learning rate of the step after each segment (0: the network "
+                                  "stays as trained, only its n-gram counts what it reads)")
     adapt_segment: int = option(32, "dynamic evaluation: characters per segment (one step each)")
     adapt_decay: float = option(0.0, "dynamic evaluation: each step pulls the weights this share of the way back "
                                      "to the trained ones (0: no pull)")

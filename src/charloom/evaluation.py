@@ -31,6 +31,7 @@ from .model import CharRNN, State, detach
 LN2 = math.log(2)
 ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
 FIT_CHARS = 200_000  # characters of training text a mixture's weights are fitted on
+READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call (the counts do not depend on it)
 
 
 @dataclass
@@ -159,8 +160,8 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
     start = len(ids) - held
     batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
     p_net, top, ctx, y = network_predictions(model, batches, order, device)
-    weights = ngram.fit(ngram.NGram(ids[:start], vocab_size, order, beta), p_net, top, ctx, y).weights
-    return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), weights)
+    fitted = ngram.fit(ngram.NGram(ids[:start], vocab_size, order, beta), p_net, top, ctx, y)
+    return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), fitted.weights, fitted.reading)
 
 
 def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iterable[Batch]:
@@ -219,15 +220,17 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
     on that batch's mean loss (its gradient norm clipped to `clip`, as in training, so a passage unlike anything
     seen cannot throw the weights far), `decay` of the way back towards the trained weights, and reads on with its state
     carried. Every character is scored by weights that have seen only the characters before it, as a
-    compressor's model has. With `mixture`, each character is scored by the adapting network mixed with the
-    (fixed) n-gram, and the network's own figure goes beside it. Works on a copy: `model` is left as it was."""
+    compressor's model has. With `mixture`, the adapting network is mixed with its n-gram, which counts every
+    character once it has predicted it (an `ngram.Reader`, with the weights fitted for reading), and the network's
+    own figure goes beside it. lr 0: the network stays as trained and only the n-gram learns. Works on a copy:
+    `model` is left as it was."""
     device = torch.device(device)
     work = copy.deepcopy(model).to(device).eval()  # eval: no dropout while it reads
     params = [p for p in work.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params]
-    total, own, count, state, before = 0.0, 0.0, 0, None, None
-    with torch.inference_mode(False), torch.enable_grad():
-        for b in batches:
+    total, own, count, state = 0.0, 0.0, 0, None
+    with torch.inference_mode(False), torch.set_grad_enabled(lr > 0):
+        for b, predicted in _read_ahead(batches, mixture):
             logits, new_state = work(b.x.to(device), state if b.continues else None)
             nll = F.cross_entropy(logits.flatten(0, 1).float(), b.y.to(device).flatten(), ignore_index=b.pad_id,
                                   reduction="sum")
@@ -235,16 +238,47 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
             if mixture is None:
                 total = own
             else:
-                p_net, top, keep = _target_probs(logits, b)
-                ctx = _contexts(b, before, mixture.ngram.order)
-                before = ctx[:, -1]
-                p = mixture.target_probs(p_net, top, ctx[keep], b.y.numpy()[keep])
+                p_net, top, _ = _target_probs(logits, b)
+                p = mixture.mix(p_net, top, predicted, reading=True)
                 total += float(-np.log(np.maximum(p, 1e-300)).sum())
-            _descend(nll / max(1, b.tokens), params, trained, lr, decay, clip)
+            if lr:
+                _descend(nll / max(1, b.tokens), params, trained, lr, decay, clip)
             state = detach(new_state)
     if count == 0:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
     return Evaluation(total / count, count, own / count if mixture is not None else None)
+
+
+def _read_ahead(batches: Iterable[Batch], mixture: ngram.Mixture | None
+                ) -> Iterator[tuple[Batch, tuple[np.ndarray, np.ndarray, np.ndarray] | None]]:
+    """Each batch with, for a `mixture`, what a Reader of its n-gram predicts for the batch's scored targets (p,
+    longest order seen, its count; each (n,)): the batches are read in groups of about READ_AHEAD characters,
+    one call each, in the order they come (a batch's rows one after another)."""
+    if mixture is None:
+        yield from ((b, None) for b in batches)
+        return
+    reader, order, before = ngram.Reader(mixture.ngram), mixture.ngram.order, None
+    pending = iter(batches)
+    while True:
+        group: list[Batch] = []
+        contexts: list[np.ndarray] = []
+        targets: list[np.ndarray] = []
+        size = 0
+        for b in pending:
+            ctx = _contexts(b, before, order)  # (B, T, order)
+            before = ctx[:, -1]
+            keep = (b.y != b.pad_id).numpy()
+            group.append(b)
+            contexts.append(ctx[keep])
+            targets.append(b.y.numpy()[keep].astype(np.int64))
+            size += len(targets[-1])
+            if size >= READ_AHEAD:
+                break
+        if not group:
+            return
+        read = reader.read(np.concatenate(contexts), np.concatenate(targets))
+        at = np.cumsum([len(y) for y in targets])[:-1]
+        yield from zip(group, zip(*(np.split(part, at) for part in read)))
 
 
 def _descend(loss: torch.Tensor, params: list[torch.Tensor], trained: list[torch.Tensor], lr: float, decay: float,

@@ -15,6 +15,9 @@ Counts are kept as sorted 64-bit keys: a context of order k is a polynomial hash
 (context, next character) pair is that hash shifted left with the character in the low bits, so that sorting
 the pairs groups them by context. A model file holds the text (at most MAX_CHARS ids), not the counts: they
 are rebuilt, one sort per order, the first time they are used.
+
+A `Reader` is the n-gram that keeps counting as it reads a text, as a compressor's model does: each character is
+predicted from the counts of the training text and of every character read before it (`charloom eval --adapt`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 MAX_ORDER = 16
 MAX_CHARS = 8_000_000  # ids of training text a model keeps for its n-gram (the last ones)
 MAX_PAIRS = 8 * MAX_CHARS  # order x ids at most: the counts hold at most this many pairs, 12 bytes each
+READ_PAIRS = MAX_PAIRS // 4  # order x characters a Reader counts at most; past them it reads on without counting
 BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count, ...
 CONFIDENCE = 5  # ... and the network's largest probability there, in fifths)
 SHAPE = (BUCKETS, CONFIDENCE)  # the weights of one order: a model's are (order + 1, *SHAPE)
@@ -167,6 +171,115 @@ class NGram:
         return out
 
 
+class _Tally:
+    """A growing multiset of 64-bit keys: levels of sorted distinct keys with their counts, each level at least
+    twice the size of the next, so that adding n keys in pieces costs O(n log n) and counting a key one search
+    per level."""
+
+    def __init__(self) -> None:
+        self.levels: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted distinct keys, their counts)
+
+    def add(self, keys: np.ndarray) -> None:
+        if not len(keys):
+            return
+        level = np.unique(keys, return_counts=True)
+        while self.levels and len(self.levels[-1][0]) <= 2 * len(level[0]):
+            older = self.levels.pop()
+            joined, where = np.unique(np.concatenate([older[0], level[0]]), return_inverse=True)
+            level = joined, np.bincount(where, np.concatenate([older[1], level[1]])).astype(np.int64)
+        self.levels.append(level)
+
+    def count(self, keys: np.ndarray) -> np.ndarray:
+        """How many times each of keys (R,) was added -> (R,) int64."""
+        out = np.zeros(len(keys), dtype=np.int64)
+        for held, counts in self.levels:
+            j = np.minimum(np.searchsorted(held, keys), len(held) - 1)
+            out += np.where(held[j] == keys, counts[j], 0)
+        return out
+
+
+def _earlier(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of keys (R,): how many keys before it are equal to it; and the order that sorts the keys with
+    equal ones in their original order, and where each run of equal keys starts in that order."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    first = np.r_[True, ranked[1:] != ranked[:-1]]
+    run = np.cumsum(first) - 1
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys)) - np.flatnonzero(first)[run]
+    return rank, order, run
+
+
+class Reader:
+    """The n-gram counting the text it reads: `read` predicts each target from the counts of the n-gram's text
+    plus those of every character read before it (earlier calls, and earlier rows of the same call), then counts
+    it. Probabilities are the n-gram's (`NGram.probs`) over the summed counts. The counts of what was read keep
+    every order in one tally (a context's hash differs between orders as between any two contexts); at most
+    READ_PAIRS pairs, 12-16 bytes each: past them it reads on with the counts it has."""
+
+    def __init__(self, ngram: NGram):
+        self.ngram = ngram
+        self.unigram = np.bincount(ngram.ids, minlength=ngram.vocab_size)[:ngram.vocab_size].astype(np.int64)
+        self.contexts, self.pairs = _Tally(), _Tally()  # contexts read, (context, next id) pairs read
+        self.followers = _Tally()  # a context, once for each follower new to it
+        self.counted = 0  # characters counted
+
+    def read(self, context: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """context (N, order) ids, the nearest last (-1: before the text's start), targets (N,), in the order read
+        -> (p of each target (N,), the longest order whose context was seen (N,), that context's count (N,))."""
+        ng, n = self.ngram, len(targets)
+        y = np.asarray(targets, dtype=np.int64)
+        learn = self.counted + n <= READ_PAIRS // ng.order
+        rank, before = (_earlier(y)[0], np.arange(n)) if learn else (0, 0)  # earlier rows count only while counting
+        p = (self.unigram[y] + rank + 1.0) / (self.unigram.sum() + before + ng.vocab_size)
+        seen, paired, followers = self._counts(context, y, learn)  # (N, K) each, K orders
+        held = np.cumprod(seen > 0, axis=1, dtype=bool)  # a longer context is seen only where the shorter one was
+        longest = held.sum(axis=1)
+        for k in range(held.shape[1]):
+            r = held[:, k]
+            p[r] = (paired[r, k] + ng.beta * followers[r, k] * p[r]) / (seen[r, k] + ng.beta * followers[r, k])
+        count = np.take_along_axis(seen, np.maximum(longest - 1, 0)[:, None], axis=1)[:, 0] if seen.size else seen
+        if learn:
+            np.add.at(self.unigram, y, 1)
+            self.counted += n
+        return p, longest, np.where(longest > 0, count, 0)
+
+    def _counts(self, context: np.ndarray, y: np.ndarray, learn: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Before each of N rows read in order, for each order k: (the count of its context of k ids, of that
+        context followed by its target, the context's different followers) in the n-gram's text, earlier reads and
+        the rows before it, each (N, K); then, if `learn`, counts the rows. 0 where a row has fewer than k ids."""
+        ng, orders = self.ngram, self.ngram.orders()
+        n, K = len(y), len(orders)
+        keys, h = np.zeros((n, K), dtype=np.uint64), np.zeros(n, dtype=np.uint64)
+        for k in range(K):
+            h = h * _MUL + (np.maximum(context[:, -k - 1], 0) + 1).astype(np.uint64)
+            keys[:, k] = h & ng.mask
+        valid = context[:, ::-1][:, :K] != _MISSING  # (N, K): rows with k + 1 ids of context
+        pairs = (keys << np.uint64(ng.bits)) | y[:, None].astype(np.uint64)
+        seen, paired, followers = (np.zeros((n, K), dtype=np.int64) for _ in range(3))
+        for k, t in enumerate(orders):
+            rows = np.flatnonzero(valid[:, k])
+            _, seen[rows, k], followers[rows, k] = ng._runs(t, keys[rows, k])
+            paired[rows, k] = ng._pair_counts(t, keys[rows, k], y[rows, None])[:, 0]
+        key, pair = keys[valid], pairs[valid]  # row by row, so that earlier rows come first
+        got = seen[valid] + self.contexts.count(key), paired[valid] + self.pairs.count(pair), \
+            followers[valid] + self.followers.count(key)
+        if learn:
+            context_rank, by_context, run = _earlier(key)
+            pair_rank = _earlier(pair)[0]
+            new = (got[1] == 0) & (pair_rank == 0)  # a follower this context has had in neither text
+            earlier = np.cumsum(new[by_context]) - new[by_context]  # new followers before each, in context order
+            fresh = np.empty(len(key), dtype=np.int64)
+            fresh[by_context] = earlier - earlier[np.flatnonzero(np.r_[True, run[1:] != run[:-1]])][run]
+            self.contexts.add(key)
+            self.pairs.add(pair)
+            self.followers.add(key[new])
+            got = got[0] + context_rank, got[1] + pair_rank, got[2] + fresh
+        for out, value in zip((seen, paired, followers), got):
+            out[valid] = value
+        return seen, paired, followers
+
+
 def contexts(x: np.ndarray, before: np.ndarray | None, order: int) -> np.ndarray:
     """x (B, T) ids read in order, `before` (B, order) the ids read before them (None: nothing) -> (B, T, order):
     [:, t] holds the `order` ids up to and including x[:, t], the context of the character after it."""
@@ -187,18 +300,28 @@ def bucket(longest: np.ndarray, count: np.ndarray, p_max: np.ndarray) -> np.ndar
 
 @dataclass
 class Mixture:
-    """The n-gram and the network's weight in each bucket: (order + 1, *SHAPE) in [0, 1]."""
+    """The n-gram and the network's weight in each bucket: (order + 1, *SHAPE) in [0, 1]; `reading`, the same for
+    an n-gram that counts the text as it reads it (a `Reader`): None takes `weights`."""
 
     ngram: NGram
     weights: np.ndarray
+    reading: np.ndarray | None = None
 
     def target_probs(self, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray,
                      targets: np.ndarray) -> np.ndarray:
         """The network's probability of targets (N,) and its largest one (N,), after context (N, order) -> the
         mixture's probability of targets (N,)."""
         p, longest, count = self.ngram.probs(context, targets[:, None])
-        w = self.weights.reshape(-1)[bucket(longest, count, p_max)]
-        return w * p_network + (1 - w) * p[:, 0]
+        return self.mix(p_network, p_max, (p[:, 0], longest, count))
+
+    def mix(self, p_network: np.ndarray, p_max: np.ndarray, predicted: tuple[np.ndarray, np.ndarray, np.ndarray],
+            reading: bool = False) -> np.ndarray:
+        """The network's probability of N targets and its largest one, each (N,), with the n-gram's (p, longest
+        order seen, its count), each (N,), from `NGram.probs` or (reading) a `Reader` -> the mixture's p (N,)."""
+        p, longest, count = predicted
+        weights = self.reading if reading and self.reading is not None else self.weights
+        w = weights.reshape(-1)[bucket(longest, count, p_max)]
+        return w * p_network + (1 - w) * p
 
     def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
         """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
@@ -215,20 +338,25 @@ class Mixture:
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
         rounds: int = 50) -> Mixture:
     """The weights that best mix the network with `ngram` on these characters, given the network's probability
-    of each (N,) and its largest (N,) (EM, one weight per bucket; each starts from PRIOR and an empty bucket keeps
-    it). The characters must be ones `ngram` was not built from."""
-    p, longest, count = ngram.probs(context, targets[:, None])
-    p_ng, groups = p[:, 0], bucket(longest, count, p_max)
+    of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that counts them in the order given
+    (EM, one weight per bucket; each starts from PRIOR and an empty bucket keeps it). The characters must be ones
+    `ngram` was not built from."""
     p_network = np.nan_to_num(np.asarray(p_network, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
     size = (ngram.order + 1) * BUCKETS * CONFIDENCE
-    start, strength = PRIOR
-    n = np.bincount(groups, minlength=size)
-    w = np.full(size, start)
-    for _ in range(rounds):
-        a = w[groups] * p_network
-        share = a / np.maximum(a + (1 - w[groups]) * p_ng, 1e-300)  # the network's share of each character
-        w = (np.bincount(groups, share, minlength=size) + start * strength) / (n + strength)
-    return Mixture(ngram, w.reshape(ngram.order + 1, *SHAPE))
+
+    def weights(p: np.ndarray, longest: np.ndarray, count: np.ndarray) -> np.ndarray:
+        p_ng, groups = p.reshape(-1), bucket(longest, count, p_max)
+        start, strength = PRIOR
+        n = np.bincount(groups, minlength=size)
+        w = np.full(size, start)
+        for _ in range(rounds):
+            a = w[groups] * p_network
+            share = a / np.maximum(a + (1 - w[groups]) * p_ng, 1e-300)  # the network's share of each character
+            w = (np.bincount(groups, share, minlength=size) + start * strength) / (n + strength)
+        return w.reshape(ngram.order + 1, *SHAPE)
+
+    return Mixture(ngram, weights(*ngram.probs(context, targets[:, None])),
+                   weights(*Reader(ngram).read(context, targets)))
 
 
 def bits(p: np.ndarray) -> float:
@@ -236,4 +364,5 @@ def bits(p: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "bits", "bucket", "contexts", "fit"]
+__all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "READ_PAIRS",
+           "Reader", "bits", "bucket", "contexts", "fit"]
