@@ -13,7 +13,8 @@ each budget gives the same figures as separate runs.
 Held-out = the last 5% of the corpus, scored three ways: whole, in order, with the state carried (batch 1), by the
 model as saved (the network mixed with its n-gram of the training text) and by the network alone;
 the mean over 2,048 fixed random 64-character windows, each from a zero state (the measure transformer
-figures use); and whole, adapted while reading (`charloom eval --adapt` with its defaults). PPMd reads the
+figures use); whole, adapted while reading (`charloom eval --adapt` with its defaults: the network steps and its
+n-gram counts); and whole with the network as trained and its n-gram counting (`--adapt-lr 0`). PPMd reads the
 same split as bench/adapt_bench.py describes.
 
 Each figure is appended to bench/quality.jsonl as it is made; the section is rebuilt from the newest row of
@@ -89,6 +90,9 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
             t0 = time.perf_counter()
             adapted = adapt(ck.model, eval_windows(data.val, cfg.adapt_segment, 1, pad), cfg.adapt_lr,
                             cfg.adapt_decay, mixture=ck.mixture)
+            adapt_seconds = time.perf_counter() - t0
+            counting = adapt(ck.model, eval_windows(data.val, 1024, 1, pad), 0.0, mixture=ck.mixture).bpc \
+                if ck.mixture else None  # the network as trained, its n-gram counting what it reads
             sized = ck.info.get("sizing", {})
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
@@ -96,9 +100,9 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
                     "predicted_characters": sized.get("characters"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "network": network, "windows": windows, "adapted": adapted.bpc,
-                    "adapted_network": adapted.network_bpc or adapted.bpc,
+                    "adapted_network": adapted.network_bpc or adapted.bpc, "counting": counting,
                     "ngram": ck.info.get("ngram", {}).get("order", 0) if ck.mixture else 0,
-                    "adapt_seconds": time.perf_counter() - t0, "peak_rss": info["peak_rss"]})
+                    "adapt_seconds": adapt_seconds, "peak_rss": info["peak_rss"]})
             if path == "native" and m == budgets[-1] and not fixed:
                 record({"system": "first-character", "model_minutes": m, "seconds": time_to_first_character(run)})
 
@@ -191,9 +195,9 @@ def section() -> str:
         r = rows.get(("notebook", "native", m))
         if r:
             table.append(report.row(f"{m:g} min", "the notebooks' method (one-hot LSTM 64)", f"{r['isa']}, fp32",
-                                    f"{r['whole']:.3f}", f"{r['whole']:.3f}", "", f"{r['windows']:.3f}",
+                                    f"{r['whole']:.3f}", f"{r['whole']:.3f}", "", "", f"{r['windows']:.3f}",
                                     "bench/notebook.py"))
-    table.append(report.row("2 s", "PPMd order 8 (7-Zip)", "", f"{ppmd:.3f}", "", "(adapts as it reads)", "",
+    table.append(report.row("2 s", "PPMd order 8 (7-Zip)", "", f"{ppmd:.3f}", "", "(adapts as it reads)", "", "",
                             f"`7z a {PPMD}`"))
     ours = [r for k, r in rows.items() if k[0].startswith("charloom")]
     first_row = rows.get(("first-character", "", 0), {})
@@ -203,10 +207,13 @@ def section() -> str:
         "",
         f"Command: `python bench/quality_bench.py --budgets {' '.join(f'{m:g}' for m in budgets)}` (`make bench`). "
         f"Machine: {report.machine()}, 2 threads; each row names the kernel path it ran on. "
-        "See the script's docstring for the method; rows accumulate in `bench/quality.jsonl`.",
+        "See the script's docstring for the method; rows accumulate in `bench/quality.jsonl`. Rows with a "
+        "figure in the counting column adapt with the n-gram counting what it reads as well; older rows adapted the "
+        "network beside a fixed n-gram.",
         "",
         *report.table(["training time", "system", "CPU path and precision", "held-out bpc, whole tail",
-                       "the network alone", "adapted while reading (network alone)", "2,048 windows (network alone)",
+                       "the network alone", "adapted while reading (network alone)",
+                       "the network as trained, its n-gram counting as it reads", "2,048 windows (network alone)",
                        "command"], table),
         "",
         plot(rows, budgets, ppmd),
@@ -227,7 +234,8 @@ def _figures(r: dict, path: str) -> list[str]:
     before models had an n-gram are the network alone."""
     alone = r.get("adapted_network", r["adapted"])
     return [f"{r['isa']}, {r['precision']}", f"{r['whole']:.3f}", f"{r.get('network', r['whole']):.3f}",
-            f"{r['adapted']:.3f}" + (f" ({alone:.3f})" if alone != r["adapted"] else ""), f"{r['windows']:.3f}",
+            f"{r['adapted']:.3f}" + (f" ({alone:.3f})" if alone != r["adapted"] else ""),
+            f"{r['counting']:.3f}" if r.get("counting") else "", f"{r['windows']:.3f}",
             f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")]
 
 
