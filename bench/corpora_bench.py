@@ -8,8 +8,9 @@ code:  the Python standard library's top-level modules (/usr/lib/python3.11/*.py
 names: the bundled names, records; the held-out records (charloom's seeded random split) each scored from
        <bos> through <eos>.
 Each corpus: one `charloom train SOURCE --max-time Nm` with its defaults, scored as saved (the network mixed
-with its n-gram of the training text), by the network alone, and adapted while reading (`eval --adapt`'s
-defaults). PPMd (7-Zip, order 8): bits = 8 x (archive of head+tail - archive of head) / tail characters, the
+with its n-gram of the training text), by the network alone, adapted while reading (`eval --adapt`'s
+defaults: the network steps and its n-gram counts), and with the network as trained and its n-gram counting
+(`--adapt-lr 0`). PPMd (7-Zip, order 8): bits = 8 x (archive of head+tail - archive of head) / tail characters, the
 head being the training text and the tail the held-out one (records one per line, so a newline stands for
 <eos>).
 """
@@ -65,13 +66,16 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> list[str]:
     cfg = EvalConfig()
     static = evaluate_mixed(ck.model, ck.mixture, batches(1024)) if ck.mixture else evaluate(ck.model, batches(1024))
     adapted = adapt(ck.model, batches(cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, mixture=ck.mixture)
+    counting = adapt(ck.model, batches(1024), 0.0, mixture=ck.mixture).bpc if ck.mixture else None
     ppmd, ppmd_s = ppmd_bpc(head, tail)
     alone = static.network_bpc if static.network_bpc is not None else static.bpc
     info = ck.info
     return [report.row(name, f"{len(head) + len(tail):,}", f"{static.characters:,}",
                        f"{ck.config.hidden_size} wide, {info.get('characters_seen', 0) / 1e6:.1f} M characters, "
                        f"{info.get('precision')}", f"{static.bpc:.3f}", f"{alone:.3f}",
-                       f"{adapted.bpc:.3f}", f"{ppmd:.3f}", f"{static.bpc - ppmd:+.3f}",
+                       f"{adapted.bpc:.3f}" + (f" ({adapted.network_bpc:.3f})" if adapted.network_bpc else ""),
+                       f"{counting:.3f}" if counting else "", f"{ppmd:.3f}", f"{static.bpc - ppmd:+.3f}",
+                       f"{adapted.bpc - ppmd:+.3f}",
                        f"`{' '.join(command)}` ({train_s / 60:.1f} min with start and n-gram)")]
 
 
@@ -94,8 +98,9 @@ def main() -> None:
         "See the script's docstring for the splits and how each figure is made.",
         "",
         *report.table(["corpus", "characters", "held-out characters scored", "model", "charloom as saved",
-                       "the network alone", "adapted while reading", f"PPMd (`7z a {PPMD}`)",
-                       "charloom - PPMd", "command"], rows),
+                       "the network alone", "adapted while reading (network alone)",
+                       "the network as trained, its n-gram counting as it reads", f"PPMd (`7z a {PPMD}`)",
+                       "as saved - PPMd", "adapted - PPMd", "command"], rows),
     ])
     report.write_section("corpora", body)
     print(body)

@@ -145,6 +145,8 @@ def test_dynamic_evaluation_equals_a_hand_written_loop_and_leaves_the_model_alon
     assert result.bpc == pytest.approx(bits / n, rel=1e-4)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model file never changes
     assert result.bpc < score(model, corpus).bpc  # a repetitive text: reading it teaches the model
+    streams = EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=16, adapt_decay=decay, streams=4)
+    assert score_adapted(model, corpus, streams).loss == result.loss  # a text adapts as one stream, in order
 
 
 def test_dynamic_evaluation_at_learning_rate_zero_is_the_static_score(tmp_path):

@@ -94,12 +94,35 @@ def test_a_reader_predicts_from_the_counts_of_everything_read_before(text, monke
 
     monkeypatch.setattr(ngram, "READ_PAIRS", 4 * 50)  # counts 50 characters, then reads on without counting
     capped = ngram.Reader(ng)
-    first, rest = capped.read(ctx[:50], y[:50])[0], capped.read(ctx[50:], y[50:])[0]
-    assert np.allclose(first, p[:50], rtol=1e-12)
+    first, rest = capped.read(ctx[:30], y[:30])[0], capped.read(ctx[30:], y[30:])[0]  # the cap inside a call
+    assert np.allclose(first, p[:30], rtol=1e-12) and np.allclose(rest[:20], p[30:50], rtol=1e-12)
     for t in range(50, len(y)):
-        assert rest[t - 50] == pytest.approx(reference(train, 4, 2.0, list(ctx[t]), y[t], read=list(z[:51])),
+        assert rest[t - 30] == pytest.approx(reference(train, 4, 2.0, list(ctx[t]), y[t], read=list(z[:51])),
                                              rel=1e-9)
-    assert np.allclose(capped.read(ctx[50:], y[50:])[0], rest)  # and reads the same again
+    assert np.allclose(capped.read(ctx[50:], y[50:])[0], rest[20:])  # and reads the same again
+
+
+def test_a_reader_of_the_shortest_ngram_and_of_nothing(text):
+    one = ngram.Reader(NGram(np.array([5]), V, 4))  # no pairs of any order: the add-one unigram, counting
+    z = np.array(text[:40])
+    ctx, y = contexts(z[None, :-1], None, 4)[0], z[1:]
+    p, longest, count = one.read(ctx, y)
+    expected = [(1 + (x == 5) + list(y[:t]).count(x)) / (1 + t + V) for t, x in enumerate(y)]
+    assert np.allclose(p, expected) and not longest.any() and not count.any()
+    empty = one.read(ctx[:0], y[:0])
+    assert all(len(part) == 0 for part in empty)
+
+
+def test_reading_mixes_with_the_static_weights_where_a_file_has_none(text):
+    ng = NGram(np.array(text), V, 3)
+    rng = np.random.default_rng(4)
+    p_net, top = rng.uniform(0.1, 0.5, 20), rng.uniform(0.5, 1, 20)
+    predicted = rng.uniform(0, 1, 20), rng.integers(0, 4, 20), rng.integers(0, 9, 20)
+    w, r = rng.uniform(0, 1, (4, *SHAPE)), rng.uniform(0, 1, (4, *SHAPE))
+    static = Mixture(ng, w)
+    assert np.array_equal(static.mix(p_net, top, predicted, reading=True), static.mix(p_net, top, predicted))
+    assert not np.allclose(Mixture(ng, w, r).mix(p_net, top, predicted, reading=True),
+                           Mixture(ng, w, r).mix(p_net, top, predicted))
 
 
 def test_contexts_carry_the_ids_read_before():
@@ -123,6 +146,8 @@ def test_fitted_weights_lean_on_the_ngram_where_it_knows_and_beat_both_alone(tex
     unfitted = Mixture(ng, np.full((5, *SHAPE), 0.8)).target_probs(p_net, top, ctx, y)  # where EM starts
     assert bits(mixed) < bits(unfitted) and bits(mixed) < bits(p_net) and bits(mixed) <= bits(alone) + 0.1
     assert m.weights.shape == (5, *SHAPE) and m.weights[4].min() < 0.5  # long contexts: mostly the n-gram
+    read = ngram.Reader(ng).read(ctx, y)  # the weights for reading: fitted to what a reader predicts
+    assert bits(m.mix(p_net, top, read, reading=True)) < bits(Mixture(ng, m.weights).mix(p_net, top, read))
 
 
 def test_a_nan_from_the_network_leaves_the_weights_finite_and_bad_weights_are_never_saved(text, tmp_path):

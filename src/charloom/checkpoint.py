@@ -140,11 +140,12 @@ _NGRAM_IDS = {"U8": 2**8, "I16": 2**15, "I32": 2**31}  # dtypes of the n-gram's 
 
 
 def _mixture_tensors(mixture: ngram.Mixture) -> dict[str, torch.Tensor]:
-    ids, vocab_size = mixture.ngram.ids, mixture.ngram.vocab_size
-    for w in (mixture.weights, mixture.reading if mixture.reading is not None else mixture.weights):
-        w = np.asarray(w)
-        if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):  # what load would refuse
-            raise CharloomError("n-gram: its mixing weights must be numbers in [0, 1]; the model file was not written")
+    ids, vocab_size, shape = mixture.ngram.ids, mixture.ngram.vocab_size, (mixture.ngram.order + 1, *ngram.SHAPE)
+    for w in (mixture.weights, mixture.reading):
+        w = np.asarray(w if w is not None else mixture.weights)
+        if w.shape != shape or not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):  # what load refuses
+            raise CharloomError(f"n-gram: its mixing weights must be {shape} numbers in [0, 1]; the model file was "
+                                f"not written")
     dtype = next(_DTYPES[name] for name, most in _NGRAM_IDS.items() if vocab_size <= most)
     out = {f"{NGRAM}.ids": torch.from_numpy(ids.astype(np.int64)).to(dtype),
            f"{NGRAM}.weights": torch.from_numpy(np.asarray(mixture.weights, dtype=np.float32))}
@@ -190,16 +191,15 @@ def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size
     ids = tensors[f"{NGRAM}.ids"].numpy()
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise CharloomError(f"{where}: tensor '{NGRAM}.ids' holds ids outside the vocabulary of {vocab_size}")
-    weights = {}
+    mixing = {}  # a file from before the weights for reading has none: reading mixes with the static ones
     for name in ("weights", "reading"):
-        if f"{NGRAM}.{name}" not in tensors:
-            continue  # a file from before the weights for reading: reading mixes with `weights`
-        w = weights[name] = tensors[f"{NGRAM}.{name}"].numpy().astype(np.float64)
-        if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
-            raise CharloomError(f"{where}: tensor '{NGRAM}.{name}' holds values outside [0, 1]")
+        if f"{NGRAM}.{name}" in tensors:
+            w = mixing[name] = tensors[f"{NGRAM}.{name}"].numpy().astype(np.float64)
+            if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
+                raise CharloomError(f"{where}: tensor '{NGRAM}.{name}' holds values outside [0, 1]")
     spec = extra[NGRAM]
-    return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), weights["weights"],
-                         weights.get("reading"))
+    return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), mixing["weights"],
+                         mixing.get("reading"))
 
 
 # ---- reading: every check that needs only the header comes before any tensor byte is read ----------------

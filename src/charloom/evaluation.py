@@ -31,7 +31,7 @@ from .model import CharRNN, State, detach
 LN2 = math.log(2)
 ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
 FIT_CHARS = 200_000  # characters of training text a mixture's weights are fitted on
-READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call (the counts do not depend on it)
+READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call (what it predicts does not depend on it)
 
 
 @dataclass
@@ -296,10 +296,13 @@ def _descend(loss: torch.Tensor, params: list[torch.Tensor], trained: list[torch
 
 def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
                   device: torch.device | str | None = None, mixture: ngram.Mixture | None = None) -> Evaluation:
-    """`adapt` over all of `corpus`, in segments of `cfg.adapt_segment` characters (`cfg.streams` at a time)."""
+    """`adapt` over all of `corpus`, in segments of `cfg.adapt_segment` characters: records `cfg.streams` at a
+    time, a continuous text as one stream (in several, a stream's first character would be learned from before the
+    stream ending there had predicted it)."""
     cfg = cfg or EvalConfig()
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return adapt(model, corpus_batches(corpus, cfg.streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,
+    streams = cfg.streams if corpus.is_records else 1
+    return adapt(model, corpus_batches(corpus, streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,
                  mixture=mixture)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 MAX_ORDER = 16
 MAX_CHARS = 8_000_000  # ids of training text a model keeps for its n-gram (the last ones)
 MAX_PAIRS = 8 * MAX_CHARS  # order x ids at most: the counts hold at most this many pairs, 12 bytes each
-READ_PAIRS = MAX_PAIRS // 4  # order x characters a Reader counts at most; past them it reads on without counting
+READ_PAIRS = MAX_PAIRS // 8  # order x characters a Reader counts at most; past them it reads on without counting
 BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count, ...
 CONFIDENCE = 5  # ... and the network's largest probability there, in fifths)
 SHAPE = (BUCKETS, CONFIDENCE)  # the weights of one order: a model's are (order + 1, *SHAPE)
@@ -174,48 +174,56 @@ class NGram:
 class _Tally:
     """A growing multiset of 64-bit keys: levels of sorted distinct keys with their counts, each level at least
     twice the size of the next, so that adding n keys in pieces costs O(n log n) and counting a key one search
-    per level."""
+    per level. 12 bytes a distinct key, and a merge's copies while it runs."""
 
     def __init__(self) -> None:
-        self.levels: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted distinct keys, their counts)
+        self.levels: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted distinct keys, their counts as uint32)
 
     def add(self, keys: np.ndarray) -> None:
         if not len(keys):
             return
-        level = np.unique(keys, return_counts=True)
+        level = _summed(keys, np.ones(len(keys), dtype=np.uint32))
         while self.levels and len(self.levels[-1][0]) <= 2 * len(level[0]):
             older = self.levels.pop()
-            joined, where = np.unique(np.concatenate([older[0], level[0]]), return_inverse=True)
-            level = joined, np.bincount(where, np.concatenate([older[1], level[1]])).astype(np.int64)
+            level = _summed(np.concatenate([older[0], level[0]]), np.concatenate([older[1], level[1]]))
         self.levels.append(level)
 
     def count(self, keys: np.ndarray) -> np.ndarray:
         """How many times each of keys (R,) was added -> (R,) int64."""
         out = np.zeros(len(keys), dtype=np.int64)
-        for held, counts in self.levels:
-            j = np.minimum(np.searchsorted(held, keys), len(held) - 1)
-            out += np.where(held[j] == keys, counts[j], 0)
+        for distinct, counts in self.levels:
+            j = np.minimum(np.searchsorted(distinct, keys), len(distinct) - 1)
+            out += np.where(distinct[j] == keys, counts[j], 0)
         return out
 
 
+def _summed(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys (R,) with counts (R,) -> (their distinct keys sorted, each one's summed count)."""
+    by_key = np.argsort(keys, kind="stable")
+    keys, counts = keys[by_key], counts[by_key]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(counts, starts).astype(np.uint32)
+
+
 def _earlier(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of keys (R,): how many keys before it are equal to it; and the order that sorts the keys with
-    equal ones in their original order, and where each run of equal keys starts in that order."""
-    order = np.argsort(keys, kind="stable")
-    ranked = keys[order]
-    first = np.r_[True, ranked[1:] != ranked[:-1]]
+    """For each of keys (R,): how many keys before it are equal to it; and the permutation that sorts the keys
+    (equal ones in their original order), and the index of each sorted key's run of equal keys."""
+    by_key = np.argsort(keys, kind="stable")
+    ranked = keys[by_key]
+    first = np.r_[True, ranked[1:] != ranked[:-1]] if len(keys) else np.zeros(0, dtype=bool)
     run = np.cumsum(first) - 1
     rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(keys)) - np.flatnonzero(first)[run]
-    return rank, order, run
+    rank[by_key] = np.arange(len(keys)) - np.flatnonzero(first)[run]
+    return rank, by_key, run
 
 
 class Reader:
     """The n-gram counting the text it reads: `read` predicts each target from the counts of the n-gram's text
     plus those of every character read before it (earlier calls, and earlier rows of the same call), then counts
     it. Probabilities are the n-gram's (`NGram.probs`) over the summed counts. The counts of what was read keep
-    every order in one tally (a context's hash differs between orders as between any two contexts); at most
-    READ_PAIRS pairs, 12-16 bytes each: past them it reads on with the counts it has."""
+    every order in one tally (a context's hash differs between orders as between any two contexts), three tallies
+    of 12 bytes a distinct key; it counts the first READ_PAIRS // order characters it reads, and reads the rest
+    with the counts it has by then."""
 
     def __init__(self, ngram: NGram):
         self.ngram = ngram
@@ -228,21 +236,27 @@ class Reader:
         """context (N, order) ids, the nearest last (-1: before the text's start), targets (N,), in the order read
         -> (p of each target (N,), the longest order whose context was seen (N,), that context's count (N,))."""
         ng, n = self.ngram, len(targets)
+        room = max(0, READ_PAIRS // ng.order - self.counted)  # characters it may still count
+        if 0 < room < n:  # the counted ones, then the rest
+            return tuple(np.concatenate(parts) for parts in zip(self.read(context[:room], targets[:room]),
+                                                                self.read(context[room:], targets[room:])))
         y = np.asarray(targets, dtype=np.int64)
-        learn = self.counted + n <= READ_PAIRS // ng.order
-        rank, before = (_earlier(y)[0], np.arange(n)) if learn else (0, 0)  # earlier rows count only while counting
-        p = (self.unigram[y] + rank + 1.0) / (self.unigram.sum() + before + ng.vocab_size)
-        seen, paired, followers = self._counts(context, y, learn)  # (N, K) each, K orders
+        learn = room > 0
+        rank, rows_before = (_earlier(y)[0], np.arange(n)) if learn else (0, 0)  # counted only while counting
+        p = (self.unigram[y] + rank + 1.0) / (self.unigram.sum() + rows_before + ng.vocab_size)
+        seen, paired, followers = self._counts(context, y, learn)  # (N, K): K orders
         held = np.cumprod(seen > 0, axis=1, dtype=bool)  # a longer context is seen only where the shorter one was
         longest = held.sum(axis=1)
         for k in range(held.shape[1]):
             r = held[:, k]
             p[r] = (paired[r, k] + ng.beta * followers[r, k] * p[r]) / (seen[r, k] + ng.beta * followers[r, k])
-        count = np.take_along_axis(seen, np.maximum(longest - 1, 0)[:, None], axis=1)[:, 0] if seen.size else seen
+        count = np.zeros(n, dtype=np.int64)
+        some = longest > 0
+        count[some] = seen[some, longest[some] - 1]
         if learn:
             np.add.at(self.unigram, y, 1)
             self.counted += n
-        return p, longest, np.where(longest > 0, count, 0)
+        return p, longest, count
 
     def _counts(self, context: np.ndarray, y: np.ndarray, learn: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Before each of N rows read in order, for each order k: (the count of its context of k ids, of that
@@ -264,7 +278,7 @@ class Reader:
         key, pair = keys[valid], pairs[valid]  # row by row, so that earlier rows come first
         got = seen[valid] + self.contexts.count(key), paired[valid] + self.pairs.count(pair), \
             followers[valid] + self.followers.count(key)
-        if learn:
+        if learn and len(key):
             context_rank, by_context, run = _earlier(key)
             pair_rank = _earlier(pair)[0]
             new = (got[1] == 0) & (pair_rank == 0)  # a follower this context has had in neither text
@@ -338,25 +352,29 @@ class Mixture:
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
         rounds: int = 50) -> Mixture:
     """The weights that best mix the network with `ngram` on these characters, given the network's probability
-    of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that counts them in the order given
-    (EM, one weight per bucket; each starts from PRIOR and an empty bucket keeps it). The characters must be ones
-    `ngram` was not built from."""
+    of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that counts them in the order given.
+    The characters must be ones `ngram` was not built from."""
     p_network = np.nan_to_num(np.asarray(p_network, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    size = (ngram.order + 1) * BUCKETS * CONFIDENCE
+    p, longest, count = ngram.probs(context, targets[:, None])
+    static = _em(p_network, p[:, 0], bucket(longest, count, p_max), ngram.order, rounds)
+    reader, piece = Reader(ngram), 16_384  # read in pieces: the same counts, a piece's working memory
+    p, longest, count = (np.concatenate(part) for part in zip(*(
+        reader.read(context[i:i + piece], targets[i:i + piece]) for i in range(0, max(1, len(targets)), piece))))
+    return Mixture(ngram, static, _em(p_network, p, bucket(longest, count, p_max), ngram.order, rounds))
 
-    def weights(p: np.ndarray, longest: np.ndarray, count: np.ndarray) -> np.ndarray:
-        p_ng, groups = p.reshape(-1), bucket(longest, count, p_max)
-        start, strength = PRIOR
-        n = np.bincount(groups, minlength=size)
-        w = np.full(size, start)
-        for _ in range(rounds):
-            a = w[groups] * p_network
-            share = a / np.maximum(a + (1 - w[groups]) * p_ng, 1e-300)  # the network's share of each character
-            w = (np.bincount(groups, share, minlength=size) + start * strength) / (n + strength)
-        return w.reshape(ngram.order + 1, *SHAPE)
 
-    return Mixture(ngram, weights(*ngram.probs(context, targets[:, None])),
-                   weights(*Reader(ngram).read(context, targets)))
+def _em(p_network: np.ndarray, p_ngram: np.ndarray, groups: np.ndarray, order: int, rounds: int) -> np.ndarray:
+    """EM for one weight per bucket: the network's and the n-gram's probabilities of N characters and each one's
+    bucket, each (N,) -> weights (order + 1, *SHAPE); each starts from PRIOR and an empty bucket keeps it."""
+    size = (order + 1) * BUCKETS * CONFIDENCE
+    start, strength = PRIOR
+    n = np.bincount(groups, minlength=size)
+    w = np.full(size, start)
+    for _ in range(rounds):
+        a = w[groups] * p_network
+        share = a / np.maximum(a + (1 - w[groups]) * p_ngram, 1e-300)  # the network's share of each character
+        w = (np.bincount(groups, share, minlength=size) + start * strength) / (n + strength)
+    return w.reshape(order + 1, *SHAPE)
 
 
 def bits(p: np.ndarray) -> float:
