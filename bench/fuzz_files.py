@@ -368,8 +368,10 @@ def outcome(case: Case, code: int | None, err: str) -> str:
 # --fork: one process imports charloom (Python and torch start once) and forks a child per file, which runs the
 # same command line through cli.main, prints any traceback as the interpreter would, and reports its cost
 SERVER = r"""
-import json, os, sys, time, traceback
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])  # this folder
 import charloom.checkpoint, charloom.cli  # torch too: the package imports lazily
+from fuzz_files import cli_code
 print("ready", flush=True)
 for line in sys.stdin:
     args, err, cost = json.loads(line)
@@ -394,7 +396,8 @@ class Forked:
     """Runs `charloom ARGS` in a child of one process that has imported charloom (see SERVER)."""
 
     def __init__(self) -> None:
-        self.server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+        self.server = subprocess.Popen([sys.executable, "-c", SERVER, str(Path(__file__).resolve().parent)],
+                                       stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True)
         assert self.server.stdout.readline().strip() == "ready"  # charloom imported: the clock starts per file
 
