@@ -469,7 +469,7 @@ class EvalConfig(Config):
     """How a model is scored on a text."""
 
     streams: int = option(1, "score the text as N parallel streams (1: the whole text in order, state carried "
-                             "from character to character; more is faster on long texts)")
+                             "from character to character; more is faster on long texts; --adapt reads a text as one)")
     window: int = option(1024, "characters fed per forward call (the state carries across calls)")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", "auto: cuda, then mps, then cpu")
     adapt: bool = option(False, "also score the text as a compressor does (dynamic evaluation): each segment is "
