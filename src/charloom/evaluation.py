@@ -89,19 +89,22 @@ def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | st
     return Evaluation(total / count, count)
 
 
-def _target_probs(logits: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _target_probs(logits: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """The network's probability of each scored target of `batch` and its largest probability there (float64,
-    each (n,)), and which targets are scored ((B, T) bool)."""
+    each (n,))."""
     y = batch.y.to(logits.device)
     logp = torch.log_softmax(logits.detach().float(), -1)  # (B, T, V)
     target, top = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), logp.max(-1).values  # (B, T) each
     keep = (batch.y != batch.pad_id).numpy()
-    return (np.exp(target.double().cpu().numpy())[keep], np.exp(top.double().cpu().numpy())[keep], keep)
+    return np.exp(target.double().cpu().numpy())[keep], np.exp(top.double().cpu().numpy())[keep]
 
 
-def _contexts(batch: Batch, before: np.ndarray | None, order: int) -> np.ndarray:
-    """(B, T, order): the ids each target of `batch` follows, the carried ones first when it continues."""
-    return ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)
+def _scored(batch: Batch, before: np.ndarray | None, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `order` ids before each scored target of `batch` (n, order), the carried ones first when it continues,
+    the targets (n,), and the ids to carry into the next batch (B, order)."""
+    ctx = ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)  # (B, T, order)
+    keep = (batch.y != batch.pad_id).numpy()
+    return ctx[keep], batch.y.numpy()[keep].astype(np.int64), ctx[:, -1]
 
 
 def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device
@@ -116,10 +119,9 @@ def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: t
         with torch.inference_mode():
             for b in batches:
                 logits, state = model(b.x.to(device), state if b.continues else None)
-                p, top, keep = _target_probs(logits, b)
-                ctx = _contexts(b, before, order)
-                before = ctx[:, -1]
-                yield p, top, ctx[keep], b.y.numpy()[keep].astype(np.int64)
+                p, top = _target_probs(logits, b)
+                ctx, y, before = _scored(b, before, order)
+                yield p, top, ctx, y
     finally:
         model.train(was_training)
 
@@ -238,7 +240,7 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
             if mixture is None:
                 total = own
             else:
-                p_net, top, _ = _target_probs(logits, b)
+                p_net, top = _target_probs(logits, b)
                 p = mixture.mix(p_net, top, predicted, reading=True)
                 total += float(-np.log(np.maximum(p, 1e-300)).sum())
             if lr:
@@ -265,12 +267,10 @@ def _read_ahead(batches: Iterable[Batch], mixture: ngram.Mixture | None
         targets: list[np.ndarray] = []
         size = 0
         for b in pending:
-            ctx = _contexts(b, before, order)  # (B, T, order)
-            before = ctx[:, -1]
-            keep = (b.y != b.pad_id).numpy()
+            ctx, y, before = _scored(b, before, order)
             group.append(b)
-            contexts.append(ctx[keep])
-            targets.append(b.y.numpy()[keep].astype(np.int64))
+            contexts.append(ctx)
+            targets.append(y)
             size += len(targets[-1])
             if size >= READ_AHEAD:
                 break
