@@ -74,8 +74,8 @@ class NGram:
         self.bits = max(1, (self.vocab_size - 1).bit_length())
         self.mask = np.uint64((1 << (64 - self.bits)) - 1)  # a context key's bits
         self.low = np.uint64((1 << self.bits) - 1)  # a pair's next-id bits
-        counts = np.bincount(self.ids, minlength=self.vocab_size)[:self.vocab_size]
-        self.unigram = (counts + 1.0) / (counts.sum() + self.vocab_size)  # (V,), add-one
+        self.counts = np.bincount(self.ids, minlength=self.vocab_size)[:self.vocab_size].astype(np.int64)  # (V,)
+        self.unigram = (self.counts + 1.0) / (self.counts.sum() + self.vocab_size)  # (V,), add-one
 
     def orders(self) -> list[_Order]:
         if self._orders is None:
@@ -227,7 +227,7 @@ class Reader:
 
     def __init__(self, ngram: NGram):
         self.ngram = ngram
-        self.unigram = np.bincount(ngram.ids, minlength=ngram.vocab_size)[:ngram.vocab_size].astype(np.int64)
+        self.unigram = ngram.counts.copy()  # (V,): each id's count, growing as it reads
         self.contexts, self.pairs = _Tally(), _Tally()  # contexts read, (context, next id) pairs read
         self.followers = _Tally()  # a context, once for each follower new to it
         self.counted = 0  # characters counted
