@@ -5,9 +5,9 @@
 RUN: a `charloom train shakespeare` run folder (without one, a `--max-time 10m` run is trained first). Its network is mixed with n-grams of the training split made
 as a run makes them (`evaluation.fit_mixture`: weights fitted on the last 200,000 training characters, counts
 from the rest, then the counts of the whole split), each setting scored on the held-out last 5%, whole, in
-order, state carried. Settings: the order, Witten-Bell's escape weight beta, whether the weights also see how
-sure the network is (off: every character in the network's least sure step), and how much training text the
-weights are fitted on.
+order, state carried. Settings: the longest order (a run keeps the shortest that mixes as well), Witten-Bell's
+escape weight beta, whether the weights also see how sure the network is (off: every character in the network's
+least sure step), and how much training text the weights are fitted on.
 Costs, for the default: time to build the counts and their size, one step of the n-gram alone for one
 sample, and `charloom sample`'s rate at batch 1 with and without it. Copying: `--samples` samples of 500
 characters at temperature 0.8 with and without the n-gram, and the share of their lines of 20 characters or
@@ -37,8 +37,9 @@ from charloom.evaluation import FIT_CHARS, fit_mixture, network_predictions  # n
 from charloom.novelty import Novelty  # noqa: E402
 from charloom.sampling import Generator  # noqa: E402
 
-SETTINGS = [  # (order, beta, the network's sureness seen, characters fitted on)
-    (10, 4.0, True, FIT_CHARS), (6, 4.0, True, FIT_CHARS), (8, 4.0, True, FIT_CHARS), (12, 4.0, True, FIT_CHARS),
+SETTINGS = [  # (longest order, beta, the network's sureness seen, characters fitted on)
+    (16, 4.0, True, FIT_CHARS), (10, 4.0, True, FIT_CHARS), (6, 4.0, True, FIT_CHARS), (8, 4.0, True, FIT_CHARS),
+    (12, 4.0, True, FIT_CHARS),
     (10, 2.0, True, FIT_CHARS), (10, 6.0, True, FIT_CHARS), (10, 4.0, False, FIT_CHARS), (8, 4.0, False, FIT_CHARS),
     (10, 4.0, True, 480_000)]
 
@@ -55,16 +56,19 @@ def sweep(ck, data, ids: np.ndarray) -> list[str]:
             fitted[held] = network_predictions(ck.model, eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad), top)
         p, p_max, ctx, y = fitted[held]
         blind = (lambda a: a) if sure else np.zeros_like  # not seen: every character in the least sure bucket
-        w = ngram.fit(ngram.NGram(ids[:start], V, order, beta), p, blind(p_max), ctx[:, -order:], y).weights
-        m = ngram.Mixture(ngram.NGram(ids, V, order, beta), w)
-        mixed = m.target_probs(tail[0], blind(tail[1]), tail[2][:, -order:], tail[3])
-        rows.append(report.row(f"order {order}", f"{beta:g}", "yes" if sure else "no", f"{held:,}",
+        counted = ids[:start][-(ngram.MAX_PAIRS // order):]  # as a run counts them
+        fitted_here = ngram.fit(ngram.NGram(counted, V, order, beta), p, blind(p_max), ctx[:, -order:], y)
+        kept = fitted_here.ngram.order  # the shortest order that mixes as well as any up to `order`
+        m = ngram.Mixture(ngram.NGram(ids[-(ngram.MAX_PAIRS // kept):], V, kept, beta), fitted_here.weights)
+        mixed = m.target_probs(tail[0], blind(tail[1]), tail[2][:, -kept:], tail[3])
+        rows.append(report.row(f"order {kept} (at most {order})", f"{beta:g}", "yes" if sure else "no", f"{held:,}",
                                f"{ngram.bits(mixed):.4f}", f"{ngram.bits(mixed) - ngram.bits(tail[0]):+.4f}"))
     return rows
 
 
 def costs(ck, ids: np.ndarray) -> list[str]:
-    order = TrainConfig().ngram
+    """For the order a run keeps on this network (the mixture `measure` fits)."""
+    order = ck.mixture.ngram.order
     t0 = time.perf_counter()
     ng = ngram.NGram(ids, len(ck.vocab), order)
     tables = ng.orders()
@@ -118,8 +122,8 @@ def measure(ck, data, args: argparse.Namespace) -> str:
     ck.mixture = None  # the sweep makes its own
     ids = training_text(data, ngram.MAX_CHARS)
     rows = sweep(ck, data, ids)
-    cost = costs(ck, ids)
     ck.mixture = fit_mixture(ck.model, ids, len(ck.vocab), ck.vocab.pad_id, TrainConfig().ngram)
+    cost = costs(ck, ids[-(ngram.MAX_PAIRS // ck.mixture.ngram.order):])
     info = ck.info
     body = "\n".join([
         "## The n-gram mixed with the network: the sweep behind its defaults, and its costs",

@@ -150,6 +150,54 @@ def test_fitted_weights_lean_on_the_ngram_where_it_knows_and_beat_both_alone(tex
     assert bits(m.mix(p_net, top, read, reading=True)) < bits(Mixture(ng, m.weights).mix(p_net, top, read))
 
 
+def test_each_orders_probabilities_in_one_pass_equal_the_shorter_ngrams(text):
+    ids = np.array(text)
+    ng = NGram(ids[:200], V, 6)
+    ctx = contexts(ids[None, 199:-1], None, 6)[0].copy()  # (N, 6): held contexts, unseen ones, text starts
+    ctx[:3, :2] = -1
+    y = ids[200:]
+    steps = list(ng.by_order(ctx, y))
+    assert len(steps) == 6
+    for k, (p, longest, count) in enumerate(steps, 1):
+        cut = ng.shorter(k)
+        assert cut.orders() == ng.orders()[:k]  # shared, not rebuilt
+        q, q_longest, q_count = cut.probs(ctx[:, -k:], y[:, None])
+        assert np.array_equal(p, q[:, 0]) and np.array_equal(longest, q_longest) and np.array_equal(count, q_count)
+        assert np.allclose(p, [reference(list(ids[:200]), k, 4.0, list(c), x) for c, x in zip(ctx, y)], rtol=1e-12)
+    ctx[:, :-1] = -1  # one id of context each: the pass ends after order 1 and the rest repeat it
+    short = list(ng.by_order(ctx, y))
+    assert len(short) == 6 and all(np.array_equal(p, short[0][0]) for p, _, _ in short)
+    assert np.array_equal(short[5][0], ng.probs(ctx, y[:, None])[0][:, 0]) and short[5][1].max() == 1
+
+
+@pytest.mark.parametrize("bpc,kept", [([3.0, 2.5, 2.4999, 2.0], 4), ([2.0, 1.9995, 1.9990, 1.9985], 1),
+                                      ([2.0, 1.9990, 1.9980, 1.9990], 3), ([2.0], 1), ([2.0, 2.1, 2.2], 1)])
+def test_a_longer_order_is_kept_only_where_it_pays(bpc, kept):
+    assert ngram.ORDER_GAIN == 0.002  # the cases below are written for it
+    assert ngram.shortest_best(bpc) == kept
+
+
+def test_fit_keeps_long_contexts_for_a_repeating_text_and_drops_them_for_a_random_one():
+    rng = np.random.default_rng(1)
+    phrase = list(rng.integers(0, V, 40))
+    repeating = np.array(phrase * 40)  # each character follows from the last few: long orders help
+    scattered = rng.integers(0, V, 1600)  # no context predicts anything: longer orders only add noise
+    chosen = {}
+    for name, ids in (("repeating", repeating), ("scattered", scattered)):
+        ng, half = NGram(ids[:800], V, 8), 800
+        ctx, y = contexts(ids[None, half - 1:-1], None, 8)[0], ids[half:]
+        p_net = np.full(len(y), 1.0 / V)
+        m = fit(ng, p_net, p_net, ctx, y)
+        chosen[name] = m.ngram.order
+        assert m.weights.shape == m.reading.shape == (m.ngram.order + 1, *SHAPE)
+        assert m.ngram.orders() == ng.orders()[:m.ngram.order]
+        scored = [bits(fit(ng.shorter(k), p_net, p_net, ctx[:, -k:], y).target_probs(p_net, p_net, ctx[:, -k:], y))
+                  for k in range(1, 9)]
+        kept = scored[chosen[name] - 1]
+        assert all(kept - b < ngram.ORDER_GAIN for b in scored[chosen[name]:])  # no longer order pays
+    assert chosen["scattered"] <= 2 < chosen["repeating"]
+
+
 def test_a_nan_from_the_network_leaves_the_weights_finite_and_bad_weights_are_never_saved(text, tmp_path):
     ids = np.array(text)
     ng = NGram(ids[:200], V, 3)
@@ -279,7 +327,8 @@ def test_training_ends_with_the_ngram_in_the_model_file(tmp_path, text_file, tin
     charloom.train(source=src, out=str(out), max_steps=20, ngram=4, **tiny)
     ck = checkpoint.load(out)
     g = ck.info["ngram"]
-    assert ck.mixture is not None and ck.mixture.ngram.order == 4 and g["order"] == 4
+    assert ck.mixture is not None and 1 <= ck.mixture.ngram.order == g["order"] <= 4 and g["longest_asked"] == 4
+    assert ck.mixture.weights.shape == (g["order"] + 1, *ngram.SHAPE) == ck.mixture.reading.shape
     assert g["val_bpc"] < g["network_val_bpc"]  # a 20-step network: the n-gram's counts help it
     assert g["network_val_bpc"] == pytest.approx(ck.info["full_val_bpc"], abs=1e-3)
     if source == "names":  # records: each wrapped in <bos> ... <eos>, as training reads them

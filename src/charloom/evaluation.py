@@ -154,16 +154,22 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
 
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
                 device: torch.device | str = "cpu") -> ngram.Mixture:
-    """The n-gram of training text `ids` mixed with `model`: its weights fitted on the last tenth of `ids` (at
-    most FIT_CHARS), scored by the network and by an n-gram built from the rest; then the n-gram of all of `ids`."""
+    """The n-gram of training text `ids` mixed with `model`: its order (at most `order`) and weights fitted on the
+    last tenth of `ids` (at most FIT_CHARS), scored by the network and by an n-gram built from the rest; then the
+    n-gram of `ids` at that order. Each n-gram counts the last MAX_PAIRS // order characters it is given at most."""
     held = min(FIT_CHARS, len(ids) // 10)
     if held < 2 or len(ids) - held < 2:
-        return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
+        return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
     start = len(ids) - held
     batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
     p_net, top, ctx, y = network_predictions(model, batches, order, device)
-    fitted = ngram.fit(ngram.NGram(ids[:start], vocab_size, order, beta), p_net, top, ctx, y)
-    return ngram.Mixture(ngram.NGram(ids, vocab_size, order, beta), fitted.weights, fitted.reading)
+    fitted = ngram.fit(_capped(ids[:start], vocab_size, order, beta), p_net, top, ctx, y)
+    return ngram.Mixture(_capped(ids, vocab_size, fitted.ngram.order, beta), fitted.weights, fitted.reading)
+
+
+def _capped(ids: np.ndarray, vocab_size: int, order: int, beta: float) -> ngram.NGram:
+    """The n-gram of the last characters of `ids` that an n-gram of `order` may count (MAX_PAIRS in all)."""
+    return ngram.NGram(ids[-min(ngram.MAX_CHARS, ngram.MAX_PAIRS // order):], vocab_size, order, beta)
 
 
 def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iterable[Batch]:

@@ -136,9 +136,10 @@ class Mixing(Hook):
     def _add(self, t: Trainer, path: Path) -> None:
         t0 = time.perf_counter()
         ck = checkpoint.load(path, t.rt.device)
-        ids = training_text(t.data, min(ngram.MAX_CHARS, ngram.MAX_PAIRS // self.order))
+        ids = training_text(t.data, ngram.MAX_CHARS)
         mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device)
-        figures: dict[str, Any] = {"order": self.order, "characters": int(len(ids))}
+        figures: dict[str, Any] = {"order": mixture.ngram.order, "longest_asked": self.order,
+                                   "characters": int(len(mixture.ngram.ids))}
         if t.data.val is not None:
             ev = evaluate_mixed(ck.model, mixture, t.data.val_batches(), t.rt.device)
             figures |= {"val_bpc": ev.bpc, "network_val_bpc": ev.network_bpc}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,7 @@ PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many chara
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
 BUILD_THREADS = 2  # orders sorted at once when the counts are built
+ORDER_GAIN = 0.002  # bits per character a longer order must save on the fit text to be kept
 
 
 @dataclass
@@ -115,15 +117,39 @@ class NGram:
         """context (N, order) ids, the nearest last (-1: before the text's start); candidates (N, C) ids, or None
         for every id. -> (p (N, C or V) float64, the longest order whose context the text holds (N,), that
         context's count (N,))."""
-        n = len(context)
-        every = candidates is None
-        if every and n == 1:  # one sample writing: the same sums on scalars, several times faster
+        if candidates is None and len(context) == 1:  # one sample writing: the same sums on scalars, faster
             one, longest1, count1 = self._one(context[0])
             return one[None], np.array([longest1]), np.array([count1])
+        for found in self._interpolated(context, candidates):
+            pass
+        return found
+
+    def by_order(self, context: np.ndarray, targets: np.ndarray
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """What `probs` gives for targets (N,) at each order 1 .. order in turn, all from one pass: the k-th is
+        (p (N,), longest, count) of the n-gram cut to its first k orders (`shorter(k)`)."""
+        k, last = 0, None
+        for k, (p, longest, count) in enumerate(self._interpolated(context, targets[:, None])):
+            last = p[:, 0].copy(), longest.copy(), count.copy()
+            if k:
+                yield last
+        for _ in range(k, self.order):  # no longer context is held: p stays
+            yield last
+
+    def shorter(self, order: int) -> NGram:
+        """This n-gram cut to its first `order` orders, sharing its counts (none are rebuilt)."""
+        return NGram(self.ids, self.vocab_size, order, self.beta, self.orders()[:order])
+
+    def _interpolated(self, context: np.ndarray, candidates: np.ndarray | None
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`probs`' (p, longest, count) from the unigram up, after each order that some context is held at."""
+        n = len(context)
+        every = candidates is None
         p = np.tile(self.unigram, (n, 1)) if every else self.unigram[candidates].astype(np.float64)
         longest, count = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        yield p, longest, count
         h, alive = np.zeros(n, dtype=np.uint64), np.ones(n, dtype=bool)
-        for k, t in enumerate(self.orders(), 1):
+        for k, t in enumerate(self.orders()[:self.order], 1):
             prev = context[:, -k]
             alive &= prev != _MISSING
             h = h * _MUL + (np.maximum(prev, 0) + 1).astype(np.uint64)
@@ -132,20 +158,20 @@ class NGram:
             held = seen > 0
             rows, lo, seen, u = rows[held], lo[held], seen[held], u[held]
             if not len(rows):
-                break  # no longer context can be held either
+                return  # no longer context can be held either
             key = h[rows] & self.mask
             pair = self._all_pairs(t, lo, u) if every else self._pair_counts(t, key, candidates[rows])
             p[rows] = (pair + self.beta * u[:, None] * p[rows]) / (seen + self.beta * u)[:, None]
             longest[rows], count[rows] = k, seen
             alive[:] = False
             alive[rows] = True
-        return p, longest, count
+            yield p, longest, count
 
     def _one(self, context: np.ndarray) -> tuple[np.ndarray, int, int]:
         """`probs` of every id after one context (order,)."""
         p, h, longest, count = self.unigram.copy(), 0, 0, 0
         mul, mask, bits = int(_MUL), int(self.mask), self.bits
-        for k, t in enumerate(self.orders(), 1):
+        for k, t in enumerate(self.orders()[:self.order], 1):
             prev = int(context[-k])
             if prev == _MISSING:
                 break
@@ -351,16 +377,34 @@ class Mixture:
 
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
         rounds: int = 50) -> Mixture:
-    """The weights that best mix the network with `ngram` on these characters, given the network's probability
-    of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that counts them in the order given.
-    The characters must be ones `ngram` was not built from."""
+    """The n-gram cut to the order that mixes best with the network on these characters, and its weights, given
+    the network's probability of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that
+    counts them in the order given. The characters must be ones `ngram` was not built from. An order is kept
+    only where it pays (`shortest_best`)."""
     p_network = np.nan_to_num(np.asarray(p_network, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    p, longest, count = ngram.probs(context, targets[:, None])
-    static = _em(p_network, p[:, 0], bucket(longest, count, p_max), ngram.order, rounds)
-    reader, piece = Reader(ngram), 16_384  # read in pieces: the same counts, a piece's working memory
+    fitted = []  # (weights, bpc) at each order 1 .. ngram.order
+    for k, (p, longest, count) in enumerate(ngram.by_order(context, targets), 1):
+        groups = bucket(longest, count, p_max)
+        w = _em(p_network, p, groups, k, rounds)
+        mixed = w.reshape(-1)[groups]
+        fitted.append((w, bits(mixed * p_network + (1 - mixed) * p)))
+    order = shortest_best([b for _, b in fitted])
+    ngram = ngram.shorter(order)
+    reader, piece, context = Reader(ngram), 16_384, context[:, -order:]  # read in pieces: a piece's working memory
     p, longest, count = (np.concatenate(part) for part in zip(*(
         reader.read(context[i:i + piece], targets[i:i + piece]) for i in range(0, max(1, len(targets)), piece))))
-    return Mixture(ngram, static, _em(p_network, p, bucket(longest, count, p_max), ngram.order, rounds))
+    return Mixture(ngram, fitted[order - 1][0], _em(p_network, p, bucket(longest, count, p_max), order, rounds))
+
+
+def shortest_best(bpc: list[float]) -> int:
+    """The order to keep, given the fitted mixture's bits per character at orders 1, 2, ...: walking up from 1,
+    a longer order replaces the one kept where it saves at least ORDER_GAIN on it (each order costs memory and
+    time wherever the model is loaded)."""
+    order = 1
+    for k in range(2, len(bpc) + 1):
+        if bpc[order - 1] - bpc[k - 1] >= ORDER_GAIN:
+            order = k
+    return order
 
 
 def _em(p_network: np.ndarray, p_ngram: np.ndarray, groups: np.ndarray, order: int, rounds: int) -> np.ndarray:
@@ -382,5 +426,5 @@ def bits(p: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "READ_PAIRS",
-           "Reader", "bits", "bucket", "contexts", "fit"]
+__all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
+           "READ_PAIRS", "Reader", "bits", "bucket", "contexts", "fit", "shortest_best"]

@@ -94,8 +94,10 @@ def lines(report: dict[str, Any]) -> list[str]:
                    f"{_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
     if isinstance(report.get("ngram"), dict):
         g = report["ngram"]
-        out.append(f"n-gram       order {_figure(g.get('order'))} over {_figure(g.get('characters'))} characters of "
-                   f"the training text, mixed in: whole validation split {_figure(g.get('val_bpc'), '{:.3f}', 'none')} "
+        asked = f" (chosen, at most {g['longest_asked']})" if isinstance(g.get("longest_asked"), int) else ""
+        out.append(f"n-gram       order {_figure(g.get('order'))}{asked} over {_figure(g.get('characters'))} "
+                   f"characters of the training text, mixed in: whole validation split "
+                   f"{_figure(g.get('val_bpc'), '{:.3f}', 'none')} "
                    f"(the network alone {_figure(g.get('network_val_bpc'), '{:.3f}', 'none')})")
     if report["samples"]:
         joiner = " | " if c["records"] else "\n---\n"
