@@ -154,22 +154,33 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
 
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
                 device: torch.device | str = "cpu") -> ngram.Mixture:
-    """The n-gram of training text `ids` mixed with `model`: its order (at most `order`) and weights fitted on the
-    last tenth of `ids` (at most FIT_CHARS), scored by the network and by an n-gram built from the rest; then the
-    n-gram of `ids` at that order. Each n-gram counts the last MAX_PAIRS // order characters it is given at most."""
+    """The n-gram of training text `ids` mixed with `model`: its order (at most `order`: `ngram.choose_order`) and
+    weights fitted on the last tenth of `ids` (at most FIT_CHARS), scored by the network and by an n-gram built
+    from the rest; then the n-gram of `ids` at that order. Each n-gram counts the last MAX_PAIRS // order
+    characters it is given at most, so the weights are fitted to counts of as much text as the model's."""
     held = min(FIT_CHARS, len(ids) // 10)
     if held < 2 or len(ids) - held < 2:
         return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
     start = len(ids) - held
     batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
     p_net, top, ctx, y = network_predictions(model, batches, order, device)
-    fitted = ngram.fit(_capped(ids[:start], vocab_size, order, beta), p_net, top, ctx, y)
-    return ngram.Mixture(_capped(ids, vocab_size, fitted.ngram.order, beta), fitted.weights, fitted.reading)
+    longest = _capped(ids[:start], vocab_size, order, beta)
+    kept = ngram.choose_order(longest, p_net, top, ctx, y)
+    counted = longest.shorter(kept) if len(longest.ids) == min(start, _most(kept)) \
+        else _capped(ids[:start], vocab_size, kept, beta)  # the kept order may count more of the text
+    del longest
+    fitted = ngram.fit(counted, p_net, top, ctx[:, -kept:], y)
+    return ngram.Mixture(_capped(ids, vocab_size, kept, beta), fitted.weights, fitted.reading)
 
 
 def _capped(ids: np.ndarray, vocab_size: int, order: int, beta: float) -> ngram.NGram:
-    """The n-gram of the last characters of `ids` that an n-gram of `order` may count (MAX_PAIRS in all)."""
-    return ngram.NGram(ids[-min(ngram.MAX_CHARS, ngram.MAX_PAIRS // order):], vocab_size, order, beta)
+    """The n-gram of the last characters of `ids` that an n-gram of `order` may count."""
+    return ngram.NGram(ids[-_most(order):], vocab_size, order, beta)
+
+
+def _most(order: int) -> int:
+    """Characters an n-gram of `order` counts at most: MAX_PAIRS (context, next character) pairs in all."""
+    return min(ngram.MAX_CHARS, ngram.MAX_PAIRS // order)
 
 
 def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iterable[Batch]:

@@ -40,7 +40,9 @@ PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many chara
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
 BUILD_THREADS = 2  # orders sorted at once when the counts are built
-ORDER_GAIN = 0.002  # bits per character a longer order must save on the fit text to be kept
+# bits per character a longer order must save on the fit text to be kept; that text understates what it saves on
+# new text, since the network has trained on it
+ORDER_GAIN = 0.001
 
 
 @dataclass
@@ -377,34 +379,47 @@ class Mixture:
 
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
         rounds: int = 50) -> Mixture:
-    """The n-gram cut to the order that mixes best with the network on these characters, and its weights, given
-    the network's probability of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that
-    counts them in the order given. The characters must be ones `ngram` was not built from. An order is kept
-    only where it pays (`shortest_best`)."""
-    p_network = np.nan_to_num(np.asarray(p_network, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    fitted = []  # (weights, bpc) at each order 1 .. ngram.order
-    for k, (p, longest, count) in enumerate(ngram.by_order(context, targets), 1):
-        groups = bucket(longest, count, p_max)
-        w = _em(p_network, p, groups, k, rounds)
-        mixed = w.reshape(-1)[groups]
-        fitted.append((w, bits(mixed * p_network + (1 - mixed) * p)))
-    order = shortest_best([b for _, b in fitted])
-    ngram = ngram.shorter(order)
-    reader, piece, context = Reader(ngram), 16_384, context[:, -order:]  # read in pieces: a piece's working memory
+    """The weights that best mix the network with `ngram` on these characters, given the network's probability
+    of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that counts them in the order given.
+    The characters must be ones `ngram` was not built from."""
+    p_network = _finite(p_network)
+    p, longest, count = ngram.probs(context, targets[:, None])
+    static = _em(p_network, p[:, 0], bucket(longest, count, p_max), ngram.order, rounds)
+    reader, piece = Reader(ngram), 16_384  # read in pieces: the same counts, a piece's working memory
     p, longest, count = (np.concatenate(part) for part in zip(*(
         reader.read(context[i:i + piece], targets[i:i + piece]) for i in range(0, max(1, len(targets)), piece))))
-    return Mixture(ngram, fitted[order - 1][0], _em(p_network, p, bucket(longest, count, p_max), order, rounds))
+    return Mixture(ngram, static, _em(p_network, p, bucket(longest, count, p_max), ngram.order, rounds))
+
+
+def choose_order(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
+                 rounds: int = 50) -> int:
+    """The order to cut `ngram` to for mixing with this network (`shortest_best` of the mixture's bits per
+    character at each order), each order's figure cross-fitted: weights fitted on one half of these characters
+    score the other, so an order's extra weights cannot flatter it. The characters must be ones `ngram` was not
+    built from."""
+    p_network, half = _finite(p_network), len(targets) // 2
+    if half < 1:
+        return ngram.order
+    scored = []
+    for k, (p, longest, count) in enumerate(ngram.by_order(context, targets), 1):
+        groups = bucket(longest, count, p_max)
+        total = 0.0
+        for fit_on, score_on in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+            w = _em(p_network[fit_on], p[fit_on], groups[fit_on], k, rounds).reshape(-1)[groups[score_on]]
+            total += bits(w * p_network[score_on] + (1 - w) * p[score_on]) * len(p[score_on])
+        scored.append(total / len(targets))
+    return shortest_best(scored)
 
 
 def shortest_best(bpc: list[float]) -> int:
-    """The order to keep, given the fitted mixture's bits per character at orders 1, 2, ...: walking up from 1,
-    a longer order replaces the one kept where it saves at least ORDER_GAIN on it (each order costs memory and
-    time wherever the model is loaded)."""
-    order = 1
-    for k in range(2, len(bpc) + 1):
-        if bpc[order - 1] - bpc[k - 1] >= ORDER_GAIN:
-            order = k
-    return order
+    """The order to keep, given the mixture's bits per character at orders 1, 2, ...: the shortest that no longer
+    order beats by ORDER_GAIN (each order costs memory and time wherever the model is loaded)."""
+    return next(k for k in range(1, len(bpc) + 1) if bpc[k - 1] - min(bpc[k - 1:]) < ORDER_GAIN)
+
+
+def _finite(p_network: np.ndarray) -> np.ndarray:
+    """The network's probabilities as float64 with NaN and infinities replaced (a diverged network's output)."""
+    return np.nan_to_num(np.asarray(p_network, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
 
 
 def _em(p_network: np.ndarray, p_ngram: np.ndarray, groups: np.ndarray, order: int, rounds: int) -> np.ndarray:
@@ -427,4 +442,4 @@ def bits(p: np.ndarray) -> float:
 
 
 __all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
-           "READ_PAIRS", "Reader", "bits", "bucket", "contexts", "fit", "shortest_best"]
+           "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "shortest_best"]

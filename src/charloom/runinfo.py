@@ -94,7 +94,8 @@ def lines(report: dict[str, Any]) -> list[str]:
                    f"{_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
     if isinstance(report.get("ngram"), dict):
         g = report["ngram"]
-        asked = f" (chosen, at most {g['longest_asked']})" if isinstance(g.get("longest_asked"), int) else ""
+        asked = g.get("longest_asked")
+        asked = f" (of at most {asked})" if isinstance(asked, int) and asked != g.get("order") else ""
         out.append(f"n-gram       order {_figure(g.get('order'))}{asked} over {_figure(g.get('characters'))} "
                    f"characters of the training text, mixed in: whole validation split "
                    f"{_figure(g.get('val_bpc'), '{:.3f}', 'none')} "
