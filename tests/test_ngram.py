@@ -208,6 +208,8 @@ def test_a_run_fits_the_order_then_the_weights_to_counts_of_as_much_text_as_the_
     model = CharRNN(ModelConfig(vocab_size=V, hidden_size=8, embedding=4)).eval()
     monkeypatch.setattr(ngram, "MAX_PAIRS", 6 * 120)  # order 6 counts 120 characters, order 2 counts 360
     monkeypatch.setattr(ngram, "choose_order", lambda *args: 2)
+    assert fit_mixture(model, ids, V, 0, 6).ngram.order == 6  # too few characters to choose on: the asked order
+    monkeypatch.setattr(evaluation, "CHOOSE_CHARS", 2)
     m = fit_mixture(model, ids, V, 0, 6)
     assert m.ngram.order == 2 and np.array_equal(m.ngram.ids, ids[-360:]) and m.weights.shape == (3, *SHAPE)
     start = len(ids) - len(ids) // 10

@@ -31,6 +31,7 @@ from .model import CharRNN, State, detach
 LN2 = math.log(2)
 ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
 FIT_CHARS = 200_000  # characters of training text a mixture's weights are fitted on
+CHOOSE_CHARS = 50_000  # fewer fit characters than this cannot tell orders apart: the longest asked is kept
 READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call (what it predicts does not depend on it)
 
 
@@ -154,10 +155,11 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
 
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
                 device: torch.device | str = "cpu") -> ngram.Mixture:
-    """The n-gram of training text `ids` mixed with `model`: its order (at most `order`: `ngram.choose_order`) and
-    weights fitted on the last tenth of `ids` (at most FIT_CHARS), scored by the network and by an n-gram built
-    from the rest; then the n-gram of `ids` at that order. Each n-gram counts the last MAX_PAIRS // order
-    characters it is given at most, so the weights are fitted to counts of as much text as the model's."""
+    """The n-gram of training text `ids` mixed with `model`: its order (at most `order`: `ngram.choose_order`, given
+    CHOOSE_CHARS to choose on) and weights fitted on the last tenth of `ids` (at most FIT_CHARS), scored by the
+    network and by an n-gram built from the rest; then the n-gram of `ids` at that order. Each n-gram counts the
+    last MAX_PAIRS // order characters it is given at most, so the weights are fitted to counts of as much text
+    as the model's."""
     held = min(FIT_CHARS, len(ids) // 10)
     if held < 2 or len(ids) - held < 2:
         return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
@@ -165,7 +167,7 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
     batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
     p_net, top, ctx, y = network_predictions(model, batches, order, device)
     longest = _capped(ids[:start], vocab_size, order, beta)
-    kept = ngram.choose_order(longest, p_net, top, ctx, y)
+    kept = ngram.choose_order(longest, p_net, top, ctx, y) if held >= CHOOSE_CHARS else order
     counted = longest.shorter(kept) if len(longest.ids) == min(start, _most(kept)) \
         else _capped(ids[:start], vocab_size, kept, beta)  # the kept order may count more of the text
     del longest
