@@ -4,7 +4,7 @@
 
 RUN: a `charloom train shakespeare` run folder (without one, a `--max-time 10m` run is trained first). Its network is mixed with n-grams of the training split made
 as a run makes them (`evaluation.fit_mixture`: weights fitted on the last 200,000 training characters, counts
-from the rest, then the counts of the whole split), each setting scored on the held-out last 5%, whole, in
+from the rest, then the counts of the split; each n-gram counts the last 64 M / order characters at most), each setting scored on the held-out last 5%, whole, in
 order, state carried. Settings: the longest order (a run keeps the shortest that mixes as well), Witten-Bell's
 escape weight beta, whether the weights also see how sure the network is (off: every character in the network's
 least sure step), and how much training text the weights are fitted on.
@@ -56,9 +56,11 @@ def sweep(ck, data, ids: np.ndarray) -> list[str]:
             fitted[held] = network_predictions(ck.model, eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad), top)
         p, p_max, ctx, y = fitted[held]
         blind = (lambda a: a) if sure else np.zeros_like  # not seen: every character in the least sure bucket
-        counted = ids[:start][-(ngram.MAX_PAIRS // order):]  # as a run counts them
-        fitted_here = ngram.fit(ngram.NGram(counted, V, order, beta), p, blind(p_max), ctx[:, -order:], y)
-        kept = fitted_here.ngram.order  # the shortest order that mixes as well as any up to `order`
+        head = ids[:start]  # counted as a run counts it: the last 64 M / order characters at most
+        kept = ngram.choose_order(ngram.NGram(head[-(ngram.MAX_PAIRS // order):], V, order, beta), p, blind(p_max),
+                                  ctx[:, -order:], y)  # the shortest order that mixes as well as any up to `order`
+        fitted_here = ngram.fit(ngram.NGram(head[-(ngram.MAX_PAIRS // kept):], V, kept, beta), p, blind(p_max),
+                                ctx[:, -kept:], y)
         m = ngram.Mixture(ngram.NGram(ids[-(ngram.MAX_PAIRS // kept):], V, kept, beta), fitted_here.weights)
         mixed = m.target_probs(tail[0], blind(tail[1]), tail[2][:, -kept:], tail[3])
         rows.append(report.row(f"order {kept} (at most {order})", f"{beta:g}", "yes" if sure else "no", f"{held:,}",

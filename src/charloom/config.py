@@ -313,8 +313,8 @@ class TrainConfig(Config):
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
     ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "
                            "order: the shortest order that mixes as well as any longer one on the last of the "
-                           "training text; the model file then holds the training text, its last 64 M / order "
-                           "characters at most")
+                           "training text (given 50,000 characters there to choose on; else this order); the "
+                           "model file then holds the training text, its last 64 M / order characters at most")
     eval_every: int = option(200, "evaluate on the validation split every N steps (0: only at the end)")
     eval_chars: int = option(65536, "characters (or records' characters) of the validation split used by the "
                                     "evaluations (the same ones each time, so they compare); 0 = all; the final "
