@@ -4,10 +4,11 @@
 
 RUN: a `charloom train shakespeare` run folder (without one, a `--max-time 10m` run is trained first). Its network is mixed with n-grams of the training split made
 as a run makes them (`evaluation.fit_mixture`: weights fitted on the last 200,000 training characters, counts
-from the rest, then the counts of the split; each n-gram counts the last 64 M / order characters at most), each setting scored on the held-out last 5%, whole, in
-order, state carried. Settings: the longest order (a run keeps the shortest that mixes as well), Witten-Bell's
-escape weight beta, whether the weights also see how sure the network is (off: every character in the network's
-least sure step), and how much training text the weights are fitted on.
+from the rest, then the counts of the split; each n-gram counts the last 64 M / order characters at most), each
+setting scored on the held-out last 5%, whole, in order, state carried. Settings: the longest order (a run keeps
+the shortest that mixes as well), Witten-Bell's escape weight beta, whether the weights also see how sure the
+network is (off: every character in the network's least sure step), and how much training text the weights are
+fitted on.
 Costs, for the default: time to build the counts and their size, one step of the n-gram alone for one
 sample, and `charloom sample`'s rate at batch 1 with and without it. Copying: `--samples` samples of 500
 characters at temperature 0.8 with and without the n-gram, and the share of their lines of 20 characters or
@@ -57,11 +58,11 @@ def sweep(ck, data, ids: np.ndarray) -> list[str]:
         p, p_max, ctx, y = fitted[held]
         blind = (lambda a: a) if sure else np.zeros_like  # not seen: every character in the least sure bucket
         head = ids[:start]  # counted as a run counts it: the last 64 M / order characters at most
-        kept = ngram.choose_order(ngram.NGram(head[-(ngram.MAX_PAIRS // order):], V, order, beta), p, blind(p_max),
+        kept = ngram.choose_order(ngram.NGram(head[-ngram.most_chars(order):], V, order, beta), p, blind(p_max),
                                   ctx[:, -order:], y)  # the shortest order that mixes as well as any up to `order`
-        fitted_here = ngram.fit(ngram.NGram(head[-(ngram.MAX_PAIRS // kept):], V, kept, beta), p, blind(p_max),
+        fitted_here = ngram.fit(ngram.NGram(head[-ngram.most_chars(kept):], V, kept, beta), p, blind(p_max),
                                 ctx[:, -kept:], y)
-        m = ngram.Mixture(ngram.NGram(ids[-(ngram.MAX_PAIRS // kept):], V, kept, beta), fitted_here.weights)
+        m = ngram.Mixture(ngram.NGram(ids[-ngram.most_chars(kept):], V, kept, beta), fitted_here.weights)
         mixed = m.target_probs(tail[0], blind(tail[1]), tail[2][:, -kept:], tail[3])
         rows.append(report.row(f"order {kept} (at most {order})", f"{beta:g}", "yes" if sure else "no", f"{held:,}",
                                f"{ngram.bits(mixed):.4f}", f"{ngram.bits(mixed) - ngram.bits(tail[0]):+.4f}"))
@@ -125,7 +126,7 @@ def measure(ck, data, args: argparse.Namespace) -> str:
     ids = training_text(data, ngram.MAX_CHARS)
     rows = sweep(ck, data, ids)
     ck.mixture = fit_mixture(ck.model, ids, len(ck.vocab), ck.vocab.pad_id, TrainConfig().ngram)
-    cost = costs(ck, ids[-(ngram.MAX_PAIRS // ck.mixture.ngram.order):])
+    cost = costs(ck, ids[-ngram.most_chars(ck.mixture.ngram.order):])
     info = ck.info
     body = "\n".join([
         "## The n-gram mixed with the network: the sweep behind its defaults, and its costs",

@@ -168,7 +168,7 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
     p_net, top, ctx, y = network_predictions(model, batches, order, device)
     longest = _capped(ids[:start], vocab_size, order, beta)
     kept = ngram.choose_order(longest, p_net, top, ctx, y) if held >= CHOOSE_CHARS else order
-    counted = longest.shorter(kept) if len(longest.ids) == min(start, _most(kept)) \
+    counted = longest.shorter(kept) if len(longest.ids) == min(start, ngram.most_chars(kept)) \
         else _capped(ids[:start], vocab_size, kept, beta)  # the kept order may count more of the text
     del longest
     fitted = ngram.fit(counted, p_net, top, ctx[:, -kept:], y)
@@ -177,12 +177,8 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
 
 def _capped(ids: np.ndarray, vocab_size: int, order: int, beta: float) -> ngram.NGram:
     """The n-gram of the last characters of `ids` that an n-gram of `order` may count."""
-    return ngram.NGram(ids[-_most(order):], vocab_size, order, beta)
+    return ngram.NGram(ids[-ngram.most_chars(order):], vocab_size, order, beta)
 
-
-def _most(order: int) -> int:
-    """Characters an n-gram of `order` counts at most: MAX_PAIRS (context, next character) pairs in all."""
-    return min(ngram.MAX_CHARS, ngram.MAX_PAIRS // order)
 
 
 def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iterable[Batch]:

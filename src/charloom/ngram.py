@@ -45,6 +45,11 @@ BUILD_THREADS = 2  # orders sorted at once when the counts are built
 ORDER_GAIN = 0.001
 
 
+def most_chars(order: int) -> int:
+    """Characters an n-gram of `order` counts at most: MAX_PAIRS (context, next character) pairs in all."""
+    return min(MAX_CHARS, MAX_PAIRS // order)
+
+
 @dataclass
 class _Order:
     """Counts of one order: every (context, next id) pair the text holds, sorted, so that the pairs of one context
@@ -442,4 +447,5 @@ def bits(p: np.ndarray) -> float:
 
 
 __all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
-           "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "shortest_best"]
+           "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "most_chars",
+           "shortest_best"]
