@@ -28,7 +28,7 @@ LOG = Path(__file__).resolve().parent / "sweep.jsonl"
 def table() -> str:
     rows = [json.loads(ln) for ln in LOG.read_text().splitlines() if ln.strip()] if LOG.exists() else []
     rows.sort(key=lambda r: (r["minutes"], r["whole_bpc"]))
-    lines = [report.row(f"{r['minutes']:g} min", f"`{r['flags'] or '(defaults)'}`", f"{r['steps']:,}",
+    lines = [report.row(f"{r['minutes']:g} min", f"`{r['flags'] or '(defaults)'}`", _path(r), f"{r['steps']:,}",
                         f"{r['characters'] / 1e6:.1f} M", f"{r['whole_bpc']:.3f}", f"{r['window_bpc']:.3f}", r["date"])
              for r in rows]
     return "\n".join([
@@ -36,7 +36,8 @@ def table() -> str:
         "",
         "Command: `python bench/sweep.py --minutes N -- FLAGS...` (one row per run, kept in `bench/sweep.jsonl`; "
         "`make sweep` reruns the set below). Each row is `charloom train shakespeare --max-time Nm FLAGS` on the "
-        f"machine of the other sections ({report.machine().rsplit(',', 1)[0]}), 2 threads. Flags are relative to "
+        f"machine of the other sections ({_cpu()}), 2 threads, on the kernel path and precision its row names (rows "
+        "without one are from before runs recorded it: the native path, bf16). Flags are relative to "
         "today's defaults: when a default changes, earlier rows are rewritten to the flags that give the same run. "
         "Held-out bpc: the last 5% scored whole with state carried, and the mean over 2,048 fixed random "
         "64-character windows from a zero state. The machine is a shared virtual one: runs of the same "
@@ -45,9 +46,20 @@ def table() -> str:
         "came after evaluations during training moved to bf16, which leaves about 2% more of the budget to "
         "training).",
         "",
-        *report.table(["budget", "flags", "steps", "characters trained", "held-out bpc (whole)",
+        *report.table(["budget", "flags", "CPU path and precision", "steps", "characters trained", "held-out bpc (whole)",
                        "held-out bpc (windows)", "date"], lines),
     ])
+
+
+def _path(r: dict) -> str:
+    """The kernel path and precision a row ran with, as recorded (empty for rows from before they were)."""
+    return f"{r['isa']}, {r['precision']}" if r.get("isa") else ""
+
+
+def _cpu() -> str:
+    """This machine without its kernel path or date: each row names the path it ran on."""
+    text = report.machine().rsplit(",", 1)[0]
+    return text.split(" (", 1)[0] + text[text.index("),") + 1:] if " (" in text and ")," in text else text
 
 
 def main() -> None:
