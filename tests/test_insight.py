@@ -138,9 +138,9 @@ def softmax_probs(model_dir, text, context, ngram=True):
     if ck.mixture is not None and ngram:  # the model's probabilities: w p_network + (1 - w) p_ngram, written out
         ng = ck.mixture.ngram
         ctx = contexts(np.array([full + ids]), None, ng.order)[0][len(full) - 1:-1]
-        p_ng, longest, count = ng.probs(ctx)
+        p_ng, *held = ng.probs(ctx)
         sure = probs.max(-1).values.numpy()
-        w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(longest, count, sure)])[:, None]
+        w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(*held, sure)])[:, None]
         probs = w * probs + (1 - w) * torch.from_numpy(p_ng)
     return probs[torch.arange(len(ids)), torch.tensor(ids)].numpy(), probs
 

@@ -45,6 +45,23 @@ def reference(ids: list[int], order: int, beta: float, context: list[int], x: in
     return p
 
 
+def followed(ids: list[int], context: list[int]) -> list[int]:
+    """Every id that follows `context` in `ids`, one per time."""
+    k = len(context)
+    return [ids[i] for i in range(k, len(ids)) if ids[i - k:i] == context]
+
+
+def held_longest(ids: list[int], context: list[int], order: int) -> tuple[int, int, int]:
+    """(the longest order whose context `ids` holds, its count, its different followers), written out."""
+    best = (0, 0, 0)
+    for k in range(1, order + 1):
+        after = followed(ids, list(context[-k:])) if -1 not in context[-k:] else []
+        if not after:
+            break
+        best = (k, len(after), len(set(after)))
+    return best
+
+
 @pytest.fixture
 def text():
     rng = np.random.default_rng(0)
@@ -62,13 +79,15 @@ def test_probabilities_equal_the_written_out_interpolation(text, order, beta):
     ctx = np.array([text[i - order:i] if i >= order else [-1] * (order - i) + text[:i]
                     for i in rng.integers(0, len(text), 40)])
     ctx[0, :] = rng.integers(0, V, order)  # a context the text may not hold
-    full, _, _ = ng.probs(ctx)
+    full, *held = ng.probs(ctx)
     for r, row in enumerate(ctx):
         for x in range(V):
             assert full[r, x] == pytest.approx(reference(text, order, beta, list(row), x), rel=1e-9)
+        assert tuple(int(a[r]) for a in held) == held_longest(text, list(row), order)
     assert np.allclose(full.sum(1), 1.0)
     for r in range(len(ctx)):  # one row at a time (how one sample is written) sums the same
-        assert np.allclose(ng.probs(ctx[r:r + 1])[0][0], full[r], rtol=1e-12)
+        one, *one_held = ng.probs(ctx[r:r + 1])
+        assert np.allclose(one[0], full[r], rtol=1e-12) and [int(a[0]) for a in one_held] == [a[r] for a in held]
     some = rng.integers(0, V, (len(ctx), 3))
     assert np.allclose(ng.probs(ctx, some)[0], np.take_along_axis(full, some, 1))
 
@@ -81,12 +100,16 @@ def test_a_reader_predicts_from_the_counts_of_everything_read_before(text, monke
     ctx, y = contexts(z[None, :-1], None, 4)[0], z[1:]
     r = ngram.Reader(ng)
     pieces = [r.read(ctx[a:b], y[a:b]) for a, b in ((0, 1), (1, 40), (40, 41), (41, len(y)))]
-    p, longest, count = (np.concatenate(part) for part in zip(*pieces))
+    p, longest, count, followers = (np.concatenate(part) for part in zip(*pieces))
     for t in range(len(y)):
         assert p[t] == pytest.approx(reference(train, 4, 2.0, list(ctx[t]), y[t], read=list(z[:t + 1])), rel=1e-9)
     whole = ngram.Reader(ng).read(ctx, y)  # one call reads its rows in order, as pieces do
     assert np.allclose(whole[0], p, rtol=1e-12) and np.array_equal(whole[1], longest)
-    assert np.array_equal(whole[2], count)
+    assert np.array_equal(whole[2], count) and np.array_equal(whole[3], followers)
+    for t in range(len(y)):  # the longest context seen in the training text and the text read before it
+        held = list(ctx[t][len(ctx[t]) - longest[t]:]) if longest[t] else []
+        after = followed(train, held) + followed(list(z[:t + 1]), held)
+        assert (count[t], followers[t]) == ((len(after), len(set(after))) if longest[t] else (0, 0))
     static = ng.probs(ctx, y[:, None])
     assert np.allclose(static[0][0, 0], p[0]) and (longest >= static[1]).all()
     last = slice(-len(novel) - 4, -4)  # the new phrase's third time: the reader has read it twice
@@ -106,9 +129,9 @@ def test_a_reader_of_the_shortest_ngram_and_of_nothing(text):
     one = ngram.Reader(NGram(np.array([5]), V, 4))  # no pairs of any order: the add-one unigram, counting
     z = np.array(text[:40])
     ctx, y = contexts(z[None, :-1], None, 4)[0], z[1:]
-    p, longest, count = one.read(ctx, y)
+    p, longest, count, followers = one.read(ctx, y)
     expected = [(1 + (x == 5) + list(y[:t]).count(x)) / (1 + t + V) for t, x in enumerate(y)]
-    assert np.allclose(p, expected) and not longest.any() and not count.any()
+    assert np.allclose(p, expected) and not longest.any() and not count.any() and not followers.any()
     empty = one.read(ctx[:0], y[:0])
     assert all(len(part) == 0 for part in empty)
 
@@ -117,7 +140,7 @@ def test_reading_mixes_with_the_static_weights_where_a_file_has_none(text):
     ng = NGram(np.array(text), V, 3)
     rng = np.random.default_rng(4)
     p_net, top = rng.uniform(0.1, 0.5, 20), rng.uniform(0.5, 1, 20)
-    predicted = rng.uniform(0, 1, 20), rng.integers(0, 4, 20), rng.integers(0, 9, 20)
+    predicted = rng.uniform(0, 1, 20), rng.integers(0, 4, 20), rng.integers(0, 9, 20), rng.integers(0, 9, 20)
     w, r = rng.uniform(0, 1, (4, *SHAPE)), rng.uniform(0, 1, (4, *SHAPE))
     static = Mixture(ng, w)
     assert np.array_equal(static.mix(p_net, top, predicted, reading=True), static.mix(p_net, top, predicted))
@@ -158,15 +181,15 @@ def test_each_orders_probabilities_in_one_pass_equal_the_shorter_ngrams(text):
     y = ids[200:]
     steps = list(ng.by_order(ctx, y))
     assert len(steps) == 6
-    for k, (p, longest, count) in enumerate(steps, 1):
+    for k, (p, *held) in enumerate(steps, 1):
         cut = ng.shorter(k)
         assert cut.orders() == ng.orders()[:k]  # shared, not rebuilt
-        q, q_longest, q_count = cut.probs(ctx[:, -k:], y[:, None])
-        assert np.array_equal(p, q[:, 0]) and np.array_equal(longest, q_longest) and np.array_equal(count, q_count)
+        q, *q_held = cut.probs(ctx[:, -k:], y[:, None])
+        assert np.array_equal(p, q[:, 0]) and all(np.array_equal(a, b) for a, b in zip(held, q_held, strict=True))
         assert np.allclose(p, [reference(list(ids[:200]), k, 4.0, list(c), x) for c, x in zip(ctx, y)], rtol=1e-12)
     ctx[:, :-1] = -1  # one id of context each: the pass ends after order 1 and the rest repeat it
     short = list(ng.by_order(ctx, y))
-    assert len(short) == 6 and all(np.array_equal(p, short[0][0]) for p, _, _ in short)
+    assert len(short) == 6 and all(np.array_equal(p, short[0][0]) for p, *_ in short)
     assert np.array_equal(short[5][0], ng.probs(ctx, y[:, None])[0][:, 0]) and short[5][1].max() == 1
 
 
@@ -307,6 +330,26 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=older,
                                     extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
     assert checkpoint.load(p).mixture.reading is None
+    rng = np.random.default_rng(5)  # a file from before followers were told apart: one weight for any number
+    earlier = {"ngram.ids": older["ngram.ids"], "ngram.weights": torch.from_numpy(
+        rng.uniform(0, 1, (4, *ngram.EARLIER_SHAPE)).astype(np.float32)), "ngram.reading": torch.from_numpy(
+        rng.uniform(0, 1, (4, *ngram.EARLIER_SHAPE)).astype(np.float32))}
+    p = tmp_path / "earlier.safetensors"
+    p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=earlier,
+                                    extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
+    loaded = checkpoint.load(p).mixture
+    assert loaded.weights.shape == loaded.reading.shape == (4, *SHAPE)
+    ctx, y = contexts(np.array(text)[None, :-1], None, 3)[0], np.array(text[1:])
+    p_net, top = rng.uniform(0.1, 0.5, len(y)), rng.uniform(0.5, 1, len(y))
+    p_ng, longest, count, followers = loaded.ngram.probs(ctx, y[:, None])
+    assert len(np.unique(followers)) > 1  # contexts of different followers take the same weight
+    counted = np.minimum(np.log2(count + 1.0).astype(int), ngram.BUCKETS - 1)
+    sure = np.minimum((top * ngram.CONFIDENCE).astype(int), ngram.CONFIDENCE - 1)
+    for name in ("weights", "reading"):
+        flat = earlier[f"ngram.{name}"].double().numpy().reshape(4 * ngram.BUCKETS, -1)
+        w = flat[longest * ngram.BUCKETS + counted, sure]  # how the earlier file's weights were looked up
+        got = loaded.mix(p_net, top, (p_ng[:, 0], longest, count, followers), reading=name == "reading")
+        assert np.allclose(got, w * p_net + (1 - w) * p_ng[:, 0], rtol=1e-6)
     ctx = np.array(text[:30]).reshape(10, 3)
     assert np.allclose(ck.mixture.ngram.probs(ctx)[0], m.ngram.probs(ctx)[0])
     assert checkpoint.load(checkpoint.save(tmp_path / "plain.safetensors", model, vocab, records=False)).mixture is None

@@ -178,8 +178,9 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
                             f"model file may ask for (order x characters at most {ngram.MAX_PAIRS:,})")
     for name in sorted(names - {f"{NGRAM}.ids"}):
         weights = table[name]
-        if weights["dtype"] != "F32" or weights["shape"] != [order + 1, *ngram.SHAPE]:
-            raise CharloomError(f"{where}: tensor '{name}' must be F32 {[order + 1, *ngram.SHAPE]}, is "
+        shapes = [order + 1, *ngram.SHAPE], [order + 1, *ngram.EARLIER_SHAPE]  # the earlier: older model files
+        if weights["dtype"] != "F32" or weights["shape"] not in shapes:
+            raise CharloomError(f"{where}: tensor '{name}' must be F32 {shapes[0]} (or {shapes[1]}), is "
                                 f"{weights['dtype']} {weights['shape']}")
 
 

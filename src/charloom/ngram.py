@@ -7,8 +7,8 @@ saves predicts with both:
     p(x | context) = w * p_network(x) + (1 - w) * p_ngram(x | the last `order` characters)
 
 p_ngram interpolates the counts of every order from `order` down to a unigram (Witten-Bell, each order's
-escape weighted by `beta`), and w depends on how long a context the training text has seen and how often
-and how sure the network is (`bucket`), fitted by EM on training text the counts were not built from (`fit`). Nothing here needs torch:
+escape weighted by `beta`), and w depends on how long a context the training text has seen, how often, how
+many different characters followed it there, and how sure the network is (`bucket`), fitted by EM on training text the counts were not built from (`fit`). Nothing here needs torch:
 the PyTorch and the ONNX backends share it.
 
 Counts are kept as sorted 64-bit keys: a context of order k is a polynomial hash of its k characters, and a
@@ -34,8 +34,10 @@ MAX_CHARS = 8_000_000  # ids of training text a model keeps for its n-gram (the 
 MAX_PAIRS = 8 * MAX_CHARS  # order x ids at most: the counts hold at most this many pairs, 12 bytes each
 READ_PAIRS = MAX_PAIRS // 8  # order x characters a Reader counts at most; past them it reads on without counting
 BUCKETS = 12  # mixing weights per (longest context seen, log2 of its count, ...
+FOLLOWERS = 4  # ... how many different characters have followed it (1, 2, 3-4, 5 or more), ...
 CONFIDENCE = 5  # ... and the network's largest probability there, in fifths)
-SHAPE = (BUCKETS, CONFIDENCE)  # the weights of one order: a model's are (order + 1, *SHAPE)
+SHAPE = (BUCKETS, FOLLOWERS, CONFIDENCE)  # the weights of one order: a model's are (order + 1, *SHAPE)
+EARLIER_SHAPE = (BUCKETS, CONFIDENCE)  # weights saved before followers were told apart: one for any number
 PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many characters that guess is worth
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
@@ -123,21 +125,21 @@ class NGram:
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """context (N, order) ids, the nearest last (-1: before the text's start); candidates (N, C) ids, or None
         for every id. -> (p (N, C or V) float64, the longest order whose context the text holds (N,), that
-        context's count (N,))."""
+        context's count (N,), the different characters that followed it (N,))."""
         if candidates is None and len(context) == 1:  # one sample writing: the same sums on scalars, faster
-            one, longest1, count1 = self._one(context[0])
-            return one[None], np.array([longest1]), np.array([count1])
+            one, *held = self._one(context[0])
+            return (one[None], *(np.array([x]) for x in held))
         for found in self._interpolated(context, candidates):
             pass
         return found
 
     def by_order(self, context: np.ndarray, targets: np.ndarray
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """What `probs` gives for targets (N,) at each order 1 .. order in turn, all from one pass: the k-th is
-        (p (N,), longest, count) of the n-gram cut to its first k orders (`shorter(k)`)."""
+        (p (N,), longest, count, followers) of the n-gram cut to its first k orders (`shorter(k)`)."""
         k, last = 0, None
-        for k, (p, longest, count) in enumerate(self._interpolated(context, targets[:, None])):
-            last = p[:, 0].copy(), longest.copy(), count.copy()
+        for k, (p, *held) in enumerate(self._interpolated(context, targets[:, None])):
+            last = (p[:, 0].copy(), *(x.copy() for x in held))
             if k:
                 yield last
         for _ in range(k, self.order):  # no longer context is held: p stays
@@ -148,13 +150,14 @@ class NGram:
         return NGram(self.ids, self.vocab_size, order, self.beta, self.orders()[:order])
 
     def _interpolated(self, context: np.ndarray, candidates: np.ndarray | None
-                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """`probs`' (p, longest, count) from the unigram up, after each order that some context is held at."""
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """`probs`' (p, longest, count, followers) from the unigram up, after each order that some context is held
+        at."""
         n = len(context)
         every = candidates is None
         p = np.tile(self.unigram, (n, 1)) if every else self.unigram[candidates].astype(np.float64)
-        longest, count = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        yield p, longest, count
+        longest, count, followers = (np.zeros(n, dtype=np.int64) for _ in range(3))
+        yield p, longest, count, followers
         h, alive = np.zeros(n, dtype=np.uint64), np.ones(n, dtype=bool)
         for k, t in enumerate(self.orders()[:self.order], 1):
             prev = context[:, -k]
@@ -169,14 +172,14 @@ class NGram:
             key = h[rows] & self.mask
             pair = self._all_pairs(t, lo, u) if every else self._pair_counts(t, key, candidates[rows])
             p[rows] = (pair + self.beta * u[:, None] * p[rows]) / (seen + self.beta * u)[:, None]
-            longest[rows], count[rows] = k, seen
+            longest[rows], count[rows], followers[rows] = k, seen, u
             alive[:] = False
             alive[rows] = True
-            yield p, longest, count
+            yield p, longest, count, followers
 
-    def _one(self, context: np.ndarray) -> tuple[np.ndarray, int, int]:
+    def _one(self, context: np.ndarray) -> tuple[np.ndarray, int, int, int]:
         """`probs` of every id after one context (order,)."""
-        p, h, longest, count = self.unigram.copy(), 0, 0, 0
+        p, h, longest, count, followers = self.unigram.copy(), 0, 0, 0, 0
         mul, mask, bits = int(_MUL), int(self.mask), self.bits
         for k, t in enumerate(self.orders()[:self.order], 1):
             prev = int(context[-k])
@@ -192,8 +195,8 @@ class NGram:
             pair = np.zeros(self.vocab_size)
             pair[(t.pairs[lo:hi] & self.low).astype(np.int64)] = t.cum[lo + 1:hi + 1] - t.cum[lo:hi]
             p = (pair + self.beta * u * p) / (c + self.beta * u)
-            longest, count = k, c
-        return p, longest, count
+            longest, count, followers = k, c, u
+        return p, longest, count, followers
 
     def _all_pairs(self, t: _Order, lo: np.ndarray, followers: np.ndarray) -> np.ndarray:
         """(R, V) counts of every id after each of R held contexts, whose pairs start at lo (R,)."""
@@ -265,9 +268,11 @@ class Reader:
         self.followers = _Tally()  # a context, once for each follower new to it
         self.counted = 0  # characters counted
 
-    def read(self, context: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(self, context: np.ndarray, targets: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """context (N, order) ids, the nearest last (-1: before the text's start), targets (N,), in the order read
-        -> (p of each target (N,), the longest order whose context was seen (N,), that context's count (N,))."""
+        -> (p of each target (N,), the longest order whose context was seen (N,), that context's count (N,), the
+        different characters that followed it (N,))."""
         ng, n = self.ngram, len(targets)
         room = max(0, READ_PAIRS // ng.order - self.counted)  # characters it may still count
         if 0 < room < n:  # the counted ones, then the rest
@@ -283,13 +288,13 @@ class Reader:
         for k in range(held.shape[1]):
             r = held[:, k]
             p[r] = (paired[r, k] + ng.beta * followers[r, k] * p[r]) / (seen[r, k] + ng.beta * followers[r, k])
-        count = np.zeros(n, dtype=np.int64)
+        count, different = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
         some = longest > 0
-        count[some] = seen[some, longest[some] - 1]
+        count[some], different[some] = seen[some, longest[some] - 1], followers[some, longest[some] - 1]
         if learn:
             np.add.at(self.unigram, y, 1)
             self.counted += n
-        return p, longest, count
+        return p, longest, count, different
 
     def _counts(self, context: np.ndarray, y: np.ndarray, learn: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Before each of N rows read in order, for each order k: (the count of its context of k ids, of that
@@ -336,38 +341,47 @@ def contexts(x: np.ndarray, before: np.ndarray | None, order: int) -> np.ndarray
     return np.lib.stride_tricks.sliding_window_view(full, order, axis=1)[:, 1:]
 
 
-def bucket(longest: np.ndarray, count: np.ndarray, p_max: np.ndarray) -> np.ndarray:
+def bucket(longest: np.ndarray, count: np.ndarray, followers: np.ndarray, p_max: np.ndarray) -> np.ndarray:
     """The mixing weight's index (flat, into (order + 1, *SHAPE)): the longest context held (0 .. order), the log2
-    of its count (capped), and the network's largest probability at that character, in CONFIDENCE steps."""
+    of its count (capped), how many different characters followed it (1, 2, 3-4, 5+: a context always followed by
+    the same character is one the counts can be trusted in), and the network's largest probability at that
+    character, in CONFIDENCE steps. Each (N,)."""
     counted = np.minimum(np.log2(count + 1.0).astype(np.int64), BUCKETS - 1)
+    different = np.minimum(np.ceil(np.log2(np.maximum(followers, 1))).astype(np.int64), FOLLOWERS - 1)
     sure = p_max * CONFIDENCE
     sure = np.where(sure >= 0, np.minimum(sure, CONFIDENCE - 1), 0).astype(np.int64)  # NaN: the least sure
-    return (longest * BUCKETS + counted) * CONFIDENCE + sure
+    return ((longest * BUCKETS + counted) * FOLLOWERS + different) * CONFIDENCE + sure
 
 
 @dataclass
 class Mixture:
     """The n-gram and the network's weight in each bucket: (order + 1, *SHAPE) in [0, 1]; `reading`, the same for
-    an n-gram that counts the text as it reads it (a `Reader`): None takes `weights`."""
+    an n-gram that counts the text as it reads it (a `Reader`): None takes `weights`. Weights of EARLIER_SHAPE
+    (saved before followers were told apart) take the same weight for any number of followers."""
 
     ngram: NGram
     weights: np.ndarray
     reading: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        self.weights = _current(self.weights)
+        self.reading = None if self.reading is None else _current(self.reading)
+
     def target_probs(self, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray,
                      targets: np.ndarray) -> np.ndarray:
         """The network's probability of targets (N,) and its largest one (N,), after context (N, order) -> the
         mixture's probability of targets (N,)."""
-        p, longest, count = self.ngram.probs(context, targets[:, None])
-        return self.mix(p_network, p_max, (p[:, 0], longest, count))
+        p, *held = self.ngram.probs(context, targets[:, None])
+        return self.mix(p_network, p_max, (p[:, 0], *held))
 
-    def mix(self, p_network: np.ndarray, p_max: np.ndarray, predicted: tuple[np.ndarray, np.ndarray, np.ndarray],
+    def mix(self, p_network: np.ndarray, p_max: np.ndarray, predicted: tuple[np.ndarray, ...],
             reading: bool = False) -> np.ndarray:
         """The network's probability of N targets and its largest one, each (N,), with the n-gram's (p, longest
-        order seen, its count), each (N,), from `NGram.probs` or (reading) a `Reader` -> the mixture's p (N,)."""
-        p, longest, count = predicted
+        order seen, its count, its followers), each (N,), from `NGram.probs` or (reading) a `Reader` -> the
+        mixture's p (N,)."""
+        p, *held = predicted
         weights = self.reading if reading and self.reading is not None else self.weights
-        w = weights.reshape(-1)[bucket(longest, count, p_max)]
+        w = weights.reshape(-1)[bucket(*held, p_max)]
         return w * p_network + (1 - w) * p
 
     def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -376,8 +390,8 @@ class Mixture:
         z = logits.astype(np.float64)
         z = np.exp(z - z.max(axis=-1, keepdims=True))
         p_net = z / z.sum(axis=-1, keepdims=True)
-        p, longest, count = self.ngram.probs(context)
-        w = self.weights.reshape(-1)[bucket(longest, count, p_net.max(axis=-1))][:, None]
+        p, *held = self.ngram.probs(context)
+        w = self.weights.reshape(-1)[bucket(*held, p_net.max(axis=-1))][:, None]
         with np.errstate(divide="ignore"):
             return np.log(w * p_net + (1 - w) * p).astype(np.float32)
 
@@ -388,12 +402,12 @@ def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndar
     of each (N,) and its largest (N,): as the n-gram stands, and as a `Reader` that counts them in the order given.
     The characters must be ones `ngram` was not built from."""
     p_network = _finite(p_network)
-    p, longest, count = ngram.probs(context, targets[:, None])
-    static = _em(p_network, p[:, 0], bucket(longest, count, p_max), ngram.order, rounds)
+    p, *held = ngram.probs(context, targets[:, None])
+    static = _em(p_network, p[:, 0], bucket(*held, p_max), ngram.order, rounds)
     reader, piece = Reader(ngram), 16_384  # read in pieces: the same counts, a piece's working memory
-    p, longest, count = (np.concatenate(part) for part in zip(*(
+    p, *held = (np.concatenate(part) for part in zip(*(
         reader.read(context[i:i + piece], targets[i:i + piece]) for i in range(0, max(1, len(targets)), piece))))
-    return Mixture(ngram, static, _em(p_network, p, bucket(longest, count, p_max), ngram.order, rounds))
+    return Mixture(ngram, static, _em(p_network, p, bucket(*held, p_max), ngram.order, rounds))
 
 
 def choose_order(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
@@ -406,8 +420,8 @@ def choose_order(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context
     if half < 1:
         return ngram.order
     scored = []
-    for k, (p, longest, count) in enumerate(ngram.by_order(context, targets), 1):
-        groups = bucket(longest, count, p_max)
+    for k, (p, *held) in enumerate(ngram.by_order(context, targets), 1):
+        groups = bucket(*held, p_max)
         total = 0.0
         for fit_on, score_on in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
             w = _em(p_network[fit_on], p[fit_on], groups[fit_on], k, rounds).reshape(-1)[groups[score_on]]
@@ -430,7 +444,7 @@ def _finite(p_network: np.ndarray) -> np.ndarray:
 def _em(p_network: np.ndarray, p_ngram: np.ndarray, groups: np.ndarray, order: int, rounds: int) -> np.ndarray:
     """EM for one weight per bucket: the network's and the n-gram's probabilities of N characters and each one's
     bucket, each (N,) -> weights (order + 1, *SHAPE); each starts from PRIOR and an empty bucket keeps it."""
-    size = (order + 1) * BUCKETS * CONFIDENCE
+    size = (order + 1) * math.prod(SHAPE)
     start, strength = PRIOR
     n = np.bincount(groups, minlength=size)
     w = np.full(size, start)
@@ -441,11 +455,19 @@ def _em(p_network: np.ndarray, p_ngram: np.ndarray, groups: np.ndarray, order: i
     return w.reshape(order + 1, *SHAPE)
 
 
+def _current(weights: np.ndarray) -> np.ndarray:
+    """Mixing weights (order + 1, *SHAPE), from weights of SHAPE or of EARLIER_SHAPE (the same for any followers)."""
+    weights = np.asarray(weights)
+    if weights.shape[1:] == EARLIER_SHAPE:
+        return np.repeat(weights[:, :, None, :], FOLLOWERS, axis=2)
+    return weights
+
+
 def bits(p: np.ndarray) -> float:
     """Mean bits per character of probabilities p."""
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "CONFIDENCE", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
+__all__ = ["BUCKETS", "CONFIDENCE", "EARLIER_SHAPE", "FOLLOWERS", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
            "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "most_chars",
            "shortest_best"]
