@@ -117,7 +117,12 @@ def test_a_reader_predicts_from_the_counts_of_everything_read_before(text, monke
 
     monkeypatch.setattr(ngram, "READ_PAIRS", 4 * 50)  # counts 50 characters, then reads on without counting
     capped = ngram.Reader(ng)
-    first, rest = capped.read(ctx[:30], y[:30])[0], capped.read(ctx[30:], y[30:])[0]  # the cap inside a call
+    first, rest_read = capped.read(ctx[:30], y[:30])[0], capped.read(ctx[30:], y[30:])  # the cap inside a call
+    rest = rest_read[0]
+    for t in range(50, len(y)):  # past the cap: the followers of what was counted, no more
+        held = list(ctx[t][len(ctx[t]) - rest_read[1][t - 30]:]) if rest_read[1][t - 30] else []
+        after = followed(train, held) + followed(list(z[:51]), held)
+        assert rest_read[3][t - 30] == (len(set(after)) if held else 0)
     assert np.allclose(first, p[:30], rtol=1e-12) and np.allclose(rest[:20], p[30:50], rtol=1e-12)
     for t in range(50, len(y)):
         assert rest[t - 30] == pytest.approx(reference(train, 4, 2.0, list(ctx[t]), y[t], read=list(z[:51])),
@@ -191,6 +196,16 @@ def test_each_orders_probabilities_in_one_pass_equal_the_shorter_ngrams(text):
     short = list(ng.by_order(ctx, y))
     assert len(short) == 6 and all(np.array_equal(p, short[0][0]) for p, *_ in short)
     assert np.array_equal(short[5][0], ng.probs(ctx, y[:, None])[0][:, 0]) and short[5][1].max() == 1
+
+
+def test_a_bucket_steps_followers_as_documented():
+    followers = np.array([0, 1, 2, 3, 4, 5, 8, 9, 10**6])
+    zero = np.zeros(len(followers), dtype=np.int64)
+    index = ngram.bucket(zero + 2, zero + 6, followers, np.full(len(followers), 0.5))
+    assert (index // ngram.CONFIDENCE % ngram.FOLLOWERS).tolist() == [0, 0, 1, 2, 2, 3, 3, 3, 3]
+    assert (index % ngram.CONFIDENCE == 2).all()  # the network's sureness 0.5: the third fifth
+    assert (index // (ngram.CONFIDENCE * ngram.FOLLOWERS) == 2 * ngram.BUCKETS + 2).all()  # order 2, log2(7) -> 2
+    assert index.max() < 3 * math.prod(SHAPE)
 
 
 @pytest.mark.parametrize("bpc,kept", [([3.0, 2.5, 2.4999, 2.0], 4), ([2.0, 1.99975, 1.9995, 1.99925], 1),
@@ -342,7 +357,8 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     ctx, y = contexts(np.array(text)[None, :-1], None, 3)[0], np.array(text[1:])
     p_net, top = rng.uniform(0.1, 0.5, len(y)), rng.uniform(0.5, 1, len(y))
     p_ng, longest, count, followers = loaded.ngram.probs(ctx, y[:, None])
-    assert len(np.unique(followers)) > 1  # contexts of different followers take the same weight
+    steps = np.minimum(np.ceil(np.log2(np.maximum(followers, 1))), ngram.FOLLOWERS - 1)
+    assert len(np.unique(steps)) > 1  # contexts in different followers' steps take the same weight
     counted = np.minimum(np.log2(count + 1.0).astype(int), ngram.BUCKETS - 1)
     sure = np.minimum((top * ngram.CONFIDENCE).astype(int), ngram.CONFIDENCE - 1)
     for name in ("weights", "reading"):
@@ -357,7 +373,9 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     bad = {"ids out of the vocabulary": {"ngram.ids": torch.full((5,), V, dtype=torch.uint8)},
            "weights above 1": {"ngram.weights": torch.full((4, *SHAPE), 1.5)},
            "weights of the wrong shape": {"ngram.weights": torch.zeros(3, *SHAPE)},
-           "weights of the old shape": {"ngram.weights": torch.zeros(4, SHAPE[0])},
+           "weights of a shape never written": {"ngram.weights": torch.zeros(4, SHAPE[0])},
+           "reading weights of another shape than the weights": {
+               "ngram.reading": torch.full((4, *ngram.EARLIER_SHAPE), 0.5)},
            "ids as floats": {"ngram.ids": torch.zeros(5)},
            "reading weights NaN": {"ngram.reading": torch.full((4, *SHAPE), float("nan"))},
            "reading weights of the wrong shape": {"ngram.reading": torch.zeros(4, SHAPE[0])},

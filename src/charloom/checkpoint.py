@@ -176,12 +176,15 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
     if order * ids["shape"][0] > ngram.MAX_PAIRS:  # what rebuilding its counts may hold
         raise CharloomError(f"{where}: an n-gram of order {order} over {ids['shape'][0]:,} characters is more than a "
                             f"model file may ask for (order x characters at most {ngram.MAX_PAIRS:,})")
+    shapes = [order + 1, *ngram.SHAPE], [order + 1, *ngram.EARLIER_SHAPE]  # the earlier: older model files
     for name in sorted(names - {f"{NGRAM}.ids"}):
         weights = table[name]
-        shapes = [order + 1, *ngram.SHAPE], [order + 1, *ngram.EARLIER_SHAPE]  # the earlier: older model files
         if weights["dtype"] != "F32" or weights["shape"] not in shapes:
             raise CharloomError(f"{where}: tensor '{name}' must be F32 {shapes[0]} (or {shapes[1]}), is "
                                 f"{weights['dtype']} {weights['shape']}")
+    if f"{NGRAM}.reading" in names and table[f"{NGRAM}.reading"]["shape"] != table[f"{NGRAM}.weights"]["shape"]:
+        raise CharloomError(f"{where}: tensor '{NGRAM}.reading' must have the shape of '{NGRAM}.weights' "
+                            f"{table[f'{NGRAM}.weights']['shape']}, is {table[f'{NGRAM}.reading']['shape']}")
 
 
 def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size: int,

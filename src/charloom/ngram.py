@@ -8,8 +8,9 @@ saves predicts with both:
 
 p_ngram interpolates the counts of every order from `order` down to a unigram (Witten-Bell, each order's
 escape weighted by `beta`), and w depends on how long a context the training text has seen, how often, how
-many different characters followed it there, and how sure the network is (`bucket`), fitted by EM on training text the counts were not built from (`fit`). Nothing here needs torch:
-the PyTorch and the ONNX backends share it.
+many different characters followed it there, and how sure the network is (`bucket`), fitted by EM on training
+text the counts were not built from (`fit`). Nothing here needs torch: the PyTorch and the ONNX backends share
+it.
 
 Counts are kept as sorted 64-bit keys: a context of order k is a polynomial hash of its k characters, and a
 (context, next character) pair is that hash shifted left with the character in the low bits, so that sorting
@@ -122,7 +123,7 @@ class NGram:
         return np.where(t.pairs[j] == q, t.cum[j + 1].astype(np.int64) - t.cum[j], 0)
 
     def probs(self, context: np.ndarray, candidates: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """context (N, order) ids, the nearest last (-1: before the text's start); candidates (N, C) ids, or None
         for every id. -> (p (N, C or V) float64, the longest order whose context the text holds (N,), that
         context's count (N,), the different characters that followed it (N,))."""
@@ -468,6 +469,7 @@ def bits(p: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "CONFIDENCE", "EARLIER_SHAPE", "FOLLOWERS", "SHAPE", "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
+__all__ = ["BUCKETS", "CONFIDENCE", "EARLIER_SHAPE", "FOLLOWERS", "SHAPE",
+           "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
            "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "most_chars",
            "shortest_best"]
