@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,8 @@ PPMD = "-m0=PPMd:o=8:mem=1g"
 
 
 def archive_bytes(text: str, folder: Path, name: str) -> int:
+    if shutil.which("7z") is None:  # the bench target installs it; a script run by hand may lack it
+        raise SystemExit("PPMd needs 7-Zip's 7z on the PATH: `make bench` installs it (Debian package p7zip-full)")
     src, out = folder / f"{name}.txt", folder / f"{name}.7z"
     src.write_text(text, encoding="utf-8")
     subprocess.run(["7z", "a", PPMD, str(out), str(src)], check=True, stdout=subprocess.DEVNULL)

@@ -50,6 +50,7 @@ from charloom.evaluation import adapt, evaluate_mixed  # noqa: E402
 PLOT = Path(__file__).resolve().parent / "quality.png"
 LOG = Path(__file__).resolve().parent / "quality.jsonl"
 PATHS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+FOLLOWERS = ", mixing weights told by followers"  # rows whose mixture also weighs how many characters followed a context
 
 
 def record(row: dict) -> None:
@@ -102,6 +103,7 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
                     "whole": whole, "network": network, "windows": windows, "adapted": adapted.bpc,
                     "adapted_network": adapted.network_bpc or adapted.bpc, "counting": counting,
                     "ngram": ck.info.get("ngram", {}).get("order", 0) if ck.mixture else 0,
+                    "mixing_shape": list(ck.mixture.weights.shape[1:]) if ck.mixture else None,
                     "adapt_seconds": adapt_seconds, "peak_rss": info["peak_rss"]})
             if path == "native" and m == budgets[-1] and not fixed:
                 record({"system": "first-character", "model_minutes": m, "seconds": time_to_first_character(run)})
@@ -182,7 +184,9 @@ def section() -> str:
             r = rows.get(("charloom", path, m))
             if r:
                 table.append(report.row(f"{m:g} min", f"charloom defaults ({r['date']}"
-                                        f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}): {r['hidden']} wide (chosen; the law "
+                                        f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}"
+                                        f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): "
+                                        f"{r['hidden']} wide (chosen; the law "
                                         f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}), "
                                         f"{r['characters'] / 1e6:.1f} M characters",
                                         *_figures(r, path)))
