@@ -50,7 +50,7 @@ from charloom.evaluation import adapt, evaluate_mixed  # noqa: E402
 PLOT = Path(__file__).resolve().parent / "quality.png"
 LOG = Path(__file__).resolve().parent / "quality.jsonl"
 PATHS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
-FOLLOWERS = ", mixing weights told by followers"  # rows whose mixture also weighs how many characters followed a context
+FOLLOWERS = ", mixing weights told by followers"  # rows whose mixture weighs how many characters followed a context
 
 
 def record(row: dict) -> None:

@@ -46,8 +46,8 @@ def table() -> str:
         "came after evaluations during training moved to bf16, which leaves about 2% more of the budget to "
         "training).",
         "",
-        *report.table(["budget", "flags", "CPU path and precision", "steps", "characters trained", "held-out bpc (whole)",
-                       "held-out bpc (windows)", "date"], lines),
+        *report.table(["budget", "flags", "CPU path and precision", "steps", "characters trained",
+                       "held-out bpc (whole)", "held-out bpc (windows)", "date"], lines),
     ])
 
 

@@ -269,8 +269,8 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
 def _read_ahead(batches: Iterable[Batch], mixture: ngram.Mixture | None
                 ) -> Iterator[tuple[Batch, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None]]:
     """Each batch with, for a `mixture`, what a Reader of its n-gram predicts for the batch's scored targets (p,
-    longest order seen, its count, its different followers; each (n,)): the batches are read in groups of about READ_AHEAD characters,
-    one call each, in the order they come (a batch's rows one after another)."""
+    longest order seen, its count, its different followers; each (n,)): the batches are read in groups of about
+    READ_AHEAD characters, one call each, in the order they come (a batch's rows one after another)."""
     if mixture is None:
         yield from ((b, None) for b in batches)
         return
