@@ -18,7 +18,8 @@ OUT = ROOT / "BENCHMARKS.md"
 HEAD = "# Benchmarks\n\nFigures written by the scripts under `bench/`; each section says the command that made it.\n"
 
 
-def machine() -> str:
+def machine(kernels: bool = True) -> str:
+    """CPU model (with its kernel path unless not `kernels`), cores, Python, torch and today's date."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -29,7 +30,8 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{cpu} ({isa()}), {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+    shown = f"{cpu} ({isa()})" if kernels else cpu
+    return (f"{shown}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{datetime.date.today().isoformat()}")
 
 

@@ -36,7 +36,7 @@ def table() -> str:
         "",
         "Command: `python bench/sweep.py --minutes N -- FLAGS...` (one row per run, kept in `bench/sweep.jsonl`; "
         "`make sweep` reruns the set below). Each row is `charloom train shakespeare --max-time Nm FLAGS` on the "
-        f"machine of the other sections ({_cpu()}), 2 threads, on the kernel path and precision its row names (rows "
+        f"machine of the other sections ({report.machine(kernels=False).rsplit(',', 1)[0]}), 2 threads, on the kernel path and precision its row names (rows "
         "without one are from before runs recorded it: the native path, bf16). Flags are relative to "
         "today's defaults: when a default changes, earlier rows are rewritten to the flags that give the same run. "
         "Held-out bpc: the last 5% scored whole with state carried, and the mean over 2,048 fixed random "
@@ -54,12 +54,6 @@ def table() -> str:
 def _path(r: dict) -> str:
     """The kernel path and precision a row ran with, as recorded (empty for rows from before they were)."""
     return f"{r['isa']}, {r['precision']}" if r.get("isa") else ""
-
-
-def _cpu() -> str:
-    """This machine without its kernel path or date: each row names the path it ran on."""
-    text = report.machine().rsplit(",", 1)[0]
-    return text.split(" (", 1)[0] + text[text.index("),") + 1:] if " (" in text and ")," in text else text
 
 
 def main() -> None:

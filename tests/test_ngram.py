@@ -2,7 +2,7 @@
 every path that scores or writes (chunked == whole, adapt at rate 0 == static), and in model files."""
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -33,11 +33,7 @@ def reference(ids: list[int], order: int, beta: float, context: list[int], x: in
         h = tuple(context[-k:])
         if len(h) < k or -1 in h:
             break
-        follow: dict[int, int] = defaultdict(int)
-        for text in (ids, read):
-            for i in range(k, len(text)):
-                if tuple(text[i - k:i]) == h:
-                    follow[text[i]] += 1
+        follow = Counter(followed(list(ids), list(h)) + followed(list(read), list(h)))
         if not follow:
             break
         c, u = sum(follow.values()), len(follow)
