@@ -125,3 +125,42 @@ def test_a_model_needs_a_width():
         CharRNN(MODEL)
     with pytest.raises(charloom.ConfigError, match="hidden_size"):
         ModelConfig(hidden_size=-1)
+
+
+def test_the_peak_learning_rate_falls_as_one_over_the_width_up_to_its_cap():
+    assert sizing.peak_lr(640) == pytest.approx(5e-3)
+    for w in (448, 640, 1024, 2048):
+        assert sizing.peak_lr(w) * w == pytest.approx(5e-3 * 640)
+    assert sizing.peak_lr(320) == sizing.peak_lr(64) == pytest.approx(1e-2)
+    rates = [sizing.peak_lr(w) for w in sizing.WIDTHS]
+    assert rates == sorted(rates, reverse=True)
+
+
+def _peak_of_run(tmp_path, text_file, tiny, name, **options):
+    """(the peak rate the run's steps used, the rate its model file records) for a run with `options`."""
+    steps = []
+    opts = {**tiny, "warmup": 0, "schedule": "constant", **options}
+    charloom.train(source=str(text_file), out=str(tmp_path / name), max_steps=3, callback=steps.append, **opts)
+    recorded = charloom.checkpoint.run_configs(tmp_path / name / "last.safetensors")["train"]["lr"]
+    return {e["lr"] for e in steps if e["event"] == "step"}, recorded
+
+
+@pytest.mark.parametrize("width", [16, 1280])
+def test_a_run_without_a_rate_takes_its_widths_and_records_it(tmp_path, text_file, tiny, width):
+    used, recorded = _peak_of_run(tmp_path, text_file, tiny, "a", lr=0.0, hidden_size=width, embedding=0)
+    assert used == {recorded} and recorded == pytest.approx(sizing.peak_lr(width))
+
+
+def test_a_given_rate_wins_and_a_resumed_run_keeps_its_own(tmp_path, text_file, tiny):
+    used, recorded = _peak_of_run(tmp_path, text_file, tiny, "b", lr=3e-3)
+    assert used == {recorded} == {3e-3} and sizing.peak_lr(tiny["hidden_size"]) != 3e-3
+    steps = []
+    charloom.train(out=str(tmp_path / "b"), resume=True, max_steps=6, progress=False, schedule="constant", warmup=0,
+                   callback=steps.append)
+    assert {e["lr"] for e in steps if e["event"] == "step"} == {3e-3}
+
+
+def test_a_rate_must_be_positive_or_zero():
+    for bad in (-1e-3, math.nan, math.inf):
+        with pytest.raises(charloom.ConfigError, match="lr"):
+            TrainConfig(lr=bad)

@@ -299,7 +299,8 @@ class TrainConfig(Config):
     epochs: float = option(0.0, "stop after this many passes over the training split (0: no epoch limit)")
     max_time: str = option("", "stop after this much training time: 90s, 10m, 1.5h (default 10m when no "
                                "budget is given)")
-    lr: float = option(5e-3, "peak learning rate of AdamW")
+    lr: float = option(0.0, "peak learning rate of AdamW (0: 5e-3 x 640 / the width, at most 1e-2; a resumed "
+                            "run keeps its own)")
     min_lr_ratio: float = option(0.1, "cosine schedule: the final learning rate as a share of --lr")
     warmup: int = option(50, "steps of linear learning-rate warm-up")
     schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up: cosine decay over "
@@ -352,7 +353,8 @@ class TrainConfig(Config):
             raise ConfigError(f"ngram: at most 16, got {self.ngram}")
         if self.extend_vocab and not self.init_from:
             raise ConfigError("extend_vocab: only means something with --init-from RUN (the vocabulary it extends)")
-        _positive(self, "lr")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr: must be positive (or 0: set by the width), got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.ema < 1.0:

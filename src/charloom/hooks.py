@@ -68,7 +68,8 @@ class Display(Hook):
         m = t.model.cfg
         kind = "records" if t.records else "characters"
         say(f"{m.cell} {m.num_layers}x{m.hidden_size}, {t.model.num_parameters():,} parameters, on "
-            f"{t.rt.device.type} ({t.rt.precision}); {t.data.train_size:,} training {kind}; run folder {t.out}")
+            f"{t.rt.device.type} ({t.rt.precision}), peak learning rate {t.cfg.lr:.3g}; {t.data.train_size:,} training "
+            f"{kind}; run folder {t.out}")
         sized = self.info().get("sizing")
         if sized:
             say(sizing.Fit(**sized).line())

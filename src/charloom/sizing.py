@@ -21,6 +21,10 @@ the best on an AVX512-BF16 one, and the best for 2 minutes narrower still. So wh
 3. The width with the best prediction. Measured against runs at fixed widths, errors in the rate have
    leaned towards narrow widths, never wide ones, so no narrower width is taken for being "nearly as good".
 
+The peak learning rate, when none is given (`lr` 0), follows the width: Adam's best rate for the hidden
+matrices falls as 1 / width (Yang et al. 2022, "Tensor Programs V"), so the rate the sweep chose at width
+640 is scaled by 640 / width, and held at or below the highest rate measured to train stably here.
+
 The choice, and what it was based on, is returned as a `Fit` that the run stores in its model file.
 """
 
@@ -46,6 +50,8 @@ PROBE_STEPS = (3, 12)  # timed steps per width, fewest and most: the median of t
 PROBE_SECONDS = 0.4  # per width: a step's time varies by 10-30% on a shared machine, so one step is not enough
 EPOCH_DECAY = 15.4  # Muennighoff et al.: the value of the k-th repeated epoch decays as exp(-k / 15.4)
 EXCESS_DECAY = 5.3  # ... and of parameters beyond the useful size for the unique text, as exp(-x / 5.3)
+LR_WIDTH, LR_AT_WIDTH = 640, 5e-3  # the sweep's best peak rate at this width; other widths scale it by 1 / width
+LR_MAX = 1e-2  # the highest peak rate the sweep trained with: narrow networks are not given more
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,11 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
     return Fit(w, p, budget, d, rate(w) if rate else 0.0, bpc)
 
 
+def peak_lr(width: int) -> float:
+    """The peak learning rate for a network `width` units wide when none is given."""
+    return min(LR_MAX, LR_AT_WIDTH * LR_WIDTH / width)
+
+
 def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtime, unique: float) -> Fit:
     """The width for this run. `model` has its vocabulary size set; `shape`: (rows, characters per row) of
     a training batch in one process; `unique`: characters of the training split. The tightest of the
@@ -236,4 +247,4 @@ def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtim
     return Fit(**{**chosen.to_dict(), "budget": name})
 
 
-__all__ = ["LAW", "Fit", "Law", "choose", "discounted", "fit", "measure", "parameters"]
+__all__ = ["LAW", "Fit", "Law", "choose", "discounted", "fit", "measure", "parameters", "peak_lr"]

@@ -451,6 +451,16 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
     return model.replace(hidden_size=int(width)), fitted
 
 
+def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint, RunState] | None) -> float:
+    """The peak learning rate: as given, as the resumed run had it (runs from before the rate followed the width
+    had 5e-3), or the width's (sizing.peak_lr)."""
+    if cfg.lr:
+        return cfg.lr
+    if previous is not None:
+        return float(previous[1].configs["train"].get("lr") or 5e-3)
+    return sizing.peak_lr(width)
+
+
 def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
     """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
@@ -476,6 +486,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         if rt.procs.main and (line := finetune.outside(parent, data.corpus)):
             hooks.say(line)  # before any step: what of the new text the parent cannot read
     model, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, previous)
+    cfg = cfg.replace(lr=_peak_lr(cfg, model.hidden_size, previous))
     torch.manual_seed(cfg.seed)
     net = CharRNN(model).to(rt.device)
     if parent is not None:
