@@ -98,6 +98,7 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
+                    "lr": charloom.checkpoint.run_configs(run / "last.safetensors")["train"]["lr"],
                     "predicted_characters": sized.get("characters"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "network": network, "windows": windows, "adapted": adapted.bpc,
@@ -107,6 +108,12 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
                     "adapt_seconds": adapt_seconds, "peak_rss": info["peak_rss"]})
             if path == "native" and m == budgets[-1] and not fixed:
                 record({"system": "first-character", "model_minutes": m, "seconds": time_to_first_character(run)})
+
+
+def _rate(r: dict) -> str:
+    """The peak learning rate a row trained at, where it recorded one (earlier rows trained at 5e-3 whatever the
+    width)."""
+    return f", peak learning rate {r['lr']:.2g} for that width" if r.get("lr") else ""
 
 
 def time_to_first_character(model_dir: Path, repeats: int = 3) -> list[float]:
@@ -187,7 +194,7 @@ def section() -> str:
                                         f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}"
                                         f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): "
                                         f"{r['hidden']} wide (chosen; the law "
-                                        f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}), "
+                                        f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}){_rate(r)}, "
                                         f"{r['characters'] / 1e6:.1f} M characters",
                                         *_figures(r, path)))
             for system in fixed:
