@@ -98,7 +98,7 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
-                    "lr": charloom.checkpoint.run_configs(run / "last.safetensors")["train"]["lr"],
+                    "lr": charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)["train"]["lr"],
                     "predicted_characters": sized.get("characters"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "network": network, "windows": windows, "adapted": adapted.bpc,
@@ -194,7 +194,8 @@ def section() -> str:
                                         f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}"
                                         f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): "
                                         f"{r['hidden']} wide (chosen; the law "
-                                        f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}){_rate(r)}, "
+                                        f"predicted {r['predicted_bpc']:.3f} after "
+                                        f"{_millions(r.get('predicted_characters'))}){_rate(r)}, "
                                         f"{r['characters'] / 1e6:.1f} M characters",
                                         *_figures(r, path)))
             for system in fixed:

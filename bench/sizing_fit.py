@@ -1,5 +1,6 @@
 """The law behind `charloom train`'s choice of width: held-out bpc against parameters and characters trained,
-fitted on the runs of bench/sweep.jsonl that differ from the defaults only in width, precision and threads.
+fitted on the runs of bench/sweep.jsonl that differ from the defaults only in width, precision and threads,
+all at the peak learning rate of 5e-3 (the fixed default before the rate followed the width).
 
     python bench/sizing_fit.py
 
@@ -26,6 +27,7 @@ from charloom import ModelConfig, sizing  # noqa: E402
 
 LOG = Path(__file__).resolve().parent / "sweep.jsonl"
 FREE = {"--hidden", "--precision", "--threads"}  # flags that change speed or width, not the recipe
+RECIPE = {"--lr": "5e-3"}  # the recipe the law is fitted on: the rate of every run before it followed the width
 MIN_STEPS = 250  # fewer steps spend a fifth of the run or more warming up: not the regime the law is for
 
 
@@ -33,7 +35,7 @@ def width_of(flags: str) -> int | None:
     """The --hidden of a row whose other flags leave the recipe at its defaults (None: a different recipe)."""
     words, width = shlex.split(flags), None
     for i in range(0, len(words), 2):
-        if words[i] not in FREE or i + 1 >= len(words):
+        if i + 1 >= len(words) or (words[i] not in FREE and RECIPE.get(words[i]) != words[i + 1]):
             return None
         if words[i] == "--hidden":
             width = int(words[i + 1])

@@ -1,11 +1,12 @@
+import json
 import math
 
 import pytest
 import torch
 
 import charloom
-from charloom import sizing
-from charloom.config import ModelConfig, TrainConfig
+from charloom import checkpoint, sizing, trainer
+from charloom.config import BatchConfig, CorpusConfig, ModelConfig, TrainConfig
 from charloom.model import CharRNN
 from charloom.runtime import Runtime
 
@@ -100,9 +101,11 @@ def test_the_measured_rate_falls_with_width():
 
 def test_a_run_without_a_width_takes_the_chosen_one_and_records_it(tmp_path, text_file, tiny):
     opts = {k: v for k, v in tiny.items() if k != "hidden_size"}
-    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=3, **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=3, **{**opts, "lr": 0.0})
     saved = charloom.load(tmp_path / "a")
     sized = saved.info["sizing"]
+    lr = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["train"]["lr"]
+    assert lr == pytest.approx(sizing.peak_lr(sized["hidden_size"]))
     data = charloom.prepare(charloom.load_corpus(charloom.CorpusConfig(source=str(text_file))),
                             charloom.BatchConfig(batch_size=4, seq_len=16))
     expected = sizing.choose(saved.model.cfg, "", data.train_characters, lambda w: 3 * 4 * 16).hidden_size
@@ -131,7 +134,7 @@ def test_the_peak_learning_rate_falls_as_one_over_the_width_up_to_its_cap():
     assert sizing.peak_lr(640) == pytest.approx(5e-3)
     for w in (448, 640, 1024, 2048):
         assert sizing.peak_lr(w) * w == pytest.approx(5e-3 * 640)
-    assert sizing.peak_lr(320) == sizing.peak_lr(64) == pytest.approx(1e-2)
+    assert sizing.peak_lr(64) == sizing.peak_lr(256) == 1e-2 < 5e-3 * 640 / 256  # held at the cap
     rates = [sizing.peak_lr(w) for w in sizing.WIDTHS]
     assert rates == sorted(rates, reverse=True)
 
@@ -145,7 +148,11 @@ def _peak_of_run(tmp_path, text_file, tiny, name, **options):
     return {e["lr"] for e in steps if e["event"] == "step"}, recorded
 
 
-@pytest.mark.parametrize("width", [16, 1280])
+def _rates(events: list[dict]) -> set[float]:
+    return {e["lr"] for e in events if e["event"] == "step"}
+
+
+@pytest.mark.parametrize("width", [16, 352])  # at the cap, and below it
 def test_a_run_without_a_rate_takes_its_widths_and_records_it(tmp_path, text_file, tiny, width):
     used, recorded = _peak_of_run(tmp_path, text_file, tiny, "a", lr=0.0, hidden_size=width, embedding=0)
     assert used == {recorded} and recorded == pytest.approx(sizing.peak_lr(width))
@@ -154,10 +161,25 @@ def test_a_run_without_a_rate_takes_its_widths_and_records_it(tmp_path, text_fil
 def test_a_given_rate_wins_and_a_resumed_run_keeps_its_own(tmp_path, text_file, tiny):
     used, recorded = _peak_of_run(tmp_path, text_file, tiny, "b", lr=3e-3)
     assert used == {recorded} == {3e-3} and sizing.peak_lr(tiny["hidden_size"]) != 3e-3
-    steps = []
-    charloom.train(out=str(tmp_path / "b"), resume=True, max_steps=6, progress=False, schedule="constant", warmup=0,
-                   callback=steps.append)
-    assert {e["lr"] for e in steps if e["event"] == "step"} == {3e-3}
+    for lr, expected, steps in ((0.0, 3e-3, 6), (2e-3, 2e-3, 9)):  # 0 asks for the width's rate: the run's own
+        events = []
+        charloom.train(out=str(tmp_path / "b"), resume=True, max_steps=steps, progress=False, lr=lr,
+                       callback=events.append)
+        assert _rates(events) == {expected}
+
+
+def test_a_damaged_rate_in_a_resume_file_is_one_line(tmp_path, text_file, tiny):
+    _peak_of_run(tmp_path, text_file, tiny, "c", lr=3e-3)
+    path = tmp_path / "c" / checkpoint.RESUME_FILE
+    ck = checkpoint.load(path)
+    meta = json.loads(json.dumps(ck.meta))
+    meta["train"]["lr"] = "fast"
+    checkpoint.save(path, ck.model, ck.vocab, records=False, extra_tensors=dict(ck.tensors), extra_meta=meta)
+    cfgs = {"corpus": CorpusConfig(source=str(text_file)), "batch": BatchConfig(batch_size=4, seq_len=16),
+            "model": ModelConfig(hidden_size=16, embedding=8), "config": TrainConfig(out=str(path.parent), resume=True)}
+    with pytest.raises(charloom.CharloomError) as e:
+        trainer.setup(**cfgs)
+    assert str(e.value) == f"{path}: damaged resume file (train lr 'fast')"
 
 
 def test_a_rate_must_be_positive_or_zero():

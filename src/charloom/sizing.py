@@ -23,7 +23,8 @@ the best on an AVX512-BF16 one, and the best for 2 minutes narrower still. So wh
 
 The peak learning rate, when none is given (`lr` 0), follows the width: Adam's best rate for the hidden
 matrices falls as 1 / width (Yang et al. 2022, "Tensor Programs V"), so the rate the sweep chose at width
-640 is scaled by 640 / width, and held at or below the highest rate measured to train stably here.
+640 is scaled by 640 / width. One rate serves every layer (embedding and output too, a simplification of
+that paper's per-layer rates), and it is held at or below the highest rate the sweep tried.
 
 The choice, and what it was based on, is returned as a `Fit` that the run stores in its model file.
 """
@@ -51,7 +52,7 @@ PROBE_SECONDS = 0.4  # per width: a step's time varies by 10-30% on a shared mac
 EPOCH_DECAY = 15.4  # Muennighoff et al.: the value of the k-th repeated epoch decays as exp(-k / 15.4)
 EXCESS_DECAY = 5.3  # ... and of parameters beyond the useful size for the unique text, as exp(-x / 5.3)
 LR_WIDTH, LR_AT_WIDTH = 640, 5e-3  # the sweep's best peak rate at this width; other widths scale it by 1 / width
-LR_MAX = 1e-2  # the highest peak rate the sweep trained with: narrow networks are not given more
+LR_MAX = 1e-2  # the highest peak rate the sweep tried: narrow networks are not given more
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import load as load_corpus
-from .errors import CharloomError
+from .errors import CharloomError, ConfigError
 from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
 from .runtime import Runtime
@@ -125,6 +125,8 @@ class Trainer:
 
     def __init__(self, model: CharRNN, data: Data, opt: torch.optim.Optimizer, rt: Runtime, cfg: TrainConfig,
                  hook_list: Sequence[hooks.Hook] = (), contiguous: bool = False):
+        if not cfg.lr > 0:  # 0 asks setup to set the rate from the width; a Trainer needs the rate itself
+            raise ConfigError(f"lr: a Trainer needs a positive peak rate, got {cfg.lr} (setup sets 0 by width)")
         self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
         self.hooks = list(hook_list)
         self.out = Path(cfg.out).expanduser()
@@ -452,13 +454,16 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
 
 
 def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint, RunState] | None) -> float:
-    """The peak learning rate: as given, as the resumed run had it (runs from before the rate followed the width
-    had 5e-3), or the width's (sizing.peak_lr)."""
+    """The peak learning rate: as given, as the resumed run recorded it, or the width's (sizing.peak_lr)."""
     if cfg.lr:
         return cfg.lr
-    if previous is not None:
-        return float(previous[1].configs["train"].get("lr") or 5e-3)
-    return sizing.peak_lr(width)
+    if previous is None:
+        return sizing.peak_lr(width)
+    lr = previous[1].configs["train"].get("lr")
+    if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+        raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
+                            f"(train lr {lr!r})")
+    return float(lr)
 
 
 def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
