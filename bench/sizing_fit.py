@@ -1,6 +1,7 @@
 """The law behind `charloom train`'s choice of width: held-out bpc against parameters and characters trained,
 fitted on the runs of bench/sweep.jsonl that differ from the defaults only in width, precision and threads,
-all at the peak learning rate of 5e-3 (the fixed default before the rate followed the width).
+each at the peak learning rate the defaults give its width (`sizing.peak_lr`, given or not), and on the
+quality bench's runs of the defaults (bench/quality.jsonl) that recorded their rate.
 
     python bench/sizing_fit.py
 
@@ -26,20 +27,37 @@ import runs  # noqa: E402
 from charloom import ModelConfig, sizing  # noqa: E402
 
 LOG = Path(__file__).resolve().parent / "sweep.jsonl"
+QUALITY = Path(__file__).resolve().parent / "quality.jsonl"
 FREE = {"--hidden", "--precision", "--threads"}  # flags that change speed or width, not the recipe
-RECIPE = {"--lr": "5e-3"}  # the recipe the law is fitted on: the rate of every run before it followed the width
+RATE_SLACK = 0.05  # a given --lr within 5% of the width's own rate counts as the defaults' (7e-3 at 448 wide)
 MIN_STEPS = 250  # fewer steps spend a fifth of the run or more warming up: not the regime the law is for
 
 
-def width_of(flags: str) -> int | None:
-    """The --hidden of a row whose other flags leave the recipe at its defaults (None: a different recipe)."""
-    words, width = shlex.split(flags), None
+def width_of(row: dict, model: ModelConfig) -> int | None:
+    """The width of a row run with the defaults' recipe: no flags but FREE ones and a --lr near the width's own
+    rate (None: a different recipe). Rows without --hidden took the width they chose, known by its parameters."""
+    words, flags = shlex.split(row["flags"]), {}
     for i in range(0, len(words), 2):
-        if i + 1 >= len(words) or (words[i] not in FREE and RECIPE.get(words[i]) != words[i + 1]):
+        if i + 1 >= len(words) or words[i] not in FREE | {"--lr"}:
             return None
-        if words[i] == "--hidden":
-            width = int(words[i + 1])
-    return width
+        flags[words[i]] = words[i + 1]
+    width = int(flags.get("--hidden", 0)) or next(
+        (w for w in sizing.WIDTHS if sizing.parameters(model, w) == row.get("parameters")), None)
+    if not width or width < 0:
+        return None
+    rate = sizing.peak_lr(width)
+    return width if abs((float(flags.get("--lr", 0)) or rate) / rate - 1) <= RATE_SLACK else None
+
+
+def quality_rows() -> list[dict]:
+    """The quality bench's runs of the plain defaults that recorded their rate, as sweep rows: the width they
+    chose, and their network alone on the held-out tail. The sweep scores a run's last weights, the quality
+    bench its model file (the best evaluated), which with the weight average is the last or close to it."""
+    rows = [json.loads(ln) for ln in QUALITY.read_text().splitlines() if ln.strip()] if QUALITY.exists() else []
+    return [{"minutes": r["minutes"], "flags": f"--hidden {r['hidden']} --lr {r['lr']:g}", "steps": r["steps"],
+             "characters": r["characters"], "parameters": r["parameters"], "precision": r["precision"],
+             "whole_bpc": r["network"], "source": "quality"}
+            for r in rows if r.get("system") == "charloom" and r.get("lr")]
 
 
 def fit(n: np.ndarray, d: np.ndarray, bpc: np.ndarray, unique: float) -> tuple[sizing.Law, float]:
@@ -72,16 +90,18 @@ def main() -> None:
     data = runs.shakespeare()
     vocab, unique = len(data.corpus.vocab), data.train_characters
     model = ModelConfig(vocab_size=vocab)
-    rows = [r for r in map(json.loads, LOG.read_text().splitlines()) if width_of(r["flags"]) and r["steps"] >= MIN_STEPS]
-    n = np.array([r.get("parameters") or sizing.parameters(model, width_of(r["flags"])) for r in rows], float)
+    rows = [r for r in [*map(json.loads, LOG.read_text().splitlines()), *quality_rows()]
+            if r["steps"] >= MIN_STEPS and width_of(r, model)]
+    n = np.array([r.get("parameters") or sizing.parameters(model, width_of(r, model)) for r in rows], float)
     seen = np.array([r["characters"] for r in rows], float)
     bpc = np.array([r["whole_bpc"] for r in rows])
     law, rms = fit(n, seen, bpc, unique)
     print(f"LAW = Law(E={law.E:.4f}, A={law.A:.4g}, alpha={law.alpha:.2f}, B={law.B:.4g}, beta={law.beta:.2f})")
     print(f"rms error {rms:.4f} bpc over {len(rows)} runs; useful parameters for this corpus: "
           f"{law.useful_parameters(unique):,.0f}")
-    lines = [report.row(f"{r['minutes']:g} min", r.get("precision", "bf16"), f"`{r['flags']}`", f"{ni:,.0f}",
-                        f"{ci / 1e6:.1f} M", f"{r['whole_bpc']:.3f}", f"{law.bpc(ni, ci, unique):.3f}")
+    lines = [report.row(f"{r['minutes']:g} min" + (" (quality)" if r.get("source") else ""), r.get("precision", "bf16"),
+                        f"`{r['flags']}`", f"{ni:,.0f}", f"{ci / 1e6:.1f} M", f"{r['whole_bpc']:.3f}",
+                        f"{law.bpc(ni, ci, unique):.3f}")
              for r, ni, ci in sorted(zip(rows, n, seen), key=lambda t: (t[1], t[2]))]
     picks = [report.row(f"{c / 1e6:g} M", sizing.choose(model, "", unique, lambda w, c=c: c, law=law).hidden_size)
              for c in (1e6, 3e6, 10e6, 30e6, 100e6)]
@@ -89,7 +109,9 @@ def main() -> None:
         "## Choosing the width: the law behind sizing",
         "",
         "Command: `python bench/sizing_fit.py` (after `bench/sweep.py` runs that vary `--hidden`). The runs of the "
-        "sweep that differ from the defaults only in width, precision or threads, fitted as "
+        "sweep that differ from the defaults only in width, precision or threads, each at the peak learning rate "
+        "the defaults give its width (`--lr` absent, or within 5% of it), and the quality section's runs of the "
+        "defaults that recorded their rate (marked quality; their network alone, the model file's weights), fitted as "
         "bpc = E + A / N^alpha + B / D^beta (N parameters, D characters trained, repeated epochs discounted as "
         "in `src/charloom/sizing.py`): "
         f"E = {law.E:.3f}, A = {law.A:.4g}, alpha = {law.alpha:.2f}, B = {law.B:.4g}, beta = {law.beta:.2f}; "

@@ -45,8 +45,11 @@ def test_useful_parameters_solve_the_compute_optimum():
 
 
 def brute_force(characters, unique=math.inf, rate=None):
-    """The reference: every candidate's prediction, the best of them (the narrower of a tie)."""
-    preds = {w: sizing.LAW.bpc(sizing.parameters(MODEL, w), characters(w), unique) for w in sizing.WIDTHS}
+    """The reference: every candidate's prediction, the best of them (the narrower of a tie), among the widths
+    with no more parameters than the unique text can use (the narrowest always a candidate)."""
+    cap = sizing.LAW.useful_parameters(unique) * (1 + sizing.EXCESS_DECAY) if math.isfinite(unique) else math.inf
+    preds = {w: sizing.LAW.bpc(sizing.parameters(MODEL, w), characters(w), unique) for w in sizing.WIDTHS
+             if w == sizing.WIDTHS[0] or sizing.parameters(MODEL, w) <= cap}
     best = min(preds.values())
     return min(w for w, b in preds.items() if b == best)
 
@@ -78,7 +81,21 @@ def test_a_small_corpus_gets_a_smaller_model_for_the_same_budget():
     big = sizing.choose(MODEL, "", 1e8, chars, rate).hidden_size
     small = sizing.choose(MODEL, "", 2e5, chars, rate).hidden_size
     assert small < big
+    # the law alone would keep widening on repeats of a small text: the width stops where parameters stop paying
+    assert sizing.parameters(MODEL, small) <= sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
+    assert sizing.parameters(MODEL, small + 32) > sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
     assert small == brute_force(chars, unique=2e5)
+
+
+def test_a_tiny_text_gets_the_narrowest_width_and_a_cap_binds_without_a_time_limit():
+    rate, chars = time_budget(3600, 100e9)
+    assert sizing.parameters(MODEL, sizing.WIDTHS[0]) > sizing.LAW.useful_parameters(1e3) * (1 + sizing.EXCESS_DECAY)
+    assert sizing.choose(MODEL, "", 1e3, chars, rate).hidden_size == sizing.WIDTHS[0]
+    # no time limit: the compute-optimal stop alone would allow a width the small text cannot use
+    cap = sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
+    chosen = sizing.choose(MODEL, "", 2e5, lambda w: 1e9)
+    assert chosen.parameters <= cap < sizing.LAW.useful_parameters(1e9)
+    assert sizing.parameters(MODEL, chosen.hidden_size + 32) > cap
 
 
 def test_a_budget_in_characters_alone_stops_at_the_compute_optimal_size():

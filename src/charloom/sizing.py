@@ -17,7 +17,8 @@ the best on an AVX512-BF16 one, and the best for 2 minutes narrower still. So wh
    with repeated epochs worth less than new text, and parameters beyond what the unique text can use
    worth less than the first, as Muennighoff et al. (2023) measured ("Scaling Data-Constrained
    Language Models": decay constants 15.4 epochs and 5.3 times the useful size). A small corpus thus
-   gets a small model however long the budget.
+   gets a small model however long the budget, and never one with more parameters than 1 + 5.3 times the
+   useful size: the law has no term for overfitting, so past that it would go on widening.
 3. The width with the best prediction. Measured against runs at fixed widths, errors in the rate have
    leaned towards narrow widths, never wide ones, so no narrower width is taken for being "nearly as good".
 
@@ -87,8 +88,9 @@ def discounted(amount: float, useful: float, decay: float) -> float:
     return useful * (1.0 + decay * (1.0 - math.exp(-repeats / decay)))
 
 
-# fitted by bench/sizing_fit.py on the runs in bench/sweep.jsonl (LSTM, Shakespeare, both kernel paths)
-LAW = Law(E=1.6043, A=341.2, alpha=0.53, B=1.561e+04, beta=0.74)
+# fitted by bench/sizing_fit.py on the runs in bench/sweep.jsonl and bench/quality.jsonl (LSTM, Shakespeare,
+# both kernel paths), each at the peak learning rate its width is given (`peak_lr`)
+LAW = Law(E=1.5206, A=276.5, alpha=0.53, B=547.4, beta=0.49)
 
 
 @dataclass(frozen=True)
@@ -208,12 +210,17 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
     """The width with the lowest predicted bpc given the characters each width trains (the narrower of a tie).
 
     Without a time limit (`rate` None) a wider model always predicts lower, however long it would take: the
-    candidates are then the widths the law would spend the compute of those characters on best."""
+    candidates are then the widths the law would spend the compute of those characters on best.
+    Nor is a width taken with more parameters than useful x (1 + EXCESS_DECAY) for the unique text, where
+    each further parameter is worth under 1/e of a useful one: the law knows nothing of overfitting, so on a
+    small text repeated for long it would keep buying width that could only memorise (the narrowest width is
+    always a candidate)."""
+    cap = law.useful_parameters(unique) * (1.0 + EXCESS_DECAY) if math.isfinite(unique) else math.inf
     rows = []
     for w in WIDTHS:
         p = parameters(model, w)
         d = characters(w)
-        if rate is None and rows and p > law.useful_parameters(d):
+        if rows and (p > cap or rate is None and p > law.useful_parameters(d)):
             break
         rows.append((law.bpc(p, d, unique), w, p, d))
     bpc, w, p, d = min(rows)
