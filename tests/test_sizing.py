@@ -23,7 +23,8 @@ def test_repeats_are_worth_less_than_new_text_but_never_nothing():
     assert sizing.discounted(5.0, 10.0, 15.4) == 5.0
     worth = [sizing.discounted(k * 10.0, 10.0, 15.4) for k in (1, 2, 4, 16, 1000)]
     assert worth == sorted(worth) and worth[1] < 20.0  # a second epoch counts for less than new text
-    assert worth[-1] <= 10.0 * (1 + 15.4) and worth[-2] < 10.0 * (1 + 15.4)  # the bound: 15.4 epochs' worth of repeats at most
+    # the bound: 15.4 epochs' worth of repeats at most
+    assert worth[-1] <= 10.0 * (1 + 15.4) and worth[-2] < 10.0 * (1 + 15.4)
 
 
 def test_the_law_predicts_lower_for_more_parameters_and_more_characters():
