@@ -186,18 +186,19 @@ def test_a_given_rate_wins_and_a_resumed_run_keeps_its_own(tmp_path, text_file, 
         assert _rates(events) == {expected}
 
 
-def test_a_damaged_rate_in_a_resume_file_is_one_line(tmp_path, text_file, tiny):
+@pytest.mark.parametrize("bad", ["fast", True])
+def test_a_damaged_rate_in_a_resume_file_is_one_line(tmp_path, text_file, tiny, bad):
     _peak_of_run(tmp_path, text_file, tiny, "c", lr=3e-3)
     path = tmp_path / "c" / checkpoint.RESUME_FILE
     ck = checkpoint.load(path)
     meta = json.loads(json.dumps(ck.meta))
-    meta["train"]["lr"] = "fast"
+    meta["train"]["lr"] = bad  # JSON true is no rate, though Python counts it an int
     checkpoint.save(path, ck.model, ck.vocab, records=False, extra_tensors=dict(ck.tensors), extra_meta=meta)
     cfgs = {"corpus": CorpusConfig(source=str(text_file)), "batch": BatchConfig(batch_size=4, seq_len=16),
             "model": ModelConfig(hidden_size=16, embedding=8), "config": TrainConfig(out=str(path.parent), resume=True)}
     with pytest.raises(charloom.CharloomError) as e:
         trainer.setup(**cfgs)
-    assert str(e.value) == f"{path}: damaged resume file (train lr 'fast')"
+    assert str(e.value) == f"{path}: damaged resume file (train lr {bad!r})"
 
 
 def test_a_rate_must_be_positive_or_zero():

@@ -460,7 +460,7 @@ def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint
     if previous is None:
         return sizing.peak_lr(width)
     lr = previous[1].configs["train"].get("lr")
-    if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
         raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
                             f"(train lr {lr!r})")
     return float(lr)
