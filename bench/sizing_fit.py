@@ -90,9 +90,10 @@ def main() -> None:
     data = runs.shakespeare()
     vocab, unique = len(data.corpus.vocab), data.train_characters
     model = ModelConfig(vocab_size=vocab)
-    rows = [r for r in [*map(json.loads, LOG.read_text().splitlines()), *quality_rows()]
-            if r["steps"] >= MIN_STEPS and width_of(r, model)]
-    n = np.array([r.get("parameters") or sizing.parameters(model, width_of(r, model)) for r in rows], float)
+    taken = [(r, w) for r in [*map(json.loads, LOG.read_text().splitlines()), *quality_rows()]
+             if r["steps"] >= MIN_STEPS and (w := width_of(r, model))]
+    rows = [r for r, _ in taken]
+    n = np.array([r.get("parameters") or sizing.parameters(model, w) for r, w in taken], float)
     seen = np.array([r["characters"] for r in rows], float)
     bpc = np.array([r["whole_bpc"] for r in rows])
     law, rms = fit(n, seen, bpc, unique)
