@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +207,15 @@ def test_a_rate_must_be_positive_or_zero():
     for bad in (-1e-3, math.nan, math.inf):
         with pytest.raises(charloom.ConfigError, match="lr"):
             TrainConfig(lr=bad)
+
+
+def test_the_help_and_the_readme_state_the_rate_rule_that_runs():
+    def short(x: float) -> str:  # 5e-3, as the prose writes it
+        return f"{x:.0e}".replace("e-0", "e-")
+
+    rule, cap = f"{short(sizing.LR_AT_WIDTH)} x {sizing.LR_WIDTH} /", f"at most {short(sizing.LR_MAX)}"
+    help_text = next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == "lr")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for where, text in (("--lr help", help_text), ("README.md", readme)):
+        assert rule in text and cap in text, where
+    assert sizing.peak_lr(sizing.LR_WIDTH) == sizing.LR_AT_WIDTH and sizing.peak_lr(8) == sizing.LR_MAX
