@@ -215,7 +215,7 @@ def test_the_help_and_the_readme_state_the_rate_rule_that_runs():
 
     rule, cap = f"{short(sizing.LR_AT_WIDTH)} x {sizing.LR_WIDTH} /", f"at most {short(sizing.LR_MAX)}"
     help_text = next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == "lr")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())  # reflowed alike
     for where, text in (("--lr help", help_text), ("README.md", readme)):
         assert rule in text and cap in text, where
     assert sizing.peak_lr(sizing.LR_WIDTH) == sizing.LR_AT_WIDTH and sizing.peak_lr(8) == sizing.LR_MAX
