@@ -3,6 +3,8 @@ PPMd on the same split.
 
     python bench/corpora_bench.py [--minutes 3] [--only code names]
 
+Each run is appended to bench/corpora.jsonl; the section shows the newest run of each corpus and budget.
+
 code:  the Python standard library's top-level modules (/usr/lib/python3.11/*.py), one continuous text, the
        last 5% held out and scored whole, in order, state carried.
 names: the bundled names, records; the held-out records (charloom's seeded random split) each scored from
@@ -18,7 +20,9 @@ head being the training text and the tail the held-out one (records one per line
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
+import json
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,7 @@ from charloom.config import BatchConfig, EvalConfig  # noqa: E402
 from charloom.evaluation import adapt, evaluate, evaluate_mixed  # noqa: E402
 
 CORPORA = {"code": "/usr/lib/python3.11/*.py", "names": "names"}
+LOG = Path(__file__).resolve().parent / "corpora.jsonl"
 
 
 def held_out(corpus, batch: BatchConfig):
@@ -51,7 +56,8 @@ def held_out(corpus, batch: BatchConfig):
         "".join(corpus.record(i) + "\n" for i in sorted(tr)), "".join(corpus.record(i) + "\n" for i in sorted(va))
 
 
-def measure(name: str, source: str, minutes: float, tmp: Path) -> list[str]:
+def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
+    """Train on one corpus for `minutes` and score its held-out split every way (one log row)."""
     run = tmp / name
     command = ["charloom", "train", source, "--max-time", f"{minutes:g}m"]
     t0 = time.perf_counter()
@@ -67,16 +73,23 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> list[str]:
     static = evaluate_mixed(ck.model, ck.mixture, batches(1024)) if ck.mixture else evaluate(ck.model, batches(1024))
     adapted = adapt(ck.model, batches(cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, mixture=ck.mixture)
     counting = adapt(ck.model, batches(1024), 0.0, mixture=ck.mixture).bpc if ck.mixture else None
-    ppmd, ppmd_s = ppmd_bpc(head, tail)
-    alone = static.network_bpc if static.network_bpc is not None else static.bpc
-    info = ck.info
-    return [report.row(name, f"{len(head) + len(tail):,}", f"{static.characters:,}",
-                       f"{ck.config.hidden_size} wide, {info.get('characters_seen', 0) / 1e6:.1f} M characters, "
-                       f"{info.get('precision')}", f"{static.bpc:.3f}", f"{alone:.3f}",
-                       f"{adapted.bpc:.3f}" + (f" ({adapted.network_bpc:.3f})" if adapted.network_bpc else ""),
-                       f"{counting:.3f}" if counting else "", f"{ppmd:.3f}", f"{static.bpc - ppmd:+.3f}",
-                       f"{adapted.bpc - ppmd:+.3f}",
-                       f"`{' '.join(command)}` ({train_s / 60:.1f} min with start and n-gram)")]
+    ppmd, _ = ppmd_bpc(head, tail)
+    return {"corpus": name, "minutes": minutes, "characters": len(head) + len(tail), "scored": static.characters,
+            "hidden": ck.config.hidden_size, "seen": ck.info.get("characters_seen", 0),
+            "precision": ck.info.get("precision"), "static": static.bpc,
+            "alone": static.network_bpc if static.network_bpc is not None else static.bpc,
+            "adapted": adapted.bpc, "adapted_network": adapted.network_bpc, "counting": counting, "ppmd": ppmd,
+            "command": " ".join(command), "wall_minutes": train_s / 60, "date": datetime.date.today().isoformat()}
+
+
+def table_row(r: dict) -> str:
+    return report.row(r["corpus"], f"{r['characters']:,}", f"{r['scored']:,}",
+                      f"{r['hidden']} wide, {r['seen'] / 1e6:.1f} M characters, {r['precision']}", f"{r['static']:.3f}",
+                      f"{r['alone']:.3f}",
+                      f"{r['adapted']:.3f}" + (f" ({r['adapted_network']:.3f})" if r["adapted_network"] else ""),
+                      f"{r['counting']:.3f}" if r["counting"] else "", f"{r['ppmd']:.3f}",
+                      f"{r['static'] - r['ppmd']:+.3f}", f"{r['adapted'] - r['ppmd']:+.3f}",
+                      f"`{r['command']}` ({r['wall_minutes']:.1f} min with start and n-gram)", r["date"])
 
 
 def main() -> None:
@@ -87,20 +100,25 @@ def main() -> None:
     if not glob.glob(CORPORA["code"]):
         args.only = [c for c in args.only if c != "code"]
         print("no /usr/lib/python3.11: the code corpus is left out", file=sys.stderr)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
-            rows += measure(name, CORPORA[name], args.minutes, Path(tmp))
+            row = measure(name, CORPORA[name], args.minutes, Path(tmp))
+            with open(LOG, "a") as f:  # each run kept as it finishes
+                f.write(json.dumps(row) + "\n")
+    lines = LOG.read_text().splitlines() if LOG.exists() else []
+    newest = {(r["corpus"], r["minutes"]): r for r in map(json.loads, filter(str.strip, lines))}
     body = "\n".join([
         "## Not Shakespeare alone: code and short records, beside PPMd",
         "",
-        f"Command: `python bench/corpora_bench.py --minutes {args.minutes:g}`. Machine: {report.machine()}, 2 threads.",
+        "Command: `python bench/corpora_bench.py --minutes N` (each run kept in `bench/corpora.jsonl`; the newest "
+        f"of each corpus and budget shown). Machine of the newest run: {report.machine()}, 2 threads.",
         "See the script's docstring for the splits and how each figure is made.",
         "",
         *report.table(["corpus", "characters", "held-out characters scored", "model", "charloom as saved",
                        "the network alone", "adapted while reading (network alone)",
                        "the network as trained, its n-gram counting as it reads", f"PPMd (`7z a {PPMD}`)",
-                       "as saved - PPMd", "adapted - PPMd", "command"], rows),
+                       "as saved - PPMd", "adapted - PPMd", "command", "date"],
+                      [table_row(r) for _, r in sorted(newest.items())]),
     ])
     report.write_section("corpora", body)
     print(body)
