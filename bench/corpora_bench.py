@@ -83,6 +83,7 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
 
 
 def table_row(r: dict) -> str:
+    """A log row as a line of the section's table."""
     return report.row(r["corpus"], f"{r['characters']:,}", f"{r['scored']:,}",
                       f"{r['hidden']} wide, {r['seen'] / 1e6:.1f} M characters, {r['precision']}", f"{r['static']:.3f}",
                       f"{r['alone']:.3f}",
