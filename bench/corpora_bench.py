@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import json
 import subprocess
 import sys
 import tempfile
@@ -103,11 +102,8 @@ def main() -> None:
         print("no /usr/lib/python3.11: the code corpus is left out", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
-            row = measure(name, CORPORA[name], args.minutes, Path(tmp))
-            with open(LOG, "a") as f:  # each run kept as it finishes
-                f.write(json.dumps(row) + "\n")
-    lines = LOG.read_text().splitlines() if LOG.exists() else []
-    newest = {(r["corpus"], r["minutes"]): r for r in map(json.loads, filter(str.strip, lines))}
+            report.append_log(LOG, measure(name, CORPORA[name], args.minutes, Path(tmp)))
+    newest = {(r["corpus"], r["minutes"]): r for r in report.read_log(LOG)}
     body = "\n".join([
         "## Not Shakespeare alone: code and short records, beside PPMd",
         "",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -54,16 +53,12 @@ FOLLOWERS = ", mixing weights told by followers"  # rows whose mixture weighs ho
 
 
 def record(row: dict) -> None:
-    row = {**row, "date": datetime.date.today().isoformat()}
-    with open(LOG, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    report.append_log(LOG, {**row, "date": datetime.date.today().isoformat()})
 
 
 def newest() -> dict[tuple, dict]:
     """The newest row of each (system, path, budget)."""
-    rows = [json.loads(ln) for ln in LOG.read_text().splitlines() if ln.strip()] if LOG.exists() else []
-    return {(r["system"], r.get("path", ""), r.get("minutes", 0)): r for r in rows}
+    return {(r["system"], r.get("path", ""), r.get("minutes", 0)): r for r in report.read_log(LOG)}
 
 
 def isa_of(path: str) -> str:

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: machine facts, repeat statistics, and writing one section of BENCHMARKS.md.
+"""Shared by the benchmarks: machine facts, repeat statistics, run logs, and writing one section of BENCHMARKS.md.
 
 Each benchmark owns a section between `<!-- name -->` and `<!-- /name -->` markers and rewrites only
 that, so benchmarks can be run one at a time.
@@ -7,6 +7,7 @@ that, so benchmarks can be run one at a time.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -16,6 +17,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "BENCHMARKS.md"
 HEAD = "# Benchmarks\n\nFigures written by the scripts under `bench/`; each section says the command that made it.\n"
+
+
+def read_log(path: Path) -> list[dict]:
+    """A benchmark's run log: one JSON object a line (blank lines skipped; no file, no rows)."""
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def append_log(path: Path, row: dict) -> None:
+    """Keep one run's row as it finishes, so a long benchmark stopped midway loses nothing, and print it."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
 
 
 def machine(kernels: bool = True) -> str:

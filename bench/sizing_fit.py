@@ -13,7 +13,6 @@ observed bpc beside the law's, and the width the law picks for some budgets in c
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -53,11 +52,10 @@ def quality_rows() -> list[dict]:
     """The quality bench's runs of the plain defaults that recorded their rate, as sweep rows: the width they
     chose, and their network alone on the held-out tail. The sweep scores a run's last weights, the quality
     bench its model file (the best evaluated), which with the weight average is the last or close to it."""
-    rows = [json.loads(ln) for ln in QUALITY.read_text().splitlines() if ln.strip()] if QUALITY.exists() else []
     return [{"minutes": r["minutes"], "flags": f"--hidden {r['hidden']} --lr {r['lr']:g}", "steps": r["steps"],
              "characters": r["characters"], "parameters": r["parameters"], "precision": r["precision"],
              "whole_bpc": r["network"], "source": "quality"}
-            for r in rows if r.get("system") == "charloom" and r.get("lr")]
+            for r in report.read_log(QUALITY) if r.get("system") == "charloom" and r.get("lr")]
 
 
 def fit(n: np.ndarray, d: np.ndarray, bpc: np.ndarray, unique: float) -> tuple[sizing.Law, float]:
@@ -90,7 +88,7 @@ def main() -> None:
     data = runs.shakespeare()
     vocab, unique = len(data.corpus.vocab), data.train_characters
     model = ModelConfig(vocab_size=vocab)
-    taken = [(r, w) for r in [*map(json.loads, LOG.read_text().splitlines()), *quality_rows()]
+    taken = [(r, w) for r in [*report.read_log(LOG), *quality_rows()]
              if r["steps"] >= MIN_STEPS and (w := width_of(r, model))]
     rows = [r for r, _ in taken]
     n = np.array([r.get("parameters") or sizing.parameters(model, w) for r, w in taken], float)

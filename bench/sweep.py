@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ LOG = Path(__file__).resolve().parent / "sweep.jsonl"
 
 
 def table() -> str:
-    rows = [json.loads(ln) for ln in LOG.read_text().splitlines() if ln.strip()] if LOG.exists() else []
+    rows = report.read_log(LOG)
     rows.sort(key=lambda r: (r["minutes"], r["whole_bpc"]))
     lines = [report.row(f"{r['minutes']:g} min", f"`{r['flags'] or '(defaults)'}`", _path(r), f"{r['steps']:,}",
                         f"{r['characters'] / 1e6:.1f} M", f"{r['whole_bpc']:.3f}", f"{r['window_bpc']:.3f}", r["date"])
@@ -70,9 +69,7 @@ def main() -> None:
         row = {"minutes": args.minutes, "flags": flags, "steps": r["steps"], "characters": r["characters"],
                "parameters": model.num_parameters(), "precision": r["precision"], "isa": report.isa(),
                "whole_bpc": round(whole, 4), "window_bpc": round(windows, 4), "date": datetime.date.today().isoformat()}
-        with open(LOG, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+        report.append_log(LOG, row)
         report.write_section("sweep", table())
 
 
