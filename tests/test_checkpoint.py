@@ -30,6 +30,16 @@ def test_round_trip_is_exact_and_carries_everything(saved, tmp_path):
     assert checkpoint.load(tmp_path).path == path  # a run folder means its model file
 
 
+def test_hashed_context_tables_round_trip(tmp_path):
+    vocab = Vocab.build("hello world")
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, grams=3, gram_buckets=40, vocab_size=len(vocab)))
+    path = checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False)
+    ck = checkpoint.load(path)
+    assert ck.config == model.cfg and ck.model.state_names == ("h", "c", "recent")
+    ids = torch.tensor([vocab.encode("hello")])
+    torch.testing.assert_close(ck.model(ids)[0], model(ids)[0], rtol=0, atol=0)
+
+
 def test_file_is_plain_safetensors_with_json_header(saved):
     path, _, _ = saved
     blob = path.read_bytes()

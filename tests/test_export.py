@@ -26,11 +26,11 @@ from charloom.vocab import Vocab  # noqa: E402
 TEXT = "the cat sat on the mat. the dog ate the hat.\nA bird, a bee; a BAT!\n"
 
 
-def saved_model(tmp_path, cell="lstm", layers=1, embedding=8, records=False, hidden=16, seed=0, info=None):
+def saved_model(tmp_path, cell="lstm", layers=1, embedding=8, records=False, hidden=16, seed=0, info=None, grams=0):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding,
-                                vocab_size=len(vocab)))
+    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding, grams=grams,
+                                gram_buckets=53, vocab_size=len(vocab)))
     with torch.no_grad():  # larger weights than the initialisation's, so the outputs differ visibly by input
         for p in model.parameters():
             p.mul_(3.0)
@@ -63,6 +63,28 @@ def test_exported_logits_and_state_match_pytorch(tmp_path, cell, embedding, laye
         np.testing.assert_allclose(got_logits, want_logits.numpy(), atol=FP32_TOLERANCE, rtol=0)
         for got, want in zip(got_state, want_state):
             np.testing.assert_allclose(got, want.numpy(), atol=FP32_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_hashed_context_inputs_export_and_carry_their_recent_ids(tmp_path, cell):
+    ck, report = exported(tmp_path, cell=cell, layers=2, grams=4)
+    assert report.max_difference < FP32_TOLERANCE
+    onnx_model, model = OnnxModel.load(report.path), ck.model.eval()
+    assert onnx_model.state_names == [*model.cell.state, "recent"]
+    ids = torch.randint(0, len(ck.vocab), (3, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole, _ = model(ids)
+    state, parts = None, []
+    for i in (0, 1, 2, 9, 20):  # one call, then pieces of 1, 1, 7 and 11 characters: the graph carries the ids
+        if i:
+            logits, state = onnx_model.forward(ids[:, start:i].numpy(), state)
+            parts.append(logits)
+        start = i
+    np.testing.assert_allclose(np.concatenate(parts, 1), whole.numpy(), atol=FP32_TOLERANCE, rtol=0)
+    assert state[-1].shape == (1, 3, 3) and state[-1][0].tolist() == (ids[:, -3:] + 1).float().tolist()
+    torch_gen, onnx_gen = Generator.from_checkpoint(ck), OnnxGenerator.load(report.path)
+    assert onnx_gen.generate("the ", 80, n=3, seed=4, temperature=1.0) == \
+        torch_gen.generate("the ", 80, n=3, seed=4, temperature=1.0)
 
 
 def test_a_model_trained_with_dropout_exports_without_it(tmp_path):

@@ -5,7 +5,7 @@ from torch import nn
 from charloom.batching import pad_records
 from charloom.cells import CELLS
 from charloom.config import ModelConfig
-from charloom.model import CharRNN, detach, forward_flops
+from charloom.model import CharRNN, context_rows, detach, forward_flops
 
 pytestmark = pytest.mark.kernel
 V = 11
@@ -157,3 +157,65 @@ def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, em
     assert forward_flops(model.cfg) == 2 * sum(weights.values())
     assert forward_flops(model.cfg, head=False) == 2 * (sum(weights.values()) - weights["head.weight"])
     assert forward_flops(model.cfg, lookup=True) == 2 * (sum(weights.values()) - weights["rnn.weight_ih_l0"])
+
+
+# ---- hashed context inputs ------------------------------------------------------------------------------
+def make_grams(grams=4, buckets=97, layers=1, hidden=8, seed=0):
+    torch.manual_seed(seed)
+    return CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=5, grams=grams, gram_buckets=buckets,
+                               vocab_size=V))
+
+
+def hand_hashed_inputs(model, ids):
+    """Each position's input as a loop over positions and context lengths: the embedding, plus for k = 2..K the
+    table row of the k ids ending there (ids + 1, 0 before the text), hashed one id at a time from the current
+    one back."""
+    cfg, out = model.cfg, []
+    for b in range(ids.shape[0]):
+        row = []
+        for t in range(ids.shape[1]):
+            x, h = model.embed.weight[ids[b, t]], int(ids[b, t]) + 1
+            for back, table in enumerate(model.grams, start=1):
+                before = int(ids[b, t - back]) + 1 if t - back >= 0 else 0
+                h = (h * 1_000_003 + before) % 2_147_483_647
+                x = x + table.weight[h % cfg.gram_buckets]
+            row.append(x)
+        out.append(torch.stack(row))
+    return torch.stack(out)  # (B, T, E)
+
+
+def test_hashed_context_inputs_equal_a_hand_written_loop():
+    model = make_grams()
+    ids = torch.randint(0, V, (2, 9))
+    rows, _ = context_rows(ids, torch.zeros(2, model.cfg.grams - 1, dtype=torch.long), model.cfg.grams,
+                           model.cfg.gram_buckets)
+    got = model.inputs(ids) + sum(table(r) for table, r in zip(model.grams, rows))
+    torch.testing.assert_close(got, hand_hashed_inputs(model, ids))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_hashed_contexts_read_in_pieces_equal_the_whole_text(chunk):
+    model = make_grams(layers=2)
+    ids = torch.randint(0, V, (3, 17))
+    whole, _ = model(ids)
+    state, parts = None, []
+    for i in range(0, ids.shape[1], chunk):
+        logits, state = model(ids[:, i:i + chunk], state)
+        parts.append(logits)
+    torch.testing.assert_close(torch.cat(parts, 1), whole)
+    assert [s.shape for s in state] == [(2, 3, 8), (2, 3, 8), (1, 3, 3)]  # h, c, then the last 3 ids + 1
+    assert state[-1][0].tolist() == (ids[:, -3:] + 1).float().tolist()
+
+
+def test_hashed_context_tables_are_left_out_of_the_network_size():
+    plain, hashed = make(layers=1, embedding=5), make_grams(grams=3, buckets=50)
+    assert hashed.num_parameters(tables=False) == plain.num_parameters()
+    assert hashed.num_parameters() == plain.num_parameters() + 2 * 50 * 5
+
+
+@pytest.mark.parametrize("fields, words", [({"grams": 1}, "grams: must be 0"), ({"grams": 9}, "from 2 to 8"),
+                                           ({"grams": 3, "embedding": 0}, "set embedding above 0"),
+                                           ({"gram_buckets": 0}, "gram_buckets: must be from 1")])
+def test_hashed_context_options_are_checked(fields, words):
+    with pytest.raises(ValueError, match=words):
+        ModelConfig(**fields)

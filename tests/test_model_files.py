@@ -93,6 +93,8 @@ def nested(depth: int) -> str:
     (dict(num_layers=10**6), "num_layers 1,000,000 is more than a model file may hold"),
     (dict(num_layers=200), "num_layers 200 needs more weight tensors than the file's"),
     (dict(embedding=10**5), "embedding 100,000 is more than"),
+    (dict(grams=4), "no tensor 'model.grams.0.weight'"),
+    (dict(grams=4, gram_buckets=10**9), "gram_buckets: must be from 1 to 4,194,304"),
 ])
 def test_a_config_larger_than_its_tensors_is_refused_before_the_model_is_built(good, changes, needle):
     path, _, _ = good

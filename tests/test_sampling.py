@@ -125,18 +125,18 @@ def test_repetition_penalty_lowers_only_seen_characters():
 TEXT = "the cat sat on the mat. the dog ate the hat.\n"
 
 
-def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0):
+def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=embedding,
-                                vocab_size=len(vocab)))
+    model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=embedding, grams=grams,
+                                gram_buckets=61, vocab_size=len(vocab)))
     return Generator(model, vocab, records=records)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding", [0, 6])
-def test_stepper_equals_the_model(cell, embedding):
-    g = model_for(cell, embedding=embedding)
+@pytest.mark.parametrize("embedding, grams", [(0, 0), (6, 0), (6, 4)])
+def test_stepper_equals_the_model(cell, embedding, grams):
+    g = model_for(cell, embedding=embedding, grams=grams)
     model = g.model.eval()
     ids = torch.randint(4, len(g.vocab), (3, 12))
     whole, _ = model(ids)
@@ -159,8 +159,9 @@ def test_start_text_in_one_call_equals_one_character_at_a_time():
     torch.testing.assert_close(whole[:, -1].softmax(-1), logits[:, -1].softmax(-1), atol=1e-6, rtol=1e-5)
 
 
-def test_same_seed_same_text_alone_or_in_a_batch():
-    g = model_for()
+@pytest.mark.parametrize("grams", [0, 3])
+def test_same_seed_same_text_alone_or_in_a_batch(grams):
+    g = model_for(grams=grams)
     alone = g.generate("the ", 60, n=1, temperature=1.0, seed=7)
     batch = g.generate("the ", 60, n=4, temperature=1.0, seed=7)
     assert batch[0] == alone[0]

@@ -59,12 +59,14 @@ LABELS = ("World", "Sports")
 
 
 def export_site(folder: Path, *, records: bool) -> None:
-    """A tiny random LSTM exported with its web page and the runtime copied in (a records model has labels)."""
+    """A tiny random LSTM exported with its web page and the runtime copied in (a records model has labels; the
+    other reads hashed contexts, so the page carries their recent ids too)."""
     from charloom.export import export
 
     vocab = Vocab.build(TEXT, labels=LABELS) if records else Vocab.build(TEXT)
     torch.manual_seed(1)
-    model = CharRNN(ModelConfig(cell="lstm", num_layers=2, hidden_size=24, embedding=8, vocab_size=len(vocab)))
+    model = CharRNN(ModelConfig(cell="lstm", num_layers=2, hidden_size=24, embedding=8, vocab_size=len(vocab),
+                                grams=0 if records else 4, gram_buckets=97))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)  # peaked distributions, as a trained model's are, rather than near-uniform ones

@@ -245,6 +245,9 @@ class BatchConfig(Config):
 # each recurrent cell's state tensors by name, each (num_layers, B, H): the cells of cells.CELLS, named here
 # without torch so that a config and an exported file's state can be checked where torch is absent
 CELL_STATES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
+MAX_GRAMS = 8  # the longest hashed context (ModelConfig.grams)
+RECENT = "recent"  # the state tensor of a model with hashed contexts that holds the last ids it read
+MAX_GRAM_BUCKETS = 2**22  # rows of one hashed context table at most
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,9 @@ class ModelConfig(Config):
     hidden_size: int = option(0, "units per recurrent layer (0: the width that predicts the lowest held-out bpc for "
                                  "this machine and budget, measured at the start; see sizing)", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
+    grams: int = option(0, "hashed context inputs: each character's input vector adds a learned one for each run of "
+                           "2..N characters ending at it, found by hash in a table (0: none; needs --embedding)")
+    gram_buckets: int = option(2**15, "rows of each hashed context table (--grams); contexts beyond it share rows")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
                                      "the memory from the first step, as Keras does)")
@@ -271,8 +277,22 @@ class ModelConfig(Config):
             raise ConfigError(f"embedding: must be 0 (one-hot) or positive, got {self.embedding}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.grams and not 2 <= self.grams <= MAX_GRAMS:
+            raise ConfigError(f"grams: must be 0 (none) or from 2 to {MAX_GRAMS}, got {self.grams}")
+        if self.grams and not self.embedding:
+            raise ConfigError("grams: hashed context inputs add to a learned embedding; set embedding above 0")
+        if not 1 <= self.gram_buckets <= MAX_GRAM_BUCKETS:
+            raise ConfigError(f"gram_buckets: must be from 1 to {MAX_GRAM_BUCKETS:,}, got {self.gram_buckets}")
         if self.vocab_size < 0:
             raise ConfigError(f"vocab_size: must not be negative, got {self.vocab_size}")
+
+
+def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Each tensor of the model's state by name -> (its first dimension, its last): every one is (first, B, last).
+    The cell's (num_layers, B, H), then with hashed contexts `recent` (1, B, grams - 1): the last ids read, plus
+    one (0: before the text), held as float32 like the rest."""
+    shapes = {name: (cfg.num_layers, cfg.hidden_size) for name in CELL_STATES[cfg.cell]}
+    return shapes | ({RECENT: (1, cfg.grams - 1)} if cfg.grams else {})
 
 
 def parse_duration(text: str, name: str = "max_time") -> float:

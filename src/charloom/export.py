@@ -3,7 +3,8 @@
 One graph serves both uses: `ids` (B, T) and the state in, `logits` (B, T, V) and the new state out, with
 B and T free, so a sampler feeds a whole start text in one call and then one character per call. The
 state tensors are named after the cell's (`h`, and `c` for an LSTM), each (num_layers, B, H), and come
-back as `h_out` (`c_out`). The recurrent layers are ONNX's own LSTM, GRU and RNN operators.
+back as `h_out` (`c_out`); a model with hashed context inputs adds `recent` (1, B, grams - 1), its hashes
+computed in the graph. The recurrent layers are ONNX's own LSTM, GRU and RNN operators.
 
 The vocabulary, the records flag, the model config and the sampling defaults are stored in the file's
 metadata under `charloom` (JSON), so the file stands alone: `onnx_generator.OnnxGenerator` and the web
@@ -30,7 +31,7 @@ from torch import nn
 
 from . import atomic
 from .checkpoint import Checkpoint
-from .config import BatchConfig, CorpusConfig, ExportConfig, SampleOptions
+from .config import RECENT, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, state_shapes
 from .errors import CharloomError
 from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
 
@@ -95,7 +96,7 @@ def metadata(ck: Checkpoint) -> dict[str, Any]:
     v, cfg = ck.vocab, ck.config
     return {"format": FORMAT, "version": VERSION, "vocab": v.to_dict(), "itos": list(v.itos),
             "ids": {"pad": v.pad_id, "bos": v.bos_id, "eos": v.eos_id, "unk": v.unk_id},
-            "records": bool(ck.records), "state": list(ck.model.cell.state), "model": cfg.to_dict(),
+            "records": bool(ck.records), "state": list(ck.model.state_names), "model": cfg.to_dict(),
             "sampling": SampleOptions().to_dict(),
             "info": {k: ck.info[k] for k in ("step", "val_bpc", "chars_seen", "corpus", "corpus_config") if k in ck.info}}
 
@@ -129,9 +130,9 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 1
     """The model as ONNX with `meta` stored under `charloom`, written atomically."""
     import onnx
 
-    cfg, names = model.cfg, list(model.cell.state)
-    ids = torch.zeros(1, 2, dtype=torch.long)
-    state = tuple(torch.zeros(cfg.num_layers, 1, cfg.hidden_size) for _ in names)
+    shapes = state_shapes(model.cfg)
+    names, ids = list(shapes), torch.zeros(1, 2, dtype=torch.long)
+    state = tuple(torch.zeros(first, 1, last) for first, last in shapes.values())
     axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"},
             **{n: {1: "batch"} for n in names}, **{f"{n}_out": {1: "batch"} for n in names}}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -144,6 +145,9 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 1
                           input_names=["ids", *names], output_names=["logits", *[f"{n}_out" for n in names]],
                           dynamic_axes=axes)
         graph = onnx.load(str(raw))
+    for value in graph.graph.output:  # the recent ids' width is a slice's, which the exporter leaves unnamed
+        if value.name.removesuffix("_out") in shapes:
+            value.type.tensor_type.shape.dim[2].dim_value = shapes[value.name.removesuffix("_out")][1]
     graph.producer_name = "charloom"
     graph.doc_string = "charloom character model: ids (batch, time) and state in, logits and state out"
     del graph.metadata_props[:]
@@ -153,11 +157,12 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 1
 
 
 def check_inputs(model: nn.Module, rows: int = 2, length: int = 48) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """A fixed check text (every id in turn, from two offsets) and a fixed non-zero state."""
+    """A fixed check text (every id in turn, from two offsets) and a fixed non-zero state (recent ids: ids + 1)."""
     V, cfg = model.cfg.vocab_size, model.cfg
     ids = (torch.arange(length)[None] * 7 + torch.arange(rows)[:, None] * 3) % V  # (rows, length)
     g = torch.Generator().manual_seed(0)
-    state = tuple(torch.randn(cfg.num_layers, rows, cfg.hidden_size, generator=g) * 0.5 for _ in model.cell.state)
+    state = tuple(torch.randint(1, V + 1, (first, rows, last), generator=g).float() if name == RECENT else
+                  torch.randn(first, rows, last, generator=g) * 0.5 for name, (first, last) in state_shapes(cfg).items())
     return ids, state
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import CELL_STATES, ModelConfig
+from .config import RECENT, ModelConfig, state_shapes
 from .decoding import Writer
 from .errors import CharloomError
 from .vocab import Vocab
@@ -32,11 +32,12 @@ MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large 
 # for any other cannot be one, and an arbitrary graph may allocate without bound at run time
 ALLOWED_OPS = frozenset({("", op) for op in (
     "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "DynamicQuantizeLinear", "GRU", "Gather", "LSTM",
-    "MatMul", "MatMulInteger", "Mul", "OneHot", "RNN", "Slice", "Squeeze", "Transpose")} | {
+    "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub", "Transpose",
+    "Unsqueeze")} | {
     ("com.microsoft", "DynamicQuantizeLSTM")})
 INT64, FLOAT = 7, 1  # onnx.TensorProto element types
 
-State = tuple[np.ndarray, ...]  # each (num_layers, B, H) float32
+State = tuple[np.ndarray, ...]  # each (first, B, last) float32: config.state_shapes
 
 
 class OnnxModel:
@@ -80,8 +81,7 @@ class OnnxModel:
         return cls(session, meta, p)
 
     def zero_state(self, batch: int) -> State:
-        cfg = self.config
-        return tuple(np.zeros((cfg.num_layers, batch, cfg.hidden_size), np.float32) for _ in self.state_names)
+        return tuple(np.zeros((first, batch, last), np.float32) for first, last in state_shapes(self.config).values())
 
     def forward(self, ids: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -92,12 +92,11 @@ class OnnxModel:
         except Exception as e:  # onnxruntime's own error classes
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CharloomError(f"{self.path}: the model failed to run ({first})") from None
-        B, T = ids.shape
-        L, H, V = self.config.num_layers, self.config.hidden_size, self.config.vocab_size
-        shapes_ok = len(new) == len(state) and all(x.shape == (L, B, H) for x in (new[0], new[-1]))  # at most 2
-        if logits.shape != (B, T, V) or not shapes_ok:
+        (B, T), V = ids.shape, self.config.vocab_size
+        want = [(first, B, last) for first, last in state_shapes(self.config).values()]
+        if logits.shape != (B, T, V) or [x.shape for x in new] != want:
             raise CharloomError(f"{self.path}: the model gave logits {logits.shape} and state "
-                                f"{[x.shape for x in new]} for ids {ids.shape}, not ({B}, {T}, {V}) and ({L}, {B}, {H})")
+                                f"{[x.shape for x in new][:4]} for ids {ids.shape}, not ({B}, {T}, {V}) and {want}")
         if not np.isfinite(logits).all():
             raise CharloomError(f"{self.path}: the model gave logits that are not finite numbers (a damaged file)")
         return logits, tuple(new)
@@ -142,9 +141,9 @@ def _read_metadata(model: Any, where: str) -> dict[str, Any]:
     cfg = ModelConfig.from_dict(meta.get("model"), where=f"{where}: model")
     if cfg.vocab_size != len(vocab):
         raise CharloomError(f"{where}: model reads {cfg.vocab_size} ids but the vocabulary has {len(vocab)}")
-    if meta.get("state") != list(CELL_STATES[cfg.cell]):
+    if meta.get("state") != list(state_shapes(cfg)):
         raise CharloomError(f"{where}: state {str(meta.get('state'))[:60]} is not the {cfg.cell}'s "
-                            f"{list(CELL_STATES[cfg.cell])}")
+                            f"{list(state_shapes(cfg))}")
     meta = {**meta, "vocab_obj": vocab, "config": cfg}
     _check_graph(model.graph, meta, where)
     return meta
@@ -159,10 +158,11 @@ def _check_graph(graph: Any, meta: dict[str, Any], where: str) -> None:
                                 f"is not one charloom's exporter writes")
     if any(t.data_location == 1 for t in graph.initializer):  # TensorProto.EXTERNAL
         raise CharloomError(f"{where}: weights stored outside the file are not read")
-    cfg, names = meta["config"], meta["state"]
-    L, H, V = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
-    want_in = {"ids": (INT64, (None, None)), **{n: (FLOAT, (L, None, H)) for n in names}}
-    want_out = {"logits": (FLOAT, (None, None, V)), **{f"{n}_out": (FLOAT, (L, None, H)) for n in names}}
+    cfg, V = meta["config"], meta["config"].vocab_size
+    shapes = state_shapes(cfg)  # the metadata's state names are these (checked before)
+    want_in = {"ids": (INT64, (None, None)), **{n: (FLOAT, (first, None, last)) for n, (first, last) in shapes.items()}}
+    want_out = {"logits": (FLOAT, (None, None, V)),
+                **{f"{n}_out": (FLOAT, (first, None, last)) for n, (first, last) in shapes.items()}}
     for side, values, want in (("inputs", graph.input, want_in), ("outputs", graph.output, want_out)):
         given = {v.name: v for v in values if v.name not in {t.name for t in graph.initializer}}
         if sorted(given) != sorted(want):
@@ -191,7 +191,7 @@ class OnnxGenerator(Writer):
 
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, State]:
         logits, state = self.model.forward(np.asarray([prefix], dtype=np.int64))  # the start text in one call
-        return np.repeat(logits[:, -1], n, 0), tuple(np.repeat(s, n, 1) for s in state)  # (n, V), (L, n, H)
+        return np.repeat(logits[:, -1], n, 0), tuple(np.repeat(s, n, 1) for s in state)  # (n, V), each (first, n, last)
 
     def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         logits, state = self.model.forward(ids[:, None], state)
@@ -201,7 +201,7 @@ class OnnxGenerator(Writer):
         return self.model.forward(np.asarray([list(ids)], dtype=np.int64))[0][0]  # (T, V)
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:
-        return dict(zip(self.model.state_names, state))
+        return {name: s for name, s in zip(self.model.state_names, state) if name != RECENT}  # the cell's alone
 
 
 def heldout_bpc(model: OnnxModel, batches: Iterable[Any], max_characters: int = 0) -> tuple[float, int]:

@@ -40,7 +40,7 @@ class Stepper:
 
     def __init__(self, model: CharRNN):
         cell, rnn, L = model.cell, model.rnn, model.cfg.num_layers
-        self.step, self.L = cell.step, L
+        self.step, self.L, self.model = cell.step, L, model
 
         def input_bias(i: int) -> torch.Tensor:  # (G*H,): b_ih, plus b_hh where the cell can fold it in
             b = getattr(rnn, f"bias_ih_l{i}")
@@ -50,6 +50,7 @@ class Stepper:
             w0 = rnn.weight_ih_l0  # (G*H, E)
             inputs = model.embed.weight @ w0.T if model.embed is not None else w0.T  # (V, G*H); one-hot: rows of W
             self.table = (inputs + input_bias(0)).contiguous()
+            self.w_grams = w0.T.contiguous() if model.cfg.grams else None  # (E, G*H): hashed contexts' product
             self.w_ih = [None] + [getattr(rnn, f"weight_ih_l{i}").T.contiguous() for i in range(1, L)]
             self.b_ih = [None] + [input_bias(i) for i in range(1, L)]
             self.w_hh = [getattr(rnn, f"weight_hh_l{i}").T.contiguous() for i in range(L)]
@@ -58,16 +59,21 @@ class Stepper:
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """ids (B,), state tuple of (L, B, H) -> logits (B, V), new state."""
+        """ids (B,), state tuple (see CharRNN) -> logits (B, V), new state."""
+        cells, recent = self.model.split(state, len(ids))
+        first, tail = self.table[ids], ()  # (B, G*H)
+        if recent is not None:
+            more, new_recent = self.model.gram_vectors(ids[:, None], recent)  # (B, 1, E)
+            first, tail = torch.addmm(first, more[:, 0], self.w_grams), (new_recent,)
         layers = []
         x = None
         for i in range(self.L):
-            gi = self.table[ids] if i == 0 else torch.addmm(self.b_ih[i], x, self.w_ih[i])  # (B, G*H)
-            new = self.step(gi, tuple(s[i] for s in state), self.w_hh[i], self.b_hh[i])  # each (B, H)
+            gi = first if i == 0 else torch.addmm(self.b_ih[i], x, self.w_ih[i])  # (B, G*H)
+            new = self.step(gi, tuple(s[i] for s in cells), self.w_hh[i], self.b_hh[i])  # each (B, H)
             layers.append(new)
             x = new[0]
         logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
-        return logits, tuple(torch.stack(parts) for parts in zip(*layers))
+        return logits, tuple(torch.stack(parts) for parts in zip(*layers)) + tail
 
 
 # ---- the Generator -----------------------------------------------------------------------------------

@@ -115,9 +115,10 @@ class Fit:
 
 @functools.lru_cache(maxsize=4096)
 def parameters(model: ModelConfig, width: int) -> int:
-    """Parameters of `model` at `width`, counted from the modules themselves (no weights are kept)."""
+    """Parameters of `model`'s network at `width`, counted from the modules themselves (no weights are kept). The
+    hashed context tables are left out: a table read is memory, not the network size the law was fitted on."""
     with torch.device("meta"):
-        return CharRNN(model.replace(hidden_size=width)).num_parameters()
+        return CharRNN(model.replace(hidden_size=width)).num_parameters(tables=False)
 
 
 def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int) -> Callable[[], float]:

@@ -120,7 +120,8 @@ export function readMetadata(bytes, where = "model.onnx") {
 
 // ---- the model ----------------------------------------------------------------------------------------------
 // A session over an exported file with the metadata that describes it. Its graph: ids (B, T) int64 and the
-// state tensors in, logits (B, T, V) float32 and the new state out; each state tensor is (num_layers, B, H).
+// state tensors in, logits (B, T, V) float32 and the new state out; each state tensor is (first, B, last): the
+// cell's (num_layers, B, H), and with hashed context inputs `recent` (1, B, grams - 1) (config.state_shapes).
 export class Model {
   constructor(ort, session, meta) {
     this.ort = ort;
@@ -130,6 +131,8 @@ export class Model {
     this.layers = meta.model.num_layers;
     this.hidden = meta.model.hidden_size;
     this.names = meta.state;
+    const grams = meta.model.grams || 0;
+    this.shapes = this.names.map((name) => (name === "recent" ? [1, grams - 1] : [this.layers, this.hidden]));
     this.specials = (meta.vocab.specials || ["<pad>", "<bos>", "<eos>", "<unk>"]).length;
     this.stoi = new Map(meta.itos.slice(this.specials).map((ch, k) => [ch, k + this.specials]));
     const ids = meta.ids;
@@ -198,9 +201,9 @@ export class Model {
   async forward(ids, batch, time, state) {
     const { ort } = this;
     const feeds = { ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [batch, time]) };
-    const zeros = () => new ort.Tensor("float32", new Float32Array(this.layers * batch * this.hidden),
-                                       [this.layers, batch, this.hidden]);
-    this.names.forEach((name, k) => { feeds[name] = state ? state[k] : zeros(); });
+    const zeros = ([first, last]) => new ort.Tensor("float32", new Float32Array(first * batch * last),
+                                                    [first, batch, last]);
+    this.names.forEach((name, k) => { feeds[name] = state ? state[k] : zeros(this.shapes[k]); });
     const out = await this.session.run(feeds);
     return { logits: out.logits.data, state: this.names.map((name) => out[`${name}_out`]) };
   }
@@ -208,11 +211,12 @@ export class Model {
   // The start text in one call, its last logits and state repeated for n samples: ((n, V), state for n).
   async start(prefix, n) {
     const { logits, state } = await this.forward(prefix, 1, prefix.length, null);
-    const V = this.vocabSize, H = this.hidden, L = this.layers;
+    const V = this.vocabSize;
     const last = logits.subarray((prefix.length - 1) * V, prefix.length * V);
     const rows = new Float32Array(n * V);
     for (let i = 0; i < n; i++) rows.set(last, i * V);
-    const repeated = state.map((s) => {
+    const repeated = state.map((s, k) => {
+      const [L, H] = this.shapes[k];
       const data = new Float32Array(L * n * H); // (L, 1, H) -> (L, n, H)
       for (let l = 0; l < L; l++) {
         const layer = s.data.subarray(l * H, (l + 1) * H);
