@@ -15,9 +15,10 @@ REFERENCE = {"lstm": (nn.LSTMCell, 4), "gru": (nn.GRUCell, 3), "rnn": (nn.RNNCel
 
 
 def make(cell="lstm", layers=2, hidden=8, embedding=0, dropout=0.0, seed=0):
+    """The network alone (no hashed context inputs: those have their own tests below)."""
     torch.manual_seed(seed)
     return CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding,
-                               dropout=dropout, vocab_size=V))
+                               dropout=dropout, grams=0, vocab_size=V))
 
 
 def reference_logits(model, ids):
@@ -160,10 +161,10 @@ def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, em
 
 
 # ---- hashed context inputs ------------------------------------------------------------------------------
-def make_grams(grams=4, buckets=97, layers=1, hidden=8, seed=0):
+def make_grams(grams=4, buckets=97, layers=1, hidden=8, seed=0, embedding=5):
     torch.manual_seed(seed)
-    return CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=5, grams=grams, gram_buckets=buckets,
-                               vocab_size=V))
+    return CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=embedding, grams=grams,
+                               gram_buckets=buckets, vocab_size=V))
 
 
 def hand_hashed_inputs(model, ids):
@@ -174,7 +175,8 @@ def hand_hashed_inputs(model, ids):
     for b in range(ids.shape[0]):
         row = []
         for t in range(ids.shape[1]):
-            x, h = model.embed.weight[ids[b, t]], int(ids[b, t]) + 1
+            x = model.embed.weight[ids[b, t]] if cfg.embedding else nn.functional.one_hot(ids[b, t], V).float()
+            h = int(ids[b, t]) + 1
             for back, table in enumerate(model.grams, start=1):
                 before = int(ids[b, t - back]) + 1 if t - back >= 0 else 0
                 h = (h * 1_000_003 + before) % 2_147_483_647
@@ -184,8 +186,9 @@ def hand_hashed_inputs(model, ids):
     return torch.stack(out)  # (B, T, E)
 
 
-def test_hashed_context_inputs_equal_a_hand_written_loop():
-    model = make_grams()
+@pytest.mark.parametrize("embedding", [0, 5])
+def test_hashed_context_inputs_equal_a_hand_written_loop(embedding):
+    model = make_grams(embedding=embedding)
     ids = torch.randint(0, V, (2, 9))
     rows, _ = context_rows(ids, torch.zeros(2, model.cfg.grams - 1, dtype=torch.long), model.cfg.grams,
                            model.cfg.gram_buckets)
@@ -193,9 +196,9 @@ def test_hashed_context_inputs_equal_a_hand_written_loop():
     torch.testing.assert_close(got, hand_hashed_inputs(model, ids))
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 5])
-def test_hashed_contexts_read_in_pieces_equal_the_whole_text(chunk):
-    model = make_grams(layers=2)
+@pytest.mark.parametrize("chunk, embedding", [(1, 5), (2, 0), (5, 5)])
+def test_hashed_contexts_read_in_pieces_equal_the_whole_text(chunk, embedding):
+    model = make_grams(layers=2, embedding=embedding)
     ids = torch.randint(0, V, (3, 17))
     whole, _ = model(ids)
     state, parts = None, []
@@ -214,7 +217,6 @@ def test_hashed_context_tables_are_left_out_of_the_network_size():
 
 
 @pytest.mark.parametrize("fields, words", [({"grams": 1}, "grams: must be 0"), ({"grams": 9}, "from 2 to 8"),
-                                           ({"grams": 3, "embedding": 0}, "set embedding above 0"),
                                            ({"gram_buckets": 0}, "gram_buckets: must be from 1")])
 def test_hashed_context_options_are_checked(fields, words):
     with pytest.raises(ValueError, match=words):

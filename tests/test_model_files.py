@@ -101,6 +101,19 @@ def test_a_config_larger_than_its_tensors_is_refused_before_the_model_is_built(g
     refused(hostile(path, with_config(**changes)), needle)
 
 
+def test_a_file_written_before_hashed_contexts_loads_without_them(tmp_path):
+    vocab = Vocab.build(TEXT)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, grams=3, gram_buckets=16, vocab_size=len(vocab)))
+    tensors, meta = contents(checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False))
+    # the config and tensors as files held them before the option existed: no grams, no tables
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items()
+                                 if k not in ("grams", "gram_buckets")})
+    ck = checkpoint.load(forge(tmp_path / "older.safetensors", {k: v for k, v in tensors.items()
+                                                               if ".grams." not in k}, meta))
+    assert ck.config.grams == 0 and ck.model.state_names == ("h", "c")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.model.state_dict().items())
+
+
 def test_a_tensor_the_config_does_not_make_is_refused_by_name(good):
     path, _, _ = good
     refused(hostile(path, lambda m, t: t.update({"model.rnn.weight_hh_l1": torch.zeros(32, 8)})),

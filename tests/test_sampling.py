@@ -134,7 +134,7 @@ def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding, grams", [(0, 0), (6, 0), (6, 4)])
+@pytest.mark.parametrize("embedding, grams", [(0, 0), (6, 0), (0, 3), (6, 4)])
 def test_stepper_equals_the_model(cell, embedding, grams):
     g = model_for(cell, embedding=embedding, grams=grams)
     model = g.model.eval()

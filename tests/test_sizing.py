@@ -19,6 +19,10 @@ def test_parameters_are_counted_from_the_real_modules():
     for cell in ("lstm", "gru", "rnn"):
         cfg = MODEL.replace(cell=cell, num_layers=2, embedding=0)
         assert sizing.parameters(cfg, 96) == CharRNN(cfg.replace(hidden_size=96)).num_parameters()
+        # hashed context tables are memory the law was not fitted on: left out of the count
+        hashed = cfg.replace(grams=3, gram_buckets=50)
+        assert CharRNN(hashed.replace(hidden_size=96)).num_parameters() == sizing.parameters(cfg, 96) + 2 * 50 * 70
+        assert sizing.parameters(hashed, 96) == sizing.parameters(cfg, 96)
 
 
 def test_repeats_are_worth_less_than_new_text_but_never_nothing():

@@ -327,7 +327,7 @@ def _fields(meta: dict[str, Any], where: str) -> tuple[ModelConfig, dict[str, An
         raise CharloomError(f"{where}: damaged model file ({what} in the header)")
     if not all(isinstance(v, str) for v in meta.values()):
         raise CharloomError(f"{where}: damaged model file (a header field is not a string)")
-    cfg = ModelConfig.from_dict(_json(meta["config"], where, "config"), where=f"{where}: config")
+    cfg = ModelConfig.saved(_json(meta["config"], where, "config"), where=f"{where}: config")
     vocab = _json(meta["vocab"], where, "vocabulary")
     records, info, extra = (_json(meta[k], where, k) for k in ("records", "info", "extra"))
     if not isinstance(records, bool):

@@ -260,12 +260,21 @@ class ModelConfig(Config):
                                  "this machine and budget, measured at the start; see sizing)", flag="hidden")
     embedding: int = option(64, "input: 0 = one-hot characters (as in the notebooks), N = a learned N-wide embedding")
     grams: int = option(0, "hashed context inputs: each character's input vector adds a learned one for each run of "
-                           "2..N characters ending at it, found by hash in a table (0: none; needs --embedding)")
-    gram_buckets: int = option(2**15, "rows of each hashed context table (--grams); contexts beyond it share rows")
+                           "2..N characters ending at it, found by hash in a table (0: none; 4 helped Shakespeare "
+                           "but not code or names: see README)")
+    gram_buckets: int = option(8192, "rows of each hashed context table (--grams); contexts beyond it share rows")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
                                      "the memory from the first step, as Keras does)")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
+
+    @classmethod
+    def saved(cls, data: Any, where: str) -> ModelConfig:
+        """The config a model file or an exported file holds: one written before hashed context inputs existed
+        has none."""
+        if isinstance(data, dict) and "grams" not in data:
+            data = {**data, "grams": 0}
+        return cls.from_dict(data, where=where)
 
     def validate(self) -> None:
         if self.cell not in CELL_STATES:
@@ -279,8 +288,6 @@ class ModelConfig(Config):
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.grams and not 2 <= self.grams <= MAX_GRAMS:
             raise ConfigError(f"grams: must be 0 (none) or from 2 to {MAX_GRAMS}, got {self.grams}")
-        if self.grams and not self.embedding:
-            raise ConfigError("grams: hashed context inputs add to a learned embedding; set embedding above 0")
         if not 1 <= self.gram_buckets <= MAX_GRAM_BUCKETS:
             raise ConfigError(f"gram_buckets: must be from 1 to {MAX_GRAM_BUCKETS:,}, got {self.gram_buckets}")
         if self.vocab_size < 0:

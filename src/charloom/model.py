@@ -59,7 +59,8 @@ class CharRNN(nn.Module):
         self.cell.init(self.rnn, cfg.forget_bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(H, V)
-        self.grams = nn.ModuleList(nn.Embedding(cfg.gram_buckets, cfg.embedding) for _ in range(2, cfg.grams + 1))
+        width = cfg.embedding or V  # the tables' rows add to the input vector, one-hot or embedded
+        self.grams = nn.ModuleList(nn.Embedding(cfg.gram_buckets, width) for _ in range(2, cfg.grams + 1))
         for table in self.grams:
             nn.init.normal_(table.weight, std=GRAM_STD)
         self.state_names = tuple(state_shapes(cfg))  # the state tuple's tensors, in order
