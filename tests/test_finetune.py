@@ -72,10 +72,12 @@ def test_a_parent_that_refuses_unknown_characters_refuses_the_new_text(tmp_path,
                        max_steps=2, **tiny)
 
 
-@pytest.mark.parametrize("embedding", [8, 0])
-def test_extend_vocab_adds_new_ids_and_leaves_old_rows_unchanged(tmp_path, tiny, embedding):
+@pytest.mark.parametrize("embedding, grams", [(8, 0), (0, 0), (8, 3), (0, 3)])
+def test_extend_vocab_adds_new_ids_and_leaves_old_rows_unchanged(tmp_path, tiny, embedding, grams):
+    """Old ids keep their rows; with hashed contexts their hashes too (a new id only adds contexts)."""
     src = tmp_path / "old.txt"
     src.write_text(PARENT_TEXT)
+    tiny = {**tiny, "grams": grams, "gram_buckets": 32}
     charloom.train(source=str(src), out=str(tmp_path / "parent"), max_steps=5, **{**tiny, "embedding": embedding})
     new = tmp_path / "new.txt"
     new.write_text(NEW_TEXT)
@@ -91,7 +93,7 @@ def test_extend_vocab_adds_new_ids_and_leaves_old_rows_unchanged(tmp_path, tiny,
     V = len(old.vocab)
     a, b = old.model.state_dict(), trainer.model.state_dict()
     for name in a:
-        if name == "rnn.weight_ih_l0" and not embedding:
+        if (name == "rnn.weight_ih_l0" or name.startswith("grams.")) and not embedding:
             assert torch.equal(b[name][:, :V], a[name]) and b[name].shape[1] == V + 2
         elif name in ("embed.weight", "head.weight", "head.bias"):
             assert torch.equal(b[name][:V], a[name]) and b[name].shape[0] == V + 2
