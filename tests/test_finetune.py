@@ -95,6 +95,7 @@ def test_extend_vocab_adds_new_ids_and_leaves_old_rows_unchanged(tmp_path, tiny,
     for name in a:
         if (name == "rnn.weight_ih_l0" or name.startswith("grams.")) and not embedding:
             assert torch.equal(b[name][:, :V], a[name]) and b[name].shape[1] == V + 2
+            assert not name.startswith("grams.") or not b[name][:, V:].any()  # old text's inputs unchanged
         elif name in ("embed.weight", "head.weight", "head.bias"):
             assert torch.equal(b[name][:V], a[name]) and b[name].shape[0] == V + 2
         else:

@@ -105,7 +105,8 @@ def test_a_file_written_before_hashed_contexts_loads_without_them(tmp_path):
     vocab = Vocab.build(TEXT)
     model = CharRNN(ModelConfig(hidden_size=8, embedding=4, grams=3, gram_buckets=16, vocab_size=len(vocab)))
     tensors, meta = contents(checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False))
-    # the config and tensors as files held them before the option existed: no grams, no tables
+    # the config and tensors as files held them before the option existed: no grams, no tables (they load as the
+    # default, so this fails the day --grams is on by default without a reading of such files as grams 0)
     meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items()
                                  if k not in ("grams", "gram_buckets")})
     ck = checkpoint.load(forge(tmp_path / "older.safetensors", {k: v for k, v in tensors.items()
@@ -356,14 +357,29 @@ def test_a_damaged_resume_header_is_one_line(resume, damage, needle):
     assert needle in str(e.value) and "\n" not in str(e.value) and str(bad) in str(e.value)
 
 
-def test_the_resume_files_training_writes_pass_every_check(tmp_path, text_file, tiny):
-    """Contiguous order carries a state, the weight average keeps the trained weights: both are checked."""
+@pytest.mark.parametrize("grams", [0, 3])
+def test_the_resume_files_training_writes_pass_every_check(tmp_path, text_file, tiny, grams):
+    """Contiguous order carries a state (with hashed contexts, the recent ids too), the weight average keeps the
+    trained weights: both are checked."""
+    tiny = {**tiny, "grams": grams, "gram_buckets": 32}
     out = tmp_path / "run"
     charloom.train(source=str(text_file), out=str(out), order="contiguous", max_steps=4, **tiny)
     ck, run = checkpoint.load_run(out / "last.safetensors")
     assert run.carry(0)[0].shape == (1, tiny["batch_size"], tiny["hidden_size"]) and run.trained
+    assert len(run.carry(0)) == len(ck.model.state_names)
+    if grams:
+        assert run.carry(0)[-1].shape == (1, tiny["batch_size"], 2)
     result = charloom.train(source=str(text_file), out=str(out), order="contiguous", max_steps=6, resume=True, **tiny)
     assert result.progress.step == 6
+
+
+def test_a_carried_recent_id_outside_the_vocabulary_is_refused(tmp_path, text_file, tiny):
+    out = tmp_path / "run"
+    charloom.train(source=str(text_file), out=str(out), order="contiguous", max_steps=2,
+                   **{**tiny, "grams": 3, "gram_buckets": 32})
+    bad = hostile(out / "last.safetensors", lambda m, t: t["carry.2.r0"].fill_(1e6), "last-bad.safetensors")
+    with pytest.raises(CharloomError, match="the carried state of process 0"):
+        checkpoint.load_run(bad)
 
 
 # ---- through the command line ----------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def test_info_reads_a_model_file_alone_with_its_corpus_deleted(tmp_path, text_fi
     report = json.loads(capsys.readouterr().out)
     assert report["corpus"]["source"] == str(text_file) and report["corpus"]["characters"] == size
     assert report["corpus"]["vocabulary"] == len(result.vocab.chars)
-    assert report["model"] == {"cell": "lstm", "layers": 1, "hidden_size": 16, "embedding": 8, "dropout": 0.0,
+    assert report["model"] == {"cell": "lstm", "layers": 1, "hidden_size": 16, "embedding": 8, "grams": 0,
+                               "dropout": 0.0,
                                "parameters": result.model.num_parameters()}
     t = report["training"]
     assert t["steps"] == 12 and t["characters_seen"] == 12 * 4 * 16 and t["chars_per_s"] > 0

@@ -35,7 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import atomic, ngram
-from .config import ModelConfig
+from .config import RECENT, ModelConfig, state_shapes
 from .errors import CharloomError
 from .model import CharRNN
 from .vocab import SPECIALS, Vocab
@@ -327,7 +327,7 @@ def _fields(meta: dict[str, Any], where: str) -> tuple[ModelConfig, dict[str, An
         raise CharloomError(f"{where}: damaged model file ({what} in the header)")
     if not all(isinstance(v, str) for v in meta.values()):
         raise CharloomError(f"{where}: damaged model file (a header field is not a string)")
-    cfg = ModelConfig.saved(_json(meta["config"], where, "config"), where=f"{where}: config")
+    cfg = ModelConfig.from_dict(_json(meta["config"], where, "config"), where=f"{where}: config")
     vocab = _json(meta["vocab"], where, "vocabulary")
     records, info, extra = (_json(meta[k], where, k) for k in ("records", "info", "extra"))
     if not isinstance(records, bool):
@@ -577,10 +577,9 @@ def _check_optimizer(model: CharRNN, state: dict, groups: list, where: str) -> N
 
 
 def _check_ranks(model: CharRNN, ranks: list, batch_size: Any, where: str) -> None:
-    """Each process's RNG states as torch makes them, and its carried state one finite (layers, batch, width)
-    tensor per state name of the cell, the batch the run's batch size."""
+    """Each process's RNG states as torch makes them, and its carried state one finite tensor per state name, each
+    (first, batch, last) as config.state_shapes says, the batch the run's batch size; recent ids whole numbers."""
     rng = torch.get_rng_state()
-    layers, width = model.cfg.num_layers, model.cfg.hidden_size
     rows = batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else None
     for r, mine in enumerate(ranks):
         t = mine.get("rng.torch")
@@ -590,15 +589,23 @@ def _check_ranks(model: CharRNN, ranks: list, batch_size: Any, where: str) -> No
         if t is not None and (t.dtype != torch.uint8 or t.dim() != 1):
             raise CharloomError(f"{where}: damaged resume file (the CUDA RNG state of process {r})")
         names = sorted(k for k in mine if k.startswith("carry."))
-        if not names:
-            continue
-        first = mine[names[0]]  # every state tensor of a cell has one shape: (layers, batch, width)
-        shape_ok = first.dim() == 3 and first.shape[0] == layers and first.shape[2] == width and \
-            (rows is None or first.shape[1] == rows)
-        if names != [f"carry.{i}" for i in range(len(model.cell.state))] or not shape_ok or \
-                any(c.shape != first.shape or c.dtype not in (torch.float32, torch.bfloat16, torch.float16) or
-                    not _finite(c) for c in (mine[k] for k in names)):
+        if names and not _carry_ok([mine[k] for k in names], names, model.cfg, rows):
             raise CharloomError(f"{where}: damaged resume file (the carried state of process {r})")
+
+
+def _carry_ok(carry: list[torch.Tensor], names: list[str], cfg: ModelConfig, rows: int | None) -> bool:
+    shapes = list(state_shapes(cfg).items())
+    if names != [f"carry.{i}" for i in range(len(shapes))]:
+        return False
+    batch = rows if rows is not None else carry[0].shape[1] if carry[0].dim() == 3 else -1
+    for c, (name, (first, last)) in zip(carry, shapes):
+        if tuple(c.shape) != (first, batch, last) or c.dtype not in (torch.float32, torch.bfloat16, torch.float16) \
+                or not _finite(c):
+            return False
+        if name == RECENT and not (c.dtype == torch.float32 and bool(((c >= 0) & (c <= cfg.vocab_size)
+                                                                        & (c == c.round())).all())):
+            return False
+    return True
 
 
 def _check_against_model(model: CharRNN, run: RunState, where: str) -> None:

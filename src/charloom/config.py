@@ -268,14 +268,6 @@ class ModelConfig(Config):
                                      "the memory from the first step, as Keras does)")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
-    @classmethod
-    def saved(cls, data: Any, where: str) -> ModelConfig:
-        """The config a model file or an exported file holds: one written before hashed context inputs existed
-        has none."""
-        if isinstance(data, dict) and "grams" not in data:
-            data = {**data, "grams": 0}
-        return cls.from_dict(data, where=where)
-
     def validate(self) -> None:
         if self.cell not in CELL_STATES:
             raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(map(repr, CELL_STATES))}")
@@ -297,7 +289,7 @@ class ModelConfig(Config):
 def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """Each tensor of the model's state by name -> (its first dimension, its last): every one is (first, B, last).
     The cell's (num_layers, B, H), then with hashed contexts `recent` (1, B, grams - 1): the last ids read, plus
-    one (0: before the text), held as float32 like the rest."""
+    one (0: before the text), held as float32 (exact for every id) so that every state tensor is a float."""
     shapes = {name: (cfg.num_layers, cfg.hidden_size) for name in CELL_STATES[cfg.cell]}
     return shapes | ({RECENT: (1, cfg.grams - 1)} if cfg.grams else {})
 

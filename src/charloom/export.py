@@ -161,8 +161,9 @@ def check_inputs(model: nn.Module, rows: int = 2, length: int = 48) -> tuple[tor
     V, cfg = model.cfg.vocab_size, model.cfg
     ids = (torch.arange(length)[None] * 7 + torch.arange(rows)[:, None] * 3) % V  # (rows, length)
     g = torch.Generator().manual_seed(0)
-    state = tuple(torch.randint(1, V + 1, (first, rows, last), generator=g).float() if name == RECENT else
-                  torch.randn(first, rows, last, generator=g) * 0.5 for name, (first, last) in state_shapes(cfg).items())
+    state = tuple(torch.randint(1, V + 1, (first, rows, last), generator=g).float() if name == RECENT
+                  else torch.randn(first, rows, last, generator=g) * 0.5
+                  for name, (first, last) in state_shapes(cfg).items())
     return ids, state
 
 

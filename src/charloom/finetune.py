@@ -110,8 +110,11 @@ def start_from(net: CharRNN, parent: Parent) -> None:
             mine.copy_(src)
         elif name in ("embed.weight", "head.weight", "head.bias"):  # (V, ...): one row per id
             mine[:old].copy_(src)
-        elif name == "rnn.weight_ih_l0" or name.startswith("grams."):  # one-hot input: one column per id
+        elif name == "rnn.weight_ih_l0":  # one-hot input: one column per id
             mine[:, :old].copy_(src)
+        elif name.startswith("grams."):  # one-hot input's tables: one column per id
+            mine[:, :old].copy_(src)
+            mine[:, old:].zero_()  # so that the parent's text reaches the network as it did
         else:
             raise CharloomError(f"--init-from: {name} is {tuple(src.shape)} in the parent but "
                                 f"{tuple(mine.shape)} here")

@@ -138,7 +138,7 @@ def _read_metadata(model: Any, where: str) -> dict[str, Any]:
     ids = {"pad": vocab.pad_id, "bos": vocab.bos_id, "eos": vocab.eos_id, "unk": vocab.unk_id}
     if meta.get("itos") != list(vocab.itos) or meta.get("ids") != ids:  # what the web page reads instead
         raise CharloomError(f"{where}: damaged charloom metadata (itos or ids disagree with the vocabulary)")
-    cfg = ModelConfig.saved(meta.get("model"), where=f"{where}: model")
+    cfg = ModelConfig.from_dict(meta.get("model"), where=f"{where}: model")
     if cfg.vocab_size != len(vocab):
         raise CharloomError(f"{where}: model reads {cfg.vocab_size} ids but the vocabulary has {len(vocab)}")
     if meta.get("state") != list(state_shapes(cfg)):

@@ -107,6 +107,8 @@ export function readMetadata(bytes, where = "model.onnx") {
     throw damaged("a field is missing");
   }
   if (typeof meta.records !== "boolean") throw damaged("records is not true or false");
+  const recent = meta.state.includes("recent");
+  if (recent !== (Number.isInteger(m.grams) && m.grams >= 2)) throw damaged("state and grams disagree");
   if (meta.itos.length !== m.vocab_size) {
     throw new Error(`${where}: model reads ${m.vocab_size} ids but the vocabulary has ${meta.itos.length}`);
   }
