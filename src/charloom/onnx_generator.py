@@ -51,6 +51,7 @@ class OnnxModel:
         self.records: bool = meta["records"]
         self.config: ModelConfig = meta["config"]
         self.state_names: list[str] = meta["state"]
+        self.shapes = list(state_shapes(self.config).values())  # each state tensor's (first, last), once
         info = meta.get("info")
         self.info: dict[str, Any] = info if isinstance(info, dict) else {}  # training figures, as a model file's
 
@@ -81,7 +82,7 @@ class OnnxModel:
         return cls(session, meta, p)
 
     def zero_state(self, batch: int) -> State:
-        return tuple(np.zeros((first, batch, last), np.float32) for first, last in state_shapes(self.config).values())
+        return tuple(np.zeros((first, batch, last), np.float32) for first, last in self.shapes)
 
     def forward(self, ids: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -93,7 +94,7 @@ class OnnxModel:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CharloomError(f"{self.path}: the model failed to run ({first})") from None
         (B, T), V = ids.shape, self.config.vocab_size
-        want = [(first, B, last) for first, last in state_shapes(self.config).values()]
+        want = [(first, B, last) for first, last in self.shapes]
         if logits.shape != (B, T, V) or [x.shape for x in new] != want:
             raise CharloomError(f"{self.path}: the model gave logits {logits.shape} and state "
                                 f"{[x.shape for x in new][:4]} for ids {ids.shape}, not ({B}, {T}, {V}) and {want}")
