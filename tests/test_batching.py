@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from charloom.batching import (
-    SPLIT_BLOCK, RecordBatches, Stream, StreamBatches, pad_records, padding_fraction, prepare,
+    SPLIT_BLOCK, Batch, RecordBatches, Stream, StreamBatches, pad_records, padding_fraction, prepare,
     split_records, split_stream,
 )
 from charloom.config import BatchConfig, CorpusConfig
@@ -243,3 +243,17 @@ def test_record_shards_are_disjoint():
     assert len(got) == len(set(got)) == 96
     with pytest.raises(CharloomError, match="cannot be shared by 4 processes"):
         RecordBatches(c, np.arange(3), cfg, "r", rank=0, world=4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 40])
+@pytest.mark.parametrize("continues", [False, True])
+def test_pieces_cut_a_batch_along_time_into_consecutive_parts(k, continues):
+    x = torch.arange(2 * 16).reshape(2, 16)
+    b = Batch(x, x + 1, pad_id=-1, epoch=2, index=7, continues=continues)
+    parts = b.pieces(k)
+    assert len(parts) == min(k, 16)
+    assert torch.equal(torch.cat([p.x for p in parts], 1), b.x) and torch.equal(torch.cat([p.y for p in parts], 1), b.y)
+    widths = [p.x.shape[1] for p in parts]
+    assert max(widths) - min(widths) <= 1 and min(widths) >= 1
+    assert [p.continues for p in parts] == [continues] + [True] * (len(parts) - 1)
+    assert all((p.epoch, p.index, p.pad_id) == (2, 7, -1) for p in parts)

@@ -29,6 +29,17 @@ def test_ill_typed_or_out_of_range_options_fail_loudly(kwargs, message):
         BatchConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"early_pieces": 0}, r"early_pieces: must be in \[1, 64\], got 0"),
+    ({"early_pieces": 10**9}, r"early_pieces: must be in \[1, 64\]"),
+    ({"early_share": 1.5}, r"early_share: must be in \[0, 1\], got 1.5"),
+    ({"early_share": float("nan")}, "early_share: nan is not a finite number"),
+])
+def test_the_early_pieces_are_bounded(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
+
+
 def test_lists_become_tuples_and_items_are_checked():
     assert CorpusConfig(columns=["a", "1"]).columns == ("a", "1")
     with pytest.raises(ConfigError, match=r"columns\[1\]: 2 is not a string"):

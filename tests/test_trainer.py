@@ -90,6 +90,45 @@ def test_the_saved_model_is_the_moving_average_of_the_trained_weights(tmp_path, 
     assert charloom.load(tmp_path).info["weight_average_decay"] == ema
 
 
+def test_early_batches_take_one_step_per_piece_with_the_state_carried_between_them(tmp_path, text_file):
+    """The trainer against a hand-written loop: each batch cut into 3 pieces along time, an AdamW step on each,
+    the hidden state of one piece (detached) the start of the next."""
+    from charloom.config import BatchConfig, CorpusConfig, ModelConfig
+    from charloom.evaluation import batch_loss
+    from charloom.model import CharRNN
+
+    trainer = train_mod.setup(
+        CorpusConfig(source=str(text_file)), BatchConfig(batch_size=4, seq_len=12),
+        ModelConfig(hidden_size=16, embedding=8, cell="lstm"),
+        TrainConfig(out=str(tmp_path), max_steps=5, eval_every=0, sample_length=0, progress=False, lr=1e-2, ema=0,
+                    warmup=0, schedule="constant", early_pieces=3, early_share=1.0, precision="fp32"))
+    reference = CharRNN(trainer.model.cfg)
+    reference.load_state_dict(trainer.model.state_dict())
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
+    batches = trainer.data.train.iterate(0, 0)
+    trainer.run()
+    for _ in range(5):
+        state = None
+        for piece in next(batches).pieces(3):
+            loss, state = batch_loss(reference, piece, state, torch.device("cpu"))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+            opt.step()
+            state = tuple(s.detach() for s in state)
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("records, updates", [(False, 3 + 3 + 1 + 1), (True, 4)])
+def test_pieces_only_in_the_budgets_early_share_and_not_for_records(tmp_path, text_file, tiny, records, updates):
+    result = charloom.train(source=str(text_file), out=str(tmp_path), records=records,
+                            **dict(tiny, max_steps=4, early_pieces=3, early_share=0.5, eval_every=0))
+    _, run = checkpoint.load_run(tmp_path / "last.safetensors")
+    assert result.progress.step == 4
+    assert all(int(st["step"]) == updates for st in run.optimizer["state"].values())  # AdamW's own count
+
+
 @pytest.mark.parametrize("before, after", [(0.5, 0.0), (0.0, 0.5)])
 def test_resume_keeps_the_trained_weights_when_the_average_is_switched(tmp_path, text_file, tiny, before, after):
     opts = dict(tiny, max_steps=12)

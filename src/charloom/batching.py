@@ -53,6 +53,13 @@ class Batch:
     def tokens(self) -> int:
         return int(self.mask.sum())
 
+    def pieces(self, k: int) -> list[Batch]:
+        """The batch cut along time into k consecutive pieces (as equal as T allows; fewer when T < k), each
+        after the first continuing the one before it."""
+        bounds = np.linspace(0, self.x.shape[1], min(k, self.x.shape[1]) + 1).round().astype(int)
+        return [Batch(self.x[:, a:b], self.y[:, a:b], self.pad_id, self.epoch, self.index, self.continues or i > 0)
+                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
 
 # ---- continuous --------------------------------------------------------------------------------------
 class Stream:

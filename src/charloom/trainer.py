@@ -142,6 +142,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         self.pos = Progress()
         self.carry: State | None = None
+        self.progress = 0.0  # the budget's share used after the last step, the same in every process
         self.history: list[dict[str, Any]] = []
         self.window = Window()
         self.improved = False  # the last evaluation beat every earlier one
@@ -187,18 +188,39 @@ class Trainer:
         done = self.fraction_done()
         return self.pos.elapsed * (1 - done) / done if done > 0 else 0.0
 
+    def pieces(self) -> int:
+        """Optimizer steps to take on the next batch: --early-pieces within the budget's early share (as all
+        processes agree it stands), on a continuous corpus (records are short already), else 1."""
+        if self.records or self.progress >= self.cfg.early_share:
+            return 1
+        return self.cfg.early_pieces
+
     def step(self, batch: Batch) -> tuple[float, float]:
-        """One optimizer step on `batch`: (its mean loss in nats, the learning rate used)."""
-        cfg, device = self.cfg, self.rt.device
+        """One batch: (its mean loss in nats, the last learning rate used). Cut into `pieces()` along time, one
+        optimizer step on each, the hidden state carried (detached) from each piece to the next."""
+        carried = self.contiguous and self.cfg.carry_state and batch.continues
+        state, total, lr = self.carry if carried else None, 0.0, 0.0
+        for piece in batch.pieces(self.pieces()):
+            value, lr, state = self.update(piece, state)
+            total += value * piece.x.shape[1]
+        if self.average is not None:
+            self.average.update_parameters(self.model)
+        if self.contiguous:
+            self.carry = state
+        return total / batch.x.shape[1], lr
+
+    def update(self, batch: Batch, state: State | None) -> tuple[float, float, State]:
+        """One optimizer step on `batch` from `state`: (its mean loss in nats, the learning rate, its final state,
+        detached)."""
+        cfg = self.cfg
         lr = learning_rate(cfg, self.pos.step, self.fraction_done())
         for g in self.opt.param_groups:
             g["lr"] = lr
-        state = self.carry if self.contiguous and cfg.carry_state and batch.continues else None
-        loss, new_state = batch_loss(self.net, batch, state, device, self.rt.precision)
+        loss, new_state = batch_loss(self.net, batch, state, self.rt.device, self.rt.precision)
         value = float(loss.detach())
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # every process joins the gradient average
-        (bad,) = self.rt.procs.total([not math.isfinite(value)], device)
+        (bad,) = self.rt.procs.total([not math.isfinite(value)], self.rt.device)
         if bad:
             where = f"the loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
             raise CharloomError(f"step {self.pos.step + 1}: {where}; training stopped and this step was not saved "
@@ -208,11 +230,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
-        if self.average is not None:
-            self.average.update_parameters(self.model)
-        if self.contiguous:
-            self.carry = detach(new_state)
-        return value, lr
+        return value, lr, detach(new_state)
 
     def evaluate(self, final: bool) -> tuple[Evaluation | None, Evaluation | None]:
         """(the periodic measure, the whole split at the end). Every row scores the same `eval_chars`
@@ -284,6 +302,7 @@ class Trainer:
         pos, procs, device = self.pos, self.rt.procs, self.rt.device
         batches = self.data.train.iterate(pos.epoch, pos.index)
         steps_run, t_last = 0, time.perf_counter()
+        self.progress = self.fraction_done()
         while self.fraction_done() < 1.0:
             t0 = time.perf_counter()
             batch = next(batches)
@@ -298,7 +317,9 @@ class Trainer:
             wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
             local = signals.received or ("callback" if wanted else None)
             # every process stops at the same step: a stop anywhere, or the budget, is a stop for all
-            stops, budgets, tokens = procs.total([local is not None, self.fraction_done() >= 1.0, batch.tokens], device)
+            done = self.fraction_done()
+            stops, budgets, tokens, done = procs.total([local is not None, done >= 1.0, batch.tokens, done], device)
+            self.progress = done / procs.world  # the budget's share used, as every process agrees it
             pos.characters += int(tokens)
             w = self.window
             w.loss_sum, w.steps, w.characters = w.loss_sum + value, w.steps + 1, w.characters + int(tokens)
