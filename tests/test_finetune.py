@@ -34,6 +34,7 @@ def test_fine_tuning_keeps_every_id_and_starts_at_the_parents_loss(tmp_path, par
     losses = []
     result = charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), max_steps=3,
                             precision="fp32", callback=lambda e: losses.append(e["loss"]) if "loss" in e else None,
+                            early_pieces=1,  # a step's loss is then its whole batch's, before any update
                             **{**tiny, "hidden_size": 0, "embedding": 64})  # the parent's config wins over defaults
     old = checkpoint.load(run)
     assert result.vocab == old.vocab and result.model.cfg == old.config
