@@ -113,6 +113,24 @@ def test_a_budget_in_characters_alone_stops_at_the_compute_optimal_size():
         chosen.predicted_bpc <= sizing.LAW.bpc(sizing.parameters(MODEL, wider[0]), 1e7)
 
 
+def test_the_rate_blends_whole_steps_and_the_early_pieces_by_the_budgets_share(monkeypatch):
+    """Timed steps of 0.1 s for 128-character rows and 0.04 s for 32-character pieces: with 4 pieces over
+    30% of the budget, a row trains 0.7 x 128 / 0.1 + 0.3 x 32 / 0.04 characters a second."""
+    shapes = []
+
+    def timed(model, shape, rt, widths, average=True):
+        shapes.append((shape, average))
+        return [0.1 if shape[1] == 128 else 0.04] * len(widths)
+
+    monkeypatch.setattr(sizing, "_step_seconds", timed)
+    rt = Runtime.start(device="cpu", precision="fp32")
+    cfg = TrainConfig(eval_every=0, early_share=0.3)
+    assert sizing.measure(MODEL, (16, 128.0), cfg, rt)(512) == pytest.approx(16 * 128 / 0.1)
+    assert sizing.measure(MODEL, (16, 128.0), cfg, rt, pieces=4)(512) == pytest.approx(
+        16 * (0.7 * 128 / 0.1 + 0.3 * 32 / 0.04))
+    assert shapes == [((16, 128), True), ((16, 128), True), ((16, 32), False)]  # one average per batch
+
+
 @pytest.mark.kernel
 def test_the_measured_rate_falls_with_width():
     rt = Runtime.start(device="cpu", precision="auto")

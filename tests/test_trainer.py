@@ -90,34 +90,76 @@ def test_the_saved_model_is_the_moving_average_of_the_trained_weights(tmp_path, 
     assert charloom.load(tmp_path).info["weight_average_decay"] == ema
 
 
-def test_early_batches_take_one_step_per_piece_with_the_state_carried_between_them(tmp_path, text_file):
-    """The trainer against a hand-written loop: each batch cut into 3 pieces along time, an AdamW step on each,
-    the hidden state of one piece (detached) the start of the next."""
+@pytest.mark.parametrize("order, grams", [("shuffle", 0), ("contiguous", 0), ("contiguous", 3)])
+def test_early_batches_take_one_step_per_piece_with_the_state_carried_between_them(tmp_path, text_file, order, grams):
+    """The trainer against a hand-written loop: each batch cut into 3 pieces along time (3, 4 and 3 characters),
+    an AdamW step on each, the hidden state of one piece (detached) the start of the next; in contiguous order
+    the last piece's state also starts the next batch. The loss shown for a step is its characters' mean."""
     from charloom.config import BatchConfig, CorpusConfig, ModelConfig
     from charloom.evaluation import batch_loss
     from charloom.model import CharRNN
 
     trainer = train_mod.setup(
-        CorpusConfig(source=str(text_file)), BatchConfig(batch_size=4, seq_len=12),
-        ModelConfig(hidden_size=16, embedding=8, cell="lstm"),
+        CorpusConfig(source=str(text_file)), BatchConfig(batch_size=4, seq_len=10, order=order),
+        ModelConfig(hidden_size=16, embedding=8, cell="lstm", grams=grams, gram_buckets=64),
         TrainConfig(out=str(tmp_path), max_steps=5, eval_every=0, sample_length=0, progress=False, lr=1e-2, ema=0,
                     warmup=0, schedule="constant", early_pieces=3, early_share=1.0, precision="fp32"))
     reference = CharRNN(trainer.model.cfg)
     reference.load_state_dict(trainer.model.state_dict())
     opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
-    batches = trainer.data.train.iterate(0, 0)
+    batches, shown, want = trainer.data.train.iterate(0, 0), [], []
+    trainer.hooks.append(hooks.Callback(lambda e: shown.append(e["loss"]) if e["event"] == "step" else None))
     trainer.run()
+    state = None
     for _ in range(5):
-        state = None
-        for piece in next(batches).pieces(3):
+        batch, total = next(batches), 0.0
+        state = state if batch.continues else None
+        for piece in batch.pieces(3):
             loss, state = batch_loss(reference, piece, state, torch.device("cpu"))
+            total += float(loss) * piece.x.numel()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
             opt.step()
             state = tuple(s.detach() for s in state)
+        want.append(total / batch.x.numel())
+    assert [p.x.shape[1] for p in batch.pieces(3)] == [3, 4, 3]
+    assert (order == "contiguous") == batch.continues  # the carry across batches is exercised
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(trainer.model.state_dict()[k], v, rtol=0, atol=1e-6)
+    assert shown == pytest.approx(want, rel=1e-6)
+
+
+def test_a_run_stopped_and_resumed_within_the_early_share_follows_the_same_losses(tmp_path, text_file, tiny):
+    opts = dict(tiny, max_steps=10, eval_every=3, early_pieces=3, early_share=0.5, order="contiguous")
+    straight = []
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), callback=straight.append, **opts)
+    first = []
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"),
+                   callback=lambda e: first.append(e) or (e["event"] == "step" and e["step"] == 2), **opts)
+    second = []
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), callback=second.append, resume=True, **opts)
+    assert losses_of(first) + losses_of(second) == losses_of(straight) and len(losses_of(straight)) == 10
+    _, run = checkpoint.load_run(tmp_path / "b" / "last.safetensors")
+    assert all(int(st["step"]) == 3 * 5 + 5 for st in run.optimizer["state"].values())  # 5 steps in 3 pieces
+
+
+def test_a_resume_file_from_before_the_early_pieces_continues_without_them(tmp_path, text_file, tiny):
+    from test_model_files import contents, forge
+
+    opts = dict(tiny, max_steps=8, eval_every=0, early_pieces=1)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"),
+                   callback=lambda e: e["event"] == "step" and e["step"] == 1, **opts)
+    path = tmp_path / "b" / "last.safetensors"
+    tensors, meta = contents(path)
+    extra = json.loads(meta["extra"])
+    del extra["train"]["early_pieces"], extra["train"]["early_share"]  # as written before these options existed
+    forge(path, tensors, {**meta, "extra": json.dumps(extra)})
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=8)
+    a = checkpoint.load(tmp_path / "a" / "last.safetensors").tensors
+    b = checkpoint.load(path).tensors
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))
 
 
 @pytest.mark.parametrize("records, updates", [(False, 3 + 3 + 1 + 1), (True, 4)])

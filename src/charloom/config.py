@@ -309,7 +309,7 @@ def parse_duration(text: str, name: str = "max_time") -> float:
     return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
 
 
-MAX_PIECES = 64  # TrainConfig.early_pieces at most
+MAX_PIECES = 64  # TrainConfig.early_pieces at most: each piece costs an optimizer step's fixed work
 
 
 @dataclass(frozen=True)
@@ -317,25 +317,25 @@ class TrainConfig(Config):
     """How long and how to train, how often to evaluate and show samples, where to save."""
 
     out: str = option("runs/latest", "run folder: model.safetensors (best), last.safetensors (resume), metrics.jsonl")
-    max_steps: int = option(0, "stop after this many optimizer steps (0: no step limit)")
+    max_steps: int = option(0, "stop after this many steps, a batch each (0: no step limit)")
     epochs: float = option(0.0, "stop after this many passes over the training split (0: no epoch limit)")
     max_time: str = option("", "stop after this much training time: 90s, 10m, 1.5h (default 10m when no "
                                "budget is given)")
     lr: float = option(0.0, "peak learning rate of AdamW (0: 5e-3 x 640 / the width, at most 1e-2; a resumed "
                             "run keeps its own)")
     min_lr_ratio: float = option(0.1, "cosine schedule: the final learning rate as a share of --lr")
-    warmup: int = option(50, "steps of linear learning-rate warm-up")
+    warmup: int = option(50, "steps (batches) of linear learning-rate warm-up")
     schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up: cosine decay over "
                                                                 "the budget, or constant")
     weight_decay: float = option(0.1, "AdamW's decoupled weight decay: each step shrinks every weight by lr x this "
                                       "(0: off)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     ema: float = option(0.998, "the model evaluated, sampled and saved is an exponential moving average of the "
-                               "trained weights with this decay per step (the first steps average over fewer: "
+                               "trained weights with this decay per step, a batch each (the first steps average over fewer: "
                                "decay min(ema, (1 + n) / (10 + n)) after n updates); 0: the trained weights")
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
-    early_pieces: int = option(4, "continuous corpora, early in the budget: each batch's windows are learned in this "
-                                  "many consecutive pieces, one optimizer step each, the hidden state carried from "
+    early_pieces: int = option(4, "continuous corpora, early in the budget: each step's windows are learned in this "
+                                  "many consecutive pieces, one optimizer update each, the hidden state carried from "
                                   "piece to piece: more steps while the loss falls fastest (1: off)")
     early_share: float = option(0.3, "the share of the budget over which --early-pieces applies")
     ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "

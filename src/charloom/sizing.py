@@ -121,14 +121,16 @@ def parameters(model: ModelConfig, width: int) -> int:
         return CharRNN(model.replace(hidden_size=width)).num_parameters(tables=False)
 
 
-def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int) -> Callable[[], float]:
+def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int,
+             average: bool = True) -> Callable[[], float]:
     """A function that takes one training step at `width` on a batch of `shape` and returns its seconds:
-    forward, backward, gradient clipping, the optimizer step and the weight average, as the run does them."""
+    forward, backward, gradient clipping, the optimizer step and (`average`: once per batch, not per piece)
+    the weight average, as the run does them."""
     B, T = shape
     net = CharRNN(model.replace(hidden_size=width)).to(rt.device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=True)
     weights = list(net.parameters())
-    average = [p.detach().clone() for p in weights]
+    averaged = [p.detach().clone() for p in weights]
     ids = torch.randint(0, model.vocab_size, (B, T + 1), device=rt.device)
 
     def one() -> float:
@@ -139,18 +141,20 @@ def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int
         torch.nn.utils.clip_grad_norm_(weights, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_lerp_(average, weights, 0.01)
+        if average:
+            with torch.no_grad():
+                torch._foreach_lerp_(averaged, weights, 0.01)
         _sync(rt)
         return time.perf_counter() - t0
 
     return one
 
 
-def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, widths: tuple[int, ...]) -> list[float]:
+def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, widths: tuple[int, ...],
+                  average: bool = True) -> list[float]:
     """Median seconds of a training step at each of `widths`. The widths take turns, a step each, so a burst
     of other work on the machine slows them all alike rather than bending the comparison between them."""
-    steppers = [_stepper(model, shape, rt, w) for w in widths]
+    steppers = [_stepper(model, shape, rt, w, average) for w in widths]
     for one in steppers:
         one()  # a warm-up: kernels are made on first use
     times: list[list[float]] = [[] for _ in widths]
@@ -185,23 +189,32 @@ def _loglog(x: np.ndarray, y: np.ndarray) -> Callable[[float], float]:
     return at
 
 
-def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime) -> Callable[[int], float]:
+def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime,
+            pieces: int = 1) -> Callable[[int], float]:
     """Training characters per second as a function of width, from timing real steps at PROBE_WIDTHS here;
-    `shape`: (rows, characters per row) of a training batch.
+    `shape`: (rows, characters per row) of a training batch; `pieces`: the optimizer steps a batch takes in
+    the budget's early share (`cfg.early_share`), each on a piece of the windows, also timed, so that the
+    rate is the run's blend of the two.
 
     The step is timed at the run's own shape: a narrow model's step at batch 16 is bound by the sequential
     recurrence and the per-step work more than by its products, so it is less faster than its parameter
     count says, and only the real step shows by how much. Other widths are interpolated in parameters;
     evaluation pauses (forward only, about a third of a training pass per character) take their share."""
     B, T = shape[0], max(8, min(round(shape[1]), PROBE_SEQ))
+    early = cfg.early_share if pieces > 1 else 0.0
+    short = max(1, min(round(shape[1] / pieces), PROBE_SEQ))  # a piece's characters per row
+    sizes = np.array([parameters(model, w) for w in PROBE_WIDTHS], dtype=float)
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(0)
-        seconds = _step_seconds(model, (B, T), rt, PROBE_WIDTHS)
-    step = _loglog(np.array([parameters(model, w) for w in PROBE_WIDTHS], dtype=float), np.array(seconds))
+        step = _loglog(sizes, np.array(_step_seconds(model, (B, T), rt, PROBE_WIDTHS)))
+        piece = _loglog(sizes, np.array(_step_seconds(model, (B, short), rt, PROBE_WIDTHS, average=False))) \
+            if early else None
     eval_share = cfg.eval_chars / (3.0 * cfg.eval_every * shape[0] * shape[1]) if cfg.eval_every else 0.0
 
     def rate(width: int) -> float:
-        return B * T * rt.procs.world / step(parameters(model, width)) / (1.0 + eval_share)
+        p = parameters(model, width)
+        per_row = T / step(p) if piece is None else (1.0 - early) * T / step(p) + early * short / piece(p)
+        return B * rt.procs.world * per_row / (1.0 + eval_share)
 
     return rate
 
@@ -233,10 +246,11 @@ def peak_lr(width: int) -> float:
     return min(LR_MAX, LR_AT_WIDTH * LR_WIDTH / width)
 
 
-def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtime, unique: float) -> Fit:
+def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtime, unique: float,
+        pieces: int = 1) -> Fit:
     """The width for this run. `model` has its vocabulary size set; `shape`: (rows, characters per row) of
     a training batch in one process; `unique`: characters of the training split. The tightest of the
-    run's limits (time, steps, epochs) sets the characters each width trains."""
+    run's limits (time, steps, epochs) sets the characters each width trains; `pieces`: see `measure`."""
     limits: list[tuple[str, Callable[[int], float]]] = []
     per_step = shape[0] * shape[1] * rt.procs.world
     if cfg.max_steps:
@@ -245,7 +259,7 @@ def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtim
         limits.append((f"{cfg.epochs:g} epochs", lambda w: cfg.epochs * unique))
     rate = None
     if cfg.seconds:
-        rate = measure(model, shape, cfg, rt)
+        rate = measure(model, shape, cfg, rt, pieces)
         limits.append((f"{cfg.seconds:g} s", lambda w: cfg.seconds * rate(w)))
 
     def characters(w: int) -> float:

@@ -3,8 +3,9 @@
     result = train(source="names", hidden_size=128, max_time="2m")        # or train(CorpusConfig(...), ...)
 
 Every step feeds a batch of inputs and scores the model's prediction of each next character
-(cross-entropy; padding targets of record batches are ignored), and updates an exponential moving
-average of the weights: that average is the model evaluated, sampled and saved (`ema`). Every
+(cross-entropy; padding targets of record batches are ignored), updates the weights (once, or, early in
+the budget, once per piece of the batch's windows: `early_pieces`) and then an exponential moving
+average of them: that average is the model evaluated, sampled and saved (`ema`). Every
 `eval_every` steps the held-out split is scored and the hooks run (hooks.py): the terminal display,
 samples, the metrics log, and two files written atomically in the run folder: model.safetensors (the
 best so far by validation loss) and last.safetensors (everything needed to resume exactly). SIGINT and
@@ -142,7 +143,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         self.pos = Progress()
         self.carry: State | None = None
-        self.progress = 0.0  # the budget's share used after the last step, the same in every process
+        self.early = True  # every process finds the budget within --early-share (set before each batch)
         self.history: list[dict[str, Any]] = []
         self.window = Window()
         self.improved = False  # the last evaluation beat every earlier one
@@ -189,25 +190,30 @@ class Trainer:
         return self.pos.elapsed * (1 - done) / done if done > 0 else 0.0
 
     def pieces(self) -> int:
-        """Optimizer steps to take on the next batch: --early-pieces within the budget's early share (as all
-        processes agree it stands), on a continuous corpus (records are short already), else 1."""
-        if self.records or self.progress >= self.cfg.early_share:
-            return 1
-        return self.cfg.early_pieces
+        """Optimizer steps to take on the next batch: --early-pieces while every process still finds the budget
+        within its early share, on a continuous corpus (records are short already), else 1."""
+        return 1 if self.records or not self.early else self.cfg.early_pieces
+
+    def in_early_share(self) -> float:
+        """1.0 while this process finds the budget used within --early-share, else 0.0 (summed over processes:
+        a whole number, so every process, and a resumed run, reads the sum alike)."""
+        return float(self.fraction_done() < self.cfg.early_share)
 
     def step(self, batch: Batch) -> tuple[float, float]:
         """One batch: (its mean loss in nats, the last learning rate used). Cut into `pieces()` along time, one
         optimizer step on each, the hidden state carried (detached) from each piece to the next."""
         carried = self.contiguous and self.cfg.carry_state and batch.continues
-        state, total, lr = self.carry if carried else None, 0.0, 0.0
+        state, losses = self.carry if carried else None, []
         for piece in batch.pieces(self.pieces()):
             value, lr, state = self.update(piece, state)
-            total += value * piece.x.shape[1]
+            losses.append((value, piece.tokens))
         if self.average is not None:
             self.average.update_parameters(self.model)
         if self.contiguous:
             self.carry = state
-        return total / batch.x.shape[1], lr
+        if len(losses) == 1:
+            return losses[0][0], lr
+        return sum(v * n for v, n in losses) / max(1, sum(n for _, n in losses)), lr  # per character of the batch
 
     def update(self, batch: Batch, state: State | None) -> tuple[float, float, State]:
         """One optimizer step on `batch` from `state`: (its mean loss in nats, the learning rate, its final state,
@@ -302,7 +308,8 @@ class Trainer:
         pos, procs, device = self.pos, self.rt.procs, self.rt.device
         batches = self.data.train.iterate(pos.epoch, pos.index)
         steps_run, t_last = 0, time.perf_counter()
-        self.progress = self.fraction_done()
+        (early,) = procs.total([self.in_early_share()], device)
+        self.early = early == procs.world
         while self.fraction_done() < 1.0:
             t0 = time.perf_counter()
             batch = next(batches)
@@ -317,9 +324,9 @@ class Trainer:
             wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
             local = signals.received or ("callback" if wanted else None)
             # every process stops at the same step: a stop anywhere, or the budget, is a stop for all
-            done = self.fraction_done()
-            stops, budgets, tokens, done = procs.total([local is not None, done >= 1.0, batch.tokens, done], device)
-            self.progress = done / procs.world  # the budget's share used, as every process agrees it
+            stops, budgets, tokens, early = procs.total(
+                [local is not None, self.fraction_done() >= 1.0, batch.tokens, self.in_early_share()], device)
+            self.early = early == procs.world
             pos.characters += int(tokens)
             w = self.window
             w.loss_sum, w.steps, w.characters = w.loss_sum + value, w.steps + 1, w.characters + int(tokens)
@@ -350,8 +357,10 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
         path = out / checkpoint.RESUME_FILE
         if not path.exists():
             raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
-        base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict()
-                for k, v in checkpoint.run_configs(path).items()}
+        saved = checkpoint.run_configs(path)
+        if isinstance(saved.get("train"), dict):
+            saved["train"] = {"early_pieces": 1, **saved["train"]}  # runs saved before the pieces took none
+        base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict() for k, v in saved.items()}
     cfgs = {}
     for kind, cls in CONFIGS.items():
         start = given[kind].to_dict() if given[kind] is not None else base.get(kind, {})
@@ -469,7 +478,8 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
         return model, None
     if previous is not None:
         return model.replace(hidden_size=previous[0].config.hidden_size), None
-    fitted = sizing.fit(model, data.train_shape, cfg, rt, data.train_characters) if rt.procs.main else None
+    pieces = 1 if data.corpus.is_records else cfg.early_pieces
+    fitted = sizing.fit(model, data.train_shape, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
     return model.replace(hidden_size=int(width)), fitted
 
