@@ -30,8 +30,8 @@ def test_ill_typed_or_out_of_range_options_fail_loudly(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"early_pieces": 0}, r"early_pieces: must be in \[1, 64\], got 0"),
-    ({"early_pieces": 10**9}, r"early_pieces: must be in \[1, 64\]"),
+    ({"early_pieces": -1}, r"early_pieces: must be in \[0, 64\], got -1"),
+    ({"early_pieces": 10**9}, r"early_pieces: must be in \[0, 64\]"),
     ({"early_share": 1.5}, r"early_share: must be in \[0, 1\], got 1.5"),
     ({"early_share": float("nan")}, "early_share: nan is not a finite number"),
 ])

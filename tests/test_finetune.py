@@ -34,7 +34,6 @@ def test_fine_tuning_keeps_every_id_and_starts_at_the_parents_loss(tmp_path, par
     losses = []
     result = charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), max_steps=3,
                             precision="fp32", callback=lambda e: losses.append(e["loss"]) if "loss" in e else None,
-                            early_pieces=1,  # a step's loss is then its whole batch's, before any update
                             **{**tiny, "hidden_size": 0, "embedding": 64})  # the parent's config wins over defaults
     old = checkpoint.load(run)
     assert result.vocab == old.vocab and result.model.cfg == old.config
@@ -44,7 +43,8 @@ def test_fine_tuning_keeps_every_id_and_starts_at_the_parents_loss(tmp_path, par
     first = next(iter(data.train))
     with torch.no_grad():
         want, _ = batch_loss(old.model.train(), first, None, torch.device("cpu"))
-    assert losses[0] == pytest.approx(float(want), rel=1e-5)
+    assert losses[0] == pytest.approx(float(want), rel=1e-5)  # a fine-tune takes no early pieces unless asked
+    assert checkpoint.load_run(tmp_path / "child" / "last.safetensors")[1].configs["train"]["early_pieces"] == 1
     lineage = checkpoint.load(tmp_path / "child").info["parent"]
     digest = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
     assert lineage == {"path": str((run / "model.safetensors").resolve()), "sha256": digest, "step": 20}

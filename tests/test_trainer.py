@@ -162,6 +162,13 @@ def test_a_resume_file_from_before_the_early_pieces_continues_without_them(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))
 
 
+def test_a_fresh_run_takes_the_default_pieces_and_records_them(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path), **dict(tiny, max_steps=4, eval_every=0))
+    _, run = checkpoint.load_run(tmp_path / "last.safetensors")
+    assert run.configs["train"]["early_pieces"] == 4  # resolved from 0, so a resume continues alike
+    assert all(int(st["step"]) == 4 + 4 + 1 + 1 for st in run.optimizer["state"].values())  # within 30%: 0, 1/4
+
+
 @pytest.mark.parametrize("records, updates", [(False, 3 + 3 + 1 + 1), (True, 4)])
 def test_pieces_only_in_the_budgets_early_share_and_not_for_records(tmp_path, text_file, tiny, records, updates):
     result = charloom.train(source=str(text_file), out=str(tmp_path), records=records,

@@ -310,6 +310,7 @@ def parse_duration(text: str, name: str = "max_time") -> float:
 
 
 MAX_PIECES = 64  # TrainConfig.early_pieces at most: each piece costs an optimizer step's fixed work
+EARLY_PIECES = 4  # TrainConfig.early_pieces of a fresh run when none is given
 
 
 @dataclass(frozen=True)
@@ -334,9 +335,10 @@ class TrainConfig(Config):
                                "trained weights with this decay per step, a batch each (the first steps average over fewer: "
                                "decay min(ema, (1 + n) / (10 + n)) after n updates); 0: the trained weights")
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
-    early_pieces: int = option(4, "continuous corpora, early in the budget: each step's windows are learned in this "
+    early_pieces: int = option(0, "continuous corpora, early in the budget: each step's windows are learned in this "
                                   "many consecutive pieces, one optimizer update each, the hidden state carried from "
-                                  "piece to piece: more steps while the loss falls fastest (1: off)")
+                                  "piece to piece: more steps while the loss falls fastest (0: 4 for a fresh run, 1 "
+                                  "for a fine-tune, which lost with them; 1: off)")
     early_share: float = option(0.3, "the share of the budget over which --early-pieces applies")
     ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "
                            "order: the shortest order that mixes as well as any longer one on the last of the "
@@ -385,8 +387,8 @@ class TrainConfig(Config):
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
-        if not 1 <= self.early_pieces <= MAX_PIECES:
-            raise ConfigError(f"early_pieces: must be in [1, {MAX_PIECES}], got {self.early_pieces}")
+        if not 0 <= self.early_pieces <= MAX_PIECES:
+            raise ConfigError(f"early_pieces: must be in [0, {MAX_PIECES}], got {self.early_pieces}")
         if not 0.0 <= self.early_share <= 1.0:
             raise ConfigError(f"early_share: must be in [0, 1], got {self.early_share}")
         if self.grad_clip < 0 or self.weight_decay < 0:

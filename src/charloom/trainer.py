@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
+from .config import EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import load as load_corpus
 from .errors import CharloomError, ConfigError
 from .evaluation import LN2, Evaluation, batch_loss, evaluate
@@ -128,6 +128,8 @@ class Trainer:
                  hook_list: Sequence[hooks.Hook] = (), contiguous: bool = False):
         if not cfg.lr > 0:  # 0 asks setup to set the rate from the width; a Trainer needs the rate itself
             raise ConfigError(f"lr: a Trainer needs a positive peak rate, got {cfg.lr} (setup sets 0 by width)")
+        if cfg.early_pieces < 1:
+            raise ConfigError(f"early_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} (setup sets 0)")
         self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
         self.hooks = list(hook_list)
         self.out = Path(cfg.out).expanduser()
@@ -513,6 +515,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         _check_out(out)
     # the run records the precision it resolved, so a resumed run computes as it did, however a probe goes
     cfg = config.replace(precision=rt.precision)
+    if not cfg.early_pieces:  # a fine-tune starts from a trained network: its early steps lost with pieces
+        cfg = cfg.replace(early_pieces=1 if cfg.init_from else EARLY_PIECES)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     data = data or prepare(_corpus(corpus, cfg, parent, previous), batch, rt.procs.rank, rt.procs.world)
     _check_validation(data, batch)
