@@ -332,12 +332,13 @@ class TrainConfig(Config):
                                       "(0: off)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     ema: float = option(0.998, "the model evaluated, sampled and saved is an exponential moving average of the "
-                               "trained weights with this decay per step, a batch each (the first steps average over fewer: "
-                               "decay min(ema, (1 + n) / (10 + n)) after n updates); 0: the trained weights")
+                               "trained weights with this decay per step, a batch each (the first steps average "
+                               "over fewer: decay min(ema, (1 + n) / (10 + n)) after n updates); 0: the trained "
+                               "weights")
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
     early_pieces: int = option(0, "continuous corpora, early in the budget: each step's windows are learned in this "
                                   "many consecutive pieces, one optimizer update each, the hidden state carried from "
-                                  "piece to piece: more steps while the loss falls fastest (0: 4 for a fresh run, 1 "
+                                  "piece to piece: more updates while the loss falls fastest (0: 4 for a fresh run, 1 "
                                   "for a fine-tune, which lost with them; 1: off)")
     early_share: float = option(0.3, "the share of the budget over which --early-pieces applies")
     ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "

@@ -486,6 +486,15 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
     return model.replace(hidden_size=int(width)), fitted
 
 
+def _settled(config: TrainConfig, precision: str) -> TrainConfig:
+    """The options a run records as it settles them: the precision it resolved (so a resumed run computes as it
+    did, however a probe goes) and the early pieces."""
+    cfg = config.replace(precision=precision)
+    if not cfg.early_pieces:  # a fine-tune starts from a trained network: its early steps lost with pieces
+        cfg = cfg.replace(early_pieces=1 if cfg.init_from else EARLY_PIECES)
+    return cfg
+
+
 def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint, RunState] | None) -> float:
     """The peak learning rate: as given, as the resumed run recorded it, or the width's (sizing.peak_lr)."""
     if cfg.lr:
@@ -513,10 +522,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
                             f"to continue it in another)") from None
     if rt.procs.main:  # only the first process writes the run folder
         _check_out(out)
-    # the run records the precision it resolved, so a resumed run computes as it did, however a probe goes
-    cfg = config.replace(precision=rt.precision)
-    if not cfg.early_pieces:  # a fine-tune starts from a trained network: its early steps lost with pieces
-        cfg = cfg.replace(early_pieces=1 if cfg.init_from else EARLY_PIECES)
+    cfg = _settled(config, rt.precision)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     data = data or prepare(_corpus(corpus, cfg, parent, previous), batch, rt.procs.rank, rt.procs.world)
     _check_validation(data, batch)
