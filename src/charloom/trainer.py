@@ -192,9 +192,9 @@ class Trainer:
         return self.pos.elapsed * (1 - done) / done if done > 0 else 0.0
 
     def pieces(self) -> int:
-        """Optimizer steps to take on the next batch: --early-pieces while every process still finds the budget
-        within its early share, on a continuous corpus (records are short already), else 1."""
-        return 1 if self.records or not self.early else self.cfg.early_pieces
+        """Optimizer steps to take on the next batch: the run's early pieces while every process still finds the
+        budget within its early share, else 1."""
+        return early_pieces(self.cfg, self.records) if self.early else 1
 
     def in_early_share(self) -> float:
         """1.0 while this process finds the budget used within --early-share, else 0.0 (summed over processes:
@@ -205,17 +205,18 @@ class Trainer:
         """One batch: (its mean loss in nats, the last learning rate used). Cut into `pieces()` along time, one
         optimizer step on each, the hidden state carried (detached) from each piece to the next."""
         carried = self.contiguous and self.cfg.carry_state and batch.continues
-        state, losses = self.carry if carried else None, []
-        for piece in batch.pieces(self.pieces()):
+        state, losses, pieces = self.carry if carried else None, [], batch.pieces(self.pieces())
+        for piece in pieces:
             value, lr, state = self.update(piece, state)
-            losses.append((value, piece.tokens))
+            losses.append(value)
         if self.average is not None:
             self.average.update_parameters(self.model)
         if self.contiguous:
             self.carry = state
-        if len(losses) == 1:
-            return losses[0][0], lr
-        return sum(v * n for v, n in losses) / max(1, sum(n for _, n in losses)), lr  # per character of the batch
+        if len(pieces) == 1:
+            return losses[0], lr
+        counts = [p.tokens for p in pieces]
+        return sum(v * n for v, n in zip(losses, counts)) / max(1, sum(counts)), lr  # per character of the batch
 
     def update(self, batch: Batch, state: State | None) -> tuple[float, float, State]:
         """One optimizer step on `batch` from `state`: (its mean loss in nats, the learning rate, its final state,
@@ -480,10 +481,16 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
         return model, None
     if previous is not None:
         return model.replace(hidden_size=previous[0].config.hidden_size), None
-    pieces = 1 if data.corpus.is_records else cfg.early_pieces
+    pieces = early_pieces(cfg, data.corpus.is_records)
     fitted = sizing.fit(model, data.train_shape, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
     return model.replace(hidden_size=int(width)), fitted
+
+
+def early_pieces(cfg: TrainConfig, records: bool) -> int:
+    """Optimizer steps per batch in the budget's early share: the run's --early-pieces on a continuous corpus;
+    records are short already, so 1."""
+    return 1 if records else cfg.early_pieces
 
 
 def _settled(config: TrainConfig, precision: str) -> TrainConfig:
