@@ -1,18 +1,28 @@
-"""Run under torchrun by test_distributed.py: train a tiny model, then save this process's weights."""
+"""Run under torchrun by test_distributed.py: train a tiny model, then save this process's weights.
+
+Arguments: folder, source, order, and a budget: "steps" (40 steps) or "clock" (a time budget, with the second
+process's clock running four times as fast as the first's, so the processes disagree on how much is used)."""
 
 import os
 import sys
+import time
 
 from safetensors.torch import save_file
 
 import charloom
 
-folder, source = sys.argv[1], sys.argv[2]
+folder, source, order = sys.argv[1:4]
+budget = sys.argv[4] if len(sys.argv) > 4 else "steps"
+rank = os.environ["RANK"]
+if budget == "clock" and rank == "1":
+    real, start = time.perf_counter, time.perf_counter()
+    time.perf_counter = lambda: start + 4 * (real() - start)
+limits = dict(max_steps=40) if budget == "steps" else dict(max_time="2s", early_pieces=4, early_share=0.3)
 losses = []
-result = charloom.train(source=source, out=os.path.join(folder, "run"), order=sys.argv[3], max_steps=40,
+result = charloom.train(source=source, out=os.path.join(folder, "run"), order=order, **limits,
                         batch_size=4, seq_len=16, hidden_size=32, num_layers=2, embedding=8, dropout=0.1,
                         eval_every=10, eval_chars=0, sample_length=0, progress=False, warmup=2, lr=1e-2,
                         callback=lambda e: losses.append(e["loss"]) if e["event"] == "step" else None)
-rank = os.environ["RANK"]
 save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
-          os.path.join(folder, f"rank{rank}.safetensors"), metadata={"losses": ",".join(map(str, losses))})
+          os.path.join(folder, f"rank{rank}.safetensors"),
+          metadata={"losses": ",".join(map(str, losses)), "steps": str(result.progress.step)})

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import charloom
+from charloom import checkpoint
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -23,21 +24,41 @@ def torchrun(*args, timeout=240):
 def test_two_cpu_processes_keep_identical_weights_and_learn(tmp_path, text_file, order):
     p = torchrun(str(WORKER), str(tmp_path), str(text_file), order)
     assert p.returncode == 0, p.stderr[-3000:]
-    w0 = load_file(tmp_path / "rank0.safetensors")
-    w1 = load_file(tmp_path / "rank1.safetensors")
-    assert w0.keys() == w1.keys()
-    for k in w0:
-        assert torch.equal(w0[k], w1[k]), f"{k} differs between the two processes"
-    losses = {}
-    for r in (0, 1):
-        with safe_open(tmp_path / f"rank{r}.safetensors", "pt") as f:
-            losses[r] = [float(x) for x in f.metadata()["losses"].split(",")]
+    w0 = identical_weights(tmp_path)
+    losses = {r: [float(x) for x in metadata(tmp_path, r)["losses"].split(",")] for r in (0, 1)}
     assert losses[0] != losses[1]  # each process read its own batches
     first, last = sum(losses[0][:5]) / 5, sum(losses[0][-5:]) / 5
     assert last < 0.85 * first  # the loss falls (40 small steps: from about 3.6 to 2.9 nats)
     ck = charloom.load(tmp_path / "run" / "last.safetensors")
     assert ck.info["step"] == 40 and torch.equal(ck.model.state_dict()["head.weight"], w0["head.weight"])
     assert {f"rng.torch.r{r}" for r in (0, 1)} <= set(ck.tensors)
+
+
+def identical_weights(folder):
+    """Rank 0's saved weights, after checking rank 1 saved the very same."""
+    w0, w1 = load_file(folder / "rank0.safetensors"), load_file(folder / "rank1.safetensors")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"{k} differs between the two processes"
+    return w0
+
+
+def metadata(folder, rank):
+    with safe_open(folder / f"rank{rank}.safetensors", "pt") as f:
+        return f.metadata()
+
+
+def test_processes_whose_clocks_disagree_cut_and_stop_the_same_batches(tmp_path, text_file):
+    # the second process's clock runs 4x fast: alone, it would leave the early pieces and the budget first
+    p = torchrun(str(WORKER), str(tmp_path), str(text_file), "shuffle", "clock", timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    identical_weights(tmp_path)
+    steps = {int(metadata(tmp_path, r)["steps"]) for r in (0, 1)}
+    assert len(steps) == 1  # both stopped at the same batch
+    _, run = checkpoint.load_run(tmp_path / "run" / "last.safetensors")
+    (batches,) = steps
+    updates = {int(st["step"]) for st in run.optimizer["state"].values()}
+    assert len(updates) == 1 and batches < updates.pop() < 4 * batches  # pieces early, whole batches later
 
 
 def test_torchrun_cli_trains_and_resumes(tmp_path, text_file):

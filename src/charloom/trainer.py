@@ -145,7 +145,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=rt.precision == "fp16")
         self.pos = Progress()
         self.carry: State | None = None
-        self.early = True  # every process finds the budget within --early-share (set before each batch)
         self.history: list[dict[str, Any]] = []
         self.window = Window()
         self.improved = False  # the last evaluation beat every earlier one
@@ -192,14 +191,9 @@ class Trainer:
         return self.pos.elapsed * (1 - done) / done if done > 0 else 0.0
 
     def pieces(self) -> int:
-        """Optimizer steps to take on the next batch: the run's early pieces while every process still finds the
-        budget within its early share, else 1."""
-        return early_pieces(self.cfg, self.records) if self.early else 1
-
-    def in_early_share(self) -> float:
-        """1.0 while this process finds the budget used within --early-share, else 0.0 (summed over processes:
-        a whole number, so every process, and a resumed run, reads the sum alike)."""
-        return float(self.fraction_done() < self.cfg.early_share)
+        """Optimizer steps to take on the next batch: the run's early pieces while the budget used is within
+        --early-share, else 1 (every process reads the same share: the loop shares one clock)."""
+        return early_pieces(self.cfg, self.records) if self.fraction_done() < self.cfg.early_share else 1
 
     def step(self, batch: Batch) -> tuple[float, float]:
         """One batch: (its mean loss in nats, the last learning rate used). Cut into `pieces()` along time, one
@@ -311,8 +305,6 @@ class Trainer:
         pos, procs, device = self.pos, self.rt.procs, self.rt.device
         batches = self.data.train.iterate(pos.epoch, pos.index)
         steps_run, t_last = 0, time.perf_counter()
-        (early,) = procs.total([self.in_early_share()], device)
-        self.early = early == procs.world
         while self.fraction_done() < 1.0:
             t0 = time.perf_counter()
             batch = next(batches)
@@ -320,22 +312,22 @@ class Trainer:
             now = time.perf_counter()
             steps_run, pos.step = steps_run + 1, pos.step + 1
             pos.epoch, pos.index = batch.epoch, batch.index + 1
-            pos.elapsed += now - t_last  # wall time: evaluations count against the budget too
+            elapsed, pos.elapsed = pos.elapsed, pos.elapsed + now - t_last  # wall time: evaluations count too
             t_last = now
             self.window.seconds += now - t0
             event = {"event": "step", "step": pos.step, "loss": value, "lr": lr}
             wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
             local = signals.received or ("callback" if wanted else None)
-            # every process stops at the same step: a stop anywhere, or the budget, is a stop for all
-            stops, budgets, tokens, early = procs.total(
-                [local is not None, self.fraction_done() >= 1.0, batch.tokens, self.in_early_share()], device)
-            self.early = early == procs.world
+            stops, spent, tokens = procs.total([local is not None, pos.elapsed - elapsed, batch.tokens], device)
+            # one clock for all processes (their mean), so the learning rate, the pieces and the budget's end
+            # are the same everywhere; a stop anywhere is a stop for all
+            pos.elapsed = elapsed + spent / procs.world
             pos.characters += int(tokens)
             w = self.window
             w.loss_sum, w.steps, w.characters = w.loss_sum + value, w.steps + 1, w.characters + int(tokens)
             if stops:
                 return local or "a signal to another process", steps_run
-            if budgets:
+            if self.fraction_done() >= 1.0:
                 break
             if self.cfg.eval_every and pos.step % self.cfg.eval_every == 0:
                 self.checkpoint(final=False)
