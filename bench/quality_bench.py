@@ -90,10 +90,11 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
             counting = adapt(ck.model, eval_windows(data.val, 1024, 1, pad), 0.0, mixture=ck.mixture).bpc \
                 if ck.mixture else None  # the network as trained, its n-gram counting what it reads
             sized = ck.info.get("sizing", {})
+            trained = charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)["train"]
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
-                    "lr": charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)["train"]["lr"],
+                    **{k: trained[k] for k in ("lr", "early_pieces")},
                     "predicted_characters": sized.get("characters"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "network": network, "windows": windows, "adapted": adapted.bpc,

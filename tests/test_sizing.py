@@ -77,6 +77,19 @@ def test_a_time_budget_takes_the_width_the_law_predicts_best():
     assert chosen.predicted_bpc == pytest.approx(sizing.LAW.bpc(chosen.parameters, chosen.characters))
 
 
+def test_a_run_with_the_early_pieces_is_predicted_as_if_it_trained_more_characters():
+    law = sizing.LAW
+    assert law.early_worth > 1.0
+    assert law.bpc(1e6, 1e7, early=True) == pytest.approx(law.bpc(1e6, 1e7 * law.early_worth))
+    rate, chars = time_budget(600, 50e9)
+    chosen = sizing.choose(MODEL, "600 s", math.inf, chars, rate, early=True)
+    best = min(sizing.WIDTHS, key=lambda w: (law.bpc(sizing.parameters(MODEL, w), chars(w), early=True), w))
+    assert chosen.hidden_size == best
+    assert chosen.characters == pytest.approx(chars(best))  # the characters it trains, not their worth
+    assert chosen.predicted_bpc == pytest.approx(law.bpc(chosen.parameters, chosen.characters, early=True))
+    assert chosen.predicted_bpc < sizing.choose(MODEL, "600 s", math.inf, chars, rate).predicted_bpc
+
+
 def test_a_faster_machine_or_a_longer_budget_gets_a_wider_model():
     widths = [sizing.choose(MODEL, "", math.inf, time_budget(s, f)[1], time_budget(s, f)[0]).hidden_size
               for s, f in [(120, 20e9), (600, 20e9), (600, 100e9), (3600, 100e9)]]

@@ -65,6 +65,7 @@ class Law:
     alpha: float
     B: float
     beta: float
+    early_worth: float = 1.0  # D's worth in a run whose batches are cut in pieces early (`early_pieces` > 1)
 
     def useful_parameters(self, characters: float) -> float:
         """The parameter count the law spends a compute budget of 6 x N x D best on, for D = `characters`:
@@ -72,11 +73,12 @@ class Law:
         log_n = (math.log(self.alpha * self.A / (self.beta * self.B)) + self.beta * math.log(characters)) / self.alpha
         return math.exp(min(log_n, 700.0))  # in logs: the powers overflow for extreme laws a fit may try
 
-    def bpc(self, parameters: float, characters: float, unique: float = math.inf) -> float:
-        """Predicted held-out bpc; `unique`: characters of distinct training text (repeats count for less)."""
+    def bpc(self, parameters: float, characters: float, unique: float = math.inf, early: bool = False) -> float:
+        """Predicted held-out bpc; `unique`: characters of distinct training text (repeats count for less);
+        `early`: the run learns its batches in pieces early in the budget."""
         useful = self.useful_parameters(unique) if math.isfinite(unique) else math.inf
         n, d = discounted(parameters, useful, EXCESS_DECAY), discounted(characters, unique, EPOCH_DECAY)
-        return self.E + self.A / n ** self.alpha + self.B / d ** self.beta
+        return self.E + self.A / n ** self.alpha + self.B / (d * (self.early_worth if early else 1.0)) ** self.beta
 
 
 def discounted(amount: float, useful: float, decay: float) -> float:
@@ -89,8 +91,9 @@ def discounted(amount: float, useful: float, decay: float) -> float:
 
 
 # fitted by bench/sizing_fit.py on the runs in bench/sweep.jsonl and bench/quality.jsonl (LSTM, Shakespeare,
-# both kernel paths), each at the peak learning rate its width is given (`peak_lr`)
-LAW = Law(E=1.5206, A=276.5, alpha=0.53, B=547.4, beta=0.49)
+# both kernel paths), each at the peak learning rate its width is given (`peak_lr`): E to beta on runs of
+# whole batches, early_worth on runs with the early pieces
+LAW = Law(E=1.5173, A=194.1, alpha=0.50, B=617.7, beta=0.50, early_worth=1.40)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: 
 
 
 def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[[int], float],
-           rate: Callable[[int], float] | None = None, law: Law = LAW) -> Fit:
+           rate: Callable[[int], float] | None = None, law: Law = LAW, early: bool = False) -> Fit:
     """The width with the lowest predicted bpc given the characters each width trains (the narrower of a tie).
 
     Without a time limit (`rate` None) a wider model always predicts lower, however long it would take: the
@@ -228,7 +231,8 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
     Nor is a width taken with more parameters than useful x (1 + EXCESS_DECAY) for the unique text, where
     each further parameter is worth under 1/e of a useful one: the law knows nothing of overfitting, so on a
     small text repeated for long it would keep buying width that could only memorise (the narrowest width is
-    always a candidate)."""
+    always a candidate). `early`: the run cuts its batches in pieces early, which the law prices as more
+    characters (`Law.early_worth`)."""
     cap = law.useful_parameters(unique) * (1.0 + EXCESS_DECAY) if math.isfinite(unique) else math.inf
     rows = []
     for w in WIDTHS:
@@ -236,7 +240,7 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
         d = characters(w)
         if rows and (p > cap or rate is None and p > law.useful_parameters(d)):
             break
-        rows.append((law.bpc(p, d, unique), w, p, d))
+        rows.append((law.bpc(p, d, unique, early), w, p, d))
     bpc, w, p, d = min(rows)
     return Fit(w, p, budget, d, rate(w) if rate else 0.0, bpc)
 
@@ -265,7 +269,7 @@ def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtim
     def characters(w: int) -> float:
         return min(f(w) for _, f in limits)
 
-    chosen = choose(model, "", unique, characters, rate)
+    chosen = choose(model, "", unique, characters, rate, early=pieces > 1)
     name = min(limits, key=lambda lim: lim[1](chosen.hidden_size))[0]
     return Fit(**{**chosen.to_dict(), "budget": name})
 
