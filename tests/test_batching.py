@@ -59,6 +59,15 @@ def test_shuffle_epoch_is_equal_size_non_overlapping_and_reproducible():
     assert not torch.equal(sb.batch(1, 0).x, first[0])  # a new epoch, a new order
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_split_of_barely_one_batch_has_a_batch_every_epoch(world):
+    c = stream_corpus(8 * 10 * world + 1)  # exactly one batch of windows at offset 0
+    cfg = BatchConfig(batch_size=8, seq_len=10, val_fraction=0.0, seed=3)
+    sb = StreamBatches(Stream(c.ids, [(0, len(c.ids))]), cfg, 0, world=world)
+    assert [sb.batches_in_epoch(e) for e in range(20)] == [1] * 20  # a later cut would leave no whole batch
+    assert len({tuple(sb.batch(e, 0).x[0].tolist()) for e in range(20)}) > 1  # shuffled still
+
+
 def test_iterate_from_a_position_resumes_the_same_batches():
     c = stream_corpus(3000)
     sb = prepare(c, BatchConfig(batch_size=4, seq_len=20, val_fraction=0.0)).train

@@ -61,6 +61,15 @@ def test_processes_whose_clocks_disagree_cut_and_stop_the_same_batches(tmp_path,
     assert len(updates) == 1 and batches < updates.pop() < 4 * batches  # pieces early, whole batches later
 
 
+def test_a_stop_asked_by_one_process_stops_all_at_that_step_named_alike(tmp_path, text_file):
+    p = torchrun(str(WORKER), str(tmp_path), str(text_file), "shuffle", "stop", timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    identical_weights(tmp_path)
+    assert [(metadata(tmp_path, r)["steps"], metadata(tmp_path, r)["stopped_by"]) for r in (0, 1)] == \
+        [("3", "callback")] * 2
+    assert charloom.load(tmp_path / "run" / "last.safetensors").info["stopped_by"] == "callback"
+
+
 def test_torchrun_cli_trains_and_resumes(tmp_path, text_file):
     out = tmp_path / "run"
     common = [str(text_file), "--out", str(out), "--hidden", "16", "--layers", "1", "--batch-size", "4",

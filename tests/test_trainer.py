@@ -24,6 +24,14 @@ def losses_of(events):
     return [e["loss"] for e in events if e["event"] == "step"]
 
 
+def test_a_callback_stops_the_run_from_an_evaluation_after_the_next_step(tmp_path, text_file, tiny):
+    events = []
+    r = charloom.train(source=str(text_file), out=str(tmp_path), callback=lambda e: events.append(e) or
+                       e["event"] == "eval", **dict(tiny, max_steps=20, eval_every=5))
+    assert r.stopped_by == "callback" and r.progress.step == 6  # the processes agree on a stop after a step
+    assert [e["step"] for e in events if e["event"] == "eval"][0] == 5
+
+
 @pytest.mark.parametrize("kind", ["contiguous", "records"])
 def test_stopped_and_resumed_run_follows_the_same_losses(tmp_path, text_file, tiny, kind):
     extra = dict(order="contiguous", dropout=0.2, num_layers=2) if kind == "contiguous" else dict(records=True)

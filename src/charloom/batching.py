@@ -139,15 +139,22 @@ class StreamBatches:
         """Window starts of one epoch in batch order (shuffle order)."""
         T = self.cfg.seq_len
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        offset = int(rng.integers(0, T))  # a fresh cut every epoch, so no boundary is always a boundary
+        offset = self._offset(rng)
         count = (len(self.stream) - 1 - offset) // T
         return offset + rng.permutation(count).astype(np.int64) * T
+
+    def _offset(self, rng: np.random.Generator) -> int:
+        """Where an epoch's first window starts: a fresh cut every epoch, so no boundary is always a boundary;
+        0 where a later cut would leave less than one batch (a split of barely one batch: no epoch is empty)."""
+        T = self.cfg.seq_len
+        offset = int(rng.integers(0, T))
+        return offset if (len(self.stream) - 1 - offset) // T >= self.cfg.batch_size * self.world else 0
 
     def batches_in_epoch(self, epoch: int = 0) -> int:
         B, T = self.cfg.batch_size, self.cfg.seq_len
         if self.cfg.order == "contiguous":
             return self.stream_len // T
-        offset = int(np.random.default_rng([self.cfg.seed, epoch]).integers(0, T))
+        offset = self._offset(np.random.default_rng([self.cfg.seed, epoch]))
         return ((len(self.stream) - 1 - offset) // T) // B // self.world
 
     def batch(self, epoch: int, index: int, _starts: np.ndarray | None = None) -> Batch:

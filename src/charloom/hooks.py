@@ -258,18 +258,20 @@ def _gathered(t: Trainer) -> list[dict[str, torch.Tensor]]:
 
 class Callback(Hook):
     """The user's `callback(event)`: sees each step and each evaluation; returning True stops the run as
-    SIGINT would (finish the step, save, return)."""
+    SIGINT would (finish the step, save, return): at once for a step, after the next step for an evaluation
+    (the processes of a run agree on a stop once a step)."""
 
     def __init__(self, fn: Callable[[dict[str, Any]], bool | None]) -> None:
         self.fn = fn
+        self.wanted = False  # an evaluation asked to stop
 
     def on_step(self, t: Trainer, event: dict[str, Any]) -> bool:
-        return bool(self.fn(event))
+        return bool(self.fn(event)) or self.wanted
 
     def on_eval(self, t: Trainer, row: dict[str, Any] | None, val: Evaluation | None,
                 full: Evaluation | None) -> None:
         if row is not None:
-            self.fn({"event": "eval", **row})
+            self.wanted = bool(self.fn({"event": "eval", **row})) or self.wanted
 
 
 __all__ = ["Callback", "Chart", "Checkpoints", "Display", "Hook", "MetricsLog", "Samples", "say"]

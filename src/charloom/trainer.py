@@ -57,6 +57,9 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return low + (cfg.lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+STOPS = ("SIGINT", "SIGTERM", "callback")  # what stops a run before its budget, in the order named when several do
+
+
 class _StopSignals:
     """SIGINT/SIGTERM set a flag that the loop checks after each step; a second SIGINT stops at once."""
 
@@ -115,7 +118,7 @@ class TrainResult:
     records: bool
     progress: Progress
     val: Evaluation | None
-    stopped_by: str  # "budget", "SIGINT", "SIGTERM", "callback"
+    stopped_by: str  # "budget", or one of STOPS
     history: list[dict[str, Any]] = field(default_factory=list)
     steps_run: int = 0  # steps taken by this call (a resumed run counts from where it resumed)
 
@@ -318,15 +321,17 @@ class Trainer:
             event = {"event": "step", "step": pos.step, "loss": value, "lr": lr}
             wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
             local = signals.received or ("callback" if wanted else None)
-            stops, spent, tokens = procs.total([local is not None, pos.elapsed - elapsed, batch.tokens], device)
+            *stops, spent, tokens, loss = procs.total(
+                [local == why for why in STOPS] + [pos.elapsed - elapsed, batch.tokens, value], device)
             # one clock for all processes (their mean), so the learning rate, the pieces and the budget's end
-            # are the same everywhere; a stop anywhere is a stop for all
+            # are the same everywhere; a stop anywhere is a stop for all, named alike everywhere
             pos.elapsed = elapsed + spent / procs.world
             pos.characters += int(tokens)
             w = self.window
-            w.loss_sum, w.steps, w.characters = w.loss_sum + value, w.steps + 1, w.characters + int(tokens)
-            if stops:
-                return local or "a signal to another process", steps_run
+            w.loss_sum += loss / procs.world  # the mean over the processes' batches
+            w.steps, w.characters = w.steps + 1, w.characters + int(tokens)
+            if any(stops):
+                return next(why for why, n in zip(STOPS, stops) if n), steps_run
             if self.fraction_done() >= 1.0:
                 break
             if self.cfg.eval_every and pos.step % self.cfg.eval_every == 0:
