@@ -268,6 +268,16 @@ def test_cache_follows_file_content_and_options(tmp_path):
     assert load(CorpusConfig(source=str(p), lower=True)).text() == "abc\n"
 
 
+@pytest.mark.parametrize("first, then", [("unk", "error"), ("error", "unk")])
+def test_a_cached_corpus_keeps_each_reads_unknown_character_policy(tmp_path, first, then):
+    p = tmp_path / "book.txt"
+    p.write_text("to be or not to be\n" * 10)
+    a = load(CorpusConfig(source=str(p), cache_dir=str(tmp_path / "c"), unknown=first))
+    b = load(CorpusConfig(source=str(p), cache_dir=str(tmp_path / "c"), unknown=then))
+    assert (a.vocab.unknown, b.vocab.unknown) == (first, then)
+    assert np.array_equal(a.ids, b.ids) and len(list((tmp_path / "c" / "ids").iterdir())) == 1  # one encoding
+
+
 def test_ids_use_the_smallest_dtype(tmp_path):
     p = tmp_path / "wide.txt"
     p.write_text("".join(chr(0x4E00 + i) for i in range(400)))

@@ -495,7 +495,7 @@ def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = Fals
     folder = cache / "ids" / key
     if not (folder / "meta.json").exists():
         _encode_to_cache(source, cfg, vocab, folder)
-    return _open_cached(folder, source.label, vocab)
+    return _open_cached(folder, source.label, vocab, cfg.unknown)
 
 
 def _prepared(source: Source, cfg: CorpusConfig, skipped: list[int], labels: list[str] | None = None) -> Iterator[str]:
@@ -614,14 +614,17 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
         raise
 
 
-def _open_cached(folder: Path, label: str, vocab: Vocab | None) -> Corpus:
+def _open_cached(folder: Path, label: str, vocab: Vocab | None, unknown: str) -> Corpus:
+    """The cached corpus; without `vocab`, the vocabulary it built, under this read's unknown-character policy
+    (the ids do not depend on it, so reads differing only in the policy share them)."""
     meta = json.loads((folder / "meta.json").read_text())
     # copy-on-write: a writable view for torch.from_numpy that never changes the cached file
     ids = np.load(folder / "ids.npy", mmap_mode="c")
     offsets = np.load(folder / "offsets.npy") if meta["records"] else None
     labels = np.load(folder / "labels.npy") if (folder / "labels.npy").exists() else None
     stats = {k: meta[k] for k in ("format", "files", "characters", "empty_records_skipped", "unknown_characters")}
-    return Corpus(label, vocab or Vocab.from_dict(meta["vocab"], where=str(folder)), ids, offsets, stats, labels)
+    vocab = vocab or Vocab.from_dict({**meta["vocab"], "unknown": unknown}, where=str(folder))
+    return Corpus(label, vocab, ids, offsets, stats, labels)
 
 
 __all__ = ["Bundled", "Corpus", "Source", "bundled", "iter_labelled", "iter_records", "iter_stream", "load",
