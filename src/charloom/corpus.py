@@ -228,7 +228,13 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
     """(the chosen columns of a row joined by `cfg.column_sep`, its label column or None) for each row of a CSV/TSV."""
     csv.field_size_limit(2**31 - 1)
     # newline="" semantics: keep line ends so quoted fields may hold newlines
-    reader = csv.reader(_lines(path, cfg), delimiter=delimiter)
+    quotes = [0, 0]  # the quote marks and lines read since the last row ended
+
+    def counted() -> Iterator[str]:
+        for line in _lines(path, cfg):
+            quotes[0], quotes[1] = quotes[0] + line.count('"'), quotes[1] + 1
+            yield line
+    reader = csv.reader(counted(), delimiter=delimiter)
     wanted = cfg.columns + ((cfg.label_column,) if cfg.label_column is not None else ())
     by_name = [c for c in wanted if not _is_index(c)]
     header = cfg.header if cfg.header is not None else bool(by_name)
@@ -239,7 +245,9 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
         if header and head is None:
             return
         picks: list[int] | None = None
+        spans, quotes[:] = [0, 0], [0, 0]
         for row in reader:
+            spans, quotes[:] = quotes[:], [0, 0]
             if not row or row == [""]:
                 continue
             if picks is None:
@@ -256,6 +264,9 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
                                         f"{at} was asked for")
                 label = row[at]
             yield cfg.column_sep.join(row[i] for i in picks), label
+        if spans[0] % 2 and spans[1] > 1:  # the last row ran to the end of the file inside a quoted field
+            raise CharloomError(f"{path}: line {reader.line_num - spans[1] + 1}: a quoted field opened in this row "
+                                f"is never closed, so the file's last {spans[1]} lines would be one field")
     except csv.Error as e:
         raise CharloomError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
 
