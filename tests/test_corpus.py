@@ -104,7 +104,10 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
     with pytest.raises(CharloomError, match=r"d.jsonl: line 2: field 'text' not found \(fields: body\)"):
         load(CorpusConfig(source=str(p), field="text"))
     p.write_text('{"text": "ok"}\n{oops\n')
-    with pytest.raises(CharloomError, match=r"d.jsonl: line 2: not valid JSON"):
+    with pytest.raises(CharloomError, match=r"d.jsonl: line 2: not valid JSON \(.* at column 2\)$"):
+        load(CorpusConfig(source=str(p), field="text"))
+    p.write_text('{"text": "a\ttab"}\n')
+    with pytest.raises(CharloomError, match=r"d.jsonl: line 1: not valid JSON \(Invalid control character at column 12\)"):
         load(CorpusConfig(source=str(p), field="text"))
     with pytest.raises(CharloomError, match="JSONL needs --field"):
         load(CorpusConfig(source=str(p)))

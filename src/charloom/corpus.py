@@ -308,7 +308,8 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
         except RecursionError:  # the parser recurses once per level of nesting
             raise CharloomError(f"{path}: line {n}: JSON nested too deeply to read") from None
         except ValueError as e:  # a JSONDecodeError, or an integer too long to convert
-            raise CharloomError(f"{path}: line {n}: not valid JSON ({getattr(e, 'msg', e)})") from None
+            what = f"{e.msg.removesuffix(' at')} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
+            raise CharloomError(f"{path}: line {n}: not valid JSON ({what})") from None
         text = _json_field(obj, cfg.field, f"{path}: line {n}")
         if text is None:
             continue
