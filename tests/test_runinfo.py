@@ -53,3 +53,23 @@ def test_info_of_a_run_folder_reads_its_metrics_and_samples_records(tmp_path, ti
 def test_info_refuses_what_is_not_a_model(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     assert "holds no model.safetensors" in capsys.readouterr().err
+
+
+def test_the_report_of_a_run_folder_tells_the_runs_end_when_its_best_model_is_older(tmp_path, text_file, tiny):
+    run = tmp_path / "run"
+    charloom.train(source=str(text_file), out=str(run), max_steps=20, **dict(tiny, eval_every=10),
+                   callback=lambda e: e["event"] == "step" and e["step"] == 10)  # stopped: no whole-split score
+    early = (run / "model.safetensors").read_bytes()
+    charloom.train(source=str(text_file), out=str(run), max_steps=20, resume=True, **dict(tiny, eval_every=10))
+    (run / "model.safetensors").write_bytes(early)  # as when the evaluations after step 10 were no better
+    report = describe(run, samples=0)
+    t, b = report["training"], report["bpc"]
+    assert (t["steps"], t["model_step"], t["ended"]) == (20, 10, "budget")
+    assert t["characters_seen"] == 20 * 4 * 16
+    assert b["whole_validation_split"] is None and b["whole_validation_split_last"] is not None
+    shown = "\n".join(lines(report))
+    assert "20 steps" in shown and "this model file is from step 10, the best evaluated" in shown
+    assert f"whole validation split {b['whole_validation_split_last']:.3f} (the last weights)" in shown
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes(early)
+    assert describe(alone, samples=0)["training"]["steps"] == 10  # a model file alone tells its own step

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpoint, load, model_path
+from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, load, model_path
 from .curves import read_rows
 from .errors import CharloomError
 from .sampling import Generator
@@ -28,7 +28,8 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     file = model_path(path)
     ck = ck or load(file)
     rows = _rows(file.parent)
-    info, cfg, v = ck.info, ck.config, ck.vocab
+    cfg, v = ck.config, ck.vocab
+    info = _run_end(file, ck.info)
     last = rows[-1] if rows else {}
     seconds, chars = info.get("train_seconds"), info.get("characters_seen")
     return {
@@ -39,15 +40,31 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
         "model": {"cell": cfg.cell, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
                   "embedding": cfg.embedding, "grams": cfg.grams, "dropout": cfg.dropout,
                   "parameters": ck.model.num_parameters()},
-        "training": {"steps": info.get("step"), "characters_seen": chars, "seconds": seconds,
+        "training": {"steps": info.get("step"), "model_step": ck.info.get("step"), "characters_seen": chars,
+                     "seconds": seconds,
                      "chars_per_s": round(chars / seconds) if chars and seconds else None,
                      "device": info.get("device"), "precision": info.get("precision"),
                      "ended": info.get("stopped_by"), "sizing": info.get("sizing"), "evaluations": len(rows)},
         "bpc": {"best_validation": info.get("best_val_bpc"), "last_validation": last.get("val_bpc", info.get("val_bpc")),
-                "whole_validation_split": info.get("full_val_bpc"), "last_train": last.get("train_bpc")},
+                "whole_validation_split": ck.info.get("full_val_bpc"), "last_train": last.get("train_bpc"),
+                "whole_validation_split_last": info.get("full_val_bpc")},
         "ngram": info.get("ngram") if ck.mixture is not None else None,
         "samples": _samples(ck, samples, seed) if samples else [],
     }
+
+
+def _run_end(file: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """How the run went: a run folder's model file is its best evaluated model, which may be from before the
+    run's end; the resume file beside it holds the end (its steps, time, what ended it). A model file alone,
+    or a resume file that cannot be read, tells what it knows itself."""
+    end = file.with_name(RESUME_FILE)
+    if file.name != MODEL_FILE or not end.is_file():
+        return info
+    try:
+        later = load(end).info
+    except CharloomError:
+        return info
+    return later if isinstance(later.get("step"), int) and later["step"] >= (info.get("step") or 0) else info
 
 
 def _rows(folder: Path) -> list[dict[str, Any]]:
@@ -70,6 +87,14 @@ def _figure(value: Any, fmt: str = "{:,}", missing: str = "unknown") -> str:
     return fmt.format(value) if isinstance(value, (int, float)) else str(value)
 
 
+def _whole(b: dict[str, Any]) -> str:
+    """The whole validation split's bpc: this model's, or where only the run's last weights were scored on it,
+    theirs, named so."""
+    if b["whole_validation_split"] is None and isinstance(b.get("whole_validation_split_last"), float):
+        return f"{b['whole_validation_split_last']:.3f} (the last weights)"
+    return _figure(b["whole_validation_split"], "{:.3f}", "none")
+
+
 def lines(report: dict[str, Any]) -> list[str]:
     """The report as the lines a person reads."""
     c, m, t, b = report["corpus"], report["model"], report["training"], report["bpc"]
@@ -84,10 +109,11 @@ def lines(report: dict[str, Any]) -> list[str]:
            f"{m['parameters']:,} parameters",
            f"training     {_figure(t['steps'])} steps, {_figure(t['characters_seen'])} characters in "
            f"{_figure(t['seconds'], '{:,.0f}')} s ({_figure(t['chars_per_s'])} characters/s) on "
-           f"{_figure(t['device'])} ({_figure(t['precision'])}); ended: {_figure(t['ended'])}",
+           f"{_figure(t['device'])} ({_figure(t['precision'])}); ended: {_figure(t['ended'])}"
+           + (f"; this model file is from step {t['model_step']:,}, the best evaluated"
+              if isinstance(t.get("model_step"), int) and t["model_step"] != t["steps"] else ""),
            f"bpc          best validation {_figure(b['best_validation'], '{:.3f}', 'none')}, last validation "
-           f"{_figure(b['last_validation'], '{:.3f}', 'none')}, whole validation split "
-           f"{_figure(b['whole_validation_split'], '{:.3f}', 'none')}, last train "
+           f"{_figure(b['last_validation'], '{:.3f}', 'none')}, whole validation split {_whole(b)}, last train "
            f"{_figure(b['last_train'], '{:.3f}', 'unknown')}"]
     if isinstance(t.get("sizing"), dict):
         fit = t["sizing"]
