@@ -11,6 +11,7 @@ without its corpus is described all the same.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,20 @@ def _run_end(file: Path, info: dict[str, Any]) -> dict[str, Any]:
     run's end; the resume file beside it holds the end (its steps, time, what ended it). A model file alone,
     or a resume file that cannot be read, tells what it knows itself."""
     end = file.with_name(RESUME_FILE)
-    if file.name != MODEL_FILE or not end.is_file():
-        return info
     try:
-        later = load(end).info
-    except CharloomError:
+        stat = end.stat()
+        later = _info_of(str(end), stat.st_mtime_ns, stat.st_size) if file.name == MODEL_FILE else None
+    except (OSError, CharloomError):
         return info
-    return later if isinstance(later.get("step"), int) and later["step"] >= (info.get("step") or 0) else info
+    if later is None or not isinstance(later.get("step"), int) or later["step"] < (info.get("step") or 0):
+        return info
+    return dict(later)
+
+
+@functools.lru_cache(maxsize=8)
+def _info_of(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """A model file's info, read once per version of the file (a server's report asks on every request)."""
+    return load(path).info
 
 
 def _rows(folder: Path) -> list[dict[str, Any]]:
