@@ -138,7 +138,7 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path, text_file):
     time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
     out_text, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 128 + signal.SIGTERM, err  # saved, and a script can tell the run did not finish
     assert "stopped by SIGTERM" in out_text
     ck = charloom.load(out / "last.safetensors")
     assert ck.info["step"] > 0 and charloom.load(out).info["step"] == ck.info["step"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
 import types
@@ -182,7 +183,9 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
     print(f"loaded in        {info['load_seconds']:.3f} s")
 
 
-def cmd_train(ns: argparse.Namespace) -> None:
+def cmd_train(ns: argparse.Namespace) -> int:
+    """Train; the exit status is 0 when the budget ran out, 128 + the signal's number when a signal stopped the
+    run (saved, to continue with --resume), as a shell expects of a program a signal ended."""
     from .trainer import CONFIGS, train
 
     names = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
@@ -192,7 +195,8 @@ def cmd_train(ns: argparse.Namespace) -> None:
 
         check_flags(load_parent(given["init_from"]), {k: v for k, v in given.items()
                                                       if k in {f.name for f in dataclasses.fields(ModelConfig)}})
-    train(**given)
+    stopped_by = train(**given).stopped_by
+    return 128 + signal.Signals[stopped_by] if stopped_by in ("SIGINT", "SIGTERM") else 0
 
 
 class _Output:
@@ -583,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        ns.run(ns)
+        code = ns.run(ns)
     except CharloomError as e:
         print(f"charloom: error: {e}", file=sys.stderr)
         return 2
@@ -592,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `charloom ... | head`
         return 0
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
