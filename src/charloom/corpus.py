@@ -183,7 +183,8 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lin
                 bad = e.object[e.start:e.end][:4].hex(" ")
                 raise CharloomError(
                     f"{path}: byte offset {offset}: bytes {bad} are not valid {encoding} "
-                    f"(set --encoding, or --decode-errors replace)") from None
+                    f"(set --encoding or --decode-errors replace; a file that is not text is best left out, as "
+                    f"--ext does for a folder)") from None
             consumed += len(data)
             if first and text:
                 text = text.removeprefix("\ufeff")
