@@ -80,6 +80,13 @@ def test_unknown_start_character_is_a_note_not_a_crash(recited):
     assert code == 0 and "'🎉' is not in the model's vocabulary; read as <unk>" in err and "Traceback" not in err
 
 
+def test_a_start_character_a_strict_model_refuses_stops_before_anything_is_written(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=2, unknown="error", **tiny)
+    start = text_file.read_text()[:3] + "🎉"
+    code, out, err = run("sample", "--checkpoint", str(tmp_path / "run"), "--start", start, "--length", "10")
+    assert code == 2 and out == "" and "U+1F389" in err and "Traceback" not in err
+
+
 def test_bad_sample_options_are_one_line_errors(recited):
     run_dir, _ = recited
     for args, needle in ((["--top-p", "0"], "top_p: must be in (0, 1]"), (["--temperature", "-1"], "temperature"),

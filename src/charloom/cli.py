@@ -291,6 +291,8 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     verdicts: list[bool] = []
 
     def one(opts: SampleOptions) -> None:
+        if gen.vocab.unknown == "error":
+            gen.vocab.encode(opts.start)  # a character it refuses stops here, before the start text is written
         for ch in gen.unknown_characters(opts.start) if gen.vocab.unknown != "error" else ():
             print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
                   file=sys.stderr)
