@@ -84,7 +84,12 @@ def test_a_start_character_a_strict_model_refuses_stops_before_anything_is_writt
     charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=2, unknown="error", **tiny)
     start = text_file.read_text()[:3] + "🎉"
     code, out, err = run("sample", "--checkpoint", str(tmp_path / "run"), "--start", start, "--length", "10")
-    assert code == 2 and out == "" and "U+1F389" in err and "Traceback" not in err
+    assert code == 2 and out == "" and "--start: character '🎉' (U+1F389) at position 3" in err
+    kept = tmp_path / "kept.txt"
+    kept.write_text("from before\n")
+    code, out, err = run("sample", "--checkpoint", str(tmp_path / "run"), "--start", start, "--start", "",
+                         "--temperature", "0.5", "1", "--output", str(kept))
+    assert code == 2 and out == "" and kept.read_text() == "from before\n"  # refused before the file is opened
 
 
 def test_bad_sample_options_are_one_line_errors(recited):

@@ -281,6 +281,9 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
+    runs = None if ns.interactive else cfg.each(base)
+    for opts in runs or ():
+        _check_start(gen, opts.start, notes=False)  # refused, like the memory, before anything is written
     novelty = _novelty(ns, ck)
     sink = _Output(ns.output) if ns.output else None
     colour = ns.color and sink is None and _colour_terminal()
@@ -291,11 +294,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     verdicts: list[bool] = []
 
     def one(opts: SampleOptions) -> None:
-        if gen.vocab.unknown == "error":
-            gen.vocab.encode(opts.start)  # a character it refuses stops here, before the start text is written
-        for ch in gen.unknown_characters(opts.start) if gen.vocab.unknown != "error" else ():
-            print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
-                  file=sys.stderr)
+        _check_start(gen, opts.start)
         stream = opts.n == 1 and sink is None and not colour  # one text at a time: show it as it is made
         if stream:
             sys.stdout.write(opts.start)
@@ -323,7 +322,6 @@ def cmd_sample(ns: argparse.Namespace) -> None:
             for start in _typed_starts():
                 one(base.replace(start=start, temperature=cfg.temperature_list[0]))
         else:
-            runs = cfg.each(base)
             labelled = len(runs) > 1 or base.n > 1
             for opts in runs:
                 if labelled and sink is None:
@@ -338,6 +336,17 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         sink.close()
     if verdicts:
         _novelty_summary(verdicts)
+
+
+def _check_start(gen: Any, start: str, notes: bool = True) -> None:
+    """A start text a strict model cannot read is refused in one line naming --start; otherwise, with `notes`,
+    each character it will read as <unk> is noted."""
+    if gen.vocab.unknown == "error":
+        gen.vocab.encode_array(start, where="--start")
+    elif notes:
+        for ch in gen.unknown_characters(start):
+            print(f"charloom: note: start text character {ch!r} is not in the model's vocabulary; read as <unk>",
+                  file=sys.stderr)
 
 
 def _colour_terminal() -> bool:
