@@ -65,8 +65,10 @@ def test_a_quote_never_closed_is_named_not_read_as_the_rest_of_the_file(tmp_path
     rows = "".join(f"{i},row {i}\n" for i in range(3, 40))
     with pytest.raises(CharloomError, match=r"bad.csv: line 3: a quoted field .* never closed.* last 38 lines"):
         records(tmp_path, "bad.csv", 'id,text\n1,fine\n2,"never closed\n' + rows, columns=("text",))
+    with pytest.raises(CharloomError, match=r"head.csv: line 1: a quoted field .* never closed"):
+        records(tmp_path, "head.csv", '"id,text\n1,fine\n2,more\n', columns=("text",))
     # a closed quote over lines, and a lone quote inside an unquoted field, are CSV as read before
-    fine = 'id,text\n1,5" screen\n2,"two\nlines"\n3,a 5" screen\n'
+    fine = 'id,text,note\n1,5" screen,x\n2,"two\nlines",x\n3,a 5" screen,"two\nlines"\n'
     assert records(tmp_path, "fine.csv", fine, columns=("text",)) == ['5" screen', "two\nlines", 'a 5" screen']
 
 

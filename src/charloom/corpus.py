@@ -229,13 +229,13 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
     """(the chosen columns of a row joined by `cfg.column_sep`, its label column or None) for each row of a CSV/TSV."""
     csv.field_size_limit(2**31 - 1)
     # newline="" semantics: keep line ends so quoted fields may hold newlines
-    quotes = [0, 0]  # the quote marks and lines read since the last row ended
+    raw: list[str] = []  # the lines read since the last row ended
 
-    def counted() -> Iterator[str]:
+    def kept() -> Iterator[str]:
         for line in _lines(path, cfg):
-            quotes[0], quotes[1] = quotes[0] + line.count('"'), quotes[1] + 1
+            raw.append(line)
             yield line
-    reader = csv.reader(counted(), delimiter=delimiter)
+    reader = csv.reader(kept(), delimiter=delimiter)
     wanted = cfg.columns + ((cfg.label_column,) if cfg.label_column is not None else ())
     by_name = [c for c in wanted if not _is_index(c)]
     header = cfg.header if cfg.header is not None else bool(by_name)
@@ -246,9 +246,10 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
         if header and head is None:
             return
         picks: list[int] | None = None
-        spans, quotes[:] = [0, 0], [0, 0]
+        lines = raw[:]
         for row in reader:
-            spans, quotes[:] = quotes[:], [0, 0]
+            lines = raw[:]
+            raw.clear()
             if not row or row == [""]:
                 continue
             if picks is None:
@@ -265,11 +266,24 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
                                         f"{at} was asked for")
                 label = row[at]
             yield cfg.column_sep.join(row[i] for i in picks), label
-        if spans[0] % 2 and spans[1] > 1:  # the last row ran to the end of the file inside a quoted field
-            raise CharloomError(f"{path}: line {reader.line_num - spans[1] + 1}: a quoted field opened in this row "
-                                f"is never closed, so the file's last {spans[1]} lines would be one field")
+        _check_closed(path, lines, delimiter, reader.line_num)
     except csv.Error as e:
         raise CharloomError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> None:
+    """Refuses a last row (or header) that ran to the end of the file inside a quoted field: read leniently, it
+    would hold the rest of the file as one field. Only a strict reread of its lines tells that case from a
+    literal quote inside an unquoted field."""
+    if len(lines) < 2:
+        return
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise CharloomError(f"{path}: line {end - len(lines) + 1}: a quoted field opened in this row is never "
+                                f"closed, so the file's last {len(lines)} lines would be one field") from None
 
 
 def _is_index(col: str) -> bool:
