@@ -49,6 +49,15 @@ def test_file_is_plain_safetensors_with_json_header(saved):
     assert "pickle" not in open(checkpoint.__file__).read().replace("never unpickles", "")
 
 
+def test_the_header_alone_gives_what_load_gives_and_refuses_alike(saved):
+    path, model, vocab = saved
+    assert checkpoint.header(path) == (model.cfg, vocab.to_dict(), True, {"val_bpc": 1.5})
+    blob = path.read_bytes()
+    path.write_bytes(blob[:len(blob) - 1])
+    with pytest.raises(CharloomError, match="truncated"):
+        checkpoint.header(path)
+
+
 def test_truncated_file_is_refused(saved):
     path, _, _ = saved
     blob = path.read_bytes()

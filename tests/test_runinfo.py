@@ -73,3 +73,10 @@ def test_the_report_of_a_run_folder_tells_the_runs_end_when_its_best_model_is_ol
     alone = tmp_path / "alone.safetensors"
     alone.write_bytes(early)
     assert describe(alone, samples=0)["training"]["steps"] == 10  # a model file alone tells its own step
+    charloom.train(source=str(text_file), out=str(run), max_steps=30, resume=True, **dict(tiny, eval_every=10))
+    (run / "model.safetensors").write_bytes(early)
+    assert describe(run, samples=0)["training"]["steps"] == 30  # the resume file read again once replaced
+    other = tmp_path / "other"
+    charloom.train(source=str(text_file), out=str(other), max_steps=40, **dict(tiny, hidden_size=8))
+    (other / "model.safetensors").write_bytes(early)  # beside another run's resume file: not its run
+    assert describe(other, samples=0)["training"]["steps"] == 10

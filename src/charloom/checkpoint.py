@@ -648,6 +648,17 @@ def _run_state(ck: Checkpoint, where: str) -> RunState:
     return run
 
 
+def header(path: str | Path) -> tuple[ModelConfig, dict[str, Any], bool, dict[str, Any]]:
+    """A model file's (config, vocabulary as a dict, records, info), from its header alone: checked as `load`
+    checks them, without reading or checksumming the tensors (for a report, not for loading weights)."""
+    p = model_path(path)
+    with _short_refusals():
+        f, size = _open(p, str(p))
+        with f:
+            cfg, vocab, records, info, _ = _fields(_read_layout(f, size, str(p)).meta, str(p))
+    return cfg, vocab, records, info
+
+
 def run_configs(path: str | Path) -> dict[str, dict[str, Any]]:
     """The options a resume file's run used: corpus, batch, train, and the model's config."""
     ck, run = load_run(path)

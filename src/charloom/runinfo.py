@@ -11,11 +11,12 @@ without its corpus is described all the same.
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, load, model_path
+from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, header, load, model_path
 from .curves import read_rows
 from .errors import CharloomError
 from .sampling import Generator
@@ -30,7 +31,7 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     ck = ck or load(file)
     rows = _rows(file.parent)
     cfg, v = ck.config, ck.vocab
-    info = _run_end(file, ck.info)
+    info = _run_end(file, ck)
     last = rows[-1] if rows else {}
     seconds, chars = info.get("train_seconds"), info.get("characters_seen")
     return {
@@ -54,25 +55,27 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     }
 
 
-def _run_end(file: Path, info: dict[str, Any]) -> dict[str, Any]:
+def _run_end(file: Path, ck: Checkpoint) -> dict[str, Any]:
     """How the run went: a run folder's model file is its best evaluated model, which may be from before the
-    run's end; the resume file beside it holds the end (its steps, time, what ended it). A model file alone,
-    or a resume file that cannot be read, tells what it knows itself."""
+    run's end; the resume file beside it, when it is of the same run and further on, holds the end (its steps,
+    time, what ended it). A model file alone tells what it knows itself."""
     end = file.with_name(RESUME_FILE)
     try:
-        stat = end.stat()
-        later = _info_of(str(end), stat.st_mtime_ns, stat.st_size) if file.name == MODEL_FILE else None
+        st = end.stat()
+        cfg, vocab, records, later = _header_of(str(end), st.st_ino, st.st_mtime_ns, st.st_size)
     except (OSError, CharloomError):
-        return info
-    if later is None or not isinstance(later.get("step"), int) or later["step"] < (info.get("step") or 0):
-        return info
-    return dict(later)
+        return ck.info
+    same = file.name == MODEL_FILE and (cfg, vocab, records) == (ck.config, ck.vocab.to_dict(), ck.records)
+    if not same or not isinstance(later.get("step"), int) or later["step"] < (ck.info.get("step") or 0):
+        return ck.info
+    return copy.deepcopy(later)
 
 
 @functools.lru_cache(maxsize=8)
-def _info_of(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    """A model file's info, read once per version of the file (a server's report asks on every request)."""
-    return load(path).info
+def _header_of(path: str, inode: int, mtime_ns: int, size: int) -> tuple[Any, dict, bool, dict[str, Any]]:
+    """A model file's header fields, read once per version of the file (a server's report asks on every
+    request; each save replaces the file, so a new version is a new inode)."""
+    return header(path)
 
 
 def _rows(folder: Path) -> list[dict[str, Any]]:
