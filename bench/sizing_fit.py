@@ -59,7 +59,8 @@ def quality_rows() -> list[dict]:
     chose, and their network alone on the held-out tail. The sweep scores a run's last weights, the quality
     bench its model file (the best evaluated), which with the weight average is the last or close to it."""
     return [{"minutes": r["minutes"], "steps": r["steps"],
-             "flags": f"--hidden {r['hidden']} --lr {r['lr']:g}" + " --early-pieces 1" * (r["early_pieces"] == 1),
+             "flags": f"--hidden {r['hidden']} --lr {r['lr']:g}"
+             + (f" --early-pieces {r['early_pieces']}" if r["early_pieces"] != EARLY_PIECES else ""),
              "characters": r["characters"], "parameters": r["parameters"], "precision": r["precision"],
              "whole_bpc": r["network"], "source": "quality"}
             for r in report.read_log(QUALITY) if r.get("system") == "charloom" and r.get("lr")]
@@ -143,7 +144,7 @@ def write_section(model: ModelConfig, unique: float, law: sizing.Law, rms: tuple
         "in `src/charloom/sizing.py`): "
         f"E = {law.E:.3f}, A = {law.A:.4g}, alpha = {law.alpha:.2f}, B = {law.B:.4g}, beta = {law.beta:.2f}; "
         f"root-mean-square error {rms[0]:.3f} bpc over {(~early).sum()} runs. The runs with the early pieces "
-        f"(today's default) then fit the worth of their characters: D counts {law.early_worth:.2f} times, "
+        f"(the default) then fit the worth of their characters: D counts {law.early_worth:.2f} times, "
         f"root-mean-square error {rms[1]:.3f} bpc over {early.sum()} runs. Runs of fewer than {MIN_STEPS} steps "
         "are left out: they spend a fifth of their steps or more warming up. Rows without a precision are from "
         "before runs recorded it (bf16, the native path of this machine, 2 threads).",

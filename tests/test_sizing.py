@@ -144,6 +144,15 @@ def test_the_rate_blends_whole_steps_and_the_early_pieces_by_the_budgets_share(m
     assert shapes == [((16, 128), True), ((16, 128), True), ((16, 32), False)]  # one average per batch
 
 
+@pytest.mark.parametrize("share, early", [(0.3, True), (0.0, False)])
+def test_a_run_is_priced_with_the_early_pieces_only_when_it_takes_them(monkeypatch, share, early):
+    monkeypatch.setattr(sizing, "_step_seconds", lambda model, shape, rt, widths, average=True: [0.1] * len(widths))
+    rt = Runtime.start(device="cpu", precision="fp32")
+    cfg = TrainConfig(eval_every=0, early_share=share, max_time="10m")
+    fit = sizing.fit(MODEL, (16, 128), cfg, rt, math.inf, pieces=4)
+    assert fit.predicted_bpc == pytest.approx(sizing.LAW.bpc(fit.parameters, fit.characters, early=early))
+
+
 @pytest.mark.kernel
 def test_the_measured_rate_falls_with_width():
     rt = Runtime.start(device="cpu", precision="auto")

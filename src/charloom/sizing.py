@@ -238,7 +238,7 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
     for w in WIDTHS:
         p = parameters(model, w)
         d = characters(w)
-        if rows and (p > cap or rate is None and p > law.useful_parameters(d)):
+        if rows and (p > cap or rate is None and p > law.useful_parameters(d * (law.early_worth if early else 1.0))):
             break
         rows.append((law.bpc(p, d, unique, early), w, p, d))
     bpc, w, p, d = min(rows)
@@ -269,7 +269,7 @@ def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtim
     def characters(w: int) -> float:
         return min(f(w) for _, f in limits)
 
-    chosen = choose(model, "", unique, characters, rate, early=pieces > 1)
+    chosen = choose(model, "", unique, characters, rate, early=pieces > 1 and cfg.early_share > 0)
     name = min(limits, key=lambda lim: lim[1](chosen.hidden_size))[0]
     return Fit(**{**chosen.to_dict(), "budget": name})
 

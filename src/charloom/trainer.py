@@ -322,13 +322,13 @@ class Trainer:
             wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
             local = signals.received or ("callback" if wanted else None)
             *stops, spent, tokens, loss = procs.total(
-                [local == why for why in STOPS] + [pos.elapsed - elapsed, batch.tokens, value], device)
+                [local == why for why in STOPS] + [pos.elapsed - elapsed, batch.tokens, value * batch.tokens], device)
             # one clock for all processes (their mean), so the learning rate, the pieces and the budget's end
             # are the same everywhere; a stop anywhere is a stop for all, named alike everywhere
             pos.elapsed = elapsed + spent / procs.world
             pos.characters += int(tokens)
             w = self.window
-            w.loss_sum += loss / procs.world  # the mean over the processes' batches
+            w.loss_sum += loss / tokens if procs.many else value  # per character of all the processes' batches
             w.steps, w.characters = w.steps + 1, w.characters + int(tokens)
             if any(stops):
                 return next(why for why, n in zip(STOPS, stops) if n), steps_run
@@ -577,7 +577,8 @@ def train(corpus: CorpusConfig | None = None, batch: BatchConfig | None = None, 
           config: TrainConfig | None = None, callback: Callable[[dict[str, Any]], bool | None] | None = None,
           **options: Any) -> TrainResult:
     """Train a model; see the module docstring. `callback(event)` sees each step and evaluation; returning
-    True stops the run as SIGINT would (finish the step, save, return).
+    True stops the run as SIGINT would (finish the step, save, return): at once from a step, after the next
+    step from an evaluation.
 
     Keyword options go to whichever config has the field: `train(source="names", hidden_size=64, max_steps=100)`.
     `charloom train` calls this with the flags it was given.
