@@ -288,6 +288,7 @@ def test_the_model_panel_shows_the_report_and_the_training_chart(live, browser):
     assert page.text_content('#report [data-field="model.cell"]') == model["config"]["cell"]
     assert page.text_content('#report [data-field="model.parameters"]') == f"{model['parameters']:,}"
     assert page.text_content('#report [data-field="training.steps"]') == str(model["training"]["step"])
+    assert page.text_content('#report [data-field="training.model from step"]') == str(model["training"]["step"])
     for section in ("corpus", "model", "training", "bpc"):
         assert page.query_selector(f'#report [data-field^="{section}."]') is not None
     page.wait_for_function("(el => el.complete && el.naturalWidth > 0)(document.getElementById('curves'))",
