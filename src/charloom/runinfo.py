@@ -59,13 +59,15 @@ def _run_end(file: Path, ck: Checkpoint) -> dict[str, Any]:
     """How the run went: a run folder's model file is its best evaluated model, which may be from before the
     run's end; the resume file beside it, when it is of the same run and further on, holds the end (its steps,
     time, what ended it). A model file alone tells what it knows itself."""
+    if file.name != MODEL_FILE:
+        return ck.info
     end = file.with_name(RESUME_FILE)
     try:
         st = end.stat()
         cfg, vocab, records, later = _header_of(str(end), st.st_ino, st.st_mtime_ns, st.st_size)
     except (OSError, CharloomError):
         return ck.info
-    same = file.name == MODEL_FILE and (cfg, vocab, records) == (ck.config, ck.vocab.to_dict(), ck.records)
+    same = (cfg, vocab, records) == (ck.config, ck.vocab.to_dict(), ck.records)
     if not same or not isinstance(later.get("step"), int) or later["step"] < (ck.info.get("step") or 0):
         return ck.info
     return copy.deepcopy(later)

@@ -67,6 +67,10 @@ class Law:
     beta: float
     early_worth: float = 1.0  # D's worth in a run whose batches are cut in pieces early (`early_pieces` > 1)
 
+    def worth(self, characters: float, early: bool) -> float:
+        """What `characters` trained are worth to the law: more in a run with the early pieces."""
+        return characters * (self.early_worth if early else 1.0)
+
     def useful_parameters(self, characters: float) -> float:
         """The parameter count the law spends a compute budget of 6 x N x D best on, for D = `characters`:
         N = G * (N * D)**(beta / (alpha + beta)), G = (alpha A / beta B)**(1 / (alpha + beta)), solved for N."""
@@ -78,7 +82,7 @@ class Law:
         `early`: the run learns its batches in pieces early in the budget."""
         useful = self.useful_parameters(unique) if math.isfinite(unique) else math.inf
         n, d = discounted(parameters, useful, EXCESS_DECAY), discounted(characters, unique, EPOCH_DECAY)
-        return self.E + self.A / n ** self.alpha + self.B / (d * (self.early_worth if early else 1.0)) ** self.beta
+        return self.E + self.A / n ** self.alpha + self.B / self.worth(d, early) ** self.beta
 
 
 def discounted(amount: float, useful: float, decay: float) -> float:
@@ -238,7 +242,7 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
     for w in WIDTHS:
         p = parameters(model, w)
         d = characters(w)
-        if rows and (p > cap or rate is None and p > law.useful_parameters(d * (law.early_worth if early else 1.0))):
+        if rows and (p > cap or rate is None and p > law.useful_parameters(law.worth(d, early))):
             break
         rows.append((law.bpc(p, d, unique, early), w, p, d))
     bpc, w, p, d = min(rows)
