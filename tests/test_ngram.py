@@ -16,6 +16,7 @@ from charloom.errors import CharloomError
 from charloom.evaluation import adapt, evaluate_mixed, fit_mixture, network_predictions
 from charloom.model import CharRNN
 from charloom.ngram import SHAPE, Mixture, NGram, bits, contexts, fit
+from charloom.runinfo import describe, lines
 from charloom.sampling import Generator
 from charloom.vocab import Vocab
 
@@ -408,6 +409,8 @@ def test_training_ends_with_the_ngram_in_the_model_file(tmp_path, text_file, tin
     assert ck.mixture.weights.shape == (g["order"] + 1, *ngram.SHAPE) == ck.mixture.reading.shape
     assert g["val_bpc"] < g["network_val_bpc"]  # a 20-step network: the n-gram's counts help it
     assert g["network_val_bpc"] == pytest.approx(ck.info["full_val_bpc"], abs=1e-3)
+    report = describe(out, samples=0)  # the run's report tells the n-gram, beside the run's end
+    assert report["ngram"] == g and any(line.startswith("n-gram") for line in lines(report))
     if source == "names":  # records: each wrapped in <bos> ... <eos>, as training reads them
         assert ck.mixture.ngram.ids[0] == ck.vocab.bos_id and ck.vocab.eos_id in ck.mixture.ngram.ids
     gen = Generator.from_checkpoint(ck)

@@ -30,10 +30,10 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     file = model_path(path)
     ck = ck or load(file)
     rows = _rows(file.parent)
-    cfg, v = ck.config, ck.vocab
-    info = _run_end(file, ck)
+    info, cfg, v = ck.info, ck.config, ck.vocab
+    run = _run_end(file, ck)  # the run as a whole: where it ended, which the model file may be from before
     last = rows[-1] if rows else {}
-    seconds, chars = info.get("train_seconds"), info.get("characters_seen")
+    seconds, chars = run.get("train_seconds"), run.get("characters_seen")
     return {
         "path": str(file),
         "corpus": {"source": info.get("corpus"), "characters": info.get("corpus_characters"), "records": ck.records,
@@ -42,14 +42,14 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
         "model": {"cell": cfg.cell, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
                   "embedding": cfg.embedding, "grams": cfg.grams, "dropout": cfg.dropout,
                   "parameters": ck.model.num_parameters()},
-        "training": {"steps": info.get("step"), "model_step": ck.info.get("step"), "characters_seen": chars,
+        "training": {"steps": run.get("step"), "model_step": info.get("step"), "characters_seen": chars,
                      "seconds": seconds,
                      "chars_per_s": round(chars / seconds) if chars and seconds else None,
                      "device": info.get("device"), "precision": info.get("precision"),
-                     "ended": info.get("stopped_by"), "sizing": info.get("sizing"), "evaluations": len(rows)},
-        "bpc": {"best_validation": info.get("best_val_bpc"), "last_validation": last.get("val_bpc", info.get("val_bpc")),
-                "whole_validation_split": ck.info.get("full_val_bpc"), "last_train": last.get("train_bpc"),
-                "whole_validation_split_last": info.get("full_val_bpc")},
+                     "ended": run.get("stopped_by"), "sizing": info.get("sizing"), "evaluations": len(rows)},
+        "bpc": {"best_validation": run.get("best_val_bpc"), "last_validation": last.get("val_bpc", run.get("val_bpc")),
+                "whole_validation_split": info.get("full_val_bpc"), "last_train": last.get("train_bpc"),
+                "whole_validation_split_last": run.get("full_val_bpc")},
         "ngram": info.get("ngram") if ck.mixture is not None else None,
         "samples": _samples(ck, samples, seed) if samples else [],
     }
