@@ -196,6 +196,11 @@ def _loglog(x: np.ndarray, y: np.ndarray) -> Callable[[float], float]:
     return at
 
 
+def _early_share(cfg: TrainConfig, pieces: int) -> float:
+    """The share of the budget a run learns in pieces: none unless it cuts its batches at all."""
+    return cfg.early_share if pieces > 1 else 0.0
+
+
 def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime,
             pieces: int = 1) -> Callable[[int], float]:
     """Training characters per second as a function of width, from timing real steps at PROBE_WIDTHS here;
@@ -208,7 +213,7 @@ def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: 
     count says, and only the real step shows by how much. Other widths are interpolated in parameters;
     evaluation pauses (forward only, about a third of a training pass per character) take their share."""
     B, T = shape[0], max(8, min(round(shape[1]), PROBE_SEQ))
-    early = cfg.early_share if pieces > 1 else 0.0
+    early = _early_share(cfg, pieces)
     short = max(1, min(round(shape[1] / pieces), PROBE_SEQ))  # a piece's characters per row
     sizes = np.array([parameters(model, w) for w in PROBE_WIDTHS], dtype=float)
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), torch.enable_grad():
@@ -273,7 +278,7 @@ def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtim
     def characters(w: int) -> float:
         return min(f(w) for _, f in limits)
 
-    chosen = choose(model, "", unique, characters, rate, early=pieces > 1 and cfg.early_share > 0)
+    chosen = choose(model, "", unique, characters, rate, early=_early_share(cfg, pieces) > 0)
     name = min(limits, key=lambda lim: lim[1](chosen.hidden_size))[0]
     return Fit(**{**chosen.to_dict(), "budget": name})
 
