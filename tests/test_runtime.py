@@ -116,3 +116,38 @@ def test_on_the_avx2_path_auto_is_fp32_and_bf16_is_a_one_line_error(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("charloom: error: --precision bf16: ") and "fp32" in lines[0]
     assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
+
+
+def clocked_steps(monkeypatch, seconds):
+    """The probe's step and clock faked: the n-th step of a precision takes seconds(precision, n)."""
+    clock, calls = [0.0], {"fp32": 0, "bf16": 0}
+
+    def step(precision):
+        assert torch.get_num_threads() == 1  # timed on one thread: several wait for the slowest
+        clock[0] += seconds(precision, calls[precision])
+        calls[precision] += 1
+
+    monkeypatch.setattr(runtime, "_probe_step", lambda device, cell: step)
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
+    runtime.speedup.cache_clear()
+    return calls
+
+
+def test_the_speed_probe_times_more_rounds_before_it_calls_bf16_no_faster(monkeypatch):
+    # a busy machine slows bf16's first rounds (the warm-up and PROBE_REPEATS more); later ones show its speed
+    calls = clocked_steps(monkeypatch, lambda p, n: 0.02 if p == "fp32" else 0.04 if n <= 5 else 0.01)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert runtime.speedup("cpu", "lstm", "bf16") == pytest.approx(2.0)
+        assert torch.get_num_threads() == 2  # the caller's threads, restored
+    finally:
+        torch.set_num_threads(threads)
+    assert calls["bf16"] == runtime.PROBE_REPEATS + 2  # stopped at the first round that showed it
+    calls = clocked_steps(monkeypatch, lambda p, n: 0.02 if p == "fp32" else 0.01)  # clear at once: 5 rounds
+    assert runtime.speedup("cpu", "lstm", "bf16") == pytest.approx(2.0)
+    assert calls["fp32"] == calls["bf16"] == runtime.PROBE_REPEATS + 1
+    calls = clocked_steps(monkeypatch, lambda p, n: 0.02 if p == "fp32" else 0.03)  # really slower: every round
+    assert runtime.speedup("cpu", "lstm", "bf16") == pytest.approx(2 / 3)
+    assert calls["bf16"] == runtime.PROBE_ROUNDS + 1
+    runtime.speedup.cache_clear()
