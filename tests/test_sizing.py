@@ -263,3 +263,16 @@ def test_the_help_and_the_readme_state_the_rate_rule_that_runs():
     for where, text in (("--lr help", help_text), ("README.md", readme)):
         assert rule in text and cap in text, where
     assert sizing.peak_lr(sizing.LR_WIDTH) == sizing.LR_AT_WIDTH and sizing.peak_lr(8) == sizing.LR_MAX
+
+
+@pytest.mark.parametrize("kind", ["cuda", "mps"])
+def test_a_timed_step_waits_for_the_gpu_it_queued_work_on(monkeypatch, kind):
+    """A GPU step returns once its kernels are queued: the width chooser's clock must wait for them, on Apple's
+    GPU as on CUDA, or every width looks alike and the widest is taken."""
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    sizing._sync(sizing.Runtime(torch.device(kind), "fp32"))
+    assert waited == [kind]
+    sizing._sync(sizing.Runtime(torch.device("cpu"), "fp32"))
+    assert waited == [kind]

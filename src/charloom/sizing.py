@@ -174,8 +174,11 @@ def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width
 
 
 def _sync(rt: Runtime) -> None:
+    """Wait for the device's queued work, so that a step's time is its kernels' and not their launch."""
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
+    elif rt.device.type == "mps":
+        torch.mps.synchronize()
 
 
 def _loglog(x: np.ndarray, y: np.ndarray) -> Callable[[float], float]:
