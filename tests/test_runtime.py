@@ -151,3 +151,23 @@ def test_the_speed_probe_times_more_rounds_before_it_calls_bf16_no_faster(monkey
     assert runtime.speedup("cpu", "lstm", "bf16") == pytest.approx(2 / 3)
     assert calls["bf16"] == runtime.PROBE_ROUNDS + 1
     runtime.speedup.cache_clear()
+
+
+def test_default_threads_are_held_to_the_cpus_the_process_may_use(monkeypatch):
+    """torch counts the host's cores; a container's CPU quota allows fewer, and the default keeps to them. An
+    explicit count is taken as given, and a quota above torch's own default changes nothing."""
+    import loky
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(loky, "cpu_count", lambda: 1)
+        runtime.set_threads(0)
+        assert torch.get_num_threads() == 1
+        runtime.set_threads(3)
+        assert torch.get_num_threads() == 3
+        monkeypatch.setattr(loky, "cpu_count", lambda: 64)
+        runtime.set_threads(0)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)

@@ -55,9 +55,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def set_threads(threads: int) -> None:
-    """CPU threads for torch's kernels (0: torch's default)."""
+    """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use: a container's
+    CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the host's cores in sight, and threads beyond the
+    quota wait on each other at every step (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT)."""
     if threads:
         torch.set_num_threads(threads)
+        return
+    from loky import cpu_count
+
+    usable = cpu_count()
+    if usable < torch.get_num_threads():
+        torch.set_num_threads(usable)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
