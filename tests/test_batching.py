@@ -266,3 +266,29 @@ def test_pieces_cut_a_batch_along_time_into_consecutive_parts(k, continues):
     assert max(widths) - min(widths) <= 1 and min(widths) >= 1
     assert [p.continues for p in parts] == [continues] + [True] * (len(parts) - 1)
     assert all((p.epoch, p.index, p.pad_id) == (2, 7, -1) for p in parts)
+
+
+def test_the_mixtures_fit_text_is_cut_from_the_start_of_the_training_split_and_never_trained_on():
+    """fit_chars: the first characters of the training split (at most a tenth), far from a tail split's validation
+    text, go to `Data.fit`; no training window reads them (only they hold a "z" here), the validation split is
+    unchanged, and `training_text` ends with them, where a mixture is fitted."""
+    from charloom.batching import training_text
+
+    text = "".join(chr(97 + (i * 7) % 25) for i in range(20_000))  # a to y; the last 1,000 are validation
+    text = "z" * 1_500 + text[1_500:]
+    v = Vocab.build(text)
+    corpus = Corpus("t", v, v.encode_array(text).astype(np.uint8), None)
+    whole = prepare(corpus, BatchConfig(batch_size=4, seq_len=16))
+    cut = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=1_500))
+    assert whole.fit is None and cut.val.segments == whole.val.segments == [(19_000, 20_000)]
+    assert cut.fit.segments == [(0, 1_500)] and cut.train.stream.segments == [(1_500, 19_000)]
+    z = v.encode("z")[0]
+
+    def epoch(batches):
+        return [b for b, _ in zip(batches.iterate(), range(batches.batches_in_epoch(0)))]
+
+    assert all(not (b.x == z).any() and not (b.y == z).any() for b in epoch(cut.train))
+    assert any((b.y == z).any() for b in epoch(whole.train))
+    assert np.array_equal(training_text(cut, 10**9), np.r_[corpus.ids[1_500:19_000], corpus.ids[:1_500]])
+    capped = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=10**6))
+    assert len(capped.fit) == len(whole.train.stream) // 10  # at most a tenth of the training split

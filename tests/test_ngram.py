@@ -408,7 +408,8 @@ def test_training_ends_with_the_ngram_in_the_model_file(tmp_path, text_file, tin
     assert ck.mixture is not None and 1 <= ck.mixture.ngram.order == g["order"] <= 4 and g["longest_asked"] == 4
     assert ck.mixture.weights.shape == (g["order"] + 1, *ngram.SHAPE) == ck.mixture.reading.shape
     assert g["val_bpc"] < g["network_val_bpc"]  # a 20-step network: the n-gram's counts help it
-    assert g["network_val_bpc"] == pytest.approx(ck.info["full_val_bpc"], abs=1e-3)
+    # the same network on the same split: the run scored it in its precision (bf16 where it runs), the mixing in fp32
+    assert g["network_val_bpc"] == pytest.approx(ck.info["full_val_bpc"], rel=1e-3)
     report = describe(out, samples=0)  # the run's report tells the n-gram, beside the run's end
     assert report["ngram"] == g and any(line.startswith("n-gram") for line in lines(report))
     if source == "names":  # records: each wrapped in <bos> ... <eos>, as training reads them

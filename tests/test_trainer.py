@@ -301,7 +301,7 @@ def test_budgets_by_steps_and_epochs(tmp_path, text_file, tiny):
     assert r.progress.step == 7
     r = charloom.train(source=str(text_file), out=str(tmp_path / "e"), epochs=1.0, **tiny)
     data = charloom.prepare(charloom.load_corpus(charloom.CorpusConfig(source=str(text_file))),
-                            charloom.BatchConfig(batch_size=4, seq_len=16))
+                            charloom.BatchConfig(batch_size=4, seq_len=16, fit_chars=200_000))  # as a run with an n-gram
     assert r.progress.step == data.train.batches_in_epoch(0)
 
 
@@ -447,3 +447,24 @@ def test_a_fresh_start_after_a_run_killed_before_its_first_save_logs_only_its_ow
     charloom.train(source=str(text_file), out=str(run), max_steps=10, **tiny)
     steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10]
+
+
+def test_a_run_with_an_n_gram_keeps_the_end_of_its_training_split_for_the_mixtures_fit(tmp_path, text_file, tiny):
+    """fit_chars -1 (the default) settles to 200,000 in a run that mixes in an n-gram and to 0 in one that does
+    not; the run records what it settled, so a resume splits alike."""
+    with_ngram = charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=2, ngram=4, **tiny)
+    assert checkpoint.run_configs(tmp_path / "a" / "last.safetensors")["batch"]["fit_chars"] == 200_000
+    corpus = charloom.load_corpus(charloom.CorpusConfig(source=str(text_file)))
+    whole = charloom.prepare(corpus, charloom.BatchConfig(batch_size=4, seq_len=16))
+    assert with_ngram.model is not None and checkpoint.load(tmp_path / "a").info["ngram"]["characters"] == len(
+        whole.train.stream)  # the n-gram counts all of the split, the part training left out included
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_steps=2, ngram=0, **tiny)
+    assert checkpoint.run_configs(tmp_path / "b" / "last.safetensors")["batch"]["fit_chars"] == 0
+
+
+def test_a_run_saved_before_the_fit_text_resumes_training_on_its_whole_split(monkeypatch, tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)
+    saved = checkpoint.run_configs(tmp_path / "last.safetensors")
+    del saved["batch"]["fit_chars"]  # as an older run recorded it
+    monkeypatch.setattr(checkpoint, "run_configs", lambda path: saved)
+    assert train_mod.configure(out=str(tmp_path), resume=True)["batch"].fit_chars == 0

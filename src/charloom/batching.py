@@ -349,6 +349,7 @@ class Data:
     val: Stream | RecordBatches | None
     train_size: int  # characters (continuous) or records
     val_size: int
+    fit: Stream | None = None  # the start of the training split, which training leaves out (`fit_chars`)
 
     @property
     def train_shape(self) -> tuple[int, float]:
@@ -383,12 +384,13 @@ def heldout_batches(corpus: Corpus, cfg: BatchConfig) -> Iterator[Batch]:
 
 
 def training_text(data: Data, most: int) -> np.ndarray:
-    """The training split as one id array, its last `most` ids at most: a stream's segments joined, or each
-    training record wrapped in <bos> ... <eos> (as training reads it, label tokens aside)."""
+    """The training split as one id array, its last `most` ids at most: a stream's segments joined (the part that
+    training leaves out, `Data.fit`, last: what a mixture is fitted on), or each training record wrapped in
+    <bos> ... <eos> (as training reads it, label tokens aside)."""
     if isinstance(data.train, StreamBatches):
         stream = data.train.stream
         parts, left = [], most
-        for s, e in reversed(stream.segments):
+        for s, e in reversed(stream.segments + (data.fit.segments if data.fit else [])):
             parts.append(stream.ids[max(s, e - left):e])
             left -= len(parts[-1])
             if left <= 0:
@@ -405,6 +407,20 @@ def training_text(data: Data, most: int) -> np.ndarray:
     return np.concatenate(parts[::-1]).astype(np.int64)
 
 
+def _cut_start(segments: list[tuple[int, int]], n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The first `n` ids of `segments` cut off: (what is left, what was cut), both in order. The start, as far as
+    can be from a tail split's validation text: the text just before it is the likeliest to share its names."""
+    kept, cut = list(segments), []
+    while n > 0 and kept:
+        s, e = kept.pop(0)
+        take = min(n, e - s)
+        cut.append((s, s + take))
+        if take < e - s:
+            kept.insert(0, (s + take, e))
+        n -= take
+    return kept, cut
+
+
 def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:
     """Split the corpus and set up its batches (checks that it is long enough for `cfg`).
 
@@ -412,9 +428,11 @@ def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> 
     """
     if corpus.offsets is None:
         train_seg, val_seg = split_stream(len(corpus.ids), cfg)
+        train_seg, fit_seg = _cut_start(train_seg, min(max(cfg.fit_chars, 0), sum(e - s for s, e in train_seg) // 10))
         train = StreamBatches(Stream(corpus.ids, train_seg), cfg, corpus.vocab.pad_id, corpus.name, rank, world)
         val = Stream(corpus.ids, val_seg) if val_seg else None
-        return Data(corpus, cfg, train, val, len(train.stream), len(val) if val else 0)
+        fit = Stream(corpus.ids, fit_seg) if fit_seg else None
+        return Data(corpus, cfg, train, val, len(train.stream), len(val) if val else 0, fit)
     n = corpus.num_records
     if n < 1:
         raise CharloomError(f"{corpus.name}: the corpus holds no records")

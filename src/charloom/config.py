@@ -224,6 +224,10 @@ class BatchConfig(Config):
     split: Literal["auto", "tail", "random"] = option(
         "auto", "tail = hold out the end of the corpus; random = hold out seeded random blocks or records; "
         "auto = tail for continuous corpora, random for records (a records file is often sorted)")
+    fit_chars: int = option(-1, "continuous corpora: characters at the start of the training split that training "
+                                "leaves out, at most a tenth of it, so that the n-gram's mixture (--ngram) is fitted "
+                                "on text the network has not learned by heart (0: none; -1: 200,000 in a run that "
+                                "mixes in an n-gram, else none)")
     max_record_len: int = option(512, "records: characters kept per record")
     overlong: Literal["cut", "skip"] = option("cut", "records longer than max-record-len: cut them, or skip them")
     bucket: bool = option(True, "records: batch records of similar length together, so little compute goes to padding")
@@ -236,6 +240,8 @@ class BatchConfig(Config):
     def validate(self) -> None:
         _positive(self, "batch_size", "seq_len", "max_record_len")
         _seed(self.seed)
+        if self.fit_chars < -1:
+            raise ConfigError(f"fit_chars: must be -1 (by the run's n-gram) or more, got {self.fit_chars}")
         if not 0.0 <= self.label_dropout <= 1.0:
             raise ConfigError(f"label_dropout: must be in [0, 1], got {self.label_dropout}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -154,13 +154,14 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
 
 
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
-                device: torch.device | str = "cpu") -> ngram.Mixture:
+                device: torch.device | str = "cpu", held: int | None = None) -> ngram.Mixture:
     """The n-gram of training text `ids` mixed with `model`: its order (at most `order`: `ngram.choose_order`, given
-    CHOOSE_CHARS to choose on) and weights fitted on the last tenth of `ids` (at most FIT_CHARS), scored by the
-    network and by an n-gram built from the rest; then the n-gram of `ids` at that order. Each n-gram counts the
-    last MAX_PAIRS // order characters it is given at most, so the weights are fitted to counts of as much text
-    as the model's."""
-    held = min(FIT_CHARS, len(ids) // 10)
+    CHOOSE_CHARS to choose on) and weights fitted on the last `held` ids (None: the last tenth, at most FIT_CHARS;
+    best text the network has not trained on, which a network of several passes has all but learned by heart),
+    scored by the network and by an n-gram built from the rest; then the n-gram of `ids` at that order. Each
+    n-gram counts the last MAX_PAIRS // order characters it is given at most, so the weights are fitted to counts
+    of as much text as the model's."""
+    held = min(FIT_CHARS, len(ids) // 10) if held is None else min(held, len(ids))
     if held < 2 or len(ids) - held < 2:
         return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
     start = len(ids) - held

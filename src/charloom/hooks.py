@@ -138,7 +138,9 @@ class Mixing(Hook):
         t0 = time.perf_counter()
         ck = checkpoint.load(path, t.rt.device)
         ids = training_text(t.data, ngram.MAX_CHARS)
-        mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device)
+        held = len(t.data.fit) if t.data.fit is not None else None  # the part training left out, last in `ids`
+        mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device,
+                              held=held)
         figures: dict[str, Any] = {"order": mixture.ngram.order, "longest_asked": self.order,
                                    "characters": int(len(mixture.ngram.ids))}
         if t.data.val is not None:

@@ -38,7 +38,7 @@ from .checkpoint import Progress, RunState
 from .config import EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import load as load_corpus
 from .errors import CharloomError, ConfigError
-from .evaluation import LN2, Evaluation, batch_loss, evaluate
+from .evaluation import FIT_CHARS, LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
 from .runtime import Runtime
 from .vocab import Vocab
@@ -360,6 +360,8 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
         saved = checkpoint.run_configs(path)
         if isinstance(saved.get("train"), dict):
             saved["train"] = {"early_pieces": 1, **saved["train"]}  # runs saved before the pieces took none
+        if isinstance(saved.get("batch"), dict):
+            saved["batch"] = {"fit_chars": 0, **saved["batch"]}  # runs saved before it trained on all the split
         base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict() for k, v in saved.items()}
     cfgs = {}
     for kind, cls in CONFIGS.items():
@@ -527,6 +529,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     if rt.procs.main:  # only the first process writes the run folder
         _check_out(out)
     cfg = _settled(config, rt.precision)
+    if batch.fit_chars < 0:  # text kept out of training for the mixture's fit, if there is a mixture to fit
+        batch = batch.replace(fit_chars=FIT_CHARS if cfg.ngram else 0)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     data = data or prepare(_corpus(corpus, cfg, parent, previous), batch, rt.procs.rank, rt.procs.world)
     _check_validation(data, batch)
