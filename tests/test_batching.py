@@ -292,3 +292,12 @@ def test_the_mixtures_fit_text_is_cut_from_the_start_of_the_training_split_and_n
     assert np.array_equal(training_text(cut, 10**9), np.r_[corpus.ids[1_500:19_000], corpus.ids[:1_500]])
     capped = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=10**6))
     assert len(capped.fit) == len(whole.train.stream) // 10  # at most a tenth of the training split
+
+
+def test_a_training_split_too_short_for_ten_batches_keeps_its_fit_text():
+    """The cut never makes a corpus that trains too small to train: a split that would not hold ten batches after
+    it keeps every character, so the size checks and their advice read as before."""
+    corpus = stream_corpus(20_000)
+    assert len(prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=1_000)).fit) == 1_000
+    small = prepare(corpus, BatchConfig(batch_size=16, seq_len=128, fit_chars=1_000))  # 10 batches: 20,640
+    assert small.fit is None and small.train_size == len(prepare(corpus, BatchConfig(batch_size=16, seq_len=128)).train.stream)

@@ -152,22 +152,32 @@ def test_a_run_stopped_and_resumed_within_the_early_share_follows_the_same_losse
     assert all(int(st["step"]) == 3 * 5 + 5 for st in run.optimizer["state"].values())  # 5 steps in 3 pieces
 
 
-def test_a_resume_file_from_before_the_early_pieces_continues_without_them(tmp_path, text_file, tiny):
+def resumed_from_an_older_file(tmp_path, text_file, opts, stop_at, strip):
+    """A straight run and one stopped at `stop_at` whose resume file then loses what `strip(extra)` deletes (as
+    a file written before those options existed), resumed to the end: (the straight run's, the resumed run's
+    weights are equal), and the resumed run's folder."""
     from test_model_files import contents, forge
 
-    opts = dict(tiny, max_steps=8, eval_every=0, early_pieces=1)
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
     charloom.train(source=str(text_file), out=str(tmp_path / "b"),
-                   callback=lambda e: e["event"] == "step" and e["step"] == 1, **opts)
+                   callback=lambda e: e["event"] == "step" and e["step"] == stop_at, **opts)
     path = tmp_path / "b" / "last.safetensors"
     tensors, meta = contents(path)
     extra = json.loads(meta["extra"])
-    del extra["train"]["early_pieces"], extra["train"]["early_share"]  # as written before these options existed
+    strip(extra)
     forge(path, tensors, {**meta, "extra": json.dumps(extra)})
-    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=8)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=opts["max_steps"])
     a = checkpoint.load(tmp_path / "a" / "last.safetensors").tensors
     b = checkpoint.load(path).tensors
-    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))
+    return all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))
+
+
+def test_a_resume_file_from_before_the_early_pieces_continues_without_them(tmp_path, text_file, tiny):
+    def strip(extra):
+        del extra["train"]["early_pieces"], extra["train"]["early_share"]
+
+    assert resumed_from_an_older_file(tmp_path, text_file, dict(tiny, max_steps=8, eval_every=0, early_pieces=1),
+                                      1, strip)
 
 
 def test_a_fresh_run_takes_the_default_pieces_and_records_them(tmp_path, text_file, tiny):
@@ -449,9 +459,9 @@ def test_a_fresh_start_after_a_run_killed_before_its_first_save_logs_only_its_ow
     assert steps == [5, 10]
 
 
-def test_a_run_with_an_n_gram_keeps_the_end_of_its_training_split_for_the_mixtures_fit(tmp_path, text_file, tiny):
-    """fit_chars -1 (the default) settles to 200,000 in a run that mixes in an n-gram and to 0 in one that does
-    not; the run records what it settled, so a resume splits alike."""
+def test_a_run_with_an_n_gram_keeps_the_start_of_its_training_split_for_the_mixtures_fit(tmp_path, text_file, tiny):
+    """fit_chars -1 (the default) settles to 200,000 in a run that mixes in an n-gram on a continuous text, and to
+    0 in one without an n-gram or on records; the run records what it settled, so a resume splits alike."""
     with_ngram = charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=2, ngram=4, **tiny)
     assert checkpoint.run_configs(tmp_path / "a" / "last.safetensors")["batch"]["fit_chars"] == 200_000
     corpus = charloom.load_corpus(charloom.CorpusConfig(source=str(text_file)))
@@ -460,11 +470,15 @@ def test_a_run_with_an_n_gram_keeps_the_end_of_its_training_split_for_the_mixtur
         whole.train.stream)  # the n-gram counts all of the split, the part training left out included
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_steps=2, ngram=0, **tiny)
     assert checkpoint.run_configs(tmp_path / "b" / "last.safetensors")["batch"]["fit_chars"] == 0
+    charloom.train(source="names", out=str(tmp_path / "c"), max_steps=2, ngram=4, **tiny)  # records: never cut
+    assert checkpoint.run_configs(tmp_path / "c" / "last.safetensors")["batch"]["fit_chars"] == 0
 
 
-def test_a_run_saved_before_the_fit_text_resumes_training_on_its_whole_split(monkeypatch, tmp_path, text_file, tiny):
-    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)
-    saved = checkpoint.run_configs(tmp_path / "last.safetensors")
-    del saved["batch"]["fit_chars"]  # as an older run recorded it
-    monkeypatch.setattr(checkpoint, "run_configs", lambda path: saved)
-    assert train_mod.configure(out=str(tmp_path), resume=True)["batch"].fit_chars == 0
+def test_a_run_saved_before_the_fit_text_resumes_training_on_its_whole_split(tmp_path, text_file, tiny):
+    """A resume file written before `fit_chars` existed: the run goes on over its whole training split, exactly
+    as a straight run of that time (which took no fit text) would."""
+    def strip(extra):
+        del extra["batch"]["fit_chars"]
+
+    assert resumed_from_an_older_file(tmp_path, text_file, dict(tiny, max_steps=8, eval_every=0, fit_chars=0),
+                                      3, strip)

@@ -421,6 +421,13 @@ def _cut_start(segments: list[tuple[int, int]], n: int) -> tuple[list[tuple[int,
     return kept, cut
 
 
+def _fit_chars(cfg: BatchConfig, train: int, world: int) -> int:
+    """Characters of a training split of `train` that training leaves out for a mixture's fit: `fit_chars` (-1, not
+    settled by a run, counts as none), at most a tenth, and none where the rest would not hold ten batches."""
+    n = min(max(cfg.fit_chars, 0), train // 10)
+    return n if train - n >= 10 * cfg.batch_size * world * (cfg.seq_len + 1) else 0
+
+
 def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:
     """Split the corpus and set up its batches (checks that it is long enough for `cfg`).
 
@@ -428,7 +435,7 @@ def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> 
     """
     if corpus.offsets is None:
         train_seg, val_seg = split_stream(len(corpus.ids), cfg)
-        train_seg, fit_seg = _cut_start(train_seg, min(max(cfg.fit_chars, 0), sum(e - s for s, e in train_seg) // 10))
+        train_seg, fit_seg = _cut_start(train_seg, _fit_chars(cfg, sum(e - s for s, e in train_seg), world))
         train = StreamBatches(Stream(corpus.ids, train_seg), cfg, corpus.vocab.pad_id, corpus.name, rank, world)
         val = Stream(corpus.ids, val_seg) if val_seg else None
         fit = Stream(corpus.ids, fit_seg) if fit_seg else None

@@ -124,7 +124,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     c = corpus.load(ccfg)
     load_s = time.perf_counter() - t0
-    data = batching.prepare(c, bcfg)
+    data = batching.prepare(c, bcfg.settled(TrainConfig().ngram, c.is_records))  # the split a default run makes
     v = c.vocab
     counts = [(int(n), v.itos[i]) for i, n in enumerate(c.counts()) if n]
     counts.sort(reverse=True)

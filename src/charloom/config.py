@@ -211,6 +211,9 @@ class CorpusConfig(Config):
                 raise ConfigError(f"ext: {ext!r} is not a file extension")
 
 
+FIT_CHARS = 200_000  # characters of training text an n-gram mixture's weights are fitted on, at most
+
+
 @dataclass(frozen=True)
 class BatchConfig(Config):
     """How an encoded corpus becomes training batches and a held-out split."""
@@ -227,7 +230,7 @@ class BatchConfig(Config):
     fit_chars: int = option(-1, "continuous corpora: characters at the start of the training split that training "
                                 "leaves out, at most a tenth of it, so that the n-gram's mixture (--ngram) is fitted "
                                 "on text the network has not learned by heart (0: none; -1: 200,000 in a run that "
-                                "mixes in an n-gram, else none)")
+                                "mixes in an n-gram, else none; a split too short for ten batches keeps them all)")
     max_record_len: int = option(512, "records: characters kept per record")
     overlong: Literal["cut", "skip"] = option("cut", "records longer than max-record-len: cut them, or skip them")
     bucket: bool = option(True, "records: batch records of similar length together, so little compute goes to padding")
@@ -236,6 +239,12 @@ class BatchConfig(Config):
              "also writes when no label is asked for (evaluation always gives the label)")
     seed: int = option(1337, "seed for the split and the batch order (and, on the command line, the weights, "
                              "dropout and samples)")
+
+    def settled(self, ngram: int, records: bool) -> BatchConfig:
+        """fit_chars -1 made what a run with `ngram` (TrainConfig.ngram) on such a corpus takes."""
+        if self.fit_chars >= 0:
+            return self
+        return self.replace(fit_chars=FIT_CHARS if ngram and not records else 0)
 
     def validate(self) -> None:
         _positive(self, "batch_size", "seq_len", "max_record_len")

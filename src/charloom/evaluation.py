@@ -23,14 +23,13 @@ import torch.nn.functional as F
 
 from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
-from .config import BatchConfig, EvalConfig
+from .config import FIT_CHARS, BatchConfig, EvalConfig
 from .corpus import Corpus
 from .errors import CharloomError
 from .model import CharRNN, State, detach
 
 LN2 = math.log(2)
 ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
-FIT_CHARS = 200_000  # characters of training text a mixture's weights are fitted on
 CHOOSE_CHARS = 50_000  # fewer fit characters than this cannot tell orders apart: the longest asked is kept
 READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call (what it predicts does not depend on it)
 

@@ -38,7 +38,7 @@ from .checkpoint import Progress, RunState
 from .config import EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import load as load_corpus
 from .errors import CharloomError, ConfigError
-from .evaluation import FIT_CHARS, LN2, Evaluation, batch_loss, evaluate
+from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
 from .runtime import Runtime
 from .vocab import Vocab
@@ -57,6 +57,8 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return low + (cfg.lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# options whose default differs from what runs saved before them did: a resumed older run takes these
+PREDATED = {"batch": {"fit_chars": 0}}  # it trained on all of its training split
 STOPS = ("SIGINT", "SIGTERM", "callback")  # what stops a run before its budget, in the order named when several do
 
 
@@ -361,7 +363,7 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
         if isinstance(saved.get("train"), dict):
             saved["train"] = {"early_pieces": 1, **saved["train"]}  # runs saved before the pieces took none
         if isinstance(saved.get("batch"), dict):
-            saved["batch"] = {"fit_chars": 0, **saved["batch"]}  # runs saved before it trained on all the split
+            saved["batch"] = {**PREDATED["batch"], **saved["batch"]}
         base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict() for k, v in saved.items()}
     cfgs = {}
     for kind, cls in CONFIGS.items():
@@ -375,8 +377,8 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
     """A resumed run must be the same run: same model, corpus, batching and vocabulary."""
     saved = {"model": ck.config.to_dict(), **run.configs}
     for kind in ("model", "corpus", "batch"):
-        # an option the saved run predates has its default there
-        mine, then = now[kind].to_dict(), {**type(now[kind])().to_dict(), **saved[kind]}
+        # an option the saved run predates has its default there, or what runs did before it (PREDATED)
+        mine, then = now[kind].to_dict(), {**type(now[kind])().to_dict(), **PREDATED.get(kind, {}), **saved[kind]}
         if kind == "corpus":  # where encoded ids are cached may move
             mine["cache_dir"] = then.get("cache_dir")
         diff = sorted(k for k in mine if mine[k] != then.get(k))
@@ -529,10 +531,11 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     if rt.procs.main:  # only the first process writes the run folder
         _check_out(out)
     cfg = _settled(config, rt.precision)
-    if batch.fit_chars < 0:  # text kept out of training for the mixture's fit, if there is a mixture to fit
-        batch = batch.replace(fit_chars=FIT_CHARS if cfg.ngram else 0)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
-    data = data or prepare(_corpus(corpus, cfg, parent, previous), batch, rt.procs.rank, rt.procs.world)
+    if data is None:
+        text = _corpus(corpus, cfg, parent, previous)
+        batch = batch.settled(cfg.ngram, text.is_records)  # text kept out of training for a mixture to fit on
+        data = prepare(text, batch, rt.procs.rank, rt.procs.world)
     _check_validation(data, batch)
     vocab = data.corpus.vocab
     if parent is not None:
