@@ -36,7 +36,7 @@ from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
-from .corpus import load as load_corpus
+from .corpus import Corpus, load as load_corpus
 from .errors import CharloomError, ConfigError
 from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
@@ -462,6 +462,13 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     return chosen
 
 
+def _prepared(text: Corpus, batch: BatchConfig, cfg: TrainConfig, rt: Runtime) -> tuple[Data, BatchConfig]:
+    """The run's split and batches of `text`, and its batch options with the text kept out of training for a
+    mixture to fit on settled by the run's n-gram (what the run records)."""
+    batch = batch.settled(cfg.ngram, text.is_records)
+    return prepare(text, batch, rt.procs.rank, rt.procs.world), batch
+
+
 def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | None,
             previous: tuple[checkpoint.Checkpoint, RunState] | None):
     """The corpus, encoded with the vocabulary the run must keep: its parent's when fine-tuning (or the one it
@@ -533,9 +540,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     cfg = _settled(config, rt.precision)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     if data is None:
-        text = _corpus(corpus, cfg, parent, previous)
-        batch = batch.settled(cfg.ngram, text.is_records)  # text kept out of training for a mixture to fit on
-        data = prepare(text, batch, rt.procs.rank, rt.procs.world)
+        data, batch = _prepared(_corpus(corpus, cfg, parent, previous), batch, cfg, rt)
     _check_validation(data, batch)
     vocab = data.corpus.vocab
     if parent is not None:
