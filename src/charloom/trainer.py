@@ -57,8 +57,9 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return low + (cfg.lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# options whose default differs from what runs saved before them did: a resumed older run takes these
-PREDATED = {"batch": {"fit_chars": 0}}  # it trained on all of its training split
+# options whose default differs from what runs saved before them did: a resumed older run takes these (it took
+# no early pieces, and it trained on all of its training split)
+PREDATED = {"train": {"early_pieces": 1}, "batch": {"fit_chars": 0}}
 STOPS = ("SIGINT", "SIGTERM", "callback")  # what stops a run before its budget, in the order named when several do
 
 
@@ -360,10 +361,9 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
         if not path.exists():
             raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
         saved = checkpoint.run_configs(path)
-        if isinstance(saved.get("train"), dict):
-            saved["train"] = {"early_pieces": 1, **saved["train"]}  # runs saved before the pieces took none
-        if isinstance(saved.get("batch"), dict):
-            saved["batch"] = {**PREDATED["batch"], **saved["batch"]}
+        for kind, before in PREDATED.items():
+            if isinstance(saved.get(kind), dict):
+                saved[kind] = {**before, **saved[kind]}
         base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict() for k, v in saved.items()}
     cfgs = {}
     for kind, cls in CONFIGS.items():
