@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import charloom
-from charloom import checkpoint, sizing, trainer
+from charloom import checkpoint, runtime, sizing, trainer
 from charloom.config import BatchConfig, CorpusConfig, ModelConfig, TrainConfig
 from charloom.model import CharRNN
 from charloom.runtime import Runtime
@@ -272,7 +272,7 @@ def test_a_timed_step_waits_for_the_gpu_it_queued_work_on(monkeypatch, kind):
     waited = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append("cuda"))
     monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
-    sizing._sync(sizing.Runtime(torch.device(kind), "fp32"))
+    runtime.synchronize(torch.device(kind))
     assert waited == [kind]
-    sizing._sync(sizing.Runtime(torch.device("cpu"), "fp32"))
+    runtime.synchronize(torch.device("cpu"))
     assert waited == [kind]

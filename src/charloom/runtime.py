@@ -54,6 +54,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a step's time is its kernels' and not their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def set_threads(threads: int) -> None:
     """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use: a container's
     CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the host's cores in sight, and threads beyond the
@@ -100,8 +108,7 @@ def _probe_step(device: torch.device, cell: str) -> Callable[[str], None]:
         with autocast(device, precision):
             out, _ = module(x)  # (B, T, H)
         out.float().square().mean().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     return step
 
@@ -273,4 +280,4 @@ class Runtime:
 
 
 __all__ = ["PRECISIONS", "Probe", "Processes", "Runtime", "autocast", "pick_device", "probe", "resolve_precision",
-           "set_threads", "speedup"]
+           "set_threads", "speedup", "synchronize"]

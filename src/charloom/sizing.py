@@ -43,7 +43,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .model import CharRNN
-from .runtime import Runtime
+from .runtime import Runtime, synchronize
 
 WIDTHS = tuple(range(64, 2049, 32))  # the candidates: multiples of 32 keep the kernels on their fast paths
 PROBE_WIDTHS = (256, 512, 768, 1024)  # widths timed on this machine; others are interpolated by parameter count
@@ -151,7 +151,7 @@ def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int
         if average:
             with torch.no_grad():
                 torch._foreach_lerp_(averaged, weights, 0.01)
-        _sync(rt)
+        synchronize(rt.device)
         return time.perf_counter() - t0
 
     return one
@@ -171,14 +171,6 @@ def _step_seconds(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width
         for one, t in zip(steppers, times):
             t.append(one())
     return [float(np.median(t)) for t in times]
-
-
-def _sync(rt: Runtime) -> None:
-    """Wait for the device's queued work, so that a step's time is its kernels' and not their launch."""
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
-    elif rt.device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _loglog(x: np.ndarray, y: np.ndarray) -> Callable[[float], float]:
