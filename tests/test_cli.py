@@ -33,6 +33,19 @@ def test_corpus_info_on_names_reads_records_without_flag(capsys):
     assert info["vocab_size"] == info["vocab_characters"] + 4
 
 
+def test_corpus_info_counts_the_text_a_default_run_leaves_out_for_its_mixture(tmp_path, capsys):
+    """A continuous text: train + validation + the fit text make the whole corpus, and the fit text is named."""
+    p = tmp_path / "book.txt"
+    p.write_text("".join(f"line {i} of the book\n" for i in range(20_000)))
+    assert main(["corpus-info", str(p), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fit"] > 0 and info["train"] + info["validation"] + info["fit"] == info["characters"]
+    assert main(["corpus-info", str(p)]) == 0
+    assert f"{info['fit']:,} left out of training" in capsys.readouterr().out
+    assert main(["corpus-info", str(p), "--json", "--fit-chars", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["fit"] == 0
+
+
 def test_corpus_info_csv_columns_by_name(tmp_path, capsys):
     p = tmp_path / "news.csv"
     p.write_text('label,title,description\n3,"Wall St. Bears","Short-sellers are back."\n4,"Comets","Planets."\n')

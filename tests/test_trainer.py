@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -152,10 +153,10 @@ def test_a_run_stopped_and_resumed_within_the_early_share_follows_the_same_losse
     assert all(int(st["step"]) == 3 * 5 + 5 for st in run.optimizer["state"].values())  # 5 steps in 3 pieces
 
 
-def resumed_from_an_older_file(tmp_path, text_file, opts, stop_at, strip):
+def resumed_from_an_older_file(tmp_path, text_file, opts, stop_at, strip, **resume_with):
     """A straight run and one stopped at `stop_at` whose resume file then loses what `strip(extra)` deletes (as
-    a file written before those options existed), resumed to the end: (the straight run's, the resumed run's
-    weights are equal), and the resumed run's folder."""
+    a file written before those options existed), resumed to the end (with `resume_with` given too): whether the
+    straight run's and the resumed run's weights are equal."""
     from test_model_files import contents, forge
 
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
@@ -166,7 +167,8 @@ def resumed_from_an_older_file(tmp_path, text_file, opts, stop_at, strip):
     extra = json.loads(meta["extra"])
     strip(extra)
     forge(path, tensors, {**meta, "extra": json.dumps(extra)})
-    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=opts["max_steps"])
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=opts["max_steps"],
+                   **resume_with)
     a = checkpoint.load(tmp_path / "a" / "last.safetensors").tensors
     b = checkpoint.load(path).tensors
     return all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))
@@ -480,5 +482,24 @@ def test_a_run_saved_before_the_fit_text_resumes_training_on_its_whole_split(tmp
     def strip(extra):
         del extra["batch"]["fit_chars"]
 
-    assert resumed_from_an_older_file(tmp_path, text_file, dict(tiny, max_steps=8, eval_every=0, fit_chars=0),
-                                      3, strip)
+    opts = dict(tiny, max_steps=8, eval_every=0, fit_chars=0)
+    assert resumed_from_an_older_file(tmp_path, text_file, opts, 3, strip)
+    # through the Python API with batch options given whole: their unsettled fit_chars is the resumed run's
+    shutil.rmtree(tmp_path / "a"), shutil.rmtree(tmp_path / "b")
+    assert resumed_from_an_older_file(tmp_path, text_file, opts, 3, strip,
+                                      batch=charloom.BatchConfig(batch_size=tiny["batch_size"], seq_len=tiny["seq_len"]))
+
+
+def test_a_run_given_its_split_records_the_fit_text_that_split_made(tmp_path, text_file, tiny):
+    """setup(data=...): the run records the split as given (a default -1 there cut nothing), so a resume makes the
+    same split and goes on exactly as a straight run does."""
+    corpus = charloom.CorpusConfig(source=str(text_file))
+    data = charloom.prepare(charloom.load_corpus(corpus), charloom.BatchConfig(batch_size=4, seq_len=16))
+    opts = dict(tiny, max_steps=6, eval_every=0, ngram=4)
+    cfgs = train_mod.configure(corpus, out=str(tmp_path / "b"), **opts)
+    train_mod.setup(*cfgs.values(), callback=lambda e: e["event"] == "step" and e["step"] == 2, data=data).run()
+    assert checkpoint.run_configs(tmp_path / "b" / "last.safetensors")["batch"]["fit_chars"] == 0
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=6)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), fit_chars=0, **opts)
+    a, b = (checkpoint.load(tmp_path / x / "last.safetensors").tensors for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))

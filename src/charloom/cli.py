@@ -140,6 +140,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
         "split": bcfg.split,
         "train": data.train_size,
         "validation": data.val_size,
+        "fit": len(data.fit) if data.fit is not None else 0,  # training text left out for the n-gram's mixture
         "batches_per_epoch": data.train.batches_in_epoch(0),
         "most_common": "".join(ch for _, ch in counts[:40]),
         "load_seconds": round(load_s, 3),
@@ -177,7 +178,8 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
         print("labels           " + ", ".join(f"{name} ({n:,} records)" for name, n in labels.items()))
     if info["unknown_characters"]:
         print(f"unknown          {info['unknown_characters']:,} characters below --min-count, read as <unk>")
-    print(f"split ({info['split']})     {info['train']:,} train / {info['validation']:,} validation {unit}")
+    fit = f" (and {info['fit']:,} left out of training to fit the n-gram's mixture on)" if info["fit"] else ""
+    print(f"split ({info['split']})     {info['train']:,} train / {info['validation']:,} validation {unit}{fit}")
     print(f"batches/epoch    {info['batches_per_epoch']:,}")
     print(f"most common      {info['most_common']!r}")
     print(f"loaded in        {info['load_seconds']:.3f} s")

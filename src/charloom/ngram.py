@@ -43,8 +43,8 @@ PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many chara
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
 BUILD_THREADS = 2  # orders sorted at once when the counts are built
-# bits per character a longer order must save on the fit text to be kept; that text understates what it saves on
-# new text, since the network has trained on it
+# bits per character a longer order must save on the fit text to be kept (where that text is training text the
+# network has learned, as in a run that leaves none out, it understates what the order saves on new text)
 ORDER_GAIN = 0.001
 
 

@@ -462,11 +462,27 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     return chosen
 
 
-def _prepared(text: Corpus, batch: BatchConfig, cfg: TrainConfig, rt: Runtime) -> tuple[Data, BatchConfig]:
-    """The run's split and batches of `text`, and its batch options with the text kept out of training for a
-    mixture to fit on settled by the run's n-gram (what the run records)."""
-    batch = batch.settled(cfg.ngram, text.is_records)
-    return prepare(text, batch, rt.procs.rank, rt.procs.world), batch
+def _prepared(text: Callable[[], Corpus], batch: BatchConfig, cfg: TrainConfig, rt: Runtime, data: Data | None,
+              previous: tuple[checkpoint.Checkpoint, RunState] | None) -> tuple[Data, BatchConfig]:
+    """The run's split and batches, and its batch options with the text kept out of training for a mixture to fit
+    on settled (what the run records): as the given `data` split it, as the resumed run did, or by the run's
+    n-gram on the corpus `text()` reads."""
+    if data is not None:  # a split made by the caller: -1 there made no cut
+        return data, batch.replace(fit_chars=max(data.cfg.fit_chars, 0))
+    if batch.fit_chars < 0 and previous is not None:
+        batch = batch.replace(fit_chars=_saved_fit_chars(cfg, previous[1]))
+    corpus = text()
+    batch = batch.settled(cfg.ngram, corpus.is_records)
+    return prepare(corpus, batch, rt.procs.rank, rt.procs.world), batch
+
+
+def _saved_fit_chars(cfg: TrainConfig, run: RunState) -> int:
+    """The text a resumed run left out of training for its mixture (none, in a file from before the option)."""
+    n = run.configs["batch"].get("fit_chars", PREDATED["batch"]["fit_chars"])
+    if isinstance(n, bool) or not isinstance(n, int) or n < -1:
+        raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
+                            f"(batch fit_chars {n!r})")
+    return max(n, 0)
 
 
 def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | None,
@@ -539,8 +555,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         _check_out(out)
     cfg = _settled(config, rt.precision)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
-    if data is None:
-        data, batch = _prepared(_corpus(corpus, cfg, parent, previous), batch, cfg, rt)
+    data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
     _check_validation(data, batch)
     vocab = data.corpus.vocab
     if parent is not None:
