@@ -155,11 +155,16 @@ def test_the_speed_probe_times_more_rounds_before_it_calls_bf16_no_faster(monkey
 
 def test_default_threads_are_held_to_the_cpus_the_process_may_use(monkeypatch):
     """torch counts the host's cores; a container's CPU quota allows fewer, and the default keeps to them. An
-    explicit count is taken as given, and a quota above torch's own default changes nothing."""
+    explicit count is taken as given, and a quota above torch's own default changes nothing. A count above the
+    machine's CPUs is refused by name, before any thread is made."""
     import loky
 
     threads = torch.get_num_threads()
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
     try:
+        with pytest.raises(CharloomError, match=r"^--threads 5000: this machine has 8 CPUs; give at most 8"):
+            runtime.set_threads(5000)
+        assert torch.get_num_threads() == threads
         torch.set_num_threads(4)
         monkeypatch.setattr(loky, "cpu_count", lambda: 1)
         runtime.set_threads(0)

@@ -65,8 +65,13 @@ def synchronize(device: torch.device) -> None:
 def set_threads(threads: int) -> None:
     """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use: a container's
     CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the host's cores in sight, and threads beyond the
-    quota wait on each other at every step (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT)."""
+    quota wait on each other at every step (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT).
+    More than the machine's CPUs is refused: each thread is an OS thread, and past the cores they only queue."""
     if threads:
+        cpus = os.cpu_count() or 1
+        if threads > cpus:
+            raise CharloomError(f"--threads {threads}: this machine has {cpus} CPUs; give at most {cpus} "
+                                f"(0: as many as this process may use)")
         torch.set_num_threads(threads)
         return
     from loky import cpu_count
