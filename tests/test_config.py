@@ -1,7 +1,7 @@
 import pytest
 
-from charloom.config import (BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, ServeConfig,
-                             TrainConfig)
+from charloom.config import (BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions,
+                             ServeConfig, TrainConfig)
 from charloom.errors import ConfigError
 
 
@@ -53,3 +53,35 @@ def test_every_field_is_documented():
     for cls in (CorpusConfig, BatchConfig, ModelConfig, TrainConfig, SampleConfig, EvalConfig, ServeConfig):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+
+
+def test_text_that_is_not_text_is_refused_but_a_path_may_hold_a_name_that_is_not_utf8():
+    """Bytes that are not UTF-8 reach options as lone surrogates (from argv, or JSON's escapes): in a start text or
+    separator they would fail at a save or a sample minutes later; in a file name they are legal on Linux."""
+    with pytest.raises(ConfigError, match=r"^separator: '\\udcff' is not valid text \(character 0 is a lone"):
+        CorpusConfig(separator="\udcff")
+    with pytest.raises(ConfigError, match=r"^sample_start: 'ab\\udcff' is not valid text \(character 2"):
+        TrainConfig(sample_start="ab\udcff")
+    with pytest.raises(ConfigError, match=r"^stop\[1\]: '\\ud800' is not valid text"):
+        SampleOptions(stop=("ok", "\ud800"))
+    assert CorpusConfig(source="book\udcff.txt").source == "book\udcff.txt"
+    assert TrainConfig(out="runs/o\udcff").out == "runs/o\udcff"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"extensions": ("",)}, "ext: '' is not a file extension"),
+    ({"extensions": (".py", "a/b")}, "ext: 'a/b' is not a file extension"),
+])
+def test_file_extensions_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CorpusConfig(**kwargs)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ModelConfig(forget_bias=1e39), r"^forget_bias: 1e\+39 is beyond the range of a float32"),
+    (lambda: EvalConfig(adapt_lr=1e300), r"^adapt_lr: 1e\+300 is beyond the range of a float32"),
+    (lambda: TrainConfig(lr=11.0), r"^lr: must be positive and at most 10"),
+])
+def test_numbers_past_what_a_float32_tensor_or_a_step_can_take_are_refused(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()

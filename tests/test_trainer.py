@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -406,6 +407,17 @@ def test_an_overwrite_that_cannot_start_keeps_the_old_run(tmp_path, text_file, t
     assert (tmp_path / "model.safetensors").read_bytes() == before and (tmp_path / "metrics.jsonl").exists()
 
 
+def test_an_overwrite_that_fails_after_starting_leaves_nothing_of_the_old_run_to_resume(tmp_path, text_file, tiny):
+    """--overwrite replaces the old run once the new one starts: a new run that then fails at its first step leaves
+    neither the old model nor the old resume file (which --resume would have taken for this run), and says that
+    nothing was saved."""
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    with pytest.raises(CharloomError, match=r"^step \d: the loss is (nan|inf); .*\(no evaluation had been saved yet\)"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=4, overwrite=True,
+                       **dict(tiny, weight_decay=1e30, warmup=0))
+    assert not (tmp_path / "last.safetensors").exists() and not (tmp_path / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("duration", ["0", "0s", "0m0s", "0.0h"])
 def test_a_zero_time_budget_is_refused_naming_the_flag(duration):
     with pytest.raises(ConfigError, match=r"^max_time \(--max-time\): must be longer than zero"):
@@ -503,3 +515,52 @@ def test_a_run_given_its_split_records_the_fit_text_that_split_made(tmp_path, te
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), fit_chars=0, **opts)
     a, b = (checkpoint.load(tmp_path / x / "last.safetensors").tensors for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("weights."))
+
+
+def test_a_signal_during_the_final_evaluation_is_not_lost(tmp_path, text_file, tiny):
+    """SIGTERM while the budget's last evaluation runs: the run saves as a finished one and says it was stopped,
+    so `charloom train` exits 128 + 15 as for a signal anywhere else."""
+    def at_the_end(event):
+        if event["event"] == "eval":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=4, eval_every=0, callback=at_the_end,
+                            **{k: v for k, v in tiny.items() if k != "eval_every"})
+    assert result.stopped_by == "SIGTERM" and result.progress.step == 4
+    assert charloom.load(tmp_path).info["step"] == 4
+
+
+def test_a_start_text_for_the_samples_that_the_vocabulary_cannot_read_is_refused_before_training(tmp_path, text_file,
+                                                                                                 tiny):
+    """--sample-start is read at the first evaluation, after minutes of training: it is checked before the first
+    step instead, in one line naming the flag, and no run folder is written."""
+    opts = dict(tiny, progress=True, sample_length=10, unknown="error", max_steps=4)
+    with pytest.raises(charloom.CharloomError, match=r"^--sample-start: character 'Z' \(U\+005A\) at position 0"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "run"), sample_start="Zed", **opts)
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+    quiet = charloom.train(source=str(text_file), out=str(tmp_path / "quiet"), sample_start="Zed",
+                           **dict(opts, progress=False))  # no samples shown: nothing to refuse
+    assert quiet.progress.step == 4
+
+
+def test_a_network_too_large_to_train_here_is_refused_before_it_is_allocated(tmp_path, text_file, tiny, monkeypatch):
+    """--hidden or --embedding far past this machine's memory: one line naming the options, nothing allocated (the
+    count is made on the meta device); the bound is half of the machine's memory."""
+    opts = dict(tiny, max_steps=1, out=str(tmp_path / "run"))
+    with pytest.raises(charloom.ConfigError, match=r"^hidden_size, embedding and num_layers \(--hidden 100000, "
+                                                   r"--embedding 8, --layers 1\): 40,0[\d,]+ parameters"):
+        charloom.train(source=str(text_file), **dict(opts, hidden_size=100_000))
+    monkeypatch.setattr(train_mod, "memory_cap", lambda: 10**6)
+    assert charloom.train(source=str(text_file), **opts).progress.step == 1  # about 0.1 MB
+    with pytest.raises(charloom.ConfigError, match="would need about 0.0 GB to train, more than the 0.0 GB"):
+        charloom.train(source=str(text_file), **dict(opts, hidden_size=200, overwrite=True))  # about 3 MB
+
+
+def test_resume_refuses_a_text_that_changed_even_with_the_same_characters(tmp_path, text_file, tiny):
+    """The vocabulary alone cannot tell: a text rewritten with the same characters (here shortened) would go on
+    from the old run's place in the batches and compare its validation figures with another split's."""
+    charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=3, **tiny)
+    text_file.write_text(text_file.read_text()[: len(text_file.read_text()) // 2])
+    with pytest.raises(CharloomError, match=r"^--resume: .*play.txt is not the text the run in .* trained on "
+                                            r"\(1,026 characters now, 2,052 then\)"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, resume=True)

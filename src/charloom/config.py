@@ -17,9 +17,14 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 
-def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field with its help text (and optionally its CLI flag name)."""
-    meta = {"help": help, "flag": flag, "metavar": metavar}
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+MAX_LR = 10.0  # the highest peak learning rate taken
+
+
+def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, path: bool = False) -> Any:
+    """A dataclass field with its help text (and optionally its CLI flag name). path: the value names a file or
+    folder, so it may hold the escaped bytes of a name that is not UTF-8 (legal on Linux); other text may not."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "path": path}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults")
     return field(default=default, metadata=meta)
@@ -58,6 +63,8 @@ def _check(name: str, value: Any, tp: Any) -> Any:
                 raise ConfigError(f"{name}: integer too large to be a number")
             if not math.isfinite(value):
                 raise ConfigError(f"{name}: {value!r} is not a finite number")
+            if abs(value) > FLOAT32_MAX:  # options reach float32 tensors, where such a value turns to inf
+                raise ConfigError(f"{name}: {value!r} is beyond the range of a float32 ({FLOAT32_MAX:.3g})")
             return float(value)
         raise ConfigError(f"{name}: {value!r} is not a number")
     if tp is int:
@@ -69,6 +76,19 @@ def _check(name: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{name}: {value!r} is not {_describe(tp)}")
     raise TypeError(f"unsupported annotation {tp!r} on {name}")
+
+
+def _check_text(name: str, value: Any) -> None:
+    """Text that is not text is refused: a lone surrogate, as Python reads bytes that are not UTF-8 from the command
+    line (or JSON's escapes give), cannot be encoded, saved or shown, and would fail minutes later."""
+    items = [(f"{name}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, tuple) else [(name, value)]
+    for where, v in items:
+        if isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ConfigError(f"{where}: {v!r} is not valid text (character {e.start} is a lone surrogate: "
+                                  f"bytes that are not UTF-8?)") from None
 
 
 def _describe(tp: Any) -> str:
@@ -91,6 +111,8 @@ class Config:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             checked = _check(f.name, getattr(self, f.name), hints[f.name])
+            if not f.metadata.get("path"):
+                _check_text(f.name, checked)
             object.__setattr__(self, f.name, checked)
         self.validate()
 
@@ -136,7 +158,8 @@ def _seed(seed: int) -> None:
 class CorpusConfig(Config):
     """Where the text is, how to read it, and how its characters become a vocabulary."""
 
-    source: str = option("shakespeare", "a text file, a folder, a glob, or a bundled corpus name", flag="source", metavar="SOURCE")
+    source: str = option("shakespeare", "a text file, a folder, a glob, or a bundled corpus name", flag="source",
+                         metavar="SOURCE", path=True)
     format: Literal["auto", "text", "lines", "csv", "tsv", "jsonl"] = option(
         "auto", "how to read the files; auto: from the extension (.csv .tsv .jsonl, else text)")
     records: bool | None = option(
@@ -160,7 +183,7 @@ class CorpusConfig(Config):
         "unk", "characters outside the vocabulary: map to <unk>, or stop with the character and its position")
     min_count: int = option(1, "characters seen fewer times than this are left out of the vocabulary (become <unk>)")
     cache_dir: str | None = option(
-        None, "where encoded ids are cached (default: $CHARLOOM_CACHE_DIR or ~/.cache/charloom)")
+        None, "where encoded ids are cached (default: $CHARLOOM_CACHE_DIR or ~/.cache/charloom)", path=True)
     label_column: str | None = option(
         None, "records from a CSV/TSV: the column holding each record's label (World, Sports...), by header name or "
               "0-based index; the model learns to write for a chosen label", metavar="NAME|INDEX")
@@ -183,6 +206,9 @@ class CorpusConfig(Config):
         if self.label_map is not None and not self.labelled:
             raise ConfigError("label_map: only means something with --label-column or --label-field")
         self.label_names()  # checks the map
+        for ext in self.extensions:
+            if not ext or "/" in ext:
+                raise ConfigError(f"ext: {ext!r} is not a file extension")
 
     @property
     def labelled(self) -> bool:
@@ -206,9 +232,6 @@ class CorpusConfig(Config):
                                   f"{MAX_LABEL_LENGTH} characters")
             pairs[raw] = name
         return pairs
-        for ext in self.extensions:
-            if not ext or "/" in ext:
-                raise ConfigError(f"ext: {ext!r} is not a file extension")
 
 
 FIT_CHARS = 200_000  # characters of training text an n-gram mixture's weights are fitted on, at most
@@ -332,7 +355,8 @@ EARLY_PIECES = 4  # TrainConfig.early_pieces of a fresh run when none is given
 class TrainConfig(Config):
     """How long and how to train, how often to evaluate and show samples, where to save."""
 
-    out: str = option("runs/latest", "run folder: model.safetensors (best), last.safetensors (resume), metrics.jsonl")
+    out: str = option("runs/latest", "run folder: model.safetensors (best), last.safetensors (resume), metrics.jsonl",
+                      path=True)
     max_steps: int = option(0, "stop after this many steps, a batch each (0: no step limit)")
     epochs: float = option(0.0, "stop after this many passes over the training split (0: no epoch limit)")
     max_time: str = option("", "stop after this much training time: 90s, 10m, 1.5h (default 10m when no "
@@ -380,12 +404,17 @@ class TrainConfig(Config):
     resume: bool = option(False, "continue the run in --out from last.safetensors, exactly where it stopped")
     init_from: str = option("", "fine-tune: start from this run folder's (or model file's) weights, keeping its "
                                 "vocabulary and model config; characters outside its vocabulary follow its "
-                                "unknown-character policy", metavar="RUN")
+                                "unknown-character policy", metavar="RUN", path=True)
     extend_vocab: bool = option(False, "with --init-from: add the new text's unknown characters to the vocabulary as "
                                        "new ids (new rows in the input and output layers; the old rows unchanged)")
     overwrite: bool = option(False, "start afresh even if --out already holds a run (its files are replaced)")
     progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal (off: only where "
                                   "the model went and its score)")
+
+    @property
+    def shows_samples(self) -> bool:
+        """Whether the run's evaluations print samples on the terminal."""
+        return bool(self.progress and self.sample_length and self.sample_temperatures)
 
     def validate(self) -> None:
         for n in ("max_steps", "warmup", "eval_every", "eval_chars", "sample_length", "threads", "ngram"):
@@ -397,8 +426,8 @@ class TrainConfig(Config):
             raise ConfigError(f"ngram: at most 16, got {self.ngram}")
         if self.extend_vocab and not self.init_from:
             raise ConfigError("extend_vocab: only means something with --init-from RUN (the vocabulary it extends)")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr: must be positive (or 0: set by the width), got {self.lr}")
+        if not 0 <= self.lr <= MAX_LR:  # Adam's steps are about lr in size: past this the first one ruins a network
+            raise ConfigError(f"lr: must be positive and at most {MAX_LR:g} (or 0: set by the width), got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.ema < 1.0:
@@ -581,19 +610,19 @@ class ExportConfig(Config):
     """Exporting a model to ONNX, and to a web page that generates with it in the browser."""
 
     out: str = option("", "the ONNX file to write (default: model.onnx in the run folder, or beside the model file)",
-                      metavar="FILE")
+                      metavar="FILE", path=True)
     int8: bool = option(False, "also write FILE's int8 twin (NAME.int8.onnx: weights quantised by onnxruntime, about "
                                "4x smaller) and report its held-out bpc beside fp32's")
     text: str = option("", "the text the int8 file is scored on: a file, folder or bundled corpus (default: the "
                            "corpus the model was trained on); its held-out split, as training splits it, is "
-                           "scored", metavar="SOURCE")
+                           "scored", metavar="SOURCE", path=True)
     score_chars: int = option(100_000, "the most held-out characters scored for the int8 comparison")
     web: str = option("", "also write a static web page that generates in the browser into this folder",
-                      metavar="DIR")
+                      metavar="DIR", path=True)
     runtime: str = option("", "onnxruntime-web's dist folder (node_modules/onnxruntime-web/dist: ort.wasm.min.mjs, "
                               "ort-wasm-simd-threaded.mjs and .wasm), copied into the page so it works with no "
                               "network (default: the page loads them from the pinned public package URL)",
-                          metavar="DIR")
+                          metavar="DIR", path=True)
     opset: int = option(17, "the ONNX opset to write")
 
     def validate(self) -> None:

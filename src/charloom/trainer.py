@@ -17,6 +17,7 @@ SIGTERM finish the current step, save and return; a non-finite loss stops before
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
@@ -37,6 +39,7 @@ from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, load as load_corpus
+from .decoding import memory_cap
 from .errors import CharloomError, ConfigError
 from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
@@ -60,6 +63,8 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 # options whose default differs from what runs saved before them did: a resumed older run takes these (it took
 # no early pieces, and it trained on all of its training split)
 PREDATED = {"train": {"early_pieces": 1}, "batch": {"fit_chars": 0}}
+TRAIN_COPIES = 5  # float32 values a parameter holds in training: weight, gradient, Adam's two moments, average
+ACTIVATION_COPIES = 4  # ... and a batch's logits and gates: forward, backward, and the softmax's work
 STOPS = ("SIGINT", "SIGTERM", "callback")  # what stops a run before its budget, in the order named when several do
 
 
@@ -232,8 +237,10 @@ class Trainer:
         (bad,) = self.rt.procs.total([not math.isfinite(value)], self.rt.device)
         if bad:
             where = f"the loss is {value}" if not math.isfinite(value) else "another process's loss is not finite"
+            kept = (f"the files in {self.out} are from the last good evaluation"
+                    if (self.out / checkpoint.RESUME_FILE).exists() else "no evaluation had been saved yet")
             raise CharloomError(f"step {self.pos.step + 1}: {where}; training stopped and this step was not saved "
-                                f"(the files in {self.out} are from the last good evaluation); try a lower --lr")
+                                f"({kept}); try a lower --lr")
         if cfg.grad_clip:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -296,6 +303,9 @@ class Trainer:
                 self.ended = stopped_by  # recorded by the final save
                 if self.window.steps:
                     val = self.checkpoint(final=stopped_by == "budget")
+                # a signal during the final evaluation came after the budget's last step: the run is saved whole,
+                # and its status still says it was asked to stop
+                stopped_by = signals.received if stopped_by == "budget" and signals.received else stopped_by
             finished = True
         finally:
             self.net = self.model  # drop the wrapper, and with it the reducer's hold on the process group
@@ -372,9 +382,19 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
     return cfgs
 
 
+def _about_corpus(cfg: CorpusConfig, corpus: Corpus) -> dict[str, Any]:
+    """What a run's files say of its corpus: where it came from, its size, and a fingerprint of its encoded text,
+    record boundaries and labels (so that a resumed run can tell it reads the same text)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (corpus.ids, corpus.offsets, corpus.labels):
+        digest.update(b"" if part is None else np.ascontiguousarray(part))  # the buffer itself, not a copy
+    return {"corpus": cfg.source, "corpus_config": cfg.to_dict(), "corpus_characters": int(len(corpus.ids)),
+            "corpus_digest": digest.hexdigest()}
+
+
 def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoint, run: RunState,
-                     vocab: Vocab) -> None:
-    """A resumed run must be the same run: same model, corpus, batching and vocabulary."""
+                     vocab: Vocab, about: dict[str, Any]) -> None:
+    """A resumed run must be the same run: same model, corpus, batching, vocabulary and text."""
     saved = {"model": ck.config.to_dict(), **run.configs}
     for kind in ("model", "corpus", "batch"):
         # an option the saved run predates has its default there, or what runs did before it (PREDATED)
@@ -387,6 +407,13 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
             raise CharloomError(f"--resume: option {k} is {mine[k]!r} but the run in {out} used {then.get(k)!r}")
     if ck.vocab != vocab:
         raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {out}")
+    then = ck.info.get("corpus_digest")  # absent from files written before runs recorded it
+    if then is not None and then != about["corpus_digest"]:
+        size = ck.info.get("corpus_characters")
+        size = f"{size:,}" if isinstance(size, int) else "?"
+        raise CharloomError(f"--resume: {about['corpus']} is not the text the run in {out} trained on "
+                            f"({about['corpus_characters']:,} characters now, {size} then); give that text again, "
+                            f"or start a new run in another --out")
 
 
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
@@ -417,8 +444,11 @@ def _check_out(out: Path) -> None:
         raise CharloomError(f"--out: cannot write the run folder {out} ({e.strerror or e})") from None
 
 
-def _check_validation(data: Data, cfg: BatchConfig) -> None:
-    """A validation split asked for but too small to score is refused now, not at its first evaluation."""
+def _check_reading(data: Data, cfg: BatchConfig, train: TrainConfig) -> None:
+    """What the run's evaluations will read is refused now, not at the first one after minutes of training: a
+    validation split asked for but too small to score, a samples' start text the vocabulary cannot read."""
+    if train.sample_start and train.shows_samples:
+        data.corpus.vocab.encode_array(train.sample_start, where="--sample-start")
     records = data.corpus.is_records
     need = 1 if records else 2  # a stream's first character is never predicted
     if cfg.val_fraction == 0 or data.val_size >= need:
@@ -453,10 +483,12 @@ def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], 
     if main:  # quiet or not, the run says where its model went
         chosen.append(hooks.Display(trainer_info, quiet=not cfg.progress))
         chosen.append(hooks.MetricsLog(out / "metrics.jsonl"))
-        chosen.append(hooks.Chart(out, quiet=not cfg.progress))  # after MetricsLog: it draws the row just written
-    if cfg.progress and main and cfg.sample_length and cfg.sample_temperatures:
-        chosen.append(hooks.Samples(cfg.sample_start, cfg.sample_temperatures, cfg.sample_length, cfg.seed))
+    # the files first: what shows the evaluation (chart, samples) cannot lose what it trained
     chosen.append(hooks.Checkpoints(out, {k: cfgs[k].to_dict() for k in checkpoint.RUN_CONFIGS}, trainer_info))
+    if main:
+        chosen.append(hooks.Chart(out, quiet=not cfg.progress))  # after MetricsLog: it draws the row just written
+    if main and cfg.shows_samples:
+        chosen.append(hooks.Samples(cfg.sample_start, cfg.sample_temperatures, cfg.sample_length, cfg.seed))
     if callback is not None:
         chosen.append(hooks.Callback(callback))
     return chosen
@@ -502,13 +534,29 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
     """The model config with its width set: as given, as the resumed run had it, or chosen for this machine and
     budget (measured by the first process only, so that the others do not slow its timing; all take its choice)."""
     if model.hidden_size:
-        return model, None
+        return _check_size(model, data.train_shape), None
     if previous is not None:
         return model.replace(hidden_size=previous[0].config.hidden_size), None
     pieces = early_pieces(cfg, data.corpus.is_records)
     fitted = sizing.fit(model, data.train_shape, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
-    return model.replace(hidden_size=int(width)), fitted
+    return _check_size(model.replace(hidden_size=int(width)), data.train_shape), fitted
+
+
+def _check_size(model: ModelConfig, shape: tuple[int, float]) -> ModelConfig:
+    """`model`, refused before anything is allocated where training it on batches of `shape` (rows, characters per
+    row) would need more than half of this machine's memory: weights, gradients, Adam's two moments and the weight
+    average (TRAIN_COPIES of each parameter), and a batch's logits and gates (ACTIVATION_COPIES of each)."""
+    with torch.device("meta"):
+        n = CharRNN(model).num_parameters()
+    H, V = model.hidden_size, model.vocab_size
+    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * shape[1] * (V + 4 * H * model.num_layers))
+    if need > (cap := memory_cap()):
+        raise ConfigError(f"hidden_size, embedding and num_layers (--hidden {H}, --embedding {model.embedding}, "
+                          f"--layers {model.num_layers}): {n:,} parameters and a batch of {shape[0]} x "
+                          f"{shape[1]:.0f} would need about {need / 1e9:,.1f} GB to train, more than the "
+                          f"{cap / 1e9:,.1f} GB allowed (half of this machine's memory)")
+    return model
 
 
 def early_pieces(cfg: TrainConfig, records: bool) -> int:
@@ -556,7 +604,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     cfg = _settled(config, rt.precision)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
-    _check_validation(data, batch)
+    _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
     if parent is not None:
         model = finetune.model_config(parent, model)
@@ -572,18 +620,19 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                             foreach=True)
     cfgs: dict[str, Config] = {"corpus": corpus, "batch": batch, "model": net.cfg, "train": cfg}
+    about = _about_corpus(corpus, data.corpus)
     if previous is not None:
-        _check_resumable(out, cfgs, *previous, vocab)
+        _check_resumable(out, cfgs, *previous, vocab, about)
     else:  # the old run's files go only once the new one is ready to start
         # with no resume file (--overwrite, or a run killed before its first save), its metrics lines belong
         # to no run that can continue: left in place, this run's lines would follow them
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        if cfg.overwrite:
-            (out / checkpoint.MODEL_FILE).unlink(missing_ok=True)
+        if cfg.overwrite:  # nothing of the old run stays to be resumed or taken for this one's
+            for name in (checkpoint.MODEL_FILE, checkpoint.RESUME_FILE):
+                (out / name).unlink(missing_ok=True)
 
     def info() -> dict[str, Any]:
-        return {"corpus": corpus.source, "corpus_config": corpus.to_dict(), "corpus_characters": int(len(data.corpus.ids)),
-                "device": rt.device.type, "precision": rt.precision, **({"parent": lineage} if lineage else {}),
+        return {**about, "device": rt.device.type, "precision": rt.precision, **({"parent": lineage} if lineage else {}),
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
                 **({"sizing": sized.to_dict()} if sized else {})}
 
