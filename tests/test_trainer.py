@@ -564,3 +564,11 @@ def test_resume_refuses_a_text_that_changed_even_with_the_same_characters(tmp_pa
     with pytest.raises(CharloomError, match=r"^--resume: .*play.txt is not the text the run in .* trained on "
                                             r"\(1,026 characters now, 2,052 then\)"):
         charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, resume=True)
+
+
+def test_resume_on_a_text_with_other_characters_says_the_vocabulary_changed(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=3, **tiny)
+    text_file.write_text(text_file.read_text() + "Zq")
+    with pytest.raises(CharloomError, match=r"^--resume: the corpus now gives a different vocabulary than the run "
+                                            r"in .* \((\d+) ids now, (?!\1)\d+ then\)"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, resume=True)

@@ -395,6 +395,9 @@ def _about_corpus(cfg: CorpusConfig, corpus: Corpus) -> dict[str, Any]:
 def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoint, run: RunState,
                      vocab: Vocab, about: dict[str, Any]) -> None:
     """A resumed run must be the same run: same model, corpus, batching, vocabulary and text."""
+    if ck.vocab != vocab:  # before the options: the model's vocab_size would differ, a symptom of this
+        raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {out} "
+                            f"({len(vocab)} ids now, {len(ck.vocab)} then)")
     saved = {"model": ck.config.to_dict(), **run.configs}
     for kind in ("model", "corpus", "batch"):
         # an option the saved run predates has its default there, or what runs did before it (PREDATED)
@@ -405,8 +408,6 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
         if diff:
             k = diff[0]
             raise CharloomError(f"--resume: option {k} is {mine[k]!r} but the run in {out} used {then.get(k)!r}")
-    if ck.vocab != vocab:
-        raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {out}")
     then = ck.info.get("corpus_digest")  # absent from files written before runs recorded it
     if then is not None and then != about["corpus_digest"]:
         size = ck.info.get("corpus_characters")
