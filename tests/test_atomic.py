@@ -26,6 +26,12 @@ def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
 
 
+def test_a_folder_that_cannot_be_made_is_a_failed_save(tmp_path):
+    (tmp_path / "plain").write_text("")  # a file where the folder would go, as a read-only folder refuses one
+    with pytest.raises(CharloomError, match=r"plain/sub/f.bin: cannot save \("):
+        atomic.write_bytes(tmp_path / "plain" / "sub" / "f.bin", b"data")
+
+
 def test_failed_save_keeps_the_previous_file(saved, monkeypatch):
     path, model, vocab = saved
     before = path.read_bytes()

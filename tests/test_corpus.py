@@ -1,8 +1,11 @@
 import gzip
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tracemalloc
+import unicodedata
 
 import numpy as np
 import pytest
@@ -324,3 +327,150 @@ def test_bundled_shakespeare_is_whole():
     assert len(c.ids) == bundled()["shakespeare"].characters
     head = c.vocab.decode(c.ids[:2000])
     assert "by William Shakespeare" in head
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named_printably(tmp_path):
+    name = os.fsdecode(b"bad\xffname.txt")  # legal on Linux; Python carries the byte as a lone surrogate
+    (tmp_path / name).write_text("to be or not to be\n")
+    c = load(CorpusConfig(source=str(tmp_path / name)))
+    assert c.text() == "to be or not to be\n"
+    assert c.name.endswith("bad\\xffname.txt")  # printable, where the surrogate would fail to encode
+    with pytest.raises(CharloomError, match=r"bad\\xffnone.txt: no such file") as e:
+        load(CorpusConfig(source=str(tmp_path / os.fsdecode(b"bad\xffnone.txt"))))
+    str(e.value).encode("utf-8")  # the message prints anywhere
+
+
+def test_a_file_that_cannot_be_read_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    p = tmp_path / "locked.txt"
+    p.write_text("to be or not to be\n")
+    real_open = open
+
+    def locked(file, *a, **k):  # what chmod 000 does, even to a test run as root
+        if str(file) == str(p):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(corpus_mod, "open", locked, raising=False)
+    with pytest.raises(CharloomError, match=r"^\S*locked.txt: cannot read \(Permission denied\)$"):
+        load(CorpusConfig(source=str(p)))
+
+
+def test_a_cache_folder_that_cannot_be_written_names_cache_dir(tmp_path):
+    p = tmp_path / "book.txt"
+    p.write_text("to be or not to be\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for sub in ("hashes", "ids"):  # files where folders go: written to as surely as a read-only folder is
+        (cache / sub).write_text("")
+    with pytest.raises(CharloomError, match=rf"^--cache-dir: cannot write the encoded corpus in {cache} \("):
+        load(CorpusConfig(source=str(p), cache_dir=str(cache)))
+
+
+def test_a_cache_that_cannot_take_hash_notes_still_serves_its_ids(tmp_path, monkeypatch):
+    p = tmp_path / "book.txt"
+    p.write_text("to be or not to be\n")
+    cfg = CorpusConfig(source=str(p), cache_dir=str(tmp_path / "cache"))
+    first = load(cfg)
+    shutil.rmtree(tmp_path / "cache" / "hashes")
+    (tmp_path / "cache" / "hashes").write_text("")  # no note can be written now
+    monkeypatch.setattr(corpus_mod, "read_chunks", lambda *a, **k: pytest.fail("the text was read again"))
+    assert np.array_equal(load(cfg).ids, first.ids)
+
+
+@pytest.mark.parametrize("codec", ["hex", "zlib", "rot13", "base64", "undefined"])
+def test_a_codec_that_is_not_a_text_encoding_is_refused(tmp_path, codec):
+    p = tmp_path / "t.txt"
+    p.write_text("to be or not to be\n")
+    with pytest.raises(CharloomError, match=rf"^--encoding: '{codec}' is a Python codec but not a text encoding"):
+        load(CorpusConfig(source=str(p), encoding=codec))
+
+
+def test_utf16_without_a_byte_order_mark_is_a_one_line_error(tmp_path):
+    p = tmp_path / "u16.txt"
+    p.write_bytes("héllo\n".encode("utf-16-le"))
+    with pytest.raises(CharloomError, match=r"u16.txt: byte offset 0: not valid utf-16 .*e\.g\. utf-16-le\)$"):
+        load(CorpusConfig(source=str(p), encoding="utf-16"))
+    assert load(CorpusConfig(source=str(p), encoding="utf-16-le")).text() == "héllo\n"
+
+
+def test_a_symlink_loop_under_a_recursive_glob_reads_each_file_once(tmp_path):
+    fold = tmp_path / "fold"
+    (fold / "sub").mkdir(parents=True)
+    (fold / "a.txt").write_text("alpha\n")
+    (fold / "sub" / "b.txt").write_text("beta\n")
+    (fold / "sub" / "loop").symlink_to("..")  # fold/sub/loop/sub/loop/... down to the kernel's limit
+    (fold / "alias.txt").symlink_to("a.txt")
+    by_glob = load(CorpusConfig(source=str(fold / "**" / "*.txt"), separator=""))
+    by_folder = load(CorpusConfig(source=str(fold), separator=""))
+    assert by_glob.stats["files"] == by_folder.stats["files"] == 2
+    assert by_glob.text() == by_folder.text() == "alpha\nbeta\n"  # sorted, the first name of each file kept
+
+
+def test_a_min_count_above_every_count_names_the_flag_and_the_counts(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("aaab")
+    with pytest.raises(CharloomError, match=r"^--min-count 4: .* 2 distinct characters, the most frequent 3 times\)$"):
+        load(CorpusConfig(source=str(p), min_count=4))
+    assert load(CorpusConfig(source=str(p), min_count=3)).vocab.chars == ("a",)
+
+
+LONG_LINES = {
+    # Chinese with full-width punctuation, Japanese with voiced kana (composed and not), Korean syllables and jamo:
+    # none of the break characters of _CUTS
+    "cjk": "天地玄黃，宇宙洪荒。日月盈昃、辰宿列張「寒來暑往」がか\u3099ｶﾞ한글\u1112\u1161\u11ab",
+    # Greek capitals run together: final sigmas, tonos as a separate mark, and a ligature NFKC splits
+    "greek": "ΟΔΟΣΣΑΣΑ\u0301ΣΑΣ·ﬁΣ‥ΟΣ",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LONG_LINES))
+@pytest.mark.parametrize("normalize, lower", [("NFKC", True), ("NFC", True), ("none", False)])
+def test_a_long_line_without_break_characters_reads_in_bounded_pieces_as_the_whole(tmp_path, monkeypatch, kind,
+                                                                                   normalize, lower):
+    text = LONG_LINES[kind] * 200
+    p = tmp_path / "one-line.txt"
+    p.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", 64)
+    cfg = CorpusConfig(source=str(p), normalize=normalize, lower=lower)
+    pieces = list(corpus_mod.iter_stream(corpus_mod.resolve(cfg), cfg))
+    assert "".join(pieces) == text
+    assert len(pieces) > 20 and max(map(len, pieces)) <= 3 * 64  # not the whole line at once
+    c = load(cfg)
+    assert np.array_equal(c.ids, c.vocab.encode_array(prepare_text(text, normalize, lower), prepared=True))
+
+
+def test_a_line_with_no_safe_place_to_cut_is_still_cut_when_read_as_is(tmp_path, monkeypatch):
+    text = ("a" + "\u0301" * 50) * 40  # marks only: a normalising read must hold it, a plain one need not
+    p = tmp_path / "marks.txt"
+    p.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", 64)
+    cfg = CorpusConfig(source=str(p))
+    pieces = list(corpus_mod.iter_stream(corpus_mod.resolve(cfg), cfg))
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 3 * 64
+    assert load(cfg).text() == text
+    nfc = CorpusConfig(source=str(p), normalize="NFC")
+    assert load(nfc).text() == prepare_text(text, "NFC")
+
+
+def test_places_chosen_to_cut_part_normalisation_and_lower_casing_cleanly():
+    # every character of the running Python's Unicode that composes with one before it fails the test for
+    # a fresh start, and composing never makes a character that stops a final-sigma scan into one that does not
+    for cp in range(0x110000):
+        d = unicodedata.decomposition(chr(cp)).split()
+        if len(d) == 2 and not d[0].startswith("<"):
+            first, second = chr(int(d[0], 16)), chr(int(d[1], 16))
+            assert not corpus_mod._edge(second)[0], hex(cp)
+            if corpus_mod._sigma_reads(first)[0]:
+                assert corpus_mod._sigma_reads(chr(cp))[0], hex(cp)
+            if corpus_mod._sigma_reads(first) == (True, False):
+                assert corpus_mod._sigma_reads(chr(cp)) == (True, False), hex(cp)
+    # and, over random text, each place it allows leaves the prepared text as it is whole
+    pool = "ΣσςΑΟaAb中，。가각\u1161\u11ab\u0301\u0308\u093c\u0bbe\u0bc6.'·‥ﬁⒶªʰİ¨\u00ad\u0345\u3099かｶﾞ\u0f73é"
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        t = "".join(rng.choice(list(pool), 8))
+        for i in range(1, len(t)):
+            if corpus_mod._parts_cleanly(t[i - 1], t[i]):
+                for form in ("none", "NFC", "NFKC"):
+                    assert prepare_text(t[:i], form, True) + prepare_text(t[i:], form, True) == \
+                        prepare_text(t, form, True), (t, i, form)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,16 +27,17 @@ def write_bytes(path: Path, data: bytes) -> None:
     Readers see the old file or the new one, never a mix; on failure the old file is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails the save like a full disk
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # in a folder that cannot be written there is no temporary to remove
+            tmp.unlink(missing_ok=True)
         raise CharloomError(f"{path}: cannot save ({e.strerror or e}); the previous file, if any, is kept") from None
     try:
         fd = os.open(path.parent, os.O_RDONLY)

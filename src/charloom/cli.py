@@ -129,7 +129,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     counts = [(int(n), v.itos[i]) for i, n in enumerate(c.counts()) if n]
     counts.sort(reverse=True)
     info: dict[str, Any] = {
-        "source": ccfg.source,
+        "source": c.name,  # printable: a file name that is not UTF-8 shows its bytes escaped
         "kind": "records" if c.is_records else "continuous",
         "format": c.stats["format"],
         "files": c.stats["files"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import functools
 import glob as globmod
 import gzip
 import hashlib
@@ -22,6 +23,7 @@ import json
 import lzma
 import os
 import shutil
+import unicodedata
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file
 # normalisation (no character composes with a following one of them) nor lower-casing (they are neither cased
 # nor case-ignorable, so a final sigma reads the same) depends on what lies across the cut
 _CUTS = " \t,;-()0123456789"
+_SCAN = 1 << 16  # how far back from a long piece's end another safe place to cut is looked for
+_JOINS_BACK = (("\u1160", "\u11ff"), ("\ud7b0", "\ud7ff"))  # Hangul vowel and final jamo join the syllable before
 CACHE_VERSION = 1
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
@@ -103,9 +107,29 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _shown(path: Path | str) -> str:
+    """A file name as a message can print it. A Linux name may hold bytes that are not UTF-8; Python carries
+    them as lone surrogates, which stdout, a UTF-8 log or a JSON reply cannot encode, so they read as \\xff."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _each_file_once(files: list[Path]) -> list[Path]:
+    """`files` without a second name for a file already listed, in their order: a symlink (a loop such as
+    `sub/loop -> ..` under a recursive glob above all) would read the same text several times, and copies of it
+    could land in both the training and the validation split."""
+    seen: set[str] = set()
+    kept = []
+    for p in files:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            kept.append(p)
+    return kept
+
+
 def resolve(cfg: CorpusConfig) -> Source:
     """Find the files of `cfg.source` and decide the reader and the corpus kind."""
-    label = cfg.source
+    label = _shown(cfg.source)
     corpora = bundled()
     path = Path(cfg.source).expanduser()
     if cfg.source in corpora and not path.exists():
@@ -133,6 +157,7 @@ def resolve(cfg: CorpusConfig) -> Source:
     else:
         names = ", ".join(sorted(corpora))
         raise CharloomError(f"{label}: no such file, folder or bundled corpus (bundled: {names})")
+    files = _each_file_once(files)
     if cfg.format != "auto":
         fmt = cfg.format
     else:
@@ -151,20 +176,51 @@ def _open_binary(path: Path) -> IO[bytes]:
     try:
         return opener(path, "rb") if opener else open(path, "rb")
     except OSError as e:
-        raise CharloomError(f"{path}: cannot open ({e.strerror or e})") from None
+        raise CharloomError(f"{_shown(path)}: cannot open ({e.strerror or e})") from None
 
 
-def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lines: bool = True) -> Iterator[str]:
+def _text_decoder(encoding: str, errors: str) -> codecs.IncrementalDecoder:
+    """An incremental decoder for `encoding`, refused unless it is a text encoding: Python's codec registry also
+    holds codecs from bytes to bytes (hex, zlib, base64) and from text to text (rot13), which would fail later
+    on the first piece with their own error, or give bytes where text is wanted."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CharloomError(f"--encoding: {encoding!r} is not a known text encoding") from None
+    try:
+        "".encode(encoding)  # str.encode and bytes.decode take text encodings only
+        b"".decode(encoding)
+    except (LookupError, UnicodeError):
+        raise CharloomError(f"--encoding: {encoding!r} is a Python codec but not a text encoding (e.g. utf-8, "
+                            f"latin-1, utf-16)") from None
+    return codecs.getincrementaldecoder(encoding)(errors)
+
+
+def _undecodable(path: Path, encoding: str, at: int, e: UnicodeError) -> CharloomError:
+    """The one-line error for bytes `encoding` cannot read; `at` is the byte offset where the decoder's input began."""
+    if isinstance(e, UnicodeDecodeError):
+        bad = e.object[e.start:e.end][:4].hex(" ")
+        return CharloomError(
+            f"{_shown(path)}: byte offset {at + e.start}: bytes {bad} are not valid {encoding} "
+            f"(set --encoding or --decode-errors replace; a file that is not text is best left out, as "
+            f"--ext does for a folder)")
+    # a plain UnicodeError carries no position: UTF-16 and UTF-32 read incrementally demand a byte-order mark
+    order = ""
+    if codecs.lookup(encoding).name in ("utf-16", "utf-32"):
+        order = " (a file without a byte-order mark needs one that names the order, e.g. utf-16-le)"
+    return CharloomError(f"{_shown(path)}: byte offset {at}: not valid {encoding} ({e}); set --encoding{order}")
+
+
+def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lines: bool = True, *,
+                as_is: bool = False) -> Iterator[str]:
     """Decoded text of `path` in pieces that end at a newline, so that per-piece normalisation is safe and
-    lines are whole. With `lines` False a line longer than CHUNK_BYTES is cut too, before a character of
-    `_CUTS`: a file without newlines is then read in bounded pieces rather than held whole.
+    lines are whole. With `lines` False a line longer than CHUNK_BYTES is cut too, where `_stream_cut` finds
+    a safe place: a file without newlines is then read in bounded pieces rather than held whole. `as_is` says
+    the pieces will be neither normalised nor lower-cased, so any place is safe.
 
     A byte-order mark is dropped. An undecodable byte raises CharloomError with the file and byte offset.
     """
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors)
-    except LookupError:
-        raise CharloomError(f"--encoding: {encoding!r} is not a known text encoding") from None
+    decoder = _text_decoder(encoding, errors)
     consumed = 0  # bytes fed to the decoder so far
     carry = ""  # text after the last cut, held back for the next piece
     first = True
@@ -173,18 +229,13 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lin
             try:
                 data = f.read(CHUNK_BYTES)
             except (OSError, EOFError, lzma.LZMAError) as e:
-                raise CharloomError(f"{path}: cannot read ({e})") from None
+                raise CharloomError(f"{_shown(path)}: cannot read ({e})") from None
             final = not data
             buffered = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(data, final)
-            except UnicodeDecodeError as e:
-                offset = consumed - buffered + e.start
-                bad = e.object[e.start:e.end][:4].hex(" ")
-                raise CharloomError(
-                    f"{path}: byte offset {offset}: bytes {bad} are not valid {encoding} "
-                    f"(set --encoding or --decode-errors replace; a file that is not text is best left out, as "
-                    f"--ext does for a folder)") from None
+            except UnicodeError as e:
+                raise _undecodable(path, encoding, consumed - buffered, e) from None
             consumed += len(data)
             if first and text:
                 text = text.removeprefix("\ufeff")
@@ -196,10 +247,61 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lin
                 return
             cut = text.rfind("\n") + 1
             if not cut and not lines and len(text) >= CHUNK_BYTES:
-                cut = max(0, *(text.rfind(c, 1) for c in _CUTS))
+                cut = len(text) if as_is else _stream_cut(text)
             carry = text[cut:]
             if cut:
                 yield text[:cut]
+
+
+def _stream_cut(text: str) -> int:
+    """Where a long piece of a stream without newlines may end (0: nowhere yet): before the last character of
+    `_CUTS`, or, when there is none in the last `_SCAN` characters (prose in a script without spaces, such as
+    Chinese), at the last place `_parts_cleanly` allows there."""
+    cut = max(text.rfind(c, 1) for c in _CUTS)
+    start = max(cut, len(text) - _SCAN, 0)
+    for i in range(len(text) - 1, start, -1):
+        if _parts_cleanly(text[i - 1], text[i]):
+            return i
+    return max(cut, 0)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _edge(c: str) -> tuple[bool, bool, bool, bool]:
+    """How `c` sits beside a cut, judged on `c` and on the first character of each of its decompositions, so
+    that it holds under every normalisation a vocabulary may apply (none, NFC, NFKC) and for lower-casing after it:
+      fresh:   combining class 0, no combining mark, no Hangul vowel or final jamo: nothing before it composes
+               with it (every second half of a composition is one of those), and canonical reordering, which
+               moves only marks of a nonzero class, never crosses it;
+      stops:   neither case-ignorable nor Σ, so a final-sigma scan from either side ends at it;
+      uncased: not cased either, so a Σ before it reads as a Σ before the end of the text;
+      bare:    `c` has no decomposition, so text that ends with it still does after normalisation."""
+    heads = {c, unicodedata.normalize("NFD", c)[0], unicodedata.normalize("NFKD", c)[0]}
+    fresh = all(unicodedata.combining(h) == 0 and not unicodedata.category(h).startswith("M")
+                and not any(lo <= h <= hi for lo, hi in _JOINS_BACK) for h in heads)
+    reads = [_sigma_reads(h) for h in heads]
+    stops = all(stop for stop, _ in reads) and "\u03a3" not in heads
+    uncased = not any(cased for _, cased in reads)
+    return fresh, stops, uncased, unicodedata.normalize("NFKD", c) == c
+
+
+def _sigma_reads(c: str) -> tuple[bool, bool]:
+    """(a final-sigma scan stops at `c`, `c` is cased). The one rule of str.lower that looks at neighbours: Σ
+    after a cased letter reads ς unless a cased letter follows, case-ignorable characters (marks, apostrophes,
+    modifier letters...) skipped both ways. Asked of str.lower itself, the answer follows the running Python."""
+    then_cased = ("A\u03a3" + c + "B").lower()[1] == "\u03c3"  # c is cased, or skipped to reach B
+    then_digit = ("A\u03a3" + c + "1").lower()[1] == "\u03c3"  # the scan stopped at c, and c is cased
+    return not (then_cased and not then_digit), then_digit
+
+
+def _parts_cleanly(a: str, b: str) -> bool:
+    """Normalising and lower-casing the text before a cut between `a` and `b` and the text after it apart gives
+    what they give together (see `_edge`): nothing composes or reorders across the cut, and no final-sigma scan
+    reaches it, because either `b` is uncased or `a`, with no decomposition, stays the last character."""
+    fresh, stops, uncased, _ = _edge(b)
+    if not (fresh and stops):
+        return False
+    a_fresh, a_stops, _, a_bare = _edge(a)
+    return uncased or (a_fresh and a_stops and a_bare)
 
 
 def _lines(path: Path, cfg: CorpusConfig) -> Iterator[str]:
@@ -240,7 +342,8 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
     by_name = [c for c in wanted if not _is_index(c)]
     header = cfg.header if cfg.header is not None else bool(by_name)
     if by_name and not header:
-        raise CharloomError(f"{path}: column {by_name[0]!r} is chosen by name but --no-header says there is no header row")
+        raise CharloomError(f"{_shown(path)}: column {by_name[0]!r} is chosen by name but --no-header says there is "
+                            f"no header row")
     try:
         head = next(reader, None) if header else None
         if header and head is None:
@@ -258,17 +361,18 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
                     at = _pick_columns(path, (cfg.label_column,), head, len(row))[0]
             if max(picks) >= len(row) or -min(picks) > len(row):
                 raise CharloomError(
-                    f"{path}: line {reader.line_num}: row has {len(row)} columns, column {max(picks)} was asked for")
+                    f"{_shown(path)}: line {reader.line_num}: row has {len(row)} columns, column {max(picks)} was "
+                    f"asked for")
             label = None
             if cfg.label_column is not None:
                 if not -len(row) <= at < len(row):
-                    raise CharloomError(f"{path}: line {reader.line_num}: row has {len(row)} columns, label column "
-                                        f"{at} was asked for")
+                    raise CharloomError(f"{_shown(path)}: line {reader.line_num}: row has {len(row)} columns, "
+                                        f"label column {at} was asked for")
                 label = row[at]
             yield cfg.column_sep.join(row[i] for i in picks), label
         _check_closed(path, lines, delimiter, reader.line_num)
     except csv.Error as e:
-        raise CharloomError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+        raise CharloomError(f"{_shown(path)}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
 def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> None:
@@ -282,8 +386,8 @@ def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> Non
             pass
     except csv.Error as e:
         if "unexpected end of data" in str(e):
-            raise CharloomError(f"{path}: line {end - len(lines) + 1}: a quoted field opened in this row is never "
-                                f"closed, so the file's last {len(lines)} lines would be one field") from None
+            raise CharloomError(f"{_shown(path)}: line {end - len(lines) + 1}: a quoted field opened in this row is "
+                                f"never closed, so the file's last {len(lines)} lines would be one field") from None
 
 
 def _is_index(col: str) -> bool:
@@ -295,18 +399,19 @@ def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, 
         if width == 1:
             return [0]
         names = f" ({', '.join(head)})" if head else ""
-        raise CharloomError(f"{path}: has {width} columns{names}; choose the text with --column NAME or --column INDEX")
+        raise CharloomError(f"{_shown(path)}: has {width} columns{names}; choose the text with --column NAME or "
+                            f"--column INDEX")
     picks = []
     for col in columns:
         if _is_index(col):
             i = int(col)
             if not -width <= i < width:
-                raise CharloomError(f"{path}: column {i} out of range (rows have {width} columns)")
+                raise CharloomError(f"{_shown(path)}: column {i} out of range (rows have {width} columns)")
             picks.append(i)
         else:
             assert head is not None
             if col not in head:
-                raise CharloomError(f"{path}: column {col!r} not found (columns: {', '.join(head)})")
+                raise CharloomError(f"{_shown(path)}: column {col!r} not found (columns: {', '.join(head)})")
             picks.append(head.index(col))
     return picks
 
@@ -314,27 +419,27 @@ def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, 
 def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | None]]:
     """(the `cfg.field` value, the `cfg.label_field` value or None) of each JSON object, one object per line."""
     if not cfg.field:
-        raise CharloomError(f"{path}: JSONL needs --field to name the key holding the text")
+        raise CharloomError(f"{_shown(path)}: JSONL needs --field to name the key holding the text")
     for n, line in enumerate(_lines(path, cfg), 1):
         if not line.strip():
             continue
         try:
             obj: Any = json.loads(line)
         except RecursionError:  # the parser recurses once per level of nesting
-            raise CharloomError(f"{path}: line {n}: JSON nested too deeply to read") from None
+            raise CharloomError(f"{_shown(path)}: line {n}: JSON nested too deeply to read") from None
         except ValueError as e:  # a JSONDecodeError, or an integer too long to convert
             what = f"{e.msg.removesuffix(' at')} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
-            raise CharloomError(f"{path}: line {n}: not valid JSON ({what})") from None
-        text = _json_field(obj, cfg.field, f"{path}: line {n}")
+            raise CharloomError(f"{_shown(path)}: line {n}: not valid JSON ({what})") from None
+        text = _json_field(obj, cfg.field, f"{_shown(path)}: line {n}")
         if text is None:
             continue
         if not isinstance(text, str):
-            raise CharloomError(f"{path}: line {n}: field {cfg.field!r} is {type(text).__name__}, not text")
+            raise CharloomError(f"{_shown(path)}: line {n}: field {cfg.field!r} is {type(text).__name__}, not text")
         label = None
         if cfg.label_field is not None:
-            value = _json_field(obj, cfg.label_field, f"{path}: line {n}")
+            value = _json_field(obj, cfg.label_field, f"{_shown(path)}: line {n}")
             if isinstance(value, (dict, list)) or value is None:
-                raise CharloomError(f"{path}: line {n}: label field {cfg.label_field!r} is "
+                raise CharloomError(f"{_shown(path)}: line {n}: label field {cfg.label_field!r} is "
                                     f"{'null' if value is None else type(value).__name__}, not a label")
             label = value if isinstance(value, str) else json.dumps(value)  # 1 and true read as "1" and "true"
         yield text, label
@@ -393,7 +498,8 @@ def iter_stream(source: Source, cfg: CorpusConfig) -> Iterator[str]:
             if not first and cfg.separator:
                 yield cfg.separator
             first = False
-            yield from read_chunks(path, cfg.encoding, cfg.decode_errors, lines=False)
+            yield from read_chunks(path, cfg.encoding, cfg.decode_errors, lines=False,
+                                   as_is=cfg.normalize == "none" and not cfg.lower)
         return
     for rec in iter_records(source, cfg):
         if not first and cfg.separator:
@@ -460,20 +566,35 @@ def default_cache_dir() -> Path:
 
 def _content_hash(path: Path, cache: Path) -> str:
     """sha256 of a file's bytes, remembered by (path, size, mtime, inode) so an unchanged file is hashed once."""
-    st = path.stat()
-    stat_key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode()).hexdigest()
+    try:
+        st = path.stat()
+        # os.fsencode: a name's bytes, which need not be UTF-8
+        stat_key = hashlib.sha256(b"%s|%d|%d|%d" % (os.fsencode(path.resolve()), st.st_size, st.st_mtime_ns,
+                                                    st.st_ino)).hexdigest()
+    except OSError as e:
+        raise CharloomError(f"{_shown(path)}: cannot read ({e.strerror or e})") from None
     memo = cache / "hashes" / stat_key[:32]
     try:
         return memo.read_text().strip()
     except OSError:
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK_BYTES):
-            h.update(block)
-    digest = h.hexdigest()
-    atomic.write_text(memo, digest)
+    digest = _file_digest(path)
+    try:
+        atomic.write_text(memo, digest)
+    except CharloomError:
+        pass  # the note only spares hashing the file again; a cache that cannot take it still serves the ids in it
     return digest
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK_BYTES):
+                h.update(block)
+    except OSError as e:
+        raise CharloomError(f"{_shown(path)}: cannot read ({e.strerror or e})") from None
+    return h.hexdigest()
 
 
 def _id_dtype(vocab_size: int) -> np.dtype:
@@ -580,47 +701,34 @@ def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> t
 
 
 def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, folder: Path) -> None:
-    # pass 1: count characters (the vocabulary) and record lengths, holding nothing but counts (and labels)
-    counter = CharCounter()
-    lengths = array("q")
-    skipped = [0]
-    raw_labels: list[str] | None = [] if cfg.labelled else None
-    for piece in _prepared(source, cfg, skipped, raw_labels):
-        counter.update(piece)
-        if source.records:
-            lengths.append(len(piece))
-    total = counter.total()
-    if total == 0:
-        what = "records" if source.records else "characters"
-        raise CharloomError(f"{source.label}: the corpus is empty (0 {what} after reading {len(source.files)} file(s))")
-    counts = counter.counts()
-    names, labels = label_indices(label_names(raw_labels, cfg), cfg, vocab) if raw_labels is not None else ((), None)
-    if vocab is None:
-        vocab = Vocab.from_counts(counts, min_count=cfg.min_count, unknown=cfg.unknown, normalize=cfg.normalize,
-                                  lower=cfg.lower, labels=names)
-        encoder = vocab if vocab.unknown == "unk" else Vocab(vocab.chars, normalize=vocab.normalize, lower=vocab.lower,
-                                                             ordered=True, labels=vocab.labels)
-    else:
-        encoder = vocab
-
-    # pass 2: encode into an .npy file in a temporary folder, then rename the folder into place
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    atomic.remove_leftovers(folder.parent)  # what encodings killed before their rename left
-    tmp = atomic.temporary_folder(folder)
+    """Read the corpus twice, counting then encoding, into `folder` of the cache (through a temporary folder
+    renamed into place)."""
+    tmp = _cache_folder(folder)  # first, so that a cache that cannot be written stops before the text is read
     try:
-        # plain sequential writes after an .npy header: a memory map being written would count every
-        # page of the array in this process's memory; a 4 MiB piece at a time keeps it bounded
-        dtype = _id_dtype(len(encoder))
-        pos = 0
-        with open(tmp / "ids.npy", "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)})
-            for big in _buffered(_prepared(source, cfg, [0])):
-                enc = encoder.encode_array(big, where=source.label, offset=pos, prepared=True, dtype=dtype)
-                f.write(enc.tobytes())
-                pos += len(enc)
-        if pos != total:
-            raise CharloomError(f"{source.label}: the corpus changed while it was being read; run again")
+        # pass 1: count characters (the vocabulary) and record lengths, holding nothing but counts (and labels)
+        counter = CharCounter()
+        lengths = array("q")
+        skipped = [0]
+        raw_labels: list[str] | None = [] if cfg.labelled else None
+        for piece in _prepared(source, cfg, skipped, raw_labels):
+            counter.update(piece)
+            if source.records:
+                lengths.append(len(piece))
+        total = counter.total()
+        if total == 0:
+            what = "records" if source.records else "characters"
+            raise CharloomError(f"{source.label}: the corpus is empty (0 {what} after reading {len(source.files)} "
+                                f"file(s))")
+        counts = counter.counts()
+        names, labels = ((), None) if raw_labels is None else label_indices(label_names(raw_labels, cfg), cfg, vocab)
+        if vocab is None:
+            vocab = _vocab_of(counts, cfg, names)
+            encoder = vocab if vocab.unknown == "unk" else Vocab(vocab.chars, normalize=vocab.normalize,
+                                                                 lower=vocab.lower, ordered=True, labels=vocab.labels)
+        else:
+            encoder = vocab
+        # pass 2: the ids, then what reading them back needs
+        _write_ids(tmp / "ids.npy", source, cfg, encoder, total)
         if source.records:
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
@@ -636,9 +744,59 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
             os.replace(tmp, folder)
         except OSError:  # another process cached the same corpus first: theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # reading the text turns its own errors into CharloomError: this is the cache's
+            raise _unwritable(folder, e) from None
         raise
+
+
+def _cache_folder(folder: Path) -> Path:
+    """A new temporary folder beside `folder`, to be renamed to it once the encoding is whole."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        atomic.remove_leftovers(folder.parent)  # what encodings killed before their rename left
+        return atomic.temporary_folder(folder)
+    except OSError as e:
+        raise _unwritable(folder, e) from None
+
+
+def _unwritable(folder: Path, e: OSError) -> CharloomError:
+    # the ids are memory-mapped from the cache, which is what keeps a large corpus out of memory: without a
+    # cache to write them to there is no bounded way to load it, so this stops, as a cache folder that cannot be
+    # made does, rather than reading the text whole
+    cache = folder.parent.parent
+    return CharloomError(f"--cache-dir: cannot write the encoded corpus in {_shown(cache)} ({e.strerror or e}); "
+                         f"name a folder that can be written")
+
+
+def _vocab_of(counts: dict[str, int], cfg: CorpusConfig, labels: tuple[str, ...]) -> Vocab:
+    """The vocabulary of the characters counted at least `cfg.min_count` times; refused when that leaves none,
+    since every id would then be <unk> and a model would learn nothing."""
+    vocab = Vocab.from_counts(counts, min_count=cfg.min_count, unknown=cfg.unknown, normalize=cfg.normalize,
+                              lower=cfg.lower, labels=labels)
+    if not vocab.chars:
+        raise CharloomError(f"--min-count {cfg.min_count}: no character occurs that often, so the vocabulary would be "
+                            f"empty (the text has {len(counts)} distinct characters, the most frequent "
+                            f"{max(counts.values()):,} times)")
+    return vocab
+
+
+def _write_ids(path: Path, source: Source, cfg: CorpusConfig, encoder: Vocab, total: int) -> None:
+    """The corpus's ids as an .npy file of `total` ids."""
+    # plain sequential writes after an .npy header: a memory map being written would count every
+    # page of the array in this process's memory; a 4 MiB piece at a time keeps it bounded
+    dtype = _id_dtype(len(encoder))
+    pos = 0
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)})
+        for big in _buffered(_prepared(source, cfg, [0])):
+            enc = encoder.encode_array(big, where=source.label, offset=pos, prepared=True, dtype=dtype)
+            f.write(enc.tobytes())
+            pos += len(enc)
+    if pos != total:
+        raise CharloomError(f"{source.label}: the corpus changed while it was being read; run again")
 
 
 def _open_cached(folder: Path, label: str, vocab: Vocab | None, unknown: str) -> Corpus:
