@@ -180,3 +180,37 @@ def test_importing_curves_leaves_matplotlib_unloaded():
     code = "import sys, charloom.curves; print(any(m.split('.')[0] == 'matplotlib' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+NAMES = ["cost_$5_$6", "o\udcff"]  # two dollars read as a formula; a byte of argv that was not UTF-8
+
+
+@needs_plot
+@pytest.mark.parametrize("name", NAMES)
+def test_a_run_whose_folder_name_is_not_plain_text_still_draws_its_chart(tmp_path, text_file, tiny, name):
+    out = tmp_path / name
+    charloom.train(source=str(text_file), out=str(out), **dict(tiny, max_steps=10))
+    assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert (out / "model.safetensors").exists()
+
+
+@needs_plot
+def test_names_with_dollars_or_undecodable_bytes_are_drawn_as_plain_text(tmp_path):
+    import matplotlib.figure
+    import matplotlib.text
+
+    shown = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        real(fig, *args, **kwargs)  # drawn first: a name that cannot be drawn fails here
+        shown.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+
+    found = [curves.curve(rows_of(3), name) for name in NAMES]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(matplotlib.figure.Figure, "savefig", spy)
+        drawn = curves.draw(found, tmp_path / "both.png", title=" and ".join(NAMES))
+        curves.draw(found[:1], tmp_path / "one.png", title=NAMES[0])
+    assert [d.label for d in drawn] == NAMES
+    assert {"cost_$5_$6", "o\ufffd", "cost_$5_$6 and o\ufffd"} <= set(shown)
+    assert (tmp_path / "both.png").read_bytes().startswith(PNG_SIGNATURE)

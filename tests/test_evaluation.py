@@ -158,3 +158,50 @@ def test_dynamic_evaluation_at_learning_rate_zero_is_the_static_score(tmp_path):
     static = score(model, corpus, EvalConfig(window=10))
     adapted = score_adapted(model, corpus, EvalConfig(adapt=True, adapt_lr=0.0, adapt_segment=10))
     assert adapted.characters == static.characters and adapted.loss == pytest.approx(static.loss, rel=1e-6)
+
+
+def read_lengths(model):
+    """The positions (rows x time steps) of every forward call of `model`, as they happen."""
+    seen = []
+    model.register_forward_pre_hook(lambda _module, args: seen.append(args[0].numel()))
+    return seen
+
+
+@pytest.mark.parametrize("streams, window, records", [(1, 4096, False), (3, 100, False), (2, 4096, True)])
+def test_a_long_window_is_scored_in_pieces_with_the_same_figure(tmp_path, monkeypatch, streams, window, records):
+    from charloom import evaluation
+    from charloom.evaluation import network_predictions
+
+    text = "the quick brown fox jumps over the lazy dog.\n" * 9
+    (tmp_path / "t.txt").write_text(text)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt"), records=records))
+    model = make(vocab=len(corpus.vocab))
+    cfg = EvalConfig(window=window, streams=streams)
+    whole = score(model, corpus, cfg)
+    net = network_predictions(model, corpus_batches(corpus, streams, window), 3)
+    seen = read_lengths(model)
+    position = 4 * (evaluation.LOGIT_ROWS * len(corpus.vocab) + 4 + evaluation.GATE_ROWS * 8)  # embedding 4, H 8
+    monkeypatch.setattr(evaluation, "PIECE_BYTES", 51 * position)  # 51 positions per call at most
+    pieced = score(model, corpus, cfg)
+    assert len(seen) > 5 and max(seen) <= 51
+    assert pieced.characters == whole.characters and pieced.bpc == pytest.approx(whole.bpc, rel=1e-6)
+    for a, b in zip(network_predictions(model, corpus_batches(corpus, streams, window), 3), net):  # same order too
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    if streams == 1 and not records:  # one stream: the whole text in one call is the reference
+        bits, n = bits_of_one_call(model, corpus.ids.tolist())
+        assert pieced.bpc == pytest.approx(bits / n, rel=1e-5)
+
+
+def test_a_long_window_on_a_large_vocabulary_never_makes_all_its_logits():
+    # 50,000 positions of a 20,000-character vocabulary: (1, T, V) float32 logits would be 4 GB
+    from charloom import evaluation
+
+    model = make(vocab=20_000)
+
+    def bounded(_module, args):  # before the head computes, so a too large product is never allocated
+        assert args[0].shape[1] * 20_000 * 4 <= evaluation.PIECE_BYTES, f"{tuple(args[0].shape)} into the head"
+
+    model.head.register_forward_pre_hook(bounded)
+    ids = torch.randint(4, 20_000, (1, 50_001))
+    result = evaluate(model, [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)])
+    assert result.characters == 50_000 and math.isfinite(result.bpc)

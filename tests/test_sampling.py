@@ -51,6 +51,24 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert np.isfinite(filter_logits(shuffled, top_p=0.8))[0].tolist() == [False, True, False, True]
 
 
+@pytest.mark.parametrize("top_p", [1e-50, 1e-45, 1e-30, 1e-8])
+def test_a_tiny_top_p_keeps_the_most_likely_character(top_p):
+    # below ~1.4e-45 top_p is 0 in float32: every character was dropped and <pad> (id 0) sampled
+    logits = np.random.default_rng(2).standard_normal((16, 40)).astype(np.float32)
+    kept = np.isfinite(filter_logits(logits, top_p=top_p))
+    assert kept.sum(-1).tolist() == [1] * 16 and kept[np.arange(16), logits.argmax(-1)].all()
+    for u in (0.0, 0.5, 0.999):
+        assert np.array_equal(choose(logits, 1.0, top_p=top_p, u=np.full(16, u, np.float32)), logits.argmax(-1))
+    assert np.array_equal(choose(logits, 2.0, top_k=5, top_p=top_p, rng=np.random.default_rng(0)),
+                          logits.argmax(-1))
+
+
+def test_generation_at_a_tiny_top_p_is_greedy():
+    g = model_for()
+    greedy = g.generate("the ", 40, temperature=0)
+    assert greedy[0] and g.generate("the ", 40, top_p=1e-50, seed=3) == greedy
+
+
 def test_sampling_follows_the_distribution():
     probs = np.array([0.1, 0.6, 0.0, 0.3], dtype=np.float32)
     rng = np.random.default_rng(0)
@@ -145,6 +163,57 @@ def test_stepper_equals_the_model(cell, embedding, grams):
     for t in range(1, 12):
         logits, state = step(ids[:, t], state)
         torch.testing.assert_close(logits, whole[:, t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("embedding, grams", [(0, 0), (6, 4)])
+def test_a_start_read_in_pieces_equals_one_call(monkeypatch, cell, embedding, grams):
+    g = model_for(cell, embedding=embedding, grams=grams)
+    start = TEXT * 3
+    prefix = g._prefix(start)
+    whole, whole_state = g.model.eval()(torch.tensor([prefix]))
+    texts = g.generate(start, 30, n=2, seed=4)
+    monkeypatch.setattr("charloom.decoding.READ_BYTES", 7 * g.row_bytes())  # 7 characters per call
+    assert g.piece_rows() == 7
+    last, state = g._start(prefix, 2)  # (2, V), each (L, 2, H)
+    np.testing.assert_allclose(last, whole[:, -1].detach().numpy().repeat(2, 0), atol=1e-5, rtol=1e-5)
+    for s, w in zip(state, whole_state):
+        torch.testing.assert_close(s, w.expand_as(s), atol=1e-5, rtol=1e-5)
+    assert g.generate(start, 30, n=2, seed=4) == texts
+
+
+@pytest.mark.parametrize("embedding", [0, 8])
+def test_a_long_start_on_a_large_vocabulary_is_read_in_bounded_pieces(embedding):
+    # 20,000 characters of start on a 20,000-character vocabulary: (1, T, V) float32 logits would be 1.6 GB
+    chars = [chr(0x4E00 + i) for i in range(20_000)]
+    vocab = Vocab.build("".join(chars))
+    model = CharRNN(ModelConfig(hidden_size=8, num_layers=1, embedding=embedding, vocab_size=len(vocab)))
+    g = Generator(model, vocab)
+    bound = 64 * 2**20  # bytes of (1, T, width) float32 work allowed at once
+
+    def bounded(width):
+        def check(_module, args):  # before the part computes, so a too large one is never allocated
+            assert args[0].shape[1] * width * 4 <= bound, f"{tuple(args[0].shape)} into a {width}-wide part"
+        return check
+
+    model.head.register_forward_pre_hook(bounded(len(vocab)))  # (1, T, H) -> (1, T, V) logits
+    real_inputs = model.inputs
+    model.inputs = lambda ids: (bounded(embedding or len(vocab))(None, (ids,)), real_inputs(ids))[1]  # (1, T, E)
+    start = "".join(np.random.default_rng(0).choice(chars, 20_000))
+    assert len(g.generate(start, 5, seed=0)[0]) == 5
+    assert g.memory_needed(1, 5, len(start)) < 200 * 2**20
+
+
+def test_the_memory_check_counts_the_start_text(monkeypatch):
+    g = model_for()
+    assert g.memory_needed(1, 5, 10**6) - g.memory_needed(1, 5) > 10**6 * 8  # its ids as int64, at least
+    monkeypatch.setattr("charloom.decoding.READ_BYTES", 2**20)
+    monkeypatch.setattr("charloom.decoding.memory_cap", lambda: 6 * 10**7)
+    g.check_memory(SampleOptions(start="a" * 200_000, length=5))  # read 1 MB at a time: its ids and a piece
+    g.reads_in_pieces = False  # as a backend that reads its start in one call (the ONNX one)
+    with pytest.raises(ConfigError, match=r"^start \(--start\): a start text of 200,000 characters needs about "
+                                          r"[\d.]+ GB to read \([\d.]+ GB in all\), more than the 0.1 GB allowed"):
+        g.generate("a" * 200_000, 5)
 
 
 def test_start_text_in_one_call_equals_one_character_at_a_time():

@@ -198,6 +198,20 @@ def test_temperature_zero_is_the_pytorch_generators_greedy_text(served, open_pag
     assert refused == []
 
 
+def test_a_top_p_below_float32s_least_number_keeps_the_most_likely_character(served, open_page):
+    """top_p 1e-50 reads as 0 in float32, which the most likely character's preceding mass of 0 "reaches": it must
+    still stay, so the page writes the greedy text, as the Python samplers do, and never an empty one."""
+    from charloom.sampling import Generator
+
+    site = served()
+    page, _, _ = open_page(site.url)
+    got = page.evaluate("o => window.charloom.generate(o)",
+                        {"start": "Before we", "length": 80, "n": 2, "temperature": 1.0, "top_p": 1e-50, "seed": 3})
+    want = Generator.from_checkpoint(checkpoint.load(site.folder / "model.safetensors")).generate(
+        "Before we", 80, temperature=0)
+    assert got == want * 2 and len(want[0]) == 80
+
+
 def test_text_appears_while_it_is_made_and_stop_ends_it(served, open_page):
     page, _, refused = open_page(served().url)
     page.evaluate("() => { window.made = window.charloom.generate({ start: 'You', length: 1000000, seed: 5 }); }")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ MAX_SETTINGS = 4  # a label names at most this many differing settings, then "+N
 NOISE = frozenset({"out", "cache_dir", "resume", "overwrite", "progress", "threads", "sample_length",
                    "sample_temperatures", "sample_start", "vocab_size"})
 CONFIG_ORDER = ("model", "corpus", "batch", "train")  # a label names model settings first
+# lone surrogates: the bytes of a name that were not UTF-8, as Python's argv and os functions carry them
+# (surrogateescape); no font can encode them
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
 def available() -> bool:
@@ -223,14 +227,28 @@ def _legend(ax: Any, curves: Sequence[Curve], colours: list[str]) -> None:
     from matplotlib.lines import Line2D
 
     grey = "0.35"
-    handles = [Line2D([], [], color=col, lw=2, label=c.label) for c, col in zip(curves, colours)]
+    handles = [Line2D([], [], color=col, lw=2, label=_printable(c.label)) for c, col in zip(curves, colours)]
     handles = handles if len(curves) > 1 else []  # one run: the title names it
     handles.append(Line2D([], [], color=grey, ls="--", label="train"))
     if any(v is not None for c in curves for v in c.val_bpc):
         handles.append(Line2D([], [], color=grey, ls="-", label="validation"))
     if any(c.full_val_bpc is not None for c in curves):
         handles.append(Line2D([], [], color=grey, ls="", marker="*", ms=9, label="whole validation split"))
-    ax.legend(handles=handles, fontsize=8, frameon=False)
+    for text in ax.legend(handles=handles, fontsize=8, frameon=False).get_texts():
+        _literal(text)
+
+
+def _printable(name: str) -> str:
+    """A run's or a corpus's name as a font can draw it: each byte that was not UTF-8 shown as U+FFFD."""
+    return _SURROGATES.sub("\ufffd", name)
+
+
+def _literal(text: Any) -> Any:
+    """A matplotlib Text drawn as the characters it holds: never read as mathtext (two `$` in a folder's name
+    would be parsed, and refused, as a formula) nor handed to TeX where the user's settings turn usetex on."""
+    text.set_parse_math(False)
+    text.set_usetex(False)
+    return text
 
 
 def _plot_run(ax: Any, c: Curve, colour: str, by_time: bool = False) -> dict[str, Any]:
@@ -313,7 +331,7 @@ def draw(curves: Sequence[Curve], out: str | Path, title: str | None = None) -> 
         ax.grid(alpha=0.3)
     _legend(axes[0], curves, colours)
     if title:
-        fig.suptitle(title, fontsize=10)
+        _literal(fig.suptitle(_printable(title), fontsize=10))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic.write_bytes(out, buf.getvalue())

@@ -34,6 +34,11 @@ STATE_COPIES = 12  # (H,) float32 rows per layer: the state, the new state and t
 MIX_COPIES = 8  # (V,) float64 rows per sample while a model's n-gram is mixed in
 MIX_ROWS = 1024  # rows of a long reading mixed with the n-gram at a time
 TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pieces' list until they are joined
+# per start-text character, besides what the model computes on it: its prepared copy and code points, its id as
+# an int in a Python list (a 32-byte object above 256), as int64 arrays for the model and for an n-gram's contexts
+START_BYTES = 96
+GATE_ROWS = 5  # (H,) float32 rows a fused layer computes per character read: up to four gates and its output
+READ_BYTES = 64 * 2**20  # a backend that reads its start text in pieces computes about this much per piece
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
 GREEDY_BELOW = 1e-30
@@ -81,8 +86,12 @@ def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.
         order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V): most likely first
         probs = softmax(logits[rows, order])
         before = np.cumsum(probs, -1) - probs  # mass of the strictly more likely candidates
+        cut = before >= top_p  # (B, V) in `order`: keeps the smallest set whose mass reaches p
+        # the most likely always stays: a top_p below float32's least number (~1.4e-45) compares as 0, which
+        # the first candidate's 0 "reaches", and a row with nothing kept would sample <pad> (id 0)
+        cut[:, 0] = False
         drop = np.empty(logits.shape, dtype=bool)
-        drop[rows, order] = before >= top_p  # keeps the smallest set whose mass reaches p
+        drop[rows, order] = cut
         logits = np.where(drop, np.float32(-np.inf), logits).astype(logits.dtype, copy=False)
     return logits
 
@@ -126,7 +135,9 @@ class Writer:
 
     A backend subclass gives `_start(prefix, n)` -> ((n, V) float32 logits after the prefix, state for n
     samples) and `_step(ids (n,), state)` -> ((n, V) logits, new state), and sets `vocab`, `records`,
-    `num_layers` and `hidden_size`. The state is the backend's own; the Writer only passes it back.
+    `num_layers` and `hidden_size`. The state is the backend's own; the Writer only passes it back. A backend
+    whose `_start` reads a long start in pieces of `piece_rows()` characters sets `reads_in_pieces`, so the
+    memory check counts one piece's work, not the whole start's.
     """
 
     vocab: Vocab
@@ -134,6 +145,7 @@ class Writer:
     num_layers: int
     hidden_size: int
     mixture: Mixture | None = None  # the model's n-gram, mixed with the backend's prediction at every step
+    reads_in_pieces = False  # whether `_start` reads a long start text `piece_rows()` characters per call
 
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
@@ -221,23 +233,48 @@ class Writer:
     def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
         return self._run(prefix, opts)
 
-    def memory_needed(self, n: int, length: int) -> int:
-        """Bytes that n samples of `length` characters hold at the peak of a generation, roughly: each sample's
-        random stream and uniforms, a few copies of its logits and recurrent state, and its text."""
+    def row_bytes(self) -> int:
+        """Bytes a forward call computes per character it reads: (V,) float32 logits, a (V,) one-hot input (or a
+        smaller embedded one), and a layer's gates and output."""
+        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size)
+
+    def piece_rows(self) -> int:
+        """Characters of start text read per call by a backend that reads in pieces: about READ_BYTES of work."""
+        return max(1, READ_BYTES // self.row_bytes())
+
+    def reading_bytes(self, chars: int) -> int:
+        """Bytes that reading a start text of `chars` characters holds at its peak, roughly: its ids, and the
+        model's work on one piece of it (on all of it, for a backend that reads in one call)."""
+        rows = min(chars, self.piece_rows()) if self.reads_in_pieces else chars
+        return chars * START_BYTES + rows * self.row_bytes()
+
+    def memory_needed(self, n: int, length: int, start_chars: int = 0) -> int:
+        """Bytes that n samples of `length` characters after a start text of `start_chars` hold at the peak of a
+        generation, roughly: reading the start once, then each sample's random stream and uniforms, a few copies
+        of its logits and recurrent state, and its text."""
         vocab_size = len(self.vocab)
         width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
         per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
                       + STATE_COPIES * self.num_layers * self.hidden_size * 4
                       + (MIX_COPIES * vocab_size * 8 if self.mixture is not None else 0))
-        return n * (per_sample + length * (TEXT_BYTES + 2 * width))
+        start = self.reading_bytes(start_chars) if start_chars else 0
+        return start + n * (per_sample + length * (TEXT_BYTES + 2 * width))
 
     def check_memory(self, opts: SampleOptions) -> None:
-        """Refuse, before any work, a generation that would not fit in memory (half of this machine's)."""
-        need, cap = self.memory_needed(opts.n, opts.length), memory_cap()
-        if need > cap:
-            raise ConfigError(f"n (--num-samples) and length (--length): {opts.n:,} samples of {opts.length:,} "
-                              f"characters need about {need / 1e9:,.1f} GB, more than the {cap / 1e9:,.1f} GB allowed "
-                              f"(half of this machine's memory); ask for fewer or shorter samples")
+        """Refuse, before any work, a generation that would not fit in memory (half of this machine's), naming
+        the start text where reading it is the larger part."""
+        chars = len(opts.start) + 2  # and the <bos> and label a records model reads first
+        start, cap = self.reading_bytes(chars), memory_cap()
+        need = self.memory_needed(opts.n, opts.length, chars)
+        if need <= cap:
+            return
+        if start > need - start:
+            raise ConfigError(f"start (--start): a start text of {len(opts.start):,} characters needs about "
+                              f"{start / 1e9:,.1f} GB to read ({need / 1e9:,.1f} GB in all), more than the "
+                              f"{cap / 1e9:,.1f} GB allowed (half of this machine's memory); give a shorter start text")
+        raise ConfigError(f"n (--num-samples) and length (--length): {opts.n:,} samples of {opts.length:,} "
+                          f"characters need about {need / 1e9:,.1f} GB, more than the {cap / 1e9:,.1f} GB allowed "
+                          f"(half of this machine's memory); ask for fewer or shorter samples")
 
     def _run(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:
         n, penalty, v = opts.n, opts.repetition_penalty, self.vocab

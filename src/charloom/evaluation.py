@@ -32,6 +32,11 @@ LN2 = math.log(2)
 ADAPT_CLIP = 1.0  # dynamic evaluation: the largest gradient norm of one step
 CHOOSE_CHARS = 50_000  # fewer fit characters than this cannot tell orders apart: the longest asked is kept
 READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call (what it predicts does not depend on it)
+# a batch is scored in pieces along time, state carried, of about this much work each: a long window on a large
+# vocabulary would otherwise make its (B, T, V) logits at once (a million characters of 17,000: 68 GB)
+PIECE_BYTES = 256 * 2**20
+LOGIT_ROWS = 3  # (V,) float32 rows per position while a piece is scored: the logits, their fp32 copy, log-softmax
+GATE_ROWS = 5  # (H,) float32 rows per position a fused layer computes: up to four gates and its output
 
 
 @dataclass
@@ -64,10 +69,23 @@ def batch_loss(model: torch.nn.Module, batch: Batch, state: State | None, device
     return loss, new_state
 
 
+def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:
+    """`batch` cut along time into as few pieces as keep each piece's work within PIECE_BYTES (one piece, unless
+    the batch is long and the vocabulary large; one time step at least); each piece after the first continues
+    the one before it, so read in order with the state carried they score as the whole batch does."""
+    cfg = model.cfg
+    position = 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size)
+                    + GATE_ROWS * cfg.hidden_size)  # bytes per (row, time) position: logits, input, gates
+    B, T = batch.x.shape
+    steps = max(1, PIECE_BYTES // (B * position))  # time steps per piece
+    return batch.pieces(-(-T // steps))  # each at most `steps` wide
+
+
 @torch.inference_mode()
 def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | str = "cpu",
              max_characters: int = 0, precision: str = "fp32") -> Evaluation:
-    """Mean loss over batches; contiguous batches carry the hidden state through.
+    """Mean loss over batches; contiguous batches carry the hidden state through. A long batch is read in
+    pieces (`_pieces`), its state carried, so memory stays bounded however long the window.
 
     max_characters: stop once this many characters are scored (0: all). precision: a resolved precision
     (see runtime.resolve_precision); the loss is summed in fp32 whatever it is."""
@@ -77,8 +95,10 @@ def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | st
     total, count, state = 0.0, 0, None
     try:
         for b in batches:
-            nll, state = batch_loss(model, b, state if b.continues else None, device, precision, reduction="sum")
-            total += float(nll)
+            for piece in _pieces(model, b):
+                nll, state = batch_loss(model, piece, state if piece.continues else None, device, precision,
+                                        reduction="sum")
+                total += float(nll)
             count += b.tokens
             if max_characters and count >= max_characters:
                 break
@@ -92,9 +112,17 @@ def evaluate(model: CharRNN, batches: Iterable[Batch], device: torch.device | st
 def _target_probs(logits: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """The network's probability of each scored target of `batch` and its largest probability there (float64,
     each (n,))."""
-    y = batch.y.to(logits.device)
+    return _kept(*_log_probs(logits, batch.y), batch)
+
+
+def _log_probs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, V) logits, (B, T) targets -> the log-probability of each target and the largest there, (B, T) each."""
     logp = torch.log_softmax(logits.detach().float(), -1)  # (B, T, V)
-    target, top = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), logp.max(-1).values  # (B, T) each
+    return logp.gather(-1, y.to(logits.device).unsqueeze(-1)).squeeze(-1), logp.max(-1).values
+
+
+def _kept(target: torch.Tensor, top: torch.Tensor, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """(B, T) log-probabilities -> the probabilities of `batch`'s scored positions, row by row (float64, (n,))."""
     keep = (batch.y != batch.pad_id).numpy()
     return np.exp(target.double().cpu().numpy())[keep], np.exp(top.double().cpu().numpy())[keep]
 
@@ -118,8 +146,12 @@ def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: t
     try:
         with torch.inference_mode():
             for b in batches:
-                logits, state = model(b.x.to(device), state if b.continues else None)
-                p, top = _target_probs(logits, b)
+                parts = []  # per piece, (B, t) log-probabilities of the targets and of the likeliest
+                for piece in _pieces(model, b):
+                    logits, state = model(piece.x.to(device), state if piece.continues else None)
+                    parts.append(_log_probs(logits, piece.y))
+                    del logits  # before the next piece's are made
+                p, top = _kept(*(torch.cat(part, 1) for part in zip(*parts)), b)
                 ctx, y, before = _scored(b, before, order)
                 yield p, top, ctx, y
     finally:

@@ -86,13 +86,19 @@ class CharRNN(nn.Module):
         return F.one_hot(ids, self.cfg.vocab_size).to(self.head.weight.dtype)
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        out, state = self.features(ids, state)
+        return self.head(self.drop(out)), state  # (B, T, V)
+
+    def features(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The recurrent layers' output before the head, and the new state: ids (B, T) -> ((B, T, H), state). What
+        only needs the state (a long start text read before writing) skips the head's (B, T, V) product."""
         cell_state, recent = self.split(state, ids.shape[0])
         x, tail = self.inputs(ids), ()  # (B, T, E)
         if recent is not None:
             more, new_recent = self.gram_vectors(ids, recent)
             x, tail = x + more, (new_recent,)
         out, h = self.rnn(x, self.cell.to_fused(cell_state))  # out (B, T, H); each state tensor (L, B, H)
-        return self.head(self.drop(out)), self.cell.from_fused(h) + tail  # (B, T, V)
+        return out, self.cell.from_fused(h) + tail
 
     def num_parameters(self, tables: bool = True) -> int:
         """Weights in all; tables=False: the network's alone, leaving out the hashed context tables."""

@@ -1,11 +1,11 @@
 """The PyTorch backend of generation: a Generator that runs a CharRNN, and its one-character `Stepper`.
 
-The Generator feeds the start text through the model in one call, then steps one character at a time with
-the state carried (never re-running the prefix). Its one-character step is a hand-written cell update on
-weights prepared once (`Stepper`): at batch 1 the fused sequence kernels spend most of their time on
-set-up, and the first layer's input product becomes a table lookup. Choosing each character, stop
-strings, seeds and the memory check are the shared `decoding.Writer`'s, so an exported ONNX file makes
-the same text from the same seed.
+The Generator feeds the start text through the model in pieces of bounded size (one call, unless the start
+is long or the vocabulary large), then steps one character at a time with the state carried (never re-running
+the prefix). Its one-character step is a hand-written cell update on weights prepared once (`Stepper`): at
+batch 1 the fused sequence kernels spend most of their time on set-up, and the first layer's input product
+becomes a table lookup. Choosing each character, stop strings, seeds and the memory check are the shared
+`decoding.Writer`'s, so an exported ONNX file makes the same text from the same seed.
 
 A generation's options are one `SampleOptions` (config.py), the object the CLI and the server build
 too, so their defaults and checks are the same everywhere.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import SampleOptions
-from .decoding import Writer, apply_repetition_penalty, choose, filter_logits, sample_options
+from .decoding import GATE_ROWS, Writer, apply_repetition_penalty, choose, filter_logits, sample_options
 from .model import CharRNN, State
 from .vocab import Vocab
 
@@ -78,7 +78,9 @@ class Stepper:
 
 # ---- the Generator -----------------------------------------------------------------------------------
 class Generator(Writer):
-    """Writes text with a CharRNN: start text in one call, then one character at a time, state carried."""
+    """Writes text with a CharRNN: start text in a few calls, then one character at a time, state carried."""
+
+    reads_in_pieces = True
 
     def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str | None = None, records: bool = False):
         """records: the model was trained on records, so every sample starts from <bos> (then the start text)."""
@@ -126,10 +128,26 @@ class Generator(Writer):
             return super().trace(before, ids)
 
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, State]:
-        logits, state = self.model(torch.tensor([prefix], device=self.device))  # the start text in one call
+        last, state = self._read_start(prefix)
         state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # (L, n, H)
         self._steps = self.stepper()  # checked once per generation: the weights do not change while it writes
-        return _numpy(logits[:, -1]).repeat(n, 0), state  # (n, V)
+        return _numpy(last).repeat(n, 0), state  # (n, V)
+
+    def _read_start(self, prefix: list[int]) -> tuple[torch.Tensor, State]:
+        """The start text through the model: (1, V) logits after its last character, and the state (the same as
+        one call's, to float rounding). Only the last character's logits are computed; the others are read
+        `piece_rows()` per call with the state carried, so one piece's inputs are all that exist at a time."""
+        ids = torch.tensor([prefix], device=self.device)  # (1, T)
+        rows, last, state = self.piece_rows(), ids.shape[1] - 1, None
+        for at in range(0, last, rows):
+            _, state = self.model.features(ids[:, at:min(at + rows, last)], state)  # no logits: only the state
+        logits, state = self.model(ids[:, last:], state)  # (1, 1, V)
+        return logits[:, -1], state
+
+    def row_bytes(self) -> int:
+        # no logits while the start is read: its input row (one-hot, or embedded) and a layer's gates and output
+        cfg = self.model.cfg
+        return 4 * ((cfg.embedding or cfg.vocab_size) + GATE_ROWS * cfg.hidden_size)
 
     def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         logits, state = self._steps(torch.from_numpy(ids).to(self.device), state)

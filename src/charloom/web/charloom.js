@@ -356,7 +356,7 @@ function keepNucleus(x, p) {
   const drop = [];
   for (let r = 0; r < order.length; r++) {
     mass = f32(mass + probs[r]);
-    if (f32(mass - probs[r]) >= reach) drop.push(order[r]);
+    if (r > 0 && f32(mass - probs[r]) >= reach) drop.push(order[r]);  // the most likely always stays
   }
   for (const j of drop) x[j] = -Infinity;
 }
