@@ -474,3 +474,17 @@ def test_places_chosen_to_cut_part_normalisation_and_lower_casing_cleanly():
                 for form in ("none", "NFC", "NFKC"):
                     assert prepare_text(t[:i], form, True) + prepare_text(t[i:], form, True) == \
                         prepare_text(t, form, True), (t, i, form)
+
+
+@pytest.mark.parametrize("name, content, opts, message", [
+    ("t.txt", "hello\n", dict(columns=("0",)), r"^--column: only for CSV or TSV files; .*t\.txt is read as text"),
+    ("t.txt", "hello\n", dict(records=True, label_column="0"), r"^--label-column: only for CSV or TSV files; .* lines"),
+    ("r.jsonl", '{"a": "x"}\n', dict(field="a", columns=("0",)), r"^--column: only for CSV or TSV files"),
+    ("n.csv", "a\nx\n", dict(columns=("a",), field="a"), r"^--field: only for JSONL files; .*n\.csv is read as csv"),
+    ("t.txt", "hello\n", dict(extensions=(".txt",)), r"^--ext: chooses the files of a folder or a glob; .*t\.txt"),
+])
+def test_options_for_another_kind_of_file_are_refused_not_ignored(tmp_path, name, content, opts, message):
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(CharloomError, match=message):
+        load(CorpusConfig(source=str(p), cache_dir=str(tmp_path / "cache"), **opts))

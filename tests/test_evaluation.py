@@ -7,6 +7,7 @@ import torch
 from charloom import CorpusConfig, EvalConfig, load_corpus
 from charloom.batching import Batch
 from charloom.config import ModelConfig
+from charloom.errors import CharloomError, ConfigError
 from charloom.evaluation import corpus_batches, evaluate, score
 from charloom.model import CharRNN
 
@@ -83,7 +84,6 @@ def test_max_characters_stops_early_and_an_empty_text_is_a_clear_error():
     ids = torch.randint(4, V, (2, 10))
     batches = [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)] * 5
     assert evaluate(model, batches, max_characters=20).characters == 36  # two batches of 18
-    from charloom.errors import CharloomError
 
     with pytest.raises(CharloomError, match="nothing to evaluate"):
         evaluate(model, [])
@@ -147,6 +147,33 @@ def test_dynamic_evaluation_equals_a_hand_written_loop_and_leaves_the_model_alon
     assert result.bpc < score(model, corpus).bpc  # a repetitive text: reading it teaches the model
     streams = EvalConfig(adapt=True, adapt_lr=0.5, adapt_segment=16, adapt_decay=decay, streams=4)
     assert score_adapted(model, corpus, streams).loss == result.loss  # a text adapts as one stream, in order
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_a_text_of_one_character_is_refused_naming_it(tmp_path, adapt):
+    from charloom.evaluation import score_adapted
+
+    (tmp_path / "one.txt").write_text("a")
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "one.txt"), cache_dir=str(tmp_path / "cache")))
+    model = make(vocab=len(corpus.vocab))
+    with pytest.raises(CharloomError, match=r"^.*one\.txt: nothing to evaluate: the text has fewer than two"):
+        score_adapted(model, corpus, EvalConfig(adapt=True)) if adapt else score(model, corpus)
+
+
+def test_an_adapted_segment_too_large_for_memory_is_refused_naming_the_option(tmp_path, monkeypatch):
+    """A segment is learned in one step, so it cannot be read in pieces: past half the machine's memory (here made
+    small) it is refused before any work; one that fits is scored."""
+    from charloom import evaluation
+    from charloom.evaluation import score_adapted
+
+    (tmp_path / "t.txt").write_text("abcabd" * 40)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    model = make(vocab=len(corpus.vocab))
+    monkeypatch.setattr(evaluation, "memory_cap", lambda: 10**6)
+    with pytest.raises(ConfigError, match=r"^adapt_segment \(--adapt-segment\): segments of 100,000 characters need "
+                                          r"about [\d.]+ GB"):
+        score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=100_000))
+    assert score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=10)).characters == 239
 
 
 def test_dynamic_evaluation_at_learning_rate_zero_is_the_static_score(tmp_path):

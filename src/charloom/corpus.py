@@ -167,7 +167,22 @@ def resolve(cfg: CorpusConfig) -> Source:
         fmt = formats.pop()
     if fmt == "text" and records and cfg.format == "auto":
         fmt = "lines"
+    _check_applies(cfg, fmt, label, path.is_file())
     return Source(label, tuple(files), fmt, records)
+
+
+def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> None:
+    """Options for another kind of file are refused, not ignored: whoever gave them expected them to act."""
+    for formats, given in ((("csv", "tsv"), {"--column": cfg.columns, "--header": cfg.header is not None,
+                                             "--label-column": cfg.label_column is not None}),
+                           (("jsonl",), {"--field": cfg.field is not None, "--label-field": cfg.label_field is not None})):
+        flag = next((f for f, on in given.items() if on), None)
+        if fmt not in formats and flag:
+            kinds = " or ".join(f.upper() for f in formats)
+            raise CharloomError(f"{flag}: only for {kinds} files; {label} is read as {fmt} (give --format if it is "
+                                f"{kinds})")
+    if one_file and cfg.extensions:
+        raise CharloomError(f"--ext: chooses the files of a folder or a glob; {label} is one file")
 
 
 # ---- reading one file ------------------------------------------------------------------------------

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
-from .config import FIT_CHARS, BatchConfig, EvalConfig
+from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .errors import CharloomError
+from .decoding import memory_cap
+from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
 LN2 = math.log(2)
@@ -37,6 +38,7 @@ READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call 
 PIECE_BYTES = 256 * 2**20
 LOGIT_ROWS = 3  # (V,) float32 rows per position while a piece is scored: the logits, their fp32 copy, log-softmax
 GATE_ROWS = 5  # (H,) float32 rows per position a fused layer computes: up to four gates and its output
+SEGMENT_COPIES = 3  # ... and a segment learned from holds them for the backward pass and its gradients too
 
 
 @dataclass
@@ -69,15 +71,17 @@ def batch_loss(model: torch.nn.Module, batch: Batch, state: State | None, device
     return loss, new_state
 
 
+def _position_bytes(cfg: ModelConfig) -> int:
+    """Bytes one (row, time) position of a forward call computes: its logits, its input row and its gates."""
+    return 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size) + GATE_ROWS * cfg.hidden_size)
+
+
 def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:
     """`batch` cut along time into as few pieces as keep each piece's work within PIECE_BYTES (one piece, unless
     the batch is long and the vocabulary large; one time step at least); each piece after the first continues
     the one before it, so read in order with the state carried they score as the whole batch does."""
-    cfg = model.cfg
-    position = 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size)
-                    + GATE_ROWS * cfg.hidden_size)  # bytes per (row, time) position: logits, input, gates
     B, T = batch.x.shape
-    steps = max(1, PIECE_BYTES // (B * position))  # time steps per piece
+    steps = max(1, PIECE_BYTES // (B * _position_bytes(model.cfg)))  # time steps per piece
     return batch.pieces(-(-T // steps))  # each at most `steps` wide
 
 
@@ -222,11 +226,19 @@ def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iter
     return eval_windows(Stream(corpus.ids, [(0, len(corpus.ids))]), window, streams, corpus.vocab.pad_id)
 
 
+def _check_scorable(corpus: Corpus) -> None:
+    """A text's first character is never predicted: one of fewer than two has nothing to score (records always
+    have their <eos>)."""
+    if not corpus.is_records and len(corpus.ids) < 2:
+        raise CharloomError(f"{corpus.name}: nothing to evaluate: the text has fewer than two characters")
+
+
 def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
           device: torch.device | str | None = None, mixture: ngram.Mixture | None = None) -> Evaluation:
     """Bits per character of `model` (with its n-gram `mixture`, if it has one) on all of `corpus` (encoded with
     the model's vocabulary), in fp32."""
     cfg = cfg or EvalConfig()
+    _check_scorable(corpus)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batches = corpus_batches(corpus, cfg.streams, cfg.window)
     return evaluate_mixed(model, mixture, batches, device) if mixture else evaluate(model, batches, device)
@@ -341,14 +353,26 @@ def _descend(loss: torch.Tensor, params: list[torch.Tensor], trained: list[torch
             torch._foreach_lerp_(params, trained, decay)
 
 
+def _check_segment(model: CharRNN, streams: int, segment: int) -> None:
+    """A segment learned in one step cannot be cut in pieces as a scored window is (its step would differ): one too
+    large for memory, forward and backward, is refused before any work, naming the option."""
+    need = SEGMENT_COPIES * streams * segment * _position_bytes(model.cfg)
+    if need > (cap := memory_cap()):
+        raise ConfigError(f"adapt_segment (--adapt-segment): segments of {segment:,} characters need about "
+                          f"{need / 1e9:,.1f} GB to learn from, more than the {cap / 1e9:,.1f} GB allowed (half of "
+                          f"this machine's memory); give a shorter segment")
+
+
 def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
                   device: torch.device | str | None = None, mixture: ngram.Mixture | None = None) -> Evaluation:
     """`adapt` over all of `corpus`, in segments of `cfg.adapt_segment` characters: records `cfg.streams` at a
     time, a continuous text as one stream (in several, a stream's first character would be learned from before the
     stream ending there had predicted it)."""
     cfg = cfg or EvalConfig()
+    _check_scorable(corpus)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     streams = cfg.streams if corpus.is_records else 1
+    _check_segment(model, streams, cfg.adapt_segment)
     return adapt(model, corpus_batches(corpus, streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,
                  mixture=mixture)
 
