@@ -488,3 +488,13 @@ def test_options_for_another_kind_of_file_are_refused_not_ignored(tmp_path, name
     p.write_text(content)
     with pytest.raises(CharloomError, match=message):
         load(CorpusConfig(source=str(p), cache_dir=str(tmp_path / "cache"), **opts))
+
+
+def test_a_jsonl_record_whose_field_is_null_is_counted_with_the_skipped_empty_ones(tmp_path):
+    p = tmp_path / "posts.jsonl"
+    p.write_text('{"text": "one", "tag": "a"}\n{"text": null, "tag": "b"}\n{"text": "", "tag": "c"}\n'
+                 '{"text": "two", "tag": "a"}\n')
+    c = load(CorpusConfig(source=str(p), field="text", label_field="tag", records=True,
+                          cache_dir=str(tmp_path / "cache")))
+    assert [c.record(i) for i in range(c.num_records)] == ["one", "two"]
+    assert c.stats["empty_records_skipped"] == 2 and c.vocab.labels == ("a",)

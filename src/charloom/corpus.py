@@ -446,7 +446,8 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
             what = f"{e.msg.removesuffix(' at')} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
             raise CharloomError(f"{_shown(path)}: line {n}: not valid JSON ({what})") from None
         text = _json_field(obj, cfg.field, f"{_shown(path)}: line {n}")
-        if text is None:
+        if text is None:  # a record without text: skipped, and counted, as an empty one is
+            yield "", None
             continue
         if not isinstance(text, str):
             raise CharloomError(f"{_shown(path)}: line {n}: field {cfg.field!r} is {type(text).__name__}, not text")
