@@ -85,3 +85,12 @@ def test_file_extensions_are_checked(kwargs, message):
 def test_numbers_past_what_a_float32_tensor_or_a_step_can_take_are_refused(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+@pytest.mark.parametrize("kwargs", [dict(text="book.txt"), dict(score_chars=5)])
+def test_export_options_for_the_int8_score_need_int8(kwargs):
+    from charloom.config import ExportConfig
+
+    with pytest.raises(ConfigError, match=r"^text and score_chars: only mean something with --int8"):
+        ExportConfig(**kwargs)
+    assert ExportConfig(int8=True, **kwargs).int8

@@ -175,3 +175,25 @@ def test_undecodable_bytes_typed_in_interactive_mode_are_one_line(recited):
     err = p.stderr.decode()
     assert p.returncode == 2 and "Traceback" not in err and err.count("\n") == 1
     assert err.endswith("charloom: error: --interactive: the line typed is not valid utf-8 (bytes ff at byte 2)\n")
+
+
+def test_output_never_replaces_a_model_file(recited, tmp_path):
+    """--output naming the model being read (or any model file) would leave sample text where the model was: it
+    is refused before anything is written; an upper-case .JSONL still writes JSON lines."""
+    run_dir, _ = recited
+    model = run_dir / "model.safetensors"
+    before = model.read_bytes()
+    for target in (model, tmp_path / "other.safetensors", tmp_path / "m.onnx"):
+        code, _, err = run("sample", "--checkpoint", str(run_dir), "--length", "5", "--output", str(target))
+        assert code == 2 and err.startswith(f"charloom: error: --output: {target} is a model file's name"), err
+    assert model.read_bytes() == before and not (tmp_path / "other.safetensors").exists()
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--length", "5", "--output", str(tmp_path / "S.JSONL"))
+    assert code == 0 and "text" in json.loads((tmp_path / "S.JSONL").read_text().splitlines()[0]), err
+
+
+def test_interactive_with_a_start_text_is_refused_not_ignored(recited):
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--interactive", "--start", "fox", stdin="@amy\n")
+    assert code == 2 and out == ""
+    assert err.strip() == ("charloom: error: --start: with --interactive the start texts are the lines typed; give "
+                           "one or the other")

@@ -325,3 +325,30 @@ def test_serve_command_starts_and_refuses_a_bad_path(model_dir, tmp_path):
     p = subprocess.run([sys.executable, "-m", "charloom", "serve", "--checkpoint", str(tmp_path / "none")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no such model file or run folder" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_listening_socket_is_bound_before_the_server_starts():
+    """A port in use is one line naming --port (uvicorn would log its own error after the line that says it
+    serves); port 0 becomes the port the system gave, so the start-up line shows an address that works."""
+    import socket
+
+    from charloom.errors import CharloomError
+    from charloom.server import app as server_app
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(CharloomError, match=rf"^--port {port}: cannot listen at 127.0.0.1:{port} \("):
+            server_app._bind(ServeConfig(host="127.0.0.1", port=port))
+    finally:
+        taken.close()
+    sock = server_app._bind(ServeConfig(host="127.0.0.1", port=0))
+    try:
+        given = sock.getsockname()[1]
+        assert given > 0
+        line = server_app.startup_lines("m.safetensors", ServeConfig(host="127.0.0.1", port=given))[0]
+        assert f"http://127.0.0.1:{given}/" in line
+    finally:
+        sock.close()

@@ -572,3 +572,17 @@ def test_resume_on_a_text_with_other_characters_says_the_vocabulary_changed(tmp_
     with pytest.raises(CharloomError, match=r"^--resume: the corpus now gives a different vocabulary than the run "
                                             r"in .* \((\d+) ids now, (?!\1)\d+ then\)"):
         charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, resume=True)
+
+
+def test_a_fine_tune_may_not_write_over_the_run_it_starts_from(tmp_path, text_file, tiny):
+    """--init-from RUN --out RUN --overwrite would delete the parent's model while the new run records it as its
+    parent: refused, naming the flag, and the parent stays."""
+    charloom.train(source=str(text_file), out=str(tmp_path / "parent"), max_steps=2, **tiny)
+    before = (tmp_path / "parent" / "model.safetensors").read_bytes()
+    for parent in (tmp_path / "parent", tmp_path / "parent" / "model.safetensors"):
+        with pytest.raises(CharloomError, match=r"^--init-from .*parent.*: its model is in .*, the folder this run "
+                                                r"writes to \(--out\)"):
+            charloom.train(source=str(text_file), out=str(tmp_path / "parent"), init_from=str(parent), max_steps=2,
+                           overwrite=True, **{k: v for k, v in tiny.items() if k not in ("hidden_size", "num_layers",
+                                                                                        "embedding")})
+    assert (tmp_path / "parent" / "model.safetensors").read_bytes() == before

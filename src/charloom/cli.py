@@ -205,9 +205,15 @@ class _Output:
     """The file `--output` names, open for writing. A failed write (a full disk, /dev/full) is one line naming
     the flag, whether it shows at a write or only at the final flush."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, reading: str | Path | None = None):
+        """reading: the model file the samples come from, which the output must not replace."""
         self.path = path
-        self.jsonl = path.endswith((".jsonl", ".ndjson"))
+        self.jsonl = path.lower().endswith((".jsonl", ".ndjson"))
+        target = Path(path)
+        if target.suffix.lower() in (".safetensors", ".onnx") or (
+                reading is not None and target.exists() and Path(reading).exists() and target.samefile(reading)):
+            raise CharloomError(f"--output: {path} is a model file's name; samples are written to a .txt or "
+                                f".jsonl file, never over a model")
         try:
             self.file = open(path, "w", encoding="utf-8")
         except OSError as e:
@@ -279,15 +285,24 @@ def _novelty(ns: argparse.Namespace, ck: Any) -> Any:
     return Novelty.for_checkpoint(ck, ns.novelty_source)
 
 
+def _runs(interactive: bool, cfg: SampleConfig, base: SampleOptions) -> list[SampleOptions] | None:
+    """The generations the flags ask for; None for --interactive, whose start texts are the lines typed."""
+    if not interactive:
+        return cfg.each(base)
+    if cfg.starts:
+        raise CharloomError("--start: with --interactive the start texts are the lines typed; give one or the other")
+    return None
+
+
 def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
-    runs = None if ns.interactive else cfg.each(base)
+    runs = _runs(ns.interactive, cfg, base)
     for opts in runs or ():
         _check_start(gen, opts.start, notes=False)  # refused, like the memory, before anything is written
     novelty = _novelty(ns, ck)
-    sink = _Output(ns.output) if ns.output else None
+    sink = _Output(ns.output, getattr(gen, "path", None) or ns.checkpoint) if ns.output else None
     colour = ns.color and sink is None and _colour_terminal()
     if colour:
         from .insight import legend

@@ -620,3 +620,6 @@ class ExportConfig(Config):
             raise ConfigError(f"opset: must be in [14, 21] (onnxruntime and onnxruntime-web run them), got {self.opset}")
         if self.runtime and not self.web:
             raise ConfigError("runtime: only means something with --web DIR (it is copied into the page)")
+        if not self.int8 and (self.text or self.score_chars != ExportConfig.score_chars):
+            raise ConfigError("text and score_chars: only mean something with --int8 (the held-out text the int8 "
+                              "file is scored on)")

@@ -215,10 +215,11 @@ def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
     try:
         corpus = load_corpus(ccfg, vocab=ck.vocab)
     except CharloomError as e:
+        flag = "--text" if cfg.text else "--int8"
         hint = "" if cfg.text else " (the corpus the model was trained on); give the text to score with --text SOURCE"
-        raise CharloomError(f"--int8: {e}{hint}") from None
+        raise CharloomError(f"{flag}: {e}{hint}") from None
     if next(heldout_batches(corpus, HELDOUT_BATCH), None) is None:
-        raise CharloomError(f"--int8: {ccfg.source} has no held-out split to score the int8 file on (the text is too "
+        raise CharloomError(f"{'--text' if cfg.text else '--int8'}: {ccfg.source} has no held-out split to score the int8 file on (the text is too "
                             f"short); give a longer one with --text SOURCE")
     return corpus
 

@@ -427,6 +427,11 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
     if path.exists() and not cfg.overwrite:
         raise CharloomError(f"--out: {out} already holds a run; continue it with --resume, "
                             f"replace it with --overwrite, or choose another --out")
+    parent = Path(cfg.init_from).expanduser()
+    folder = parent if parent.is_dir() else parent.parent
+    if cfg.init_from and out.is_dir() and folder.is_dir() and out.samefile(folder):
+        raise CharloomError(f"--init-from {cfg.init_from}: its model is in {out}, the folder this run writes to "
+                            f"(--out), which would replace the model it starts from; choose another --out")
     return None
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import threading
 import time
 import typing
@@ -551,13 +552,35 @@ def startup_lines(checkpoint: str | Path, cfg: ServeConfig) -> list[str]:
     return lines
 
 
+def _bind(cfg: ServeConfig) -> socket.socket:
+    """The listening socket, bound here: a port in use or a host that does not resolve is one line naming the
+    flag before the server starts (uvicorn would log its own error after the line that says it serves), and a
+    port of 0 becomes the one the system gave, which the start-up line can then show."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise CharloomError(f"--host {cfg.host}: cannot be resolved to an address ({e})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise CharloomError(f"--port {cfg.port}: cannot listen at {cfg.host}:{cfg.port} "
+                            f"({e.strerror or e})") from None
+    return sock
+
+
 def serve(checkpoint: str | Path, cfg: ServeConfig) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
     app = create_app(checkpoint, cfg)
+    sock = _bind(cfg)
+    cfg = cfg.replace(port=sock.getsockname()[1])
     print("\n".join(startup_lines(checkpoint, cfg)), flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning")).run(sockets=[sock])
 
 
 __all__ = ["GenerateRequest", "create_app", "request_options", "serve", "startup_lines"]
