@@ -86,10 +86,16 @@ def test_serve_prints_the_hosts_it_answers(model_dir, capsys, monkeypatch):
 
     from charloom.server import serve
 
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    serve(model_dir, ServeConfig(host="0.0.0.0", port=8123))
+    ran = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: ran.append(sockets))
+    serve(model_dir, ServeConfig(host="0.0.0.0", port=0))
     first, access = capsys.readouterr().out.splitlines()
     assert first.startswith("charloom: serving") and "--allow-host NAME" in access
+    (sock,) = ran[0]  # the socket bound before the line was printed, and the port it was given shown
+    try:
+        assert f"at http://127.0.0.1:{sock.getsockname()[1]}/" in first
+    finally:
+        sock.close()
 
 
 # ---- CORS -------------------------------------------------------------------------------------------
