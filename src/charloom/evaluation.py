@@ -25,7 +25,7 @@ from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .decoding import memory_cap
+from .decoding import GATE_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
@@ -37,7 +37,6 @@ READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call 
 # vocabulary would otherwise make its (B, T, V) logits at once (a million characters of 17,000: 68 GB)
 PIECE_BYTES = 256 * 2**20
 LOGIT_ROWS = 3  # (V,) float32 rows per position while a piece is scored: the logits, their fp32 copy, log-softmax
-GATE_ROWS = 5  # (H,) float32 rows per position a fused layer computes: up to four gates and its output
 SEGMENT_COPIES = 3  # ... and a segment learned from holds them for the backward pass and its gradients too
 
 
