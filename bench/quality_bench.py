@@ -53,12 +53,19 @@ FOLLOWERS = ", mixing weights told by followers"  # rows whose mixture weighs ho
 
 
 def record(row: dict) -> None:
-    report.append_log(LOG, {**row, "date": datetime.date.today().isoformat()})
+    report.append_log(LOG, {**row, "cpu": report.cpu_model(), "date": datetime.date.today().isoformat()})
 
 
 def newest() -> dict[tuple, dict]:
-    """The newest row of each (system, path, budget)."""
-    return {(r["system"], r.get("path", ""), r.get("minutes", 0)): r for r in report.read_log(LOG)}
+    """The newest row of each (system, path, budget, CPU): a run on one machine never hides another's."""
+    return {(r["system"], r.get("path", ""), r.get("minutes", 0), report.cpu_of(r)): r for r in report.read_log(LOG)}
+
+
+def machines(rows: dict[tuple, dict]) -> list[str]:
+    """The CPUs with charloom rows, the one of the newest row first."""
+    ours = [r for k, r in rows.items() if k[0] == "charloom"]
+    ordered = sorted(ours, key=lambda r: r.get("date", ""), reverse=True)
+    return list(dict.fromkeys(report.cpu_of(r) for r in ordered))
 
 
 def isa_of(path: str) -> str:
@@ -146,8 +153,8 @@ def notebook_runs(budgets: list[float], data) -> None:
                     "precision": "fp32", "whole": whole, "windows": windows})
 
 
-def plot(rows: dict[tuple, dict], budgets: list[float], ppmd: float) -> str:
-    """Draw the figures as bench/quality.png; returns the line that points to it."""
+def plot(rows: dict[tuple, dict], budgets: list[float], ppmd: float, cpu: str) -> str:
+    """Draw one CPU's figures as bench/quality.png; returns the line that points to it."""
     try:
         import matplotlib
 
@@ -159,76 +166,93 @@ def plot(rows: dict[tuple, dict], budgets: list[float], ppmd: float) -> str:
     for (system, path), style, label in [(("charloom", "native"), "o-", "charloom, native path"),
                                          (("charloom", "avx2"), "s-", "charloom, AVX2 path"),
                                          (("notebook", "native"), "^-", "notebooks' method")]:
-        got = [(m, rows[(system, path, m)]) for m in budgets if (system, path, m) in rows]
+        got = [(m, rows[(system, path, m, cpu)]) for m in budgets if (system, path, m, cpu) in rows]
         if got:
             ax.plot([m for m, _ in got], [r["whole"] for _, r in got], style, label=f"{label}: static")
             if system == "charloom":
                 ax.plot([m for m, _ in got], [r["adapted"] for _, r in got], style.replace("-", "--"),
                         label=f"{label}: adapted while reading")
     ax.axhline(ppmd, color="grey", lw=1, ls=":", label=f"PPMd order 8 (7-Zip, 2 s): {ppmd:.3f}")
-    ax.set_xlabel("training time on this CPU (minutes)")
+    ax.set_xlabel(f"training time on {cpu} (minutes)")
     ax.set_ylabel("held-out bits per character (whole tail)")
     ax.set_title("Shakespeare, last 5% held out")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(PLOT)
-    return f"Plot: `bench/{PLOT.name}`."
+    return f"Plot (the newest machine's rows): `bench/{PLOT.name}`."
+
+
+def _defaults_cell(r: dict) -> str:
+    """The system cell of a row of charloom's defaults: the date, the n-gram, the width chosen and why."""
+    return (f"charloom defaults ({r['date']}"
+            f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}"
+            f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): {r['hidden']} wide (chosen; the law "
+            f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}){_rate(r)}, "
+            f"{r['characters'] / 1e6:.1f} M characters")
+
+
+def _rows_of(rows: dict[tuple, dict], cpu: str, budgets: list[float]) -> list[str]:
+    """One CPU's table rows: charloom's defaults and fixed widths on each path, then the notebooks' method."""
+    fixed = sorted({k[0] for k in rows if k[0].startswith("charloom --hidden")})
+    table = []
+    for path in PATHS:
+        for m in budgets:
+            r = rows.get(("charloom", path, m, cpu))
+            if r:
+                table.append(report.row(f"{m:g} min", _defaults_cell(r), *_figures(r, path)))
+            for system in fixed:
+                r = rows.get((system, path, m, cpu))
+                if r:
+                    table.append(report.row(f"{m:g} min", f"`{system}` ({r['date']}), "
+                                            f"{r['characters'] / 1e6:.1f} M characters", *_figures(r, path)))
+    for m in budgets:
+        r = rows.get(("notebook", "native", m, cpu))
+        if r:
+            table.append(report.row(f"{m:g} min", "the notebooks' method (one-hot LSTM 64)",
+                                    f"{cpu}: {r['isa']}, fp32", f"{r['whole']:.3f}", f"{r['whole']:.3f}", "", "",
+                                    f"{r['windows']:.3f}", "bench/notebook.py"))
+    return table
+
+
+def _newest_of(rows: dict[tuple, dict], system: str) -> dict:
+    """The newest row of a system whose figure does not depend on the machine's speed (any CPU)."""
+    got = sorted((r for k, r in rows.items() if k[0] == system), key=lambda r: r.get("date", ""))
+    return got[-1] if got else {}
 
 
 def section() -> str:
     rows = newest()
     budgets = sorted({k[2] for k in rows if k[2]})
-    fixed = sorted({k[0] for k in rows if k[0].startswith("charloom --hidden")})
-    ppmd = rows.get(("ppmd", "", 0), {}).get("whole", float("nan"))
-    table = []
-    for path in PATHS:
-        for m in budgets:
-            r = rows.get(("charloom", path, m))
-            if r:
-                table.append(report.row(f"{m:g} min", f"charloom defaults ({r['date']}"
-                                        f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}"
-                                        f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): "
-                                        f"{r['hidden']} wide (chosen; the law "
-                                        f"predicted {r['predicted_bpc']:.3f} after "
-                                        f"{_millions(r.get('predicted_characters'))}){_rate(r)}, "
-                                        f"{r['characters'] / 1e6:.1f} M characters",
-                                        *_figures(r, path)))
-            for system in fixed:
-                r = rows.get((system, path, m))
-                if r:
-                    table.append(report.row(f"{m:g} min", f"`{system}` ({r['date']}), "
-                                            f"{r['characters'] / 1e6:.1f} M characters", *_figures(r, path)))
-    for m in budgets:
-        r = rows.get(("notebook", "native", m))
-        if r:
-            table.append(report.row(f"{m:g} min", "the notebooks' method (one-hot LSTM 64)", f"{r['isa']}, fp32",
-                                    f"{r['whole']:.3f}", f"{r['whole']:.3f}", "", "", f"{r['windows']:.3f}",
-                                    "bench/notebook.py"))
+    cpus = machines(rows)
+    ppmd = _newest_of(rows, "ppmd").get("whole", float("nan"))
+    table = [line for cpu in cpus for line in _rows_of(rows, cpu, budgets)]
     table.append(report.row("2 s", "PPMd order 8 (7-Zip)", "", f"{ppmd:.3f}", "", "(adapts as it reads)", "", "",
                             f"`7z a {PPMD}`"))
     ours = [r for k, r in rows.items() if k[0].startswith("charloom")]
-    first_row = rows.get(("first-character", "", 0), {})
+    first_row = rows.get(("first-character", "", 0, cpus[0]), {}) if cpus else {}
     first = first_row.get("seconds")
     return "\n".join([
         "## Quality for time",
         "",
         f"Command: `python bench/quality_bench.py --budgets {' '.join(f'{m:g}' for m in budgets)}` (`make bench`). "
-        f"Machine: {report.machine()}, 2 threads; each row names the kernel path it ran on. "
+        f"Machine of this run: {report.machine()}, 2 threads; each row names the CPU and kernel path it ran on "
+        f"(machines: {'; '.join(cpus)}). "
         "See the script's docstring for the method; rows accumulate in `bench/quality.jsonl`. Rows with a "
         "figure in the counting column adapt with the n-gram counting what it reads as well; older rows adapted the "
         "network beside a fixed n-gram.",
         "",
-        *report.table(["training time", "system", "CPU path and precision", "held-out bpc, whole tail",
+        *report.table(["training time", "system", "CPU, path and precision", "held-out bpc, whole tail",
                        "the network alone", "adapted while reading (network alone)",
                        "the network as trained, its n-gram counting as it reads", "2,048 windows (network alone)",
                        "command"], table),
         "",
-        plot(rows, budgets, ppmd),
+        plot(rows, budgets, ppmd, cpus[0]) if cpus else "",
         "",
         f"Peak memory of a `charloom train` run (largest RSS of the runs above): "
         f"{max(r['peak_rss'] for r in ours) / 1e6:,.0f} MB." if ours else "",
-        f"Time from starting `charloom sample` (a new process, {first_row.get('model_minutes', 10):g}-minute model) to its first generated "
+        f"Time from starting `charloom sample` (a new process, {first_row.get('model_minutes', 10):g}-minute model, "
+        f"{cpus[0] if cpus else ''}) to its first generated "
         f"character: {report.spread(first, '{:.2f}')} s." if first else "",
     ])
 
@@ -241,7 +265,7 @@ def _figures(r: dict, path: str) -> list[str]:
     """A charloom row's cells after its name: path, static, the network alone, adapted, windows, command. Rows from
     before models had an n-gram are the network alone."""
     alone = r.get("adapted_network", r["adapted"])
-    return [f"{r['isa']}, {r['precision']}", f"{r['whole']:.3f}", f"{r.get('network', r['whole']):.3f}",
+    return [f"{report.cpu_of(r)}: {r['isa']}, {r['precision']}", f"{r['whole']:.3f}", f"{r.get('network', r['whole']):.3f}",
             f"{r['adapted']:.3f}" + (f" ({alone:.3f})" if alone != r["adapted"] else ""),
             f"{r['counting']:.3f}" if r.get("counting") else "", f"{r['windows']:.3f}",
             f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")]

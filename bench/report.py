@@ -31,18 +31,31 @@ def append_log(path: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def machine(kernels: bool = True) -> str:
-    """CPU model (with its kernel path unless not `kernels`), cores, Python, torch and today's date."""
-    cpu = platform.processor() or platform.machine()
+# Rows logged before each row named its CPU all came from the machine that wrote the sections then.
+EARLIER_CPU = "AMD EPYC"
+
+
+def cpu_model() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it (else what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_of(row: dict) -> str:
+    """The CPU a logged row ran on."""
+    return row.get("cpu", EARLIER_CPU)
+
+
+def machine(kernels: bool = True) -> str:
+    """CPU model (with its kernel path unless not `kernels`), cores, Python, torch and today's date."""
     import torch
 
+    cpu = cpu_model()
     shown = f"{cpu} ({isa()})" if kernels else cpu
     return (f"{shown}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{datetime.date.today().isoformat()}")
