@@ -75,7 +75,7 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
     ppmd, _ = ppmd_bpc(head, tail)
     return {"corpus": name, "minutes": minutes, "characters": len(head) + len(tail), "scored": static.characters,
             "hidden": ck.config.hidden_size, "seen": ck.info.get("characters_seen", 0),
-            "precision": ck.info.get("precision"), "static": static.bpc,
+            "precision": ck.info.get("precision"), "cpu": report.cpu_model(), "static": static.bpc,
             "alone": static.network_bpc if static.network_bpc is not None else static.bpc,
             "adapted": adapted.bpc, "adapted_network": adapted.network_bpc, "counting": counting, "ppmd": ppmd,
             "command": " ".join(command), "wall_minutes": train_s / 60, "date": datetime.date.today().isoformat()}
@@ -84,7 +84,7 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
 def table_row(r: dict) -> str:
     """A log row as a line of the section's table."""
     return report.row(r["corpus"], f"{r['characters']:,}", f"{r['scored']:,}",
-                      f"{r['hidden']} wide, {r['seen'] / 1e6:.1f} M characters, {r['precision']}", f"{r['static']:.3f}",
+                      f"{r['hidden']} wide, {r['seen'] / 1e6:.1f} M characters, {report.cpu_of(r)}, {r['precision']}", f"{r['static']:.3f}",
                       f"{r['alone']:.3f}",
                       f"{r['adapted']:.3f}" + (f" ({r['adapted_network']:.3f})" if r["adapted_network"] else ""),
                       f"{r['counting']:.3f}" if r["counting"] else "", f"{r['ppmd']:.3f}",
@@ -103,12 +103,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             report.append_log(LOG, measure(name, CORPORA[name], args.minutes, Path(tmp)))
-    newest = {(r["corpus"], r["minutes"]): r for r in report.read_log(LOG)}
+    newest = {(r["corpus"], r["minutes"], report.cpu_of(r)): r for r in report.read_log(LOG)}  # per machine
     body = "\n".join([
         "## Not Shakespeare alone: code and short records, beside PPMd",
         "",
         "Command: `python bench/corpora_bench.py --minutes N` (each run kept in `bench/corpora.jsonl`; the newest "
-        f"of each corpus and budget shown). Machine of the newest run: {report.machine()}, 2 threads.",
+        f"of each corpus, budget and CPU shown; each row names its CPU). Machine of the newest run: {report.machine()}, "
+        "2 threads.",
         "See the script's docstring for the splits and how each figure is made.",
         "",
         *report.table(["corpus", "characters", "held-out characters scored", "model", "charloom as saved",

@@ -35,8 +35,8 @@ def table() -> str:
         "",
         "Command: `python bench/sweep.py --minutes N -- FLAGS...` (one row per run, kept in `bench/sweep.jsonl`; "
         "`make sweep` reruns the set below). Each row is `charloom train shakespeare --max-time Nm FLAGS` on the "
-        f"machine of the other sections ({report.machine(kernels=False).rsplit(',', 1)[0]}), 2 threads, on the kernel path and precision its row names (rows "
-        "without one are from before runs recorded it: the native path, bf16). Flags are relative to "
+        "CPU, kernel path and precision its row names, 2 threads (rows without a path are from before runs "
+        f"recorded it: the native path, bf16, on the {report.EARLIER_CPU}). Flags are relative to "
         "today's defaults: when a default changes, earlier rows are rewritten to the flags that give the same run. "
         "Held-out bpc: the last 5% scored whole with state carried, and the mean over 2,048 fixed random "
         "64-character windows from a zero state. The machine is a shared virtual one: runs of the same "
@@ -45,14 +45,14 @@ def table() -> str:
         "came after evaluations during training moved to bf16, which leaves about 2% more of the budget to "
         "training).",
         "",
-        *report.table(["budget", "flags", "CPU path and precision", "steps", "characters trained",
+        *report.table(["budget", "flags", "CPU, path and precision", "steps", "characters trained",
                        "held-out bpc (whole)", "held-out bpc (windows)", "date"], lines),
     ])
 
 
 def _path(r: dict) -> str:
     """The kernel path and precision a row ran with, as recorded (empty for rows from before they were)."""
-    return f"{r['isa']}, {r['precision']}" if r.get("isa") else ""
+    return f"{report.cpu_of(r)}: {r['isa']}, {r['precision']}" if r.get("isa") else report.cpu_of(r)
 
 
 def main() -> None:
@@ -68,6 +68,7 @@ def main() -> None:
             whole, windows = runs.held_out(model, data)
         row = {"minutes": args.minutes, "flags": flags, "steps": r["steps"], "characters": r["characters"],
                "parameters": model.num_parameters(), "precision": r["precision"], "isa": report.isa(),
+               "cpu": report.cpu_model(),
                "whole_bpc": round(whole, 4), "window_bpc": round(windows, 4), "date": datetime.date.today().isoformat()}
         report.append_log(LOG, row)
         report.write_section("sweep", table())
