@@ -213,6 +213,69 @@ def test_wrong_types_and_server_limits_name_the_field(client):
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/generate", {"ngram": 1}, "ngram"),  # SampleOptions' own check, the rule every other field follows
+    ("/v1/generate", {"stream": "true"}, "stream"),
+    ("/v1/generate", {"stream": 1}, "stream"),
+    ("/v1/generate", {"logprobs": 1}, "logprobs"),
+    ("/v1/generate", {"logprobs": "false"}, "logprobs"),
+    ("/v1/score", {"text": "To be", "ngram": 0}, "ngram"),
+    ("/v1/score", {"text": "To be", "ngram": "yes"}, "ngram"),
+    ("/v1/score", {"text": 5}, "text"),
+    ("/v1/score", {"text": "To be", "context": ["To"]}, "context"),
+    ("/v1/activations", {"text": "To be", "layer": "0"}, "layer"),
+    ("/v1/activations", {"text": "To be", "layer": 0.0}, "layer"),
+    ("/v1/activations", {"text": "To be", "layer": False}, "layer"),
+    ("/v1/activations", {"text": "To be", "top": "3"}, "top"),
+    ("/v1/activations", {"text": "To be", "top": 3.0}, "top"),
+    ("/v1/activations", {"text": "To be", "units": ["1"]}, "units"),
+    ("/v1/activations", {"text": "To be", "units": [1.0]}, "units"),
+    ("/v1/activations", {"text": "To be", "state": 0}, "state"),
+])
+def test_every_field_takes_only_its_own_json_type(client, path, body, field):
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    [detail] = r.json()["detail"]
+    assert detail["loc"][:2] == ["body", field], detail
+
+
+def test_values_of_the_right_json_type_are_taken(client):
+    r = client.post("/v1/generate", json={"length": 5, "stream": False, "logprobs": True, "ngram": False})
+    assert r.status_code == 200 and len(r.json()["samples"][0]["logprobs"]) == 5, r.text
+    assert client.post("/v1/score", json={"text": "To be", "context": "", "ngram": False}).status_code == 200
+    r = client.post("/v1/activations", json={"text": "To be", "state": "h", "layer": 0, "top": 3, "units": [1]})
+    assert r.status_code == 200 and list(r.json()["values"]) == ["1"], r.text
+
+
+def test_unknown_start_characters_are_one_log_line_and_a_warning_in_the_answer(client):
+    import logging
+    import warnings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    body = {"start": "To Z\u00e9~", "length": 5, "seed": 1}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            filters = list(warnings.filters)
+            plain = client.post("/v1/generate", json=body)
+            streamed = client.post("/v1/generate", json={**body, "stream": True})
+            known = client.post("/v1/generate", json={**body, "start": "To be"})
+            assert warnings.filters == filters  # the server's own filter is gone after each request
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not [str(w.message) for w in caught if "vocabulary" in str(w.message)]  # no raw Python warning
+    note = {"loc": ["body", "start"], "msg": "characters not in the model's vocabulary, read as <unk>: 'Z~\u00e9'",
+            "type": "unknown_characters"}
+    assert plain.status_code == 200 and plain.json()["warnings"] == [note], plain.text
+    assert len(plain.json()["samples"][0]["text"]) == 5
+    assert sse(streamed.text)[0] == ("start", {"settings": plain.json()["settings"], "warnings": [note]})
+    assert known.json()["warnings"] == []
+    assert [r.getMessage() for r in records] == [f"/v1/generate: start: {note['msg']}"] * 2
+
+
 def test_stop_strings_are_bounded_by_the_servers_limits(model_dir):
     # every stop string is looked for after every character: their number and length bound that work
     app = create_app(model_dir, ServeConfig(max_stops=2, max_stop_length=5))

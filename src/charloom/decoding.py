@@ -228,6 +228,12 @@ class Writer:
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
                           stacklevel=2)
+        return self.quietly(opts)
+
+    def quietly(self, opts: SampleOptions) -> Iterator[tuple[int, str]]:
+        """`stream` for a caller that tells its own user of a start text's unknown characters (the server): no
+        warning. The options and the memory they need are still checked here."""
+        self.check_memory(opts)
         return self._pieces(self._prefix(opts.start, opts.label), opts)
 
     def _pieces(self, prefix: list[int], opts: SampleOptions) -> Iterator[tuple[int, str]]:

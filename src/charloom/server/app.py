@@ -2,7 +2,8 @@
 GET /healthz, the playground at /, OpenAPI docs at /docs.
 
 The model is loaded once, at start, from the path given on the command line; no request can name a
-file. Every limit answers with a 4xx that names the field: 422 for a value out of range, an unknown
+file. Every limit answers with a 4xx that names the field: 422 for a value out of range or of the wrong
+JSON type (true/false, an integer and a string are taken as they are written, never converted), an unknown
 field or a body that is not readable JSON, 415 for a body not sent as JSON, 413 for a body over
 `max_body`, 429 when `max_concurrent` generations are already running. A streaming client that goes
 away stops its generation within a step.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import socket
@@ -57,12 +59,15 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::")  # listen on every interface: an address to bind, never a name a client uses
+# uvicorn's own logger: its lines come out with uvicorn's, at the level `serve` gives it
+log = logging.getLogger("uvicorn.error")
 
 
 def _request_model() -> type[BaseModel]:
     """The request body as the OpenAPI docs show it: SampleOptions' fields with their defaults and help,
     and `stream`. Pydantic checks none of SampleOptions' values (SkipValidation): SampleOptions does, so
-    a request is refused by the CLI's rules with the CLI's messages."""
+    a request is refused by the CLI's rules with the CLI's messages. The fields added here are strict, as
+    SampleOptions' are: `"stream": "true"` or `1` is refused, not read as true."""
     hints = typing.get_type_hints(SampleOptions)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(SampleOptions):
@@ -73,7 +78,7 @@ def _request_model() -> type[BaseModel]:
     fields["stream"] = (bool, Field(False, description="send characters as server-sent events as they are made"))
     fields["logprobs"] = (bool, Field(False, description="with each sample, the probability the model gave each "
                                                          "character and the 5 likeliest alternatives"))
-    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"),
+    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid", strict=True),
                         __doc__="Every field is optional; the sampling fields and their defaults are `charloom "
                                 "sample`'s (n is --num-samples).", **fields)
 
@@ -84,7 +89,7 @@ GenerateRequest = _request_model()
 class ReadRequest(BaseModel):
     """A text for the model to read."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # as GenerateRequest's: no "3" for 3, no 1 for true
     text: str = Field(description="the text to read")
     context: str = Field("", description="text read before it, not scored (a records model reads <bos> first)")
 
@@ -289,6 +294,17 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
     return opts
 
 
+def start_warnings(gen: Generator, opts: SampleOptions) -> list[dict[str, Any]]:
+    """What the answer says, and the server logs in one line, of a start text with characters the model
+    has never seen and reads as <unk> (a vocabulary that refuses them has had request_options answer 422)."""
+    unknown = gen.unknown_characters(opts.start) if gen.vocab.unknown == "unk" else []
+    if not unknown:
+        return []
+    msg = f"characters not in the model's vocabulary, read as <unk>: {''.join(unknown)!r}"
+    log.warning("/v1/generate: start: %s", msg)
+    return [{"loc": ["body", "start"], "msg": msg, "type": "unknown_characters"}]
+
+
 class _Runner:
     """Runs the generations of all requests over one Generator, one step at a time: concurrent requests
     interleave step by step instead of fighting over the cores (and the interpreter) with a thread each."""
@@ -310,22 +326,26 @@ class _Runner:
 
     def collect(self, opts: SampleOptions) -> list[str]:
         out = [""] * opts.n
-        it = self.gen.stream(opts)
+        it = self.gen.quietly(opts)  # start_warnings has told of unknown start characters
         while (item := self._next(it)) is not self._END:
             i, piece = item
             out[i] += piece
             self.slots.count(len(piece))
         return out
 
-    async def events(self, opts: SampleOptions, release: _Once, logprobs: bool = False):
-        """Server-sent events: one `data: {"index", "text"}` per piece, then (asked for) one `event: logprobs`
-        per sample with its characters' probabilities, then `event: done` with the totals."""
-        it = self.gen.stream(opts)
+    async def events(self, opts: SampleOptions, release: _Once, logprobs: bool = False,
+                     notes: list[dict[str, Any]] | None = None):
+        """Server-sent events: `event: start` with the settings and `notes` (start_warnings), one
+        `data: {"index", "text"}` per piece, then (asked for) one `event: logprobs` per sample with its
+        characters' probabilities, then `event: done` with the totals."""
         t0 = time.perf_counter()
         chars = 0
         texts: list[list[str]] = [[] for _ in range(opts.n)]
+        it = None
         try:
-            yield f"event: start\ndata: {json.dumps({'settings': opts.to_dict()})}\n\n"
+            it = self.gen.quietly(opts)  # start_warnings has told of unknown start characters
+            start = {"settings": opts.to_dict(), "warnings": notes or []}
+            yield f"event: start\ndata: {json.dumps(start)}\n\n"
             while True:
                 item = await run_in_threadpool(self._next, it)
                 if item is self._END:
@@ -343,7 +363,8 @@ class _Runner:
             done = {"characters": chars, "seconds": round(dt, 4), "chars_per_s": round(chars / dt) if dt else None}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
         finally:
-            it.close()  # a client that went away stops the generation here
+            if it is not None:
+                it.close()  # a client that went away stops the generation here
             release()
 
 
@@ -401,10 +422,11 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     @app.post("/v1/generate")
     async def generate(req: GenerateRequest):
         opts = request_options(req, cfg, gen)
+        notes = start_warnings(gen, opts)
         slots.take()
         if req.stream:
             release = _Once(slots.give)
-            events = runner.events(opts, release, req.logprobs)
+            events = runner.events(opts, release, req.logprobs, notes)
             weakref.finalize(events, release)  # a stream that never starts still gives its slot back
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -418,7 +440,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
         finally:
             slots.give()
         chars = sum(map(len, texts))
-        return {"samples": samples, "settings": opts.to_dict(),
+        return {"samples": samples, "settings": opts.to_dict(), "warnings": notes,
                 "timing": {"seconds": round(dt, 4), "characters": chars, "chars_per_s": round(chars / dt) if dt else None}}
 
     @app.get("/v1/model")
