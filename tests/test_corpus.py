@@ -135,6 +135,45 @@ def test_lines_format_skips_blank_lines_and_strips_crlf(tmp_path):
     assert c.stats["empty_records_skipped"] == 1
 
 
+@pytest.mark.parametrize("name, content, opts, want", [
+    ("mac.txt", b"one\rtwo\r\rthree\r", {}, ["one", "two", "three"]),
+    # a quoted field keeps its "\r", as a file opened with newline="" gives it to the csv module
+    ("mac.csv", b'name,score\r"a\rb",1\rc,2\r', dict(columns=("name",)), ["a\rb", "c"]),
+    ("mac.jsonl", b'{"t": "one"}\r{"t": "two"}\r', dict(field="t"), ["one", "two"]),
+])
+def test_a_lone_cr_ends_a_line_of_every_line_based_format(tmp_path, name, content, opts, want):
+    assert records(tmp_path, name, content, **opts) == want
+
+
+def test_a_lone_cr_stays_a_character_of_a_continuous_text(tmp_path):
+    p = tmp_path / "mac.txt"
+    p.write_bytes(b"one\rtwo\r")
+    assert load(CorpusConfig(source=str(p))).text() == "one\rtwo\r"  # kept as "\r\n" is
+    c = load(CorpusConfig(source=str(p), records=True))
+    assert [c.record(i) for i in range(c.num_records)] == ["one", "two"]
+
+
+@pytest.mark.parametrize("chunk", range(1, 7))
+def test_a_crlf_split_between_two_reads_is_one_line_end(tmp_path, monkeypatch, chunk):
+    # with every read size, some "\r\n" has its "\r" at the end of one read and its "\n" at the start of the next
+    monkeypatch.setattr(corpus_mod, "CHUNK_BYTES", chunk)
+    p = tmp_path / "mixed.txt"
+    p.write_bytes(b"abc\r\ndef\rgh\r\nij\n\r\nk\r\n")
+    cfg = CorpusConfig(source=str(p), records=True, cache_dir=str(tmp_path / "cache"))
+    assert list(corpus_mod.iter_records(corpus_mod.resolve(cfg), cfg)) == ["abc", "def", "gh", "ij", "", "k"]
+    pieces = list(read_chunks(p))
+    assert not any(a.endswith("\r") and b.startswith("\n") for a, b in zip(pieces, pieces[1:]))
+
+
+def test_only_cr_and_lf_end_a_record_not_the_other_characters_splitlines_splits_on(tmp_path):
+    inside = "a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i"
+    content = f"{inside}\r{inside}\r\nlast\n".encode()
+    assert records(tmp_path, "seps.txt", content) == [inside, inside, "last"]
+    fields = records(tmp_path, "seps.jsonl", json.dumps({"t": inside}, ensure_ascii=False).encode() + b"\r",
+                     field="t")
+    assert fields == [inside]
+
+
 def test_folder_with_extension_filter_and_glob(tmp_path):
     src = tmp_path / "src"
     (src / "pkg").mkdir(parents=True)

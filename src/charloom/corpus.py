@@ -22,6 +22,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import shutil
 import unicodedata
 from array import array
@@ -45,8 +46,11 @@ CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file
 _CUTS = " \t,;-()0123456789"
 _SCAN = 1 << 16  # how far back from a long piece's end another safe place to cut is looked for
 _JOINS_BACK = (("\u1160", "\u11ff"), ("\ud7b0", "\ud7ff"))  # Hangul vowel and final jamo join the syllable before
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a lone "\r" ends a line, so records of such files changed
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+# a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
+# split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
 
 
 # ---- bundled corpora -------------------------------------------------------------------------------
@@ -228,10 +232,10 @@ def _undecodable(path: Path, encoding: str, at: int, e: UnicodeError) -> Charloo
 
 def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lines: bool = True, *,
                 as_is: bool = False) -> Iterator[str]:
-    """Decoded text of `path` in pieces that end at a newline, so that per-piece normalisation is safe and
-    lines are whole. With `lines` False a line longer than CHUNK_BYTES is cut too, where `_stream_cut` finds
-    a safe place: a file without newlines is then read in bounded pieces rather than held whole. `as_is` says
-    the pieces will be neither normalised nor lower-cased, so any place is safe.
+    """Decoded text of `path` in pieces that end at a line end ("\\n", "\\r\\n" or a lone "\\r"), so that
+    per-piece normalisation is safe and lines are whole. With `lines` False a line longer than CHUNK_BYTES is cut
+    too, where `_stream_cut` finds a safe place: a file without newlines is then read in bounded pieces rather
+    than held whole. `as_is` says the pieces will be neither normalised nor lower-cased, so any place is safe.
 
     A byte-order mark is dropped. An undecodable byte raises CharloomError with the file and byte offset.
     """
@@ -260,7 +264,8 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lin
                 if text:
                     yield text
                 return
-            cut = text.rfind("\n") + 1
+            # a "\r" ending the text may be the first half of a "\r\n" whose "\n" comes with the next read
+            cut = max(text.rfind("\n"), text.rfind("\r", 0, len(text) - 1)) + 1
             if not cut and not lines and len(text) >= CHUNK_BYTES:
                 cut = len(text) if as_is else _stream_cut(text)
             carry = text[cut:]
@@ -320,22 +325,9 @@ def _parts_cleanly(a: str, b: str) -> bool:
 
 
 def _lines(path: Path, cfg: CorpusConfig) -> Iterator[str]:
-    """Lines of a file, each with its newline (the last may lack one)."""
-    # only "\n" ends a line (str.splitlines would also split on \x0b, \x1c, U+2028...); "\r\n" is stripped later
+    """Lines of a file, each with its line end (the last may lack one); see `_LINE` for what ends a line."""
     for chunk in read_chunks(path, cfg.encoding, cfg.decode_errors):
-        yield from _split_nl(chunk)
-
-
-def _split_nl(chunk: str) -> Iterator[str]:
-    start = 0
-    while True:
-        end = chunk.find("\n", start)
-        if end < 0:
-            if start < len(chunk):
-                yield chunk[start:]
-            return
-        yield chunk[start:end + 1]
-        start = end + 1
+        yield from (m.group() for m in _LINE.finditer(chunk))
 
 
 def _strip_eol(line: str) -> str:
