@@ -217,3 +217,27 @@ def test_eval_adapt_prints_the_adapted_figure_beside_the_static_one(tmp_path):
     assert code == 0 and "bits per character" in text.splitlines()[0] and "adapted while reading" in text
     code, _, err = run("eval", "--checkpoint", str(out), str(src), "--adapt-lr", "-1")
     assert code == 2 and err.strip() == "charloom: error: adapt_lr: must not be negative, got -1.0"
+
+
+def test_no_help_states_a_default_twice(capsys):
+    """Each flag's help says its default once: in its own words, or the value appended, never both."""
+    import argparse
+    import re
+
+    from charloom.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "sample", "eval", "export", "serve"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        entries, entry = [], []  # one per flag: a line indented by two, and the lines indented further under it
+        for line in capsys.readouterr().out.splitlines():
+            if not line.startswith("   "):
+                entries.append(" ".join(entry))
+                entry = []
+            entry.append(line.strip())
+        entries.append(" ".join(entry))
+        # "default" as a word, not in a flag's name (--default-length) nor closing "(0: torch's default)"
+        twice = [e for e in entries if len(re.findall(r"(?<![\w-])default\b(?![)-])", e)) > 1]
+        assert not twice, (name, twice)

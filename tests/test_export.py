@@ -308,3 +308,58 @@ def test_the_readme_export_lines_work(tmp_path, model_dir):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_odd_out_paths_are_one_line_errors_naming_out_and_the_cause(tmp_path, capsys, monkeypatch):
+    import types
+
+    import charloom.export
+
+    ck = saved_model(tmp_path)
+    folder = tmp_path / "d.onnx"
+    folder.mkdir()
+    plain = tmp_path / "plain"
+    plain.write_text("a file, not a folder")
+    (tmp_path / "t.int8.onnx").mkdir()
+    for args, message in (([str(folder)], "is a folder; give the name of the ONNX file to write"),
+                          ([str(plain / "m.onnx")], f"{plain} is not a folder"),
+                          ([str(plain / "sub" / "m.onnx")], f"{plain} is not a folder"),
+                          ([str(tmp_path / "t.onnx"), "--int8"], f"int8 twin {tmp_path / 't.int8.onnx'} is a folder")):
+        assert main(["export", "--checkpoint", str(ck.path), "--out", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"charloom: error: --out {args[0]}: ") and message in err, err
+        assert err.count("\n") == 1 and ".onnx (sample" not in err  # not the advice for a name without .onnx
+    assert not (tmp_path / "t.onnx").exists()
+
+    def refused(**kw):  # what a folder the user may not write in gives (root writes anywhere, so it is simulated)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(charloom.export, "tempfile", types.SimpleNamespace(TemporaryFile=refused))
+    assert main(["export", "--checkpoint", str(ck.path), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"charloom: error: --out {tmp_path / 'm.onnx'}: cannot write in the folder {tmp_path} "
+                   f"(Permission denied)\n")
+    monkeypatch.undo()
+    deep = tmp_path / "new" / "deeper" / "m.onnx"  # a folder that is missing is made, as --web's is
+    assert main(["export", "--checkpoint", str(ck.path), "--out", str(deep)]) == 0 and deep.is_file()
+
+
+def test_a_long_start_is_read_in_pieces_with_the_state_carried(tmp_path, monkeypatch):
+    from charloom import decoding
+
+    ck, report = exported(tmp_path, layers=2, grams=3)  # an LSTM: h, c and the recent ids carried between pieces
+    gen, torch_gen = OnnxGenerator.load(report.path), Generator.from_checkpoint(ck)
+    start = (TEXT * 8)[:400]
+    prefix = gen._prefix(start)
+    whole, _ = gen.model.forward(np.asarray([prefix]))  # the start in one call: (1, T, V)
+    monkeypatch.setattr(decoding, "READ_BYTES", 7 * gen.row_bytes())  # pieces of 7 characters
+    calls, forward = [], gen.model.forward
+    monkeypatch.setattr(gen.model, "forward", lambda ids, state=None: calls.append(ids.shape[1]) or forward(ids, state))
+    last, state = gen._start(prefix, 2)
+    assert calls == [7] * (len(prefix) // 7) + [len(prefix) % 7]
+    np.testing.assert_allclose(last, np.repeat(whole[:, -1], 2, 0), atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(last[:1], torch_gen._start(prefix, 1)[0], atol=FP32_TOLERANCE, rtol=0)
+    # the memory check counts one piece's work: a cap below what reading the start in one call computes is no
+    # refusal (it was: "start (--start): a start text of 400 characters needs ...")
+    monkeypatch.setattr(decoding, "memory_cap", lambda: len(prefix) * gen.row_bytes())
+    assert gen.generate(start, 60, temperature=0) == torch_gen.generate(start, 60, temperature=0)

@@ -197,3 +197,31 @@ def test_interactive_with_a_start_text_is_refused_not_ignored(recited):
     assert code == 2 and out == ""
     assert err.strip() == ("charloom: error: --start: with --interactive the start texts are the lines typed; give "
                            "one or the other")
+
+
+def test_an_onnx_model_says_it_has_no_n_gram_and_refuses_ngram(recited, tmp_path, capsys):
+    """An ONNX file holds the network alone: left to its default, --ngram gives a note after the samples (which are
+    the model file's with --no-ngram); given, it is refused naming the flag and the file."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from charloom.cli import main
+
+    run_dir, _ = recited
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run_dir), "--out", str(onnx_file)]) == 0
+    capsys.readouterr()
+    args = ["sample", "--start", "@amy", "--length", "30", "--seed", "3", "--num-samples", "2"]
+    assert main([*args, "--checkpoint", str(run_dir), "--no-ngram"]) == 0
+    alone = capsys.readouterr().out
+    assert main([*args, "--checkpoint", str(onnx_file)]) == 0
+    out, err = capsys.readouterr()
+    assert out == alone
+    assert err == (f"charloom: note: {onnx_file} is an ONNX file, which holds no n-gram: the samples are the "
+                   f"network's alone (--no-ngram says so, without this note)\n")
+    assert main([*args, "--checkpoint", str(onnx_file), "--no-ngram"]) == 0
+    assert capsys.readouterr() == (alone, "")  # asked for the network alone: nothing to say
+    assert main([*args, "--checkpoint", str(onnx_file), "--ngram"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"charloom: error: --ngram: {onnx_file} is an ONNX file, which holds no n-gram")
+    assert main([*args, "--checkpoint", str(run_dir)]) == 0
+    assert "n-gram" not in capsys.readouterr().err  # a model file mixes its own in: no note

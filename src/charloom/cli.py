@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import signal
 import sys
 import time
@@ -28,6 +29,9 @@ MAX_INFO_SAMPLES = 100  # a report's samples are a glimpse; `charloom sample` ma
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\0": "\0", "\\\\": "\\"}
+# a help text that states its default in words ("(default: the run folder)", "; default: no label"), which says
+# more than the field's value would ('' or 0 standing for "chosen for you"): that value is not appended to it
+_STATES_DEFAULT = re.compile(r"(?:^|[(;]\s*)default\b")
 
 
 def _unescape(value: str) -> str:
@@ -67,9 +71,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Config], skip: Sequen
         if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
             tp = args[0]  # X | None: the flag takes an X
         flag = f.metadata.get("flag") or f.name
-        default = f.default
-        shown = "" if default is None else f" (default: {default!r})" if not isinstance(default, tuple) else ""
-        kw: dict[str, Any] = {"help": f.metadata.get("help", "") + shown, "default": argparse.SUPPRESS}
+        default, text = f.default, f.metadata.get("help", "")
+        if not (default is None or isinstance(default, tuple) or _STATES_DEFAULT.search(text)):
+            text += f" (default: {default!r})"
+        kw: dict[str, Any] = {"help": text, "default": argparse.SUPPRESS}
         if f.metadata.get("metavar"):
             kw["metavar"] = f.metadata["metavar"]
         if flag == "source":
@@ -297,6 +302,7 @@ def _runs(interactive: bool, cfg: SampleConfig, base: SampleOptions) -> list[Sam
 def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
+    ngram_note = _onnx_ngram(ns)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
     runs = _runs(ns.interactive, cfg, base)
     for opts in runs or ():
@@ -351,8 +357,30 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         raise
     if sink is not None:
         sink.close()
+    _closing_notes(verdicts, ngram_note)
+
+
+def _onnx_ngram(ns: argparse.Namespace) -> str | None:
+    """An .onnx file holds the network alone, never the n-gram a model file may mix in. With one, --ngram given is
+    refused; left to its default, the note to show after the samples (None: nothing to say). A flag that was not
+    given is absent from `ns` (add_options' defaults are SUPPRESS)."""
+    if not ns.checkpoint.endswith(".onnx"):
+        return None
+    if getattr(ns, "ngram", None):
+        raise CharloomError(f"--ngram: {ns.checkpoint} is an ONNX file, which holds no n-gram (export writes the "
+                            f"network alone); sample the model file it came from to mix one in, or leave --ngram out")
+    if hasattr(ns, "ngram"):  # --no-ngram: the network alone, as asked
+        return None
+    return (f"charloom: note: {ns.checkpoint} is an ONNX file, which holds no n-gram: the samples are the network's "
+            f"alone (--no-ngram says so, without this note)")
+
+
+def _closing_notes(verdicts: list[bool], ngram_note: str | None) -> None:
+    """What stderr says after the samples: the novelty summary (with --novelty), and the n-gram note."""
     if verdicts:
         _novelty_summary(verdicts)
+    if ngram_note:
+        print(ngram_note, file=sys.stderr)
 
 
 def _check_start(gen: Any, start: str, notes: bool = True) -> None:

@@ -131,7 +131,8 @@ def choose_checked(logits: np.ndarray, temperature: float, top_k: int, top_p: fl
 
 # ---- the generation loop ----------------------------------------------------------------------------
 class Writer:
-    """Writes text with a backend: start text in one call, then one character at a time, state carried.
+    """Writes text with a backend: the start text (in pieces of bounded length), then one character at a time,
+    state carried.
 
     A backend subclass gives `_start(prefix, n)` -> ((n, V) float32 logits after the prefix, state for n
     samples) and `_step(ids (n,), state)` -> ((n, V) logits, new state), and sets `vocab`, `records`,

@@ -1,10 +1,11 @@
 """A model as an ONNX file that any ONNX runtime can run, checked against PyTorch, and as a web page.
 
 One graph serves both uses: `ids` (B, T) and the state in, `logits` (B, T, V) and the new state out, with
-B and T free, so a sampler feeds a whole start text in one call and then one character per call. The
-state tensors are named after the cell's (`h`, and `c` for an LSTM), each (num_layers, B, H), and come
-back as `h_out` (`c_out`); a model with hashed context inputs adds `recent` (1, B, grams - 1), its hashes
-computed in the graph. The recurrent layers are ONNX's own LSTM, GRU and RNN operators.
+B and T free, so a sampler feeds a start text in a few calls (pieces of bounded length, the state carried) and
+then one character per call. The state tensors are named after the cell's (`h`, and `c` for an LSTM), each
+(num_layers, B, H), and come back as `h_out` (`c_out`); a model with hashed context inputs adds `recent`
+(1, B, grams - 1), its hashes computed in the graph. The recurrent layers are ONNX's own LSTM, GRU and RNN
+operators.
 
 The vocabulary, the records flag, the model config and the sampling defaults are stored in the file's
 metadata under `charloom` (JSON), so the file stands alone: `onnx_generator.OnnxGenerator` and the web
@@ -116,7 +117,7 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
         raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more than "
                             f"{FP32_TOLERANCE:g}); the file is kept for inspection")
     if cfg.int8:
-        int8 = out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx")
+        int8 = _int8_path(out)
         quantize(out, int8)
         report.int8_path, report.int8_bytes = int8, int8.stat().st_size
         report.int8_difference = check(model, int8)
@@ -277,12 +278,19 @@ def _check_runtime(runtime: Path) -> None:
 
 def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
     """Where the files will go, checked before any is written: an .onnx name that is not a folder and not a
-    model file, and a --web folder that is a folder (or can become one)."""
-    if out.suffix != ".onnx" or out.is_dir():
+    model file, in a folder that can be written (made if missing), and a --web folder that is a folder (or can
+    become one)."""
+    if out.is_dir():
+        raise CharloomError(f"--out {out}: is a folder; give the name of the ONNX file to write (e.g. "
+                            f"{out / 'model.onnx'})")
+    if out.suffix != ".onnx":
         raise CharloomError(f"--out {out}: give a file name ending in .onnx (sample and the web page know an "
                             f"exported model by it)")
     if ck.path is not None and out.resolve() == ck.path.resolve():
         raise CharloomError(f"--out {out}: that is the model file being exported; choose another name")
+    if cfg.int8 and _int8_path(out).is_dir():
+        raise CharloomError(f"--out {out}: its int8 twin {_int8_path(out)} is a folder")
+    _check_folder(out.parent, f"--out {out}")
     if cfg.web:
         if cfg.runtime:
             _check_runtime(Path(cfg.runtime))
@@ -293,6 +301,24 @@ def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
             web.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CharloomError(f"--web {web}: cannot make the folder ({e.strerror or e})") from None
+
+
+def _check_folder(folder: Path, flag: str) -> None:
+    """`folder` is a folder a file can be written in, made if missing; otherwise a one-line error led by `flag`."""
+    try:
+        # the nearest part of the path that exists: a file there (or a link to nothing) can hold no folder
+        above = next(a for a in (folder, *folder.parents) if a.exists() or a.is_symlink())
+        if not above.is_dir():
+            raise CharloomError(f"{flag}: {above} is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # what a write finds: permissions, a read-only file system
+            pass
+    except OSError as e:
+        raise CharloomError(f"{flag}: cannot write in the folder {folder} ({e.strerror or e})") from None
+
+
+def _int8_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx")
 
 
 def _runtime_version(dist: Path) -> str | None:

@@ -180,6 +180,8 @@ def _check_graph(graph: Any, meta: dict[str, Any], where: str) -> None:
 class OnnxGenerator(Writer):
     """The Generator's interface (generate, stream) over an exported file, run by onnxruntime."""
 
+    reads_in_pieces = True
+
     def __init__(self, model: OnnxModel):
         self.model = model
         self.vocab, self.records = model.vocab, model.records
@@ -191,7 +193,11 @@ class OnnxGenerator(Writer):
         return cls(OnnxModel.load(path, threads))
 
     def _start(self, prefix: list[int], n: int) -> tuple[np.ndarray, State]:
-        logits, state = self.model.forward(np.asarray([prefix], dtype=np.int64))  # the start text in one call
+        """The start text read `piece_rows()` characters per call with the state carried (the graph gives every
+        piece's (1, T, V) logits, so one piece bounds the work); the last piece's final row predicts what follows."""
+        ids, rows, state = np.asarray([prefix], dtype=np.int64), self.piece_rows(), None  # ids (1, T)
+        for at in range(0, max(ids.shape[1], 1), rows):  # an empty prefix still makes its one call
+            logits, state = self.model.forward(ids[:, at:at + rows], state)
         return np.repeat(logits[:, -1], n, 0), tuple(np.repeat(s, n, 1) for s in state)  # (n, V), each (first, n, last)
 
     def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
