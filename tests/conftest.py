@@ -32,6 +32,17 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CHARLOOM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _quiet_cpus(monkeypatch):
+    """Runs in a test take the threads of a quiet machine: tests compare runs to the bit, and the threads a run
+    takes otherwise follow whatever else the machine is doing (test_runtime tests that choice itself)."""
+    import os
+
+    from charloom import runtime
+
+    monkeypatch.setattr(runtime, "idle_cpus", lambda: os.cpu_count() or 1)
+
+
 TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"
         "All: Speak, speak.\n"
         "First Citizen: You are all resolved rather to die than to famish?\n"

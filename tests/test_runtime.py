@@ -14,6 +14,8 @@ from charloom.errors import CharloomError
 from charloom.runtime import Probe, probe, resolve_precision
 from charloom.trainer import setup
 
+MEASURED_IDLE = runtime.idle_cpus  # the real measure, before any test replaces it (conftest: a quiet machine)
+
 pytestmark = pytest.mark.kernel
 CPU = torch.device("cpu")
 
@@ -161,18 +163,82 @@ def test_default_threads_are_held_to_the_cpus_the_process_may_use(monkeypatch):
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(runtime, "TORCH_THREADS", 4)
+    monkeypatch.setattr(runtime, "idle_cpus", lambda: 8)  # a quiet machine
     try:
         with pytest.raises(CharloomError, match=r"^--threads 5000: this machine has 8 CPUs; give at most 8"):
             runtime.set_threads(5000)
         assert torch.get_num_threads() == threads
-        torch.set_num_threads(4)
         monkeypatch.setattr(loky, "cpu_count", lambda: 1)
-        runtime.set_threads(0)
+        assert runtime.set_threads(0) is None
         assert torch.get_num_threads() == 1
-        runtime.set_threads(3)
+        assert runtime.set_threads(3) is None
         assert torch.get_num_threads() == 3
         monkeypatch.setattr(loky, "cpu_count", lambda: 64)
         runtime.set_threads(0)
-        assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 4  # torch's own default, not what an earlier run set
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_default_threads_leave_the_cpus_other_work_keeps_busy(monkeypatch):
+    """Threads past the idle CPUs wait on each other at every step: the default takes the idle ones (at least one)
+    and says so; background work of a fraction of a core, a quiet machine, or --threads given leave it as it was."""
+    import loky
+    import psutil
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "idle_cpus", MEASURED_IDLE)  # the measure itself, over psutil's figures
+    monkeypatch.setattr(loky, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runtime, "TORCH_THREADS", 4)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    try:
+        # each CPU's percent busy -> the threads taken, and how many CPUs the note calls busy
+        for percent, expected, busy in [([0, 0, 0, 0], 4, 0), ([40, 20, 0, 0], 4, 0), ([100, 0, 0, 0], 3, 1),
+                                        ([50, 50, 0, 0], 3, 1), ([100, 100, 0, 0], 2, 2), ([100] * 4, 1, 4)]:
+            monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None, percpu=False, p=percent: p)
+            note = runtime.set_threads(0)
+            assert torch.get_num_threads() == expected, percent
+            if not busy:
+                assert note is None
+            else:
+                assert note.startswith(f"threads: {expected} of the 4 CPUs this process may use: other work keeps "
+                                       f"{busy} of them busy")
+                assert note.endswith("--threads 4 takes them all")
+        assert runtime.set_threads(0, watch=False) is None and torch.get_num_threads() == 4  # not watched
+        assert runtime.set_threads(2) is None and torch.get_num_threads() == 2  # asked for: taken as given
+        # only the CPUs this process may run on count
+        monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {2, 3}, raising=False)
+        monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None, percpu=False: [100, 100, 0, 0])
+        assert runtime.idle_cpus() == 2
+        monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None, percpu=False: [0, 0, 100, 100])
+        assert runtime.idle_cpus() == 0
+
+        def unreadable(interval=None, percpu=False):
+            raise PermissionError("/proc/stat")
+
+        monkeypatch.setattr(psutil, "cpu_percent", unreadable)
+        assert runtime.idle_cpus() == os.cpu_count()  # counted as a quiet machine, not a failed run
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_resumed_run_takes_the_threads_it_recorded(monkeypatch, text_file, tmp_path):
+    """torch's sums split their work by the thread count: a resumed run computes with the threads it started with,
+    whatever the machine is doing now, unless --threads says otherwise."""
+    threads = torch.get_num_threads()
+    cfgs = [CorpusConfig(source=str(text_file)), BatchConfig(batch_size=2, seq_len=8), ModelConfig(hidden_size=8)]
+    out = str(tmp_path / "run")
+    try:
+        monkeypatch.setattr(runtime, "idle_cpus", lambda: 1)  # busy when it starts: 1 thread
+        monkeypatch.setattr(runtime, "TORCH_THREADS", 2)
+        monkeypatch.setattr("loky.cpu_count", lambda: 2)
+        setup(*cfgs, TrainConfig(out=out, max_steps=2, eval_every=0, ngram=0, progress=False)).run()
+        assert charloom.checkpoint.load_run(tmp_path / "run" / charloom.checkpoint.RESUME_FILE)[0].info["threads"] == 1
+        monkeypatch.setattr(runtime, "idle_cpus", lambda: 2)  # quiet now
+        t = setup(*cfgs, TrainConfig(out=out, max_steps=4, eval_every=0, ngram=0, progress=False, resume=True))
+        assert torch.get_num_threads() == 1 and t.rt.note is None
+        setup(*cfgs, TrainConfig(out=out, max_steps=4, eval_every=0, ngram=0, progress=False, resume=True, threads=2))
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

@@ -398,7 +398,8 @@ class TrainConfig(Config):
         "auto", "matrix products under autocast, in training and its evaluations (weights and optimizer stay "
                 "fp32); auto: bf16 where a probe of this machine's kernel finds that it runs and is faster, else "
                 "fp32; fp16 is for a CUDA GPU only")
-    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    threads: int = option(0, "CPU threads for torch (0: the CPUs this process may use, less those other work keeps "
+                             "busy when the run starts)")
     seed: int = option(1337, "seed for weights, dropout and samples (on the command line, --seed sets this "
                              "and the batch order's seed together)")
     resume: bool = option(False, "continue the run in --out from last.safetensors, exactly where it stopped")

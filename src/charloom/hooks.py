@@ -67,9 +67,12 @@ class Display(Hook):
             return
         m = t.model.cfg
         kind = "records" if t.records else "characters"
+        threads = f", {torch.get_num_threads()} threads" if t.rt.device.type == "cpu" else ""
         say(f"{m.cell} {m.num_layers}x{m.hidden_size}, {t.model.num_parameters():,} parameters, on "
-            f"{t.rt.device.type} ({t.rt.precision}), peak learning rate {t.cfg.lr:.3g}; {t.data.train_size:,} training "
-            f"{kind}; run folder {t.out}")
+            f"{t.rt.device.type} ({t.rt.precision}{threads}), peak learning rate {t.cfg.lr:.3g}; {t.data.train_size:,} "
+            f"training {kind}; run folder {t.out}")
+        if t.rt.note:
+            say(t.rt.note)
         sized = self.info().get("sizing")
         if sized:
             say(sizing.Fit(**sized).line())

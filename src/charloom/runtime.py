@@ -37,6 +37,8 @@ PROBE_REPEATS = 5  # rounds timed when they show the candidate FASTER
 # rounds at most when they do not: while other processes want the same cores, a few rounds can all be slowed for
 # one precision and not the other, and a run would train in fp32, a third slower, for a probe's bad luck
 PROBE_ROUNDS = 20
+TORCH_THREADS = torch.get_num_threads()  # torch's own default (the cores, or OMP_NUM_THREADS), before any change
+IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before the threads are set
 FASTER = 1.15  # auto takes bf16 when its step runs at least this many times as fast as fp32's
 
 
@@ -62,23 +64,47 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def set_threads(threads: int) -> None:
-    """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use: a container's
-    CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the host's cores in sight, and threads beyond the
-    quota wait on each other at every step (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT).
-    More than the machine's CPUs is refused: each thread is an OS thread, and past the cores they only queue."""
+def set_threads(threads: int, watch: bool = True) -> str | None:
+    """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use and (`watch`)
+    to those other work leaves idle. A container's CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the
+    host's cores in sight (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT); and threads beyond the
+    idle CPUs wait on each other at every step: two runs of 2 threads on 2 cores each trained at a seventh of one
+    run's rate, where a run of 1 thread beside a run of 2 left their sum near one run's. More than the machine's
+    CPUs is refused: each thread is an OS thread, and past the cores they only queue. Returns a line for the user
+    when busy CPUs took threads away (None otherwise)."""
     if threads:
         cpus = os.cpu_count() or 1
         if threads > cpus:
             raise CharloomError(f"--threads {threads}: this machine has {cpus} CPUs; give at most {cpus} "
                                 f"(0: as many as this process may use)")
         torch.set_num_threads(threads)
-        return
+        return None
     from loky import cpu_count
 
-    usable = cpu_count()
-    if usable < torch.get_num_threads():
-        torch.set_num_threads(usable)
+    usable = min(cpu_count(), TORCH_THREADS)
+    idle = idle_cpus() if watch and usable > 1 else usable
+    torch.set_num_threads(max(1, min(usable, idle)))
+    if torch.get_num_threads() >= usable:
+        return None
+    return (f"threads: {torch.get_num_threads()} of the {usable} CPUs this process may use: other work keeps "
+            f"{usable - idle} of them busy, and threads that wait for a busy CPU slow every step; --threads "
+            f"{usable} takes them all")
+
+
+def idle_cpus(seconds: float = IDLE_SECONDS) -> int:
+    """The CPUs this process may run on that other work left idle over the last `seconds`: a CPU counts as busy
+    once other work takes three quarters of one (background work of a fraction of a core leaves the threads
+    alone). Unreadable CPU times count as an idle machine."""
+    import psutil
+
+    try:
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        percent = psutil.cpu_percent(interval=seconds, percpu=True)  # one figure per CPU of the machine
+    except (OSError, psutil.Error):
+        return os.cpu_count() or 1
+    mine = [percent[i] for i in allowed if i < len(percent)] if allowed else percent
+    busy = sum(mine) / 100.0
+    return max(0, len(mine) - math.floor(busy + 0.25))
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -266,19 +292,22 @@ class Runtime:
     device: torch.device
     precision: str  # resolved: fp32, bf16 or fp16
     procs: Processes = field(default_factory=Processes)
+    note: str | None = None  # what the user should know of the threads chosen (other work on the CPUs)
 
     @classmethod
-    def start(cls, device: str = "auto", precision: str = "auto", threads: int = 0, cell: str = "lstm") -> Runtime:
-        """Set the threads, pick the device, join the process group (under torchrun), resolve the precision."""
-        set_threads(threads)
+    def start(cls, device: str = "auto", precision: str = "auto", threads: int = 0, cell: str = "lstm",
+              watch: bool = True) -> Runtime:
+        """Pick the device, join the process group (under torchrun), set the threads (`watch`: leaving the CPUs
+        other work keeps busy, on a CPU run), resolve the precision."""
         procs = Processes()
         dev = procs.start(pick_device(device))
+        note = set_threads(threads, watch=watch and dev.type == "cpu")
         resolved = resolve_precision(precision, dev, cell)
         if procs.many:  # every process computes as the first one chose: their probes may time differently
             names = list(PRECISIONS)
             (index,) = procs.total([names.index(resolved) if procs.main else 0], dev)
             resolved = names[int(index)]
-        return cls(dev, resolved, procs)
+        return cls(dev, resolved, procs, note)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)

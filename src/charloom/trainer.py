@@ -593,18 +593,30 @@ def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint
     return float(lr)
 
 
-def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
-          callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
-    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
-    out = Path(config.out).expanduser()
-    previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
+def _runtime(config: TrainConfig, model: ModelConfig, previous: tuple[checkpoint.Checkpoint, RunState] | None,
+             out: Path) -> Runtime:
+    """The run's runtime. A resumed run takes the threads it recorded unless --threads says otherwise (torch's sums
+    split their work by the thread count, so the resumed losses equal an unbroken run's only at the same count);
+    a fresh one leaves the CPUs other work keeps busy."""
+    threads = config.threads
+    if previous is not None and not threads:
+        saved = previous[0].info.get("threads")
+        threads = saved if type(saved) is int and 0 < saved <= (os.cpu_count() or 1) else 0
     try:
-        rt = Runtime.start(config.device, config.precision, config.threads, model.cell)
+        return Runtime.start(config.device, config.precision, threads, model.cell, watch=previous is None)
     except CharloomError as e:
         if previous is None:
             raise
         raise CharloomError(f"{e} (the run in {out} trained with --precision {config.precision}; give --precision "
                             f"to continue it in another)") from None
+
+
+def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
+          callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
+    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
+    out = Path(config.out).expanduser()
+    previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
+    rt = _runtime(config, model, previous, out)
     if rt.procs.main:  # only the first process writes the run folder
         _check_out(out)
     cfg = _settled(config, rt.precision)
@@ -638,7 +650,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
                 (out / name).unlink(missing_ok=True)
 
     def info() -> dict[str, Any]:
-        return {**about, "device": rt.device.type, "precision": rt.precision, **({"parent": lineage} if lineage else {}),
+        return {**about, "device": rt.device.type, "precision": rt.precision, "threads": torch.get_num_threads(),
+                **({"parent": lineage} if lineage else {}),
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
                 **({"sizing": sized.to_dict()} if sized else {})}
 
