@@ -276,6 +276,17 @@ def test_unknown_start_characters_are_one_log_line_and_a_warning_in_the_answer(c
     assert [r.getMessage() for r in records] == [f"/v1/generate: start: {note['msg']}"] * 2
 
 
+def test_a_generation_past_memory_is_a_422_naming_the_field_before_any_stream(client, monkeypatch):
+    import charloom.decoding
+
+    monkeypatch.setattr(charloom.decoding, "memory_cap", lambda: 1000)  # bytes: any generation is too large
+    for stream in (False, True):
+        r = client.post("/v1/generate", json={"start": "To be", "length": 50, "n": 3, "stream": stream})
+        assert r.status_code == 422, r.text  # not a 200 whose stream then breaks off
+        (detail,) = r.json()["detail"]
+        assert detail["loc"] == ["body", "n"] and "fewer or shorter samples" in detail["msg"]
+
+
 def test_stop_strings_are_bounded_by_the_servers_limits(model_dir):
     # every stop string is looked for after every character: their number and length bound that work
     app = create_app(model_dir, ServeConfig(max_stops=2, max_stop_length=5))

@@ -289,6 +289,10 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
             gen.vocab.label_id(opts.label)
         except CharloomError as e:
             raise _options_error(ConfigError(str(e))) from None
+    try:  # said now, naming the field: a stream that has begun can only break off
+        gen.check_memory(opts)
+    except ConfigError as e:
+        raise _options_error(e) from None
     if opts.seed is None:  # say which seed was used, so the text can be made again
         opts = opts.replace(seed=int.from_bytes(os.urandom(6), "big"))
     return opts
@@ -422,8 +426,8 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     @app.post("/v1/generate")
     async def generate(req: GenerateRequest):
         opts = request_options(req, cfg, gen)
-        notes = start_warnings(gen, opts)
         slots.take()
+        notes = start_warnings(gen, opts)  # after the slot: a request turned away logs nothing
         if req.stream:
             release = _Once(slots.give)
             events = runner.events(opts, release, req.logprobs, notes)
