@@ -216,7 +216,8 @@ def test_an_onnx_model_says_it_has_no_n_gram_and_refuses_ngram(recited, tmp_path
     out, err = capsys.readouterr()
     assert out == alone
     assert err == (f"charloom: note: {onnx_file} is an ONNX file, which holds no n-gram: the samples are the "
-                   f"network's alone (--no-ngram says so, without this note)\n")
+                   f"network's alone, without the n-gram its model file mixes in (--no-ngram says so, without "
+                   f"this note)\n")
     assert main([*args, "--checkpoint", str(onnx_file), "--no-ngram"]) == 0
     assert capsys.readouterr() == (alone, "")  # asked for the network alone: nothing to say
     assert main([*args, "--checkpoint", str(onnx_file), "--ngram"]) == 2
@@ -225,3 +226,11 @@ def test_an_onnx_model_says_it_has_no_n_gram_and_refuses_ngram(recited, tmp_path
     assert err.startswith(f"charloom: error: --ngram: {onnx_file} is an ONNX file, which holds no n-gram")
     assert main([*args, "--checkpoint", str(run_dir)]) == 0
     assert "n-gram" not in capsys.readouterr().err  # a model file mixes its own in: no note
+    ck = charloom.load(run_dir)
+    assert ck.mixture is not None
+    bare = tmp_path / "bare.safetensors"
+    charloom.checkpoint.save(bare, ck.model, ck.vocab, records=ck.records, info=ck.info)  # the network alone
+    assert main(["export", "--checkpoint", str(bare), "--out", str(tmp_path / "bare.onnx")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", str(tmp_path / "bare.onnx")]) == 0
+    assert capsys.readouterr() == (alone, "")  # its model had no n-gram: nothing was left out

@@ -302,7 +302,7 @@ def _runs(interactive: bool, cfg: SampleConfig, base: SampleOptions) -> list[Sam
 def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
-    ngram_note = _onnx_ngram(ns)
+    ngram_note = _onnx_ngram(ns, gen)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
     runs = _runs(ns.interactive, cfg, base)
     for opts in runs or ():
@@ -360,19 +360,19 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     _closing_notes(verdicts, ngram_note)
 
 
-def _onnx_ngram(ns: argparse.Namespace) -> str | None:
+def _onnx_ngram(ns: argparse.Namespace, gen: Any) -> str | None:
     """An .onnx file holds the network alone, never the n-gram a model file may mix in. With one, --ngram given is
-    refused; left to its default, the note to show after the samples (None: nothing to say). A flag that was not
-    given is absent from `ns` (add_options' defaults are SUPPRESS)."""
+    refused; left to its default, the note to show after the samples where the file's model had an n-gram (None:
+    nothing to say). A flag that was not given is absent from `ns` (add_options' defaults are SUPPRESS)."""
     if not ns.checkpoint.endswith(".onnx"):
         return None
     if getattr(ns, "ngram", None):
         raise CharloomError(f"--ngram: {ns.checkpoint} is an ONNX file, which holds no n-gram (export writes the "
                             f"network alone); sample the model file it came from to mix one in, or leave --ngram out")
-    if hasattr(ns, "ngram"):  # --no-ngram: the network alone, as asked
+    if hasattr(ns, "ngram") or not gen.model.left_ngram:  # --no-ngram as asked, or nothing was left out
         return None
     return (f"charloom: note: {ns.checkpoint} is an ONNX file, which holds no n-gram: the samples are the network's "
-            f"alone (--no-ngram says so, without this note)")
+            f"alone, without the n-gram its model file mixes in (--no-ngram says so, without this note)")
 
 
 def _closing_notes(verdicts: list[bool], ngram_note: str | None) -> None:

@@ -99,7 +99,8 @@ def metadata(ck: Checkpoint) -> dict[str, Any]:
             "ids": {"pad": v.pad_id, "bos": v.bos_id, "eos": v.eos_id, "unk": v.unk_id},
             "records": bool(ck.records), "state": list(ck.model.state_names), "model": cfg.to_dict(),
             "sampling": SampleOptions().to_dict(),
-            "info": {k: ck.info[k] for k in ("step", "val_bpc", "chars_seen", "corpus", "corpus_config") if k in ck.info}}
+            "info": {k: ck.info[k] for k in ("step", "val_bpc", "chars_seen", "corpus", "corpus_config") if k in ck.info},
+            "left_out": ["ngram"] if ck.mixture is not None else []}  # what the model file mixes in and this cannot
 
 
 def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:

@@ -54,6 +54,8 @@ class OnnxModel:
         self.shapes = list(state_shapes(self.config).values())  # each state tensor's (first, last), once
         info = meta.get("info")
         self.info: dict[str, Any] = info if isinstance(info, dict) else {}  # training figures, as a model file's
+        # whether the model file it was exported from mixed in an n-gram, which an ONNX file cannot hold
+        self.left_ngram = isinstance(meta.get("left_out"), list) and "ngram" in meta["left_out"]
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 0) -> OnnxModel:
