@@ -6,7 +6,11 @@
 Each layout trains `charloom train shakespeare` for the same time with no evaluations or samples on the
 way, and reports the training characters per second of its last metrics row (all processes together).
 Two processes either split the batch (the same 16 rows per step, 8 each) or each take a full one (32 rows
-per step, which changes the recipe). The section is named after the kernel path, so both stand side by side.
+per step, which changes the recipe). Two separate runs at once, as a user starts a second job beside a first:
+each with 2 threads (more threads than cores), and each with the threads it chooses (the second starts
+STAGGER seconds after the first and finds its CPUs busy; the first's rate counts those seconds alone, a
+twentieth of a minute's run). The section is named after the kernel path, so both
+stand side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,17 +32,42 @@ LAYOUTS = [  # (label, launcher, threads per process, rows per process)
     ("2 processes x 1 thread, batch 8 each (16 per step)", ["--nproc_per_node=2"], 1, 8),
     ("2 processes x 1 thread, batch 16 each (32 per step)", ["--nproc_per_node=2"], 1, 16),
 ]
+APART = [  # (label, threads of each run: 0 lets the run choose), two separate runs at once
+    ("2 separate runs at once, 2 threads each (`--threads 2`)", 2),
+    ("2 separate runs at once, threads chosen by each (the second finds the first's CPUs busy)", 0),
+]
+STAGGER = 3.0  # seconds between the two separate runs' starts: the first is training when the second looks
+
+
+def _flags(threads: int, rows: int, seconds: float, hidden: int, out: Path) -> list[str]:
+    return ["train", "shakespeare", "--max-time", f"{seconds:g}s", "--eval-every", "0", "--sample-length", "0",
+            "--hidden", str(hidden), "--threads", str(threads), "--batch-size", str(rows), "--no-progress",
+            "--ngram", "0", "--overwrite", "--out", str(out)]  # no n-gram: its fit after training is not timed
+
+
+def _rate(out: Path) -> float:
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return last["characters"] / last["seconds"]
 
 
 def rate(launcher: list[str], threads: int, rows: int, seconds: float, hidden: int, out: Path) -> float:
-    flags = ["train", "shakespeare", "--max-time", f"{seconds:g}s", "--eval-every", "0", "--sample-length", "0",
-             "--hidden", str(hidden), "--threads", str(threads), "--batch-size", str(rows), "--no-progress",
-             "--overwrite", "--out", str(out)]
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", *launcher] if launcher else [sys.executable]
-    subprocess.run([*runner, "-m", "charloom", *flags], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return last["characters"] / last["seconds"]
+    subprocess.run([*runner, "-m", "charloom", *_flags(threads, rows, seconds, hidden, out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _rate(out)
+
+
+def apart(threads: int, seconds: float, hidden: int, out: Path) -> float:
+    """Two separate runs, the second started STAGGER seconds after the first: their rates summed."""
+    runs = []
+    for i in range(2):
+        runs.append(subprocess.Popen([sys.executable, "-m", "charloom", *_flags(threads, 16, seconds, hidden,
+                                                                                out / str(i))],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(STAGGER if i == 0 else 0)
+    if any(p.wait() for p in runs):
+        raise SystemExit("a run failed")
+    return sum(_rate(out / str(i)) for i in range(2))
 
 
 def main() -> None:
@@ -49,6 +79,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, launcher, threads, per) in enumerate(LAYOUTS):
             r = rate(launcher, threads, per, args.seconds, args.hidden, Path(tmp) / str(i))
+            rows.append((label, r))
+            print(label, f"{r:,.0f}", flush=True)
+        for i, (label, threads) in enumerate(APART):
+            r = apart(threads, args.seconds, args.hidden, Path(tmp) / f"apart{i}")
             rows.append((label, r))
             print(label, f"{r:,.0f}", flush=True)
     first = rows[0][1]

@@ -2,11 +2,11 @@
 defaults, on this machine's kernel path and on oneDNN's AVX2 path, static and adapted while reading, beside
 PPMd and the notebooks' method; plus peak training memory and time to first character.
 
-    python bench/quality_bench.py [--budgets 2 5 10] [--paths native avx2] [--no-notebook] [--fixed-width 640]
+    python bench/quality_bench.py [--budgets 2 5 10] [--paths native avx2] [--no-notebook] [--flags '--hidden 640']
 
 charloom: one `charloom train shakespeare --max-time Nm` run per budget and path (its width and schedule fit
-its budget and the machine). With --fixed-width N, each budget also runs with `--hidden N`, the same day on
-the same machine, to show what choosing the width gains over a fixed one. The AVX2 path is the same command with ONEDNN_MAX_CPU_ISA=AVX2, which takes
+its budget and the machine). With --flags F, each budget also runs with those flags (`--hidden 640`,
+`--batch-size 32`), the same day on the same machine, to show what a default gains over another choice. The AVX2 path is the same command with ONEDNN_MAX_CPU_ISA=AVX2, which takes
 oneDNN's AVX2 kernels on any x86 machine (no bf16 LSTM there, so the run computes in fp32).
 The notebooks' method (bench/notebook.py) has a constant learning rate, so one run scored when it passes
 each budget gives the same figures as separate runs.
@@ -62,10 +62,10 @@ def newest() -> dict[tuple, dict]:
 
 
 def machines(rows: dict[tuple, dict]) -> list[str]:
-    """The CPUs with charloom rows, the one of the newest row first."""
-    ours = [r for k, r in rows.items() if k[0] == "charloom"]
-    ordered = sorted(ours, key=lambda r: r.get("date", ""), reverse=True)
-    return list(dict.fromkeys(report.cpu_of(r) for r in ordered))
+    """The CPUs with charloom rows, the one of the newest row (the last logged) first."""
+    shown = {report.cpu_of(r) for k, r in rows.items() if k[0] == "charloom"}
+    logged = [report.cpu_of(r) for r in reversed(report.read_log(LOG)) if r.get("system") == "charloom"]
+    return [cpu for cpu in dict.fromkeys(logged) if cpu in shown]
 
 
 def isa_of(path: str) -> str:
@@ -76,12 +76,12 @@ def isa_of(path: str) -> str:
                           check=True).stdout.strip()
 
 
-def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None:
-    """Train and score one run per budget on one kernel path, with the defaults or `--hidden fixed` (rows go
+def charloom_runs(budgets: list[float], path: str, data, flags: str = "") -> None:
+    """Train and score one run per budget on one kernel path, with the defaults or with `flags` (rows go
     to the log)."""
     isa, cfg = isa_of(path), EvalConfig()
     pad = data.corpus.vocab.pad_id
-    system, flags = (f"charloom --hidden {fixed}", f"--hidden {fixed}") if fixed else ("charloom", "")
+    system = f"charloom {flags}" if flags else "charloom"
     with tempfile.TemporaryDirectory() as tmp:
         for m in budgets:
             run = Path(tmp) / f"{m:g}m"
@@ -108,8 +108,8 @@ def charloom_runs(budgets: list[float], path: str, data, fixed: int = 0) -> None
                     "adapted_network": adapted.network_bpc or adapted.bpc, "counting": counting,
                     "ngram": ck.info.get("ngram", {}).get("order", 0) if ck.mixture else 0,
                     "mixing_shape": list(ck.mixture.weights.shape[1:]) if ck.mixture else None,
-                    "adapt_seconds": adapt_seconds, "peak_rss": info["peak_rss"]})
-            if path == "native" and m == budgets[-1] and not fixed:
+                    "adapt_seconds": adapt_seconds, "peak_rss": info["peak_rss"], "threads": ck.info.get("threads")})
+            if path == "native" and m == budgets[-1] and not flags:
                 record({"system": "first-character", "model_minutes": m, "seconds": time_to_first_character(run)})
 
 
@@ -193,8 +193,8 @@ def _defaults_cell(r: dict) -> str:
 
 
 def _rows_of(rows: dict[tuple, dict], cpu: str, budgets: list[float]) -> list[str]:
-    """One CPU's table rows: charloom's defaults and fixed widths on each path, then the notebooks' method."""
-    fixed = sorted({k[0] for k in rows if k[0].startswith("charloom --hidden")})
+    """One CPU's table rows: charloom's defaults and other flags on each path, then the notebooks' method."""
+    fixed = sorted({k[0] for k in rows if k[0].startswith("charloom --")})
     table = []
     for path in PATHS:
         for m in budgets:
@@ -204,7 +204,7 @@ def _rows_of(rows: dict[tuple, dict], cpu: str, budgets: list[float]) -> list[st
             for system in fixed:
                 r = rows.get((system, path, m, cpu))
                 if r:
-                    table.append(report.row(f"{m:g} min", f"`{system}` ({r['date']}), "
+                    table.append(report.row(f"{m:g} min", f"`{system}` ({r['date']}): {r['hidden']} wide, "
                                             f"{r['characters'] / 1e6:.1f} M characters", *_figures(r, path)))
     for m in budgets:
         r = rows.get(("notebook", "native", m, cpu))
@@ -265,7 +265,8 @@ def _figures(r: dict, path: str) -> list[str]:
     """A charloom row's cells after its name: path, static, the network alone, adapted, windows, command. Rows from
     before models had an n-gram are the network alone."""
     alone = r.get("adapted_network", r["adapted"])
-    return [f"{report.cpu_of(r)}: {r['isa']}, {r['precision']}", f"{r['whole']:.3f}", f"{r.get('network', r['whole']):.3f}",
+    threads = f", {r['threads']} thread{'s' if r['threads'] > 1 else ''}" if r.get("threads") else ""
+    return [f"{report.cpu_of(r)}: {r['isa']}, {r['precision']}{threads}", f"{r['whole']:.3f}", f"{r.get('network', r['whole']):.3f}",
             f"{r['adapted']:.3f}" + (f" ({alone:.3f})" if alone != r["adapted"] else ""),
             f"{r['counting']:.3f}" if r.get("counting") else "", f"{r['windows']:.3f}",
             f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")]
@@ -276,15 +277,15 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10])
     ap.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     ap.add_argument("--no-notebook", action="store_true", help="leave out the notebooks' method (its rows stay)")
-    ap.add_argument("--fixed-width", type=int, default=0, help="also run each budget with --hidden N")
+    ap.add_argument("--flags", default="", help="also run each budget with these charloom train flags")
     args = ap.parse_args()
     data = runs.shakespeare()
     (start, end), = data.val.segments
     vocab, ids = data.corpus.vocab, data.corpus.ids
     record({"system": "ppmd", "whole": ppmd_bpc(vocab.decode(ids[:start]), vocab.decode(ids[start:end]))[0]})
     for path in args.paths:
-        for fixed in [0, args.fixed_width] if args.fixed_width else [0]:
-            charloom_runs(args.budgets, path, data, fixed)
+        for flags in ["", args.flags] if args.flags else [""]:
+            charloom_runs(args.budgets, path, data, flags)
             report.write_section("quality", section())
     if not args.no_notebook:
         notebook_runs(args.budgets, data)
