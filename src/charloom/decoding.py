@@ -224,12 +224,12 @@ class Writer:
         """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts.
         The options and the start text are checked here, before the first piece is asked for."""
         opts = sample_options(options, length, **changes)
-        self.check_memory(opts)
+        pieces = self.quietly(opts)  # checked first: a refused request has nothing to warn of
         unknown = self.unknown_characters(opts.start)
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
                           stacklevel=2)
-        return self.quietly(opts)
+        return pieces
 
     def quietly(self, opts: SampleOptions) -> Iterator[tuple[int, str]]:
         """`stream` for a caller that tells its own user of a start text's unknown characters (the server): no
