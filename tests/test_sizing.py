@@ -149,7 +149,7 @@ def test_a_run_is_priced_with_the_early_pieces_only_when_it_takes_them(monkeypat
     monkeypatch.setattr(sizing, "_step_seconds", lambda model, shape, rt, widths, average=True: [0.1] * len(widths))
     rt = Runtime.start(device="cpu", precision="fp32")
     cfg = TrainConfig(eval_every=0, early_share=share, max_time="10m")
-    fit = sizing.fit(MODEL, (16, 128), cfg, rt, math.inf, pieces=4)
+    fit = sizing.fit(MODEL, {16: (16, 128.0)}, cfg, rt, math.inf, pieces=4)
     assert fit.predicted_bpc == pytest.approx(sizing.LAW.bpc(fit.parameters, fit.characters, early=early))
 
 
@@ -276,3 +276,70 @@ def test_a_timed_step_waits_for_the_gpu_it_queued_work_on(monkeypatch, kind):
     assert waited == [kind]
     runtime.synchronize(torch.device("cpu"))
     assert waited == [kind]
+
+
+def _timed_at(seconds_per_row: dict[int, float]):
+    """A stand-in for the step timing: each batch of B rows takes seconds_per_row[B] x B at every width."""
+    return lambda model, shape, rt, widths, average=True: [seconds_per_row[shape[0]] * shape[0]] * len(widths)
+
+
+@pytest.mark.parametrize("per_row, chosen", [({16: 0.01, 32: 0.005}, 32),   # 32 costs what 16 does: twice the rate
+                                             ({16: 0.01, 32: 0.01}, 16),    # the same rate: the smaller batch
+                                             ({16: 0.01, 32: 0.0099}, 16)])  # a gain below the margin
+def test_a_larger_batch_is_taken_only_for_a_predicted_gain_past_the_margin(monkeypatch, per_row, chosen):
+    monkeypatch.setattr(sizing, "_step_seconds", _timed_at(per_row))
+    rt = Runtime.start(device="cpu", precision="fp32")
+    cfg = TrainConfig(eval_every=0, max_time="10m")
+    both = sizing.fit(MODEL, {16: (16, 128.0), 32: (32, 128.0)}, cfg, rt, math.inf)
+    alone = {b: sizing.fit(MODEL, {b: (b, 128.0)}, cfg, rt, math.inf) for b in (16, 32)}
+    assert both.batch_size == chosen and alone[16].batch_size == alone[32].batch_size == 0  # no choice: none said
+    assert dataclasses.replace(both, batch_size=0) == alone[chosen]
+    gain = alone[16].predicted_bpc - alone[32].predicted_bpc
+    assert (gain > sizing.BATCH_MARGIN) == (chosen == 32)
+    assert f"and batch {chosen} chosen for 600 s" in both.line() and "--batch-size" in both.line()
+
+
+def _cheap_at_32(monkeypatch) -> list[int]:
+    """Step timing where a batch of 32 costs what one of 16 does; returns the batch sizes timed."""
+    timed = []
+
+    def steps(model, shape, rt, widths, average=True):
+        timed.append(shape[0])
+        return [0.01 * 16] * len(widths)
+
+    monkeypatch.setattr(sizing, "_step_seconds", steps)
+    return timed
+
+
+def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_resume(tmp_path, text_file, tiny,
+                                                                                     monkeypatch):
+    timed = _cheap_at_32(monkeypatch)
+    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", **opts)
+    saved = charloom.load(tmp_path / "a")
+    assert set(timed) == {16, 32} and saved.info["sizing"]["batch_size"] == 32
+    configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
+    assert configs["batch"]["batch_size"] == 32
+    timed.clear()
+    charloom.train(out=str(tmp_path / "a"), resume=True, max_time="2s", progress=False)
+    assert timed == [] and checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 32
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 16}, {"max_steps": 3}, {"epochs": 1}])
+def test_a_given_batch_or_a_budget_without_a_clock_keeps_batch_16(tmp_path, text_file, tiny, monkeypatch, options):
+    timed = _cheap_at_32(monkeypatch)
+    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
+    budget = {} if "max_steps" in options or "epochs" in options else {"max_time": "1s"}
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), **{**opts, **budget, **options})
+    assert set(timed) <= {16} and charloom.load(tmp_path / "b").info["sizing"].get("batch_size") == 0
+    assert checkpoint.run_configs(tmp_path / "b" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 16
+
+
+def test_a_split_too_short_for_a_batch_of_32_is_given_16(tmp_path, tiny, monkeypatch):
+    timed = _cheap_at_32(monkeypatch)
+    text = tmp_path / "short.txt"
+    text.write_text("abcdefgh" * 60)  # 456 training characters: 28 windows of 16, fewer than 32
+    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
+    charloom.train(source=str(text), out=str(tmp_path / "c"), max_time="1s", **opts)
+    assert set(timed) == {16}
+    assert checkpoint.run_configs(tmp_path / "c" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 16

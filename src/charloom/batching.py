@@ -118,7 +118,7 @@ class StreamBatches:
                  world: int = 1):
         self.stream, self.cfg, self.pad_id = stream, cfg, pad_id
         self.rank, self.world = rank, world
-        B, T = cfg.batch_size * world, cfg.seq_len  # B: rows across all processes
+        B, T = cfg.rows * world, cfg.seq_len  # B: rows across all processes
         if len(stream) < T + 1:
             raise CharloomError(
                 f"{label}: the training split has {len(stream)} characters, fewer than seq_len + 1 = {T + 1}; "
@@ -148,17 +148,17 @@ class StreamBatches:
         0 where a later cut would leave less than one batch (a split of barely one batch: no epoch is empty)."""
         T = self.cfg.seq_len
         offset = int(rng.integers(0, T))
-        return offset if (len(self.stream) - 1 - offset) // T >= self.cfg.batch_size * self.world else 0
+        return offset if (len(self.stream) - 1 - offset) // T >= self.cfg.rows * self.world else 0
 
     def batches_in_epoch(self, epoch: int = 0) -> int:
-        B, T = self.cfg.batch_size, self.cfg.seq_len
+        B, T = self.cfg.rows, self.cfg.seq_len
         if self.cfg.order == "contiguous":
             return self.stream_len // T
         offset = self._offset(np.random.default_rng([self.cfg.seed, epoch]))
         return ((len(self.stream) - 1 - offset) // T) // B // self.world
 
     def batch(self, epoch: int, index: int, _starts: np.ndarray | None = None) -> Batch:
-        B, T = self.cfg.batch_size, self.cfg.seq_len
+        B, T = self.cfg.rows, self.cfg.seq_len
         if self.cfg.order == "contiguous":
             rows = self.rank * B + np.arange(B, dtype=np.int64)  # this process's streams
             starts = rows * self.stream_len + index * T
@@ -258,7 +258,7 @@ class RecordBatches:
         if len(indices) == 0:
             raise CharloomError(f"{label}: no training records left (all {self.overlong} are longer than "
                                 f"--max-record-len {cfg.max_record_len} and --overlong is skip)")
-        self.batch_size = min(cfg.batch_size, len(indices) // world)
+        self.batch_size = min(cfg.rows, len(indices) // world)
         if self.batch_size == 0:
             raise CharloomError(f"{label}: {len(indices)} training records cannot be shared by {world} processes")
 
@@ -355,7 +355,7 @@ class Data:
     def train_shape(self) -> tuple[int, float]:
         """(rows, characters predicted per row) of one process's training batch."""
         if isinstance(self.train, StreamBatches):
-            return self.cfg.batch_size, float(self.cfg.seq_len)
+            return self.cfg.rows, float(self.cfg.seq_len)
         return self.train.batch_size, float((self.train.lengths + self.train.ends).mean())  # <eos> where it fits
 
     @property
@@ -369,7 +369,7 @@ class Data:
         if self.val is None:
             return iter(())
         if isinstance(self.val, Stream):
-            return eval_windows(self.val, self.cfg.seq_len, self.cfg.batch_size, self.corpus.vocab.pad_id)
+            return eval_windows(self.val, self.cfg.seq_len, self.cfg.rows, self.corpus.vocab.pad_id)
         return self.val.in_order()
 
 
@@ -378,7 +378,7 @@ def heldout_batches(corpus: Corpus, cfg: BatchConfig) -> Iterator[Batch]:
     training split: for scoring a model on the text it was trained on, however short its training split."""
     if corpus.offsets is None:
         _, val_seg = split_stream(len(corpus.ids), cfg)
-        return eval_windows(Stream(corpus.ids, val_seg), cfg.seq_len, cfg.batch_size, corpus.vocab.pad_id)
+        return eval_windows(Stream(corpus.ids, val_seg), cfg.seq_len, cfg.rows, corpus.vocab.pad_id)
     _, va = split_records(corpus.num_records, cfg)
     return RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name).in_order() if len(va) else iter(())
 
@@ -425,7 +425,7 @@ def _fit_chars(cfg: BatchConfig, train: int, world: int) -> int:
     """Characters of a training split of `train` that training leaves out for a mixture's fit: `fit_chars` (-1, not
     settled by a run, counts as none), at most a tenth, and none where the rest would not hold ten batches."""
     n = min(max(cfg.fit_chars, 0), train // 10)
-    return n if train - n >= 10 * cfg.batch_size * world * (cfg.seq_len + 1) else 0
+    return n if train - n >= 10 * cfg.rows * world * (cfg.seq_len + 1) else 0
 
 
 def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:

@@ -36,7 +36,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ EPOCH_DECAY = 15.4  # Muennighoff et al.: the value of the k-th repeated epoch d
 EXCESS_DECAY = 5.3  # ... and of parameters beyond the useful size for the unique text, as exp(-x / 5.3)
 LR_WIDTH, LR_AT_WIDTH = 640, 5e-3  # the sweep's best peak rate at this width; other widths scale it by 1 / width
 LR_MAX = 1e-2  # the highest peak rate the sweep tried: narrow networks are not given more
+BATCH_MARGIN = 0.01  # predicted bpc a larger batch must gain over the smallest to be taken (see `fit`)
 
 
 @dataclass(frozen=True)
@@ -110,14 +111,17 @@ class Fit:
     characters: float  # characters the budget is predicted to train at this width
     chars_per_s: float  # measured rate at this width (0 for a budget in steps or epochs)
     predicted_bpc: float
+    batch_size: int = 0  # the batch size chosen with the width (0: given, or a file that predates the choice)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def line(self) -> str:
         rate = f" at {self.chars_per_s:,.0f} chars/s measured here" if self.chars_per_s else ""
-        return (f"width {self.hidden_size} chosen for {self.budget}: {self.parameters:,} parameters, about "
-                f"{self.characters / 1e6:.3g} M characters{rate}; give --hidden to choose another")
+        batch, flags = (f" and batch {self.batch_size}", "--hidden or --batch-size") if self.batch_size \
+            else ("", "--hidden")
+        return (f"width {self.hidden_size}{batch} chosen for {self.budget}: {self.parameters:,} parameters, about "
+                f"{self.characters / 1e6:.3g} M characters{rate}; give {flags} to choose another")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -254,11 +258,26 @@ def peak_lr(width: int) -> float:
     return min(LR_MAX, LR_AT_WIDTH * LR_WIDTH / width)
 
 
-def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtime, unique: float,
+def fit(model: ModelConfig, shapes: dict[int, tuple[int, float]], cfg: TrainConfig, rt: Runtime, unique: float,
         pieces: int = 1) -> Fit:
-    """The width for this run. `model` has its vocabulary size set; `shape`: (rows, characters per row) of
-    a training batch in one process; `unique`: characters of the training split. The tightest of the
-    run's limits (time, steps, epochs) sets the characters each width trains; `pieces`: see `measure`."""
+    """The width and batch size for this run. `model` has its vocabulary size set; `shapes`: for each batch size
+    the run may take, (rows, characters per row) of its training batch in one process; `unique`: characters of the
+    training split; `pieces`: see `measure`.
+
+    Each batch size is timed and given its best width; a larger one is taken only where it predicts at least
+    BATCH_MARGIN lower than the smallest, since the law counts a character the same in any batch, and a batch of
+    twice the characters has learned up to 0.02 bpc less than the law said where steps were few."""
+    if len(shapes) == 1:
+        return _fit_at(model, *shapes.values(), cfg, rt, unique, pieces)
+    fits = [replace(_fit_at(model, shape, cfg, rt, unique, pieces), batch_size=rows)
+            for rows, shape in sorted(shapes.items())]
+    return min(fits, key=lambda f: f.predicted_bpc + (BATCH_MARGIN if f.batch_size > fits[0].batch_size else 0.0))
+
+
+def _fit_at(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime, unique: float,
+            pieces: int) -> Fit:
+    """The width for a run with batches of `shape` (as `fit` says). The tightest of the run's limits (time, steps,
+    epochs) sets the characters each width trains."""
     limits: list[tuple[str, Callable[[int], float]]] = []
     per_step = shape[0] * shape[1] * rt.procs.world
     if cfg.max_steps:
@@ -275,7 +294,7 @@ def fit(model: ModelConfig, shape: tuple[int, int], cfg: TrainConfig, rt: Runtim
 
     chosen = choose(model, "", unique, characters, rate, early=_early_share(cfg, pieces) > 0)
     name = min(limits, key=lambda lim: lim[1](chosen.hidden_size))[0]
-    return Fit(**{**chosen.to_dict(), "budget": name})
+    return replace(chosen, budget=name)
 
 
 __all__ = ["LAW", "Fit", "Law", "choose", "discounted", "fit", "measure", "parameters", "peak_lr"]

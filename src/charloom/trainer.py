@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
+from .config import BATCH_SIZES, EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, load as load_corpus
 from .decoding import memory_cap
 from .errors import CharloomError, ConfigError
@@ -504,11 +504,13 @@ def _prepared(text: Callable[[], Corpus], batch: BatchConfig, cfg: TrainConfig, 
               previous: tuple[checkpoint.Checkpoint, RunState] | None) -> tuple[Data, BatchConfig]:
     """The run's split and batches, and its batch options with the text kept out of training for a mixture to fit
     on settled (what the run records): as the given `data` split it, as the resumed run did, or by the run's
-    n-gram on the corpus `text()` reads."""
+    n-gram on the corpus `text()` reads. The batch size stays 0 where the run is to choose it (`_width`); the
+    batches are then of the first of BATCH_SIZES."""
     if data is not None:  # a split made by the caller: -1 there made no cut
-        return data, batch.replace(fit_chars=max(data.cfg.fit_chars, 0))
-    if batch.fit_chars < 0 and previous is not None:
-        batch = batch.replace(fit_chars=_saved_fit_chars(cfg, previous[1]))
+        return data, batch.replace(fit_chars=max(data.cfg.fit_chars, 0), batch_size=data.cfg.rows)
+    if previous is not None:
+        batch = batch.replace(fit_chars=_saved_fit_chars(cfg, previous[1]) if batch.fit_chars < 0 else batch.fit_chars,
+                              batch_size=batch.batch_size or _saved_batch_size(cfg, previous[1]))
     corpus = text()
     batch = batch.settled(cfg.ngram, corpus.is_records)
     return prepare(corpus, batch, rt.procs.rank, rt.procs.world), batch
@@ -523,6 +525,15 @@ def _saved_fit_chars(cfg: TrainConfig, run: RunState) -> int:
     return max(n, 0)
 
 
+def _saved_batch_size(cfg: TrainConfig, run: RunState) -> int:
+    """The batch size a resumed run trained with (chosen or given)."""
+    n = run.configs["batch"].get("batch_size")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
+                            f"(batch batch_size {n!r})")
+    return n
+
+
 def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | None,
             previous: tuple[checkpoint.Checkpoint, RunState] | None):
     """The corpus, encoded with the vocabulary the run must keep: its parent's when fine-tuning (or the one it
@@ -535,18 +546,37 @@ def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | No
     return load_corpus(corpus)
 
 
-def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data,
-           previous: tuple[checkpoint.Checkpoint, RunState] | None) -> tuple[ModelConfig, sizing.Fit | None]:
-    """The model config with its width set: as given, as the resumed run had it, or chosen for this machine and
-    budget (measured by the first process only, so that the others do not slow its timing; all take its choice)."""
+def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data, batch: BatchConfig,
+           previous: tuple[checkpoint.Checkpoint, RunState] | None) -> tuple[ModelConfig, Data, sizing.Fit | None]:
+    """The model config with its width set, and the run's batches: as given, as the resumed run had them, or chosen
+    for this machine and budget (measured by the first process only, so that the others do not slow its timing;
+    all take its choice)."""
     if model.hidden_size:
-        return _check_size(model, data.train_shape), None
+        return _check_size(model, data.train_shape), data, None
     if previous is not None:
-        return model.replace(hidden_size=previous[0].config.hidden_size), None
+        return model.replace(hidden_size=previous[0].config.hidden_size), data, None
+    datas = _batch_choices(data, batch, cfg, rt)
     pieces = early_pieces(cfg, data.corpus.is_records)
-    fitted = sizing.fit(model, data.train_shape, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
-    (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
-    return _check_size(model.replace(hidden_size=int(width)), data.train_shape), fitted
+    shapes = {rows: d.train_shape for rows, d in datas.items()}
+    fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
+    width, rows = rt.procs.total([fitted.hidden_size, fitted.batch_size] if fitted else [0, 0], rt.device)
+    data = datas.get(int(rows), data)
+    return _check_size(model.replace(hidden_size=int(width)), data.train_shape), data, fitted
+
+
+def _batch_choices(data: Data, batch: BatchConfig, cfg: TrainConfig, rt: Runtime) -> dict[int, Data]:
+    """The batches a run that chooses its width may take, by batch size: `data` as prepared, and where no batch size
+    is given and the run has a time limit (which a faster batch trains more characters in), each other of
+    BATCH_SIZES that its training split holds."""
+    datas = {data.cfg.rows: data}
+    if batch.batch_size or not cfg.seconds:
+        return datas
+    for rows in BATCH_SIZES[1:]:
+        try:
+            datas[rows] = prepare(data.corpus, batch.replace(batch_size=rows), rt.procs.rank, rt.procs.world)
+        except CharloomError:  # too few windows or records for a batch of this size
+            pass
+    return datas
 
 
 def _check_size(model: ModelConfig, shape: tuple[int, float]) -> ModelConfig:
@@ -628,7 +658,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         model = finetune.model_config(parent, model)
         if rt.procs.main and (line := finetune.outside(parent, data.corpus)):
             hooks.say(line)  # before any step: what of the new text the parent cannot read
-    model, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, previous)
+    model, data, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, batch, previous)
+    batch = batch.replace(batch_size=data.cfg.rows)
     cfg = cfg.replace(lr=_peak_lr(cfg, model.hidden_size, previous))
     torch.manual_seed(cfg.seed)
     net = CharRNN(model).to(rt.device)
