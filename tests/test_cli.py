@@ -76,7 +76,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["corpus-info", "no_such_corpus"], "no_such_corpus: no such file, folder or bundled corpus"),
-    (["corpus-info", "names", "--batch-size", "0"], "batch_size: must be positive"),
+    (["corpus-info", "names", "--batch-size", "-1"], "batch_size: must be 0 (chosen) or positive"),
     (["corpus-info", "names", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
     (["corpus-info", "names", "--order", "sideways"], "argument --order: invalid choice"),
     (["train", "names", "--sample-temperature", "hot"], "argument --sample-temperature: 'hot' is not a number"),

@@ -325,12 +325,13 @@ def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_re
     assert timed == [] and checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 32
 
 
-@pytest.mark.parametrize("options", [{"batch_size": 16}, {"max_steps": 3}, {"epochs": 1}])
-def test_a_given_batch_or_a_budget_without_a_clock_keeps_batch_16(tmp_path, text_file, tiny, monkeypatch, options):
+@pytest.mark.parametrize("options", [{"batch_size": 16, "max_time": "1s"}, {"max_steps": 3}, {"epochs": 1},
+                                     {"max_steps": 3, "max_time": "1h"}, {"epochs": 1, "max_time": "1h"}])
+def test_a_given_batch_or_a_budget_not_of_time_alone_keeps_batch_16(tmp_path, text_file, tiny, monkeypatch, options):
+    """A step limit would read twice the text per step at 32, an epoch limit no more text at all."""
     timed = _cheap_at_32(monkeypatch)
     opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
-    budget = {} if "max_steps" in options or "epochs" in options else {"max_time": "1s"}
-    charloom.train(source=str(text_file), out=str(tmp_path / "b"), **{**opts, **budget, **options})
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), **{**opts, **options})
     assert set(timed) <= {16} and charloom.load(tmp_path / "b").info["sizing"].get("batch_size") == 0
     assert checkpoint.run_configs(tmp_path / "b" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 16
 
@@ -343,3 +344,13 @@ def test_a_split_too_short_for_a_batch_of_32_is_given_16(tmp_path, tiny, monkeyp
     charloom.train(source=str(text), out=str(tmp_path / "c"), max_time="1s", **opts)
     assert set(timed) == {16}
     assert checkpoint.run_configs(tmp_path / "c" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 16
+
+
+def test_a_records_split_of_fewer_than_32_records_is_offered_the_rows_it_holds(tmp_path, tiny, monkeypatch):
+    timed = _cheap_at_32(monkeypatch)
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"name{i:02d}\n" for i in range(24)))
+    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
+    charloom.train(source=str(names), out=str(tmp_path / "d"), max_time="1s", val_fraction=0.1, records=True, **opts)
+    rows = charloom.load(tmp_path / "d").info["sizing"]["batch_size"]
+    assert set(timed) == {16, rows} and 16 < rows < 24  # the training records, all in one batch

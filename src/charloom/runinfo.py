@@ -130,7 +130,7 @@ def lines(report: dict[str, Any]) -> list[str]:
            f"{_figure(b['last_train'], '{:.3f}', 'unknown')}"]
     if isinstance(t.get("sizing"), dict):
         fit = t["sizing"]
-        batch = f" and batch {fit['batch_size']}" if isinstance(fit.get("batch_size"), int) and fit["batch_size"] else ""
+        batch = f" and batch {fit['batch_size']}" if type(fit.get("batch_size")) is int and fit["batch_size"] else ""
         out.append(f"sizing       width {fit.get('hidden_size')}{batch} chosen for {fit.get('budget')}, predicted "
                    f"{_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
     if isinstance(report.get("ngram"), dict):

@@ -559,23 +559,27 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data, batch:
     pieces = early_pieces(cfg, data.corpus.is_records)
     shapes = {rows: d.train_shape for rows, d in datas.items()}
     fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
-    width, rows = rt.procs.total([fitted.hidden_size, fitted.batch_size] if fitted else [0, 0], rt.device)
-    data = datas.get(int(rows), data)
+    (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
+    data = datas[fitted.batch_size] if fitted and fitted.batch_size else data  # one process when there is a choice
     return _check_size(model.replace(hidden_size=int(width)), data.train_shape), data, fitted
 
 
 def _batch_choices(data: Data, batch: BatchConfig, cfg: TrainConfig, rt: Runtime) -> dict[int, Data]:
-    """The batches a run that chooses its width may take, by batch size: `data` as prepared, and where no batch size
-    is given and the run has a time limit (which a faster batch trains more characters in), each other of
-    BATCH_SIZES that its training split holds."""
-    datas = {data.cfg.rows: data}
-    if batch.batch_size or not cfg.seconds:
+    """The batches a run that chooses its width may take, by rows: `data` as prepared, and where no batch size is
+    given and a time limit is all that ends the run (a step limit would train more text per step, an epoch limit
+    none) each larger size of BATCH_SIZES whose batches hold more rows (a records split may have fewer) on the same
+    split (a small text's mixture cut needs ten batches). One process only: the batches are per process, and past
+    32 rows in all a batch has learned less per character."""
+    datas = {data.train_shape[0]: data}
+    if batch.batch_size or not cfg.seconds or cfg.max_steps or cfg.epochs or rt.procs.world > 1:
         return datas
     for rows in BATCH_SIZES[1:]:
         try:
-            datas[rows] = prepare(data.corpus, batch.replace(batch_size=rows), rt.procs.rank, rt.procs.world)
+            d = prepare(data.corpus, batch.replace(batch_size=rows), rt.procs.rank, rt.procs.world)
         except CharloomError:  # too few windows or records for a batch of this size
-            pass
+            continue
+        if d.train_shape[0] > max(datas) and d.train_characters == data.train_characters:
+            datas[d.train_shape[0]] = d
     return datas
 
 
