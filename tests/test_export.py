@@ -344,6 +344,22 @@ def test_odd_out_paths_are_one_line_errors_naming_out_and_the_cause(tmp_path, ca
     assert main(["export", "--checkpoint", str(ck.path), "--out", str(deep)]) == 0 and deep.is_file()
 
 
+def test_a_refused_export_leaves_no_folder_behind(tmp_path, capsys):
+    ck = saved_model(tmp_path)  # its file names no training corpus: --int8 needs --text
+    out, page = tmp_path / "new" / "deeper" / "m.onnx", tmp_path / "page" / "web"
+    # refusals said after the --out folder's check, which used to make the missing folders (and --web's) first
+    for args, message in ((["--web", str(ck.path)], f"--web {ck.path}: not a folder"),
+                          (["--web", str(page), "--runtime", str(tmp_path)], "no ort.wasm.min.mjs there"),
+                          (["--web", str(page), "--int8"], "give the text to score with --text"),
+                          (["--int8", "--text", str(tmp_path / "missing.txt")], "no such file, folder")):
+        before = sorted(tmp_path.rglob("*"))
+        assert main(["export", "--checkpoint", str(ck.path), "--out", str(out), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert sorted(tmp_path.rglob("*")) == before, args  # not even an empty folder
+    assert not (tmp_path / "new").exists() and not (tmp_path / "page").exists()
+
+
 def test_a_long_start_is_read_in_pieces_with_the_state_carried(tmp_path, monkeypatch):
     from charloom import decoding
 
@@ -363,3 +379,22 @@ def test_a_long_start_is_read_in_pieces_with_the_state_carried(tmp_path, monkeyp
     # refusal (it was: "start (--start): a start text of 400 characters needs ...")
     monkeypatch.setattr(decoding, "memory_cap", lambda: len(prefix) * gen.row_bytes())
     assert gen.generate(start, 60, temperature=0) == torch_gen.generate(start, 60, temperature=0)
+
+
+def test_the_logits_of_a_long_text_are_read_in_pieces_with_the_state_carried(tmp_path, monkeypatch):
+    from charloom import decoding
+
+    ck, report = exported(tmp_path, layers=2, grams=3)  # an LSTM: h, c and the recent ids carried between pieces
+    gen = OnnxGenerator.load(report.path)
+    ids = gen._prefix((TEXT * 8)[:400])
+    whole, _ = gen.model.forward(np.asarray([ids]))  # the text in one call: (1, T, V)
+    with torch.no_grad():
+        want, _ = ck.model.eval()(torch.tensor([ids]))  # PyTorch's: (1, T, V)
+    monkeypatch.setattr(decoding, "READ_BYTES", 7 * gen.row_bytes())  # pieces of 7 characters
+    calls, forward = [], gen.model.forward
+    monkeypatch.setattr(gen.model, "forward", lambda x, state=None: calls.append(x.shape[1]) or forward(x, state))
+    got = gen.read_logits(ids)  # what `sample --color` reads: (T, V)
+    assert len(ids) % 7 and calls == [7] * (len(ids) // 7) + [len(ids) % 7]  # and a last, shorter piece
+    assert got.shape == (len(ids), len(ck.vocab)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, whole[0], atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(got, want[0].numpy(), atol=FP32_TOLERANCE, rtol=0)

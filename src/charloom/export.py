@@ -16,8 +16,10 @@ Needs the `onnx` extra (onnx, onnxruntime); the web page, onnxruntime-web in the
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -106,11 +108,11 @@ def metadata(ck: Checkpoint) -> dict[str, Any]:
 def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     """Write `out` (and its int8 twin, the web page, as `cfg` asks), each checked before it is reported."""
     _need_onnx()
-    _check_targets(ck, cfg, out)
+    _check_targets(ck, cfg, out)  # checks only: nothing is made on disk until every refusal has been said
     if cfg.int8:
         _heldout_corpus(ck, cfg)  # a text that cannot be read is said before any file is written
     model = ck.model.float().eval()
-    write_onnx(model, metadata(ck), out, cfg.opset)
+    write_onnx(model, metadata(ck), out, cfg.opset)  # makes a missing --out folder as it writes (atomic.write_bytes)
     report = ExportReport(out, check(model, out), out.stat().st_size)
     if ck.mixture is not None:
         report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
@@ -278,9 +280,10 @@ def _check_runtime(runtime: Path) -> None:
 
 
 def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
-    """Where the files will go, checked before any is written: an .onnx name that is not a folder and not a
-    model file, in a folder that can be written (made if missing), and a --web folder that is a folder (or can
-    become one)."""
+    """Where the files will go, checked before any is written and without making anything, so that a refusal
+    (here or later, as --int8's text) leaves nothing behind: an .onnx name that is not a folder and not a model
+    file, in a folder that can be written or made, and a --web folder that is a folder or can become one. The
+    folders are made when their files are written."""
     if out.is_dir():
         raise CharloomError(f"--out {out}: is a folder; give the name of the ONNX file to write (e.g. "
                             f"{out / 'model.onnx'})")
@@ -299,23 +302,35 @@ def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
         if web.exists() and not web.is_dir():
             raise CharloomError(f"--web {web}: not a folder")
         try:
-            web.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CharloomError(f"--web {web}: cannot make the folder ({e.strerror or e})") from None
+            _probe_folder(web)
+        except OSError as e:  # a file in the way is "Not a directory", as mkdir says
+            what = "write the page" if web.is_dir() else "make the folder"
+            raise CharloomError(f"--web {web}: cannot {what} ({e.strerror or e})") from None
 
 
 def _check_folder(folder: Path, flag: str) -> None:
-    """`folder` is a folder a file can be written in, made if missing; otherwise a one-line error led by `flag`."""
+    """`folder` is a folder a file can be written in, or can be made one, checked without making it; otherwise a
+    one-line error led by `flag`."""
     try:
-        # the nearest part of the path that exists: a file there (or a link to nothing) can hold no folder
-        above = next(a for a in (folder, *folder.parents) if a.exists() or a.is_symlink())
-        if not above.is_dir():
-            raise CharloomError(f"{flag}: {above} is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):  # what a write finds: permissions, a read-only file system
-            pass
+        _probe_folder(folder)
+    except NotADirectoryError as e:
+        raise CharloomError(f"{flag}: {e.filename} is not a folder") from None
     except OSError as e:
         raise CharloomError(f"{flag}: cannot write in the folder {folder} ({e.strerror or e})") from None
+
+
+def _probe_folder(folder: Path) -> None:
+    """That `folder` is, or can be made, a folder to write in, checked without making anything: the nearest part of
+    its path that exists (itself, if it does; where making it would start) is a folder a file can be made in.
+    Otherwise NotADirectoryError naming that part (a file, or a link to nothing, can hold no folder), or the
+    OSError a write there gets."""
+    above = next(a for a in (folder, *folder.parents) if a.exists() or a.is_symlink())
+    if not above.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(above))
+    # what making the folder, or writing in it, finds: permissions, a read-only file system; the file has no name
+    # on Linux and is removed on close elsewhere
+    with tempfile.TemporaryFile(dir=above):
+        pass
 
 
 def _int8_path(out: Path) -> Path:
