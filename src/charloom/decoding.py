@@ -158,8 +158,8 @@ class Writer:
         raise NotImplementedError
 
     def read_logits(self, ids: Sequence[int], ngram: bool = True) -> np.ndarray:
-        """(T, V) float32 logits of one text of ids read in one call from a zero state: row t predicts ids[t + 1]
-        (log-probabilities of the mixture, for a model with an n-gram, unless `ngram` is False)."""
+        """(T, V) float32 logits of one text of ids read from a zero state, the state carried through it: row t
+        predicts ids[t + 1] (log-probabilities of the mixture, for a model with an n-gram, unless `ngram` is False)."""
         logits = self._read_logits(ids)
         if self.mixture is None or not ngram:
             return logits

@@ -207,7 +207,15 @@ class OnnxGenerator(Writer):
         return logits[:, 0], state
 
     def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
-        return self.model.forward(np.asarray([list(ids)], dtype=np.int64))[0][0]  # (T, V)
+        """(T, V) logits of `ids` from a zero state, read as `_start` reads: `piece_rows()` characters per call with
+        the state carried, so the graph's work is one piece's whatever the text's length (one call's logits, to
+        float rounding). Each piece's rows go straight into the one (T, V) array returned: no second copy."""
+        x, rows, state = np.asarray([list(ids)], dtype=np.int64), self.piece_rows(), None  # (1, T)
+        out = np.empty((x.shape[1], self.model.config.vocab_size), np.float32)  # (T, V)
+        for at in range(0, max(x.shape[1], 1), rows):  # an empty text still makes its one call, as it did
+            logits, state = self.model.forward(x[:, at:at + rows], state)  # (1, rows, V)
+            out[at:at + rows] = logits[0]
+        return out
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:
         return {name: s for name, s in zip(self.model.state_names, state) if name != RECENT}  # the cell's alone
