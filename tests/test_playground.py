@@ -202,6 +202,27 @@ def test_a_bad_score_request_shows_the_servers_message(live, browser):
     page.close()
 
 
+def test_characters_the_model_reads_as_unk_show_the_servers_warning(live, browser):
+    url, _ = live
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('parameters')")
+    msg = "characters not in the model's vocabulary, read as <unk>: 'Z~'"  # the served corpus has neither
+    page.fill("#score-text", "To Z~ be")
+    page.click("#score")
+    page.wait_for_function("document.getElementById('score-status').dataset.state === 'done'", timeout=30_000)
+    assert page.text_content("#score-status .warning") == f"text: {msg}"
+    assert "bits per character" in page.text_content("#score-status")  # under the status, not instead of it
+    page.click("#unit-read")  # the scored text
+    page.wait_for_function("document.getElementById('unit-status').dataset.state === 'done'", timeout=30_000)
+    assert page.text_content("#unit-status .warning") == f"text: {msg}"
+    generate_in(page, "Z~", 3, 20)
+    assert page.text_content("#status .warning") == f"start: {msg}"
+    generate_in(page, "To be", 3, 20)
+    assert page.query_selector("#status .warning") is None
+    page.close()
+
+
 def unit_values(page):
     return [float(v) for _, v, _ in chars(page, "#unit-view .char")]
 

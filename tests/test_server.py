@@ -247,25 +247,31 @@ def test_values_of_the_right_json_type_are_taken(client):
     assert r.status_code == 200 and list(r.json()["values"]) == ["1"], r.text
 
 
-def test_unknown_start_characters_are_one_log_line_and_a_warning_in_the_answer(client):
+@pytest.fixture
+def server_log():
+    """The records the server logs on uvicorn's logger while the test runs. A handler on that logger itself:
+    uvicorn's logging setup (once a live server has run) stops its records before the root logger."""
     import logging
-    import warnings
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(level=logging.WARNING)
     handler.emit = records.append
     logging.getLogger("uvicorn.error").addHandler(handler)
+    yield records
+    logging.getLogger("uvicorn.error").removeHandler(handler)
+
+
+def test_unknown_start_characters_are_one_log_line_and_a_warning_in_the_answer(client, server_log):
+    import warnings
+
     body = {"start": "To Z\u00e9~", "length": 5, "seed": 1}
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            filters = list(warnings.filters)
-            plain = client.post("/v1/generate", json=body)
-            streamed = client.post("/v1/generate", json={**body, "stream": True})
-            known = client.post("/v1/generate", json={**body, "start": "To be"})
-            assert warnings.filters == filters  # the server's own filter is gone after each request
-    finally:
-        logging.getLogger("uvicorn.error").removeHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        plain = client.post("/v1/generate", json=body)
+        streamed = client.post("/v1/generate", json={**body, "stream": True})
+        known = client.post("/v1/generate", json={**body, "start": "To be"})
+        assert warnings.filters == filters  # the server's own filter is gone after each request
     assert not [str(w.message) for w in caught if "vocabulary" in str(w.message)]  # no raw Python warning
     note = {"loc": ["body", "start"], "msg": "characters not in the model's vocabulary, read as <unk>: 'Z~\u00e9'",
             "type": "unknown_characters"}
@@ -273,7 +279,27 @@ def test_unknown_start_characters_are_one_log_line_and_a_warning_in_the_answer(c
     assert len(plain.json()["samples"][0]["text"]) == 5
     assert sse(streamed.text)[0] == ("start", {"settings": plain.json()["settings"], "warnings": [note]})
     assert known.json()["warnings"] == []
-    assert [r.getMessage() for r in records] == [f"/v1/generate: start: {note['msg']}"] * 2
+    assert [r.getMessage() for r in server_log] == [f"/v1/generate: start: {note['msg']}"] * 2
+
+
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/activations"])
+def test_unknown_characters_read_are_one_log_line_and_a_warning_in_the_answer(client, server_log, path):
+    # the served corpus has no Z, ~, \u00e9 or Q: each is read as <unk>, and said so, per field
+    unknown = client.post(path, json={"text": "To Z\u00e9~ be"})
+    both = client.post(path, json={"text": "To Z\u00e9~ be", "context": "Q"})
+    clean = client.post(path, json={"text": "To be", "context": "To"})
+    refused = client.post(path, json={"text": "Z", "context": "Q" * 51})  # over max_start: 422, nothing read
+    text = {"loc": ["body", "text"], "msg": "characters not in the model's vocabulary, read as <unk>: 'Z~\u00e9'",
+            "type": "unknown_characters"}
+    context = {**text, "loc": ["body", "context"],
+               "msg": "characters not in the model's vocabulary, read as <unk>: 'Q'"}
+    assert unknown.status_code == 200 and unknown.json()["warnings"] == [text], unknown.text
+    assert unknown.json()["text"] == "To Z\u00e9~ be"  # still read, every character
+    assert both.json()["warnings"] == [text, context]
+    assert clean.status_code == 200 and clean.json()["warnings"] == []
+    assert refused.status_code == 422
+    assert [r.getMessage() for r in server_log] == [f"{path}: text: {text['msg']}",
+                                                    f"{path}: text: {text['msg']}; context: {context['msg']}"]
 
 
 def test_a_generation_past_memory_is_a_422_naming_the_field_before_any_stream(client, monkeypatch):

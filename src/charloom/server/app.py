@@ -298,15 +298,24 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
     return opts
 
 
-def start_warnings(gen: Generator, opts: SampleOptions) -> list[dict[str, Any]]:
-    """What the answer says, and the server logs in one line, of a start text with characters the model
-    has never seen and reads as <unk> (a vocabulary that refuses them has had request_options answer 422)."""
-    unknown = gen.unknown_characters(opts.start) if gen.vocab.unknown == "unk" else []
-    if not unknown:
+SHOWN_UNKNOWN = 40  # unknown characters a warning names at most: a text in another script has thousands
+
+
+def unknown_warnings(gen: Generator, route: str, **texts: str) -> list[dict[str, Any]]:
+    """What the answer says, one entry per field, and the server logs in one line per request, of the texts
+    a request gave (`start=...`, or `text=..., context=...`) with characters the model has never seen and
+    reads as <unk>. A vocabulary that refuses them has had the request answered 422 instead."""
+    if gen.vocab.unknown != "unk":
         return []
-    msg = f"characters not in the model's vocabulary, read as <unk>: {''.join(unknown)!r}"
-    log.warning("/v1/generate: start: %s", msg)
-    return [{"loc": ["body", "start"], "msg": msg, "type": "unknown_characters"}]
+    notes = []
+    for field, text in texts.items():
+        if unknown := gen.unknown_characters(text):
+            more = f" and {len(unknown) - SHOWN_UNKNOWN:,} more" if len(unknown) > SHOWN_UNKNOWN else ""
+            msg = f"characters not in the model's vocabulary, read as <unk>: {''.join(unknown[:SHOWN_UNKNOWN])!r}{more}"
+            notes.append({"loc": ["body", field], "msg": msg, "type": "unknown_characters"})
+    if notes:
+        log.warning("%s: %s", route, "; ".join(f"{n['loc'][1]}: {n['msg']}" for n in notes))
+    return notes
 
 
 class _Runner:
@@ -330,7 +339,7 @@ class _Runner:
 
     def collect(self, opts: SampleOptions) -> list[str]:
         out = [""] * opts.n
-        it = self.gen.quietly(opts)  # start_warnings has told of unknown start characters
+        it = self.gen.quietly(opts)  # unknown_warnings has told of unknown start characters
         while (item := self._next(it)) is not self._END:
             i, piece = item
             out[i] += piece
@@ -339,7 +348,7 @@ class _Runner:
 
     async def events(self, opts: SampleOptions, release: _Once, logprobs: bool = False,
                      notes: list[dict[str, Any]] | None = None):
-        """Server-sent events: `event: start` with the settings and `notes` (start_warnings), one
+        """Server-sent events: `event: start` with the settings and `notes` (unknown_warnings), one
         `data: {"index", "text"}` per piece, then (asked for) one `event: logprobs` per sample with its
         characters' probabilities, then `event: done` with the totals."""
         t0 = time.perf_counter()
@@ -347,7 +356,7 @@ class _Runner:
         texts: list[list[str]] = [[] for _ in range(opts.n)]
         it = None
         try:
-            it = self.gen.quietly(opts)  # start_warnings has told of unknown start characters
+            it = self.gen.quietly(opts)  # unknown_warnings has told of unknown start characters
             start = {"settings": opts.to_dict(), "warnings": notes or []}
             yield f"event: start\ndata: {json.dumps(start)}\n\n"
             while True:
@@ -427,7 +436,8 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     async def generate(req: GenerateRequest):
         opts = request_options(req, cfg, gen)
         slots.take()
-        notes = start_warnings(gen, opts)  # after the slot: a request turned away logs nothing
+        # after the slot: a request turned away logs nothing
+        notes = unknown_warnings(gen, "/v1/generate", start=opts.start)
         if req.stream:
             release = _Once(slots.give)
             events = runner.events(opts, release, req.logprobs, notes)
@@ -515,8 +525,10 @@ def _add_reading_routes(app: FastAPI, runner: _Runner, ck: Checkpoint, cfg: Serv
     async def score(req: ScoreRequest) -> dict[str, Any]:
         checked(req, cfg.max_score, "max-score")
         reading = await run_in_threadpool(busy, read, gen, req.text, req.context, ngram=req.ngram)
+        # after the reading: a request turned away (429) or refused (422) logs nothing
+        notes = unknown_warnings(gen, "/v1/score", text=req.text, context=req.context)
         return {"text": reading.text, "bpc": round(reading.bpc, 5) if len(reading.probs) else None,
-                "characters": reading.to_json()}
+                "characters": reading.to_json(), "warnings": notes}
 
     @app.post("/v1/activations")
     async def hidden(req: ActivationsRequest) -> dict[str, Any]:
@@ -529,12 +541,13 @@ def _add_reading_routes(app: FastAPI, runner: _Runner, ck: Checkpoint, cfg: Serv
         if req.units is not None and (len(req.units) > 64 or any(not 0 <= u < ck.config.hidden_size for u in req.units)):
             raise _field_error("units", f"at most 64 units, each from 0 to {ck.config.hidden_size - 1}")
         acts = await run_in_threadpool(busy, activations, gen, req.text, req.context)
+        notes = unknown_warnings(gen, "/v1/activations", text=req.text, context=req.context)
         varying = acts.varying(req.state, req.layer, req.top)
         units = req.units if req.units is not None else [u for u, _ in varying]
         values = acts.values[req.state][req.layer]  # (N, H)
         return {"text": acts.text, "state": req.state, "layer": req.layer, "hidden_size": ck.config.hidden_size,
                 "varying": [{"unit": u, "std": round(sd, 5)} for u, sd in varying],
-                "values": {str(u): np.round(values[:, u], 4).tolist() for u in units}}
+                "values": {str(u): np.round(values[:, u], 4).tolist() for u in units}, "warnings": notes}
 
 
 def _add_guards(app: FastAPI, cfg: ServeConfig) -> None:
