@@ -1,7 +1,7 @@
 """Not Shakespeare alone: held-out bits per character on other kinds of text, charloom with its defaults beside
 PPMd on the same split.
 
-    python bench/corpora_bench.py [--minutes 3] [--only code names]
+    python bench/corpora_bench.py [--minutes 3] [--only code names] [--flags '--batch-size 16']
 
 Each run is appended to bench/corpora.jsonl; the section shows the newest run of each corpus and budget.
 
@@ -55,10 +55,11 @@ def held_out(corpus, batch: BatchConfig):
         "".join(corpus.record(i) + "\n" for i in sorted(tr)), "".join(corpus.record(i) + "\n" for i in sorted(va))
 
 
-def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
-    """Train on one corpus for `minutes` and score its held-out split every way (one log row)."""
+def measure(name: str, source: str, minutes: float, tmp: Path, flags: str = "") -> dict:
+    """Train on one corpus for `minutes` (with `flags` beside the defaults) and score its held-out split every way
+    (one log row)."""
     run = tmp / name
-    command = ["charloom", "train", source, "--max-time", f"{minutes:g}m"]
+    command = ["charloom", "train", source, "--max-time", f"{minutes:g}m", *flags.split()]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", *command, "--out", str(run), "--no-progress"], check=True,
                    stdout=subprocess.DEVNULL)
@@ -74,7 +75,7 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
     counting = adapt(ck.model, batches(1024), 0.0, mixture=ck.mixture).bpc if ck.mixture else None
     ppmd, _ = ppmd_bpc(head, tail)
     return {"corpus": name, "minutes": minutes, "characters": len(head) + len(tail), "scored": static.characters,
-            "hidden": ck.config.hidden_size, "seen": ck.info.get("characters_seen", 0),
+            "hidden": ck.config.hidden_size, "batch": batch.batch_size, "seen": ck.info.get("characters_seen", 0),
             "precision": ck.info.get("precision"), "cpu": report.cpu_model(), "static": static.bpc,
             "alone": static.network_bpc if static.network_bpc is not None else static.bpc,
             "adapted": adapted.bpc, "adapted_network": adapted.network_bpc, "counting": counting, "ppmd": ppmd,
@@ -84,7 +85,8 @@ def measure(name: str, source: str, minutes: float, tmp: Path) -> dict:
 def table_row(r: dict) -> str:
     """A log row as a line of the section's table."""
     return report.row(r["corpus"], f"{r['characters']:,}", f"{r['scored']:,}",
-                      f"{r['hidden']} wide, {r['seen'] / 1e6:.1f} M characters, {report.cpu_of(r)}, {r['precision']}", f"{r['static']:.3f}",
+                      f"{r['hidden']} wide, " + (f"batch {r['batch']}, " if r.get("batch") else "")
+                      + f"{r['seen'] / 1e6:.1f} M characters, {report.cpu_of(r)}, {r['precision']}", f"{r['static']:.3f}",
                       f"{r['alone']:.3f}",
                       f"{r['adapted']:.3f}" + (f" ({r['adapted_network']:.3f})" if r["adapted_network"] else ""),
                       f"{r['counting']:.3f}" if r["counting"] else "", f"{r['ppmd']:.3f}",
@@ -96,19 +98,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--only", nargs="+", choices=list(CORPORA), default=list(CORPORA))
+    ap.add_argument("--flags", default="", help="charloom train flags beside the defaults, e.g. '--batch-size 16'")
     args = ap.parse_args()
     if not glob.glob(CORPORA["code"]):
         args.only = [c for c in args.only if c != "code"]
         print("no /usr/lib/python3.11: the code corpus is left out", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
-            report.append_log(LOG, measure(name, CORPORA[name], args.minutes, Path(tmp)))
-    newest = {(r["corpus"], r["minutes"], report.cpu_of(r)): r for r in report.read_log(LOG)}  # per machine
+            report.append_log(LOG, measure(name, CORPORA[name], args.minutes, Path(tmp), args.flags))
+    # per machine, and per command: a run with other flags stands beside the defaults' row
+    newest = {(r["corpus"], r["minutes"], report.cpu_of(r), r["command"]): r for r in report.read_log(LOG)}
     body = "\n".join([
         "## Not Shakespeare alone: code and short records, beside PPMd",
         "",
         "Command: `python bench/corpora_bench.py --minutes N` (each run kept in `bench/corpora.jsonl`; the newest "
-        f"of each corpus, budget and CPU shown; each row names its CPU). Machine of the newest run: {report.machine()}, "
+        f"of each corpus, budget, CPU and command shown; each row names its CPU). Machine of the newest run: {report.machine()}, "
         "2 threads.",
         "See the script's docstring for the splits and how each figure is made.",
         "",
