@@ -19,7 +19,7 @@ def test_unknown_option_is_refused_with_the_known_ones():
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": "64"}, "batch_size: '64' is not an integer"),
     ({"batch_size": True}, "batch_size: True is not an integer"),
-    ({"batch_size": -1}, "batch_size: must be 0 (chosen) or positive"),
+    ({"batch_size": -1}, r"batch_size: must be 0 \(chosen\) or positive, got -1"),
     ({"val_fraction": 1.0}, r"val_fraction: must be in \[0, 1\)"),
     ({"order": "random"}, "order: 'random' is not one of 'shuffle', 'contiguous'"),
     ({"val_fraction": float("nan")}, "val_fraction: nan is not a finite number"),

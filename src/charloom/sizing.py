@@ -23,8 +23,9 @@ the best on an AVX512-BF16 one, and the best for 2 minutes narrower still. So wh
    leaned towards narrow widths, never wide ones, so no narrower width is taken for being "nearly as good".
 4. With a time limit and no batch size given, steps 1-3 for each of the batch sizes the run may take, and the
    larger batch only for a clear gain (`fit`): where the CPU multiplies bf16 in tiles, 32 windows cost little
-   more per step than 16, so a run reads more characters in its time, and up to 32 x 128 characters a batch
-   they have been worth what the law says (a batch of 64 x 128 scored 0.02 bpc above its prediction).
+   more per step than 16, so a run reads more characters in its time. At 10 minutes a batch of 32 x 128
+   characters learned what the law says of them; with few steps (2 minutes) it learned less, and so did
+   64 x 128 at 10 minutes.
 
 The peak learning rate, when none is given (`lr` 0), follows the width: Adam's best rate for the hidden
 matrices falls as 1 / width (Yang et al. 2022, "Tensor Programs V"), so the rate the sweep chose at width
@@ -270,7 +271,7 @@ def fit(model: ModelConfig, shapes: dict[int, tuple[int, float]], cfg: TrainConf
 
     Each batch size is timed and given its best width; a larger one is taken only where it predicts at least
     BATCH_MARGIN lower than the smallest: the law counts a character the same in any batch, but a larger batch
-    has scored up to 0.02 bpc above the law where it took few steps (64 x 128 at 10 minutes, 64 x 64 at 5)."""
+    has read 0.02-0.04 bpc further above the law where it took few steps (32 x 128 at 2 minutes, 64 x 128 at 10)."""
     if len(shapes) == 1:
         return _fit_at(model, *shapes.values(), cfg, rt, unique, pieces)
     fits = [replace(_fit_at(model, shape, cfg, rt, unique, pieces), batch_size=rows)
