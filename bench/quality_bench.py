@@ -97,11 +97,12 @@ def charloom_runs(budgets: list[float], path: str, data, flags: str = "") -> Non
             counting = adapt(ck.model, eval_windows(data.val, 1024, 1, pad), 0.0, mixture=ck.mixture).bpc \
                 if ck.mixture else None  # the network as trained, its n-gram counting what it reads
             sized = ck.info.get("sizing", {})
-            trained = charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)["train"]
+            configs = charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)
+            trained, batch = configs["train"], configs["batch"]
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
-                    **{k: trained[k] for k in ("lr", "early_pieces")},
+                    **{k: trained[k] for k in ("lr", "early_pieces")}, "batch": batch["batch_size"],
                     "predicted_characters": sized.get("characters"),
                     "steps": info["steps"], "characters": info["characters"], "seconds": info["seconds"],
                     "whole": whole, "network": network, "windows": windows, "adapted": adapted.bpc,
@@ -187,7 +188,8 @@ def _defaults_cell(r: dict) -> str:
     """The system cell of a row of charloom's defaults: the date, the n-gram, the width chosen and why."""
     return (f"charloom defaults ({r['date']}"
             f"{', n-gram order ' + str(r['ngram']) if r.get('ngram') else ', no n-gram'}"
-            f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): {r['hidden']} wide (chosen; the law "
+            f"{FOLLOWERS if len(r.get('mixing_shape') or ()) == 3 else ''}): {r['hidden']} wide"
+            f"{', batch ' + str(r['batch']) if r.get('batch') else ''} (chosen; the law "
             f"predicted {r['predicted_bpc']:.3f} after {_millions(r.get('predicted_characters'))}){_rate(r)}, "
             f"{r['characters'] / 1e6:.1f} M characters")
 
