@@ -29,6 +29,16 @@ def test_ill_typed_or_out_of_range_options_fail_loudly(kwargs, message):
         BatchConfig(**kwargs)
 
 
+def test_the_heads_hidden_layer_is_none_as_wide_or_a_width():
+    assert ModelConfig(hidden_size=96).head_width == 96  # -1, the default: as wide as the recurrent layer
+    assert ModelConfig(hidden_size=96, head_hidden=0).head_width == 0
+    assert ModelConfig(hidden_size=96, head_hidden=40).head_width == 40
+    for bad in (-2, 2**16 + 1):  # beyond the widest a model file holds: refused before a run, not at its save
+        with pytest.raises(ConfigError, match=r"head_hidden: must be -1 \(as wide as the recurrent layer\), 0 \(none\) "
+                                              rf"or from 1 to 65,536, got {bad}"):
+            ModelConfig(head_hidden=bad)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"early_pieces": -1}, r"early_pieces: must be in \[0, 64\], got -1"),
     ({"early_pieces": 10**9}, r"early_pieces: must be in \[0, 64\]"),

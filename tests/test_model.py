@@ -14,11 +14,11 @@ V = 11
 REFERENCE = {"lstm": (nn.LSTMCell, 4), "gru": (nn.GRUCell, 3), "rnn": (nn.RNNCell, 1)}
 
 
-def make(cell="lstm", layers=2, hidden=8, embedding=0, dropout=0.0, seed=0):
+def make(cell="lstm", layers=2, hidden=8, embedding=0, dropout=0.0, seed=0, head=-1):
     """The network alone (no hashed context inputs: those have their own tests below)."""
     torch.manual_seed(seed)
     return CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding,
-                               dropout=dropout, grams=0, vocab_size=V))
+                               dropout=dropout, grams=0, head_hidden=head, vocab_size=V))
 
 
 def reference_logits(model, ids):
@@ -37,13 +37,18 @@ def reference_logits(model, ids):
             state = cell(x[:, t], state)
             outs.append(state[0] if isinstance(state, tuple) else state)
         x = torch.stack(outs, 1)
-    return model.head(x)
+    if cfg.head_width:  # the head's hidden layer: x W1^T + b1, through the exact (erf) GELU
+        w1, b1 = model.readout[0].weight, model.readout[0].bias
+        x = x @ w1.T + b1
+        x = 0.5 * x * (1 + torch.erf(x / 2 ** 0.5))
+    return x @ model.head.weight.T + model.head.bias
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding", [0, 5])
-def test_each_cell_equals_a_hand_written_loop(cell, embedding):
-    model = make(cell, layers=2, embedding=embedding).eval()
+@pytest.mark.parametrize("embedding, head", [(0, -1), (5, 0), (5, 11)])
+def test_each_cell_equals_a_hand_written_loop(cell, embedding, head):
+    model = make(cell, layers=2, embedding=embedding, head=head).eval()
+    assert model.head.in_features == (8 if head == -1 else head or 8)
     ids = torch.randint(0, V, (3, 9))
     logits, state = model(ids)
     assert logits.shape == (3, 9, V)
@@ -98,8 +103,9 @@ def test_parameter_count_matches_the_closed_form(cell):
     L, H, E = 3, 16, 7
     model = make(cell, layers=L, hidden=H, embedding=E)
     rnn = sum(gates * H * ((E if i == 0 else H) + H) + 2 * gates * H for i in range(L))
-    assert model.num_parameters() == V * E + rnn + H * V + V
-    assert make(cell, layers=1, hidden=H).num_parameters() == gates * H * (V + H) + 2 * gates * H + H * V + V
+    assert model.num_parameters() == V * E + rnn + (H * H + H) + H * V + V  # the head's hidden layer, as wide
+    assert make(cell, layers=L, hidden=H, embedding=E, head=5).num_parameters() == V * E + rnn + (H * 5 + 5) + 5 * V + V
+    assert make(cell, layers=1, hidden=H, head=0).num_parameters() == gates * H * (V + H) + 2 * gates * H + H * V + V
 
 
 @pytest.mark.parametrize("embedding", [0, 6])
@@ -149,14 +155,16 @@ def test_detach_keeps_values_and_cuts_the_graph():
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding", [0, 5])
-def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, embedding):
-    """Every weight of the recurrent layers and the head is one multiply-add per character (a one-hot
-    input counts as the full product the fused module computes); a table read costs the first input product."""
-    model = make(cell, layers=3, hidden=8, embedding=embedding)
-    weights = {n: p.numel() for n, p in model.named_parameters() if ".weight" in n and "embed" not in n}
+@pytest.mark.parametrize("embedding, head", [(0, 0), (5, -1), (5, 13)])
+def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, embedding, head):
+    """Every weight of the recurrent layers and the head (its hidden layer too) is one multiply-add per
+    character (a one-hot input counts as the full product the fused module computes); a table read costs the
+    first input product."""
+    model = make(cell, layers=3, hidden=8, embedding=embedding, head=head)
+    weights = {n: p.numel() for n, p in model.named_parameters() if "weight" in n and "embed" not in n}
+    in_head = sum(v for n, v in weights.items() if n.startswith(("head.", "readout.")))
     assert forward_flops(model.cfg) == 2 * sum(weights.values())
-    assert forward_flops(model.cfg, head=False) == 2 * (sum(weights.values()) - weights["head.weight"])
+    assert forward_flops(model.cfg, head=False) == 2 * (sum(weights.values()) - in_head)
     assert forward_flops(model.cfg, lookup=True) == 2 * (sum(weights.values()) - weights["rnn.weight_ih_l0"])
 
 

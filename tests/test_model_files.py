@@ -115,6 +115,19 @@ def test_a_file_written_before_hashed_contexts_loads_without_them(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.model.state_dict().items())
 
 
+def test_a_file_from_before_the_heads_hidden_layer_loads_with_a_linear_head(tmp_path):
+    vocab = Vocab.build(TEXT)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, head_hidden=0, vocab_size=len(vocab)))
+    tensors, meta = contents(checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False))
+    # the config as files held it before the option existed; the default (a hidden layer) would make two more
+    # tensors than such a file holds
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k != "head_hidden"})
+    ck = checkpoint.load(forge(tmp_path / "older.safetensors", tensors, meta))
+    assert ck.config.head_hidden == 0 and ck.model.readout is None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.model.state_dict().items())
+    assert ModelConfig().head_hidden == -1  # what a new run gets, so the reading above is what keeps such files
+
+
 def test_a_tensor_the_config_does_not_make_is_refused_by_name(good):
     path, _, _ = good
     refused(hostile(path, lambda m, t: t.update({"model.rnn.weight_hh_l1": torch.zeros(32, 8)})),

@@ -143,18 +143,19 @@ def test_repetition_penalty_lowers_only_seen_characters():
 TEXT = "the cat sat on the mat. the dog ate the hat.\n"
 
 
-def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0):
+def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0, head=-1):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=embedding, grams=grams,
-                                gram_buckets=61, vocab_size=len(vocab)))
+                                gram_buckets=61, head_hidden=head, vocab_size=len(vocab)))
     return Generator(model, vocab, records=records)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding, grams", [(0, 0), (6, 0), (0, 3), (6, 4)])
-def test_stepper_equals_the_model(cell, embedding, grams):
-    g = model_for(cell, embedding=embedding, grams=grams)
+@pytest.mark.parametrize("embedding, grams, head", [(0, 0, 0), (6, 0, -1), (0, 3, 10), (6, 4, 0)])
+def test_stepper_equals_the_model(cell, embedding, grams, head):
+    g = model_for(cell, embedding=embedding, grams=grams, head=head)
+    assert (g.model.readout is None) == (head == 0)
     model = g.model.eval()
     ids = torch.randint(4, len(g.vocab), (3, 12))
     whole, _ = model(ids)

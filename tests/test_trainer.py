@@ -547,13 +547,16 @@ def test_a_network_too_large_to_train_here_is_refused_before_it_is_allocated(tmp
     """--hidden or --embedding far past this machine's memory: one line naming the options, nothing allocated (the
     count is made on the meta device); the bound is half of the machine's memory."""
     opts = dict(tiny, max_steps=1, out=str(tmp_path / "run"))
-    with pytest.raises(charloom.ConfigError, match=r"^hidden_size, embedding and num_layers \(--hidden 100000, "
-                                                   r"--embedding 8, --layers 1\): 40,0[\d,]+ parameters"):
+    with pytest.raises(charloom.ConfigError, match=r"^hidden_size, head_hidden, embedding and num_layers \(--hidden "
+                                                   r"100000, --head-hidden -1, --embedding 8, --layers 1\): "
+                                                   r"50,0[\d,]+ parameters"):
         charloom.train(source=str(text_file), **dict(opts, hidden_size=100_000))
     monkeypatch.setattr(train_mod, "memory_cap", lambda: 10**6)
     assert charloom.train(source=str(text_file), **opts).progress.step == 1  # about 0.1 MB
     with pytest.raises(charloom.ConfigError, match="would need about 0.0 GB to train, more than the 0.0 GB"):
         charloom.train(source=str(text_file), **dict(opts, hidden_size=200, overwrite=True))  # about 3 MB
+    with pytest.raises(charloom.ConfigError, match=r"\(--hidden 8, --head-hidden 60000, --embedding 8, --layers 1\)"):
+        charloom.train(source=str(text_file), **dict(opts, hidden_size=8, head_hidden=60_000, overwrite=True))
 
 
 def test_resume_refuses_a_text_that_changed_even_with_the_same_characters(tmp_path, text_file, tiny):

@@ -297,11 +297,12 @@ CELL_STATES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "r
 MAX_GRAMS = 8  # the longest hashed context (ModelConfig.grams)
 RECENT = "recent"  # the state tensor of a model with hashed contexts that holds the last ids it read
 MAX_GRAM_BUCKETS = 2**22  # rows of one hashed context table at most
+MAX_HEAD_HIDDEN = 2**16  # units of the head's hidden layer at most (a model file holds no wider)
 
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
-    """The network: a recurrent cell stack between a character input and a linear head."""
+    """The network: a recurrent cell stack between a character input and a head that gives the logits."""
 
     cell: str = option("lstm", "recurrent cell: lstm, gru, or rnn (vanilla tanh); the entries of cells.CELLS")
     num_layers: int = option(1, "stacked recurrent layers", flag="layers")
@@ -312,6 +313,10 @@ class ModelConfig(Config):
                            "2..N characters ending at it, found by hash in a table (0: none; 4 helped Shakespeare "
                            "but not code or names: see README)")
     gram_buckets: int = option(8192, "rows of each hashed context table (--grams); contexts beyond it share rows")
+    head_hidden: int = option(-1, "a hidden layer of this many units (GELU) between the last recurrent layer and the "
+                                  "logits: a deeper readout, whose products are large ones, so it costs a fraction "
+                                  "of what widening the recurrent layers would (-1: as wide as the recurrent layer; "
+                                  "0: none, a linear head, as in model files from before it)")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
                                      "the memory from the first step, as Keras does)")
@@ -325,6 +330,9 @@ class ModelConfig(Config):
             raise ConfigError(f"hidden_size: must be positive (or 0: sized for the run), got {self.hidden_size}")
         if self.embedding < 0:
             raise ConfigError(f"embedding: must be 0 (one-hot) or positive, got {self.embedding}")
+        if not -1 <= self.head_hidden <= MAX_HEAD_HIDDEN:
+            raise ConfigError(f"head_hidden: must be -1 (as wide as the recurrent layer), 0 (none) or from 1 to "
+                              f"{MAX_HEAD_HIDDEN:,}, got {self.head_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.grams and not 2 <= self.grams <= MAX_GRAMS:
@@ -333,6 +341,18 @@ class ModelConfig(Config):
             raise ConfigError(f"gram_buckets: must be from 1 to {MAX_GRAM_BUCKETS:,}, got {self.gram_buckets}")
         if self.vocab_size < 0:
             raise ConfigError(f"vocab_size: must not be negative, got {self.vocab_size}")
+
+    @property
+    def head_width(self) -> int:
+        """Units of the head's hidden layer (0: a linear head)."""
+        return self.hidden_size if self.head_hidden == -1 else self.head_hidden
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config"):
+        # a model saved before the head's hidden layer existed has a linear head
+        if isinstance(data, dict) and "head_hidden" not in data:
+            data = {**data, "head_hidden": 0}
+        return super().from_dict(data, where)
 
 
 def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:

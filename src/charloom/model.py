@@ -6,6 +6,11 @@
 RNN; callers pass it back without looking inside, so training and sampling never ask which cell runs.
 What differs between cells (the fused module, the state layout, initialisation) comes from `cells.CELLS`.
 
+The head maps the last layer's output to logits through a hidden layer (`ModelConfig.head_hidden`, GELU;
+as wide as the recurrent layer by default, none in model files from before it). Its products take every
+character of a batch at once, so its units cost far less time than recurrent ones, whose products wait on
+each other from one character to the next.
+
 With hashed context inputs (`ModelConfig.grams` = K), each character's input vector is its embedding plus,
 for each k in 2..K, a learned vector for the k characters ending at it, read from a table by hash: memory for
 frequent short contexts that costs a table read, not a wider network. The state then ends with `recent`
@@ -58,7 +63,9 @@ class CharRNN(nn.Module):
         self.rnn = self.cell.make(cfg.embedding or V, H, cfg.num_layers, cfg.dropout)
         self.cell.init(self.rnn, cfg.forget_bias)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(H, V)
+        W = cfg.head_width
+        self.readout = nn.Sequential(nn.Linear(H, W), nn.GELU()) if W else None  # the head's hidden layer
+        self.head = nn.Linear(W or H, V)
         width = cfg.embedding or V  # the tables' rows add to the input vector, one-hot or embedded
         self.grams = nn.ModuleList(nn.Embedding(cfg.gram_buckets, width) for _ in range(2, cfg.grams + 1))
         for table in self.grams:
@@ -87,7 +94,12 @@ class CharRNN(nn.Module):
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         out, state = self.features(ids, state)
-        return self.head(self.drop(out)), state  # (B, T, V)
+        return self.logits(out), state  # (B, T, V)
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """The head: the last recurrent layer's output (..., H) -> logits (..., V)."""
+        out = self.drop(out)
+        return self.head(self.readout(out) if self.readout is not None else out)
 
     def features(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The recurrent layers' output before the head, and the new state: ids (B, T) -> ((B, T, H), state). What
@@ -109,13 +121,14 @@ class CharRNN(nn.Module):
 def forward_flops(cfg: ModelConfig, head: bool = True, lookup: bool = False) -> float:
     """FLOPs of one character through the network (2 x multiply-adds of the matrix products).
 
-    head: count the output layer. lookup: the first layer's input product is a table read, as in the
-    sampler's step; otherwise a one-hot input counts as the full (V-wide) product that the fused module
+    head: count the head, its hidden layer too. lookup: the first layer's input product is a table read, as in
+    the sampler's step; otherwise a one-hot input counts as the full (V-wide) product that the fused module
     computes. Training costs about 3x this (the backward pass is about twice the forward)."""
     cell, H, V = CELLS[cfg.cell], cfg.hidden_size, cfg.vocab_size
     layers = sum(cell.layer_flops(cfg.embedding or V if i == 0 else H, H, lookup=lookup and i == 0)
                  for i in range(cfg.num_layers))
-    return layers + (2 * H * V if head else 0)
+    W = cfg.head_width
+    return layers + ((2 * H * W + 2 * W * V if W else 2 * H * V) if head else 0)
 
 
 def detach(state: State | None) -> State | None:

@@ -31,9 +31,9 @@ MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large 
 # the operators charloom's exporter writes (fp32 and int8, every cell and input kind): a file that asks
 # for any other cannot be one, and an arbitrary graph may allocate without bound at run time
 ALLOWED_OPS = frozenset({("", op) for op in (
-    "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "DynamicQuantizeLinear", "GRU", "Gather", "LSTM",
-    "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub", "Transpose",
-    "Unsqueeze")} | {
+    "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "Div", "DynamicQuantizeLinear", "Erf", "GRU", "Gather",
+    "LSTM", "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub",
+    "Transpose", "Unsqueeze")} | {
     ("com.microsoft", "DynamicQuantizeLSTM")})
 INT64, FLOAT = 7, 1  # onnx.TensorProto element types
 

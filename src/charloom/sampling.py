@@ -72,6 +72,8 @@ class Stepper:
             new = self.step(gi, tuple(s[i] for s in cells), self.w_hh[i], self.b_hh[i])  # each (B, H)
             layers.append(new)
             x = new[0]
+        if self.model.readout is not None:
+            x = self.model.readout(x)  # (B, W)
         logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
         return logits, tuple(torch.stack(parts) for parts in zip(*layers)) + tail
 

@@ -589,11 +589,12 @@ def _check_size(model: ModelConfig, shape: tuple[int, float]) -> ModelConfig:
     average (TRAIN_COPIES of each parameter), and a batch's logits and gates (ACTIVATION_COPIES of each)."""
     with torch.device("meta"):
         n = CharRNN(model).num_parameters()
-    H, V = model.hidden_size, model.vocab_size
-    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * shape[1] * (V + 4 * H * model.num_layers))
+    H, V, W = model.hidden_size, model.vocab_size, model.head_width
+    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * shape[1] * (V + W + 4 * H * model.num_layers))
     if need > (cap := memory_cap()):
-        raise ConfigError(f"hidden_size, embedding and num_layers (--hidden {H}, --embedding {model.embedding}, "
-                          f"--layers {model.num_layers}): {n:,} parameters and a batch of {shape[0]} x "
+        raise ConfigError(f"hidden_size, head_hidden, embedding and num_layers (--hidden {H}, --head-hidden "
+                          f"{model.head_hidden}, --embedding {model.embedding}, --layers {model.num_layers}): "
+                          f"{n:,} parameters and a batch of {shape[0]} x "
                           f"{shape[1]:.0f} would need about {need / 1e9:,.1f} GB to train, more than the "
                           f"{cap / 1e9:,.1f} GB allowed (half of this machine's memory)")
     return model
