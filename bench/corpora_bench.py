@@ -106,9 +106,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             report.append_log(LOG, measure(name, CORPORA[name], args.minutes, Path(tmp), args.flags))
+    body = section()
+    report.write_section("corpora", body)
+    print(body)
+
+
+def section() -> str:
+    """The section from the log's rows."""
     # per machine, and per command: a run with other flags stands beside the defaults' row
     newest = {(r["corpus"], r["minutes"], report.cpu_of(r), r["command"]): r for r in report.read_log(LOG)}
-    body = "\n".join([
+    return "\n".join([
         "## Not Shakespeare alone: code and short records, beside PPMd",
         "",
         "Command: `python bench/corpora_bench.py --minutes N` (each run kept in `bench/corpora.jsonl`; the newest "
@@ -122,8 +129,6 @@ def main() -> None:
                        "as saved - PPMd", "adapted - PPMd", "command", "date"],
                       [table_row(r) for _, r in sorted(newest.items())]),
     ])
-    report.write_section("corpora", body)
-    print(body)
 
 
 if __name__ == "__main__":
