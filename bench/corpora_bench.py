@@ -75,7 +75,7 @@ def measure(name: str, source: str, minutes: float, tmp: Path, flags: str = "") 
     counting = adapt(ck.model, batches(1024), 0.0, mixture=ck.mixture).bpc if ck.mixture else None
     ppmd, _ = ppmd_bpc(head, tail)
     return {"corpus": name, "minutes": minutes, "characters": len(head) + len(tail), "scored": static.characters,
-            "hidden": ck.config.hidden_size, "batch": batch.batch_size, "seen": ck.info.get("characters_seen", 0),
+            "hidden": ck.config.hidden_size, "head_hidden": ck.config.head_width, "batch": batch.batch_size, "seen": ck.info.get("characters_seen", 0),
             "precision": ck.info.get("precision"), "cpu": report.cpu_model(), "static": static.bpc,
             "alone": static.network_bpc if static.network_bpc is not None else static.bpc,
             "adapted": adapted.bpc, "adapted_network": adapted.network_bpc, "counting": counting, "ppmd": ppmd,

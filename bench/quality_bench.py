@@ -101,6 +101,7 @@ def charloom_runs(budgets: list[float], path: str, data, flags: str = "") -> Non
             trained, batch = configs["train"], configs["batch"]
             record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
+                    "head_hidden": ck.model.cfg.head_width,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
                     **{k: trained[k] for k in ("lr", "early_pieces")}, "batch": batch["batch_size"],
                     "predicted_characters": sized.get("characters"),

@@ -63,7 +63,8 @@ def quality_rows() -> list[dict]:
              + (f" --early-pieces {r['early_pieces']}" if r["early_pieces"] != EARLY_PIECES else ""),
              "characters": r["characters"], "parameters": r["parameters"], "precision": r["precision"],
              "whole_bpc": r["network"], "source": "quality"}
-            for r in report.read_log(QUALITY) if r.get("system") == "charloom" and r.get("lr")]
+            for r in report.read_log(QUALITY)
+            if r.get("system") == "charloom" and r.get("lr") and not r.get("head_hidden")]  # the law's linear head
 
 
 def fit(n: np.ndarray, d: np.ndarray, bpc: np.ndarray, unique: float) -> tuple[sizing.Law, float]:
@@ -103,7 +104,7 @@ def fit_worth(law: sizing.Law, n: np.ndarray, d: np.ndarray, bpc: np.ndarray, un
 def main() -> None:
     data = runs.shakespeare()
     vocab, unique = len(data.corpus.vocab), data.train_characters
-    model = ModelConfig(vocab_size=vocab)
+    model = ModelConfig(vocab_size=vocab, head_hidden=0)  # the runs the law is fitted on had a linear head
     taken = [(r, *wp) for r in [*report.read_log(LOG), *quality_rows()]
              if r["steps"] >= MIN_STEPS and (wp := width_of(r, model))]
     rows = [r for r, _, _ in taken]

@@ -94,7 +94,8 @@ def main() -> None:
     texts = notebook.texts_of(text)
     V = len(vocab)
     shapes = {
-        "notebooks' model: LSTM(64), one-hot": dict(cell="lstm", num_layers=1, hidden_size=64, embedding=0),
+        "notebooks' model: LSTM(64), one-hot": dict(cell="lstm", num_layers=1, hidden_size=64, embedding=0,
+                                                     head_hidden=0),  # their linear head
         **{f"2x512 {c.upper()}, embedding 512": dict(cell=c, num_layers=2, hidden_size=512, embedding=512)
            for c in ("lstm", "gru", "rnn")},
     }

@@ -80,6 +80,8 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path):
     (["corpus-info", "names", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
     (["corpus-info", "names", "--order", "sideways"], "argument --order: invalid choice"),
     (["train", "names", "--sample-temperature", "hot"], "argument --sample-temperature: 'hot' is not a number"),
+    (["train", "names", "--head-hidden", "-2"], "head_hidden: must be -1 (as wide as the recurrent layer), 0 (none) "
+                                                "or from 1 to 65,536, got -2"),
 ])
 def test_clear_errors_for_bad_flags(args, needle):
     code, out, err = run(*args)
@@ -92,6 +94,17 @@ def test_a_zero_time_budget_is_one_line_not_a_run_that_never_ends():
 
 
 TINY = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--sample-length", "0"]
+
+
+@pytest.mark.parametrize("flag, width", [(None, 16), ("0", 0), ("24", 24)])
+def test_the_head_flag_reaches_the_model_file(tmp_path, text_file, flag, width):
+    out = tmp_path / "run"
+    given = ["--head-hidden", flag] if flag else []
+    assert main(["train", str(text_file), "--out", str(out), *TINY, *given, "--max-steps", "2", "--eval-every", "0",
+                 "--no-progress", "--ngram", "0"]) == 0
+    model = charloom.load(out).model
+    assert model.cfg.head_width == width and (model.readout is None) == (width == 0)
+    assert model.head.in_features == (width or 16)
 
 
 @pytest.mark.parametrize("where", ["a_file", "a_file/run", "/proc/charloom-run"])

@@ -26,11 +26,12 @@ from charloom.vocab import Vocab  # noqa: E402
 TEXT = "the cat sat on the mat. the dog ate the hat.\nA bird, a bee; a BAT!\n"
 
 
-def saved_model(tmp_path, cell="lstm", layers=1, embedding=8, records=False, hidden=16, seed=0, info=None, grams=0):
+def saved_model(tmp_path, cell="lstm", layers=1, embedding=8, records=False, hidden=16, seed=0, info=None, grams=0,
+                head=-1):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding, grams=grams,
-                                gram_buckets=53, vocab_size=len(vocab)))
+                                gram_buckets=53, head_hidden=head, vocab_size=len(vocab)))
     with torch.no_grad():  # larger weights than the initialisation's, so the outputs differ visibly by input
         for p in model.parameters():
             p.mul_(3.0)
@@ -63,6 +64,21 @@ def test_exported_logits_and_state_match_pytorch(tmp_path, cell, embedding, laye
         np.testing.assert_allclose(got_logits, want_logits.numpy(), atol=FP32_TOLERANCE, rtol=0)
         for got, want in zip(got_state, want_state):
             np.testing.assert_allclose(got, want.numpy(), atol=FP32_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("head, opset", [(0, 17), (24, 17), (-1, 20), (-1, 21)])
+def test_every_head_exports_at_every_opset_and_matches_pytorch(tmp_path, head, opset):
+    """A linear head, a hidden layer of its own width, and one as wide as the recurrent layer; the hidden layer's
+    GELU is written as Div and Erf up to opset 19 and as one Gelu from opset 20: each file loads and runs."""
+    ck = saved_model(tmp_path, head=head)
+    report = export(ck, ExportConfig(opset=opset), tmp_path / "model.onnx")
+    assert report.max_difference < FP32_TOLERANCE
+    ids = torch.randint(0, len(ck.vocab), (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, _ = ck.model.eval()(ids)
+    got, _ = OnnxModel.load(report.path).forward(ids.numpy())
+    np.testing.assert_allclose(got, want.numpy(), atol=FP32_TOLERANCE, rtol=0)
+    assert OnnxModel.load(report.path).meta["model"]["head_hidden"] == head
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -38,6 +38,7 @@ TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pi
 # an int in a Python list (a 32-byte object above 256), as int64 arrays for the model and for an n-gram's contexts
 START_BYTES = 96
 GATE_ROWS = 5  # (H,) float32 rows a fused layer computes per character read: up to four gates and its output
+HEAD_ROWS = 2  # (W,) float32 rows of the head's hidden layer per character: its product and the GELU of it
 READ_BYTES = 64 * 2**20  # a backend that reads its start text in pieces computes about this much per piece
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
@@ -136,15 +137,16 @@ class Writer:
 
     A backend subclass gives `_start(prefix, n)` -> ((n, V) float32 logits after the prefix, state for n
     samples) and `_step(ids (n,), state)` -> ((n, V) logits, new state), and sets `vocab`, `records`,
-    `num_layers` and `hidden_size`. The state is the backend's own; the Writer only passes it back. A backend
-    whose `_start` reads a long start in pieces of `piece_rows()` characters sets `reads_in_pieces`, so the
-    memory check counts one piece's work, not the whole start's.
+    `num_layers`, `hidden_size` and `head_width`. The state is the backend's own; the Writer only passes it back.
+    A backend whose `_start` reads a long start in pieces of `piece_rows()` characters sets `reads_in_pieces`,
+    so the memory check counts one piece's work, not the whole start's.
     """
 
     vocab: Vocab
     records: bool
     num_layers: int
     hidden_size: int
+    head_width: int  # units of the head's hidden layer (0: a linear head)
     mixture: Mixture | None = None  # the model's n-gram, mixed with the backend's prediction at every step
     reads_in_pieces = False  # whether `_start` reads a long start text `piece_rows()` characters per call
 
@@ -242,8 +244,8 @@ class Writer:
 
     def row_bytes(self) -> int:
         """Bytes a forward call computes per character it reads: (V,) float32 logits, a (V,) one-hot input (or a
-        smaller embedded one), and a layer's gates and output."""
-        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size)
+        smaller embedded one), a layer's gates and output, and the head's hidden layer."""
+        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size + HEAD_ROWS * self.head_width)
 
     def piece_rows(self) -> int:
         """Characters of start text read per call by a backend that reads in pieces: about READ_BYTES of work."""
@@ -262,7 +264,7 @@ class Writer:
         vocab_size = len(self.vocab)
         width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
         per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
-                      + STATE_COPIES * self.num_layers * self.hidden_size * 4
+                      + STATE_COPIES * self.num_layers * self.hidden_size * 4 + HEAD_ROWS * self.head_width * 4
                       + (MIX_COPIES * vocab_size * 8 if self.mixture is not None else 0))
         start = self.reading_bytes(start_chars) if start_chars else 0
         return start + n * (per_sample + length * (TEXT_BYTES + 2 * width))

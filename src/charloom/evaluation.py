@@ -25,7 +25,7 @@ from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .decoding import GATE_ROWS, memory_cap
+from .decoding import GATE_ROWS, HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
@@ -71,8 +71,10 @@ def batch_loss(model: torch.nn.Module, batch: Batch, state: State | None, device
 
 
 def _position_bytes(cfg: ModelConfig) -> int:
-    """Bytes one (row, time) position of a forward call computes: its logits, its input row and its gates."""
-    return 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size) + GATE_ROWS * cfg.hidden_size)
+    """Bytes one (row, time) position of a forward call computes: its logits, its input row, its gates and the
+    head's hidden layer."""
+    return 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size) + GATE_ROWS * cfg.hidden_size
+                + HEAD_ROWS * cfg.head_width)
 
 
 def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:

@@ -32,7 +32,7 @@ MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large 
 # for any other cannot be one, and an arbitrary graph may allocate without bound at run time
 ALLOWED_OPS = frozenset({("", op) for op in (
     "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "Div", "DynamicQuantizeLinear", "Erf", "GRU", "Gather",
-    "LSTM", "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub",
+    "Gelu", "LSTM", "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub",
     "Transpose", "Unsqueeze")} | {
     ("com.microsoft", "DynamicQuantizeLSTM")})
 INT64, FLOAT = 7, 1  # onnx.TensorProto element types
@@ -188,6 +188,7 @@ class OnnxGenerator(Writer):
         self.model = model
         self.vocab, self.records = model.vocab, model.records
         self.num_layers, self.hidden_size = model.config.num_layers, model.config.hidden_size
+        self.head_width = model.config.head_width
         self.path = model.path
 
     @classmethod

@@ -40,7 +40,7 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
                    "vocabulary": len(v.chars), "characters_known": "".join(v.chars), "unknown": v.unknown,
                    "lower": v.lower, "normalize": v.normalize, "labels": list(v.labels)},
         "model": {"cell": cfg.cell, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
-                  "embedding": cfg.embedding, "grams": cfg.grams, "dropout": cfg.dropout,
+                  "embedding": cfg.embedding, "grams": cfg.grams, "head_hidden": cfg.head_width, "dropout": cfg.dropout,
                   "parameters": ck.model.num_parameters()},
         "training": {"steps": run.get("step"), "model_step": info.get("step"), "characters_seen": chars,
                      "seconds": seconds,
@@ -108,6 +108,11 @@ def _whole(b: dict[str, Any]) -> str:
     return _figure(b["whole_validation_split"], "{:.3f}", "none")
 
 
+def head_words(width: int | None) -> str:
+    """The head in words: a hidden layer's width, or linear."""
+    return f"head with a {width}-unit hidden layer" if width else "linear head"
+
+
 def lines(report: dict[str, Any]) -> list[str]:
     """The report as the lines a person reads."""
     c, m, t, b = report["corpus"], report["model"], report["training"], report["bpc"]
@@ -119,7 +124,7 @@ def lines(report: dict[str, Any]) -> list[str]:
              if c.get("labels") else []),
            f"model        {m['cell']} {m['layers']}x{m['hidden_size']}, "
            f"{'embedding ' + str(m['embedding']) if m['embedding'] else 'one-hot input'}, "
-           f"{m['parameters']:,} parameters",
+           f"{head_words(m.get('head_hidden'))}, {m['parameters']:,} parameters",
            f"training     {_figure(t['steps'])} steps, {_figure(t['characters_seen'])} characters in "
            f"{_figure(t['seconds'], '{:,.0f}')} s ({_figure(t['chars_per_s'])} characters/s) on "
            f"{_figure(t['device'])} ({_figure(t['precision'])}); ended: {_figure(t['ended'])}"

@@ -91,6 +91,7 @@ class Generator(Writer):
         self.records = records
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.num_layers, self.hidden_size = model.cfg.num_layers, model.cfg.hidden_size
+        self.head_width = model.cfg.head_width
         self._stepper: Stepper | None = None
         self._version: tuple | None = None
 

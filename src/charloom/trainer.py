@@ -39,7 +39,7 @@ from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
 from .config import BATCH_SIZES, EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, load as load_corpus
-from .decoding import memory_cap
+from .decoding import HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
 from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
@@ -590,7 +590,8 @@ def _check_size(model: ModelConfig, shape: tuple[int, float]) -> ModelConfig:
     with torch.device("meta"):
         n = CharRNN(model).num_parameters()
     H, V, W = model.hidden_size, model.vocab_size, model.head_width
-    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * shape[1] * (V + W + 4 * H * model.num_layers))
+    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * shape[1]
+                * (V + HEAD_ROWS * W + 4 * H * model.num_layers))
     if need > (cap := memory_cap()):
         raise ConfigError(f"hidden_size, head_hidden, embedding and num_layers (--hidden {H}, --head-hidden "
                           f"{model.head_hidden}, --embedding {model.embedding}, --layers {model.num_layers}): "
