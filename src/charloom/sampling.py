@@ -56,6 +56,10 @@ class Stepper:
             self.w_hh = [getattr(rnn, f"weight_hh_l{i}").T.contiguous() for i in range(L)]
             self.b_hh = [getattr(rnn, f"bias_hh_l{i}").clone() for i in range(L)]
             self.w_out, self.b_out = model.head.weight.T.contiguous(), model.head.bias.clone()
+            mid = model.readout  # the head's hidden layer: its product as plain matrices, its activation as is
+            self.w_mid = mid[0].weight.T.contiguous() if mid is not None else None  # (H, W)
+            self.b_mid = mid[0].bias.clone() if mid is not None else None
+            self.act = mid[1] if mid is not None else None
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -72,8 +76,8 @@ class Stepper:
             new = self.step(gi, tuple(s[i] for s in cells), self.w_hh[i], self.b_hh[i])  # each (B, H)
             layers.append(new)
             x = new[0]
-        if self.model.readout is not None:
-            x = self.model.readout(x)  # (B, W)
+        if self.act is not None:
+            x = self.act(torch.addmm(self.b_mid, x, self.w_mid))  # (B, W)
         logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
         return logits, tuple(torch.stack(parts) for parts in zip(*layers)) + tail
 
