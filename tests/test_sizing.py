@@ -144,6 +144,23 @@ def test_the_rate_blends_whole_steps_and_the_early_pieces_by_the_budgets_share(m
     assert shapes == [((16, 128), True), ((16, 128), True), ((16, 32), False)]  # one average per batch
 
 
+def test_a_run_with_late_pieces_is_timed_on_one_piece_of_its_windows(monkeypatch):
+    """With 2 late pieces, a batch of 64 x 128 is learned as two steps of 64 x 64: the rate is a piece's
+    characters over a piece's time, blended with the early pieces (4 of 32) as before."""
+    shapes = []
+
+    def timed(model, shape, rt, widths, average=True):
+        shapes.append(shape)
+        return [{64: 0.05, 32: 0.03}[shape[1]]] * len(widths)
+
+    monkeypatch.setattr(sizing, "_step_seconds", timed)
+    rt = Runtime.start(device="cpu", precision="fp32")
+    cfg = TrainConfig(eval_every=0, early_share=0.3)
+    assert sizing.measure(MODEL, (64, 128.0), cfg, rt, pieces=4, late=2)(512) == pytest.approx(
+        64 * (0.7 * 64 / 0.05 + 0.3 * 32 / 0.03))
+    assert shapes == [(64, 64), (64, 32)]
+
+
 @pytest.mark.parametrize("share, early", [(0.3, True), (0.0, False)])
 def test_a_run_is_priced_with_the_early_pieces_only_when_it_takes_them(monkeypatch, share, early):
     monkeypatch.setattr(sizing, "_step_seconds", lambda model, shape, rt, widths, average=True: [0.1] * len(widths))
@@ -299,16 +316,21 @@ def test_a_larger_batch_is_taken_only_for_a_predicted_gain_past_the_margin(monke
     assert f"and batch {chosen} chosen for 600 s" in both.line() and "--batch-size" in both.line()
 
 
-def _cheap_at_32(monkeypatch) -> list[int]:
-    """Step timing where a batch of 32 costs what one of 16 does; returns the batch sizes timed."""
+def _cheap_at_32(monkeypatch, largest: int = 32) -> list[tuple[int, int]]:
+    """Step timing where a batch of up to `largest` rows costs what one of 16 does, and a larger one as much per
+    row as a batch of 16; returns the shapes timed (rows, characters per row)."""
     timed = []
 
     def steps(model, shape, rt, widths, average=True):
-        timed.append(shape[0])
-        return [0.01 * 16] * len(widths)
+        timed.append(shape)
+        return [0.01 * (16 if shape[0] <= largest else shape[0])] * len(widths)
 
     monkeypatch.setattr(sizing, "_step_seconds", steps)
     return timed
+
+
+def _rows(timed: list[tuple[int, int]]) -> set[int]:
+    return {rows for rows, _ in timed}
 
 
 def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_resume(tmp_path, text_file, tiny,
@@ -317,12 +339,39 @@ def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_re
     opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", **opts)
     saved = charloom.load(tmp_path / "a")
-    assert set(timed) == {16, 32} and saved.info["sizing"]["batch_size"] == 32
+    assert _rows(timed) == {16, 32, 64} and saved.info["sizing"]["batch_size"] == 32
     configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
-    assert configs["batch"]["batch_size"] == 32
+    assert configs["batch"]["batch_size"] == 32 and configs["train"]["late_pieces"] == 1
     timed.clear()
     charloom.train(out=str(tmp_path / "a"), resume=True, max_time="2s", progress=False)
     assert timed == [] and checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 32
+
+
+def test_a_batch_of_64_chosen_is_learned_in_two_pieces_late_and_kept_on_resume(tmp_path, text_file, tiny,
+                                                                               monkeypatch, capsys):
+    timed = _cheap_at_32(monkeypatch, largest=64)
+    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size", "progress")}
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", **opts)
+    assert charloom.load(tmp_path / "a").info["sizing"]["batch_size"] == 64
+    assert (64, 8) in timed and (64, 16) not in timed  # timed on a late piece, half of a 16-character window
+    configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
+    assert configs["batch"]["batch_size"] == 64 and configs["train"]["late_pieces"] == 2
+    assert "each batch learned in 2 updates along its windows after the first 30% of the budget" in \
+        capsys.readouterr().out
+    timed.clear()
+    charloom.train(out=str(tmp_path / "a"), resume=True, max_time="2s", progress=False)
+    configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
+    assert timed == [] and configs["batch"]["batch_size"] == 64 and configs["train"]["late_pieces"] == 2
+
+
+def test_records_are_not_offered_a_batch_they_could_learn_only_whole(tmp_path, tiny, monkeypatch):
+    timed = _cheap_at_32(monkeypatch, largest=64)
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"name{i:03d}\n" for i in range(400)))
+    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
+    charloom.train(source=str(names), out=str(tmp_path / "d"), max_time="1s", records=True, **opts)
+    assert _rows(timed) == {16, 32} and charloom.load(tmp_path / "d").info["sizing"]["batch_size"] == 32
+    assert checkpoint.run_configs(tmp_path / "d" / checkpoint.RESUME_FILE)["train"]["late_pieces"] == 1
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 16, "max_time": "1s"}, {"max_steps": 3}, {"epochs": 1},
@@ -332,8 +381,9 @@ def test_a_given_batch_or_a_budget_not_of_time_alone_keeps_batch_16(tmp_path, te
     timed = _cheap_at_32(monkeypatch)
     opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), **{**opts, **options})
-    assert set(timed) <= {16} and charloom.load(tmp_path / "b").info["sizing"].get("batch_size") == 0
-    assert checkpoint.run_configs(tmp_path / "b" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 16
+    assert _rows(timed) <= {16} and charloom.load(tmp_path / "b").info["sizing"].get("batch_size") == 0
+    configs = checkpoint.run_configs(tmp_path / "b" / checkpoint.RESUME_FILE)
+    assert configs["batch"]["batch_size"] == 16 and configs["train"]["late_pieces"] == 1
 
 
 def test_a_split_too_short_for_a_batch_of_32_is_given_16(tmp_path, tiny, monkeypatch):
@@ -342,7 +392,7 @@ def test_a_split_too_short_for_a_batch_of_32_is_given_16(tmp_path, tiny, monkeyp
     text.write_text("abcdefgh" * 60)  # 456 training characters: 28 windows of 16, fewer than 32
     opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
     charloom.train(source=str(text), out=str(tmp_path / "c"), max_time="1s", **opts)
-    assert set(timed) == {16}
+    assert _rows(timed) == {16}
     assert checkpoint.run_configs(tmp_path / "c" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 16
 
 
@@ -353,4 +403,4 @@ def test_a_records_split_of_fewer_than_32_records_is_offered_the_rows_it_holds(t
     opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
     charloom.train(source=str(names), out=str(tmp_path / "d"), max_time="1s", val_fraction=0.1, records=True, **opts)
     rows = charloom.load(tmp_path / "d").info["sizing"]["batch_size"]
-    assert set(timed) == {16, rows} and 16 < rows < 24  # the training records, all in one batch
+    assert _rows(timed) == {16, rows} and 16 < rows < 24  # the training records, all in one batch

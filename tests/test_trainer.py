@@ -183,17 +183,38 @@ def test_a_resume_file_from_before_the_early_pieces_continues_without_them(tmp_p
                                       1, strip)
 
 
+def test_late_pieces_learn_as_the_same_pieces_early_do(tmp_path, text_file, tiny):
+    """Three pieces a batch over the whole budget, as late pieces after no early share or as early pieces over all
+    of it: the same updates, so the same weights."""
+    opts = dict(tiny, max_steps=6, eval_every=0, order="contiguous")
+    charloom.train(source=str(text_file), out=str(tmp_path / "late"), early_share=0.0, late_pieces=3, **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "early"), early_share=1.0, early_pieces=3, **opts)
+    late, early = (checkpoint.load_run(tmp_path / k / "last.safetensors") for k in ("late", "early"))
+    assert all(int(st["step"]) == 18 for st in late[1].optimizer["state"].values())
+    assert all(torch.equal(late[0].tensors[k], early[0].tensors[k]) for k in late[0].tensors)
+
+
+def test_a_resume_file_from_before_the_late_pieces_continues_without_them(tmp_path, text_file, tiny):
+    def strip(extra):
+        del extra["train"]["late_pieces"]
+
+    assert resumed_from_an_older_file(tmp_path, text_file, dict(tiny, max_steps=8, eval_every=0, late_pieces=1),
+                                      1, strip)
+
+
 def test_a_fresh_run_takes_the_default_pieces_and_records_them(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path), **dict(tiny, max_steps=4, eval_every=0))
     _, run = checkpoint.load_run(tmp_path / "last.safetensors")
     assert run.configs["train"]["early_pieces"] == 4  # resolved from 0, so a resume continues alike
+    assert run.configs["train"]["late_pieces"] == 1  # a batch the run did not choose is learned whole
     assert all(int(st["step"]) == 4 + 4 + 1 + 1 for st in run.optimizer["state"].values())  # within 30%: 0, 1/4
 
 
-@pytest.mark.parametrize("records, updates", [(False, 3 + 3 + 1 + 1), (True, 4)])
-def test_pieces_only_in_the_budgets_early_share_and_not_for_records(tmp_path, text_file, tiny, records, updates):
+@pytest.mark.parametrize("records, late, updates", [(False, 1, 3 + 3 + 1 + 1), (False, 2, 3 + 3 + 2 + 2),
+                                                   (True, 2, 4)])
+def test_pieces_early_and_late_in_the_budget_and_not_for_records(tmp_path, text_file, tiny, records, late, updates):
     result = charloom.train(source=str(text_file), out=str(tmp_path), records=records,
-                            **dict(tiny, max_steps=4, early_pieces=3, early_share=0.5, eval_every=0))
+                            **dict(tiny, max_steps=4, early_pieces=3, early_share=0.5, late_pieces=late, eval_every=0))
     _, run = checkpoint.load_run(tmp_path / "last.safetensors")
     assert result.progress.step == 4
     assert all(int(st["step"]) == updates for st in run.optimizer["state"].values())  # AdamW's own count

@@ -209,17 +209,17 @@ def _early_share(cfg: TrainConfig, pieces: int) -> float:
 
 
 def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime,
-            pieces: int = 1) -> Callable[[int], float]:
+            pieces: int = 1, late: int = 1) -> Callable[[int], float]:
     """Training characters per second as a function of width, from timing real steps at PROBE_WIDTHS here;
     `shape`: (rows, characters per row) of a training batch; `pieces`: the optimizer steps a batch takes in
     the budget's early share (`cfg.early_share`), each on a piece of the windows, also timed, so that the
-    rate is the run's blend of the two.
+    rate is the run's blend of the two; `late`: the pieces it takes after that share (a step is timed on one).
 
     The step is timed at the run's own shape: a narrow model's step at batch 16 is bound by the sequential
     recurrence and the per-step work more than by its products, so it is less faster than its parameter
     count says, and only the real step shows by how much. Other widths are interpolated in parameters;
     evaluation pauses (forward only, about a third of a training pass per character) take their share."""
-    B, T = shape[0], max(8, min(round(shape[1]), PROBE_SEQ))
+    B, T = shape[0], max(8, min(round(shape[1] / late), PROBE_SEQ))
     early = _early_share(cfg, pieces)
     short = max(1, min(round(shape[1] / pieces), PROBE_SEQ))  # a piece's characters per row
     sizes = np.array([parameters(model, w) for w in PROBE_WIDTHS], dtype=float)
@@ -267,23 +267,26 @@ def peak_lr(width: int) -> float:
 
 
 def fit(model: ModelConfig, shapes: dict[int, tuple[int, float]], cfg: TrainConfig, rt: Runtime, unique: float,
-        pieces: int = 1) -> Fit:
+        pieces: int = 1, late: dict[int, int] | None = None) -> Fit:
     """The width and batch size for this run. `model` has its vocabulary size set; `shapes`: for each batch size
     the run may take, (rows, characters per row) of its training batch in one process; `unique`: characters of the
-    training split; `pieces`: see `measure`.
+    training split; `pieces`: see `measure`; `late`: for each batch size, its pieces after the early share (1
+    where not given).
 
     Each batch size is timed and given its best width; a larger one is taken only where it predicts at least
     BATCH_MARGIN lower than the smallest: the law counts a character the same in any batch, but a larger batch
     has read 0.02-0.04 bpc further above the law where it took few steps (32 x 128 at 2 minutes, 64 x 128 at 10)."""
+    late = late or {}
     if len(shapes) == 1:
-        return _fit_at(model, *shapes.values(), cfg, rt, unique, pieces)
-    fits = [replace(_fit_at(model, shape, cfg, rt, unique, pieces), batch_size=rows)
+        ((rows, shape),) = shapes.items()
+        return _fit_at(model, shape, cfg, rt, unique, pieces, late.get(rows, 1))
+    fits = [replace(_fit_at(model, shape, cfg, rt, unique, pieces, late.get(rows, 1)), batch_size=rows)
             for rows, shape in sorted(shapes.items())]
     return min(fits, key=lambda f: f.predicted_bpc + (BATCH_MARGIN if f.batch_size > fits[0].batch_size else 0.0))
 
 
 def _fit_at(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime, unique: float,
-            pieces: int) -> Fit:
+            pieces: int, late: int) -> Fit:
     """The width for a run with batches of `shape` (as `fit` says). The tightest of the run's limits (time, steps,
     epochs) sets the characters each width trains."""
     limits: list[tuple[str, Callable[[int], float]]] = []
@@ -294,7 +297,7 @@ def _fit_at(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: 
         limits.append((f"{cfg.epochs:g} epochs", lambda w: cfg.epochs * unique))
     rate = None
     if cfg.seconds:
-        rate = measure(model, shape, cfg, rt, pieces)
+        rate = measure(model, shape, cfg, rt, pieces, late)
         limits.append((f"{cfg.seconds:g} s", lambda w: cfg.seconds * rate(w)))
 
     def characters(w: int) -> float:

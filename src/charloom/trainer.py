@@ -37,7 +37,8 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import BATCH_SIZES, EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
+from .config import (BATCH_SIZES, EARLY_PIECES, LATE_ROWS, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig,
+                     late_pieces)
 from .corpus import Corpus, load as load_corpus
 from .decoding import HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
@@ -62,7 +63,7 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 
 # options whose default differs from what runs saved before them did: a resumed older run takes these (it took
 # no early pieces, and it trained on all of its training split)
-PREDATED = {"train": {"early_pieces": 1}, "batch": {"fit_chars": 0}}
+PREDATED = {"train": {"early_pieces": 1, "late_pieces": 1}, "batch": {"fit_chars": 0}}
 TRAIN_COPIES = 5  # float32 values a parameter holds in training: weight, gradient, Adam's two moments, average
 ACTIVATION_COPIES = 4  # ... and a batch's logits and gates: forward, backward, and the softmax's work
 STOPS = ("SIGINT", "SIGTERM", "callback")  # what stops a run before its budget, in the order named when several do
@@ -139,8 +140,9 @@ class Trainer:
                  hook_list: Sequence[hooks.Hook] = (), contiguous: bool = False):
         if not cfg.lr > 0:  # 0 asks setup to set the rate from the width; a Trainer needs the rate itself
             raise ConfigError(f"lr: a Trainer needs a positive peak rate, got {cfg.lr} (setup sets 0 by width)")
-        if cfg.early_pieces < 1:
-            raise ConfigError(f"early_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} (setup sets 0)")
+        if cfg.early_pieces < 1 or cfg.late_pieces < 1:
+            raise ConfigError(f"early_pieces and late_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} and "
+                              f"{cfg.late_pieces} (setup sets 0)")
         self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
         self.hooks = list(hook_list)
         self.out = Path(cfg.out).expanduser()
@@ -203,8 +205,11 @@ class Trainer:
 
     def pieces(self) -> int:
         """Optimizer steps to take on the next batch: the run's early pieces while the budget used is within
-        --early-share, else 1 (every process reads the same share: the loop shares one clock)."""
-        return early_pieces(self.cfg, self.records) if self.fraction_done() < self.cfg.early_share else 1
+        --early-share, else its late pieces (every process reads the same share: the loop shares one clock);
+        records are short already, so 1."""
+        if self.records:
+            return 1
+        return self.cfg.early_pieces if self.fraction_done() < self.cfg.early_share else self.cfg.late_pieces
 
     def step(self, batch: Batch) -> tuple[float, float]:
         """One batch: (its mean loss in nats, the last learning rate used). Cut into `pieces()` along time, one
@@ -558,7 +563,8 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data, batch:
     datas = _batch_choices(data, batch, cfg, rt)
     pieces = early_pieces(cfg, data.corpus.is_records)
     shapes = {rows: d.train_shape for rows, d in datas.items()}
-    fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, pieces) if rt.procs.main else None
+    late = {rows: _late_settled(cfg, batch.batch_size, d).late_pieces for rows, d in datas.items()}
+    fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, pieces, late) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
     data = datas[fitted.batch_size] if fitted and fitted.batch_size else data  # one process when there is a choice
     return _check_size(model.replace(hidden_size=int(width)), data.train_shape), data, fitted
@@ -569,11 +575,14 @@ def _batch_choices(data: Data, batch: BatchConfig, cfg: TrainConfig, rt: Runtime
     given and a time limit is all that ends the run (a step limit would train more text per step, an epoch limit
     none) each larger size of BATCH_SIZES whose batches hold more rows (a records split may have fewer) on the same
     split (a small text's mixture cut needs ten batches). One process only: the batches are per process, and past
-    32 rows in all a batch has learned less per character."""
+    32 rows in all a batch has learned less per character. A batch of more than LATE_ROWS rows is learned in
+    pieces along time (`late_pieces`), so records, which are not cut, are offered none."""
     datas = {data.train_shape[0]: data}
     if batch.batch_size or not cfg.seconds or cfg.max_steps or cfg.epochs or rt.procs.world > 1:
         return datas
     for rows in BATCH_SIZES[1:]:
+        if rows > LATE_ROWS and data.corpus.is_records:
+            continue
         try:
             d = prepare(data.corpus, batch.replace(batch_size=rows), rt.procs.rank, rt.procs.world)
         except CharloomError:  # too few windows or records for a batch of this size
@@ -605,6 +614,15 @@ def early_pieces(cfg: TrainConfig, records: bool) -> int:
     """Optimizer steps per batch in the budget's early share: the run's --early-pieces on a continuous corpus;
     records are short already, so 1."""
     return 1 if records else cfg.early_pieces
+
+
+def _late_settled(cfg: TrainConfig, given_rows: int, data: Data) -> TrainConfig:
+    """The late pieces a run records: as given (or resumed), else one per LATE_ROWS rows of a batch the run chose
+    (`given_rows` 0) on a continuous corpus, and 1 for a batch given, which is the update its user asked for."""
+    if cfg.late_pieces:
+        return cfg
+    chosen = not given_rows and not data.corpus.is_records
+    return cfg.replace(late_pieces=late_pieces(data.cfg.rows) if chosen else 1)
 
 
 def _settled(config: TrainConfig, precision: str) -> TrainConfig:
@@ -665,6 +683,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         if rt.procs.main and (line := finetune.outside(parent, data.corpus)):
             hooks.say(line)  # before any step: what of the new text the parent cannot read
     model, data, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, batch, previous)
+    cfg = _late_settled(cfg, batch.batch_size, data)
     batch = batch.replace(batch_size=data.cfg.rows)
     cfg = cfg.replace(lr=_peak_lr(cfg, model.hidden_size, previous))
     torch.manual_seed(cfg.seed)
