@@ -51,12 +51,17 @@ def test_useful_parameters_solve_the_compute_optimum():
         assert law.useful_parameters(c / (6 * best)) == pytest.approx(best, rel=0.02)
 
 
+def law_n(width: int) -> int:
+    """MODEL's parameters at `width` as the law counts them: with a linear head."""
+    return sizing.parameters(MODEL, width, head=False)
+
+
 def brute_force(characters, unique=math.inf, rate=None):
     """The reference: every candidate's prediction, the best of them (the narrower of a tie), among the widths
     with no more parameters than the unique text can use (the narrowest always a candidate)."""
     cap = sizing.LAW.useful_parameters(unique) * (1 + sizing.EXCESS_DECAY) if math.isfinite(unique) else math.inf
-    preds = {w: sizing.LAW.bpc(sizing.parameters(MODEL, w), characters(w), unique) for w in sizing.WIDTHS
-             if w == sizing.WIDTHS[0] or sizing.parameters(MODEL, w) <= cap}
+    preds = {w: sizing.LAW.bpc(law_n(w), characters(w), unique) for w in sizing.WIDTHS
+             if w == sizing.WIDTHS[0] or law_n(w) <= cap}
     best = min(preds.values())
     return min(w for w, b in preds.items() if b == best)
 
@@ -74,7 +79,20 @@ def test_a_time_budget_takes_the_width_the_law_predicts_best():
     assert chosen.hidden_size == brute_force(chars)
     assert sizing.WIDTHS[0] < chosen.hidden_size < sizing.WIDTHS[-1]  # an interior optimum, not an end
     assert chosen.characters == pytest.approx(chars(chosen.hidden_size))
-    assert chosen.predicted_bpc == pytest.approx(sizing.LAW.bpc(chosen.parameters, chosen.characters))
+    assert chosen.predicted_bpc == pytest.approx(sizing.LAW.bpc(law_n(chosen.hidden_size), chosen.characters))
+
+
+def test_the_law_counts_a_network_as_if_its_head_were_linear_and_the_fit_says_its_real_size():
+    """The head's hidden layer is left out of N (the law was fitted on linear heads) but not out of the time a
+    width takes: the same machine gives a head and a linear head the same width where their steps cost alike."""
+    rate, chars = time_budget(600, 50e9)
+    linear = ModelConfig(vocab_size=70, head_hidden=0)
+    with_head = sizing.choose(MODEL, "600 s", math.inf, chars, rate)
+    without = sizing.choose(linear, "600 s", math.inf, chars, rate)
+    assert (with_head.hidden_size, with_head.predicted_bpc) == (without.hidden_size, without.predicted_bpc)
+    w = with_head.hidden_size
+    assert with_head.parameters == sizing.parameters(MODEL, w) == without.parameters + w * w + w
+    assert law_n(w) == sizing.parameters(linear, w) == without.parameters
 
 
 def test_a_run_with_the_early_pieces_is_predicted_as_if_it_trained_more_characters():
@@ -83,10 +101,10 @@ def test_a_run_with_the_early_pieces_is_predicted_as_if_it_trained_more_characte
     assert law.bpc(1e6, 1e7, early=True) == pytest.approx(law.bpc(1e6, 1e7 * law.early_worth))
     rate, chars = time_budget(600, 50e9)
     chosen = sizing.choose(MODEL, "600 s", math.inf, chars, rate, early=True)
-    best = min(sizing.WIDTHS, key=lambda w: (law.bpc(sizing.parameters(MODEL, w), chars(w), early=True), w))
+    best = min(sizing.WIDTHS, key=lambda w: (law.bpc(law_n(w), chars(w), early=True), w))
     assert chosen.hidden_size == best
     assert chosen.characters == pytest.approx(chars(best))  # the characters it trains, not their worth
-    assert chosen.predicted_bpc == pytest.approx(law.bpc(chosen.parameters, chosen.characters, early=True))
+    assert chosen.predicted_bpc == pytest.approx(law.bpc(law_n(chosen.hidden_size), chosen.characters, early=True))
     assert chosen.predicted_bpc < sizing.choose(MODEL, "600 s", math.inf, chars, rate).predicted_bpc
 
 
@@ -102,28 +120,28 @@ def test_a_small_corpus_gets_a_smaller_model_for_the_same_budget():
     small = sizing.choose(MODEL, "", 2e5, chars, rate).hidden_size
     assert small < big
     # the law alone would keep widening on repeats of a small text: the width stops where parameters stop paying
-    assert sizing.parameters(MODEL, small) <= sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
-    assert sizing.parameters(MODEL, small + 32) > sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
+    assert law_n(small) <= sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
+    assert law_n(small + 32) > sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
     assert small == brute_force(chars, unique=2e5)
 
 
 def test_a_tiny_text_gets_the_narrowest_width_and_a_cap_binds_without_a_time_limit():
     rate, chars = time_budget(3600, 100e9)
-    assert sizing.parameters(MODEL, sizing.WIDTHS[0]) > sizing.LAW.useful_parameters(1e3) * (1 + sizing.EXCESS_DECAY)
+    assert law_n(sizing.WIDTHS[0]) > sizing.LAW.useful_parameters(1e3) * (1 + sizing.EXCESS_DECAY)
     assert sizing.choose(MODEL, "", 1e3, chars, rate).hidden_size == sizing.WIDTHS[0]
     # no time limit: the compute-optimal stop alone would allow a width the small text cannot use
     cap = sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
     chosen = sizing.choose(MODEL, "", 2e5, lambda w: 1e9)
-    assert chosen.parameters <= cap < sizing.LAW.useful_parameters(1e9)
-    assert sizing.parameters(MODEL, chosen.hidden_size + 32) > cap
+    assert law_n(chosen.hidden_size) <= cap < sizing.LAW.useful_parameters(1e9)
+    assert law_n(chosen.hidden_size + 32) > cap
 
 
 def test_a_budget_in_characters_alone_stops_at_the_compute_optimal_size():
     chosen = sizing.choose(MODEL, "", math.inf, lambda w: 1e7)
-    assert chosen.parameters <= sizing.LAW.useful_parameters(1e7) or chosen.hidden_size == sizing.WIDTHS[0]
+    assert law_n(chosen.hidden_size) <= sizing.LAW.useful_parameters(1e7) or chosen.hidden_size == sizing.WIDTHS[0]
     wider = [w for w in sizing.WIDTHS if w > chosen.hidden_size]
-    assert sizing.parameters(MODEL, wider[0]) > sizing.LAW.useful_parameters(1e7) or \
-        chosen.predicted_bpc <= sizing.LAW.bpc(sizing.parameters(MODEL, wider[0]), 1e7)
+    assert law_n(wider[0]) > sizing.LAW.useful_parameters(1e7) or \
+        chosen.predicted_bpc <= sizing.LAW.bpc(law_n(wider[0]), 1e7)
 
 
 def test_the_rate_blends_whole_steps_and_the_early_pieces_by_the_budgets_share(monkeypatch):
@@ -167,7 +185,7 @@ def test_a_run_is_priced_with_the_early_pieces_only_when_it_takes_them(monkeypat
     rt = Runtime.start(device="cpu", precision="fp32")
     cfg = TrainConfig(eval_every=0, early_share=share, max_time="10m")
     fit = sizing.fit(MODEL, {16: (16, 128.0)}, cfg, rt, math.inf, pieces=4)
-    assert fit.predicted_bpc == pytest.approx(sizing.LAW.bpc(fit.parameters, fit.characters, early=early))
+    assert fit.predicted_bpc == pytest.approx(sizing.LAW.bpc(law_n(fit.hidden_size), fit.characters, early=early))
 
 
 @pytest.mark.kernel
@@ -316,14 +334,14 @@ def test_a_larger_batch_is_taken_only_for_a_predicted_gain_past_the_margin(monke
     assert f"and batch {chosen} chosen for 600 s" in both.line() and "--batch-size" in both.line()
 
 
-def _cheap_at_32(monkeypatch, largest: int = 32) -> list[tuple[int, int]]:
-    """Step timing where a batch of up to `largest` rows costs what one of 16 does, and a larger one as much per
-    row as a batch of 16; returns the shapes timed (rows, characters per row)."""
+def _cheap_at_32(monkeypatch) -> list[tuple[int, int]]:
+    """Step timing where a batch of 32 costs what one of 16 does; returns the shapes timed (rows, characters
+    per row)."""
     timed = []
 
     def steps(model, shape, rt, widths, average=True):
         timed.append(shape)
-        return [0.01 * (16 if shape[0] <= largest else shape[0])] * len(widths)
+        return [0.01 * 16] * len(widths)
 
     monkeypatch.setattr(sizing, "_step_seconds", steps)
     return timed
@@ -339,7 +357,7 @@ def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_re
     opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", **opts)
     saved = charloom.load(tmp_path / "a")
-    assert _rows(timed) == {16, 32, 64} and saved.info["sizing"]["batch_size"] == 32
+    assert _rows(timed) == {16, 32} and saved.info["sizing"]["batch_size"] == 32
     configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
     assert configs["batch"]["batch_size"] == 32 and configs["train"]["late_pieces"] == 1
     timed.clear()
@@ -347,31 +365,12 @@ def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_re
     assert timed == [] and checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["batch"]["batch_size"] == 32
 
 
-def test_a_batch_of_64_chosen_is_learned_in_two_pieces_late_and_kept_on_resume(tmp_path, text_file, tiny,
-                                                                               monkeypatch, capsys):
-    timed = _cheap_at_32(monkeypatch, largest=64)
-    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size", "progress")}
-    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", **opts)
-    assert charloom.load(tmp_path / "a").info["sizing"]["batch_size"] == 64
-    assert (64, 8) in timed and (64, 16) not in timed  # timed on a late piece, half of a 16-character window
-    configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
-    assert configs["batch"]["batch_size"] == 64 and configs["train"]["late_pieces"] == 2
-    assert "each batch learned in 2 updates along its windows after the first 30% of the budget" in \
-        capsys.readouterr().out
-    timed.clear()
-    charloom.train(out=str(tmp_path / "a"), resume=True, max_time="2s", progress=False)
-    configs = checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)
-    assert timed == [] and configs["batch"]["batch_size"] == 64 and configs["train"]["late_pieces"] == 2
-
-
-def test_records_are_not_offered_a_batch_they_could_learn_only_whole(tmp_path, tiny, monkeypatch):
-    timed = _cheap_at_32(monkeypatch, largest=64)
-    names = tmp_path / "names.txt"
-    names.write_text("".join(f"name{i:03d}\n" for i in range(400)))
-    opts = {k: v for k, v in tiny.items() if k not in ("hidden_size", "batch_size")}
-    charloom.train(source=str(names), out=str(tmp_path / "d"), max_time="1s", records=True, **opts)
-    assert _rows(timed) == {16, 32} and charloom.load(tmp_path / "d").info["sizing"]["batch_size"] == 32
-    assert checkpoint.run_configs(tmp_path / "d" / checkpoint.RESUME_FILE)["train"]["late_pieces"] == 1
+def test_a_run_given_late_pieces_times_its_widths_on_one(tmp_path, text_file, tiny, monkeypatch):
+    timed = _cheap_at_32(monkeypatch)
+    opts = {k: v for k, v in tiny.items() if k != "hidden_size"}
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", late_pieces=2, **opts)
+    assert (4, 8) in timed and (4, 16) not in timed  # half of a 16-character window: a late piece
+    assert checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["train"]["late_pieces"] == 2
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 16, "max_time": "1s"}, {"max_steps": 3}, {"epochs": 1},

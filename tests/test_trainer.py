@@ -206,7 +206,7 @@ def test_a_fresh_run_takes_the_default_pieces_and_records_them(tmp_path, text_fi
     charloom.train(source=str(text_file), out=str(tmp_path), **dict(tiny, max_steps=4, eval_every=0))
     _, run = checkpoint.load_run(tmp_path / "last.safetensors")
     assert run.configs["train"]["early_pieces"] == 4  # resolved from 0, so a resume continues alike
-    assert run.configs["train"]["late_pieces"] == 1  # a batch the run did not choose is learned whole
+    assert run.configs["train"]["late_pieces"] == 1
     assert all(int(st["step"]) == 4 + 4 + 1 + 1 for st in run.optimizer["state"].values())  # within 30%: 0, 1/4
 
 
@@ -239,6 +239,32 @@ def test_resume_refuses_a_different_model(tmp_path, text_file, tiny):
         charloom.train(source=str(text_file), out=str(tmp_path), max_steps=6, resume=True, **{**tiny, "hidden_size": 32})
     with pytest.raises(CharloomError, match="nothing to resume"):
         charloom.train(source=str(text_file), out=str(tmp_path / "new"), max_steps=6, resume=True, **tiny)
+
+
+def test_resume_takes_the_heads_width_given_as_the_layer_it_has(tmp_path, text_file, tiny):
+    """A head as wide as the recurrent layer is that layer whether -1 or its width names it; another is refused."""
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)  # head_hidden -1 at 16 wide
+    resumed = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, resume=True,
+                             **{**tiny, "head_hidden": 16})
+    assert resumed.progress.step == 5
+    with pytest.raises(CharloomError, match="option head_hidden is 8 but the run .* used 16"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=6, resume=True, **{**tiny, "head_hidden": 8})
+
+
+def test_a_resume_file_from_before_the_heads_hidden_layer_resumes_a_linear_head(tmp_path, text_file, tiny):
+    from test_model_files import contents, forge
+
+    opts = dict(tiny, max_steps=6, eval_every=0, head_hidden=0)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"),
+                   callback=lambda e: e["event"] == "step" and e["step"] == 3, **opts)
+    path = tmp_path / "b" / "last.safetensors"
+    tensors, meta = contents(path)
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k != "head_hidden"})
+    forge(path, tensors, meta)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=6)
+    a, b = (checkpoint.load(tmp_path / k / "last.safetensors") for k in "ab")
+    assert b.config.head_hidden == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):

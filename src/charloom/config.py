@@ -236,24 +236,16 @@ class CorpusConfig(Config):
 
 FIT_CHARS = 200_000  # characters of training text an n-gram mixture's weights are fitted on, at most
 # the batch sizes a run that chooses its width for a time limit chooses among (the first: any other run's); a
-# batch of 32 costs little more per step than 16 where the CPU multiplies bf16 in tiles (AMX), and one of 64
-# computes a third more characters a second than 32 there, learned as 32 rows' worth an update (`late_pieces`)
-BATCH_SIZES = (16, 32, 64)
-LATE_ROWS = 32  # rows' worth of characters an update learns after the early share in a batch the run chose
-
-
-def late_pieces(rows: int) -> int:
-    """Updates a batch of `rows` windows the run chose takes after the early share: one per LATE_ROWS rows'
-    characters, so a larger batch (faster per character) learns from as many updates as a batch of 32."""
-    return max(1, rows // LATE_ROWS)
+# batch of 32 costs little more per step than 16 where the CPU multiplies bf16 in tiles (AMX)
+BATCH_SIZES = (16, 32)
 
 
 @dataclass(frozen=True)
 class BatchConfig(Config):
     """How an encoded corpus becomes training batches and a held-out split."""
 
-    batch_size: int = option(0, "sequences per batch (B); 0: 16, or 32 or 64 where the run chooses its width for a "
-                                "time limit and this machine trains enough faster at those (see sizing)")
+    batch_size: int = option(0, "sequences per batch (B); 0: 16, or 32 where the run chooses its width for a time "
+                                "limit and this machine trains enough faster at 32 (see sizing)")
     seq_len: int = option(128, "continuous corpora: characters per training window (T)")
     order: Literal["shuffle", "contiguous"] = option(
         "shuffle", "continuous corpora: shuffle = non-overlapping windows in random order each epoch; "
@@ -419,9 +411,10 @@ class TrainConfig(Config):
                                   "piece to piece: more updates while the loss falls fastest (0: 4 for a fresh run, 1 "
                                   "for a fine-tune, which lost with them; 1: off)")
     early_share: float = option(0.3, "the share of the budget over which --early-pieces applies")
-    late_pieces: int = option(0, "continuous corpora, after the early share: each step's windows are learned in "
-                                 "this many consecutive pieces, as --early-pieces does early (0: 1, or one per 32 "
-                                 "rows where the run chose a batch of more rows for its time limit; 1: off)")
+    late_pieces: int = option(1, "continuous corpora, after the early share: each step's windows are learned in "
+                                 "this many consecutive pieces, as --early-pieces does early, so that a larger "
+                                 "--batch-size runs its kernels on more rows while an update learns from fewer "
+                                 "characters (1: whole batches)")
     ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "
                            "order: the shortest order that mixes as well as any longer one on the last of the "
                            "training text (given 50,000 characters there to choose on; else this order); the "
@@ -477,8 +470,8 @@ class TrainConfig(Config):
             raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
         if not 0 <= self.early_pieces <= MAX_PIECES:
             raise ConfigError(f"early_pieces: must be in [0, {MAX_PIECES}], got {self.early_pieces}")
-        if not 0 <= self.late_pieces <= MAX_PIECES:
-            raise ConfigError(f"late_pieces: must be in [0, {MAX_PIECES}], got {self.late_pieces}")
+        if not 1 <= self.late_pieces <= MAX_PIECES:
+            raise ConfigError(f"late_pieces: must be in [1, {MAX_PIECES}], got {self.late_pieces}")
         if not 0.0 <= self.early_share <= 1.0:
             raise ConfigError(f"early_share: must be in [0, 1], got {self.early_share}")
         if self.grad_clip < 0 or self.weight_decay < 0:

@@ -67,10 +67,18 @@ def check_flags(parent: Parent, given: dict[str, Any]) -> None:
     """Each model option in `given` must be the parent's own value."""
     mine = parent.ck.config
     for f in fields(ModelConfig):
-        if f.name in given and f.name != "vocab_size" and given[f.name] != getattr(mine, f.name):
+        if f.name in given and f.name != "vocab_size" and not _same(mine, f.name, given[f.name]):
             flag = (f.metadata.get("flag") or f.name).replace("_", "-")
             raise CharloomError(f"--{flag} {given[f.name]}: a fine-tuned model keeps its parent's model config "
                                 f"({f.name} {getattr(mine, f.name)!r} in {parent.path}); drop the flag")
+
+
+def _same(mine: ModelConfig, name: str, value: Any) -> bool:
+    """Whether a model option given as `value` is `mine`'s; a head's hidden layer is compared by its width (-1,
+    as wide as the recurrent layer, is the same layer as that width given)."""
+    if name == "head_hidden" and type(value) is int and value >= -1:
+        return (mine.hidden_size if value == -1 else value) == mine.head_width
+    return value == getattr(mine, name)
 
 
 def read_corpus(parent: Parent, cfg: CorpusConfig, extend: bool) -> Corpus:

@@ -78,9 +78,6 @@ class Display(Hook):
         sized = self.info().get("sizing")
         if sized:
             say(sizing.Fit(**sized).line())
-        if t.cfg.late_pieces > 1 and not t.records:
-            say(f"each batch learned in {t.cfg.late_pieces} updates along its windows after the first "
-                f"{t.cfg.early_share:.0%} of the budget; give --late-pieces 1 for one")
         self.bar = tqdm(total=1000, disable=None, leave=False, file=sys.stderr, initial=int(1000 * t.fraction_done()),
                         bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
 

@@ -37,8 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import (BATCH_SIZES, EARLY_PIECES, LATE_ROWS, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig,
-                     late_pieces)
+from .config import BATCH_SIZES, EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, load as load_corpus
 from .decoding import HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
@@ -140,9 +139,8 @@ class Trainer:
                  hook_list: Sequence[hooks.Hook] = (), contiguous: bool = False):
         if not cfg.lr > 0:  # 0 asks setup to set the rate from the width; a Trainer needs the rate itself
             raise ConfigError(f"lr: a Trainer needs a positive peak rate, got {cfg.lr} (setup sets 0 by width)")
-        if cfg.early_pieces < 1 or cfg.late_pieces < 1:
-            raise ConfigError(f"early_pieces and late_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} and "
-                              f"{cfg.late_pieces} (setup sets 0)")
+        if cfg.early_pieces < 1:
+            raise ConfigError(f"early_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} (setup sets 0)")
         self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
         self.hooks = list(hook_list)
         self.out = Path(cfg.out).expanduser()
@@ -409,6 +407,8 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
         mine, then = now[kind].to_dict(), {**type(now[kind])().to_dict(), **PREDATED.get(kind, {}), **saved[kind]}
         if kind == "corpus":  # where encoded ids are cached may move
             mine["cache_dir"] = then.get("cache_dir")
+        if kind == "model" and _head_width(mine) == _head_width(then):  # its width given, or -1 giving it
+            mine["head_hidden"] = then.get("head_hidden")
         diff = sorted(k for k in mine if mine[k] != then.get(k))
         if diff:
             k = diff[0]
@@ -420,6 +420,11 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
         raise CharloomError(f"--resume: {about['corpus']} is not the text the run in {out} trained on "
                             f"({about['corpus_characters']:,} characters now, {size} then); give that text again, "
                             f"or start a new run in another --out")
+
+
+def _head_width(model: dict[str, Any]) -> Any:
+    """The head's hidden width a model config's dict gives (-1: its hidden size)."""
+    return model.get("hidden_size") if model.get("head_hidden") == -1 else model.get("head_hidden")
 
 
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
@@ -563,7 +568,7 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data, batch:
     datas = _batch_choices(data, batch, cfg, rt)
     pieces = early_pieces(cfg, data.corpus.is_records)
     shapes = {rows: d.train_shape for rows, d in datas.items()}
-    late = {rows: _late_settled(cfg, batch.batch_size, d).late_pieces for rows, d in datas.items()}
+    late = 1 if data.corpus.is_records else cfg.late_pieces
     fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, pieces, late) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
     data = datas[fitted.batch_size] if fitted and fitted.batch_size else data  # one process when there is a choice
@@ -575,14 +580,11 @@ def _batch_choices(data: Data, batch: BatchConfig, cfg: TrainConfig, rt: Runtime
     given and a time limit is all that ends the run (a step limit would train more text per step, an epoch limit
     none) each larger size of BATCH_SIZES whose batches hold more rows (a records split may have fewer) on the same
     split (a small text's mixture cut needs ten batches). One process only: the batches are per process, and past
-    32 rows in all a batch has learned less per character. A batch of more than LATE_ROWS rows is learned in
-    pieces along time (`late_pieces`), so records, which are not cut, are offered none."""
+    32 rows in all a batch has learned less per character."""
     datas = {data.train_shape[0]: data}
     if batch.batch_size or not cfg.seconds or cfg.max_steps or cfg.epochs or rt.procs.world > 1:
         return datas
     for rows in BATCH_SIZES[1:]:
-        if rows > LATE_ROWS and data.corpus.is_records:
-            continue
         try:
             d = prepare(data.corpus, batch.replace(batch_size=rows), rt.procs.rank, rt.procs.world)
         except CharloomError:  # too few windows or records for a batch of this size
@@ -614,15 +616,6 @@ def early_pieces(cfg: TrainConfig, records: bool) -> int:
     """Optimizer steps per batch in the budget's early share: the run's --early-pieces on a continuous corpus;
     records are short already, so 1."""
     return 1 if records else cfg.early_pieces
-
-
-def _late_settled(cfg: TrainConfig, given_rows: int, data: Data) -> TrainConfig:
-    """The late pieces a run records: as given (or resumed), else one per LATE_ROWS rows of a batch the run chose
-    (`given_rows` 0) on a continuous corpus, and 1 for a batch given, which is the update its user asked for."""
-    if cfg.late_pieces:
-        return cfg
-    chosen = not given_rows and not data.corpus.is_records
-    return cfg.replace(late_pieces=late_pieces(data.cfg.rows) if chosen else 1)
 
 
 def _settled(config: TrainConfig, precision: str) -> TrainConfig:
@@ -683,7 +676,6 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         if rt.procs.main and (line := finetune.outside(parent, data.corpus)):
             hooks.say(line)  # before any step: what of the new text the parent cannot read
     model, data, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, batch, previous)
-    cfg = _late_settled(cfg, batch.batch_size, data)
     batch = batch.replace(batch_size=data.cfg.rows)
     cfg = cfg.replace(lr=_peak_lr(cfg, model.hidden_size, previous))
     torch.manual_seed(cfg.seed)
