@@ -51,17 +51,12 @@ def test_useful_parameters_solve_the_compute_optimum():
         assert law.useful_parameters(c / (6 * best)) == pytest.approx(best, rel=0.02)
 
 
-def law_n(width: int) -> int:
-    """MODEL's parameters at `width` as the law counts them: with a linear head."""
-    return sizing.parameters(MODEL, width, head=False)
-
-
 def brute_force(characters, unique=math.inf, rate=None):
     """The reference: every candidate's prediction, the best of them (the narrower of a tie), among the widths
     with no more parameters than the unique text can use (the narrowest always a candidate)."""
     cap = sizing.LAW.useful_parameters(unique) * (1 + sizing.EXCESS_DECAY) if math.isfinite(unique) else math.inf
-    preds = {w: sizing.LAW.bpc(law_n(w), characters(w), unique) for w in sizing.WIDTHS
-             if w == sizing.WIDTHS[0] or law_n(w) <= cap}
+    preds = {w: sizing.LAW.bpc(sizing.parameters(MODEL, w), characters(w), unique) for w in sizing.WIDTHS
+             if w == sizing.WIDTHS[0] or sizing.parameters(MODEL, w) <= cap}
     best = min(preds.values())
     return min(w for w, b in preds.items() if b == best)
 
@@ -79,20 +74,7 @@ def test_a_time_budget_takes_the_width_the_law_predicts_best():
     assert chosen.hidden_size == brute_force(chars)
     assert sizing.WIDTHS[0] < chosen.hidden_size < sizing.WIDTHS[-1]  # an interior optimum, not an end
     assert chosen.characters == pytest.approx(chars(chosen.hidden_size))
-    assert chosen.predicted_bpc == pytest.approx(sizing.LAW.bpc(law_n(chosen.hidden_size), chosen.characters))
-
-
-def test_the_law_counts_a_network_as_if_its_head_were_linear_and_the_fit_says_its_real_size():
-    """The head's hidden layer is left out of N (the law was fitted on linear heads) but not out of the time a
-    width takes: the same machine gives a head and a linear head the same width where their steps cost alike."""
-    rate, chars = time_budget(600, 50e9)
-    linear = ModelConfig(vocab_size=70, head_hidden=0)
-    with_head = sizing.choose(MODEL, "600 s", math.inf, chars, rate)
-    without = sizing.choose(linear, "600 s", math.inf, chars, rate)
-    assert (with_head.hidden_size, with_head.predicted_bpc) == (without.hidden_size, without.predicted_bpc)
-    w = with_head.hidden_size
-    assert with_head.parameters == sizing.parameters(MODEL, w) == without.parameters + w * w + w
-    assert law_n(w) == sizing.parameters(linear, w) == without.parameters
+    assert chosen.predicted_bpc == pytest.approx(sizing.LAW.bpc(chosen.parameters, chosen.characters))
 
 
 def test_a_run_with_the_early_pieces_is_predicted_as_if_it_trained_more_characters():
@@ -101,10 +83,10 @@ def test_a_run_with_the_early_pieces_is_predicted_as_if_it_trained_more_characte
     assert law.bpc(1e6, 1e7, early=True) == pytest.approx(law.bpc(1e6, 1e7 * law.early_worth))
     rate, chars = time_budget(600, 50e9)
     chosen = sizing.choose(MODEL, "600 s", math.inf, chars, rate, early=True)
-    best = min(sizing.WIDTHS, key=lambda w: (law.bpc(law_n(w), chars(w), early=True), w))
+    best = min(sizing.WIDTHS, key=lambda w: (law.bpc(sizing.parameters(MODEL, w), chars(w), early=True), w))
     assert chosen.hidden_size == best
     assert chosen.characters == pytest.approx(chars(best))  # the characters it trains, not their worth
-    assert chosen.predicted_bpc == pytest.approx(law.bpc(law_n(chosen.hidden_size), chosen.characters, early=True))
+    assert chosen.predicted_bpc == pytest.approx(law.bpc(chosen.parameters, chosen.characters, early=True))
     assert chosen.predicted_bpc < sizing.choose(MODEL, "600 s", math.inf, chars, rate).predicted_bpc
 
 
@@ -120,28 +102,28 @@ def test_a_small_corpus_gets_a_smaller_model_for_the_same_budget():
     small = sizing.choose(MODEL, "", 2e5, chars, rate).hidden_size
     assert small < big
     # the law alone would keep widening on repeats of a small text: the width stops where parameters stop paying
-    assert law_n(small) <= sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
-    assert law_n(small + 32) > sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
+    assert sizing.parameters(MODEL, small) <= sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
+    assert sizing.parameters(MODEL, small + 32) > sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
     assert small == brute_force(chars, unique=2e5)
 
 
 def test_a_tiny_text_gets_the_narrowest_width_and_a_cap_binds_without_a_time_limit():
     rate, chars = time_budget(3600, 100e9)
-    assert law_n(sizing.WIDTHS[0]) > sizing.LAW.useful_parameters(1e3) * (1 + sizing.EXCESS_DECAY)
+    assert sizing.parameters(MODEL, sizing.WIDTHS[0]) > sizing.LAW.useful_parameters(1e3) * (1 + sizing.EXCESS_DECAY)
     assert sizing.choose(MODEL, "", 1e3, chars, rate).hidden_size == sizing.WIDTHS[0]
     # no time limit: the compute-optimal stop alone would allow a width the small text cannot use
     cap = sizing.LAW.useful_parameters(2e5) * (1 + sizing.EXCESS_DECAY)
     chosen = sizing.choose(MODEL, "", 2e5, lambda w: 1e9)
-    assert law_n(chosen.hidden_size) <= cap < sizing.LAW.useful_parameters(1e9)
-    assert law_n(chosen.hidden_size + 32) > cap
+    assert chosen.parameters <= cap < sizing.LAW.useful_parameters(1e9)
+    assert sizing.parameters(MODEL, chosen.hidden_size + 32) > cap
 
 
 def test_a_budget_in_characters_alone_stops_at_the_compute_optimal_size():
     chosen = sizing.choose(MODEL, "", math.inf, lambda w: 1e7)
-    assert law_n(chosen.hidden_size) <= sizing.LAW.useful_parameters(1e7) or chosen.hidden_size == sizing.WIDTHS[0]
+    assert chosen.parameters <= sizing.LAW.useful_parameters(1e7) or chosen.hidden_size == sizing.WIDTHS[0]
     wider = [w for w in sizing.WIDTHS if w > chosen.hidden_size]
-    assert law_n(wider[0]) > sizing.LAW.useful_parameters(1e7) or \
-        chosen.predicted_bpc <= sizing.LAW.bpc(law_n(wider[0]), 1e7)
+    assert sizing.parameters(MODEL, wider[0]) > sizing.LAW.useful_parameters(1e7) or \
+        chosen.predicted_bpc <= sizing.LAW.bpc(sizing.parameters(MODEL, wider[0]), 1e7)
 
 
 def test_the_rate_blends_whole_steps_and_the_early_pieces_by_the_budgets_share(monkeypatch):
@@ -185,7 +167,7 @@ def test_a_run_is_priced_with_the_early_pieces_only_when_it_takes_them(monkeypat
     rt = Runtime.start(device="cpu", precision="fp32")
     cfg = TrainConfig(eval_every=0, early_share=share, max_time="10m")
     fit = sizing.fit(MODEL, {16: (16, 128.0)}, cfg, rt, math.inf, pieces=4)
-    assert fit.predicted_bpc == pytest.approx(sizing.LAW.bpc(law_n(fit.hidden_size), fit.characters, early=early))
+    assert fit.predicted_bpc == pytest.approx(sizing.LAW.bpc(fit.parameters, fit.characters, early=early))
 
 
 @pytest.mark.kernel

@@ -102,10 +102,9 @@ def discounted(amount: float, useful: float, decay: float) -> float:
 
 # fitted by bench/sizing_fit.py on the runs in bench/sweep.jsonl and bench/quality.jsonl (LSTM, Shakespeare,
 # both kernel paths), each at the peak learning rate its width is given (`peak_lr`): E to beta on runs of
-# whole batches, early_worth on runs with the early pieces. Those runs had a linear head, and N counts a network
-# as if it had one (`parameters(..., head=False)`): counted as parameters like any other, the head's hidden layer
-# made the law choose widths 64-96 narrower than a linear head's, and those scored 0.01-0.02 worse alone than
-# the wider ones in 10-minute runs (BENCHMARKS levers table); its time is still measured in the step
+# whole batches, early_worth on runs with the early pieces. Those runs had a linear head; the head's hidden
+# layer is counted as parameters like any other (at 512 wide, 3,000 steps, it scored 0.039 lower where the law
+# gives its parameters 0.024), so its widths come out narrower than a linear head's
 LAW = Law(E=1.5173, A=194.1, alpha=0.50, B=617.7, beta=0.50, early_worth=1.40)
 
 
@@ -133,13 +132,12 @@ class Fit:
 
 
 @functools.lru_cache(maxsize=4096)
-def parameters(model: ModelConfig, width: int, head: bool = True) -> int:
+def parameters(model: ModelConfig, width: int) -> int:
     """Parameters of `model`'s network at `width`, counted from the modules themselves (no weights are kept). The
-    hashed context tables are left out: a table read is memory, not the network size the law was fitted on.
-    head=False: as the law counts them, the head's hidden layer left out too (see LAW)."""
+    hashed context tables are left out: a table read is memory, not the network size the law was fitted on. The
+    head's hidden layer counts (see LAW)."""
     with torch.device("meta"):
-        net = CharRNN(model.replace(hidden_size=width, head_hidden=model.head_hidden if head else 0))
-        return net.num_parameters(tables=False)
+        return CharRNN(model.replace(hidden_size=width)).num_parameters(tables=False)
 
 
 def _stepper(model: ModelConfig, shape: tuple[int, int], rt: Runtime, width: int,
@@ -254,13 +252,13 @@ def choose(model: ModelConfig, budget: str, unique: float, characters: Callable[
     cap = law.useful_parameters(unique) * (1.0 + EXCESS_DECAY) if math.isfinite(unique) else math.inf
     rows = []
     for w in WIDTHS:
-        n = parameters(model, w, head=False)
+        p = parameters(model, w)
         d = characters(w)
-        if rows and (n > cap or rate is None and n > law.useful_parameters(law.worth(d, early))):
+        if rows and (p > cap or rate is None and p > law.useful_parameters(law.worth(d, early))):
             break
-        rows.append((law.bpc(n, d, unique, early), w, d))
-    bpc, w, d = min(rows)
-    return Fit(w, parameters(model, w), budget, d, rate(w) if rate else 0.0, bpc)
+        rows.append((law.bpc(p, d, unique, early), w, p, d))
+    bpc, w, p, d = min(rows)
+    return Fit(w, p, budget, d, rate(w) if rate else 0.0, bpc)
 
 
 def peak_lr(width: int) -> float:
