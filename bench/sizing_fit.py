@@ -27,7 +27,9 @@ import report  # noqa: E402
 import runs  # noqa: E402
 
 from charloom import ModelConfig, sizing  # noqa: E402
-from charloom.config import EARLY_PIECES  # noqa: E402
+from charloom.config import EARLY_PIECE  # noqa: E402
+
+FITTED_PIECES = 128 // EARLY_PIECE  # the early pieces of the fitted runs' windows of 128 when none were given
 
 LOG = Path(__file__).resolve().parent / "sweep.jsonl"
 QUALITY = Path(__file__).resolve().parent / "quality.jsonl"
@@ -50,7 +52,7 @@ def width_of(row: dict, model: ModelConfig) -> tuple[int, int] | None:
         (w for w in sizing.WIDTHS if sizing.parameters(model, w) == row.get("parameters")), None)
     if not width or width < 0:
         return None
-    rate, pieces = sizing.peak_lr(width), int(flags.get("--early-pieces", 0)) or EARLY_PIECES
+    rate, pieces = sizing.peak_lr(width), int(flags.get("--early-pieces", 0)) or FITTED_PIECES
     return (width, pieces) if abs((float(flags.get("--lr", 0)) or rate) / rate - 1) <= RATE_SLACK else None
 
 
@@ -60,7 +62,7 @@ def quality_rows() -> list[dict]:
     bench its model file (the best evaluated), which with the weight average is the last or close to it."""
     return [{"minutes": r["minutes"], "steps": r["steps"],
              "flags": f"--hidden {r['hidden']} --lr {r['lr']:g}"
-             + (f" --early-pieces {r['early_pieces']}" if r["early_pieces"] != EARLY_PIECES else ""),
+             + (f" --early-pieces {r['early_pieces']}" if r["early_pieces"] != FITTED_PIECES else ""),
              "characters": r["characters"], "parameters": r["parameters"], "precision": r["precision"],
              "whole_bpc": r["network"], "source": "quality"}
             for r in report.read_log(QUALITY)

@@ -60,7 +60,7 @@ def charloom_rate(shape: dict, steps: int, threads: int, precision: str) -> floa
     with tempfile.TemporaryDirectory() as tmp:
         charloom.train(source="shakespeare", batch_size=64, seq_len=NCHARS, val_fraction=0.0, max_steps=steps + 2,
                        eval_every=0, sample_length=0, progress=False, lr=2e-3, warmup=0, threads=threads,
-                       precision=precision, out=tmp, seed=0, early_pieces=1,  # one update per batch, as timed
+                       precision=precision, out=tmp, seed=0, early_pieces=1, late_pieces=1,  # one update a batch, as timed
                        callback=lambda e: times.append(time.perf_counter()) if e["event"] == "step" else None,
                        **shape)
     return 64 * NCHARS * (len(times) - 2) / (times[-1] - times[1])

@@ -18,7 +18,7 @@ rank = os.environ["RANK"]
 if budget == "clock" and rank == "1":
     real, start = time.perf_counter, time.perf_counter()
     time.perf_counter = lambda: start + 4 * (real() - start)
-limits = dict(max_time="2s", early_pieces=4, early_share=0.3) if budget == "clock" else dict(max_steps=40)
+limits = dict(max_time="2s", early_share=0.3) if budget == "clock" else dict(max_steps=40)
 losses = []
 
 
@@ -29,7 +29,8 @@ def callback(event):
 
 
 result = charloom.train(source=source, out=os.path.join(folder, "run"), order=order, **limits,
-                        batch_size=4, seq_len=16, hidden_size=32, num_layers=2, embedding=8, dropout=0.1,
+                        batch_size=4, seq_len=16, early_pieces=4, hidden_size=32, num_layers=2, embedding=8,
+                        dropout=0.1,
                         eval_every=10, eval_chars=0, sample_length=0, progress=False, warmup=2, lr=1e-2,
                         callback=callback)
 save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},

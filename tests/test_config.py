@@ -42,8 +42,8 @@ def test_the_heads_hidden_layer_is_none_as_wide_or_a_width():
 @pytest.mark.parametrize("kwargs, message", [
     ({"early_pieces": -1}, r"early_pieces: must be in \[0, 64\], got -1"),
     ({"early_pieces": 10**9}, r"early_pieces: must be in \[0, 64\]"),
-    ({"late_pieces": 0}, r"late_pieces: must be in \[1, 64\], got 0"),
-    ({"late_pieces": 65}, r"late_pieces: must be in \[1, 64\], got 65"),
+    ({"late_pieces": -1}, r"late_pieces: must be in \[0, 64\], got -1"),
+    ({"late_pieces": 65}, r"late_pieces: must be in \[0, 64\], got 65"),
     ({"early_share": 1.5}, r"early_share: must be in \[0, 1\], got 1.5"),
     ({"early_share": float("nan")}, "early_share: nan is not a finite number"),
 ])

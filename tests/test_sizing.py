@@ -146,19 +146,28 @@ def test_the_rate_blends_whole_steps_and_the_early_pieces_by_the_budgets_share(m
 
 def test_a_run_with_late_pieces_is_timed_on_one_piece_of_its_windows(monkeypatch):
     """With 2 late pieces, a batch of 64 x 128 is learned as two steps of 64 x 64: the rate is a piece's
-    characters over a piece's time, blended with the early pieces (4 of 32) as before."""
+    characters over a piece's time, blended with the early pieces (4 of 32) as before, or with whole batches
+    where the early share takes no pieces."""
     shapes = []
 
     def timed(model, shape, rt, widths, average=True):
-        shapes.append(shape)
-        return [{64: 0.05, 32: 0.03}[shape[1]]] * len(widths)
+        shapes.append((shape, average))
+        return [{128: 0.1, 64: 0.05, 32: 0.03}[shape[1]]] * len(widths)
 
     monkeypatch.setattr(sizing, "_step_seconds", timed)
     rt = Runtime.start(device="cpu", precision="fp32")
     cfg = TrainConfig(eval_every=0, early_share=0.3)
     assert sizing.measure(MODEL, (64, 128.0), cfg, rt, pieces=4, late=2)(512) == pytest.approx(
         64 * (0.7 * 64 / 0.05 + 0.3 * 32 / 0.03))
-    assert shapes == [(64, 64), (64, 32)]
+    assert shapes == [((64, 64), False), ((64, 32), False)]  # the average is not a piece's: once a batch
+    shapes.clear()
+    assert sizing.measure(MODEL, (64, 128.0), cfg, rt, pieces=2, late=2)(512) == pytest.approx(64 * 64 / 0.05)
+    assert sizing.measure(MODEL, (64, 128.0), cfg, rt, pieces=1, late=2)(512) == pytest.approx(
+        64 * (0.7 * 64 / 0.05 + 0.3 * 128 / 0.1))
+    assert shapes == [((64, 64), False), ((64, 64), False), ((64, 128), True)]  # one shape: timed once
+    # a window cut in more pieces than it has characters is cut in one a character (Batch.pieces)
+    assert [sizing._piece_chars(16.0, k) for k in (1, 2, 32)] == [16, 8, 1]
+    assert (sizing._piece_chars(4.0, 1), sizing._piece_chars(1000.0, 2)) == (8, sizing.PROBE_SEQ)
 
 
 @pytest.mark.parametrize("share, early", [(0.3, True), (0.0, False)])
@@ -350,7 +359,8 @@ def test_a_run_with_a_time_limit_chooses_its_batch_records_it_and_keeps_it_on_re
 def test_a_run_given_late_pieces_times_its_widths_on_one(tmp_path, text_file, tiny, monkeypatch):
     timed = _cheap_at_32(monkeypatch)
     opts = {k: v for k, v in tiny.items() if k != "hidden_size"}
-    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", late_pieces=2, **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_time="1s", early_pieces=4, late_pieces=2,
+                   **opts)
     assert (4, 8) in timed and (4, 16) not in timed  # half of a 16-character window: a late piece
     assert checkpoint.run_configs(tmp_path / "a" / checkpoint.RESUME_FILE)["train"]["late_pieces"] == 2
 

@@ -194,20 +194,25 @@ def test_late_pieces_learn_as_the_same_pieces_early_do(tmp_path, text_file, tiny
     assert all(torch.equal(late[0].tensors[k], early[0].tensors[k]) for k in late[0].tensors)
 
 
+@pytest.mark.parametrize("seq_len, early, late", [(16, 1, 1), (128, 4, 1), (256, 8, 2), (300, 10, 3)])
+def test_a_fresh_run_takes_pieces_of_its_windows_and_records_them(tmp_path, text_file, tiny, seq_len, early, late):
+    """Early pieces of 32 characters (or fewer, longer ones), late ones of 128, unless given."""
+    opts = dict(tiny, max_steps=4, eval_every=0, batch_size=2, seq_len=seq_len, val_fraction=0.1)
+    charloom.train(source=str(text_file), out=str(tmp_path), **opts)
+    _, run = checkpoint.load_run(tmp_path / "last.safetensors")
+    assert (run.configs["train"]["early_pieces"], run.configs["train"]["late_pieces"]) == (early, late)
+    assert all(int(st["step"]) == 2 * early + 2 * late  # within 30% of 4 steps: the first two
+               for st in run.optimizer["state"].values())
+
+
 def test_a_resume_file_from_before_the_late_pieces_continues_without_them(tmp_path, text_file, tiny):
+    """Such a run learned its windows whole after the early share: resumed, it still does, though a fresh run
+    of its windows would now cut them (256 characters: 2 pieces)."""
     def strip(extra):
         del extra["train"]["late_pieces"]
 
-    assert resumed_from_an_older_file(tmp_path, text_file, dict(tiny, max_steps=8, eval_every=0, late_pieces=1),
-                                      1, strip)
-
-
-def test_a_fresh_run_takes_the_default_pieces_and_records_them(tmp_path, text_file, tiny):
-    charloom.train(source=str(text_file), out=str(tmp_path), **dict(tiny, max_steps=4, eval_every=0))
-    _, run = checkpoint.load_run(tmp_path / "last.safetensors")
-    assert run.configs["train"]["early_pieces"] == 4  # resolved from 0, so a resume continues alike
-    assert run.configs["train"]["late_pieces"] == 1
-    assert all(int(st["step"]) == 4 + 4 + 1 + 1 for st in run.optimizer["state"].values())  # within 30%: 0, 1/4
+    opts = dict(tiny, max_steps=8, eval_every=0, batch_size=2, seq_len=256, val_fraction=0.1, late_pieces=1)
+    assert resumed_from_an_older_file(tmp_path, text_file, opts, 1, strip)
 
 
 @pytest.mark.parametrize("records, late, updates", [(False, 1, 3 + 3 + 1 + 1), (False, 2, 3 + 3 + 2 + 2),
@@ -244,11 +249,11 @@ def test_resume_refuses_a_different_model(tmp_path, text_file, tiny):
 def test_resume_takes_the_heads_width_given_as_the_layer_it_has(tmp_path, text_file, tiny):
     """A head as wide as the recurrent layer is that layer whether -1 or its width names it; another is refused."""
     charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)  # head_hidden -1 at 16 wide
+    with pytest.raises(CharloomError, match="option head_hidden is 8 but the run .* used -1"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=6, resume=True, **{**tiny, "head_hidden": 8})
     resumed = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, resume=True,
                              **{**tiny, "head_hidden": 16})
     assert resumed.progress.step == 5
-    with pytest.raises(CharloomError, match="option head_hidden is 8 but the run .* used 16"):
-        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=6, resume=True, **{**tiny, "head_hidden": 8})
 
 
 def test_a_resume_file_from_before_the_heads_hidden_layer_resumes_a_linear_head(tmp_path, text_file, tiny):

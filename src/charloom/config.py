@@ -246,7 +246,8 @@ class BatchConfig(Config):
 
     batch_size: int = option(0, "sequences per batch (B); 0: 16, or 32 where the run chooses its width for a time "
                                 "limit and this machine trains enough faster at 32 (see sizing)")
-    seq_len: int = option(128, "continuous corpora: characters per training window (T)")
+    seq_len: int = option(256, "continuous corpora: characters per training window (T); the hidden state runs "
+                               "through a whole window, learned in pieces of it (--early-pieces, --late-pieces)")
     order: Literal["shuffle", "contiguous"] = option(
         "shuffle", "continuous corpora: shuffle = non-overlapping windows in random order each epoch; "
         "contiguous = B parallel streams read in order, so hidden state can carry across batches")
@@ -379,7 +380,8 @@ def parse_duration(text: str, name: str = "max_time") -> float:
 
 
 MAX_PIECES = 64  # TrainConfig.early_pieces and late_pieces at most: each piece costs an optimizer step's fixed work
-EARLY_PIECES = 4  # TrainConfig.early_pieces of a fresh run when none is given
+EARLY_PIECE = 32  # characters per row of an early piece where --early-pieces is 0 (a fresh run)
+LATE_PIECE = 128  # characters per row of a late piece where --late-pieces is 0
 
 
 @dataclass(frozen=True)
@@ -408,13 +410,14 @@ class TrainConfig(Config):
     carry_state: bool = option(True, "contiguous order: carry the hidden state from batch to batch (detached)")
     early_pieces: int = option(0, "continuous corpora, early in the budget: each step's windows are learned in this "
                                   "many consecutive pieces, one optimizer update each, the hidden state carried from "
-                                  "piece to piece: more updates while the loss falls fastest (0: 4 for a fresh run, 1 "
-                                  "for a fine-tune, which lost with them; 1: off)")
+                                  "piece to piece: more updates while the loss falls fastest (0: one per 32 "
+                                  "characters of --seq-len for a fresh run, 8 at 256; 1 for a fine-tune, which lost "
+                                  "with them; 1: off)")
     early_share: float = option(0.3, "the share of the budget over which --early-pieces applies")
-    late_pieces: int = option(1, "continuous corpora, after the early share: each step's windows are learned in "
-                                 "this many consecutive pieces, as --early-pieces does early, so that a larger "
-                                 "--batch-size runs its kernels on more rows while an update learns from fewer "
-                                 "characters (1: whole batches)")
+    late_pieces: int = option(0, "continuous corpora, after the early share: each step's windows are learned in "
+                                 "this many consecutive pieces, as early, so that the state runs through a longer "
+                                 "window than an update learns from (0: one per 128 characters of --seq-len, 2 at "
+                                 "256; 1: whole windows)")
     ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "
                            "order: the shortest order that mixes as well as any longer one on the last of the "
                            "training text (given 50,000 characters there to choose on; else this order); the "
@@ -470,8 +473,8 @@ class TrainConfig(Config):
             raise ConfigError(f"ema: must be in [0, 1), got {self.ema}")
         if not 0 <= self.early_pieces <= MAX_PIECES:
             raise ConfigError(f"early_pieces: must be in [0, {MAX_PIECES}], got {self.early_pieces}")
-        if not 1 <= self.late_pieces <= MAX_PIECES:
-            raise ConfigError(f"late_pieces: must be in [1, {MAX_PIECES}], got {self.late_pieces}")
+        if not 0 <= self.late_pieces <= MAX_PIECES:
+            raise ConfigError(f"late_pieces: must be in [0, {MAX_PIECES}], got {self.late_pieces}")
         if not 0.0 <= self.early_share <= 1.0:
             raise ConfigError(f"early_share: must be in [0, 1], got {self.early_share}")
         if self.grad_clip < 0 or self.weight_decay < 0:

@@ -208,25 +208,32 @@ def _early_share(cfg: TrainConfig, pieces: int) -> float:
     return cfg.early_share if pieces > 1 else 0.0
 
 
+def _piece_chars(chars: float, k: int) -> int:
+    """Characters per row a step reads where a window of `chars` is cut in `k` pieces (fewer where the window is
+    shorter, as Batch.pieces cuts it), as timed: at most PROBE_SEQ, and a whole window at least 8."""
+    n = max(1, round(chars))
+    return max(8 if k == 1 else 1, min(round(n / min(k, n)), PROBE_SEQ))
+
+
 def measure(model: ModelConfig, shape: tuple[int, float], cfg: TrainConfig, rt: Runtime,
             pieces: int = 1, late: int = 1) -> Callable[[int], float]:
     """Training characters per second as a function of width, from timing real steps at PROBE_WIDTHS here;
     `shape`: (rows, characters per row) of a training batch; `pieces`: the optimizer steps a batch takes in
     the budget's early share (`cfg.early_share`), each on a piece of the windows, also timed, so that the
-    rate is the run's blend of the two; `late`: the pieces it takes after that share (a step is timed on one).
+    rate is the run's blend of the two; `late`: the pieces it takes after that share (timed on one of them).
 
     The step is timed at the run's own shape: a narrow model's step at batch 16 is bound by the sequential
     recurrence and the per-step work more than by its products, so it is less faster than its parameter
     count says, and only the real step shows by how much. Other widths are interpolated in parameters;
     evaluation pauses (forward only, about a third of a training pass per character) take their share."""
-    B, T = shape[0], max(8, min(round(shape[1] / late), PROBE_SEQ))
-    early = _early_share(cfg, pieces)
-    short = max(1, min(round(shape[1] / pieces), PROBE_SEQ))  # a piece's characters per row
+    B, T, short = shape[0], _piece_chars(shape[1], late), _piece_chars(shape[1], pieces)
+    early = cfg.early_share if short != T else 0.0  # the early steps timed apart where their shape differs
     sizes = np.array([parameters(model, w) for w in PROBE_WIDTHS], dtype=float)
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(0)
-        step = _loglog(sizes, np.array(_step_seconds(model, (B, T), rt, PROBE_WIDTHS)))
-        piece = _loglog(sizes, np.array(_step_seconds(model, (B, short), rt, PROBE_WIDTHS, average=False))) \
+        # the weight average, once a batch, is timed with a whole batch's step only: a piece's leaves it out
+        step = _loglog(sizes, np.array(_step_seconds(model, (B, T), rt, PROBE_WIDTHS, average=late == 1)))
+        piece = _loglog(sizes, np.array(_step_seconds(model, (B, short), rt, PROBE_WIDTHS, average=pieces == 1))) \
             if early else None
     eval_share = cfg.eval_chars / (3.0 * cfg.eval_every * shape[0] * shape[1]) if cfg.eval_every else 0.0
 

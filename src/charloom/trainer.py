@@ -3,8 +3,8 @@
     result = train(source="names", hidden_size=128, max_time="2m")        # or train(CorpusConfig(...), ...)
 
 Every step feeds a batch of inputs and scores the model's prediction of each next character
-(cross-entropy; padding targets of record batches are ignored), updates the weights (once, or, early in
-the budget, once per piece of the batch's windows: `early_pieces`) and then an exponential moving
+(cross-entropy; padding targets of record batches are ignored), updates the weights (once, or once per
+piece of the batch's windows: `early_pieces` early in the budget, `late_pieces` after) and then an exponential moving
 average of them: that average is the model evaluated, sampled and saved (`ema`). Every
 `eval_every` steps the held-out split is scored and the hooks run (hooks.py): the terminal display,
 samples, the metrics log, and two files written atomically in the run folder: model.safetensors (the
@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import BATCH_SIZES, EARLY_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
+from .config import BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
 from .corpus import Corpus, load as load_corpus
 from .decoding import HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
@@ -61,7 +61,7 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 # options whose default differs from what runs saved before them did: a resumed older run takes these (it took
-# no early pieces, and it trained on all of its training split)
+# no early or late pieces, and it trained on all of its training split)
 PREDATED = {"train": {"early_pieces": 1, "late_pieces": 1}, "batch": {"fit_chars": 0}}
 TRAIN_COPIES = 5  # float32 values a parameter holds in training: weight, gradient, Adam's two moments, average
 ACTIVATION_COPIES = 4  # ... and a batch's logits and gates: forward, backward, and the softmax's work
@@ -139,8 +139,9 @@ class Trainer:
                  hook_list: Sequence[hooks.Hook] = (), contiguous: bool = False):
         if not cfg.lr > 0:  # 0 asks setup to set the rate from the width; a Trainer needs the rate itself
             raise ConfigError(f"lr: a Trainer needs a positive peak rate, got {cfg.lr} (setup sets 0 by width)")
-        if cfg.early_pieces < 1:
-            raise ConfigError(f"early_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} (setup sets 0)")
+        if cfg.early_pieces < 1 or cfg.late_pieces < 1:
+            raise ConfigError(f"early_pieces and late_pieces: a Trainer needs 1 or more, got {cfg.early_pieces} and "
+                              f"{cfg.late_pieces} (setup sets 0)")
         self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
         self.hooks = list(hook_list)
         self.out = Path(cfg.out).expanduser()
@@ -203,11 +204,9 @@ class Trainer:
 
     def pieces(self) -> int:
         """Optimizer steps to take on the next batch: the run's early pieces while the budget used is within
-        --early-share, else its late pieces (every process reads the same share: the loop shares one clock);
-        records are short already, so 1."""
-        if self.records:
-            return 1
-        return self.cfg.early_pieces if self.fraction_done() < self.cfg.early_share else self.cfg.late_pieces
+        --early-share, else its late pieces (every process reads the same share: the loop shares one clock)."""
+        early, late = run_pieces(self.cfg, self.records)
+        return early if self.fraction_done() < self.cfg.early_share else late
 
     def step(self, batch: Batch) -> tuple[float, float]:
         """One batch: (its mean loss in nats, the last learning rate used). Cut into `pieces()` along time, one
@@ -566,10 +565,9 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data, batch:
     if previous is not None:
         return model.replace(hidden_size=previous[0].config.hidden_size), data, None
     datas = _batch_choices(data, batch, cfg, rt)
-    pieces = early_pieces(cfg, data.corpus.is_records)
+    pieces = run_pieces(cfg, data.corpus.is_records)
     shapes = {rows: d.train_shape for rows, d in datas.items()}
-    late = 1 if data.corpus.is_records else cfg.late_pieces
-    fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, pieces, late) if rt.procs.main else None
+    fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, *pieces) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
     data = datas[fitted.batch_size] if fitted and fitted.batch_size else data  # one process when there is a choice
     return _check_size(model.replace(hidden_size=int(width)), data.train_shape), data, fitted
@@ -612,18 +610,20 @@ def _check_size(model: ModelConfig, shape: tuple[int, float]) -> ModelConfig:
     return model
 
 
-def early_pieces(cfg: TrainConfig, records: bool) -> int:
-    """Optimizer steps per batch in the budget's early share: the run's --early-pieces on a continuous corpus;
-    records are short already, so 1."""
-    return 1 if records else cfg.early_pieces
+def run_pieces(cfg: TrainConfig, records: bool) -> tuple[int, int]:
+    """Optimizer steps per batch in the budget's early share and after it: the run's --early-pieces and
+    --late-pieces on a continuous corpus; records are short already, so (1, 1)."""
+    return (1, 1) if records else (cfg.early_pieces, cfg.late_pieces)
 
 
-def _settled(config: TrainConfig, precision: str) -> TrainConfig:
+def _settled(config: TrainConfig, precision: str, seq_len: int) -> TrainConfig:
     """The options a run records as it settles them: the precision it resolved (so a resumed run computes as it
-    did, however a probe goes) and the early pieces."""
+    did, however a probe goes) and the pieces its windows of `seq_len` are learned in."""
     cfg = config.replace(precision=precision)
     if not cfg.early_pieces:  # a fine-tune starts from a trained network: its early steps lost with pieces
-        cfg = cfg.replace(early_pieces=1 if cfg.init_from else EARLY_PIECES)
+        cfg = cfg.replace(early_pieces=1 if cfg.init_from else min(MAX_PIECES, -(-seq_len // EARLY_PIECE)))
+    if not cfg.late_pieces:
+        cfg = cfg.replace(late_pieces=min(MAX_PIECES, -(-seq_len // LATE_PIECE)))
     return cfg
 
 
@@ -666,7 +666,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     rt = _runtime(config, model, previous, out)
     if rt.procs.main:  # only the first process writes the run folder
         _check_out(out)
-    cfg = _settled(config, rt.precision)
+    cfg = _settled(config, rt.precision, batch.seq_len)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
     _check_reading(data, batch, cfg)
