@@ -4,8 +4,8 @@
 
 Every step feeds a batch of inputs and scores the model's prediction of each next character
 (cross-entropy; padding targets of record batches are ignored), updates the weights (once, or once per
-piece of the batch's windows: `early_pieces` early in the budget, `late_pieces` after) and then an exponential moving
-average of them: that average is the model evaluated, sampled and saved (`ema`). Every
+piece of the batch's windows: `early_pieces` early in the budget, `late_pieces` after) and then an
+exponential moving average of them: that average is the model evaluated, sampled and saved (`ema`). Every
 `eval_every` steps the held-out split is scored and the hooks run (hooks.py): the terminal display,
 samples, the metrics log, and two files written atomically in the run folder: model.safetensors (the
 best so far by validation loss) and last.safetensors (everything needed to resume exactly). SIGINT and
@@ -37,7 +37,8 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig
+from .config import (BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig,
+                     TrainConfig)
 from .corpus import Corpus, load as load_corpus
 from .decoding import HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
