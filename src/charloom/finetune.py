@@ -77,7 +77,7 @@ def _same(mine: ModelConfig, name: str, value: Any) -> bool:
     """Whether a model option given as `value` is `mine`'s; a head's hidden layer is compared by its width (-1,
     as wide as the recurrent layer, is the same layer as that width given)."""
     if name == "head_hidden" and type(value) is int and value >= -1:
-        return (mine.hidden_size if value == -1 else value) == mine.head_width
+        return mine.replace(head_hidden=value).head_width == mine.head_width
     return value == getattr(mine, name)
 
 

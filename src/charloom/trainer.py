@@ -407,7 +407,7 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
         mine, then = now[kind].to_dict(), {**type(now[kind])().to_dict(), **PREDATED.get(kind, {}), **saved[kind]}
         if kind == "corpus":  # where encoded ids are cached may move
             mine["cache_dir"] = then.get("cache_dir")
-        if kind == "model" and _head_width(mine) == _head_width(then):  # its width given, or -1 giving it
+        if kind == "model" and now["model"].head_width == ck.config.head_width:  # its width given, or -1 giving it
             mine["head_hidden"] = then.get("head_hidden")
         diff = sorted(k for k in mine if mine[k] != then.get(k))
         if diff:
@@ -420,11 +420,6 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
         raise CharloomError(f"--resume: {about['corpus']} is not the text the run in {out} trained on "
                             f"({about['corpus_characters']:,} characters now, {size} then); give that text again, "
                             f"or start a new run in another --out")
-
-
-def _head_width(model: dict[str, Any]) -> Any:
-    """The head's hidden width a model config's dict gives (-1: its hidden size)."""
-    return model.get("hidden_size") if model.get("head_hidden") == -1 else model.get("head_hidden")
 
 
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
