@@ -611,6 +611,25 @@ def test_a_network_too_large_to_train_here_is_refused_before_it_is_allocated(tmp
         charloom.train(source=str(text_file), **dict(opts, hidden_size=8, head_hidden=60_000, overwrite=True))
 
 
+def test_the_size_check_counts_the_activations_of_one_piece_not_of_the_whole_window(monkeypatch):
+    """A window learned in pieces holds one piece's graph at a time: under some memory bounds a batch of 32 x 256 in
+    8 pieces fits where the same batch learned whole does not, and never the other way round."""
+    cfg = charloom.ModelConfig(vocab_size=70, hidden_size=64, embedding=8)
+
+    def fits(cap: int, pieces: int) -> bool:
+        monkeypatch.setattr(train_mod, "memory_cap", lambda: cap)
+        try:
+            train_mod._check_size(cfg, (32, 256.0), pieces)
+        except charloom.ConfigError:
+            return False
+        return True
+
+    caps = [2**k for k in range(16, 32)]
+    assert any(fits(c, 8) and not fits(c, 1) for c in caps)
+    assert not any(fits(c, 1) and not fits(c, 8) for c in caps)
+    assert fits(caps[-1], 1) and not fits(caps[0], 8)
+
+
 def test_resume_refuses_a_text_that_changed_even_with_the_same_characters(tmp_path, text_file, tiny):
     """The vocabulary alone cannot tell: a text rewritten with the same characters (here shortened) would go on
     from the old run's place in the batches and compare its validation figures with another split's."""

@@ -556,17 +556,17 @@ def _width(model: ModelConfig, cfg: TrainConfig, rt: Runtime, data: Data, batch:
     """The model config with its width set, and the run's batches: as given, as the resumed run had them, or chosen
     for this machine and budget (measured by the first process only, so that the others do not slow its timing;
     all take its choice)."""
+    pieces = run_pieces(cfg, data.corpus.is_records)
     if model.hidden_size:
-        return _check_size(model, data.train_shape), data, None
+        return _check_size(model, data.train_shape, min(pieces)), data, None
     if previous is not None:
         return model.replace(hidden_size=previous[0].config.hidden_size), data, None
     datas = _batch_choices(data, batch, cfg, rt)
-    pieces = run_pieces(cfg, data.corpus.is_records)
     shapes = {rows: d.train_shape for rows, d in datas.items()}
     fitted = sizing.fit(model, shapes, cfg, rt, data.train_characters, *pieces) if rt.procs.main else None
     (width,) = rt.procs.total([fitted.hidden_size if fitted else 0], rt.device)
     data = datas[fitted.batch_size] if fitted and fitted.batch_size else data  # one process when there is a choice
-    return _check_size(model.replace(hidden_size=int(width)), data.train_shape), data, fitted
+    return _check_size(model.replace(hidden_size=int(width)), data.train_shape, min(pieces)), data, fitted
 
 
 def _batch_choices(data: Data, batch: BatchConfig, cfg: TrainConfig, rt: Runtime) -> dict[int, Data]:
@@ -588,14 +588,16 @@ def _batch_choices(data: Data, batch: BatchConfig, cfg: TrainConfig, rt: Runtime
     return datas
 
 
-def _check_size(model: ModelConfig, shape: tuple[int, float]) -> ModelConfig:
+def _check_size(model: ModelConfig, shape: tuple[int, float], pieces: int = 1) -> ModelConfig:
     """`model`, refused before anything is allocated where training it on batches of `shape` (rows, characters per
     row) would need more than half of this machine's memory: weights, gradients, Adam's two moments and the weight
-    average (TRAIN_COPIES of each parameter), and a batch's logits and gates (ACTIVATION_COPIES of each)."""
+    average (TRAIN_COPIES of each parameter), and the logits and gates of the largest piece a batch is learned in
+    (`pieces` of it at fewest: each piece's graph is freed by its backward pass before the next is built;
+    ACTIVATION_COPIES of each)."""
     with torch.device("meta"):
         n = CharRNN(model).num_parameters()
     H, V, W = model.hidden_size, model.vocab_size, model.head_width
-    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * shape[1]
+    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * math.ceil(shape[1] / pieces)
                 * (V + HEAD_ROWS * W + 4 * H * model.num_layers))
     if need > (cap := memory_cap()):
         raise ConfigError(f"hidden_size, head_hidden, embedding and num_layers (--hidden {H}, --head-hidden "
