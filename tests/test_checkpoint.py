@@ -15,7 +15,8 @@ from charloom.vocab import Vocab
 def saved(tmp_path):
     vocab = Vocab.build("hello world")
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(cell="gru", num_layers=2, hidden_size=8, embedding=4, vocab_size=len(vocab)))
+    model = CharRNN(ModelConfig(cell="gru", num_layers=2, hidden_size=8, embedding=4, attention=0,
+                                vocab_size=len(vocab)))  # its state the cell's alone: (h,)
     path = checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=True, info={"val_bpc": 1.5})
     return path, model, vocab
 
@@ -35,7 +36,7 @@ def test_hashed_context_tables_round_trip(tmp_path):
     model = CharRNN(ModelConfig(hidden_size=8, embedding=4, grams=3, gram_buckets=40, vocab_size=len(vocab)))
     path = checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False)
     ck = checkpoint.load(path)
-    assert ck.config == model.cfg and ck.model.state_names == ("h", "c", "recent")
+    assert ck.config == model.cfg and ck.model.state_names == ("h", "c", "recent", "memory")
     ids = torch.tensor([vocab.encode("hello")])
     torch.testing.assert_close(ck.model(ids)[0], model(ids)[0], rtol=0, atol=0)
 

@@ -27,11 +27,12 @@ TEXT = "the cat sat on the mat. the dog ate the hat.\nA bird, a bee; a BAT!\n"
 
 
 def saved_model(tmp_path, cell="lstm", layers=1, embedding=8, records=False, hidden=16, seed=0, info=None, grams=0,
-                head=-1):
+                head=-1, attention=0, memory=128):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding, grams=grams,
-                                gram_buckets=53, head_hidden=head, vocab_size=len(vocab)))
+                                gram_buckets=53, head_hidden=head, attention=attention, memory=memory,
+                                vocab_size=len(vocab)))
     with torch.no_grad():  # larger weights than the initialisation's, so the outputs differ visibly by input
         for p in model.parameters():
             p.mul_(3.0)
@@ -79,6 +80,28 @@ def test_every_head_exports_at_every_opset_and_matches_pytorch(tmp_path, head, o
     got, _ = OnnxModel.load(report.path).forward(ids.numpy())
     np.testing.assert_allclose(got, want.numpy(), atol=FP32_TOLERANCE, rtol=0)
     assert OnnxModel.load(report.path).meta["model"]["head_hidden"] == head
+
+
+@pytest.mark.parametrize("grams", [0, 3])
+def test_an_attention_head_exports_and_carries_its_memory(tmp_path, grams):
+    """Pieces shorter and longer than the memory, one graph for all: the memory in the state stands in for the text
+    read before, as in PyTorch; the int8 file reads the same."""
+    ck = saved_model(tmp_path, layers=2, grams=grams, attention=6, memory=5)
+    (tmp_path / "text.txt").write_text(TEXT * 20)
+    report = export(ck, ExportConfig(int8=True, text=str(tmp_path / "text.txt")), tmp_path / "model.onnx")
+    assert report.max_difference < FP32_TOLERANCE and report.int8_difference < 1.0
+    onnx_model, model = OnnxModel.load(report.path), ck.model.eval()
+    assert onnx_model.state_names[-1] == "memory"
+    ids = torch.randint(0, len(ck.vocab), (3, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole, want = model(ids)
+    state, parts = None, []
+    for start, end in ((0, 1), (1, 2), (2, 9), (9, 20)):
+        logits, state = onnx_model.forward(ids[:, start:end].numpy(), state)
+        parts.append(logits)
+    np.testing.assert_allclose(np.concatenate(parts, 1), whole.numpy(), atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(state[-1], want[-1].numpy(), atol=FP32_TOLERANCE, rtol=0)
+    assert state[-1].shape == (5, 3, 13)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -62,8 +62,9 @@ def test_activations_are_the_states_of_a_hand_written_step_loop(cell):
         step, want = Stepper(model), []
         for i in g.vocab.encode("a cat"):
             _, state = step(torch.tensor([i]), state)
-            want.append(state[-1][:, 0].numpy())  # c for an LSTM, h for a GRU: (L, H)
+            want.append(state[len(model.cell.state) - 1][:, 0].numpy())  # c for an LSTM, h for a GRU: (L, H)
     name = "c" if cell == "lstm" else "h"
+    assert "memory" in model.state_names and "memory" not in a.values  # the attention head's: not a unit's
     assert a.values[name].shape == (2, 5, 16)
     np.testing.assert_allclose(a.values[name], np.stack(want, 1), atol=1e-6)
     units = a.varying(name, 1, k=3)

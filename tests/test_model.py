@@ -5,6 +5,7 @@ from torch import nn
 from charloom.batching import pad_records
 from charloom.cells import CELLS
 from charloom.config import ModelConfig
+from charloom.errors import ConfigError
 from charloom.model import CharRNN, context_rows, detach, forward_flops
 
 pytestmark = pytest.mark.kernel
@@ -15,10 +16,10 @@ REFERENCE = {"lstm": (nn.LSTMCell, 4), "gru": (nn.GRUCell, 3), "rnn": (nn.RNNCel
 
 
 def make(cell="lstm", layers=2, hidden=8, embedding=0, dropout=0.0, seed=0, head=-1):
-    """The network alone (no hashed context inputs: those have their own tests below)."""
+    """The network alone (no hashed context inputs nor attention head: those have their own tests below)."""
     torch.manual_seed(seed)
     return CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=hidden, embedding=embedding,
-                               dropout=dropout, grams=0, head_hidden=head, vocab_size=V))
+                               dropout=dropout, grams=0, head_hidden=head, attention=0, vocab_size=V))
 
 
 def reference_logits(model, ids):
@@ -168,11 +169,81 @@ def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, em
     assert forward_flops(model.cfg, lookup=True) == 2 * (sum(weights.values()) - weights["rnn.weight_ih_l0"])
 
 
+# ---- the attention head ---------------------------------------------------------------------------------
+def make_recall(width=4, memory=5, layers=1, hidden=8, seed=0, grams=0):
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=5, grams=grams, gram_buckets=97,
+                                attention=width, memory=memory, vocab_size=V))
+    nn.init.normal_(model.recall.out.weight, std=0.5)  # it starts at zero: give it something to add
+    return model.eval()
+
+
+def hand_recall(model, out):
+    """The attention head as a loop over rows and positions: position t reads the values of positions
+    max(0, t - memory + 1) .. t, weighted by the softmax of its query against their keys over sqrt(width)."""
+    r = model.recall
+    W, M = r.width, r.memory
+    rows = []
+    for b in range(out.shape[0]):
+        kv = out[b] @ r.keys.weight.T  # (T, 2W)
+        row = []
+        for t in range(out.shape[1]):
+            seen = kv[max(0, t - M + 1):t + 1]
+            w = torch.softmax((out[b, t] @ r.query.weight.T) @ seen[:, :W].T / W ** 0.5, -1)
+            row.append(out[b, t] + (w @ seen[:, W:]) @ r.out.weight.T)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("memory", [1, 5, 40])
+def test_the_attention_head_equals_a_hand_written_loop(memory):
+    model = make_recall(memory=memory)
+    ids = torch.randint(0, V, (2, 23))
+    out, state = model.features(ids)
+    plain, _ = model.rnn(model.embed(ids))
+    torch.testing.assert_close(out, hand_recall(model, plain), atol=1e-5, rtol=1e-5)
+    assert model.state_names == ("h", "c", "memory") and state[-1].shape == (memory, 2, 2 * 4 + 1)
+
+
+@pytest.mark.parametrize("grams", [0, 3])
+def test_the_attention_head_read_in_pieces_equals_the_whole_text(grams):
+    """Pieces shorter and longer than the memory: the keys and values carried in the state stand in for the text
+    read before."""
+    model = make_recall(memory=6, layers=2, grams=grams)
+    ids = torch.randint(0, V, (3, 40))
+    whole, _ = model(ids)
+    state, parts = None, []
+    for chunk in ids.split([1, 4, 13, 2, 20], dim=1):
+        out, state = model(chunk, state)
+        parts.append(out)
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_the_attention_head_starts_as_no_head_and_counts_its_weights():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=5, attention=3, vocab_size=V))
+    ids = torch.randint(0, V, (2, 9))
+    plain, _ = model.rnn(model.embed(ids))
+    torch.testing.assert_close(model.features(ids)[0], plain)  # its output layer starts at zero
+    without = CharRNN(ModelConfig(hidden_size=8, embedding=5, attention=0, vocab_size=V)).num_parameters()
+    assert model.num_parameters() == without + 8 * 3 + 8 * 6 + 3 * 8
+    M = model.cfg.memory
+    assert forward_flops(model.cfg) == forward_flops(model.cfg.replace(attention=0)) + 2 * (4 * 8 * 3 + 2 * M * 3)
+
+
+@pytest.mark.parametrize("fields, words", [({"attention": -1}, "attention: must be 0"),
+                                           ({"memory": 0}, "memory: must be from 1"),
+                                           ({"memory": 10**6}, "memory: must be from 1")])
+def test_attention_options_are_checked(fields, words):
+    with pytest.raises(ConfigError, match=words):
+        ModelConfig(**fields)
+
+
 # ---- hashed context inputs ------------------------------------------------------------------------------
 def make_grams(grams=4, buckets=97, layers=1, hidden=8, seed=0, embedding=5):
     torch.manual_seed(seed)
     return CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=embedding, grams=grams,
-                               gram_buckets=buckets, vocab_size=V))
+                               gram_buckets=buckets, attention=0, vocab_size=V))
 
 
 def hand_hashed_inputs(model, ids):

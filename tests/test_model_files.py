@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 
 import charloom
 from charloom import checkpoint
-from charloom.config import ModelConfig
+from charloom.config import ModelConfig, state_shapes
 from charloom.errors import CharloomError
 from charloom.model import CharRNN
 from charloom.vocab import Vocab
@@ -103,7 +103,8 @@ def test_a_config_larger_than_its_tensors_is_refused_before_the_model_is_built(g
 
 def test_a_file_written_before_hashed_contexts_loads_without_them(tmp_path):
     vocab = Vocab.build(TEXT)
-    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, grams=3, gram_buckets=16, vocab_size=len(vocab)))
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, grams=3, gram_buckets=16, attention=0,
+                                vocab_size=len(vocab)))
     tensors, meta = contents(checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False))
     # the config and tensors as files held them before the option existed: no grams, no tables (they load as the
     # default, so this fails the day --grams is on by default without a reading of such files as grams 0)
@@ -126,6 +127,17 @@ def test_a_file_from_before_the_heads_hidden_layer_loads_with_a_linear_head(tmp_
     assert ck.config.head_hidden == 0 and ck.model.readout is None
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.model.state_dict().items())
     assert ModelConfig().head_hidden == -1  # what a new run gets, so the reading above is what keeps such files
+
+
+def test_a_file_from_before_the_attention_head_loads_without_one(tmp_path):
+    vocab = Vocab.build(TEXT)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, attention=0, vocab_size=len(vocab)))
+    tensors, meta = contents(checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False))
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k not in ("attention", "memory")})
+    ck = checkpoint.load(forge(tmp_path / "older.safetensors", tensors, meta))
+    assert ck.config.attention == 0 and ck.model.recall is None and ck.model.state_names == ("h", "c")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.model.state_dict().items())
+    assert ModelConfig().attention > 0  # what a new run gets, so the reading above is what keeps such files
 
 
 def test_a_tensor_the_config_does_not_make_is_refused_by_name(good):
@@ -332,7 +344,9 @@ def resume(good):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.zeros(2, 3, dtype=torch.long))[0].sum().backward()
     opt.step()
-    ranks = [{"rng.torch": torch.get_rng_state(), "carry.0": torch.zeros(1, 2, 8), "carry.1": torch.ones(1, 2, 8)}]
+    carry = {f"carry.{i}": torch.full((first, 2, last), float(i == 1))  # h 0, c 1, the attention's memory 0
+             for i, (first, last) in enumerate(state_shapes(model.cfg).values())}
+    ranks = [{"rng.torch": torch.get_rng_state(), **carry}]
     configs = {"corpus": {"source": "x.txt"}, "batch": {"batch_size": 2}, "train": {"lr": 1e-3}}
     run = checkpoint.RunState(checkpoint.Progress(step=3), configs, opt.state_dict(), ranks,
                               {k: v + 1 for k, v in model.state_dict().items()}, averaged=2)
@@ -380,8 +394,10 @@ def test_the_resume_files_training_writes_pass_every_check(tmp_path, text_file, 
     ck, run = checkpoint.load_run(out / "last.safetensors")
     assert run.carry(0)[0].shape == (1, tiny["batch_size"], tiny["hidden_size"]) and run.trained
     assert len(run.carry(0)) == len(ck.model.state_names)
+    carried = dict(zip(ck.model.state_names, run.carry(0)))
+    assert carried["memory"].shape == (ck.config.memory, tiny["batch_size"], 2 * ck.config.attention + 1)
     if grams:
-        assert run.carry(0)[-1].shape == (1, tiny["batch_size"], 2)
+        assert carried["recent"].shape == (1, tiny["batch_size"], 2)
     result = charloom.train(source=str(text_file), out=str(out), order="contiguous", max_steps=6, resume=True, **tiny)
     assert result.progress.step == 6
 

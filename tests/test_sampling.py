@@ -143,18 +143,22 @@ def test_repetition_penalty_lowers_only_seen_characters():
 TEXT = "the cat sat on the mat. the dog ate the hat.\n"
 
 
-def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0, head=-1):
+def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0, head=-1, attention=0):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=embedding, grams=grams,
-                                gram_buckets=61, head_hidden=head, vocab_size=len(vocab)))
+                                gram_buckets=61, head_hidden=head, attention=attention, memory=5,
+                                vocab_size=len(vocab)))
+    if attention:
+        torch.nn.init.normal_(model.recall.out.weight, std=0.5)  # it starts by adding nothing
     return Generator(model, vocab, records=records)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding, grams, head", [(0, 0, 0), (6, 0, -1), (0, 3, 10), (6, 4, 0)])
-def test_stepper_equals_the_model(cell, embedding, grams, head):
-    g = model_for(cell, embedding=embedding, grams=grams, head=head)
+@pytest.mark.parametrize("embedding, grams, head, attention", [(0, 0, 0, 0), (6, 0, -1, 0), (0, 3, 10, 0), (6, 4, 0, 0),
+                                                               (6, 0, -1, 4), (0, 3, 0, 3)])
+def test_stepper_equals_the_model(cell, embedding, grams, head, attention):
+    g = model_for(cell, embedding=embedding, grams=grams, head=head, attention=attention)
     assert (g.model.readout is None) == (head == 0)
     model = g.model.eval()
     ids = torch.randint(4, len(g.vocab), (3, 12))
@@ -167,15 +171,15 @@ def test_stepper_equals_the_model(cell, embedding, grams, head):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding, grams", [(0, 0), (6, 4)])
-def test_a_start_read_in_pieces_equals_one_call(monkeypatch, cell, embedding, grams):
-    g = model_for(cell, embedding=embedding, grams=grams)
+@pytest.mark.parametrize("embedding, grams, attention", [(0, 0, 0), (6, 4, 0), (6, 0, 4)])
+def test_a_start_read_in_pieces_equals_one_call(monkeypatch, cell, embedding, grams, attention):
+    g = model_for(cell, embedding=embedding, grams=grams, attention=attention)
     start = TEXT * 3
     prefix = g._prefix(start)
     whole, whole_state = g.model.eval()(torch.tensor([prefix]))
     texts = g.generate(start, 30, n=2, seed=4)
     monkeypatch.setattr("charloom.decoding.READ_BYTES", 7 * g.row_bytes())  # 7 characters per call
-    assert g.piece_rows() == 7
+    assert g.piece_rows() == (5 if attention else 7)  # an attention head's scores: pieces no longer than its memory
     last, state = g._start(prefix, 2)  # (2, V), each (L, 2, H)
     np.testing.assert_allclose(last, whole[:, -1].detach().numpy().repeat(2, 0), atol=1e-5, rtol=1e-5)
     for s, w in zip(state, whole_state):

@@ -272,6 +272,22 @@ def test_a_resume_file_from_before_the_heads_hidden_layer_resumes_a_linear_head(
     assert b.config.head_hidden == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
+def test_a_resume_file_from_before_the_attention_head_resumes_without_one(tmp_path, text_file, tiny):
+    from test_model_files import contents, forge
+
+    opts = dict(tiny, max_steps=6, eval_every=0, attention=0)
+    charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"),
+                   callback=lambda e: e["event"] == "step" and e["step"] == 3, **opts)
+    path = tmp_path / "b" / "last.safetensors"
+    tensors, meta = contents(path)
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k not in ("attention", "memory")})
+    forge(path, tensors, meta)
+    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=6)
+    a, b = (checkpoint.load(tmp_path / k / "last.safetensors") for k in "ab")
+    assert b.config.attention == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
 def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
     with pytest.raises(CharloomError, match="already holds a run; continue it with --resume"):
@@ -598,17 +614,20 @@ def test_a_start_text_for_the_samples_that_the_vocabulary_cannot_read_is_refused
 def test_a_network_too_large_to_train_here_is_refused_before_it_is_allocated(tmp_path, text_file, tiny, monkeypatch):
     """--hidden or --embedding far past this machine's memory: one line naming the options, nothing allocated (the
     count is made on the meta device); the bound is half of the machine's memory."""
-    opts = dict(tiny, max_steps=1, out=str(tmp_path / "run"))
-    with pytest.raises(charloom.ConfigError, match=r"^hidden_size, head_hidden, embedding and num_layers \(--hidden "
-                                                   r"100000, --head-hidden -1, --embedding 8, --layers 1\): "
-                                                   r"50,0[\d,]+ parameters"):
+    opts = dict(tiny, max_steps=1, out=str(tmp_path / "run"), attention=0)
+    with pytest.raises(charloom.ConfigError, match=r"^hidden_size, head_hidden, attention, memory, embedding and "
+                                                   r"num_layers \(--hidden 100000, --head-hidden -1, --attention 0, "
+                                                   r"--memory 256, --embedding 8, --layers 1\): 50,0[\d,]+ parameters"):
         charloom.train(source=str(text_file), **dict(opts, hidden_size=100_000))
     monkeypatch.setattr(train_mod, "memory_cap", lambda: 10**6)
     assert charloom.train(source=str(text_file), **opts).progress.step == 1  # about 0.1 MB
     with pytest.raises(charloom.ConfigError, match="would need about 0.0 GB to train, more than the 0.0 GB"):
         charloom.train(source=str(text_file), **dict(opts, hidden_size=200, overwrite=True))  # about 3 MB
-    with pytest.raises(charloom.ConfigError, match=r"\(--hidden 8, --head-hidden 60000, --embedding 8, --layers 1\)"):
+    with pytest.raises(charloom.ConfigError, match=r"\(--hidden 8, --head-hidden 60000, --attention 0, --memory 256, "
+                                                   r"--embedding 8, --layers 1\)"):
         charloom.train(source=str(text_file), **dict(opts, hidden_size=8, head_hidden=60_000, overwrite=True))
+    with pytest.raises(charloom.ConfigError, match=r"\(--hidden 8, --head-hidden -1, --attention 64, --memory 4096, "):
+        charloom.train(source=str(text_file), **dict(opts, hidden_size=8, attention=64, memory=4096, overwrite=True))
 
 
 def test_the_size_check_counts_the_activations_of_one_piece_not_of_the_whole_window(monkeypatch):

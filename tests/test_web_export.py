@@ -60,16 +60,19 @@ LABELS = ("World", "Sports")
 
 def export_site(folder: Path, *, records: bool) -> None:
     """A tiny random LSTM exported with its web page and the runtime copied in (a records model has labels; the
-    other reads hashed contexts, so the page carries their recent ids too)."""
+    other reads hashed contexts and has an attention head, so the page carries their recent ids and its memory
+    too)."""
     from charloom.export import export
 
     vocab = Vocab.build(TEXT, labels=LABELS) if records else Vocab.build(TEXT)
     torch.manual_seed(1)
     model = CharRNN(ModelConfig(cell="lstm", num_layers=2, hidden_size=24, embedding=8, vocab_size=len(vocab),
-                                grams=0 if records else 4, gram_buckets=97))
+                                grams=0 if records else 4, gram_buckets=97, attention=0 if records else 4, memory=6))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)  # peaked distributions, as a trained model's are, rather than near-uniform ones
+        if model.recall is not None:
+            torch.nn.init.normal_(model.recall.out.weight, std=0.5)  # it starts by adding nothing
         if records:
             model.head.bias[vocab.eos_id] += 4.0  # records end within a few dozen characters
     checkpoint.save(folder / "model.safetensors", model, vocab, records=records)
@@ -161,7 +164,8 @@ def test_page_writes_the_onnx_backends_text_offline(served, open_page):
 
     site = served()
     page, requested, refused = open_page(site.url)
-    assert page.text_content("#model").startswith("lstm 2x24, vocabulary ")
+    assert page.text_content("#model").startswith("lstm 2x24, attention 4 over 6 characters, head layer 24, "
+                                                  "vocabulary ")  # head_hidden -1: as wide
     assert "continuous text" in page.text_content("#model")
     assert "served from ./ort/" in page.text_content("#runtime")
     page.fill("#start", "Before we")

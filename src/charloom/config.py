@@ -299,6 +299,8 @@ MAX_GRAMS = 8  # the longest hashed context (ModelConfig.grams)
 RECENT = "recent"  # the state tensor of a model with hashed contexts that holds the last ids it read
 MAX_GRAM_BUCKETS = 2**22  # rows of one hashed context table at most
 MAX_HEAD_HIDDEN = 2**16  # units of the head's hidden layer at most (a model file holds no wider)
+MAX_MEMORY = 4096  # outputs an attention head looks back over at most
+MEMORY = "memory"  # the state tensor of a model with an attention head: its keys and values, and which are filled
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,10 @@ class ModelConfig(Config):
                                   "logits: a deeper readout, whose products are large ones, so it costs a fraction "
                                   "of what widening the recurrent layers would (-1: as wide as the recurrent layer; "
                                   "0: none, a linear head, as in model files from before it)")
+    attention: int = option(64, "one attention head over the last recurrent layer's most recent outputs (--memory "
+                                "of them, carried in the state), added to its output before the head: the width of "
+                                "its keys and values (0: none, as in model files from before it)")
+    memory: int = option(256, "outputs the attention head (--attention) looks back over")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
                                      "the memory from the first step, as Keras does)")
@@ -336,6 +342,10 @@ class ModelConfig(Config):
                               f"{MAX_HEAD_HIDDEN:,}, got {self.head_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.attention <= MAX_HEAD_HIDDEN:
+            raise ConfigError(f"attention: must be 0 (none) or from 1 to {MAX_HEAD_HIDDEN:,}, got {self.attention}")
+        if not 1 <= self.memory <= MAX_MEMORY:
+            raise ConfigError(f"memory: must be from 1 to {MAX_MEMORY:,}, got {self.memory}")
         if self.grams and not 2 <= self.grams <= MAX_GRAMS:
             raise ConfigError(f"grams: must be 0 (none) or from 2 to {MAX_GRAMS}, got {self.grams}")
         if not 1 <= self.gram_buckets <= MAX_GRAM_BUCKETS:
@@ -350,9 +360,12 @@ class ModelConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config"):
-        # a model saved before the head's hidden layer existed has a linear head
+        # a model saved before the head's hidden layer existed has a linear head; one saved before the attention
+        # head existed has none
         if isinstance(data, dict) and "head_hidden" not in data:
             data = {**data, "head_hidden": 0}
+        if isinstance(data, dict) and "attention" not in data:
+            data = {**data, "attention": 0}
         return super().from_dict(data, where)
 
 
@@ -361,7 +374,8 @@ def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     The cell's (num_layers, B, H), then with hashed contexts `recent` (1, B, grams - 1): the last ids read, plus
     one (0: before the text), held as float32 (exact for every id) so that every state tensor is a float."""
     shapes = {name: (cfg.num_layers, cfg.hidden_size) for name in CELL_STATES[cfg.cell]}
-    return shapes | ({RECENT: (1, cfg.grams - 1)} if cfg.grams else {})
+    shapes |= {RECENT: (1, cfg.grams - 1)} if cfg.grams else {}
+    return shapes | ({MEMORY: (cfg.memory, 2 * cfg.attention + 1)} if cfg.attention else {})
 
 
 def parse_duration(text: str, name: str = "max_time") -> float:

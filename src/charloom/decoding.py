@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SampleOptions
+from .config import ModelConfig, SampleOptions
 from .errors import CharloomError, ConfigError
 from .ngram import Mixture, contexts
 from .vocab import Vocab
@@ -39,6 +39,8 @@ TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pi
 START_BYTES = 96
 GATE_ROWS = 5  # (H,) float32 rows a fused layer computes per character read: up to four gates and its output
 HEAD_ROWS = 2  # (W,) float32 rows of the head's hidden layer per character: its product and the GELU of it
+ATTENTION_ROWS = 6  # (A,) float32 rows of an attention head per character read: query, key and value, read, ...
+MEMORY_COPIES = 3  # ... and copies of its memory per sample: the memory, it with the new keys, the new memory
 READ_BYTES = 64 * 2**20  # a backend that reads its start text in pieces computes about this much per piece
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
@@ -137,7 +139,8 @@ class Writer:
 
     A backend subclass gives `_start(prefix, n)` -> ((n, V) float32 logits after the prefix, state for n
     samples) and `_step(ids (n,), state)` -> ((n, V) logits, new state), and sets `vocab`, `records`,
-    `num_layers`, `hidden_size` and `head_width`. The state is the backend's own; the Writer only passes it back.
+    `num_layers`, `hidden_size`, `head_width` and `config` (the model's). The state is the backend's own; the Writer
+    only passes it back.
     A backend whose `_start` reads a long start in pieces of `piece_rows()` characters sets `reads_in_pieces`,
     so the memory check counts one piece's work, not the whole start's.
     """
@@ -147,6 +150,7 @@ class Writer:
     num_layers: int
     hidden_size: int
     head_width: int  # units of the head's hidden layer (0: a linear head)
+    config: ModelConfig
     mixture: Mixture | None = None  # the model's n-gram, mixed with the backend's prediction at every step
     reads_in_pieces = False  # whether `_start` reads a long start text `piece_rows()` characters per call
 
@@ -244,12 +248,16 @@ class Writer:
 
     def row_bytes(self) -> int:
         """Bytes a forward call computes per character it reads: (V,) float32 logits, a (V,) one-hot input (or a
-        smaller embedded one), a layer's gates and output, and the head's hidden layer."""
-        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size + HEAD_ROWS * self.head_width)
+        smaller embedded one), a layer's gates and output, the head's hidden layer, and with an attention head its
+        query, keys and values and its scores over the memory and the piece (at most twice the memory: a piece
+        of more characters than that costs more than this counts, so pieces are kept to it)."""
+        recall = ATTENTION_ROWS * self.config.attention + 2 * self.config.memory if self.config.attention else 0
+        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size + HEAD_ROWS * self.head_width + recall)
 
     def piece_rows(self) -> int:
         """Characters of start text read per call by a backend that reads in pieces: about READ_BYTES of work."""
-        return max(1, READ_BYTES // self.row_bytes())
+        rows = max(1, READ_BYTES // self.row_bytes())
+        return min(rows, self.config.memory) if self.config.attention else rows
 
     def reading_bytes(self, chars: int) -> int:
         """Bytes that reading a start text of `chars` characters holds at its peak, roughly: its ids, and the
@@ -265,6 +273,8 @@ class Writer:
         width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
         per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
                       + STATE_COPIES * self.num_layers * self.hidden_size * 4 + HEAD_ROWS * self.head_width * 4
+                      + (MEMORY_COPIES * self.config.memory * (2 * self.config.attention + 1) * 4
+                         if self.config.attention else 0)
                       + (MIX_COPIES * vocab_size * 8 if self.mixture is not None else 0))
         start = self.reading_bytes(start_chars) if start_chars else 0
         return start + n * (per_sample + length * (TEXT_BYTES + 2 * width))

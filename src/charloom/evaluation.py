@@ -25,7 +25,7 @@ from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .decoding import GATE_ROWS, HEAD_ROWS, memory_cap
+from .decoding import ATTENTION_ROWS, GATE_ROWS, HEAD_ROWS, memory_cap
 from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
@@ -71,10 +71,12 @@ def batch_loss(model: torch.nn.Module, batch: Batch, state: State | None, device
 
 
 def _position_bytes(cfg: ModelConfig) -> int:
-    """Bytes one (row, time) position of a forward call computes: its logits, its input row, its gates and the
-    head's hidden layer."""
+    """Bytes one (row, time) position of a forward call computes: its logits, its input row, its gates, the
+    head's hidden layer, and an attention head's query, keys, values and scores (over the memory and a piece no
+    longer than it: `_pieces` keeps them so)."""
+    recall = ATTENTION_ROWS * cfg.attention + 2 * cfg.memory if cfg.attention else 0
     return 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size) + GATE_ROWS * cfg.hidden_size
-                + HEAD_ROWS * cfg.head_width)
+                + HEAD_ROWS * cfg.head_width + recall)
 
 
 def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:
@@ -83,6 +85,8 @@ def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:
     the one before it, so read in order with the state carried they score as the whole batch does."""
     B, T = batch.x.shape
     steps = max(1, PIECE_BYTES // (B * _position_bytes(model.cfg)))  # time steps per piece
+    if model.cfg.attention:  # its scores grow with the piece's length squared: no longer than its memory
+        steps = min(steps, model.cfg.memory)
     return batch.pieces(-(-T // steps))  # each at most `steps` wide
 
 

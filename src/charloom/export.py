@@ -149,9 +149,11 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 1
                           input_names=["ids", *names], output_names=["logits", *[f"{n}_out" for n in names]],
                           dynamic_axes=axes)
         graph = onnx.load(str(raw))
-    for value in graph.graph.output:  # the recent ids' width is a slice's, which the exporter leaves unnamed
+    for value in graph.graph.output:  # the recent ids' width and the memory's length are slices', left unnamed
         if value.name.removesuffix("_out") in shapes:
-            value.type.tensor_type.shape.dim[2].dim_value = shapes[value.name.removesuffix("_out")][1]
+            first, last = shapes[value.name.removesuffix("_out")]
+            dims = value.type.tensor_type.shape.dim
+            dims[0].dim_value, dims[2].dim_value = first, last
     graph.producer_name = "charloom"
     graph.doc_string = "charloom character model: ids (batch, time) and state in, logits and state out"
     del graph.metadata_props[:]

@@ -3,13 +3,19 @@
     logits, state = model(ids, state)      # ids (B, T) -> logits (B, T, V)
 
 `state` is a tuple of (num_layers, B, H) tensors, (h, c) for an LSTM and (h,) for a GRU or a vanilla
-RNN; callers pass it back without looking inside, so training and sampling never ask which cell runs.
+RNN (then the hashed contexts' and the attention head's, below); callers pass it back without looking
+inside, so training and sampling never ask which cell runs.
 What differs between cells (the fused module, the state layout, initialisation) comes from `cells.CELLS`.
 
 The head maps the last layer's output to logits through a hidden layer (`ModelConfig.head_hidden`, GELU;
 as wide as the recurrent layer by default, none in model files from before it). Its products take every
 character of a batch at once, so its units cost far less time than recurrent ones, whose products wait on
 each other from one character to the next.
+
+With an attention head (`ModelConfig.attention`, `Recall`), the last recurrent layer's output at each position
+gains what one attention head reads from that layer's last `memory` outputs, before the head. The state then
+ends with `memory` (memory, B, 2 * attention + 1): the keys and values of the outputs read before the next call,
+so that a text read in pieces is read as whole. Its products, too, take every character of a batch at once.
 
 With hashed context inputs (`ModelConfig.grams` = K), each character's input vector is its embedding plus,
 for each k in 2..K, a learned vector for the k characters ending at it, read from a table by hash: memory for
@@ -32,6 +38,40 @@ State = tuple[torch.Tensor, ...]
 # current one back; GRAM_MOD * GRAM_MUL + GRAM_MOD stays inside int64
 GRAM_MUL, GRAM_MOD = 1_000_003, 2_147_483_647
 GRAM_STD = 0.1  # the tables' initial spread: small beside the embedding's N(0, 1), so they start as a nudge
+
+
+class Recall(nn.Module):
+    """One attention head over the last `memory` outputs of the recurrent layer, added to its output: a direct look
+    at the recent text's states, where the recurrent state has to squeeze it into one vector. Keys and values of
+    the outputs read before a call come in the state, (memory, B, 2 * width + 1): each position's key, its value,
+    and 1 where the position holds one (0: before the text)."""
+
+    def __init__(self, hidden: int, width: int, memory: int):
+        super().__init__()
+        self.width, self.memory = width, memory
+        self.query = nn.Linear(hidden, width, bias=False)
+        self.keys = nn.Linear(hidden, 2 * width, bias=False)  # key and value
+        self.out = nn.Linear(width, hidden, bias=False)
+        nn.init.zeros_(self.out.weight)  # it starts by adding nothing
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, H), memory (M, B, 2W+1) or None -> (x plus what the head reads (B, T, H), the new memory)."""
+        M, W = self.memory, self.width
+        if memory is None:
+            memory = x.new_zeros(M, x.shape[0], 2 * W + 1)
+        # the ones here and below are made from the input, so that an exported graph never holds an operator
+        # that allocates as much as a number in the file says
+        new = self.keys(x)
+        new = torch.cat([new, new[..., :1] * 0 + 1], -1)  # (B, T, 2W+1)
+        seen = torch.cat([memory.transpose(0, 1).to(new.dtype), new], 1)  # (B, M+T, 2W+1)
+        k, v, filled = seen[..., :W], seen[..., W:2 * W], seen[..., 2 * W]
+        ones = new[:1, :, 2 * W:] * (seen[:1, :, 2 * W] * 0 + 1)[:, None, :]  # (1, T, M+T); (0, ...) for no rows
+        # position t of the call is slot M + t of `seen`: it reads the M slots up to and including its own
+        window = torch.triu(torch.tril(ones, M), 1) > 0.5  # (1, T, M+T)
+        allowed = window & (filled[:, None, :] > 0.5)  # (B, T, M+T)
+        scores = (self.query(x) @ k.transpose(1, 2)).float() / W ** 0.5  # (B, T, M+T)
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).to(v.dtype)
+        return x + self.out(weights @ v), seen[:, -M:].transpose(0, 1).float()
 
 
 def context_rows(ids: torch.Tensor, recent: torch.Tensor, grams: int, buckets: int
@@ -66,19 +106,22 @@ class CharRNN(nn.Module):
         W = cfg.head_width
         self.readout = nn.Sequential(nn.Linear(H, W), nn.GELU()) if W else None  # the head's hidden layer
         self.head = nn.Linear(W or H, V)
+        self.recall = Recall(H, cfg.attention, cfg.memory) if cfg.attention else None
         width = cfg.embedding or V  # the tables' rows add to the input vector, one-hot or embedded
         self.grams = nn.ModuleList(nn.Embedding(cfg.gram_buckets, width) for _ in range(2, cfg.grams + 1))
         for table in self.grams:
             nn.init.normal_(table.weight, std=GRAM_STD)
         self.state_names = tuple(state_shapes(cfg))  # the state tuple's tensors, in order
 
-    def split(self, state: State | None, batch: int) -> tuple[State | None, torch.Tensor | None]:
-        """A state tuple -> (the cell's part, recent ids + 1 (B, K-1) int64 or None without hashed contexts)."""
-        if not self.cfg.grams:
-            return state, None
+    def split(self, state: State | None, batch: int
+              ) -> tuple[State | None, torch.Tensor | None, torch.Tensor | None]:
+        """A state tuple -> (the cell's part, recent ids + 1 (B, K-1) int64 or None without hashed contexts, the
+        attention's memory (M, B, 2W+1) or None: none yet, or no attention head)."""
+        grams, cells = self.cfg.grams, len(self.cell.state)
         if state is None:
-            return None, torch.zeros(batch, self.cfg.grams - 1, dtype=torch.long, device=self.head.weight.device)
-        return state[:-1], state[-1][0].long()
+            recent = torch.zeros(batch, grams - 1, dtype=torch.long, device=self.head.weight.device) if grams else None
+            return None, recent, None
+        return state[:cells], state[cells][0].long() if grams else None, state[-1] if self.recall else None
 
     def gram_vectors(self, ids: torch.Tensor, recent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T), recent (B, K-1) -> (the sum of the hashed context vectors (B, T, E), the new recent as the
@@ -104,12 +147,15 @@ class CharRNN(nn.Module):
     def features(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The recurrent layers' output before the head, and the new state: ids (B, T) -> ((B, T, H), state). What
         only needs the state (a long start text read before writing) skips the head's (B, T, V) product."""
-        cell_state, recent = self.split(state, ids.shape[0])
+        cell_state, recent, memory = self.split(state, ids.shape[0])
         x, tail = self.inputs(ids), ()  # (B, T, E)
         if recent is not None:
             more, new_recent = self.gram_vectors(ids, recent)
             x, tail = x + more, (new_recent,)
         out, h = self.rnn(x, self.cell.to_fused(cell_state))  # out (B, T, H); each state tensor (L, B, H)
+        if self.recall is not None:
+            out, memory = self.recall(out, memory)
+            tail += (memory,)
         return out, self.cell.from_fused(h) + tail
 
     def num_parameters(self, tables: bool = True) -> int:
@@ -127,8 +173,10 @@ def forward_flops(cfg: ModelConfig, head: bool = True, lookup: bool = False) -> 
     cell, H, V = CELLS[cfg.cell], cfg.hidden_size, cfg.vocab_size
     layers = sum(cell.layer_flops(cfg.embedding or V if i == 0 else H, H, lookup=lookup and i == 0)
                  for i in range(cfg.num_layers))
+    A = cfg.attention  # its query, keys and values, and output (4 H A), and a full memory's scores and values
+    recall = 2 * (4 * H * A + 2 * cfg.memory * A) if A else 0
     W = cfg.head_width
-    return layers + ((2 * H * W + 2 * W * V if W else 2 * H * V) if head else 0)
+    return layers + recall + ((2 * H * W + 2 * W * V if W else 2 * H * V) if head else 0)
 
 
 def detach(state: State | None) -> State | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RECENT, ModelConfig, state_shapes
+from .config import MEMORY, RECENT, ModelConfig, state_shapes
 from .decoding import Writer
 from .errors import CharloomError
 from .vocab import Vocab
@@ -33,7 +33,9 @@ MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large 
 ALLOWED_OPS = frozenset({("", op) for op in (
     "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "Div", "DynamicQuantizeLinear", "Erf", "GRU", "Gather",
     "Gelu", "LSTM", "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub",
-    "Transpose", "Unsqueeze")} | {
+    "Transpose", "Unsqueeze",
+    # an attention head: its window's mask and its weights (each as large as its inputs)
+    "And", "Greater", "Not", "Softmax", "Trilu", "Where")} | {
     ("com.microsoft", "DynamicQuantizeLSTM")})
 INT64, FLOAT = 7, 1  # onnx.TensorProto element types
 
@@ -189,6 +191,7 @@ class OnnxGenerator(Writer):
         self.vocab, self.records = model.vocab, model.records
         self.num_layers, self.hidden_size = model.config.num_layers, model.config.hidden_size
         self.head_width = model.config.head_width
+        self.config = model.config
         self.path = model.path
 
     @classmethod
@@ -219,7 +222,8 @@ class OnnxGenerator(Writer):
         return out
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:
-        return {name: s for name, s in zip(self.model.state_names, state) if name != RECENT}  # the cell's alone
+        # the cell's alone: not the recent ids, nor an attention head's memory
+        return {name: s for name, s in zip(self.model.state_names, state) if name not in (RECENT, MEMORY)}
 
 
 def heldout_bpc(model: OnnxModel, batches: Iterable[Any], max_characters: int = 0) -> tuple[float, int]:

@@ -64,7 +64,7 @@ class Stepper:
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """ids (B,), state tuple (see CharRNN) -> logits (B, V), new state."""
-        cells, recent = self.model.split(state, len(ids))
+        cells, recent, memory = self.model.split(state, len(ids))
         first, tail = self.table[ids], ()  # (B, G*H)
         if recent is not None:
             more, new_recent = self.model.gram_vectors(ids[:, None], recent)  # (B, 1, E)
@@ -76,6 +76,9 @@ class Stepper:
             new = self.step(gi, tuple(s[i] for s in cells), self.w_hh[i], self.b_hh[i])  # each (B, H)
             layers.append(new)
             x = new[0]
+        if self.model.recall is not None:
+            read, memory = self.model.recall(x[:, None], memory)
+            x, tail = read[:, 0], tail + (memory,)
         if self.act is not None:
             x = self.act(torch.addmm(self.b_mid, x, self.w_mid))  # (B, W)
         logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
@@ -96,6 +99,7 @@ class Generator(Writer):
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.num_layers, self.hidden_size = model.cfg.num_layers, model.cfg.hidden_size
         self.head_width = model.cfg.head_width
+        self.config = model.cfg
         self._stepper: Stepper | None = None
         self._version: tuple | None = None
 

@@ -109,6 +109,10 @@ export function readMetadata(bytes, where = "model.onnx") {
   if (typeof meta.records !== "boolean") throw damaged("records is not true or false");
   const recent = meta.state.includes("recent");
   if (recent !== (Number.isInteger(m.grams) && m.grams >= 2)) throw damaged("state and grams disagree");
+  const memory = meta.state.includes("memory");
+  if (memory !== (Number.isInteger(m.attention) && m.attention >= 1 && Number.isInteger(m.memory) && m.memory >= 1)) {
+    throw damaged("state and attention disagree");
+  }
   if (meta.itos.length !== m.vocab_size) {
     throw new Error(`${where}: model reads ${m.vocab_size} ids but the vocabulary has ${meta.itos.length}`);
   }
@@ -123,7 +127,8 @@ export function readMetadata(bytes, where = "model.onnx") {
 // ---- the model ----------------------------------------------------------------------------------------------
 // A session over an exported file with the metadata that describes it. Its graph: ids (B, T) int64 and the
 // state tensors in, logits (B, T, V) float32 and the new state out; each state tensor is (first, B, last): the
-// cell's (num_layers, B, H), and with hashed context inputs `recent` (1, B, grams - 1) (config.state_shapes).
+// cell's (num_layers, B, H), with hashed context inputs `recent` (1, B, grams - 1), and with an attention head
+// `memory` (memory, B, 2 * attention + 1) (config.state_shapes).
 export class Model {
   constructor(ort, session, meta) {
     this.ort = ort;
@@ -134,7 +139,9 @@ export class Model {
     this.hidden = meta.model.hidden_size;
     this.names = meta.state;
     const grams = meta.model.grams || 0;
-    this.shapes = this.names.map((name) => (name === "recent" ? [1, grams - 1] : [this.layers, this.hidden]));
+    const recall = [meta.model.memory, 2 * meta.model.attention + 1];  // with an attention head: its memory
+    this.shapes = this.names.map((name) => (name === "recent" ? [1, grams - 1]
+                                            : name === "memory" ? recall : [this.layers, this.hidden]));
     this.specials = (meta.vocab.specials || ["<pad>", "<bos>", "<eos>", "<unk>"]).length;
     this.stoi = new Map(meta.itos.slice(this.specials).map((ch, k) => [ch, k + this.specials]));
     const ids = meta.ids;
@@ -155,11 +162,13 @@ export class Model {
                                  : "label: this model was trained without labels");
   }
 
-  // The summary the page shows: cell, layers, width, vocabulary, records or not.
+  // The summary the page shows: cell, layers, width, attention, the head's hidden layer, vocabulary, records or not.
   summary() {
     const m = this.meta.model, info = this.meta.info || {};
     const bpc = typeof info.val_bpc === "number" ? `, validation ${info.val_bpc.toFixed(3)} bpc` : "";
-    return `${m.cell} ${m.num_layers}x${m.hidden_size}, vocabulary ${this.vocabSize} ids ` +
+    const head = (m.attention ? `, attention ${m.attention} over ${m.memory} characters` : "") +
+      (m.head_hidden ? `, head layer ${m.head_hidden < 0 ? m.hidden_size : m.head_hidden}` : "");
+    return `${m.cell} ${m.num_layers}x${m.hidden_size}${head}, vocabulary ${this.vocabSize} ids ` +
       `(${this.vocabSize - this.specials} characters)${bpc}, ` +
       (this.meta.records ? "records model" : "continuous text");
   }
