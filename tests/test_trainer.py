@@ -256,36 +256,23 @@ def test_resume_takes_the_heads_width_given_as_the_layer_it_has(tmp_path, text_f
     assert resumed.progress.step == 5
 
 
-def test_a_resume_file_from_before_the_heads_hidden_layer_resumes_a_linear_head(tmp_path, text_file, tiny):
+@pytest.mark.parametrize("option, dropped", [("head_hidden", ("head_hidden",)), ("attention", ("attention", "memory"))])
+def test_a_resume_file_from_before_an_option_resumes_without_what_it_adds(tmp_path, text_file, tiny, option, dropped):
+    """A resume file from before the head's hidden layer (or the attention head) holds no such option: it resumes
+    a linear head (no attention head), the run it was, not the default's larger network."""
     from test_model_files import contents, forge
 
-    opts = dict(tiny, max_steps=6, eval_every=0, head_hidden=0)
+    opts = dict(tiny, max_steps=6, eval_every=0, **{option: 0})
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
     charloom.train(source=str(text_file), out=str(tmp_path / "b"),
                    callback=lambda e: e["event"] == "step" and e["step"] == 3, **opts)
     path = tmp_path / "b" / "last.safetensors"
     tensors, meta = contents(path)
-    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k != "head_hidden"})
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k not in dropped})
     forge(path, tensors, meta)
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=6)
     a, b = (checkpoint.load(tmp_path / k / "last.safetensors") for k in "ab")
-    assert b.config.head_hidden == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
-
-
-def test_a_resume_file_from_before_the_attention_head_resumes_without_one(tmp_path, text_file, tiny):
-    from test_model_files import contents, forge
-
-    opts = dict(tiny, max_steps=6, eval_every=0, attention=0)
-    charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
-    charloom.train(source=str(text_file), out=str(tmp_path / "b"),
-                   callback=lambda e: e["event"] == "step" and e["step"] == 3, **opts)
-    path = tmp_path / "b" / "last.safetensors"
-    tensors, meta = contents(path)
-    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k not in ("attention", "memory")})
-    forge(path, tensors, meta)
-    charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=6)
-    a, b = (checkpoint.load(tmp_path / k / "last.safetensors") for k in "ab")
-    assert b.config.attention == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert getattr(b.config, option) == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):
