@@ -41,6 +41,12 @@ GATE_ROWS = 5  # (H,) float32 rows a fused layer computes per character read: up
 HEAD_ROWS = 2  # (W,) float32 rows of the head's hidden layer per character: its product and the GELU of it
 ATTENTION_ROWS = 6  # (A,) float32 rows of an attention head per character read: query, key and value, read, ...
 MEMORY_COPIES = 3  # ... and copies of its memory per sample: the memory, it with the new keys, the new memory
+
+
+def recall_floats(cfg: ModelConfig) -> int:
+    """float32 numbers an attention head computes per character read: its query, keys, values and read, and its
+    scores over the memory and a piece no longer than the memory (0 without one)."""
+    return ATTENTION_ROWS * cfg.attention + 2 * cfg.memory if cfg.attention else 0
 READ_BYTES = 64 * 2**20  # a backend that reads its start text in pieces computes about this much per piece
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
@@ -251,8 +257,8 @@ class Writer:
         smaller embedded one), a layer's gates and output, the head's hidden layer, and with an attention head its
         query, keys and values and its scores over the memory and the piece (at most twice the memory: a piece
         of more characters than that costs more than this counts, so pieces are kept to it)."""
-        recall = ATTENTION_ROWS * self.config.attention + 2 * self.config.memory if self.config.attention else 0
-        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size + HEAD_ROWS * self.head_width + recall)
+        return 4 * (2 * len(self.vocab) + GATE_ROWS * self.hidden_size + HEAD_ROWS * self.head_width
+                    + recall_floats(self.config))
 
     def piece_rows(self) -> int:
         """Characters of start text read per call by a backend that reads in pieces: about READ_BYTES of work."""

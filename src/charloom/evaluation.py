@@ -25,7 +25,7 @@ from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .decoding import ATTENTION_ROWS, GATE_ROWS, HEAD_ROWS, memory_cap
+from .decoding import GATE_ROWS, HEAD_ROWS, memory_cap, recall_floats
 from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
@@ -74,9 +74,8 @@ def _position_bytes(cfg: ModelConfig) -> int:
     """Bytes one (row, time) position of a forward call computes: its logits, its input row, its gates, the
     head's hidden layer, and an attention head's query, keys, values and scores (over the memory and a piece no
     longer than it: `_pieces` keeps them so)."""
-    recall = ATTENTION_ROWS * cfg.attention + 2 * cfg.memory if cfg.attention else 0
     return 4 * (LOGIT_ROWS * cfg.vocab_size + (cfg.embedding or cfg.vocab_size) + GATE_ROWS * cfg.hidden_size
-                + HEAD_ROWS * cfg.head_width + recall)
+                + HEAD_ROWS * cfg.head_width + recall_floats(cfg))
 
 
 def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:

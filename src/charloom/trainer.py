@@ -40,7 +40,7 @@ from .checkpoint import Progress, RunState
 from .config import (BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig,
                      TrainConfig)
 from .corpus import Corpus, load as load_corpus
-from .decoding import ATTENTION_ROWS, HEAD_ROWS, memory_cap
+from .decoding import HEAD_ROWS, memory_cap, recall_floats
 from .errors import CharloomError, ConfigError
 from .evaluation import LN2, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
@@ -597,9 +597,8 @@ def _check_size(model: ModelConfig, shape: tuple[int, float], pieces: int = 1) -
     with torch.device("meta"):
         n = CharRNN(model).num_parameters()
     H, V, W, A = model.hidden_size, model.vocab_size, model.head_width, model.attention
-    recall = ATTENTION_ROWS * A + 2 * model.memory if A else 0  # its query, keys and values, and scores
     need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * math.ceil(shape[1] / pieces)
-                * (V + HEAD_ROWS * W + 4 * H * model.num_layers + recall))
+                * (V + HEAD_ROWS * W + 4 * H * model.num_layers + recall_floats(model)))
     if need > (cap := memory_cap()):
         raise ConfigError(f"hidden_size, head_hidden, attention, memory, embedding and num_layers (--hidden {H}, "
                           f"--head-hidden {model.head_hidden}, --attention {A}, --memory {model.memory}, --embedding "
