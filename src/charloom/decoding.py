@@ -47,6 +47,14 @@ def recall_floats(cfg: ModelConfig) -> int:
     """float32 numbers an attention head computes per character read: its query, keys, values and read, and its
     scores over the memory and a piece no longer than the memory (0 without one)."""
     return ATTENTION_ROWS * cfg.attention + 2 * cfg.memory if cfg.attention else 0
+
+
+def attended_rows(cfg: ModelConfig, rows: int) -> int:
+    """Characters one forward call may read: `rows`, or with an attention head no more than its memory (its scores
+    grow with the call's length squared; `recall_floats` counts them for a call no longer than that)."""
+    return min(rows, cfg.memory) if cfg.attention else rows
+
+
 READ_BYTES = 64 * 2**20  # a backend that reads its start text in pieces computes about this much per piece
 # a smaller temperature is greedy: dividing float32 logits by it could overflow to inf (and inf - inf is
 # nan), and at it the choice is the argmax anyway, but for exact ties
@@ -262,8 +270,7 @@ class Writer:
 
     def piece_rows(self) -> int:
         """Characters of start text read per call by a backend that reads in pieces: about READ_BYTES of work."""
-        rows = max(1, READ_BYTES // self.row_bytes())
-        return min(rows, self.config.memory) if self.config.attention else rows
+        return attended_rows(self.config, max(1, READ_BYTES // self.row_bytes()))
 
     def reading_bytes(self, chars: int) -> int:
         """Bytes that reading a start text of `chars` characters holds at its peak, roughly: its ids, and the

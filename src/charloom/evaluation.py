@@ -25,7 +25,7 @@ from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .decoding import GATE_ROWS, HEAD_ROWS, memory_cap, recall_floats
+from .decoding import GATE_ROWS, HEAD_ROWS, attended_rows, memory_cap, recall_floats
 from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
@@ -83,9 +83,7 @@ def _pieces(model: CharRNN, batch: Batch) -> list[Batch]:
     the batch is long and the vocabulary large; one time step at least); each piece after the first continues
     the one before it, so read in order with the state carried they score as the whole batch does."""
     B, T = batch.x.shape
-    steps = max(1, PIECE_BYTES // (B * _position_bytes(model.cfg)))  # time steps per piece
-    if model.cfg.attention:  # its scores grow with the piece's length squared: no longer than its memory
-        steps = min(steps, model.cfg.memory)
+    steps = attended_rows(model.cfg, max(1, PIECE_BYTES // (B * _position_bytes(model.cfg))))  # per piece
     return batch.pieces(-(-T // steps))  # each at most `steps` wide
 
 
