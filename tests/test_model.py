@@ -170,22 +170,27 @@ def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, em
 
 
 # ---- the attention head ---------------------------------------------------------------------------------
-def make_recall(width=4, memory=5, layers=1, hidden=8, seed=0, grams=0):
+def make_recall(width=4, memory=5, layers=1, hidden=8, seed=0, grams=0, shifted=True):
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=5, grams=grams, gram_buckets=97,
-                                attention=width, memory=memory, vocab_size=V))
+                                attention=width, memory=memory, shifted_keys=shifted, vocab_size=V))
     nn.init.normal_(model.recall.out.weight, std=0.5)  # it starts at zero: give it something to add
     return model.eval()
 
 
 def hand_recall(model, out):
     """The attention head as a loop over rows and positions: position t reads the values of positions
-    max(0, t - memory + 1) .. t, weighted by the softmax of its query against their keys over sqrt(width)."""
+    max(0, t - memory + 1) .. t, weighted by the softmax of its query against their keys over sqrt(width); with
+    shifted keys, position j's key adds the output of position j - 1 (none before the first) times `before`."""
     r = model.recall
     W, M = r.width, r.memory
     rows = []
     for b in range(out.shape[0]):
         kv = out[b] @ r.keys.weight.T  # (T, 2W)
+        if r.before is not None:
+            kv = kv.clone()
+            for j in range(1, out.shape[1]):
+                kv[j, :W] += out[b, j - 1] @ r.before.weight.T
         row = []
         for t in range(out.shape[1]):
             seen = kv[max(0, t - M + 1):t + 1]
@@ -195,9 +200,9 @@ def hand_recall(model, out):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("memory", [1, 5, 40])
-def test_the_attention_head_equals_a_hand_written_loop(memory):
-    model = make_recall(memory=memory)
+@pytest.mark.parametrize("memory, shifted", [(1, True), (5, True), (40, True), (5, False)])
+def test_the_attention_head_equals_a_hand_written_loop(memory, shifted):
+    model = make_recall(memory=memory, shifted=shifted)
     ids = torch.randint(0, V, (2, 23))
     out, state = model.features(ids)
     plain, _ = model.rnn(model.embed(ids))
@@ -205,11 +210,14 @@ def test_the_attention_head_equals_a_hand_written_loop(memory):
     assert model.state_names == ("h", "c", "memory") and state[-1].shape == (memory, 2, 2 * 4 + 1)
 
 
-@pytest.mark.parametrize("grams", [0, 3])
-def test_the_attention_head_read_in_pieces_equals_the_whole_text(grams):
+@pytest.mark.parametrize("grams, cell", [(0, "lstm"), (3, "lstm"), (0, "gru")])
+def test_the_attention_head_read_in_pieces_equals_the_whole_text(grams, cell):
     """Pieces shorter and longer than the memory: the keys and values carried in the state stand in for the text
-    read before."""
+    read before, and the last layer's h for the output before a piece's first position (a shifted key's)."""
     model = make_recall(memory=6, layers=2, grams=grams)
+    if cell != "lstm":
+        model = CharRNN(model.cfg.replace(cell=cell)).eval()
+        nn.init.normal_(model.recall.out.weight, std=0.5)
     ids = torch.randint(0, V, (3, 40))
     whole, _ = model(ids)
     state, parts = None, []
@@ -226,9 +234,10 @@ def test_the_attention_head_starts_as_no_head_and_counts_its_weights():
     plain, _ = model.rnn(model.embed(ids))
     torch.testing.assert_close(model.features(ids)[0], plain)  # its output layer starts at zero
     without = CharRNN(ModelConfig(hidden_size=8, embedding=5, attention=0, vocab_size=V)).num_parameters()
-    assert model.num_parameters() == without + 8 * 3 + 8 * 6 + 3 * 8
+    assert model.num_parameters() == without + 8 * 3 + 8 * 6 + 8 * 3 + 3 * 8  # query, key and value, shift, out
     M = model.cfg.memory
-    assert forward_flops(model.cfg) == forward_flops(model.cfg.replace(attention=0)) + 2 * (4 * 8 * 3 + 2 * M * 3)
+    assert forward_flops(model.cfg) == forward_flops(model.cfg.replace(attention=0)) + 2 * (5 * 8 * 3 + 2 * M * 3)
+    assert forward_flops(model.cfg) - forward_flops(model.cfg.replace(shifted_keys=False)) == 2 * 8 * 3
 
 
 @pytest.mark.parametrize("fields, words", [({"attention": -1}, "attention: must be 0"),

@@ -140,6 +140,17 @@ def test_a_file_from_before_the_attention_head_loads_without_one(tmp_path):
     assert ModelConfig().attention > 0  # what a new run gets, so the reading above is what keeps such files
 
 
+def test_a_file_from_before_shifted_keys_loads_with_keys_from_each_position(tmp_path):
+    vocab = Vocab.build(TEXT)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, attention=3, shifted_keys=False, vocab_size=len(vocab)))
+    tensors, meta = contents(checkpoint.save(tmp_path / "model.safetensors", model, vocab, records=False))
+    meta["config"] = json.dumps({k: v for k, v in json.loads(meta["config"]).items() if k != "shifted_keys"})
+    ck = checkpoint.load(forge(tmp_path / "older.safetensors", tensors, meta))
+    assert not ck.config.shifted_keys and ck.model.recall.before is None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.model.state_dict().items())
+    assert ModelConfig().shifted_keys  # what a new run gets, so the reading above is what keeps such files
+
+
 def test_a_tensor_the_config_does_not_make_is_refused_by_name(good):
     path, _, _ = good
     refused(hostile(path, lambda m, t: t.update({"model.rnn.weight_hh_l1": torch.zeros(32, 8)})),

@@ -256,13 +256,17 @@ def test_resume_takes_the_heads_width_given_as_the_layer_it_has(tmp_path, text_f
     assert resumed.progress.step == 5
 
 
-@pytest.mark.parametrize("option, dropped", [("head_hidden", ("head_hidden",)), ("attention", ("attention", "memory"))])
-def test_a_resume_file_from_before_an_option_resumes_without_what_it_adds(tmp_path, text_file, tiny, option, dropped):
-    """A resume file from before the head's hidden layer (or the attention head) holds no such option: it resumes
-    a linear head (no attention head), the run it was, not the default's larger network."""
+@pytest.mark.parametrize("option, off, dropped", [("head_hidden", 0, ("head_hidden",)),
+                                                  ("attention", 0, ("attention", "memory")),
+                                                  ("shifted_keys", False, ("shifted_keys",))])
+def test_a_resume_file_from_before_an_option_resumes_without_what_it_adds(tmp_path, text_file, tiny, option, off,
+                                                                          dropped):
+    """A resume file from before the head's hidden layer (the attention head, its shifted keys) holds no such
+    option: it resumes a linear head (no attention head, keys from each position), the run it was, not the
+    default's larger network."""
     from test_model_files import contents, forge
 
-    opts = dict(tiny, max_steps=6, eval_every=0, **{option: 0})
+    opts = dict(tiny, max_steps=6, eval_every=0, **{option: off})
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), **opts)
     charloom.train(source=str(text_file), out=str(tmp_path / "b"),
                    callback=lambda e: e["event"] == "step" and e["step"] == 3, **opts)
@@ -272,7 +276,7 @@ def test_a_resume_file_from_before_an_option_resumes_without_what_it_adds(tmp_pa
     forge(path, tensors, meta)
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), resume=True, max_steps=6)
     a, b = (checkpoint.load(tmp_path / k / "last.safetensors") for k in "ab")
-    assert getattr(b.config, option) == 0 and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert getattr(b.config, option) == off and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):

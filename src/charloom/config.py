@@ -324,6 +324,10 @@ class ModelConfig(Config):
                                 "of them, carried in the state), added to its output before the head: the width of "
                                 "its keys and values (0: none, as in model files from before it)")
     memory: int = option(256, "outputs the attention head (--attention) looks back over")
+    shifted_keys: bool = option(True, "attention head: each position's key also reads the output before it, so a "
+                                      "query that matches the text up to a position reads the character that "
+                                      "came next (off: keys from the position's own output, as in model files "
+                                      "from before it)")
     dropout: float = option(0.0, "dropout between recurrent layers and before the head")
     forget_bias: float = option(0.0, "lstm: initial bias of the forget gate (0: PyTorch's initialisation; 1 opens "
                                      "the memory from the first step, as Keras does)")
@@ -366,6 +370,8 @@ class ModelConfig(Config):
             data = {**data, "head_hidden": 0}
         if isinstance(data, dict) and "attention" not in data:
             data = {**data, "attention": 0}
+        if isinstance(data, dict) and "shifted_keys" not in data:  # one saved before shifted keys had own-position keys
+            data = {**data, "shifted_keys": False}
         return super().from_dict(data, where)
 
 

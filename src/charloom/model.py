@@ -44,24 +44,35 @@ class Recall(nn.Module):
     """One attention head over the last `memory` outputs of the recurrent layer, added to its output: a direct look
     at the recent text's states, where the recurrent state has to squeeze it into one vector. Keys and values of
     the outputs read before a call come in the state, (memory, B, 2 * width + 1): each position's key, its value,
-    and 1 where the position holds one (0: before the text)."""
+    and 1 where the position holds one (0: before the text).
 
-    def __init__(self, hidden: int, width: int, memory: int):
+    With shifted keys, a position's key also reads the output before it: a query that matches the text up to
+    position j - 1 then reads the value of position j, whose output holds the character that came next (the
+    copy of a name or an identifier seen before)."""
+
+    def __init__(self, hidden: int, width: int, memory: int, shifted: bool = True):
         super().__init__()
         self.width, self.memory = width, memory
         self.query = nn.Linear(hidden, width, bias=False)
         self.keys = nn.Linear(hidden, 2 * width, bias=False)  # key and value
+        self.before = nn.Linear(hidden, width, bias=False) if shifted else None  # the key's part from the output before
         self.out = nn.Linear(width, hidden, bias=False)
         nn.init.zeros_(self.out.weight)  # it starts by adding nothing
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, H), memory (M, B, 2W+1) or None -> (x plus what the head reads (B, T, H), the new memory)."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, previous: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, H), memory (M, B, 2W+1) or None, previous (B, H): the output before x's first position, or
+        None (zeros: before the text) -> (x plus what the head reads (B, T, H), the new memory)."""
         M, W = self.memory, self.width
         if memory is None:
             memory = x.new_zeros(M, x.shape[0], 2 * W + 1)
         # the ones here and below are made from the input, so that an exported graph never holds an operator
         # that allocates as much as a number in the file says
         new = self.keys(x)
+        if self.before is not None:
+            first = x[:, :1] * 0 if previous is None else previous[:, None].to(x.dtype)
+            earlier = torch.cat([first, x[:, :-1]], 1)  # (B, T, H): the output before each position
+            new = torch.cat([new[..., :W] + self.before(earlier), new[..., W:]], -1)
         new = torch.cat([new, new[..., :1] * 0 + 1], -1)  # (B, T, 2W+1)
         seen = torch.cat([memory.transpose(0, 1).to(new.dtype), new], 1)  # (B, M+T, 2W+1)
         k, v, filled = seen[..., :W], seen[..., W:2 * W], seen[..., 2 * W]
@@ -106,7 +117,7 @@ class CharRNN(nn.Module):
         W = cfg.head_width
         self.readout = nn.Sequential(nn.Linear(H, W), nn.GELU()) if W else None  # the head's hidden layer
         self.head = nn.Linear(W or H, V)
-        self.recall = Recall(H, cfg.attention, cfg.memory) if cfg.attention else None
+        self.recall = Recall(H, cfg.attention, cfg.memory, cfg.shifted_keys) if cfg.attention else None
         width = cfg.embedding or V  # the tables' rows add to the input vector, one-hot or embedded
         self.grams = nn.ModuleList(nn.Embedding(cfg.gram_buckets, width) for _ in range(2, cfg.grams + 1))
         for table in self.grams:
@@ -154,7 +165,8 @@ class CharRNN(nn.Module):
             x, tail = x + more, (new_recent,)
         out, h = self.rnn(x, self.cell.to_fused(cell_state))  # out (B, T, H); each state tensor (L, B, H)
         if self.recall is not None:
-            out, memory = self.recall(out, memory)
+            # every cell's state starts with h: its last layer is the output before this call
+            out, memory = self.recall(out, memory, cell_state[0][-1] if cell_state is not None else None)
             tail += (memory,)
         return out, self.cell.from_fused(h) + tail
 
@@ -173,8 +185,10 @@ def forward_flops(cfg: ModelConfig, head: bool = True, lookup: bool = False) -> 
     cell, H, V = CELLS[cfg.cell], cfg.hidden_size, cfg.vocab_size
     layers = sum(cell.layer_flops(cfg.embedding or V if i == 0 else H, H, lookup=lookup and i == 0)
                  for i in range(cfg.num_layers))
-    A = cfg.attention  # its query, keys and values, and output (4 H A), and a full memory's scores and values
-    recall = 2 * (4 * H * A + 2 * cfg.memory * A) if A else 0
+    # an attention head: its query, keys (two products with shifted keys) and values, output, and a full memory's
+    # scores and values
+    A = cfg.attention
+    recall = 2 * ((4 + cfg.shifted_keys) * H * A + 2 * cfg.memory * A) if A else 0
     W = cfg.head_width
     return layers + recall + ((2 * H * W + 2 * W * V if W else 2 * H * V) if head else 0)
 

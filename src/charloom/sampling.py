@@ -77,7 +77,7 @@ class Stepper:
             layers.append(new)
             x = new[0]
         if self.model.recall is not None:
-            read, memory = self.model.recall(x[:, None], memory)
+            read, memory = self.model.recall(x[:, None], memory, cells[0][-1])  # h of the last layer before
             x, tail = read[:, 0], tail + (memory,)
         if self.act is not None:
             x = self.act(torch.addmm(self.b_mid, x, self.w_mid))  # (B, W)
