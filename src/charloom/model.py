@@ -68,12 +68,15 @@ class Recall(nn.Module):
             memory = x.new_zeros(M, x.shape[0], 2 * W + 1)
         # the ones here and below are made from the input, so that an exported graph never holds an operator
         # that allocates as much as a number in the file says
-        new = self.keys(x)
-        if self.before is not None:
-            first = x[:, :1] * 0 if previous is None else previous[:, None].to(x.dtype)
-            earlier = torch.cat([first, x[:, :-1]], 1)  # (B, T, H): the output before each position
-            new = torch.cat([new[..., :W] + self.before(earlier), new[..., W:]], -1)
-        new = torch.cat([new, new[..., :1] * 0 + 1], -1)  # (B, T, 2W+1)
+        new = self.keys(x)  # (B, T, 2W)
+        one = new[..., :1] * 0 + 1
+        if self.before is not None:  # the product before the shift: (B, T, W) moves, not (B, T, H)
+            part = self.before(x)  # (B, T, W)
+            first = part[:, :1] * 0 if previous is None else self.before(previous.to(x.dtype))[:, None]
+            earlier = torch.cat([first, part[:, :-1]], 1)  # (B, T, W): each position's from the output before it
+            new = torch.cat([new[..., :W] + earlier, new[..., W:], one], -1)  # (B, T, 2W+1)
+        else:
+            new = torch.cat([new, one], -1)  # (B, T, 2W+1)
         seen = torch.cat([memory.transpose(0, 1).to(new.dtype), new], 1)  # (B, M+T, 2W+1)
         k, v, filled = seen[..., :W], seen[..., W:2 * W], seen[..., 2 * W]
         ones = new[:1, :, 2 * W:] * (seen[:1, :, 2 * W] * 0 + 1)[:, None, :]  # (1, T, M+T); (0, ...) for no rows

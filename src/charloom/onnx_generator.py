@@ -34,6 +34,7 @@ ALLOWED_OPS = frozenset({("", op) for op in (
     "Add", "Cast", "Concat", "Constant", "DequantizeLinear", "Div", "DynamicQuantizeLinear", "Erf", "GRU", "Gather",
     "Gelu", "LSTM", "MatMul", "MatMulInteger", "Mod", "Mul", "OneHot", "RNN", "Shape", "Slice", "Squeeze", "Sub",
     "Transpose", "Unsqueeze",
+    "Identity",  # a weight that two products share (shifted keys)
     # an attention head: its window's mask and its weights (each as large as its inputs)
     "And", "Greater", "Not", "Softmax", "Trilu", "Where")} | {
     ("com.microsoft", "DynamicQuantizeLSTM")})
