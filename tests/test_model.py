@@ -170,10 +170,10 @@ def test_flops_per_character_are_twice_the_weights_each_character_meets(cell, em
 
 
 # ---- the attention head ---------------------------------------------------------------------------------
-def make_recall(width=4, memory=5, layers=1, hidden=8, seed=0, grams=0, shifted=True, heads=1):
+def make_recall(width=4, memory=5, layers=1, hidden=8, seed=0, grams=0, shifted=True):
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, embedding=5, grams=grams, gram_buckets=97,
-                                attention=width, memory=memory, shifted_keys=shifted, heads=heads, vocab_size=V))
+                                attention=width, memory=memory, shifted_keys=shifted, vocab_size=V))
     nn.init.normal_(model.recall.out.weight, std=0.5)  # it starts at zero: give it something to add
     return model.eval()
 
@@ -193,19 +193,16 @@ def hand_recall(model, out):
                 kv[j, :W] += out[b, j - 1] @ r.before.weight.T
         row = []
         for t in range(out.shape[1]):
-            seen, q, D, read = kv[max(0, t - M + 1):t + 1], out[b, t] @ r.query.weight.T, W // r.heads, []
-            for h in range(r.heads):  # head h: columns h D .. (h + 1) D - 1 of the queries, keys and values
-                keys, values = seen[:, h * D:(h + 1) * D], seen[:, W + h * D:W + (h + 1) * D]
-                read.append(torch.softmax(q[h * D:(h + 1) * D] @ keys.T / D ** 0.5, -1) @ values)
-            row.append(out[b, t] + torch.cat(read) @ r.out.weight.T)
+            seen = kv[max(0, t - M + 1):t + 1]
+            w = torch.softmax((out[b, t] @ r.query.weight.T) @ seen[:, :W].T / W ** 0.5, -1)
+            row.append(out[b, t] + (w @ seen[:, W:]) @ r.out.weight.T)
         rows.append(torch.stack(row))
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("memory, shifted, heads", [(1, True, 1), (5, True, 1), (40, True, 1), (5, False, 1),
-                                                    (5, True, 2), (40, False, 4)])
-def test_the_attention_head_equals_a_hand_written_loop(memory, shifted, heads):
-    model = make_recall(memory=memory, shifted=shifted, heads=heads)
+@pytest.mark.parametrize("memory, shifted", [(1, True), (5, True), (40, True), (5, False)])
+def test_the_attention_head_equals_a_hand_written_loop(memory, shifted):
+    model = make_recall(memory=memory, shifted=shifted)
     ids = torch.randint(0, V, (2, 23))
     out, state = model.features(ids)
     plain, _ = model.rnn(model.embed(ids))
@@ -213,11 +210,11 @@ def test_the_attention_head_equals_a_hand_written_loop(memory, shifted, heads):
     assert model.state_names == ("h", "c", "memory") and state[-1].shape == (memory, 2, 2 * 4 + 1)
 
 
-@pytest.mark.parametrize("grams, cell, heads", [(0, "lstm", 1), (3, "lstm", 1), (0, "gru", 2)])
-def test_the_attention_head_read_in_pieces_equals_the_whole_text(grams, cell, heads):
+@pytest.mark.parametrize("grams, cell", [(0, "lstm"), (3, "lstm"), (0, "gru")])
+def test_the_attention_head_read_in_pieces_equals_the_whole_text(grams, cell):
     """Pieces shorter and longer than the memory: the keys and values carried in the state stand in for the text
     read before, and the last layer's h for the output before a piece's first position (a shifted key's)."""
-    model = make_recall(memory=6, layers=2, grams=grams, heads=heads)
+    model = make_recall(memory=6, layers=2, grams=grams)
     if cell != "lstm":
         model = CharRNN(model.cfg.replace(cell=cell)).eval()
         nn.init.normal_(model.recall.out.weight, std=0.5)
@@ -245,8 +242,6 @@ def test_the_attention_head_starts_as_no_head_and_counts_its_weights():
 
 @pytest.mark.parametrize("fields, words", [({"attention": -1}, "attention: must be 0"),
                                            ({"memory": 0}, "memory: must be from 1"),
-                                           ({"heads": 0}, "heads: must be at least 1"),
-                                           ({"attention": 64, "heads": 3}, r"heads: .* divide --attention \(64\)"),
                                            ({"memory": 10**6}, "memory: must be from 1")])
 def test_attention_options_are_checked(fields, words):
     with pytest.raises(ConfigError, match=words):

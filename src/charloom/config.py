@@ -324,7 +324,6 @@ class ModelConfig(Config):
                                 "of them, carried in the state), added to its output before the head: the width of "
                                 "its keys and values (0: none, as in model files from before it)")
     memory: int = option(256, "outputs the attention head (--attention) looks back over")
-    heads: int = option(1, "attention heads that share --attention's width, each reading the memory its own way")
     shifted_keys: bool = option(True, "attention head: each position's key also reads the output before it, so a "
                                       "query that matches the text up to a position reads the character that "
                                       "came next (off: keys from the position's own output, as in model files "
@@ -349,8 +348,6 @@ class ModelConfig(Config):
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if not 0 <= self.attention <= MAX_HEAD_HIDDEN:
             raise ConfigError(f"attention: must be 0 (none) or from 1 to {MAX_HEAD_HIDDEN:,}, got {self.attention}")
-        if not 1 <= self.heads or self.attention % self.heads:
-            raise ConfigError(f"heads: must be at least 1 and divide --attention ({self.attention}), got {self.heads}")
         if not 1 <= self.memory <= MAX_MEMORY:
             raise ConfigError(f"memory: must be from 1 to {MAX_MEMORY:,}, got {self.memory}")
         if self.grams and not 2 <= self.grams <= MAX_GRAMS:

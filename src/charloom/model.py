@@ -50,9 +50,9 @@ class Recall(nn.Module):
     position j - 1 then reads the value of position j, whose output holds the character that came next (the
     copy of a name or an identifier seen before)."""
 
-    def __init__(self, hidden: int, width: int, memory: int, shifted: bool = True, heads: int = 1):
+    def __init__(self, hidden: int, width: int, memory: int, shifted: bool = True):
         super().__init__()
-        self.width, self.memory, self.heads = width, memory, heads
+        self.width, self.memory = width, memory
         self.query = nn.Linear(hidden, width, bias=False)
         self.keys = nn.Linear(hidden, 2 * width, bias=False)  # key and value
         self.before = nn.Linear(hidden, width, bias=False) if shifted else None  # the key's part from the output before
@@ -83,12 +83,9 @@ class Recall(nn.Module):
         # position t of the call is slot M + t of `seen`: it reads the M slots up to and including its own
         window = torch.triu(torch.tril(ones, M), 1) > 0.5  # (1, T, M+T)
         allowed = window & (filled[:, None, :] > 0.5)  # (B, T, M+T)
-        q, D, reads = self.query(x), W // self.heads, []
-        for part in (slice(i * D, (i + 1) * D) for i in range(self.heads)):  # each head reads its D of the W
-            scores = (q[..., part] @ k[..., part].transpose(1, 2)).float() / D ** 0.5  # (B, T, M+T)
-            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).to(v.dtype)
-            reads.append(weights @ v[..., part])  # (B, T, D)
-        return x + self.out(torch.cat(reads, -1)), seen[:, -M:].transpose(0, 1).float()
+        scores = (self.query(x) @ k.transpose(1, 2)).float() / W ** 0.5  # (B, T, M+T)
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).to(v.dtype)
+        return x + self.out(weights @ v), seen[:, -M:].transpose(0, 1).float()
 
 
 def context_rows(ids: torch.Tensor, recent: torch.Tensor, grams: int, buckets: int
@@ -123,7 +120,7 @@ class CharRNN(nn.Module):
         W = cfg.head_width
         self.readout = nn.Sequential(nn.Linear(H, W), nn.GELU()) if W else None  # the head's hidden layer
         self.head = nn.Linear(W or H, V)
-        self.recall = Recall(H, cfg.attention, cfg.memory, cfg.shifted_keys, cfg.heads) if cfg.attention else None
+        self.recall = Recall(H, cfg.attention, cfg.memory, cfg.shifted_keys) if cfg.attention else None
         width = cfg.embedding or V  # the tables' rows add to the input vector, one-hot or embedded
         self.grams = nn.ModuleList(nn.Embedding(cfg.gram_buckets, width) for _ in range(2, cfg.grams + 1))
         for table in self.grams:
