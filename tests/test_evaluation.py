@@ -99,7 +99,7 @@ def test_evaluation_leaves_the_model_in_training_mode_and_without_gradients():
 @pytest.mark.bf16
 def test_bf16_evaluation_stays_close_to_fp32():
     model = make(hidden=32)
-    ids = torch.randint(4, V, (4, 65))
+    ids = torch.randint(4, V, (4, 65), generator=torch.Generator().manual_seed(0))  # not tied to the weights drawn
     batches = [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)]
     exact, fast = evaluate(model, batches), evaluate(model, batches, precision="bf16")
     assert fast.characters == exact.characters and fast.loss == pytest.approx(exact.loss, abs=0.01)

@@ -24,7 +24,8 @@ def test_info_reads_a_model_file_alone_with_its_corpus_deleted(tmp_path, text_fi
     assert report["corpus"]["source"] == str(text_file) and report["corpus"]["characters"] == size
     assert report["corpus"]["vocabulary"] == len(result.vocab.chars)
     assert report["model"] == {"cell": "lstm", "layers": 1, "hidden_size": 16, "embedding": 8, "grams": 0,
-                               "head_hidden": 16, "attention": 64, "memory": 256, "dropout": 0.0,
+                               "head_hidden": 16, "attention": 64, "memory": 256, "shifted_keys": True,
+                               "dropout": 0.0,
                                "parameters": result.model.num_parameters()}
     t = report["training"]
     assert t["steps"] == 12 and t["characters_seen"] == 12 * 4 * 16 and t["chars_per_s"] > 0
@@ -34,8 +35,8 @@ def test_info_reads_a_model_file_alone_with_its_corpus_deleted(tmp_path, text_fi
     assert len(report["samples"]) == 2 and all(len(s) == 200 for s in report["samples"])
     assert main(["info", str(alone), "--samples", "0"]) == 0
     shown = capsys.readouterr().out
-    assert "lstm 1x16, embedding 8, attention 64 wide over the last 256 characters, head with a 16-unit hidden layer" \
-        in shown and "12 steps" in shown and "ended: budget" in shown
+    assert ("lstm 1x16, embedding 8, attention 64 wide (shifted keys) over the last 256 characters, head with a "
+            "16-unit hidden layer") in shown and "12 steps" in shown and "ended: budget" in shown
     assert "samples" not in shown
 
 

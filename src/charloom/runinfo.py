@@ -41,7 +41,9 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
                    "lower": v.lower, "normalize": v.normalize, "labels": list(v.labels)},
         "model": {"cell": cfg.cell, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
                   "embedding": cfg.embedding, "grams": cfg.grams, "head_hidden": cfg.head_width,
-                  "attention": cfg.attention, "memory": cfg.memory if cfg.attention else 0, "dropout": cfg.dropout,
+                  "attention": cfg.attention, "memory": cfg.memory if cfg.attention else 0,
+                  "shifted_keys": cfg.shifted_keys and cfg.attention > 0,
+                  "dropout": cfg.dropout,
                   "parameters": ck.model.num_parameters()},
         "training": {"steps": run.get("step"), "model_step": info.get("step"), "characters_seen": chars,
                      "seconds": seconds,
@@ -109,10 +111,15 @@ def _whole(b: dict[str, Any]) -> str:
     return _figure(b["whole_validation_split"], "{:.3f}", "none")
 
 
-def head_words(width: int | None, attention: int | None = 0, memory: int | None = 0) -> str:
-    """The head in words: a hidden layer's width, or linear; and the attention head before it, where there is one."""
+def head_words(width: int | None, attention: int | None = 0, memory: int | None = 0,
+               shifted: bool | None = False) -> str:
+    """The head in words: a hidden layer's width, or linear; and the attention head before it, where there is one
+    (and whether its keys are shifted)."""
     head = f"head with a {width}-unit hidden layer" if width else "linear head"
-    return f"attention {attention} wide over the last {memory} characters, {head}" if attention else head
+    if not attention:
+        return head
+    keys = " (shifted keys)" if shifted else ""
+    return f"attention {attention} wide{keys} over the last {memory} characters, {head}"
 
 
 def lines(report: dict[str, Any]) -> list[str]:
@@ -126,7 +133,8 @@ def lines(report: dict[str, Any]) -> list[str]:
              if c.get("labels") else []),
            f"model        {m['cell']} {m['layers']}x{m['hidden_size']}, "
            f"{'embedding ' + str(m['embedding']) if m['embedding'] else 'one-hot input'}, "
-           f"{head_words(m.get('head_hidden'), m.get('attention'), m.get('memory'))}, {m['parameters']:,} parameters",
+           f"{head_words(m.get('head_hidden'), m.get('attention'), m.get('memory'), m.get('shifted_keys'))}"
+           f", {m['parameters']:,} parameters",
            f"training     {_figure(t['steps'])} steps, {_figure(t['characters_seen'])} characters in "
            f"{_figure(t['seconds'], '{:,.0f}')} s ({_figure(t['chars_per_s'])} characters/s) on "
            f"{_figure(t['device'])} ({_figure(t['precision'])}); ended: {_figure(t['ended'])}"
