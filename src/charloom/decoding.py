@@ -46,8 +46,8 @@ MEMORY_COPIES = 3  # ... and copies of its memory per sample: the memory, it wit
 def recall_floats(cfg: ModelConfig) -> int:
     """float32 numbers an attention head computes per character read: its query, keys, values and read, and its
     scores over the memory and a piece no longer than the memory (0 without one); with shifted keys also the
-    output before each position and its part of the key."""
-    shifted = cfg.hidden_size + cfg.attention if cfg.shifted_keys else 0
+    keys' part from the output before each position, before and after its shift."""
+    shifted = 2 * cfg.attention if cfg.shifted_keys else 0
     return ATTENTION_ROWS * cfg.attention + 2 * cfg.memory + shifted if cfg.attention else 0
 
 

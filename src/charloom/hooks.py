@@ -69,8 +69,8 @@ class Display(Hook):
         m = t.model.cfg
         kind = "records" if t.records else "characters"
         threads = f", {torch.get_num_threads()} threads" if t.rt.device.type == "cpu" else ""
-        say(f"{m.cell} {m.num_layers}x{m.hidden_size}, {head_words(m.head_width, m.attention, m.memory, m.shifted_keys)}, "
-            f"{t.model.num_parameters():,} parameters, on "
+        head = head_words(m.head_width, m.attention, m.memory, m.shifted_keys)
+        say(f"{m.cell} {m.num_layers}x{m.hidden_size}, {head}, {t.model.num_parameters():,} parameters, on "
             f"{t.rt.device.type} ({t.rt.precision}{threads}), peak learning rate {t.cfg.lr:.3g}; {t.data.train_size:,} "
             f"training {kind}; run folder {t.out}")
         if t.rt.note:
