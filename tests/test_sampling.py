@@ -143,22 +143,25 @@ def test_repetition_penalty_lowers_only_seen_characters():
 TEXT = "the cat sat on the mat. the dog ate the hat.\n"
 
 
-def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0, head=-1, attention=0):
+def model_for(cell="lstm", layers=2, embedding=6, records=False, seed=0, grams=0, head=-1, attention=0,
+              shifted=True):
     vocab = Vocab.build(TEXT)
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(cell=cell, num_layers=layers, hidden_size=16, embedding=embedding, grams=grams,
                                 gram_buckets=61, head_hidden=head, attention=attention, memory=5,
-                                vocab_size=len(vocab)))
+                                shifted_keys=shifted, vocab_size=len(vocab)))
     if attention:
         torch.nn.init.normal_(model.recall.out.weight, std=0.5)  # it starts by adding nothing
     return Generator(model, vocab, records=records)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("embedding, grams, head, attention", [(0, 0, 0, 0), (6, 0, -1, 0), (0, 3, 10, 0), (6, 4, 0, 0),
-                                                               (6, 0, -1, 4), (0, 3, 0, 3)])
-def test_stepper_equals_the_model(cell, embedding, grams, head, attention):
-    g = model_for(cell, embedding=embedding, grams=grams, head=head, attention=attention)
+@pytest.mark.parametrize("embedding, grams, head, attention, shifted", [
+    (0, 0, 0, 0, True), (6, 0, -1, 0, True), (0, 3, 10, 0, True), (6, 4, 0, 0, True), (6, 0, -1, 4, True),
+    (0, 3, 0, 3, True), (6, 0, -1, 4, False)])
+def test_stepper_equals_the_model(cell, embedding, grams, head, attention, shifted):
+    """Logits and state after each step, past the attention head's memory of 5 (its oldest slots dropped)."""
+    g = model_for(cell, embedding=embedding, grams=grams, head=head, attention=attention, shifted=shifted)
     assert (g.model.readout is None) == (head == 0)
     model = g.model.eval()
     ids = torch.randint(4, len(g.vocab), (3, 12))
@@ -168,6 +171,8 @@ def test_stepper_equals_the_model(cell, embedding, grams, head, attention):
     for t in range(1, 12):
         logits, state = step(ids[:, t], state)
         torch.testing.assert_close(logits, whole[:, t], atol=1e-5, rtol=1e-5)
+        for mine, want in zip(state, model(ids[:, :t + 1])[1]):
+            torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

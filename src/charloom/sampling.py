@@ -22,7 +22,7 @@ import torch
 
 from .config import SampleOptions
 from .decoding import GATE_ROWS, Writer, apply_repetition_penalty, choose, filter_logits, sample_options
-from .model import CharRNN, State
+from .model import CharRNN, RecallStep, State
 from .vocab import Vocab
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Stepper:
             self.w_mid = mid[0].weight.T.contiguous() if mid is not None else None  # (H, W)
             self.b_mid = mid[0].bias.clone() if mid is not None else None
             self.act = mid[1] if mid is not None else None
+        self.recall = RecallStep(model.recall) if model.recall is not None else None
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -76,9 +77,9 @@ class Stepper:
             new = self.step(gi, tuple(s[i] for s in cells), self.w_hh[i], self.b_hh[i])  # each (B, H)
             layers.append(new)
             x = new[0]
-        if self.model.recall is not None:
-            read, memory = self.model.recall(x[:, None], memory, cells[0][-1])  # h of the last layer before
-            x, tail = read[:, 0], tail + (memory,)
+        if self.recall is not None:
+            x, memory = self.recall(x, memory, cells[0][-1])  # h of the last layer before
+            tail += (memory,)
         if self.act is not None:
             x = self.act(torch.addmm(self.b_mid, x, self.w_mid))  # (B, W)
         logits = torch.addmm(self.b_out, x, self.w_out)  # (B, V)
