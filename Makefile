@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/train_speed_bench.py
 	$(PY) bench/serve_bench.py
 	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }
+	command -v bible >/dev/null || { apt-get update -qq && apt-get install -y -qq bible-kjv; }
 	$(PY) bench/processes_bench.py
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/processes_bench.py
 	$(PY) bench/quality_bench.py

@@ -9,6 +9,9 @@ code:  the Python standard library's top-level modules (/usr/lib/python3.11/*.py
        last 5% held out and scored whole, in order, state carried.
 names: the bundled names, records; the held-out records (charloom's seeded random split) each scored from
        <bos> through <eos>.
+scripture: the King James Bible from Debian's bible-kjv (`bible -f gen1:1-rev22:21`), one verse a line with its
+       reference cut off, one continuous text scored as code is (the held-out tail: the last books of the New
+       Testament).
 Each corpus: one `charloom train SOURCE --max-time Nm` with its defaults, scored as saved (the network mixed
 with its n-gram of the training text), by the network alone, adapted while reading (`eval --adapt`'s
 defaults: the network steps and its n-gram counts), and with the network as trained and its n-gram counting
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,8 +42,36 @@ from charloom.batching import Stream, eval_windows, heldout_batches, split_recor
 from charloom.config import BatchConfig, EvalConfig  # noqa: E402
 from charloom.evaluation import adapt, evaluate, evaluate_mixed  # noqa: E402
 
-CORPORA = {"code": "/usr/lib/python3.11/*.py", "names": "names"}
+SCRIPTURE = Path(tempfile.gettempdir()) / "charloom-bench-kjv.txt"  # written by `scripture()`
+CORPORA = {"code": "/usr/lib/python3.11/*.py", "names": "names", "scripture": str(SCRIPTURE)}
 LOG = Path(__file__).resolve().parent / "corpora.jsonl"
+
+
+def sources(names: list[str]) -> dict[str, str]:
+    """The source each corpus trains from, leaving out (with a line) those this machine lacks."""
+    out = {}
+    for name in names:
+        source = CORPORA[name]
+        if name == "code" and not glob.glob(source):
+            print("no /usr/lib/python3.11: the code corpus is left out", file=sys.stderr)
+        elif name == "scripture" and scripture() is None:
+            print("no `bible` (Debian's bible-kjv): the scripture corpus is left out", file=sys.stderr)
+        else:
+            out[name] = source
+    return out
+
+
+def scripture() -> str | None:
+    """The King James Bible as a text file, one verse a line without its reference ("Ge1:1 "), written once from
+    Debian's bible-kjv; None where its `bible` is not installed."""
+    if not SCRIPTURE.exists():
+        if shutil.which("bible") is None:
+            return None
+        out = subprocess.run(["bible", "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
+        verses = [line.split(" ", 1)[1] for line in out.splitlines() if " " in line]
+        SCRIPTURE.with_suffix(".part").write_text("".join(v + "\n" for v in verses))
+        SCRIPTURE.with_suffix(".part").replace(SCRIPTURE)
+    return str(SCRIPTURE)
 
 
 def held_out(corpus, batch: BatchConfig):
@@ -100,12 +132,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(CORPORA), default=list(CORPORA))
     ap.add_argument("--flags", default="", help="charloom train flags beside the defaults, e.g. '--batch-size 16'")
     args = ap.parse_args()
-    if not glob.glob(CORPORA["code"]):
-        args.only = [c for c in args.only if c != "code"]
-        print("no /usr/lib/python3.11: the code corpus is left out", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only:
-            report.append_log(LOG, measure(name, CORPORA[name], args.minutes, Path(tmp), args.flags))
+        for name, source in sources(args.only).items():
+            report.append_log(LOG, measure(name, source, args.minutes, Path(tmp), args.flags))
     body = section()
     report.write_section("corpora", body)
     print(body)
@@ -116,7 +145,7 @@ def section() -> str:
     # per machine, and per command: a run with other flags stands beside the defaults' row
     newest = {(r["corpus"], r["minutes"], report.cpu_of(r), r["command"]): r for r in report.read_log(LOG)}
     return "\n".join([
-        "## Not Shakespeare alone: code and short records, beside PPMd",
+        "## Not Shakespeare alone: code, scripture and short records, beside PPMd",
         "",
         "Command: `python bench/corpora_bench.py --minutes N` (each run kept in `bench/corpora.jsonl`; the newest "
         f"of each corpus, budget, CPU and command shown; each row names its CPU). Machine of the newest run: {report.machine()}, "
