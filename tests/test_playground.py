@@ -36,7 +36,8 @@ def test_typed_start_text_streams_into_the_page(live, browser):
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     page.goto(url + "/")
     page.wait_for_function("document.getElementById('model').textContent.includes('parameters')")
-    assert page.text_content("#model").startswith("lstm 1x32, attention 64 over 256 characters, head layer 32, ")
+    assert page.text_content("#model").startswith(
+        "lstm 1x32, attention 64 (shifted keys) over 256 characters, head layer 32, ")
     page.fill("#start", "To be")
     page.fill("#seed", "7")
     set_range(page, "#length", "200")

@@ -164,8 +164,8 @@ def test_page_writes_the_onnx_backends_text_offline(served, open_page):
 
     site = served()
     page, requested, refused = open_page(site.url)
-    assert page.text_content("#model").startswith("lstm 2x24, attention 4 over 6 characters, head layer 24, "
-                                                  "vocabulary ")  # head_hidden -1: as wide
+    assert page.text_content("#model").startswith(
+        "lstm 2x24, attention 4 (shifted keys) over 6 characters, head layer 24, vocabulary ")  # -1: as wide
     assert "continuous text" in page.text_content("#model")
     assert "served from ./ort/" in page.text_content("#runtime")
     page.fill("#start", "Before we")

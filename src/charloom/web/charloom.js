@@ -166,7 +166,8 @@ export class Model {
   summary() {
     const m = this.meta.model, info = this.meta.info || {};
     const bpc = typeof info.val_bpc === "number" ? `, validation ${info.val_bpc.toFixed(3)} bpc` : "";
-    const head = (m.attention ? `, attention ${m.attention} over ${m.memory} characters` : "") +
+    const keys = m.shifted_keys ? " (shifted keys)" : "";  // absent from files from before them
+    const head = (m.attention ? `, attention ${m.attention}${keys} over ${m.memory} characters` : "") +
       (m.head_hidden ? `, head layer ${m.head_hidden < 0 ? m.hidden_size : m.head_hidden}` : "");
     return `${m.cell} ${m.num_layers}x${m.hidden_size}${head}, vocabulary ${this.vocabSize} ids ` +
       `(${this.vocabSize - this.specials} characters)${bpc}, ` +
