@@ -35,7 +35,8 @@ class Stepper:
 
     Equal to `model(ids[:, None], state)` (to float rounding) and faster at small batches: the first
     layer's input product and its biases are folded into a (V, G*H) table read by id. Each layer's
-    update is its cell's own `step` (cells.py), so the Stepper never asks which cell it runs.
+    update is its cell's own `step` (cells.py), so the Stepper never asks which cell it runs; an attention
+    head's is its own too (`model.RecallStep`).
     """
 
     def __init__(self, model: CharRNN):
