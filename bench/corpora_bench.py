@@ -69,8 +69,9 @@ def scripture() -> str | None:
             return None
         out = subprocess.run(["bible", "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
         verses = [line.split(" ", 1)[1] for line in out.splitlines() if " " in line]
-        SCRIPTURE.with_suffix(".part").write_text("".join(v + "\n" for v in verses))
-        SCRIPTURE.with_suffix(".part").replace(SCRIPTURE)
+        part = SCRIPTURE.with_suffix(".part")  # whole or not at all: a killed run leaves no half text behind
+        part.write_text("".join(v + "\n" for v in verses))
+        part.replace(SCRIPTURE)
     return str(SCRIPTURE)
 
 

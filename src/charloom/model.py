@@ -114,7 +114,7 @@ class RecallStep:
         both = self.shifted and previous is not None
         made = (torch.cat([x, previous]) if both else x) @ self.weight  # (B or 2B, 3W or 4W)
         key = made[:B, W:2 * W] + made[B:, 3 * W:] if both else made[:B, W:2 * W]  # (B, W)
-        new = torch.cat([key, made[:B, 2 * W:3 * W], made[:B, :1] * 0 + 1], 1)  # (B, 2W+1): key, value, filled
+        new = torch.cat([key, made[:B, 2 * W:3 * W], x.new_ones(B, 1)], 1)  # (B, 2W+1): key, value, filled
         memory = torch.cat([memory[1:], new[None]])  # (M, B, 2W+1): the oldest slot out, this position's in
         seen = memory.transpose(0, 1)  # (B, M, 2W+1)
         scores = torch.bmm(seen[..., :W], made[:B, :W, None])[..., 0]  # (B, M)
