@@ -136,13 +136,17 @@ def softmax_probs(model_dir, text, context, ngram=True):
     with torch.no_grad():
         logits, _ = ck.model.eval()(torch.tensor([full + ids]))
     probs = logits[0].double().softmax(-1)[len(full) - 1:-1]
-    if ck.mixture is not None and ngram:  # the model's probabilities: w p_network + (1 - w) p_ngram, written out
-        ng = ck.mixture.ngram
+    if ck.mixture is not None and ngram:  # the model's probabilities, written out:
+        ng = ck.mixture.ngram  # p = w p_network + (1 - w) p_ngram, then q ∝ p_network^a p_ngram^b p^c
         ctx = contexts(np.array([full + ids]), None, ng.order)[0][len(full) - 1:-1]
         p_ng, *held = ng.probs(ctx)
         sure = probs.max(-1).values.numpy()
         w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(*held, sure)])[:, None]
-        probs = w * probs + (1 - w) * torch.from_numpy(p_ng)
+        p_ng = torch.from_numpy(p_ng)
+        linear = w * probs + (1 - w) * p_ng
+        a, b, c = torch.from_numpy(ck.mixture.exponents[held[0]]).T[:, :, None]
+        probs = probs ** a * p_ng ** b * linear ** c
+        probs = probs / probs.sum(-1, keepdim=True)
     return probs[torch.arange(len(ids)), torch.tensor(ids)].numpy(), probs
 
 

@@ -251,6 +251,14 @@ def test_a_run_fits_the_order_then_the_weights_to_counts_of_as_much_text_as_the_
     p_net, top, ctx, y = network_predictions(model, eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, 0), 2)
     expected = fit(NGram(ids[:start][-360:], V, 2), p_net, top, ctx, y)  # not the 120 the order-6 counts held
     assert np.allclose(m.weights, expected.weights) and np.allclose(m.reading, expected.reading)
+    monkeypatch.setattr(ngram, "PRODUCT_FLOATS", 12 * V)  # the last layer: fitted on 12 evenly spaced characters
+    m = fit_mixture(model, ids, V, 0, 6)
+    x = torch.from_numpy(ids[start:-1])[None]
+    with torch.no_grad():
+        logits = torch.log_softmax(model(x)[0][0].double(), -1).numpy()  # (N, V): the held text read whole
+    rows = np.arange(0, len(y), -(-(len(ids) - start) // 12))
+    assert len(rows) == 12 and len(y) > 100
+    assert np.allclose(m.exponents, ngram.fit_exponents(expected, logits[rows], ctx[rows], y[rows]), atol=1e-5)
 
 
 def test_a_nan_from_the_network_leaves_the_weights_finite_and_bad_weights_are_never_saved(text, tmp_path):
@@ -261,6 +269,13 @@ def test_a_nan_from_the_network_leaves_the_weights_finite_and_bad_weights_are_ne
     p_net[5] = np.nan
     m = fit(ng, p_net, p_net, ctx, y)
     assert np.isfinite(m.weights).all() and ((m.weights >= 0) & (m.weights <= 1)).all()
+    logits = np.random.default_rng(7).normal(size=(len(y), V))
+    logits[5] = np.nan
+    m.exponents = ngram.fit_exponents(m, logits, ctx, y)
+    assert np.isfinite(m.exponents).all() and (m.exponents >= 0).all()
+    m.exponents[1, 0] = np.inf
+    with pytest.raises(CharloomError, match="powers"):
+        checkpoint.save(tmp_path / "m.safetensors", small_model(V), _vocab(), records=False, mixture=m)
     m.weights[0, 0, 0] = np.nan
     with pytest.raises(CharloomError, match="weights"):
         checkpoint.save(tmp_path / "m.safetensors", small_model(V), _vocab(), records=False, mixture=m)
@@ -278,6 +293,44 @@ def test_log_probs_for_writing_equal_the_scored_mixture(text):
         target = np.full(6, x)
         assert np.allclose(np.exp(lp[:, x]), m.target_probs(p_net[:, x], p_net.max(1), ctx, target), rtol=1e-5)
     assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-5)
+    m.exponents = np.random.default_rng(4).uniform(0, 2, (4, ngram.EXPONENTS))  # the last layer, written out:
+    lp = m.log_probs(logits, ctx)
+    longest = ng.probs(ctx)[1]
+    product = np.stack([np.prod([p_net[:, x], ng.probs(ctx, np.full((6, 1), x))[0][:, 0],
+                                 m.target_probs(p_net[:, x], p_net.max(1), ctx, np.full(6, x))]
+                                ** m.exponents[longest].T, axis=0) for x in range(V)], 1)  # (6, V)
+    assert np.allclose(np.exp(lp), product / product.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_the_last_layer_softens_a_network_sure_where_the_text_is_new_and_is_the_best_fit(text):
+    rng = np.random.default_rng(6)
+    ids = np.array(text * 2)
+    ng = NGram(ids[:150], V, 3)
+    ctx, y = contexts(ids[None, 149:-1], None, 3)[0], ids[150:]
+    guess = np.where(rng.uniform(size=len(y)) < 0.4, y, rng.integers(4, V, len(y)))  # right 40% of the time
+    logits = 6.0 * np.eye(V)[guess] + rng.normal(0, 0.1, (len(y), V))  # ... and always all but certain
+    p_net = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    m = fit(ng, p_net[np.arange(len(y)), y], p_net.max(1), ctx, y)
+    m.exponents = ngram.fit_exponents(m, logits, ctx, y)
+    assert m.exponents.shape == (4, ngram.EXPONENTS) and (m.exponents >= 0).all()
+    loss = lambda e: -Mixture(ng, m.weights, None, e).log_probs(logits, ctx)[np.arange(len(y)), y].sum()  # noqa
+    linear = np.tile(ngram.LINEAR, (4, 1))
+    assert loss(m.exponents) < loss(linear) - 0.02 * len(y)
+    held = np.unique(ng.probs(ctx)[1])
+    assert (m.exponents[held, 0] + m.exponents[held, 2] < 1).all()  # the sure network, softened
+    theta = torch.tensor(linear, requires_grad=True)  # the reference: the same loss and prior, minimised by L-BFGS
+    inputs, groups = (torch.from_numpy(x) for x in m.inputs(logits, ctx))
+    opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        z = torch.einsum("nk,knv->nv", theta.clamp(0, ngram.MOST_EXPONENT)[groups], inputs)
+        loss = torch.nn.functional.cross_entropy(z, torch.from_numpy(y), reduction="sum") \
+            + ngram.EXPONENT_PRIOR / 2 * ((theta - torch.from_numpy(linear)) ** 2).sum()
+        loss.backward()
+        return loss
+    opt.step(objective)
+    assert np.allclose(m.exponents, theta.detach().clamp(0, ngram.MOST_EXPONENT).numpy(), atol=2e-3)
 
 
 def small_model(vocab_size: int) -> CharRNN:
@@ -315,7 +368,8 @@ def test_adapting_at_rate_zero_is_the_network_mixed_with_its_ngram_counting_as_i
     assert m.reading is not None and m.reading.shape == m.weights.shape
     batches = lambda w: eval_windows(Stream(ids, [(0, len(ids))]), w, streams, 0)  # noqa: E731
     monkeypatch.setattr(evaluation, "READ_AHEAD", 50)  # several calls of the reader, each several batches
-    static, adapted = evaluate_mixed(model, m, batches(16)), adapt(model, batches(16), lr=0.0, mixture=m)
+    linear = Mixture(m.ngram, m.weights, m.reading)  # reading mixes as this does: no last layer
+    static, adapted = evaluate_mixed(model, linear, batches(16)), adapt(model, batches(16), lr=0.0, mixture=m)
     p_net, top, ctx, y = network_predictions(model, batches(16), 4)  # batch by batch, a batch's rows in turn
     by_hand = m.mix(p_net, top, ngram.Reader(m.ngram).read(ctx, y), reading=True)
     assert adapted.loss == pytest.approx(float(-np.log(by_hand).mean()), rel=1e-6)
@@ -336,8 +390,18 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     ck = checkpoint.load(path)
     assert ck.mixture is not None and ck.mixture.ngram.order == 3
     assert np.array_equal(ck.mixture.ngram.ids, np.array(text)) and np.allclose(ck.mixture.weights, m.weights)
-    assert np.allclose(ck.mixture.reading, m.reading)
-    older = {k: v for k, v in checkpoint._mixture_tensors(m).items() if k != "ngram.reading"}
+    assert np.allclose(ck.mixture.reading, m.reading) and np.allclose(ck.mixture.exponents, m.exponents)
+    assert m.exponents.shape == (4, ngram.EXPONENTS) and not np.allclose(m.exponents, ngram.LINEAR)
+    p = tmp_path / "linear.safetensors"  # a file from before the last layer: the linear mixture predicts
+    p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors={
+        k: v for k, v in checkpoint._mixture_tensors(m).items() if k != "ngram.exponents"},
+        extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
+    linear = checkpoint.load(p).mixture
+    logits, ctx = np.random.default_rng(1).normal(size=(5, V)), np.array(text[:15]).reshape(5, 3)
+    assert linear.exponents is None and np.allclose(
+        linear.log_probs(logits, ctx), Mixture(m.ngram, m.weights, m.reading, np.tile(ngram.LINEAR, (4, 1)))
+        .log_probs(logits, ctx), atol=1e-6)
+    older = {k: v for k, v in checkpoint._mixture_tensors(m).items() if k not in ("ngram.reading", "ngram.exponents")}
     p = tmp_path / "older.safetensors"  # a file from before the weights for reading: reading mixes with `weights`
     p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=older,
                                     extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
@@ -376,6 +440,11 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
            "ids as floats": {"ngram.ids": torch.zeros(5)},
            "reading weights NaN": {"ngram.reading": torch.full((4, *SHAPE), float("nan"))},
            "reading weights of the wrong shape": {"ngram.reading": torch.zeros(4, SHAPE[0])},
+           "powers NaN": {"ngram.exponents": torch.full((4, ngram.EXPONENTS), float("nan"))},
+           "powers below 0": {"ngram.exponents": torch.full((4, ngram.EXPONENTS), -0.5)},
+           "powers past the largest": {"ngram.exponents": torch.full((4, ngram.EXPONENTS), 1e6)},
+           "powers of the wrong shape": {"ngram.exponents": torch.ones(3, ngram.EXPONENTS)},
+           "powers as doubles": {"ngram.exponents": torch.ones(4, ngram.EXPONENTS, dtype=torch.float64)},
            "an n-gram tensor of no known name": {"ngram.counts": torch.zeros(4)}}
     for name, tensors in bad.items():
         extra = {**checkpoint._mixture_tensors(m), **tensors}

@@ -143,15 +143,27 @@ def _mixture_tensors(mixture: ngram.Mixture) -> dict[str, torch.Tensor]:
     ids, vocab_size, shape = mixture.ngram.ids, mixture.ngram.vocab_size, (mixture.ngram.order + 1, *ngram.SHAPE)
     for w in (mixture.weights, mixture.reading):
         w = np.asarray(w if w is not None else mixture.weights)
-        if w.shape != shape or not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):  # what load refuses
+        if w.shape != shape or not _within(w, 1.0):  # what load refuses
             raise CharloomError(f"n-gram: its mixing weights must be {shape} numbers in [0, 1]; the model file was "
                                 f"not written")
+    e = mixture.exponents
+    if e is not None and (np.shape(e) != (shape[0], ngram.EXPONENTS) or not _within(e, ngram.MOST_EXPONENT)):
+        raise CharloomError(f"n-gram: its last layer's powers must be {(shape[0], ngram.EXPONENTS)} numbers in "
+                            f"[0, {ngram.MOST_EXPONENT:g}]; the model file was not written")
     dtype = next(_DTYPES[name] for name, most in _NGRAM_IDS.items() if vocab_size <= most)
     out = {f"{NGRAM}.ids": torch.from_numpy(ids.astype(np.int64)).to(dtype),
            f"{NGRAM}.weights": torch.from_numpy(np.asarray(mixture.weights, dtype=np.float32))}
     if mixture.reading is not None:
         out[f"{NGRAM}.reading"] = torch.from_numpy(np.asarray(mixture.reading, dtype=np.float32))
+    if e is not None:
+        out[f"{NGRAM}.exponents"] = torch.from_numpy(np.asarray(e, dtype=np.float32))
     return out
+
+
+def _within(values: np.ndarray, most: float) -> bool:
+    """Every value finite and in [0, most]."""
+    values = np.asarray(values)
+    return bool(np.isfinite(values).all() and (values >= 0).all() and (values <= most).all())
 
 
 def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str) -> None:
@@ -161,9 +173,11 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
         return
     spec = extra.get(NGRAM)
     needed = {f"{NGRAM}.ids", f"{NGRAM}.weights"}
-    if names - {f"{NGRAM}.reading"} != needed or not isinstance(spec, dict) or set(spec) != {"order", "beta"}:
+    optional = {f"{NGRAM}.reading", f"{NGRAM}.exponents"}
+    if names - optional != needed or not isinstance(spec, dict) or set(spec) != {"order", "beta"}:
         raise CharloomError(f"{where}: damaged model file (its n-gram needs the field {NGRAM!r} with order and beta, "
-                            f"and the tensors {NGRAM}.ids and {NGRAM}.weights, {NGRAM}.reading at most beside them)")
+                            f"and the tensors {NGRAM}.ids and {NGRAM}.weights, {NGRAM}.reading and "
+                            f"{NGRAM}.exponents at most beside them)")
     order, beta = spec["order"], spec["beta"]
     if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= ngram.MAX_ORDER:
         raise CharloomError(f"{where}: n-gram order {order!r} is not an integer in 1..{ngram.MAX_ORDER}")
@@ -177,7 +191,8 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
         raise CharloomError(f"{where}: an n-gram of order {order} over {ids['shape'][0]:,} characters is more than a "
                             f"model file may ask for (order x characters at most {ngram.MAX_PAIRS:,})")
     shapes = [order + 1, *ngram.SHAPE], [order + 1, *ngram.EARLIER_SHAPE]  # the earlier: older model files
-    for name in sorted(names - {f"{NGRAM}.ids"}):
+    _check_exponents_header(table, order, where)
+    for name in sorted(names - {f"{NGRAM}.ids", f"{NGRAM}.exponents"}):
         weights = table[name]
         if weights["dtype"] != "F32" or weights["shape"] not in shapes:
             raise CharloomError(f"{where}: tensor '{name}' must be F32 {shapes[0]} (or {shapes[1]}), is "
@@ -185,6 +200,14 @@ def _check_ngram_header(extra: dict[str, Any], table: dict[str, Any], where: str
     if f"{NGRAM}.reading" in names and table[f"{NGRAM}.reading"]["shape"] != table[f"{NGRAM}.weights"]["shape"]:
         raise CharloomError(f"{where}: tensor '{NGRAM}.reading' must have the shape of '{NGRAM}.weights' "
                             f"{table[f'{NGRAM}.weights']['shape']}, is {table[f'{NGRAM}.reading']['shape']}")
+
+
+def _check_exponents_header(table: dict[str, Any], order: int, where: str) -> None:
+    """The n-gram's last layer, where a file has one: F32 (order + 1, EXPONENTS)."""
+    e = table.get(f"{NGRAM}.exponents")
+    shape = [order + 1, ngram.EXPONENTS]
+    if e is not None and (e["dtype"] != "F32" or e["shape"] != shape):
+        raise CharloomError(f"{where}: tensor '{NGRAM}.exponents' must be F32 {shape}, is {e['dtype']} {e['shape']}")
 
 
 def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size: int,
@@ -199,11 +222,17 @@ def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size
     for name in ("weights", "reading"):
         if f"{NGRAM}.{name}" in tensors:
             w = mixing[name] = tensors[f"{NGRAM}.{name}"].numpy().astype(np.float64)
-            if not (np.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()):
+            if not _within(w, 1.0):
                 raise CharloomError(f"{where}: tensor '{NGRAM}.{name}' holds values outside [0, 1]")
+    exponents = tensors.get(f"{NGRAM}.exponents")  # a file from before the last layer: the linear mixture alone
+    if exponents is not None:
+        exponents = exponents.numpy().astype(np.float64)
+        if not _within(exponents, ngram.MOST_EXPONENT):
+            raise CharloomError(f"{where}: tensor '{NGRAM}.exponents' holds values outside "
+                                f"[0, {ngram.MOST_EXPONENT:g}]")
     spec = extra[NGRAM]
     return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), mixing["weights"],
-                         mixing.get("reading"))
+                         mixing.get("reading"), exponents)
 
 
 # ---- reading: every check that needs only the header comes before any tensor byte is read ----------------

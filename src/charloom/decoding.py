@@ -31,7 +31,7 @@ UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
 SAMPLE_FIXED_BYTES = 4096  # its Mersenne Twister state (2.5 KB) and its Python bookkeeping
 LOGIT_COPIES = 12  # (V,) float32 rows alive at once while a character is chosen: penalty, filters, sort, cdf
 STATE_COPIES = 12  # (H,) float32 rows per layer: the state, the new state and the gates of a step
-MIX_COPIES = 8  # (V,) float64 rows per sample while a model's n-gram is mixed in
+MIX_COPIES = 14  # (V,) float64 rows per sample while a model's n-gram is mixed in (its inputs, their product)
 MIX_ROWS = 1024  # rows of a long reading mixed with the n-gram at a time
 TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pieces' list until they are joined
 # per start-text character, besides what the model computes on it: its prepared copy and code points, its id as

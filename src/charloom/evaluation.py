@@ -38,6 +38,7 @@ READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call 
 PIECE_BYTES = 256 * 2**20
 LOGIT_ROWS = 3  # (V,) float32 rows per position while a piece is scored: the logits, their fp32 copy, log-softmax
 SEGMENT_COPIES = 3  # ... and a segment learned from holds them for the backward pass and its gradients too
+MIX_FLOATS = 2**20  # (character, id) pairs a mixture mixes at once: each of its float64 copies stays 8 MB
 
 
 @dataclass
@@ -141,76 +142,121 @@ def _scored(batch: Batch, before: np.ndarray | None, order: int) -> tuple[np.nda
     return ctx[keep], batch.y.numpy()[keep].astype(np.int64), ctx[:, -1]
 
 
-def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Batch by batch, the scored targets: (the network's probability of each (n,), its largest probability there
-    (n,), the `order` ids before each (n, order), the targets (n,)); contexts carry across batches that continue
-    each other."""
+def _read(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device
+          ) -> Iterator[tuple[Batch, Batch, torch.Tensor, np.ndarray, bool]]:
+    """Every piece of every batch (`_pieces`) read in order with the state carried: (the batch, the piece, its
+    logits (B, t, V), the `order` ids before each of its positions (B, t, order), whether it ends its batch).
+    Contexts carry across batches that continue each other."""
     was_training = model.training
     model.eval()
     state, before = None, None
     try:
         with torch.inference_mode():
             for b in batches:
-                parts = []  # per piece, (B, t) log-probabilities of the targets and of the likeliest
-                for piece in _pieces(model, b):
+                ctx = ngram.contexts(b.x.numpy(), before if b.continues else None, order)  # (B, T, order)
+                before, pieces, at = ctx[:, -1], _pieces(model, b), 0
+                for i, piece in enumerate(pieces):
                     logits, state = model(piece.x.to(device), state if piece.continues else None)
-                    parts.append(_log_probs(logits, piece.y))
-                    del logits  # before the next piece's are made
-                p, top = _kept(*(torch.cat(part, 1) for part in zip(*parts)), b)
-                ctx, y, before = _scored(b, before, order)
-                yield p, top, ctx, y
+                    width = piece.x.shape[1]
+                    yield b, piece, logits, ctx[:, at:at + width], i == len(pieces) - 1
+                    at += width
     finally:
         model.train(was_training)
+
+
+def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device, every: int = 0
+                 ) -> Iterator[tuple[np.ndarray, ...]]:
+    """Batch by batch, the scored targets: (the network's probability of each (n,), its largest probability there
+    (n,), the `order` ids before each (n, order), the targets (n,)), a batch's rows in turn. every > 0: then also
+    every `every`-th scored target's (log-probabilities of every id (m, V), contexts (m, order), targets (m,))."""
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # per piece, (B, t) log-probabilities of target and likeliest
+    contexts: list[np.ndarray] = []
+    sampled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    seen = 0
+    for b, piece, logits, ctx, last in _read(model, batches, order, device):
+        parts.append(_log_probs(logits, piece.y))
+        contexts.append(ctx)
+        if every:
+            keep = (piece.y != piece.pad_id).numpy()
+            rows = np.flatnonzero((seen + np.arange(keep.sum())) % every == 0)
+            logp = torch.log_softmax(logits.float(), -1).cpu().numpy()[keep][rows]  # (m, V)
+            sampled.append((logp, ctx[keep][rows], piece.y.numpy()[keep][rows].astype(np.int64)))
+            seen += int(keep.sum())
+        if last:
+            keep = (b.y != b.pad_id).numpy()
+            p, top = _kept(*(torch.cat(part, 1) for part in zip(*parts)), b)
+            yield p, top, np.concatenate(contexts, 1)[keep], b.y.numpy()[keep].astype(np.int64), *(
+                [tuple(np.concatenate(x) for x in zip(*sampled))] if every else [])
+            parts, contexts, sampled = [], [], []
 
 
 def network_predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device | str = "cpu"
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every scored target of `batches`, joined: (the network's probability of it (N,), its largest probability
     there (N,), the `order` ids before it (N, order), the target (N,)). What a mixture is fitted on."""
-    parts = list(_predictions(model, batches, order, torch.device(device)))
-    count = sum(len(part[0]) for part in parts)
-    if not count:
+    return _joined(list(_predictions(model, batches, order, torch.device(device))))  # type: ignore[return-value]
+
+
+def _joined(parts: list[tuple]) -> tuple:
+    """Batches' predictions joined, field by field (the sampled rows' too)."""
+    if not sum(len(part[0]) for part in parts):
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
-    return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
+    return tuple(np.concatenate(x) if isinstance(x[0], np.ndarray) else _joined(list(x)) for x in zip(*parts))
 
 
 def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Batch],
                    device: torch.device | str = "cpu") -> Evaluation:
-    """`evaluate` for a model with an n-gram: the mixture's loss, with the network's own beside it. Batch by
-    batch: memory stays that of one batch however long the text."""
+    """`evaluate` for a model with an n-gram: the mixture's loss, with the network's own beside it. Piece by
+    piece: memory stays that of one piece however long the text."""
     mixed = own = 0.0
     count = 0
-    for p_net, top, ctx, y in _predictions(model, batches, mixture.ngram.order, torch.device(device)):
-        mixed -= float(np.log(np.maximum(mixture.target_probs(p_net, top, ctx, y), 1e-300)).sum())
-        own -= float(np.log(np.maximum(p_net, 1e-300)).sum())
+    for _, piece, logits, ctx, _ in _read(model, batches, mixture.ngram.order, torch.device(device)):
+        keep = (piece.y != piece.pad_id).numpy()
+        logp = torch.log_softmax(logits.float(), -1).cpu().numpy()[keep]  # (n, V)
+        y, ctx = piece.y.numpy()[keep], ctx[keep]
+        own -= float(logp[np.arange(len(y)), y].astype(np.float64).sum())
+        mixed += _mixed_nats(mixture, logp, ctx, y)
         count += len(y)
     if not count:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
     return Evaluation(mixed / count, count, own / count)
 
 
+def _mixed_nats(mixture: ngram.Mixture, logits: np.ndarray, ctx: np.ndarray, y: np.ndarray) -> float:
+    """The mixture's summed nats on targets y (n,) after contexts (n, order), given the network's logits (n, V):
+    a few rows at a time, so that the mixture's float64 copies stay within MIX_FLOATS each."""
+    total, rows = 0.0, max(1, MIX_FLOATS // logits.shape[1])
+    for at in range(0, len(y), rows):
+        lp = mixture.log_probs(logits[at:at + rows], ctx[at:at + rows])
+        total -= float(lp[np.arange(len(lp)), y[at:at + rows]].astype(np.float64).sum())
+    return total
+
+
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
                 device: torch.device | str = "cpu", held: int | None = None) -> ngram.Mixture:
     """The n-gram of training text `ids` mixed with `model`: its order (at most `order`: `ngram.choose_order`, given
-    CHOOSE_CHARS to choose on) and weights fitted on the last `held` ids (None: the last tenth, at most FIT_CHARS;
-    best text the network has not trained on, which a network of several passes has all but learned by heart),
-    scored by the network and by an n-gram built from the rest; then the n-gram of `ids` at that order. Each
-    n-gram counts the last MAX_PAIRS // order characters it is given at most, so the weights are fitted to counts
-    of as much text as the model's."""
+    CHOOSE_CHARS to choose on), weights and last layer fitted on the last `held` ids (None: the last tenth, at most
+    FIT_CHARS; best text the network has not trained on, which a network of several passes has all but learned by
+    heart), scored by the network and by an n-gram built from the rest; then the n-gram of `ids` at that order.
+    Each n-gram counts the last MAX_PAIRS // order characters it is given at most, so the weights are fitted to
+    counts of as much text as the model's. The last layer is fitted on evenly spaced characters of the held ones,
+    PRODUCT_FLOATS // vocab_size at most."""
     held = min(FIT_CHARS, len(ids) // 10) if held is None else min(held, len(ids))
     if held < 2 or len(ids) - held < 2:
         return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
     start = len(ids) - held
     batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
-    p_net, top, ctx, y = network_predictions(model, batches, order, device)
+    every = -(-held // max(1, ngram.PRODUCT_FLOATS // vocab_size))
+    p_net, top, ctx, y, (logits, sampled_ctx, sampled_y) = _joined(
+        list(_predictions(model, batches, order, torch.device(device), every)))
     longest = _capped(ids[:start], vocab_size, order, beta)
     kept = ngram.choose_order(longest, p_net, top, ctx, y) if held >= CHOOSE_CHARS else order
     counted = longest.shorter(kept) if len(longest.ids) == min(start, ngram.most_chars(kept)) \
         else _capped(ids[:start], vocab_size, kept, beta)  # the kept order may count more of the text
     del longest
     fitted = ngram.fit(counted, p_net, top, ctx[:, -kept:], y)
-    return ngram.Mixture(_capped(ids, vocab_size, kept, beta), fitted.weights, fitted.reading)
+    exponents = ngram.fit_exponents(fitted, logits, sampled_ctx[:, -kept:], sampled_y)
+    return ngram.Mixture(_capped(ids, vocab_size, kept, beta), fitted.weights, fitted.reading, exponents)
 
 
 def _capped(ids: np.ndarray, vocab_size: int, order: int, beta: float) -> ngram.NGram:

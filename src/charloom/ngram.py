@@ -9,8 +9,13 @@ saves predicts with both:
 p_ngram interpolates the counts of every order from `order` down to a unigram (Witten-Bell, each order's
 escape weighted by `beta`), and w depends on how long a context the training text has seen, how often, how
 many different characters followed it there, and how sure the network is (`bucket`), fitted by EM on training
-text the counts were not built from (`fit`). Nothing here needs torch: the PyTorch and the ONNX backends share
-it.
+text the counts were not built from (`fit`). A last layer then takes a normalised product of powers of the three,
+
+    q(x) ∝ p_network(x)^a · p_ngram(x)^b · p(x)^c,
+
+with (a, b, c) for each longest order held (`fit_exponents`): where the training text never held the context, a
+network trained for several passes is surer than it should be, and the powers soften it. Nothing here needs
+torch: the PyTorch and the ONNX backends share it.
 
 Counts are kept as sorted 64-bit keys: a context of order k is a polynomial hash of its k characters, and a
 (context, next character) pair is that hash shifted left with the character in the low bits, so that sorting
@@ -43,6 +48,13 @@ PRIOR = 0.8, 4.0  # the weight a bucket starts from in `fit`, and how many chara
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # odd: the context hash's multiplier
 _MISSING = -1  # a context position before the start of the text
 BUILD_THREADS = 2  # orders sorted at once when the counts are built
+EXPONENTS = 3  # the last layer's inputs: log-probabilities of the network, the n-gram, and their linear mixture
+MOST_EXPONENT = 16.0  # the largest power of one input: a model file's are checked against it
+LINEAR = np.array([0.0, 0.0, 1.0])  # the powers that leave the linear mixture as it is: where the fit starts
+EXPONENT_PRIOR = 10.0  # how strongly each order's powers are held to LINEAR, in nats of the fit text
+SETTLED = 1e-3  # nats of the whole fit text a Newton round must save for another to run
+PRODUCT_FLOATS = 6_000_000  # (character, id) pairs the last layer is fitted on at most: rows = this // V
+FLOOR = 1e-300  # the least probability an input's logarithm is taken of (a network's softmax may underflow to 0)
 # bits per character a longer order must save on the fit text to be kept (where that text is training text the
 # network has learned, as in a run that leaves none out, it understates what the order saves on new text)
 ORDER_GAIN = 0.001
@@ -358,11 +370,15 @@ def bucket(longest: np.ndarray, count: np.ndarray, followers: np.ndarray, p_max:
 class Mixture:
     """The n-gram and the network's weight in each bucket: (order + 1, *SHAPE) in [0, 1]; `reading`, the same for
     an n-gram that counts the text as it reads it (a `Reader`): None takes `weights`. Weights of EARLIER_SHAPE
-    (saved before followers were told apart) take the same weight for any number of followers."""
+    (saved before followers were told apart) take the same weight for any number of followers. `exponents`: the
+    last layer's powers of (network, n-gram, linear mixture) for each longest order held, (order + 1, EXPONENTS)
+    in [0, MOST_EXPONENT]; None (files from before it): the linear mixture is the prediction. A Reader's mixture
+    stays linear: its counts give the probability of the character read, not of every one."""
 
     ngram: NGram
     weights: np.ndarray
     reading: np.ndarray | None = None
+    exponents: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.weights = _current(self.weights)
@@ -371,7 +387,7 @@ class Mixture:
     def target_probs(self, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray,
                      targets: np.ndarray) -> np.ndarray:
         """The network's probability of targets (N,) and its largest one (N,), after context (N, order) -> the
-        mixture's probability of targets (N,)."""
+        linear mixture's probability of targets (N,), before the last layer (which needs every id's)."""
         p, *held = self.ngram.probs(context, targets[:, None])
         return self.mix(p_network, p_max, (p[:, 0], *held))
 
@@ -379,22 +395,31 @@ class Mixture:
             reading: bool = False) -> np.ndarray:
         """The network's probability of N targets and its largest one, each (N,), with the n-gram's (p, longest
         order seen, its count, its followers), each (N,), from `NGram.probs` or (reading) a `Reader` -> the
-        mixture's p (N,)."""
+        linear mixture's p (N,)."""
         p, *held = predicted
         weights = self.reading if reading and self.reading is not None else self.weights
         w = weights.reshape(-1)[bucket(*held, p_max)]
         return w * p_network + (1 - w) * p
 
-    def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
-        mixture: what a Writer chooses from, as from logits."""
+    def inputs(self, logits: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """logits (N, V) of the network after context (N, order) -> the last layer's inputs (EXPONENTS, N, V)
+        float64: log-probabilities of the network, the n-gram and their linear mixture (at least log FLOOR); and
+        the longest order held (N,)."""
         z = logits.astype(np.float64)
         z = np.exp(z - z.max(axis=-1, keepdims=True))
         p_net = z / z.sum(axis=-1, keepdims=True)
-        p, *held = self.ngram.probs(context)
-        w = self.weights.reshape(-1)[bucket(*held, p_net.max(axis=-1))][:, None]
-        with np.errstate(divide="ignore"):
-            return np.log(w * p_net + (1 - w) * p).astype(np.float32)
+        p, longest, *held = self.ngram.probs(context)
+        w = self.weights.reshape(-1)[bucket(longest, *held, p_net.max(axis=-1))][:, None]
+        out = np.stack([p_net, p, w * p_net + (1 - w) * p])
+        return np.log(np.maximum(out, FLOOR, out=out), out=out), longest
+
+    def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
+        mixture: what a Writer chooses from, as from logits, and what a text is scored by."""
+        inputs, longest = self.inputs(logits, context)
+        if self.exponents is None:
+            return inputs[2].astype(np.float32)
+        return _log_normalised(_scores(self.exponents[longest], inputs)).astype(np.float32)
 
 
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
@@ -409,6 +434,89 @@ def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndar
     p, *held = (np.concatenate(part) for part in zip(*(
         reader.read(context[i:i + piece], targets[i:i + piece]) for i in range(0, max(1, len(targets)), piece))))
     return Mixture(ngram, static, _em(p_network, p, bucket(*held, p_max), ngram.order, rounds))
+
+
+def fit_exponents(mixture: Mixture, logits: np.ndarray, context: np.ndarray, targets: np.ndarray,
+                  rounds: int = 50) -> np.ndarray:
+    """The last layer's powers (order + 1, EXPONENTS) that best predict targets (N,) from the network's logits
+    (N, V) and contexts (N, order) under `mixture` (whose n-gram was not built from these characters): for each
+    longest order held, a log-linear fit by Newton's method, each step halved until it lowers that order's loss,
+    the powers kept within [0, MOST_EXPONENT] and held to LINEAR by EXPONENT_PRIOR."""
+    inputs, groups = mixture.inputs(logits, context)
+    finite = np.isfinite(inputs).all(axis=(0, 2))  # a diverged network's rows say nothing
+    inputs, groups, targets = inputs[:, finite], groups[finite], targets[finite]
+    size = mixture.ngram.order + 1
+    theta = np.tile(LINEAR, (size, 1))
+    loss = _group_loss(inputs, targets, groups, theta, size)
+    chosen = inputs[:, np.arange(len(targets)), targets].T  # (N, EXPONENTS): the inputs at each target
+    for _ in range(rounds):
+        q = np.exp(_log_normalised(_scores(theta[groups], inputs)))  # (N, V)
+        expected = np.stack([(q * x).sum(1) for x in inputs], 1)  # (N, K)
+        spread = np.stack([np.stack([(q * x * u).sum(1) for u in inputs], 1) for x in inputs], 1) \
+            - expected[:, :, None] * expected[:, None, :]  # (N, K, K): each row's covariance of the inputs
+        grad = _by_group(expected - chosen, groups, size) + EXPONENT_PRIOR * (theta - LINEAR)
+        hess = _by_group(spread, groups, size) + EXPONENT_PRIOR * np.eye(EXPONENTS)
+        theta, fell = _halving(inputs, targets, groups, theta, _free_step(theta, grad, hess), loss)
+        loss = _group_loss(inputs, targets, groups, theta, size)
+        if fell.sum() < SETTLED:
+            break
+    return theta
+
+
+def _free_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray) -> np.ndarray:
+    """Each group's Newton step (G, K) over the powers a bound does not hold: one at a bound whose gradient points
+    past it stays (projected Newton: a step of the others alone, so that clipping cannot undo the descent)."""
+    held = ((theta <= 0) & (grad > 0)) | ((theta >= MOST_EXPONENT) & (grad < 0))  # (G, K)
+    free = ~held
+    hess = np.where(free[:, :, None] & free[:, None, :], hess, 0.0) + np.eye(theta.shape[1]) * held[:, None, :]
+    return np.linalg.solve(hess, np.where(held, 0.0, grad)[:, :, None])[:, :, 0]
+
+
+def _halving(inputs: np.ndarray, targets: np.ndarray, groups: np.ndarray, theta: np.ndarray, step: np.ndarray,
+             loss: np.ndarray, tries: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's powers moved by its Newton step (G, K), halved until its loss (G,) falls (or not moved at
+    all): the new powers, and how far each group's loss fell."""
+    rate, out, fell = np.ones(len(theta)), theta.copy(), np.zeros(len(theta))
+    pending = np.abs(step).max(axis=1) > 1e-9  # a group with no rows, or settled, has nowhere to go
+    for _ in range(tries):
+        trial = np.clip(theta - rate[:, None] * step, 0.0, MOST_EXPONENT)
+        got = _group_loss(inputs, targets, groups, trial, len(theta))
+        better = pending & (got < loss)
+        out[better], fell[better] = trial[better], (loss - got)[better]
+        pending &= ~better
+        rate[pending] /= 2
+        if not pending.any():
+            break
+    return out, fell
+
+
+def _group_loss(inputs: np.ndarray, targets: np.ndarray, groups: np.ndarray, theta: np.ndarray,
+                size: int) -> np.ndarray:
+    """Each group's summed loss in nats under powers theta (G, K), with the prior's: (G,)."""
+    lp = _log_normalised(_scores(theta[groups], inputs))
+    nll = -lp[np.arange(len(targets)), targets]
+    return np.bincount(groups, nll, minlength=size) + EXPONENT_PRIOR / 2 * ((theta - LINEAR) ** 2).sum(1)
+
+
+def _scores(powers: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Each row's powers (N, K) of inputs (K, N, V) -> the product's logarithm, unnormalised (N, V)."""
+    out = powers[:, :1] * inputs[0]
+    for k in range(1, len(inputs)):
+        out += powers[:, k:k + 1] * inputs[k]
+    return out
+
+
+def _by_group(rows: np.ndarray, groups: np.ndarray, size: int) -> np.ndarray:
+    """rows (N, ...) summed by group (N,) -> (size, ...)."""
+    out = np.zeros((size, *rows.shape[1:]))
+    np.add.at(out, groups, rows)
+    return out
+
+
+def _log_normalised(z: np.ndarray) -> np.ndarray:
+    """Scores (N, V) -> log-probabilities (N, V): z less its log-sum-exp over each row."""
+    top = z.max(axis=-1, keepdims=True)
+    return z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
 
 
 def choose_order(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
@@ -469,7 +577,7 @@ def bits(p: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).mean()) if len(p) else math.nan
 
 
-__all__ = ["BUCKETS", "CONFIDENCE", "EARLIER_SHAPE", "FOLLOWERS", "SHAPE",
+__all__ = ["BUCKETS", "CONFIDENCE", "EARLIER_SHAPE", "EXPONENTS", "FOLLOWERS", "SHAPE",
            "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
-           "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "most_chars",
+           "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "fit_exponents", "most_chars",
            "shortest_best"]
