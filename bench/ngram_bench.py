@@ -8,7 +8,8 @@ from the rest, then the counts of the split; each n-gram counts the last 64 M / 
 setting scored on the held-out last 5%, whole, in order, state carried. Settings: the longest order (a run keeps
 the shortest that mixes as well), Witten-Bell's escape weight beta, whether the weights also see how sure the
 network is (off: every character in the network's least sure step), and how much training text the weights are
-fitted on.
+fitted on. The sweep scores the linear mixture, before the model's last layer (`ngram.fit_exponents`), which the
+quality section's figures include.
 Costs, for the default: time to build the counts and their size, one step of the n-gram alone for one
 sample, and `charloom sample`'s rate at batch 1 with and without it. Copying: `--samples` samples of 500
 characters at temperature 0.8 with and without the n-gram, and the share of their lines of 20 characters or

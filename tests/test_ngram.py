@@ -251,8 +251,9 @@ def test_a_run_fits_the_order_then_the_weights_to_counts_of_as_much_text_as_the_
     p_net, top, ctx, y = network_predictions(model, eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, 0), 2)
     expected = fit(NGram(ids[:start][-360:], V, 2), p_net, top, ctx, y)  # not the 120 the order-6 counts held
     assert np.allclose(m.weights, expected.weights) and np.allclose(m.reading, expected.reading)
+    assert m.exponents is None  # fitted on characters the network may have learned: no last layer
     monkeypatch.setattr(ngram, "PRODUCT_FLOATS", 12 * V)  # the last layer: fitted on 12 evenly spaced characters
-    m = fit_mixture(model, ids, V, 0, 6)
+    m = fit_mixture(model, ids, V, 0, 6, held=len(ids) - start)  # ... of characters training left out
     x = torch.from_numpy(ids[start:-1])[None]
     with torch.no_grad():
         logits = torch.log_softmax(model(x)[0][0].double(), -1).numpy()  # (N, V): the held text read whole
@@ -343,7 +344,8 @@ def small_model(vocab_size: int) -> CharRNN:
 def test_scoring_in_windows_equals_reading_the_whole_text_with_its_ngram(text, window, streams):
     ids = np.array(text)
     model = small_model(V)
-    m = fit_mixture(model, ids[:300], V, 0, 4)
+    m = fit_mixture(model, ids[:300], V, 0, 4, held=30)
+    assert m.exponents is not None
     gen = Generator(model, _vocab())
     gen.mixture = m
     if streams == 1:
@@ -385,7 +387,7 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     vocab = _vocab()
     assert len(vocab) == V
     model = small_model(V)
-    m = fit_mixture(model, np.array(text), V, vocab.pad_id, 3)
+    m = fit_mixture(model, np.array(text), V, vocab.pad_id, 3, held=len(text) // 10)
     path = checkpoint.save(tmp_path / "m.safetensors", model, vocab, records=False, mixture=m)
     ck = checkpoint.load(path)
     assert ck.mixture is not None and ck.mixture.ngram.order == 3
@@ -471,9 +473,12 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
 def test_training_ends_with_the_ngram_in_the_model_file(tmp_path, text_file, tiny, source):
     src = str(text_file) if source == "text" else "names"
     out = tmp_path / "run"
-    charloom.train(source=src, out=str(out), max_steps=20, ngram=4, **tiny)
+    charloom.train(source=src, out=str(out), max_steps=20, ngram=4, **tiny, fit_chars=100)
     ck = checkpoint.load(out)
     g = ck.info["ngram"]
+    # a text leaves the start of its training split out for the mixture, which then gains its last layer; records
+    # are all trained on, so their weights are fitted on learned text, and no last layer
+    assert (ck.mixture.exponents is not None) == (source == "text")
     assert ck.mixture is not None and 1 <= ck.mixture.ngram.order == g["order"] <= 4 and g["longest_asked"] == 4
     assert ck.mixture.weights.shape == (g["order"] + 1, *ngram.SHAPE) == ck.mixture.reading.shape
     assert g["val_bpc"] < g["network_val_bpc"]  # a 20-step network: the n-gram's counts help it

@@ -240,7 +240,9 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
     heart), scored by the network and by an n-gram built from the rest; then the n-gram of `ids` at that order.
     Each n-gram counts the last MAX_PAIRS // order characters it is given at most, so the weights are fitted to
     counts of as much text as the model's. The last layer is fitted on evenly spaced characters of the held ones,
-    PRODUCT_FLOATS // vocab_size at most."""
+    PRODUCT_FLOATS // vocab_size at most, where `held` names characters training left out: on text the network
+    has learned by heart it would learn to trust the network more than new text warrants (None: none)."""
+    unseen = held is not None
     held = min(FIT_CHARS, len(ids) // 10) if held is None else min(held, len(ids))
     if held < 2 or len(ids) - held < 2:
         return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
@@ -255,7 +257,7 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
         else _capped(ids[:start], vocab_size, kept, beta)  # the kept order may count more of the text
     del longest
     fitted = ngram.fit(counted, p_net, top, ctx[:, -kept:], y)
-    exponents = ngram.fit_exponents(fitted, logits, sampled_ctx[:, -kept:], sampled_y)
+    exponents = ngram.fit_exponents(fitted, logits, sampled_ctx[:, -kept:], sampled_y) if unseen else None
     return ngram.Mixture(_capped(ids, vocab_size, kept, beta), fitted.weights, fitted.reading, exponents)
 
 
