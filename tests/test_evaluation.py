@@ -197,7 +197,8 @@ def read_lengths(model):
 @pytest.mark.parametrize("streams, window, records", [(1, 4096, False), (3, 100, False), (2, 4096, True)])
 def test_a_long_window_is_scored_in_pieces_with_the_same_figure(tmp_path, monkeypatch, streams, window, records):
     from charloom import evaluation
-    from charloom.evaluation import network_predictions
+    from charloom.evaluation import evaluate_mixed, network_predictions
+    from charloom.ngram import EXPONENTS, SHAPE, Mixture, NGram
 
     text = "the quick brown fox jumps over the lazy dog.\n" * 9
     (tmp_path / "t.txt").write_text(text)
@@ -217,6 +218,16 @@ def test_a_long_window_is_scored_in_pieces_with_the_same_figure(tmp_path, monkey
     if streams == 1 and not records:  # one stream: the whole text in one call is the reference
         bits, n = bits_of_one_call(model, corpus.ids.tolist())
         assert pieced.bpc == pytest.approx(bits / n, rel=1e-5)
+    rng = np.random.default_rng(0)  # with an n-gram, linear and with its last layer: pieces carry its contexts too
+    counts = NGram(corpus.ids[: len(corpus.ids) // 2], len(corpus.vocab), 3)
+    for powers in (None, rng.uniform(0, 2, (4, EXPONENTS))):
+        m = Mixture(counts, rng.uniform(0, 1, (4, *SHAPE)), None, powers)
+        monkeypatch.setattr(evaluation, "PIECE_BYTES", 10**9)
+        one = evaluate_mixed(model, m, corpus_batches(corpus, streams, window))
+        monkeypatch.setattr(evaluation, "PIECE_BYTES", 51 * position)
+        many = evaluate_mixed(model, m, corpus_batches(corpus, streams, window))
+        assert many.characters == one.characters and many.bpc == pytest.approx(one.bpc, rel=1e-5)
+        assert many.network_bpc == pytest.approx(whole.bpc, rel=1e-5) and abs(many.bpc - whole.bpc) > 0.01
 
 
 def test_a_long_window_on_a_large_vocabulary_never_makes_all_its_logits():

@@ -144,8 +144,8 @@ def softmax_probs(model_dir, text, context, ngram=True):
         w = torch.from_numpy(ck.mixture.weights.reshape(-1)[bucket(*held, sure)])[:, None]
         p_ng = torch.from_numpy(p_ng)
         linear = w * probs + (1 - w) * p_ng
-        powers = ck.mixture.exponents if ck.mixture.exponents is not None else np.tile(LINEAR, (ng.order + 1, 1))
-        a, b, c = torch.from_numpy(powers[held[0]]).T[:, :, None]
+        assert not np.allclose(ck.mixture.exponents, LINEAR)  # the model's last layer is there, and not a no-op
+        a, b, c = torch.from_numpy(ck.mixture.exponents[held[0]]).T[:, :, None]
         probs = probs ** a * p_ng ** b * linear ** c
         probs = probs / probs.sum(-1, keepdim=True)
     return probs[torch.arange(len(ids)), torch.tensor(ids)].numpy(), probs

@@ -394,15 +394,6 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     assert np.array_equal(ck.mixture.ngram.ids, np.array(text)) and np.allclose(ck.mixture.weights, m.weights)
     assert np.allclose(ck.mixture.reading, m.reading) and np.allclose(ck.mixture.exponents, m.exponents)
     assert m.exponents.shape == (4, ngram.EXPONENTS) and not np.allclose(m.exponents, ngram.LINEAR)
-    p = tmp_path / "linear.safetensors"  # a file from before the last layer: the linear mixture predicts
-    p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors={
-        k: v for k, v in checkpoint._mixture_tensors(m).items() if k != "ngram.exponents"},
-        extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
-    linear = checkpoint.load(p).mixture
-    logits, ctx = np.random.default_rng(1).normal(size=(5, V)), np.array(text[:15]).reshape(5, 3)
-    assert linear.exponents is None and np.allclose(
-        linear.log_probs(logits, ctx), Mixture(m.ngram, m.weights, m.reading, np.tile(ngram.LINEAR, (4, 1)))
-        .log_probs(logits, ctx), atol=1e-6)
     older = {k: v for k, v in checkpoint._mixture_tensors(m).items() if k not in ("ngram.reading", "ngram.exponents")}
     p = tmp_path / "older.safetensors"  # a file from before the weights for reading: reading mixes with `weights`
     p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors=older,
@@ -466,6 +457,20 @@ def test_a_model_file_keeps_its_ngram_and_refuses_a_damaged_one(tmp_path, text):
     p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
     with pytest.raises(CharloomError, match="n-gram"):
         checkpoint.load(p)
+
+
+def test_a_model_file_from_before_the_last_layer_mixes_linearly(tmp_path, text):
+    vocab, model = _vocab(), small_model(V)
+    m = fit_mixture(model, np.array(text), V, vocab.pad_id, 3, held=len(text) // 10)
+    p = tmp_path / "linear.safetensors"
+    p.write_bytes(checkpoint.encode(model, vocab, records=False, extra_tensors={
+        k: v for k, v in checkpoint._mixture_tensors(m).items() if k != "ngram.exponents"},
+        extra_meta={"ngram": {"order": 3, "beta": 4.0}}))
+    linear = checkpoint.load(p).mixture
+    logits, ctx = np.random.default_rng(1).normal(size=(5, V)), np.array(text[:15]).reshape(5, 3)
+    by_powers = Mixture(m.ngram, m.weights, m.reading, np.tile(ngram.LINEAR, (4, 1))).log_probs(logits, ctx)
+    assert linear.exponents is None and np.allclose(linear.log_probs(logits, ctx), by_powers, atol=1e-6)
+    assert not np.allclose(m.log_probs(logits, ctx), by_powers, atol=1e-3)  # the file's own layer moves them
 
 
 @pytest.mark.kernel

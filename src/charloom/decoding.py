@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import ModelConfig, SampleOptions
 from .errors import CharloomError, ConfigError
-from .ngram import Mixture, contexts
+from .ngram import MIX_FLOATS, Mixture, contexts
 from .vocab import Vocab
 
 UNIFORM_BLOCK = 256  # random numbers drawn per sample at a time
@@ -32,7 +32,6 @@ SAMPLE_FIXED_BYTES = 4096  # its Mersenne Twister state (2.5 KB) and its Python 
 LOGIT_COPIES = 12  # (V,) float32 rows alive at once while a character is chosen: penalty, filters, sort, cdf
 STATE_COPIES = 12  # (H,) float32 rows per layer: the state, the new state and the gates of a step
 MIX_COPIES = 14  # (V,) float64 rows per sample while a model's n-gram is mixed in (its inputs, their product)
-MIX_ROWS = 1024  # rows of a long reading mixed with the n-gram at a time
 TEXT_BYTES = 16  # per character kept, besides the characters themselves: the pieces' list until they are joined
 # per start-text character, besides what the model computes on it: its prepared copy and code points, its id as
 # an int in a Python list (a 32-byte object above 256), as int64 arrays for the model and for an n-gram's contexts
@@ -187,8 +186,9 @@ class Writer:
             return logits
         logits = np.array(logits, dtype=np.float32)  # its own copy, rewritten below
         ctx = contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order)[0]  # (T, order), a view
-        for at in range(0, len(logits), MIX_ROWS):  # in pieces: the mixture's float64 copies stay small
-            logits[at:at + MIX_ROWS] = self.mixture.log_probs(logits[at:at + MIX_ROWS], ctx[at:at + MIX_ROWS])
+        rows = max(1, MIX_FLOATS // logits.shape[1])  # in pieces: the mixture's float64 copies stay small
+        for at in range(0, len(logits), rows):
+            logits[at:at + rows] = self.mixture.log_probs(logits[at:at + rows], ctx[at:at + rows])
         return logits
 
     def _mixed(self, logits: np.ndarray, context: np.ndarray | None) -> np.ndarray:

@@ -38,7 +38,6 @@ READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call 
 PIECE_BYTES = 256 * 2**20
 LOGIT_ROWS = 3  # (V,) float32 rows per position while a piece is scored: the logits, their fp32 copy, log-softmax
 SEGMENT_COPIES = 3  # ... and a segment learned from holds them for the backward pass and its gradients too
-MIX_FLOATS = 2**20  # (character, id) pairs a mixture mixes at once: each of its float64 copies stays 8 MB
 
 
 @dataclass
@@ -159,6 +158,7 @@ def _read(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.de
                     logits, state = model(piece.x.to(device), state if piece.continues else None)
                     width = piece.x.shape[1]
                     yield b, piece, logits, ctx[:, at:at + width], i == len(pieces) - 1
+                    del logits  # before the next piece's are made
                     at += width
     finally:
         model.train(was_training)
@@ -179,9 +179,11 @@ def _predictions(model: CharRNN, batches: Iterable[Batch], order: int, device: t
         if every:
             keep = (piece.y != piece.pad_id).numpy()
             rows = np.flatnonzero((seen + np.arange(keep.sum())) % every == 0)
-            logp = torch.log_softmax(logits.float(), -1).cpu().numpy()[keep][rows]  # (m, V)
-            sampled.append((logp, ctx[keep][rows], piece.y.numpy()[keep][rows].astype(np.int64)))
+            chosen = logits.detach().float().cpu()[torch.from_numpy(keep)][torch.from_numpy(rows)]  # (m, V)
+            sampled.append((torch.log_softmax(chosen, -1).numpy(), ctx[keep][rows],
+                            piece.y.numpy()[keep][rows].astype(np.int64)))
             seen += int(keep.sum())
+        del logits
         if last:
             keep = (b.y != b.pad_id).numpy()
             p, top = _kept(*(torch.cat(part, 1) for part in zip(*parts)), b)
@@ -212,10 +214,17 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
     count = 0
     for _, piece, logits, ctx, _ in _read(model, batches, mixture.ngram.order, torch.device(device)):
         keep = (piece.y != piece.pad_id).numpy()
-        logp = torch.log_softmax(logits.float(), -1).cpu().numpy()[keep]  # (n, V)
         y, ctx = piece.y.numpy()[keep], ctx[keep]
-        own -= float(logp[np.arange(len(y)), y].astype(np.float64).sum())
-        mixed += _mixed_nats(mixture, logp, ctx, y)
+        if mixture.exponents is None:  # the linear mixture needs only the targets' n-gram probabilities
+            p_net, top = _kept(*_log_probs(logits, piece.y), piece)
+            mixed -= float(np.log(np.maximum(mixture.target_probs(p_net, top, ctx, y), ngram.FLOOR)).sum())
+            own -= float(np.log(np.maximum(p_net, ngram.FLOOR)).sum())
+        else:
+            logp = torch.log_softmax(logits.detach().float(), -1).cpu().numpy()[keep]  # (n, V)
+            own -= float(logp[np.arange(len(y)), y].astype(np.float64).sum())
+            mixed += _mixed_nats(mixture, logp, ctx, y)
+            del logp
+        del logits
         count += len(y)
     if not count:
         raise CharloomError("nothing to evaluate: the text has fewer than two characters")
@@ -224,8 +233,8 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
 
 def _mixed_nats(mixture: ngram.Mixture, logits: np.ndarray, ctx: np.ndarray, y: np.ndarray) -> float:
     """The mixture's summed nats on targets y (n,) after contexts (n, order), given the network's logits (n, V):
-    a few rows at a time, so that the mixture's float64 copies stay within MIX_FLOATS each."""
-    total, rows = 0.0, max(1, MIX_FLOATS // logits.shape[1])
+    a few rows at a time, so that the mixture's float64 copies stay within ngram.MIX_FLOATS each."""
+    total, rows = 0.0, max(1, ngram.MIX_FLOATS // logits.shape[1])
     for at in range(0, len(y), rows):
         lp = mixture.log_probs(logits[at:at + rows], ctx[at:at + rows])
         total -= float(lp[np.arange(len(lp)), y[at:at + rows]].astype(np.float64).sum())
@@ -332,9 +341,10 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
     seen cannot throw the weights far), `decay` of the way back towards the trained weights, and reads on with its state
     carried. Every character is scored by weights that have seen only the characters before it, as a
     compressor's model has. With `mixture`, the adapting network is mixed with its n-gram, which counts every
-    character once it has predicted it (an `ngram.Reader`, with the weights fitted for reading), and the network's
-    own figure goes beside it. lr 0: the network stays as trained and only the n-gram learns. Works on a copy:
-    `model` is left as it was."""
+    character once it has predicted it (an `ngram.Reader`, with the weights fitted for reading; mixed linearly,
+    without the static mixture's last layer: a Reader gives the probability of the character read, not of every
+    one), and the network's own figure goes beside it. lr 0: the network stays as trained and only the n-gram
+    learns. Works on a copy: `model` is left as it was."""
     device = torch.device(device)
     work = copy.deepcopy(model).to(device).eval()  # eval: no dropout while it reads
     params = [p for p in work.parameters() if p.requires_grad]

@@ -125,7 +125,8 @@ class Display(Hook):
 
 class Mixing(Hook):
     """At the end of a run, the saved model gains the n-gram of its training text (first process only): the
-    mixture's weights are fitted to that model, the validation split scored with and without it."""
+    mixture's weights, and its last layer where training left characters out for them, are fitted to that model,
+    the validation split scored with and without it."""
 
     def __init__(self, order: int) -> None:
         self.order = order

@@ -52,8 +52,11 @@ EXPONENTS = 3  # the last layer's inputs: log-probabilities of the network, the 
 MOST_EXPONENT = 16.0  # the largest power of one input: a model file's are checked against it
 LINEAR = np.array([0.0, 0.0, 1.0])  # the powers that leave the linear mixture as it is: where the fit starts
 EXPONENT_PRIOR = 10.0  # how strongly each order's powers are held to LINEAR, in nats of the fit text
+ACTIVE = 1e-3  # a power this near a bound, its gradient pointing past it, is held there for a Newton step
 SETTLED = 1e-3  # nats of the whole fit text a Newton round must save for another to run
-PRODUCT_FLOATS = 6_000_000  # (character, id) pairs the last layer is fitted on at most: rows = this // V
+PRODUCT_FLOATS = 6_000_000  # (character, id) pairs the last layer is fitted on at most (rows = this // V): its
+# fit holds about ten float64 copies of them, some 0.5 GB
+MIX_FLOATS = 2**20  # (character, id) pairs a mixture mixes at once when it reads a text: each copy stays 8 MB
 FLOOR = 1e-300  # the least probability an input's logarithm is taken of (a network's softmax may underflow to 0)
 # bits per character a longer order must save on the fit text to be kept (where that text is training text the
 # network has learned, as in a run that leaves none out, it understates what the order saves on new text)
@@ -383,6 +386,8 @@ class Mixture:
     def __post_init__(self) -> None:
         self.weights = _current(self.weights)
         self.reading = None if self.reading is None else _current(self.reading)
+        if self.exponents is not None and np.shape(self.exponents) != (self.ngram.order + 1, EXPONENTS):
+            raise ValueError(f"exponents must be {(self.ngram.order + 1, EXPONENTS)}, are {np.shape(self.exponents)}")
 
     def target_probs(self, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray,
                      targets: np.ndarray) -> np.ndarray:
@@ -405,9 +410,7 @@ class Mixture:
         """logits (N, V) of the network after context (N, order) -> the last layer's inputs (EXPONENTS, N, V)
         float64: log-probabilities of the network, the n-gram and their linear mixture (at least log FLOOR); and
         the longest order held (N,)."""
-        z = logits.astype(np.float64)
-        z = np.exp(z - z.max(axis=-1, keepdims=True))
-        p_net = z / z.sum(axis=-1, keepdims=True)
+        p_net = np.exp(_log_normalised(logits.astype(np.float64)))
         p, longest, *held = self.ngram.probs(context)
         w = self.weights.reshape(-1)[bucket(longest, *held, p_net.max(axis=-1))][:, None]
         out = np.stack([p_net, p, w * p_net + (1 - w) * p])
@@ -416,10 +419,17 @@ class Mixture:
     def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
         """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
         mixture: what a Writer chooses from, as from logits, and what a text is scored by."""
-        inputs, longest = self.inputs(logits, context)
         if self.exponents is None:
-            return inputs[2].astype(np.float32)
+            return self.linear_log_probs(logits, context)
+        inputs, longest = self.inputs(logits, context)
         return _log_normalised(_scores(self.exponents[longest], inputs)).astype(np.float32)
+
+    def linear_log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """`log_probs` of the linear mixture alone (N, V) float32: a model file's from before the last layer."""
+        p_net = np.exp(_log_normalised(logits.astype(np.float64)))
+        p, *held = self.ngram.probs(context)
+        w = self.weights.reshape(-1)[bucket(*held, p_net.max(axis=-1))][:, None]
+        return np.log(np.maximum(w * p_net + (1 - w) * p, FLOOR)).astype(np.float32)
 
 
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
@@ -457,16 +467,18 @@ def fit_exponents(mixture: Mixture, logits: np.ndarray, context: np.ndarray, tar
         grad = _by_group(expected - chosen, groups, size) + EXPONENT_PRIOR * (theta - LINEAR)
         hess = _by_group(spread, groups, size) + EXPONENT_PRIOR * np.eye(EXPONENTS)
         theta, fell = _halving(inputs, targets, groups, theta, _free_step(theta, grad, hess), loss)
-        loss = _group_loss(inputs, targets, groups, theta, size)
+        loss = loss - fell
         if fell.sum() < SETTLED:
             break
     return theta
 
 
 def _free_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray) -> np.ndarray:
-    """Each group's Newton step (G, K) over the powers a bound does not hold: one at a bound whose gradient points
-    past it stays (projected Newton: a step of the others alone, so that clipping cannot undo the descent)."""
-    held = ((theta <= 0) & (grad > 0)) | ((theta >= MOST_EXPONENT) & (grad < 0))  # (G, K)
+    """Each group's Newton step (G, K) over the powers a bound does not hold: one at a bound (or within `near` of
+    it, Bertsekas' epsilon-active set) whose gradient points past it stays (projected Newton: a step of the others
+    alone, so that clipping cannot undo the descent)."""
+    near = np.minimum(ACTIVE, np.abs(theta - np.clip(theta - grad, 0.0, MOST_EXPONENT)).max(axis=1, keepdims=True))
+    held = ((theta <= near) & (grad > 0)) | ((theta >= MOST_EXPONENT - near) & (grad < 0))  # (G, K)
     free = ~held
     hess = np.where(free[:, :, None] & free[:, None, :], hess, 0.0) + np.eye(theta.shape[1]) * held[:, None, :]
     return np.linalg.solve(hess, np.where(held, 0.0, grad)[:, :, None])[:, :, 0]
@@ -578,6 +590,6 @@ def bits(p: np.ndarray) -> float:
 
 
 __all__ = ["BUCKETS", "CONFIDENCE", "EARLIER_SHAPE", "EXPONENTS", "FOLLOWERS", "SHAPE",
-           "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "Mixture", "NGram", "ORDER_GAIN",
+           "MAX_CHARS", "MAX_ORDER", "MAX_PAIRS", "MIX_FLOATS", "Mixture", "NGram", "ORDER_GAIN",
            "READ_PAIRS", "Reader", "bits", "bucket", "choose_order", "contexts", "fit", "fit_exponents", "most_chars",
            "shortest_best"]
