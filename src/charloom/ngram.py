@@ -410,26 +410,25 @@ class Mixture:
         """logits (N, V) of the network after context (N, order) -> the last layer's inputs (EXPONENTS, N, V)
         float64: log-probabilities of the network, the n-gram and their linear mixture (at least log FLOOR); and
         the longest order held (N,)."""
-        p_net = np.exp(_log_normalised(logits.astype(np.float64)))
-        p, longest, *held = self.ngram.probs(context)
-        w = self.weights.reshape(-1)[bucket(longest, *held, p_net.max(axis=-1))][:, None]
-        out = np.stack([p_net, p, w * p_net + (1 - w) * p])
+        *parts, longest = self._parts(logits, context)
+        out = np.stack(parts)
         return np.log(np.maximum(out, FLOOR, out=out), out=out), longest
 
     def log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
         """logits (N, V) of the network after context (N, order) -> (N, V) float32 log-probabilities of the
         mixture: what a Writer chooses from, as from logits, and what a text is scored by."""
-        if self.exponents is None:
-            return self.linear_log_probs(logits, context)
+        if self.exponents is None:  # a file from before the last layer: the linear mixture alone
+            return np.log(np.maximum(self._parts(logits, context)[2], FLOOR)).astype(np.float32)
         inputs, longest = self.inputs(logits, context)
         return _log_normalised(_scores(self.exponents[longest], inputs)).astype(np.float32)
 
-    def linear_log_probs(self, logits: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """`log_probs` of the linear mixture alone (N, V) float32: a model file's from before the last layer."""
+    def _parts(self, logits: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, ...]:
+        """logits (N, V) after context (N, order) -> the network's probabilities, the n-gram's and their linear
+        mixture's, (N, V) float64 each; and the longest order held (N,)."""
         p_net = np.exp(_log_normalised(logits.astype(np.float64)))
-        p, *held = self.ngram.probs(context)
-        w = self.weights.reshape(-1)[bucket(*held, p_net.max(axis=-1))][:, None]
-        return np.log(np.maximum(w * p_net + (1 - w) * p, FLOOR)).astype(np.float32)
+        p, longest, *held = self.ngram.probs(context)
+        w = self.weights.reshape(-1)[bucket(longest, *held, p_net.max(axis=-1))][:, None]
+        return p_net, p, w * p_net + (1 - w) * p, longest
 
 
 def fit(ngram: NGram, p_network: np.ndarray, p_max: np.ndarray, context: np.ndarray, targets: np.ndarray,
