@@ -136,9 +136,15 @@ def _kept(target: torch.Tensor, top: torch.Tensor, batch: Batch) -> tuple[np.nda
 def _scored(batch: Batch, before: np.ndarray | None, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The `order` ids before each scored target of `batch` (n, order), the carried ones first when it continues,
     the targets (n,), and the ids to carry into the next batch (B, order)."""
-    ctx = ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)  # (B, T, order)
+    ctx = _contexts(batch, before, order)
     keep = (batch.y != batch.pad_id).numpy()
     return ctx[keep], batch.y.numpy()[keep].astype(np.int64), ctx[:, -1]
+
+
+def _contexts(batch: Batch, before: np.ndarray | None, order: int) -> np.ndarray:
+    """The `order` ids before each position of `batch` (B, T, order); `before` (B, order), the ids carried from
+    the batch before, are read first when it continues."""
+    return ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)
 
 
 def _read(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device
@@ -152,7 +158,7 @@ def _read(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.de
     try:
         with torch.inference_mode():
             for b in batches:
-                ctx = ngram.contexts(b.x.numpy(), before if b.continues else None, order)  # (B, T, order)
+                ctx = _contexts(b, before, order)  # (B, T, order)
                 before, pieces, at = ctx[:, -1], _pieces(model, b), 0
                 for i, piece in enumerate(pieces):
                     logits, state = model(piece.x.to(device), state if piece.continues else None)
