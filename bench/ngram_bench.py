@@ -71,7 +71,7 @@ def sweep(ck, data, ids: np.ndarray) -> list[str]:
 
 
 def costs(ck, ids: np.ndarray) -> list[str]:
-    """For the order a run keeps on this network (the mixture `measure` fits)."""
+    """For the order the run kept (its saved mixture, or the one `measure` fits for a run saved without one)."""
     order = ck.mixture.ngram.order
     t0 = time.perf_counter()
     ng = ngram.NGram(ids, len(ck.vocab), order)
@@ -123,10 +123,11 @@ def main() -> None:
 
 def measure(ck, data, args: argparse.Namespace) -> str:
     torch.set_num_threads(2)
-    ck.mixture = None  # the sweep makes its own
+    saved, ck.mixture = ck.mixture, None  # the sweep makes its own
     ids = training_text(data, ngram.MAX_CHARS)
     rows = sweep(ck, data, ids)
-    ck.mixture = fit_mixture(ck.model, ids, len(ck.vocab), ck.vocab.pad_id, TrainConfig().ngram)
+    # the costs are the saved mixture's, last layer and all, as `charloom sample` runs it
+    ck.mixture = saved or fit_mixture(ck.model, ids, len(ck.vocab), ck.vocab.pad_id, TrainConfig().ngram)
     cost = costs(ck, ids[-ngram.most_chars(ck.mixture.ngram.order):])
     info = ck.info
     body = "\n".join([
