@@ -193,7 +193,8 @@ def ngram_fields(f: Forge) -> None:
     vocab = Vocab.build(TEXT)
     ids = torch.from_numpy(vocab.encode_array(TEXT).astype(np.int64)).to(torch.uint8)
     good = {"ngram.ids": ids, "ngram.weights": torch.full((11, *ngram.SHAPE), 0.5),
-            "ngram.reading": torch.full((11, *ngram.SHAPE), 0.4)}
+            "ngram.reading": torch.full((11, *ngram.SHAPE), 0.4),
+            "ngram.exponents": torch.tensor(ngram.LINEAR, dtype=torch.float32).repeat(11, 1)}
 
     def with_ngram(tensors: dict | None = None, spec: object = None, drop: str = ""):
         def change(meta, t):
@@ -224,11 +225,20 @@ def ngram_fields(f: Forge) -> None:
             ("reading weights -1", {"ngram.reading": torch.full((11, *ngram.SHAPE), -1.0)}, None),
             ("reading weights as float16", {"ngram.reading": torch.full((11, *ngram.SHAPE), 0.5).half()}, None),
             ("reading weights of another order", {"ngram.reading": torch.full((5, *ngram.SHAPE), 0.5)}, None),
+            ("last layer's powers NaN", {"ngram.exponents": torch.full((11, ngram.EXPONENTS), float("nan"))}, None),
+            ("last layer's powers -1", {"ngram.exponents": torch.full((11, ngram.EXPONENTS), -1.0)}, None),
+            ("last layer's powers 1e30", {"ngram.exponents": torch.full((11, ngram.EXPONENTS), 1e30)}, None),
+            ("last layer's powers as float64", {"ngram.exponents": torch.ones(11, ngram.EXPONENTS).double()}, None),
+            ("last layer of another order", {"ngram.exponents": torch.ones(5, ngram.EXPONENTS)}, None),
+            ("last layer of another width", {"ngram.exponents": torch.ones(11, ngram.EXPONENTS + 4)}, None),
+            ("last layer as one row", {"ngram.exponents": torch.ones(ngram.EXPONENTS)}, None),
             ("a tensor of no known name", {"ngram.counts": torch.zeros(10)}, None)]:
         f.add("n-gram", name, f.forged(with_ngram(tensors, spec)))
     f.add("n-gram", "the field without its ids", f.forged(with_ngram(drop="ngram.ids")))
     f.add("controls", "a model with its n-gram, from before the weights for reading",
           f.forged(with_ngram(drop="ngram.reading")), expect="load")
+    f.add("controls", "a model with its n-gram, from before the last layer",
+          f.forged(with_ngram(drop="ngram.exponents")), expect="load")
     f.add("n-gram", "the tensors without the field", f.forged(lambda m, t: t.update(good)))
 
 
