@@ -127,7 +127,9 @@ def measure(ck, data, args: argparse.Namespace) -> str:
     ids = training_text(data, ngram.MAX_CHARS)
     rows = sweep(ck, data, ids)
     # the costs are the saved mixture's, last layer and all, as `charloom sample` runs it
-    ck.mixture = saved or fit_mixture(ck.model, ids, len(ck.vocab), ck.vocab.pad_id, TrainConfig().ngram)
+    if saved is None:
+        saved = fit_mixture(ck.model, ids, len(ck.vocab), ck.vocab.pad_id, TrainConfig().ngram)
+    ck.mixture = saved
     cost = costs(ck, ids[-ngram.most_chars(ck.mixture.ngram.order):])
     info = ck.info
     body = "\n".join([
