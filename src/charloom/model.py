@@ -66,12 +66,18 @@ class Recall(nn.Module):
         M, W = self.memory, self.width
         if memory is None:
             memory = x.new_zeros(M, x.shape[0], 2 * W + 1)
+        # the query's, key's, value's and shifted key's products as one: one pass over x forward and backward where
+        # four would each read it (and, under autocast, cast it); the scores' scale is folded into the query
+        parts = [self.query.weight * W ** -0.5, self.keys.weight]
+        if self.before is not None:
+            parts.append(self.before.weight)
+        made = F.linear(x, torch.cat(parts))  # (B, T, 3W or 4W)
+        query, new = made[..., :W], made[..., W:3 * W]  # (B, T, W), (B, T, 2W): key and value
         # the ones here and below are made from the input, so that an exported graph never holds an operator
         # that allocates as much as a number in the file says
-        new = self.keys(x)  # (B, T, 2W)
         one = new[..., :1] * 0 + 1
         if self.before is not None:  # the product before the shift: (B, T, W) moves, not (B, T, H)
-            part = self.before(x)  # (B, T, W)
+            part = made[..., 3 * W:]  # (B, T, W)
             first = part[:, :1] * 0 if previous is None else self.before(previous.to(x.dtype))[:, None]
             earlier = torch.cat([first, part[:, :-1]], 1)  # (B, T, W): each position's from the output before it
             new = torch.cat([new[..., :W] + earlier, new[..., W:], one], -1)  # (B, T, 2W+1)
@@ -83,7 +89,7 @@ class Recall(nn.Module):
         # position t of the call is slot M + t of `seen`: it reads the M slots up to and including its own
         window = torch.triu(torch.tril(ones, M), 1) > 0.5  # (1, T, M+T)
         allowed = window & (filled[:, None, :] > 0.5)  # (B, T, M+T)
-        scores = (self.query(x) @ k.transpose(1, 2)).float() / W ** 0.5  # (B, T, M+T)
+        scores = (query @ k.transpose(1, 2)).float()  # (B, T, M+T)
         weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).to(v.dtype)
         return x + self.out(weights @ v), seen[:, -M:].transpose(0, 1).float()
 
