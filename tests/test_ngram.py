@@ -205,12 +205,11 @@ def test_a_bucket_steps_followers_as_documented():
     assert index.max() < 3 * math.prod(SHAPE)
 
 
-@pytest.mark.parametrize("bpc,kept", [([3.0, 2.5, 2.4999, 2.0], 4), ([2.0, 1.99975, 1.9995, 1.99925], 1),
-                                      ([2.0, 1.9990, 1.9970, 1.9990], 3), ([2.0, 1.9995, 1.99925, 1.99875], 2),
-                                      ([2.0], 1), ([2.0, 2.1, 2.2], 1)])
-def test_a_longer_order_is_kept_only_where_it_pays(bpc, kept):
-    assert ngram.ORDER_GAIN == 0.001  # the cases are written for it
-    assert ngram.shortest_best(bpc) == kept
+@pytest.mark.parametrize("gains,kept", [([0, 0.5, 0.5001, 1000], 4), ([0, 0.25, 0.5, 0.75], 1),
+                                        ([0, 1, 3, 1], 3), ([0, 0.5, 0.75, 1.25], 2), ([0], 1), ([0, -100, -200], 1)])
+def test_a_longer_order_is_kept_only_where_it_pays(gains, kept):
+    """gains: what each order saves against order 1, in units of ORDER_GAIN."""
+    assert ngram.shortest_best([2.0 - g * ngram.ORDER_GAIN for g in gains]) == kept
 
 
 def test_the_order_chosen_is_long_for_a_repeating_text_and_short_for_a_random_one():

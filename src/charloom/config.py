@@ -438,10 +438,11 @@ class TrainConfig(Config):
                                  "this many consecutive pieces, as early, so that the state runs through a longer "
                                  "window than an update learns from (0: one per 128 characters of --seq-len, 2 at "
                                  "256; 1: whole windows)")
-    ngram: int = option(16, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "
+    ngram: int = option(12, "at the end, mix the network with an n-gram of the training text (0: none) of at most this "
                            "order: the shortest order that mixes as well as any longer one on the last of the "
                            "training text (given 50,000 characters there to choose on; else this order); the "
-                           "model file then holds the training text, its last 64 M / order characters at most")
+                           "model file then holds the training text, its last 64 M / order characters at most (at "
+                           "12, 5.3 M: longer orders count less of a longer text)")
     eval_every: int = option(200, "evaluate on the validation split every N steps (0: only at the end)")
     eval_chars: int = option(65536, "characters (or records' characters) of the validation split used by the "
                                     "evaluations (the same ones each time, so they compare); 0 = all; the final "
