@@ -210,6 +210,7 @@ def test_a_bucket_steps_followers_as_documented():
 def test_a_longer_order_is_kept_only_where_it_pays(gains, kept):
     """gains: what each order saves against order 1, in units of ORDER_GAIN."""
     assert ngram.shortest_best([2.0 - g * ngram.ORDER_GAIN for g in gains]) == kept
+    assert ngram.shortest_best([ngram.ORDER_GAIN, 0.0]) == 2  # saving exactly the bar keeps the longer order
 
 
 def test_the_order_chosen_is_long_for_a_repeating_text_and_short_for_a_random_one():

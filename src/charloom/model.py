@@ -67,12 +67,13 @@ class Recall(nn.Module):
         if memory is None:
             memory = x.new_zeros(M, x.shape[0], 2 * W + 1)
         # the query's, key's, value's and shifted key's products as one: one pass over x forward and backward where
-        # four would each read it (and, under autocast, cast it); the scores' scale is folded into the query
-        parts = [self.query.weight * W ** -0.5, self.keys.weight]
+        # four would each read it (and, under autocast, cast it); the scores' scale goes on the query, W wide where
+        # the scores are M+T wide (the weights stay unscaled: an int8 export quantises the block with one scale)
+        parts = [self.query.weight, self.keys.weight]
         if self.before is not None:
             parts.append(self.before.weight)
         made = F.linear(x, torch.cat(parts))  # (B, T, 3W or 4W)
-        query, new = made[..., :W], made[..., W:3 * W]  # (B, T, W), (B, T, 2W): key and value
+        query, new = made[..., :W] * W ** -0.5, made[..., W:3 * W]  # (B, T, W), (B, T, 2W): key and value
         # the ones here and below are made from the input, so that an exported graph never holds an operator
         # that allocates as much as a number in the file says
         one = new[..., :1] * 0 + 1
