@@ -69,10 +69,7 @@ class Recall(nn.Module):
         # the query's, key's, value's and shifted key's products as one: one pass over x forward and backward where
         # four would each read it (and, under autocast, cast it); the scores' scale goes on the query, W wide where
         # the scores are M+T wide (the weights stay unscaled: an int8 export quantises the block with one scale)
-        parts = [self.query.weight, self.keys.weight]
-        if self.before is not None:
-            parts.append(self.before.weight)
-        made = F.linear(x, torch.cat(parts))  # (B, T, 3W or 4W)
+        made = F.linear(x, self.joined())  # (B, T, 3W or 4W)
         query, new = made[..., :W] * W ** -0.5, made[..., W:3 * W]  # (B, T, W), (B, T, 2W): key and value
         # the ones here and below are made from the input, so that an exported graph never holds an operator
         # that allocates as much as a number in the file says
@@ -94,6 +91,13 @@ class Recall(nn.Module):
         weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).to(v.dtype)
         return x + self.out(weights @ v), seen[:, -M:].transpose(0, 1).float()
 
+    def joined(self) -> torch.Tensor:
+        """The query's, key's and value's, and shifted key's weights as one, in that order: (3W or 4W, H)."""
+        parts = [self.query.weight, self.keys.weight]
+        if self.before is not None:
+            parts.append(self.before.weight)
+        return torch.cat(parts)
+
 
 class RecallStep:
     """`Recall`'s update for one position of a batch, for the sampler: equal to `recall(x[:, None], memory,
@@ -104,10 +108,8 @@ class RecallStep:
     def __init__(self, recall: Recall):
         W = recall.width
         with torch.no_grad():
-            parts = [recall.query.weight / W ** 0.5, recall.keys.weight]  # the scores' scale folded into the query
-            if recall.before is not None:
-                parts.append(recall.before.weight)
-            self.weight = torch.cat(parts).T.contiguous()  # (H, 3W or 4W): query, key, value, shifted key
+            joined = recall.joined()  # the scores' scale folded into the query below
+            self.weight = torch.cat([joined[:W] / W ** 0.5, joined[W:]]).T.contiguous()  # (H, 3W or 4W)
             self.out = recall.out.weight.T.contiguous()  # (W, H)
         self.width, self.memory, self.shifted = W, recall.memory, recall.before is not None
 
