@@ -2,12 +2,13 @@
 
     python bench/export_bench.py [--train-minutes 3] [--repeats 3]
 
-Trains the default LSTM shape (1 x 640, embedding 64) on the bundled Shakespeare for a few minutes, exports
-it with `--int8`, and reports the held-out bpc of both files (the export's own check). Then, one thread each,
-in the same run: batch-1 and batch-64 generation rates of the PyTorch Generator, and of the ONNX Generator
-on the fp32 and int8 files (same start text, temperature 0.8, same seed); and the web page's rate in
-Chromium (onnxruntime-web, WASM, one thread), driven by Playwright with the page served from loopback
-and the runtime copied in (needs scripts/ensure_ort_web.sh's npm cache and /usr/bin/chromium).
+Trains an LSTM 1 x 640, embedding 64, with the defaults' head (an attention head, a hidden layer) on the bundled
+Shakespeare for a few minutes, exports it with `--int8`, and reports the held-out bpc of both files (the
+export's own check). Then, one thread each, in the same run: batch-1 and batch-64 generation rates of the
+PyTorch Generator, and of the ONNX Generator on the fp32 and int8 files (same start text, temperature 0.8, same
+seed); and the web page's rate in Chromium (onnxruntime-web, WASM, one thread), driven by Playwright with the
+page served from loopback and the runtime copied in (needs scripts/ensure_ort_web.sh's npm cache and
+/usr/bin/chromium).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from charloom import checkpoint  # noqa: E402
 from charloom.config import ExportConfig  # noqa: E402
 from charloom.export import export  # noqa: E402
 from charloom.onnx_generator import OnnxGenerator  # noqa: E402
+from charloom.runinfo import head_words  # noqa: E402
 from charloom.sampling import Generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +151,7 @@ def main() -> None:
 
 
 def write(args, ck, rep, figures, web) -> None:
+    c = ck.config
     torch_1 = statistics.median(figures["PyTorch"][1])
     torch_step = statistics.median(figures["PyTorch"]["step"])
     rows = [report.row(name, report.spread(f[1], "{:,.0f}"), report.spread(f[64], "{:,.0f}"),
@@ -169,6 +172,7 @@ def write(args, ck, rep, figures, web) -> None:
         f"Machine: {report.machine()}; one thread for every backend; generation in fp32 on every backend but int8 "
         f"(int8 weights, activations quantised per call).",
         f"Model: LSTM {ck.config.num_layers}x{ck.config.hidden_size}, embedding {ck.config.embedding}, "
+        f"{head_words(c.head_width, c.attention, c.memory, c.shifted_keys)}, "
         f"{ck.model.num_parameters():,} parameters, trained {args.train_minutes:g} minutes on the bundled "
         f"Shakespeare. Files: fp32 {rep.bytes / 1e6:.1f} MB, int8 {rep.int8_bytes / 1e6:.1f} MB; onnxruntime fp32 "
         f"matches PyTorch within {rep.max_difference:.1e}.",

@@ -33,8 +33,12 @@ from charloom.corpus import bundled, read_chunks  # noqa: E402
 from charloom.model import forward_flops  # noqa: E402
 from charloom.vocab import Vocab  # noqa: E402
 
-MODELS = {"1x64 LSTM, one-hot": dict(num_layers=1, hidden_size=64, embedding=0),
-          "2x512 LSTM, embedding 512": dict(num_layers=2, hidden_size=512, embedding=512)}
+# the recurrent networks alone (a linear head, no attention head), as the notebooks build theirs, and the 2x512
+# network with the head today's defaults add: an attention head over its last 256 outputs and a hidden layer
+ALONE = dict(head_hidden=0, attention=0)
+MODELS = {"1x64 LSTM, one-hot, linear head": dict(num_layers=1, hidden_size=64, embedding=0, **ALONE),
+          "2x512 LSTM, embedding 512, linear head": dict(num_layers=2, hidden_size=512, embedding=512, **ALONE),
+          "2x512 LSTM, embedding 512, the defaults' head": dict(num_layers=2, hidden_size=512, embedding=512)}
 
 
 def step_flops(cfg: ModelConfig) -> float:
