@@ -82,7 +82,10 @@ class _Order:
 def _counted(pairs: np.ndarray) -> _Order:
     """The distinct pairs of an unsorted array and their running counts."""
     pairs.sort()
-    first = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+    new = np.empty(len(pairs), dtype=bool)  # where a distinct pair begins
+    new[:1] = True
+    np.not_equal(pairs[1:], pairs[:-1], out=new[1:])
+    first = np.flatnonzero(new)
     cum = np.zeros(len(first) + 1, dtype=np.uint32)
     cum[1:-1], cum[-1] = first[1:], len(pairs)  # sorted: the pairs before each distinct one
     return _Order(pairs[first], cum)
@@ -114,16 +117,24 @@ class NGram:
     def _build(self) -> list[_Order]:
         """One sort per order, two at a time (NumPy sorts without holding the GIL): the orders' hashes come one
         from the other, so they are made here in turn and each is sorted on a worker."""
-        a, n, shift = self.ids, len(self.ids), np.uint64(self.bits)
+        n, shift = len(self.ids), np.uint64(self.bits)
+        a = self.ids.astype(np.uint64)  # converted once, not once per order
+        one = np.uint64(1)
         h = np.zeros(n, dtype=np.uint64)  # h[i]: hash of the k ids before position i
         pending: list[Future] = []
         with ThreadPoolExecutor(BUILD_THREADS) as pool:
             for k in range(1, min(self.order, n - 1) + 1):
-                h[k:] = h[k:] * _MUL + (a[:n - k] + 1).astype(np.uint64)
+                # in place: each order's hashes and pairs cost a few passes over the text, no temporaries
+                h[k:] *= _MUL
+                h[k:] += a[:n - k]
+                h[k:] += one
+                pairs = np.bitwise_and(h[k:], self.mask)
+                pairs <<= shift
+                pairs |= a[k:]
                 running = [f for f in pending if not f.done()]
                 if len(running) >= BUILD_THREADS:  # at most a few orders' unsorted pairs in memory at once
                     wait(running, return_when=FIRST_COMPLETED)
-                pending.append(pool.submit(_counted, ((h[k:] & self.mask) << shift) | a[k:].astype(np.uint64)))
+                pending.append(pool.submit(_counted, pairs))
             return [f.result() for f in pending]
 
     def _runs(self, t: _Order, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
