@@ -48,6 +48,31 @@ def test_generate_happy_path(client):
     assert again.json()["samples"] == body["samples"]
 
 
+def test_the_model_runs_on_one_kernel_thread_in_the_workers_and_the_main_thread_keeps_its_own(client, monkeypatch):
+    # from a worker thread, kernels spread over the cores wait on each other at every small operation; the
+    # setting is per thread, so the main thread's is left as it was
+    import threading
+
+    import torch
+
+    from charloom.sampling import Generator
+
+    main = torch.get_num_threads()
+    seen = []
+    step = Generator._step
+
+    def counted(self, ids, state):
+        seen.append((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        return step(self, ids, state)
+
+    monkeypatch.setattr(Generator, "_step", counted)
+    assert client.post("/v1/generate", json={"length": 20, "n": 2}).status_code == 200
+    events = sse(client.post("/v1/generate", json={"length": 20, "stream": True}).text)
+    assert events[-1][0] == "done"
+    assert len(seen) >= 19 * 2 and set(seen) == {(False, 1)}
+    assert torch.get_num_threads() == main
+
+
 def test_every_field_is_optional(client):
     r = client.post("/v1/generate", json={})
     from charloom.config import SampleOptions
