@@ -2,8 +2,8 @@
 
     python bench/serve_bench.py [--seconds 10] [--clients 1 4 8]
 
-Starts `charloom serve` (max 4 concurrent generations) on a free loopback port with a 1x128 LSTM
-(random weights: speed does not depend on training), then for each client count runs that many
+Starts `charloom serve` (max 4 concurrent generations) on a free loopback port with a 1x128 LSTM and the
+defaults' head (random weights: speed does not depend on training), then for each client count runs that many
 threads, each sending `POST /v1/generate` (200 characters, temperature 0.8) back to back until the time
 is up. A 429 (over the concurrency limit) is counted apart from failures.
 """
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 from charloom import CharRNN, ModelConfig, checkpoint  # noqa: E402
+from charloom.runinfo import head_words  # noqa: E402
 from charloom.vocab import Vocab  # noqa: E402
 
 LENGTH = 200
@@ -99,12 +100,15 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
+    c = model.cfg
+    head = head_words(c.head_width, c.attention, c.memory, c.shifted_keys)
     body = "\n".join([
         "## Server under load",
         "",
         f"Command: `python bench/serve_bench.py --seconds {args.seconds:g} --clients {' '.join(map(str, args.clients))}`.",
         f"Machine: {report.machine()}; client threads and the server share its {os.cpu_count()} cores.",
-        f"Each request: {LENGTH} characters from a 1x128 LSTM, not streamed; the server runs at most 4 generations at "
+        f"Each request: {LENGTH} characters from a 1x128 LSTM with the defaults' head ({head}), "
+        "not streamed; the server runs at most 4 generations at "
         "once and answers 429 beyond that (counted apart: they are the limit working, not failures).",
         "",
         *report.table(["clients", "requests/s", "characters/s", "p50 ms", "p95 ms", "p99 ms", "429s", "failed"], rows),
