@@ -158,6 +158,25 @@ def test_contexts_carry_the_ids_read_before():
     assert np.array_equal(second, whole[:, 3:])
 
 
+@pytest.mark.parametrize("order", [1, 3, 5])
+def test_contexts_leave_out_the_ids_the_counts_never_hold(order):
+    # a labelled record is read as <bos> <label> characters; the n-gram's text holds it as <bos> characters
+    rng = np.random.default_rng(0)
+    labels = range(4, 7)
+    rows = []
+    for _ in range(6):
+        chars = list(rng.integers(7, V, 9))
+        rows.append([1, int(rng.integers(4, 7))] + chars if rng.random() < 0.7 else [1] + chars + [2])
+    x = np.array(rows)
+    got = contexts(x, None, order, labels)
+    for r, row in enumerate(rows):
+        plain = [i for i in row if i not in labels]
+        want = contexts(np.array([plain]), None, order)[0]  # (T - labels, order)
+        t_plain = np.cumsum([i not in labels for i in row]) - 1  # each position's last id left in
+        assert np.array_equal(got[r], want[t_plain])
+    assert np.array_equal(contexts(x, None, order, range(0)), contexts(x, None, order))
+
+
 def test_fitted_weights_lean_on_the_ngram_where_it_knows_and_beat_both_alone(text):
     ids = np.array(text * 3)
     ng = NGram(ids[: len(ids) // 2], V, 4)

@@ -361,13 +361,33 @@ class Reader:
         return seen, paired, followers
 
 
-def contexts(x: np.ndarray, before: np.ndarray | None, order: int) -> np.ndarray:
+def contexts(x: np.ndarray, before: np.ndarray | None, order: int, skip: range = range(0)) -> np.ndarray:
     """x (B, T) ids read in order, `before` (B, order) the ids read before them (None: nothing) -> (B, T, order):
-    [:, t] holds the `order` ids up to and including x[:, t], the context of the character after it."""
+    [:, t] holds the `order` ids up to and including x[:, t], the context of the character after it.
+
+    skip: ids the counts never hold (a labelled model's label tokens, which the network reads after <bos> and the
+    n-gram's text leaves out): left out of every context, so that the characters after a label are looked up
+    as the text holds them."""
     if before is None:
         before = np.full((len(x), order), _MISSING, dtype=np.int64)
-    full = np.concatenate([before, np.asarray(x, dtype=np.int64)], axis=1)
+    full = np.concatenate([before, np.asarray(x, dtype=np.int64)], axis=1)  # (B, order + T)
+    if len(skip) and ((full >= skip.start) & (full < skip.stop)).any():
+        return _contexts_without(full, order, skip)
     return np.lib.stride_tricks.sliding_window_view(full, order, axis=1)[:, 1:]
+
+
+def _contexts_without(full: np.ndarray, order: int, skip: range) -> np.ndarray:
+    """`contexts` of the ids `full` (B, order + T), `before` first, with the ids in `skip` left out: each row's
+    other ids moved to its end (in order, _MISSING before them), and each position's context read from there."""
+    B, width = full.shape
+    kept = (full < skip.start) | (full >= skip.stop)  # (B, order + T)
+    packed = np.full((B, order + width), _MISSING, dtype=np.int64)  # room for `order` _MISSING before any id
+    last = np.cumsum(kept, axis=1) - 1 + order  # (B, order + T): where each position's last kept id lies in packed
+    rows, cols = np.nonzero(kept)
+    packed[rows, last[rows, cols]] = full[rows, cols]
+    ends = last[:, order:]  # (B, T)
+    at = ends[..., None] + np.arange(1 - order, 1)  # (B, T, order)
+    return np.take_along_axis(packed[:, None, :], at, axis=2)
 
 
 def bucket(longest: np.ndarray, count: np.ndarray, followers: np.ndarray, p_max: np.ndarray) -> np.ndarray:
