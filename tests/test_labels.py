@@ -132,6 +132,32 @@ def test_the_label_token_follows_bos_and_is_not_scored(tmp_path):
     assert batch.tokens == 2 + 3 + 4  # each record's characters and its <eos>: what bpc counts
 
 
+def test_a_labelled_record_scores_the_same_with_its_ngram_read_whole_and_in_a_batch(tmp_path):
+    # the n-gram's text holds records without their label: both paths leave the label out of its contexts
+    from charloom import ngram
+    from charloom.evaluation import evaluate_mixed
+
+    c = labelled_corpus(tmp_path)
+    v = c.vocab
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, attention=0, vocab_size=len(v))).eval()
+    text = np.array([v.bos_id, *v.encode("ab"), v.eos_id, v.bos_id, *v.encode("bca"), v.eos_id] * 3)
+    mixture = ngram.Mixture(ngram.NGram(text, len(v), 3), np.random.default_rng(0).uniform(0, 1, (4, *ngram.SHAPE)),
+                            uncounted=v.label_span)
+    batches = list(RecordBatches(c, np.arange(3), BatchConfig(batch_size=3, val_fraction=0)).in_order())
+    batched = evaluate_mixed(model, mixture, batches)
+    gen = Generator(model, v, records=True)
+    gen.mixture = mixture
+    nats = chars = 0
+    for i in range(3):
+        ids = [v.bos_id, int(c.labels[i]) + v.label_span.start,
+               *c.ids[c.offsets[i]:c.offsets[i + 1]].tolist(), v.eos_id]
+        logp = gen.read_logits(ids)  # row t predicts ids[t + 1]; the label (row 0's target) is given
+        nats -= sum(float(logp[t, ids[t + 1]]) for t in range(1, len(ids) - 1))
+        chars += len(ids) - 2
+    assert batched.bpc == pytest.approx(nats / chars / np.log(2), rel=1e-5)
+
+
 def test_label_dropout_leaves_a_seeded_share_of_training_records_unlabelled(tmp_path, ag_csv):
     path, _ = ag_csv
     c = load(ag_config(path))

@@ -50,7 +50,7 @@ def test_generate_happy_path(client):
 
 def test_the_model_runs_on_one_kernel_thread_in_the_workers_and_the_main_thread_keeps_its_own(client, monkeypatch):
     # from a worker thread, kernels spread over the cores wait on each other at every small operation; the
-    # setting is per thread, so the main thread's is left as it was
+    # count is the calling thread's own, so the main thread, which has run torch already, keeps its count
     import threading
 
     import torch

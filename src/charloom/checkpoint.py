@@ -482,7 +482,10 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
                           assign=True)
     model.to(device)
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
-    return Checkpoint(model, vocab, records, info, p, rest, extra, _mixture(extra, rest, cfg.vocab_size, where))
+    mixture = _mixture(extra, rest, cfg.vocab_size, where)
+    if mixture is not None:
+        mixture.uncounted = vocab.label_span
+    return Checkpoint(model, vocab, records, info, p, rest, extra, mixture)
 
 
 # ---- run state: what a resumed run needs beyond the model --------------------------------------------

@@ -212,8 +212,7 @@ class Writer:
     def uncounted(self) -> range:
         """Ids the model's n-gram never counts, left out of its contexts: the label tokens (its text holds each
         record as <bos> ... <eos>, as the network reads it without a label)."""
-        v = self.vocab
-        return range(v.first_char - len(v.labels), v.first_char)
+        return self.vocab.label_span
 
     def banned_ids(self) -> list[int]:
         """Ids a sample may never produce: <pad>, <bos>, <unk>, every label token, and <eos> for a model that never

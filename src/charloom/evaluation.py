@@ -133,32 +133,34 @@ def _kept(target: torch.Tensor, top: torch.Tensor, batch: Batch) -> tuple[np.nda
     return np.exp(target.double().cpu().numpy())[keep], np.exp(top.double().cpu().numpy())[keep]
 
 
-def _scored(batch: Batch, before: np.ndarray | None, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The `order` ids before each scored target of `batch` (n, order), the carried ones first when it continues,
-    the targets (n,), and the ids to carry into the next batch (B, order)."""
-    ctx = _contexts(batch, before, order)
+def _scored(batch: Batch, before: np.ndarray | None, order: int, skip: range = range(0)
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `order` ids before each scored target of `batch` (n, order), the carried ones first when it continues
+    (ids in `skip` left out: `ngram.contexts`), the targets (n,), and the ids to carry into the next batch
+    (B, order)."""
+    ctx = _contexts(batch, before, order, skip)
     keep = (batch.y != batch.pad_id).numpy()
     return ctx[keep], batch.y.numpy()[keep].astype(np.int64), ctx[:, -1]
 
 
-def _contexts(batch: Batch, before: np.ndarray | None, order: int) -> np.ndarray:
+def _contexts(batch: Batch, before: np.ndarray | None, order: int, skip: range = range(0)) -> np.ndarray:
     """The `order` ids before each position of `batch` (B, T, order); `before` (B, order), the ids carried from
-    the batch before, are read first when it continues."""
-    return ngram.contexts(batch.x.numpy(), before if batch.continues else None, order)
+    the batch before, are read first when it continues; ids in `skip` are left out (`ngram.contexts`)."""
+    return ngram.contexts(batch.x.numpy(), before if batch.continues else None, order, skip)
 
 
-def _read(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device
+def _read(model: CharRNN, batches: Iterable[Batch], order: int, device: torch.device, skip: range = range(0)
           ) -> Iterator[tuple[Batch, Batch, torch.Tensor, np.ndarray, bool]]:
     """Every piece of every batch (`_pieces`) read in order with the state carried: (the batch, the piece, its
     logits (B, t, V), the `order` ids before each of its positions (B, t, order), whether it ends its batch).
-    Contexts carry across batches that continue each other."""
+    Contexts carry across batches that continue each other, ids in `skip` left out of them."""
     was_training = model.training
     model.eval()
     state, before = None, None
     try:
         with torch.inference_mode():
             for b in batches:
-                ctx = _contexts(b, before, order)  # (B, T, order)
+                ctx = _contexts(b, before, order, skip)  # (B, T, order)
                 before, pieces, at = ctx[:, -1], _pieces(model, b), 0
                 for i, piece in enumerate(pieces):
                     logits, state = model(piece.x.to(device), state if piece.continues else None)
@@ -218,7 +220,8 @@ def evaluate_mixed(model: CharRNN, mixture: ngram.Mixture, batches: Iterable[Bat
     piece: memory stays that of one piece however long the text."""
     mixed = own = 0.0
     count = 0
-    for _, piece, logits, ctx, _ in _read(model, batches, mixture.ngram.order, torch.device(device)):
+    for _, piece, logits, ctx, _ in _read(model, batches, mixture.ngram.order, torch.device(device),
+                                          mixture.uncounted):
         keep = (piece.y != piece.pad_id).numpy()
         y, ctx = piece.y.numpy()[keep], ctx[keep]
         if mixture.exponents is None:  # the linear mixture needs only the targets' n-gram probabilities
@@ -392,7 +395,7 @@ def _read_ahead(batches: Iterable[Batch], mixture: ngram.Mixture | None
         targets: list[np.ndarray] = []
         size = 0
         for b in pending:
-            ctx, y, before = _scored(b, before, order)
+            ctx, y, before = _scored(b, before, order, mixture.uncounted)
             group.append(b)
             contexts.append(ctx)
             targets.append(y)

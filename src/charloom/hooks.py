@@ -147,6 +147,7 @@ class Mixing(Hook):
         held = len(t.data.fit) if t.data.fit is not None else None  # the part training left out, last in `ids`
         mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device,
                               held=held)
+        mixture.uncounted = t.vocab.label_span  # a labelled model's label tokens: scored contexts leave them out
         figures: dict[str, Any] = {"order": mixture.ngram.order, "longest_asked": self.order,
                                    "characters": int(len(mixture.ngram.ids))}
         if t.data.val is not None:

@@ -415,6 +415,9 @@ class Mixture:
     weights: np.ndarray
     reading: np.ndarray | None = None
     exponents: np.ndarray | None = None
+    # ids the counts never hold, left out of the contexts a text is scored with (`contexts`' skip): a labelled
+    # model's label tokens, which come from its vocabulary, not from the model file's n-gram
+    uncounted: range = range(0)
 
     def __post_init__(self) -> None:
         self.weights = _current(self.weights)

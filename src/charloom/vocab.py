@@ -103,7 +103,8 @@ class Vocab:
         self.itos: tuple[str, ...] = self.specials + tuple(map(label_token, self.labels)) + self.chars
         self.stoi: dict[str, int] = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.stoi[s] for s in SPECIALS)
-        self.label_ids: tuple[int, ...] = tuple(range(len(self.specials), self.first_char))
+        self.label_span = range(len(self.specials), self.first_char)  # the label tokens' ids
+        self.label_ids: tuple[int, ...] = tuple(self.label_span)
         # dense table code point -> id up to the largest known code point (at most 1.1 M entries, 4.4 MB);
         # anything past it or not in the vocabulary reads <unk>
         cps = codepoints("".join(self.chars))

@@ -329,19 +329,18 @@ class _Runner:
     def __init__(self, gen: Generator, slots: _Slots):
         self.gen, self.slots = gen, slots
         self.lock = threading.Lock()  # one step (or one reading) at a time
-        self.local = threading.local()  # per worker thread: whether its kernels are set to one thread
 
     @contextlib.contextmanager
     def turn(self) -> typing.Iterator[None]:
         """The model for one step or one reading: one caller at a time, its kernels on the calling thread alone.
         Work runs on the server's worker threads, not the main one, and there torch's kernels spread over the
         cores wait on each other at every small operation: a 10-minute model wrote 670-720 characters/s at batch
-        1 on 2 kernel threads from a worker thread, 1,570 on one (2,000 from the main thread). The setting is
-        the calling thread's own (OpenMP's), so it is made once in each worker thread."""
+        1 on 2 kernel threads from a worker thread, 1,570 on one (2,000 from the main thread). The count is the
+        calling thread's own (OpenMP's; a thread that has already run torch keeps its count, as the main thread,
+        which loaded the model, does), and it is checked at every turn, since other code may set it again."""
         with self.lock:
-            if not getattr(self.local, "single", False):
+            if torch.get_num_threads() != 1:
                 torch.set_num_threads(1)
-                self.local.single = True
             yield
 
     def _next(self, it):
