@@ -185,7 +185,7 @@ class Writer:
         if self.mixture is None or not ngram:
             return logits
         logits = np.array(logits, dtype=np.float32)  # its own copy, rewritten below
-        ctx = contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order, self.uncounted())[0]  # (T, order)
+        ctx = contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order, self.mixture.uncounted)[0]  # (T, order)
         rows = max(1, MIX_FLOATS // logits.shape[1])  # in pieces: the mixture's float64 copies stay small
         for at in range(0, len(logits), rows):
             logits[at:at + rows] = self.mixture.log_probs(logits[at:at + rows], ctx[at:at + rows])
@@ -208,11 +208,6 @@ class Writer:
                 kept[name].append(np.array(s[:, 0], dtype=np.float32))  # (L, H)
         return {name: np.stack(rows, 1) if rows else np.zeros((self.num_layers, 0, self.hidden_size), np.float32)
                 for name, rows in kept.items()}
-
-    def uncounted(self) -> range:
-        """Ids the model's n-gram never counts, left out of its contexts: the label tokens (its text holds each
-        record as <bos> ... <eos>, as the network reads it without a label)."""
-        return self.vocab.label_span
 
     def banned_ids(self) -> list[int]:
         """Ids a sample may never produce: <pad>, <bos>, <unk>, every label token, and <eos> for a model that never
@@ -322,8 +317,8 @@ class Writer:
         last, state = self._start(prefix, n)  # (n, V): every sample shares the start
         context = None  # (n, order): the ids the n-gram reads, for a model with one
         if self.mixture is not None and opts.ngram:
-            context = contexts(np.asarray([prefix]), None, self.mixture.ngram.order, self.uncounted())[0, -1:]
-            context = context.repeat(n, 0)
+            m = self.mixture
+            context = contexts(np.asarray([prefix]), None, m.ngram.order, m.uncounted)[0, -1:].repeat(n, 0)
         last = self._mixed(last, context)
         base = secrets.randbits(62) if opts.seed is None else int(opts.seed)
         streams = [UniformStream(base + i) for i in range(n)] if opts.temperature > 0 else []
