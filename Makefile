@@ -23,13 +23,16 @@ demo: setup
 	$(VENV)/bin/charloom train shakespeare --max-time $(DEMO_TIME) --out runs/demo --overwrite
 	$(VENV)/bin/charloom sample --checkpoint runs/demo --start "ROMEO." --length 600 --temperature 0.8 --seed 1
 
-# the tests that depend on the CPU's kernels run a second time on oneDNN's AVX2 path (no bf16 LSTM there),
-# so a suite that passes on an AVX-512 machine also passes on an AVX2 one
+# an AVX2-only CPU on any x86 machine: ATen's, oneDNN's (no bf16 LSTM there) and MKL's kernels held to AVX2
+AVX2 = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+
+# the tests that depend on the CPU's kernels run a second time on the AVX2 path, so a suite that passes on an
+# AVX-512 machine also passes on an AVX2 one
 test: setup
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_ort_web.sh
 	$(PY) -m pytest -q
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m kernel
+	$(AVX2) $(PY) -m pytest -q -m kernel
 
 bench: setup
 	$(PY) -m pip install -q -e ".[plot]"
@@ -43,7 +46,7 @@ bench: setup
 	command -v 7z >/dev/null || { apt-get update -qq && apt-get install -y -qq p7zip-full; }
 	command -v bible >/dev/null || { apt-get update -qq && apt-get install -y -qq bible-kjv; }
 	$(PY) bench/processes_bench.py
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/processes_bench.py
+	$(AVX2) $(PY) bench/processes_bench.py
 	$(PY) bench/quality_bench.py
 	$(PY) bench/adapt_bench.py --minutes 10
 	$(PY) bench/corpora_bench.py --minutes 3
@@ -72,7 +75,7 @@ sweep: setup
 		"--dropout 0.1" "--embedding 128" "--layers 2"
 	for w in $(WIDTHS); do \
 		$(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "--hidden $$w --threads 1" & \
-		ONEDNN_MAX_CPU_ISA=AVX2 $(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "--hidden $$w --threads 1" ; wait; \
+		$(AVX2) $(PY) bench/sweep.py --minutes $(SWEEP_MINUTES) -- "--hidden $$w --threads 1" ; wait; \
 	done
 	$(PY) bench/sizing_fit.py
 

@@ -2,7 +2,8 @@
 
     python bench/adapt_bench.py --minutes 10            # trains `charloom train shakespeare --max-time 10m` first
     python bench/adapt_bench.py --checkpoint runs/x     # or scores a run folder trained on the bundled Shakespeare
-    ONEDNN_MAX_CPU_ISA=AVX2 python bench/adapt_bench.py  # the same on oneDNN's AVX2 path (its own section)
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/adapt_bench.py
+                                                        # the same on the AVX2 path (its own section)
 
 Held-out = the last 5% of the corpus (charloom's default split), scored whole, in order, state carried:
   static   the trained model as it is (what `charloom eval` prints first);
@@ -123,7 +124,7 @@ def main() -> None:
     body = "\n".join([
         "## Held-out bpc: static, adapted while reading, and PPMd" + (f" ({capped} path)" if capped else ""),
         "",
-        "Command: `python bench/adapt_bench.py " +
+        f"Command: `{report.path_words(report.path_env()) + ' ' if capped else ''}python bench/adapt_bench.py " +
         (f"--checkpoint {args.checkpoint}`." if args.checkpoint else f"--minutes {args.minutes:g}`."),
         f"Machine: {report.machine()}; the model trained in {trained_in}, {info.get('step', '?')} steps, "
         f"{info.get('characters_seen', 0):,} characters, {info.get('train_seconds', '?')} s; scoring in fp32.",

@@ -1,7 +1,8 @@
 """Both cores: one process of two threads against two processes (torchrun) of one thread each.
 
     python bench/processes_bench.py [--seconds 75] [--hidden 640]
-    ONEDNN_MAX_CPU_ISA=AVX2 python bench/processes_bench.py      # the same on oneDNN's AVX2 path
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/processes_bench.py
+                                                                 # the same on the AVX2 path (report.AVX2_PATH)
 
 Each layout trains `charloom train shakespeare` for the same time with no evaluations or samples on the
 way, and reports the training characters per second of its last metrics row (all processes together).
@@ -87,10 +88,11 @@ def main() -> None:
             print(label, f"{r:,.0f}", flush=True)
     first = rows[0][1]
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    env = report.path_words(report.path_env())
     body = "\n".join([
         f"## Both cores: processes against threads{' (' + capped + ' path)' if capped else ''}",
         "",
-        f"Command: `{'ONEDNN_MAX_CPU_ISA=' + capped + ' ' if capped else ''}python bench/processes_bench.py "
+        f"Command: `{env + ' ' if env else ''}python bench/processes_bench.py "
         f"--seconds {args.seconds:g} --hidden {args.hidden}`. Machine: {report.machine()}. "
         f"`charloom train shakespeare --hidden {args.hidden}` for {args.seconds:g} s per layout, precision auto, "
         "no evaluations; the rate is training characters per second of all processes together.",

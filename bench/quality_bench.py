@@ -6,8 +6,10 @@ PPMd and the notebooks' method; plus peak training memory and time to first char
 
 charloom: one `charloom train shakespeare --max-time Nm` run per budget and path (its width and schedule fit
 its budget and the machine). With --flags F, each budget also runs with those flags (`--hidden 640`,
-`--batch-size 32`), the same day on the same machine, to show what a default gains over another choice. The AVX2 path is the same command with ONEDNN_MAX_CPU_ISA=AVX2, which takes
-oneDNN's AVX2 kernels on any x86 machine (no bf16 LSTM there, so the run computes in fp32).
+`--batch-size 32`), the same day on the same machine, to show what a default gains over another choice. The AVX2 path is the same command with
+the variables of `report.AVX2_PATH`, which hold ATen's, oneDNN's and MKL's kernels to AVX2 on any x86 machine, as
+on an AVX2-only CPU (no bf16 LSTM there, so the run computes in fp32). Earlier AVX2 rows capped oneDNN alone:
+their label says "ATen AVX512".
 The notebooks' method (bench/notebook.py) has a constant learning rate, so one run scored when it passes
 each budget gives the same figures as separate runs.
 Held-out = the last 5% of the corpus, scored three ways: whole, in order, with the state carried (batch 1), by the
@@ -48,7 +50,7 @@ from charloom.evaluation import adapt, evaluate_mixed  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "quality.png"
 LOG = Path(__file__).resolve().parent / "quality.jsonl"
-PATHS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+PATHS = {"native": {}, "avx2": report.AVX2_PATH}
 FOLLOWERS = ", mixing weights told by followers"  # rows whose mixture weighs how many characters followed a context
 
 
@@ -99,7 +101,7 @@ def charloom_runs(budgets: list[float], path: str, data, flags: str = "") -> Non
             sized = ck.info.get("sizing", {})
             configs = charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)
             trained, batch = configs["train"], configs["batch"]
-            record({"system": system, "path": path, "isa": isa, "minutes": m, "precision": info["precision"],
+            record({"system": system, "path": path, "isa": isa, "env": report.path_words(PATHS[path]), "minutes": m, "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "head_hidden": ck.model.cfg.head_width,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
@@ -272,7 +274,7 @@ def _figures(r: dict, path: str) -> list[str]:
     return [f"{report.cpu_of(r)}: {r['isa']}, {r['precision']}{threads}", f"{r['whole']:.3f}", f"{r.get('network', r['whole']):.3f}",
             f"{r['adapted']:.3f}" + (f" ({alone:.3f})" if alone != r["adapted"] else ""),
             f"{r['counting']:.3f}" if r.get("counting") else "", f"{r['windows']:.3f}",
-            f"`{r['command']}`" + (" with `ONEDNN_MAX_CPU_ISA=AVX2`" if path == "avx2" else "")]
+            f"`{r['command']}`" + (f" with `{r.get('env', 'ONEDNN_MAX_CPU_ISA=AVX2')}`" if path == "avx2" else "")]
 
 
 def main() -> None:

@@ -31,6 +31,21 @@ def append_log(path: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+# An AVX2-only x86 machine (a Zen 3, say) on any x86 machine: each of torch's kernel libraries held to AVX2 (ATen's
+# own kernels, oneDNN's, which then has no bf16 LSTM, and MKL's products), as an AVX2 CPU has them
+AVX2_PATH = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def path_words(env: dict[str, str]) -> str:
+    """The variables that set a kernel path, as a shell line puts them before a command ("" for none)."""
+    return " ".join(f"{k}={v}" for k, v in env.items())
+
+
+def path_env() -> dict[str, str]:
+    """The variables of AVX2_PATH this process's environment sets (none on the native path)."""
+    return {k: os.environ[k] for k in AVX2_PATH if k in os.environ}
+
+
 # Rows logged before each row named its CPU all came from the machine that wrote the sections then.
 EARLIER_CPU = "AMD EPYC"
 
@@ -62,16 +77,16 @@ def machine(kernels: bool = True) -> str:
 
 
 def isa() -> str:
-    """The instruction sets the kernels use: ATen's vector level, oneDNN's cap when one is set, and whether
+    """The instruction sets the kernels use: ATen's vector level, oneDNN's and MKL's caps when set, and whether
     a bf16 LSTM kernel runs here (the runtime's probe)."""
     import torch
 
     from charloom.runtime import probe
 
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    cap, mkl = os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("MKL_ENABLE_INSTRUCTIONS")
     bf16 = probe("cpu", "lstm", "bf16").runs
     return (f"ATen {torch.backends.cpu.get_cpu_capability()}" + (f", oneDNN capped at {cap}" if cap else "") +
-            f", bf16 LSTM kernel {'present' if bf16 else 'absent'}")
+            (f", MKL capped at {mkl}" if mkl else "") + f", bf16 LSTM kernel {'present' if bf16 else 'absent'}")
 
 
 def product_rate(m: int, k: int, n: int, repeats: int = 3, seconds: float = 0.5, dtype=None) -> float:
