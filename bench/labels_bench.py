@@ -23,6 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
+from charloom import checkpoint  # noqa: E402
+from charloom.sampling import Generator  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_MAP = "1=World,2=Sports,3=Business,4=Sci/Tech"
 SHARED = {"verbs": ["says", "plans", "faces", "wins", "loses", "backs", "warns on", "eyes"],
@@ -62,6 +65,24 @@ def charloom(*args: str) -> str:
     return p.stdout
 
 
+def on_label(run: Path, n: int = 100) -> dict[bool, tuple[float, int]]:
+    """Of n samples per label (temperature 0.8), with the n-gram and with the network alone: the share that use
+    words of their own class and none of another's, and how many begin with a space."""
+    gen = Generator.from_checkpoint(checkpoint.load(run))
+    names = dict(zip(WORDS, LABEL_MAP.replace("=", ",").split(",")[1::2]))
+    out = {}
+    for ngram in (True, False):
+        good = lead = 0
+        for cls, name in names.items():
+            mine = WORDS[cls][0] + WORDS[cls][1]
+            theirs = [w for c, (s, o) in WORDS.items() if c != cls for w in s + o if w not in mine]
+            for t in gen.generate(start="", length=60, n=n, seed=7, temperature=0.8, label=name, ngram=ngram):
+                good += any(w in t for w in mine) and not any(w in t for w in theirs)
+                lead += t.startswith(" ")
+        out[ngram] = good / (n * len(names)), lead
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=2)
@@ -79,6 +100,7 @@ def main() -> None:
         samples = {name: charloom("sample", "--checkpoint", str(run), "--label", name, "--num-samples", "3",
                                   "--seed", "1", "--temperature", "0.5").split("\n")[1:4]
                    for name in ("World", "Sports", "Business", "Sci/Tech")}
+    kept = on_label(run)
     precision = json.loads(charloom("info", str(run), "--json", "--samples", "0"))["training"]["precision"]
     rows = [report.row(r["label"], f"{r['records']:,}", f"{r['bpc']:.3f}", f"{r['wrong_bpc']:.3f}",
                        f"{r['no_label_bpc']:.3f}", f"{r['wrong_bpc'] - r['bpc']:+.3f}") for r in figures["labels"]]
@@ -98,6 +120,10 @@ def main() -> None:
         "Samples for each label (`charloom sample --label NAME --num-samples 3 --seed 1 --temperature 0.5`):",
         "",
         *[f"- {name}: " + " / ".join(f"`{t}`" for t in texts) for name, texts in samples.items()],
+        "",
+        "Of 100 samples per label (`--temperature 0.8`), those that use words of their own class and none of "
+        f"another's: **{kept[True][0]:.1%}** as saved (the network mixed with its n-gram; {kept[True][1]} begin "
+        f"with a space), {kept[False][0]:.1%} by the network alone ({kept[False][1]} with a space).",
     ])
     report.write_section("labels", body)
     print(body)

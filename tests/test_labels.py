@@ -132,8 +132,31 @@ def test_the_label_token_follows_bos_and_is_not_scored(tmp_path):
     assert batch.tokens == 2 + 3 + 4  # each record's characters and its <eos>: what bpc counts
 
 
-def test_a_labelled_record_scores_the_same_with_its_ngram_read_whole_and_in_a_batch(tmp_path):
-    # the n-gram's text holds records without their label: both paths leave the label out of its contexts
+def test_the_ngram_text_holds_each_training_record_with_its_label_as_the_network_reads_it(tmp_path, ag_csv):
+    from charloom.batching import training_text
+
+    c = labelled_corpus(tmp_path)
+    v = c.vocab
+    data = prepare(c, BatchConfig(batch_size=1, val_fraction=0, label_dropout=0))
+    want = []
+    for i in data.train.indices:
+        want += [v.bos_id, int(c.labels[i]) + v.label_span.start, *c.ids[c.offsets[i]:c.offsets[i + 1]], v.eos_id]
+    assert training_text(data, 10**9).tolist() == want
+    assert training_text(data, 7).tolist() == want[-7:]
+    # with label dropout, the same records with a share of the labels left out, as in training
+    ag = load(ag_config(ag_csv[0]))
+    whole, dropped = (training_text(prepare(ag, BatchConfig(val_fraction=0, label_dropout=d)), 10**9)
+                      for d in (0, 0.3))
+    labels = ag.vocab.label_ids
+    assert np.isin(whole, labels).sum() == 400
+    assert 0.6 < np.isin(dropped, labels).mean() * len(dropped) / 400 < 0.8
+    assert dropped[~np.isin(dropped, labels)].tolist() == whole[~np.isin(whole, labels)].tolist()
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_a_labelled_record_scores_the_same_with_its_ngram_read_whole_and_in_a_batch(tmp_path, counted):
+    # counted: the n-gram's text holds each record's label, and both paths read it in the contexts; not counted (a
+    # file from before labels were counted): both leave the label out of the contexts
     from charloom import ngram
     from charloom.evaluation import evaluate_mixed
 
@@ -141,9 +164,11 @@ def test_a_labelled_record_scores_the_same_with_its_ngram_read_whole_and_in_a_ba
     v = c.vocab
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(hidden_size=8, embedding=4, attention=0, vocab_size=len(v))).eval()
-    text = np.array([v.bos_id, *v.encode("ab"), v.eos_id, v.bos_id, *v.encode("bca"), v.eos_id] * 3)
-    mixture = ngram.Mixture(ngram.NGram(text, len(v), 3), np.random.default_rng(0).uniform(0, 1, (4, *ngram.SHAPE)),
-                            uncounted=v.label_span)
+    x, y = ([v.label_id(name)] if counted else [] for name in "XY")
+    text = np.array([v.bos_id, *x, *v.encode("ab"), v.eos_id, v.bos_id, *y, *v.encode("c"), v.eos_id] * 3)
+    counts = ngram.NGram(text, len(v), 3, given=v.label_span if counted else range(0))
+    mixture = ngram.Mixture(counts, np.random.default_rng(0).uniform(0, 1, (4, *ngram.SHAPE)),
+                            uncounted=range(0) if counted else v.label_span)
     batches = list(RecordBatches(c, np.arange(3), BatchConfig(batch_size=3, val_fraction=0)).in_order())
     batched = evaluate_mixed(model, mixture, batches)
     gen = Generator(model, v, records=True)
@@ -156,6 +181,24 @@ def test_a_labelled_record_scores_the_same_with_its_ngram_read_whole_and_in_a_ba
         nats -= sum(float(logp[t, ids[t + 1]]) for t in range(1, len(ids) - 1))
         chars += len(ids) - 2
     assert batched.bpc == pytest.approx(nats / chars / np.log(2), rel=1e-5)
+
+
+def test_the_mixture_is_fitted_on_the_characters_never_on_the_given_labels(tmp_path, monkeypatch):
+    from charloom import ngram
+    from charloom.evaluation import fit_mixture
+
+    v = labelled_corpus(tmp_path).vocab
+    x, y = v.label_id("X"), v.label_id("Y")
+    text = np.array([v.bos_id, x, *v.encode("ab"), v.eos_id, v.bos_id, y, *v.encode("c"), v.eos_id] * 40)
+    fitted = []
+    real = ngram.fit
+    monkeypatch.setattr(ngram, "fit", lambda *a, **k: fitted.append(a[4]) or real(*a, **k))
+    model = CharRNN(ModelConfig(hidden_size=8, embedding=4, attention=0, vocab_size=len(v))).eval()
+    held = 90  # the fit text: the last 90 ids, 20 records; its first id, a <bos>, is not predicted
+    fit_mixture(model, text, len(v), v.pad_id, 3, held=held, given=v.label_span)
+    fit_mixture(model, text, len(v), v.pad_id, 3, held=held)
+    assert not np.isin(fitted[0], v.label_ids).any() and len(fitted[0]) == held - 1 - 20
+    assert np.isin(fitted[1], v.label_ids).sum() == 20  # without `given`, each label was a target
 
 
 def test_label_dropout_leaves_a_seeded_share_of_training_records_unlabelled(tmp_path, ag_csv):
@@ -269,6 +312,19 @@ def test_held_out_records_score_better_given_their_own_label(trained):
         assert r["bpc"] < r["no_label_bpc"], r
         assert set(r["wrong_bpc_each"]) == set(NAMES) - {r["label"]}
     assert sum(r["records"] for r in rows) == len(held_out)
+
+
+def test_a_trained_model_counts_its_labels_and_a_file_from_before_leaves_them_out(trained, tmp_path):
+    run, _ = trained
+    ck = checkpoint.load(run)
+    assert ck.mixture is not None and ck.info["ngram"][checkpoint.LABELS_COUNTED] is True
+    assert ck.mixture.uncounted == range(0) and ck.mixture.ngram.given == ck.vocab.label_span
+    assert np.isin(ck.mixture.ngram.ids, ck.vocab.label_ids).any()
+    figures = {k: x for k, x in ck.info["ngram"].items() if k != checkpoint.LABELS_COUNTED}
+    checkpoint.save(tmp_path / "before.safetensors", ck.model, ck.vocab, records=ck.records,
+                    info={**ck.info, "ngram": figures}, mixture=ck.mixture)
+    before = checkpoint.load(tmp_path / "before.safetensors").mixture
+    assert before.uncounted == ck.vocab.label_span and before.ngram.given == range(0)
 
 
 def test_eval_reports_bpc_per_label(trained, capsys):

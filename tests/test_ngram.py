@@ -24,17 +24,19 @@ from charloom.vocab import Vocab
 V = 9
 
 
-def reference(ids: list[int], order: int, beta: float, context: list[int], x: int, read: list[int] = ()) -> float:
+def reference(ids: list[int], order: int, beta: float, context: list[int], x: int, read: list[int] = (),
+              given: range = range(0)) -> float:
     """Witten-Bell interpolation written out with dictionaries: p_k = (c(h, x) + beta u(h) p_{k-1}) / (c(h) +
     beta u(h)) for every order whose context h the text holds, from an add-one unigram. `read`: a second text
-    counted beside `ids` (what a Reader has read: its first id is no one's target)."""
-    uni = Counter(ids) + Counter(read[1:])
+    counted beside `ids` (what a Reader has read: its first id is no one's target). `given`: ids never counted as
+    what follows (nor in the unigram)."""
+    uni = Counter(i for i in list(ids) + list(read[1:]) if i not in given)
     p = (uni[x] + 1) / (sum(uni.values()) + V)
     for k in range(1, order + 1):
         h = tuple(context[-k:])
         if len(h) < k or -1 in h:
             break
-        follow = Counter(followed(list(ids), list(h)) + followed(list(read), list(h)))
+        follow = Counter(i for i in followed(list(ids), list(h)) + followed(list(read), list(h)) if i not in given)
         if not follow:
             break
         c, u = sum(follow.values()), len(follow)
@@ -87,6 +89,25 @@ def test_probabilities_equal_the_written_out_interpolation(text, order, beta):
         assert np.allclose(one[0], full[r], rtol=1e-12) and [int(a[0]) for a in one_held] == [a[r] for a in held]
     some = rng.integers(0, V, (len(ctx), 3))
     assert np.allclose(ng.probs(ctx, some)[0], np.take_along_axis(full, some, 1))
+
+
+def test_given_ids_are_read_in_contexts_and_never_predicted(text):
+    # ids 1-3 stand for labels: one after each <bos> (0), as a labelled records model's n-gram text holds them
+    rng = np.random.default_rng(2)
+    ids = []
+    for start in range(0, len(text), 9):
+        ids += [0, int(rng.integers(1, 4)), *text[start:start + 9]]
+    given = range(1, 4)
+    ng = NGram(np.array(ids), V, 3, 4.0, given=given)
+    at = rng.integers(3, len(ids), 60)
+    ctx = np.array([ids[i - 3:i] for i in at])  # contexts with and without a label in them
+    full, *_ = ng.probs(ctx)
+    for r, row in enumerate(ctx):
+        for x in range(V):
+            assert full[r, x] == pytest.approx(reference(ids, 3, 4.0, list(row), x, given=given), rel=1e-9)
+    assert full[:, 1:4].max() <= 1.5 / len(ids)  # a given id is never what follows: the add-one floor alone
+    assert np.array_equal(ng.shorter(2).probs(ctx[:, 1:])[0], NGram(np.array(ids), V, 2, 4.0, given=given).probs(
+        ctx[:, 1:])[0])
 
 
 def test_a_reader_predicts_from_the_counts_of_everything_read_before(text, monkeypatch):

@@ -386,7 +386,8 @@ def heldout_batches(corpus: Corpus, cfg: BatchConfig) -> Iterator[Batch]:
 def training_text(data: Data, most: int) -> np.ndarray:
     """The training split as one id array, its last `most` ids at most: a stream's segments joined (the part that
     training leaves out, `Data.fit`, last: what a mixture is fitted on), or each training record wrapped in
-    <bos> ... <eos> (as training reads it, label tokens aside)."""
+    <bos> ... <eos> as training reads it, a labelled one with its label after <bos> (but for a seeded
+    `label_dropout` share)."""
     if isinstance(data.train, StreamBatches):
         stream = data.train.stream
         parts, left = [], most
@@ -396,11 +397,16 @@ def training_text(data: Data, most: int) -> np.ndarray:
             if left <= 0:
                 break
         return np.concatenate(parts[::-1]).astype(np.int64)
-    corpus, v = data.corpus, data.corpus.vocab
+    corpus, v, cfg, n = data.corpus, data.corpus.vocab, data.train.cfg, len(data.train.indices)
+    # labels dropped from the share of records training reads without one, so unlabelled writing has counts too
+    heads = label_heads(corpus, data.train.indices, np.random.default_rng([cfg.seed, LABEL_TAG]).random(n)
+                        < cfg.label_dropout)
     parts, left = [], most
-    for i in data.train.indices[::-1]:
+    for j in range(n - 1, -1, -1):
+        i = data.train.indices[j]
         rec = corpus.ids[corpus.offsets[i]:corpus.offsets[i + 1]]
-        parts.append(np.concatenate([[v.bos_id], rec, [v.eos_id]])[-left:])
+        head = [] if heads is None or heads[j] < 0 else [heads[j]]
+        parts.append(np.concatenate([[v.bos_id], head, rec, [v.eos_id]])[-left:])
         left -= len(parts[-1])
         if left <= 0:
             break

@@ -44,6 +44,7 @@ FORMAT = "charloom-model"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 RESUME_FILE = "last.safetensors"
+LABELS_COUNTED = "labels_counted"  # in a model's n-gram figures: its text holds records' labels (_labels_counted)
 DIGEST = "sha256"  # of the tensor bytes: what every charloom writes and checks
 FULL_DIGEST = "sha256_all"  # of the header's meaning and the tensor bytes (see _full_digest)
 FIELDS = ("format", "version", "config", "vocab", "records", "info", "extra")  # the header's fields, digests aside
@@ -211,8 +212,9 @@ def _check_exponents_header(table: dict[str, Any], order: int, where: str) -> No
 
 
 def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size: int,
-             where: str) -> ngram.Mixture | None:
-    """The model's n-gram from its checked header and tensors: every id in the vocabulary, weights in [0, 1]."""
+             where: str, given: range = range(0)) -> ngram.Mixture | None:
+    """The model's n-gram from its checked header and tensors: every id in the vocabulary, weights in [0, 1];
+    `given`: the ids its text holds that it never predicts (`NGram.given`)."""
     if NGRAM not in extra:
         return None
     ids = tensors[f"{NGRAM}.ids"].numpy()
@@ -231,8 +233,8 @@ def _mixture(extra: dict[str, Any], tensors: dict[str, torch.Tensor], vocab_size
             raise CharloomError(f"{where}: tensor '{NGRAM}.exponents' holds values outside "
                                 f"[0, {ngram.MOST_EXPONENT:g}]")
     spec = extra[NGRAM]
-    return ngram.Mixture(ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"])), mixing["weights"],
-                         mixing.get("reading"), exponents)
+    counts = ngram.NGram(ids, vocab_size, spec["order"], float(spec["beta"]), given=given)
+    return ngram.Mixture(counts, mixing["weights"], mixing.get("reading"), exponents)
 
 
 # ---- reading: every check that needs only the header comes before any tensor byte is read ----------------
@@ -482,10 +484,19 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
                           assign=True)
     model.to(device)
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
-    mixture = _mixture(extra, rest, cfg.vocab_size, where)
-    if mixture is not None:
+    counted = _labels_counted(info)
+    mixture = _mixture(extra, rest, cfg.vocab_size, where, vocab.label_span if counted else range(0))
+    if mixture is not None and not counted:
         mixture.uncounted = vocab.label_span
     return Checkpoint(model, vocab, records, info, p, rest, extra, mixture)
+
+
+def _labels_counted(info: dict) -> bool:
+    """Whether a model's n-gram text holds records' labels after <bos>, as the network reads them (and its counts
+    never predict them: `NGram.given`). Files from before it did hold records without labels: their mixtures score
+    and write with the labels left out of the contexts (`Mixture.uncounted`)."""
+    figures = info.get("ngram")
+    return isinstance(figures, dict) and figures.get(LABELS_COUNTED) is True
 
 
 # ---- run state: what a resumed run needs beyond the model --------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -251,7 +251,8 @@ def _mixed_nats(mixture: ngram.Mixture, logits: np.ndarray, ctx: np.ndarray, y: 
 
 
 def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, order: int, beta: float = 4.0,
-                device: torch.device | str = "cpu", held: int | None = None) -> ngram.Mixture:
+                device: torch.device | str = "cpu", held: int | None = None, given: range = range(0)
+                ) -> ngram.Mixture:
     """The n-gram of training text `ids` mixed with `model`: its order (at most `order`: `ngram.choose_order`, given
     CHOOSE_CHARS to choose on), weights and last layer fitted on the last `held` ids (None: the last tenth, at most
     FIT_CHARS; best text the network has not trained on, which a network of several passes has all but learned by
@@ -259,29 +260,32 @@ def fit_mixture(model: CharRNN, ids: np.ndarray, vocab_size: int, pad_id: int, o
     Each n-gram counts the last MAX_PAIRS // order characters it is given at most, so the weights are fitted to
     counts of as much text as the model's. The last layer is fitted on evenly spaced characters of the held ones,
     PRODUCT_FLOATS // vocab_size at most, where `held` names characters training left out: on text the network
-    has learned by heart it would learn to trust the network more than new text warrants (None: none)."""
+    has learned by heart it would learn to trust the network more than new text warrants (None: none). `given`:
+    ids the text holds that are read, never predicted (a labelled model's label tokens): left out of the fit, and
+    never counted as a next id (`NGram.given`)."""
     unseen = held is not None
     held = min(FIT_CHARS, len(ids) // 10) if held is None else min(held, len(ids))
     if held < 2 or len(ids) - held < 2:
-        return ngram.Mixture(_capped(ids, vocab_size, order, beta), np.ones((order + 1, *ngram.SHAPE)))
+        return ngram.Mixture(_capped(ids, vocab_size, order, beta, given), np.ones((order + 1, *ngram.SHAPE)))
     start = len(ids) - held
-    batches = eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id)
+    batches = (replace(b, y=b.y.masked_fill((b.y >= given.start) & (b.y < given.stop), pad_id))
+               for b in eval_windows(Stream(ids, [(start, len(ids))]), 1024, 1, pad_id))
     every = -(-held // max(1, ngram.PRODUCT_FLOATS // vocab_size))
     p_net, top, ctx, y, (logits, sampled_ctx, sampled_y) = _joined(
         list(_predictions(model, batches, order, torch.device(device), every)))
-    longest = _capped(ids[:start], vocab_size, order, beta)
+    longest = _capped(ids[:start], vocab_size, order, beta, given)
     kept = ngram.choose_order(longest, p_net, top, ctx, y) if held >= CHOOSE_CHARS else order
     counted = longest.shorter(kept) if len(longest.ids) == min(start, ngram.most_chars(kept)) \
-        else _capped(ids[:start], vocab_size, kept, beta)  # the kept order may count more of the text
+        else _capped(ids[:start], vocab_size, kept, beta, given)  # the kept order may count more of the text
     del longest
     fitted = ngram.fit(counted, p_net, top, ctx[:, -kept:], y)
     exponents = ngram.fit_exponents(fitted, logits, sampled_ctx[:, -kept:], sampled_y) if unseen else None
-    return ngram.Mixture(_capped(ids, vocab_size, kept, beta), fitted.weights, fitted.reading, exponents)
+    return ngram.Mixture(_capped(ids, vocab_size, kept, beta, given), fitted.weights, fitted.reading, exponents)
 
 
-def _capped(ids: np.ndarray, vocab_size: int, order: int, beta: float) -> ngram.NGram:
+def _capped(ids: np.ndarray, vocab_size: int, order: int, beta: float, given: range = range(0)) -> ngram.NGram:
     """The n-gram of the last characters of `ids` that an n-gram of `order` may count."""
-    return ngram.NGram(ids[-ngram.most_chars(order):], vocab_size, order, beta)
+    return ngram.NGram(ids[-ngram.most_chars(order):], vocab_size, order, beta, given=given)
 
 
 

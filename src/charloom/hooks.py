@@ -146,10 +146,9 @@ class Mixing(Hook):
         ids = training_text(t.data, ngram.MAX_CHARS)
         held = len(t.data.fit) if t.data.fit is not None else None  # the part training left out, last in `ids`
         mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device,
-                              held=held)
-        mixture.uncounted = t.vocab.label_span  # a labelled model's label tokens: scored contexts leave them out
+                              held=held, given=t.vocab.label_span)
         figures: dict[str, Any] = {"order": mixture.ngram.order, "longest_asked": self.order,
-                                   "characters": int(len(mixture.ngram.ids))}
+                                   "characters": int(len(mixture.ngram.ids)), checkpoint.LABELS_COUNTED: True}
         if t.data.val is not None:
             ev = evaluate_mixed(ck.model, mixture, t.data.val_batches(), t.rt.device)
             figures |= {"val_bpc": ev.bpc, "network_val_bpc": ev.network_bpc}

@@ -100,6 +100,9 @@ class NGram:
     order: int = 10
     beta: float = 4.0  # weight of each order's escape to the order below: higher trusts short contexts more
     _orders: list[_Order] | None = field(default=None, repr=False)
+    # ids the text holds that are read, never predicted (a labelled model's label tokens, after each <bos>): they
+    # are in the contexts, and never counted as what follows one, so the counts predict characters alone
+    given: range = range(0)
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
@@ -107,6 +110,7 @@ class NGram:
         self.mask = np.uint64((1 << (64 - self.bits)) - 1)  # a context key's bits
         self.low = np.uint64((1 << self.bits) - 1)  # a pair's next-id bits
         self.counts = np.bincount(self.ids, minlength=self.vocab_size)[:self.vocab_size].astype(np.int64)  # (V,)
+        self.counts[self.given.start:self.given.stop] = 0
         self.unigram = (self.counts + 1.0) / (self.counts.sum() + self.vocab_size)  # (V,), add-one
 
     def orders(self) -> list[_Order]:
@@ -131,6 +135,8 @@ class NGram:
                 pairs = np.bitwise_and(h[k:], self.mask)
                 pairs <<= shift
                 pairs |= a[k:]
+                if len(self.given):
+                    pairs = pairs[(self.ids[k:] < self.given.start) | (self.ids[k:] >= self.given.stop)]
                 running = [f for f in pending if not f.done()]
                 if len(running) >= BUILD_THREADS:  # at most a few orders' unsorted pairs in memory at once
                     wait(running, return_when=FIRST_COMPLETED)
@@ -176,7 +182,7 @@ class NGram:
 
     def shorter(self, order: int) -> NGram:
         """This n-gram cut to its first `order` orders, sharing its counts (none are rebuilt)."""
-        return NGram(self.ids, self.vocab_size, order, self.beta, self.orders()[:order])
+        return NGram(self.ids, self.vocab_size, order, self.beta, self.orders()[:order], self.given)
 
     def _interpolated(self, context: np.ndarray, candidates: np.ndarray | None
                       ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -415,8 +421,8 @@ class Mixture:
     weights: np.ndarray
     reading: np.ndarray | None = None
     exponents: np.ndarray | None = None
-    # ids the counts never hold, left out of the contexts a text is scored with (`contexts`' skip): a labelled
-    # model's label tokens, which come from its vocabulary, not from the model file's n-gram
+    # ids the counts never hold, left out of the contexts a text is scored with (`contexts`' skip): the label tokens
+    # of a labelled model whose n-gram text holds records without them (files from before it held them: `given`)
     uncounted: range = range(0)
 
     def __post_init__(self) -> None:
