@@ -108,6 +108,12 @@ def test_given_ids_are_read_in_contexts_and_never_predicted(text):
     assert full[:, 1:4].max() <= 1.5 / len(ids)  # a given id is never what follows: the add-one floor alone
     assert np.array_equal(ng.shorter(2).probs(ctx[:, 1:])[0], NGram(np.array(ids), V, 2, 4.0, given=given).probs(
         ctx[:, 1:])[0])
+    # a text whose every pair at some order is of a given id counts nothing there, and reads on
+    bare = NGram(np.array([0, 1]), V, 3, given=given)
+    assert [len(t.pairs) for t in bare.orders()] == [0]
+    read = ngram.Reader(bare).read(np.array([[-1, 0, 1], [0, 1, 5]]), np.array([5, 6]))[0]
+    assert read[0] == pytest.approx(bare.probs(np.array([[-1, 0, 1]]), np.array([[5]]))[0][0, 0])
+    assert 0 < read[1] < 1
 
 
 def test_a_reader_predicts_from_the_counts_of_everything_read_before(text, monkeypatch):

@@ -152,6 +152,8 @@ class NGram:
 
     def _pair_counts(self, t: _Order, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Counts of (key, id) pairs: keys (R,), ids (R, C) -> (R, C)."""
+        if not len(t.pairs):  # an order whose every pair was of a given id: nothing counted
+            return np.zeros(ids.shape, dtype=np.int64)
         q = (keys[:, None] << np.uint64(self.bits)) | ids.astype(np.uint64)
         j = np.minimum(np.searchsorted(t.pairs, q), len(t.pairs) - 1)
         return np.where(t.pairs[j] == q, t.cum[j + 1].astype(np.int64) - t.cum[j], 0)
