@@ -2,6 +2,8 @@
 PPMd on the same split.
 
     python bench/corpora_bench.py [--minutes 3] [--only code names] [--flags '--batch-size 16']
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/corpora_bench.py
+                                                      # the same on the AVX2 path (report.AVX2_PATH)
 
 Each run is appended to bench/corpora.jsonl; the section shows the newest run of each corpus and budget.
 
@@ -109,7 +111,8 @@ def measure(name: str, source: str, minutes: float, tmp: Path, flags: str = "") 
     ppmd, _ = ppmd_bpc(head, tail)
     return {"corpus": name, "minutes": minutes, "characters": len(head) + len(tail), "scored": static.characters,
             "hidden": ck.config.hidden_size, "head_hidden": ck.config.head_width, "batch": batch.batch_size, "seen": ck.info.get("characters_seen", 0),
-            "precision": ck.info.get("precision"), "cpu": report.cpu_model(), "static": static.bpc,
+            "precision": ck.info.get("precision"), "cpu": report.cpu_model(), "isa": report.isa(),
+            "env": report.path_words(report.path_env()), "static": static.bpc,
             "alone": static.network_bpc if static.network_bpc is not None else static.bpc,
             "adapted": adapted.bpc, "adapted_network": adapted.network_bpc, "counting": counting, "ppmd": ppmd,
             "command": " ".join(command), "wall_minutes": train_s / 60, "date": datetime.date.today().isoformat()}
@@ -119,12 +122,14 @@ def table_row(r: dict) -> str:
     """A log row as a line of the section's table."""
     return report.row(r["corpus"], f"{r['characters']:,}", f"{r['scored']:,}",
                       f"{r['hidden']} wide, " + (f"batch {r['batch']}, " if r.get("batch") else "")
-                      + f"{r['seen'] / 1e6:.1f} M characters, {report.cpu_of(r)}, {r['precision']}", f"{r['static']:.3f}",
+                      + f"{r['seen'] / 1e6:.1f} M characters, {report.cpu_of(r)}"
+                      + (f" ({r['isa']})" if r.get("isa") else "") + f", {r['precision']}", f"{r['static']:.3f}",
                       f"{r['alone']:.3f}",
                       f"{r['adapted']:.3f}" + (f" ({r['adapted_network']:.3f})" if r["adapted_network"] else ""),
                       f"{r['counting']:.3f}" if r["counting"] else "", f"{r['ppmd']:.3f}",
                       f"{r['static'] - r['ppmd']:+.3f}", f"{r['adapted'] - r['ppmd']:+.3f}",
-                      f"`{r['command']}` ({r['wall_minutes']:.1f} min with start and n-gram)", r["date"])
+                      f"`{(r['env'] + ' ') if r.get('env') else ''}{r['command']}` ({r['wall_minutes']:.1f} min with "
+                      "start and n-gram)", r["date"])
 
 
 def main() -> None:
@@ -144,13 +149,15 @@ def main() -> None:
 def section() -> str:
     """The section from the log's rows."""
     # per machine, and per command: a run with other flags stands beside the defaults' row
-    newest = {(r["corpus"], r["minutes"], report.cpu_of(r), r["command"]): r for r in report.read_log(LOG)}
+    newest = {(r["corpus"], r["minutes"], report.cpu_of(r), r.get("env", ""), r["command"]): r
+              for r in report.read_log(LOG)}
     return "\n".join([
         "## Not Shakespeare alone: code, scripture and short records, beside PPMd",
         "",
         "Command: `python bench/corpora_bench.py --minutes N` (each run kept in `bench/corpora.jsonl`; the newest "
-        f"of each corpus, budget, CPU and command shown; each row names its CPU). Machine of the newest run: {report.machine()}, "
-        "2 threads.",
+        "of each corpus, budget, CPU, kernel path and command shown; each row names its CPU and, where recorded, its "
+        "kernel path; an AVX2-path row's command names the variables that held its kernels to AVX2). Machine of the "
+        f"newest run: {report.machine()}, 2 threads.",
         "See the script's docstring for the splits and how each figure is made.",
         "",
         *report.table(["corpus", "characters", "held-out characters scored", "model", "charloom as saved",
