@@ -6,10 +6,10 @@ PPMd and the notebooks' method; plus peak training memory and time to first char
 
 charloom: one `charloom train shakespeare --max-time Nm` run per budget and path (its width and schedule fit
 its budget and the machine). With --flags F, each budget also runs with those flags (`--hidden 640`,
-`--batch-size 32`), the same day on the same machine, to show what a default gains over another choice. The AVX2 path is the same command with
-the variables of `report.AVX2_PATH`, which hold ATen's, oneDNN's and MKL's kernels to AVX2 on any x86 machine, as
-on an AVX2-only CPU (no bf16 LSTM there, so the run computes in fp32). Earlier AVX2 rows capped oneDNN alone:
-their label says "ATen AVX512".
+`--batch-size 32`), the same day on the same machine, to show what a default gains over another choice.
+The AVX2 path is the same command with the variables of `report.AVX2_PATH`, which hold ATen's, oneDNN's and
+MKL's kernels to AVX2 on any x86 machine, as on an AVX2-only CPU (no bf16 LSTM there, so the run computes in
+fp32). Earlier AVX2 rows capped oneDNN alone: their label says "ATen AVX512".
 The notebooks' method (bench/notebook.py) has a constant learning rate, so one run scored when it passes
 each budget gives the same figures as separate runs.
 Held-out = the last 5% of the corpus, scored three ways: whole, in order, with the state carried (batch 1), by the
@@ -101,7 +101,8 @@ def charloom_runs(budgets: list[float], path: str, data, flags: str = "") -> Non
             sized = ck.info.get("sizing", {})
             configs = charloom.checkpoint.run_configs(run / charloom.checkpoint.RESUME_FILE)
             trained, batch = configs["train"], configs["batch"]
-            record({"system": system, "path": path, "isa": isa, "env": report.path_words(PATHS[path]), "minutes": m, "precision": info["precision"],
+            record({"system": system, "path": path, "isa": isa, "env": report.path_words(PATHS[path]), "minutes": m,
+                    "precision": info["precision"],
                     "command": info["command"], "hidden": ck.model.cfg.hidden_size,
                     "head_hidden": ck.model.cfg.head_width,
                     "parameters": ck.model.num_parameters(), "predicted_bpc": sized.get("predicted_bpc"),
