@@ -28,6 +28,7 @@ from charloom.sampling import Generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_MAP = "1=World,2=Sports,3=Business,4=Sci/Tech"
+NAMES = {int(raw): name for raw, name in (pair.split("=") for pair in LABEL_MAP.split(","))}  # class -> label
 SHARED = {"verbs": ["says", "plans", "faces", "wins", "loses", "backs", "warns on", "eyes"],
           "places": ["US", "China", "Japan", "Europe", "India", "Brazil", "London", "Tokyo"]}
 WORDS = {  # per class: subjects, objects
@@ -69,17 +70,16 @@ def on_label(run: Path, n: int = 100) -> dict[bool, tuple[float, int]]:
     """Of n samples per label (temperature 0.8), with the n-gram and with the network alone: the share that use
     words of their own class and none of another's, and how many begin with a space."""
     gen = Generator.from_checkpoint(checkpoint.load(run))
-    names = dict(zip(WORDS, LABEL_MAP.replace("=", ",").split(",")[1::2]))
     out = {}
     for ngram in (True, False):
         good = lead = 0
-        for cls, name in names.items():
+        for cls, name in NAMES.items():
             mine = WORDS[cls][0] + WORDS[cls][1]
             theirs = [w for c, (s, o) in WORDS.items() if c != cls for w in s + o if w not in mine]
             for t in gen.generate(start="", length=60, n=n, seed=7, temperature=0.8, label=name, ngram=ngram):
                 good += any(w in t for w in mine) and not any(w in t for w in theirs)
                 lead += t.startswith(" ")
-        out[ngram] = good / (n * len(names)), lead
+        out[ngram] = good / (n * len(NAMES)), lead
     return out
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         figures = json.loads(charloom("eval", "--checkpoint", str(run), str(test_csv), *labelled, "--json"))
         samples = {name: charloom("sample", "--checkpoint", str(run), "--label", name, "--num-samples", "3",
                                   "--seed", "1", "--temperature", "0.5").split("\n")[1:4]
-                   for name in ("World", "Sports", "Business", "Sci/Tech")}
+                   for name in NAMES.values()}
     kept = on_label(run)
     precision = json.loads(charloom("info", str(run), "--json", "--samples", "0"))["training"]["precision"]
     rows = [report.row(r["label"], f"{r['records']:,}", f"{r['bpc']:.3f}", f"{r['wrong_bpc']:.3f}",
