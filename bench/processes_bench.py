@@ -8,9 +8,10 @@ Each layout trains `charloom train shakespeare` for the same time with no evalua
 way, and reports the training characters per second of its last metrics row (all processes together).
 Two processes either split the batch (the same 16 rows per step, 8 each) or each take a full one (32 rows
 per step, which changes the recipe). Two separate runs at once, as a user starts a second job beside a first:
-each with 2 threads (more threads than cores), and each with the threads it chooses (the second starts
-STAGGER seconds after the first and finds its CPUs busy; the first's rate counts those seconds alone, a
-twentieth of a minute's run). The section is named after the kernel path, so both
+each with 2 threads (more threads than cores), and each with the threads it chooses: the second starts
+STAGGER seconds after the first and finds its CPUs busy (the first's rate counts those seconds alone, a
+twentieth of a minute's run), or both start together and find them idle (each run then looks again every
+few seconds as it trains). The section is named after the kernel path, so both
 stand side by side.
 """
 
@@ -33,11 +34,12 @@ LAYOUTS = [  # (label, launcher, threads per process, rows per process)
     ("2 processes x 1 thread, batch 8 each (16 per step)", ["--nproc_per_node=2"], 1, 8),
     ("2 processes x 1 thread, batch 16 each (32 per step)", ["--nproc_per_node=2"], 1, 16),
 ]
-APART = [  # (label, threads of each run: 0 lets the run choose), two separate runs at once
-    ("2 separate runs at once, 2 threads each (`--threads 2`)", 2),
-    ("2 separate runs at once, threads chosen by each (the second finds the first's CPUs busy)", 0),
-]
 STAGGER = 3.0  # seconds between the two separate runs' starts: the first is training when the second looks
+APART = [  # (label, threads of each run: 0 lets the run choose, seconds between their starts), two separate runs
+    ("2 separate runs at once, 2 threads each (`--threads 2`)", 2, STAGGER),
+    ("2 separate runs at once, threads chosen by each (the second finds the first's CPUs busy)", 0, STAGGER),
+    ("2 separate runs started together, threads chosen by each (both find the CPUs idle)", 0, 0.0),
+]
 
 
 def _flags(threads: int, rows: int, seconds: float, hidden: int, out: Path) -> list[str]:
@@ -58,14 +60,14 @@ def rate(launcher: list[str], threads: int, rows: int, seconds: float, hidden: i
     return _rate(out)
 
 
-def apart(threads: int, seconds: float, hidden: int, out: Path) -> float:
-    """Two separate runs, the second started STAGGER seconds after the first: their rates summed."""
+def apart(threads: int, stagger: float, seconds: float, hidden: int, out: Path) -> float:
+    """Two separate runs, the second started `stagger` seconds after the first: their rates summed."""
     runs = []
     for i in range(2):
         runs.append(subprocess.Popen([sys.executable, "-m", "charloom", *_flags(threads, 16, seconds, hidden,
                                                                                 out / str(i))],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(STAGGER if i == 0 else 0)
+        time.sleep(stagger if i == 0 else 0)
     if any(p.wait() for p in runs):
         raise SystemExit("a run failed")
     return sum(_rate(out / str(i)) for i in range(2))
@@ -82,8 +84,8 @@ def main() -> None:
             r = rate(launcher, threads, per, args.seconds, args.hidden, Path(tmp) / str(i))
             rows.append((label, r))
             print(label, f"{r:,.0f}", flush=True)
-        for i, (label, threads) in enumerate(APART):
-            r = apart(threads, args.seconds, args.hidden, Path(tmp) / f"apart{i}")
+        for i, (label, threads, stagger) in enumerate(APART):
+            r = apart(threads, stagger, args.seconds, args.hidden, Path(tmp) / f"apart{i}")
             rows.append((label, r))
             print(label, f"{r:,.0f}", flush=True)
     first = rows[0][1]

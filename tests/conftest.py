@@ -41,6 +41,7 @@ def _quiet_cpus(monkeypatch):
     from charloom import runtime
 
     monkeypatch.setattr(runtime, "idle_cpus", lambda: os.cpu_count() or 1)
+    monkeypatch.setattr(runtime, "other_work", lambda: lambda: 0.0)
 
 
 TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"

@@ -254,3 +254,19 @@ def test_no_help_states_a_default_twice(capsys):
         # "default" as a word, not in a flag's name (--default-length) nor closing "(0: torch's default)"
         twice = [e for e in entries if len(re.findall(r"(?<![\w-])default\b(?![)-])", e)) > 1]
         assert not twice, (name, twice)
+
+
+def test_the_cli_shortens_openmp_spinning_before_torch_loads_and_a_users_value_wins(monkeypatch, tmp_path):
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads: a `charloom` process runs with the CLI's count, and
+    one the user set is left as it is."""
+    from charloom import cli
+
+    code = "import os, sys\nfrom charloom.cli import main\nmain(['corpora'])\nprint(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == cli.SPIN_COUNT
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "123"}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.splitlines()[-1] == "123"
+    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys\nimport charloom.cli\nprint(*sys.modules)"],
+                                         capture_output=True, text=True, check=True).stdout.split()

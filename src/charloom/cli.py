@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import signal
 import sys
@@ -26,6 +27,10 @@ from .errors import CharloomError
 
 COLOUR_CHARS = 10_000  # eval --color shows this much of the text
 MAX_INFO_SAMPLES = 100  # a report's samples are a glimpse; `charloom sample` makes many
+# how long, in spins, torch's OpenMP threads (libgomp) wait busily for more work before they sleep; libgomp's own
+# 300,000 keeps a waiting thread on its CPU for milliseconds, so two runs whose threads outnumber the cores spend
+# their time spinning for each other. Read once, when torch loads: the CLI sets it first (a user's value wins)
+SPIN_COUNT = "10000"
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\0": "\0", "\\\\": "\\"}
@@ -640,6 +645,7 @@ def _add_model_commands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:

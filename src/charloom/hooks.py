@@ -84,6 +84,8 @@ class Display(Hook):
     def on_step(self, t: Trainer, event: dict[str, Any]) -> bool:
         if self.bar is None:
             return False
+        if event.get("threads"):  # the runtime moved the threads as other work came or went
+            say(event["threads"])
         loss = event["loss"]
         self.bar.n = int(1000 * min(1.0, t.fraction_done()))
         self.bar.set_description_str(f"step {event['step']} loss {loss:.3f} ({loss / LN2:.2f} bpc) "

@@ -39,6 +39,10 @@ PROBE_REPEATS = 5  # rounds timed when they show the candidate FASTER
 PROBE_ROUNDS = 20
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the cores, or OMP_NUM_THREADS), before any change
 IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before the threads are set
+WATCH_SECONDS = 5.0  # how often a run that chose its own threads looks again at the other work on its CPUs
+# the share of a CPU other work must take, while the run's threads are on them, for the run to leave that CPU:
+# beside two threads of a run, a job that wants a whole CPU gets about two thirds of one
+WATCH_SHARE = 0.5
 FASTER = 1.15  # auto takes bf16 when its step runs at least this many times as fast as fp32's
 
 
@@ -79,9 +83,7 @@ def set_threads(threads: int, watch: bool = True) -> str | None:
                                 f"(0: as many as this process may use)")
         torch.set_num_threads(threads)
         return None
-    from loky import cpu_count
-
-    usable = min(cpu_count(), TORCH_THREADS)
+    usable = usable_cpus()
     idle = idle_cpus() if watch and usable > 1 else usable
     torch.set_num_threads(max(1, min(usable, idle)))
     if torch.get_num_threads() >= usable:
@@ -89,6 +91,79 @@ def set_threads(threads: int, watch: bool = True) -> str | None:
     return (f"threads: {torch.get_num_threads()} of the {usable} CPUs this process may use: other work keeps "
             f"{usable - idle} of them busy, and threads that wait for a busy CPU slow every step; --threads "
             f"{usable} takes them all")
+
+
+def usable_cpus() -> int:
+    """The threads torch may take here: its own default, held to the CPUs this process may use."""
+    from loky import cpu_count
+
+    return min(cpu_count(), TORCH_THREADS)
+
+
+def _allowed(count: int) -> list[int]:
+    """The CPUs (indices into the machine's `count`) this process may run on."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(count)
+    return [i for i in allowed if i < count] or list(range(count))
+
+
+def other_work() -> Callable[[], float]:
+    """A reading of the other work on this process's CPUs: each call gives the CPUs' worth that work took since
+    the call before (the CPUs' busy time less this process's own). Unreadable CPU times read as none."""
+    import psutil
+
+    me = psutil.Process()
+
+    def sample() -> tuple[float, float, float]:  # (wall s, busy CPU s on the allowed CPUs, this process's CPU s)
+        times = psutil.cpu_times(percpu=True)
+        busy = sum(times[i].user + times[i].system + getattr(times[i], "nice", 0.0) for i in _allowed(len(times)))
+        own = me.cpu_times()
+        return time.monotonic(), busy, own.user + own.system
+
+    try:
+        last = sample()
+    except (OSError, psutil.Error):
+        return lambda: 0.0
+
+    def reading() -> float:
+        nonlocal last
+        try:
+            now = sample()
+        except (OSError, psutil.Error):
+            return 0.0
+        (t0, busy0, own0), last = last, now
+        wall = now[0] - t0
+        return max(0.0, (now[1] - busy0 - (now[2] - own0)) / wall) if wall > 0 else 0.0
+
+    return reading
+
+
+class ThreadWatch:
+    """Keeps the threads of a run that chose its own to the CPUs other work leaves it, as that work starts and
+    stops: a second run started at the same moment saw idle CPUs too, and each run's threads then wait on the
+    other's at every step (two such runs of 2 threads on 2 cores trained at a third of one run's rate, on the
+    AVX2 path). Every `every` seconds it reads what other work took (`reading`, CPUs' worth) and sets
+    usable - floor(other + WATCH_SHARE) threads, at least one."""
+
+    def __init__(self, usable: int, reading: Callable[[], float] | None = None, every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.usable, self.clock = usable, clock
+        self.every = WATCH_SECONDS if every is None else every
+        self.reading = reading or other_work()
+        self.last = clock()
+
+    def check(self) -> str | None:
+        """A line for the user when the threads changed (None otherwise)."""
+        now = self.clock()
+        if now - self.last < self.every:
+            return None
+        self.last = now
+        other = self.reading()
+        want = max(1, min(self.usable, self.usable - math.floor(other + WATCH_SHARE)))
+        if want == torch.get_num_threads():
+            return None
+        torch.set_num_threads(want)
+        why = (f"other work now takes {other:.1f} CPUs" if want < self.usable else "the other work has stopped")
+        return f"threads: {want} of the {self.usable} CPUs this process may use from here on: {why}"
 
 
 def idle_cpus(seconds: float = IDLE_SECONDS) -> int:
@@ -293,6 +368,7 @@ class Runtime:
     precision: str  # resolved: fp32, bf16 or fp16
     procs: Processes = field(default_factory=Processes)
     note: str | None = None  # what the user should know of the threads chosen (other work on the CPUs)
+    watch: ThreadWatch | None = None  # a CPU run that chose its own threads: keeps them to the idle CPUs
 
     @classmethod
     def start(cls, device: str = "auto", precision: str = "auto", threads: int = 0, cell: str = "lstm",
@@ -301,17 +377,24 @@ class Runtime:
         other work keeps busy, on a CPU run), resolve the precision."""
         procs = Processes()
         dev = procs.start(pick_device(device))
-        note = set_threads(threads, watch=watch and dev.type == "cpu")
+        watch = watch and dev.type == "cpu" and not threads
+        note = set_threads(threads, watch=watch)
+        watcher = ThreadWatch(usable_cpus()) if watch and not procs.many and usable_cpus() > 1 else None
         resolved = resolve_precision(precision, dev, cell)
         if procs.many:  # every process computes as the first one chose: their probes may time differently
             names = list(PRECISIONS)
             (index,) = procs.total([names.index(resolved) if procs.main else 0], dev)
             resolved = names[int(index)]
-        return cls(dev, resolved, procs, note)
+        return cls(dev, resolved, procs, note, watcher)
+
+    def retune(self) -> str | None:
+        """Between steps: the threads kept to the CPUs other work leaves idle, when this run chose its own; a
+        line for the user when they changed."""
+        return self.watch.check() if self.watch is not None else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
 
 
-__all__ = ["PRECISIONS", "Probe", "Processes", "Runtime", "autocast", "pick_device", "probe", "resolve_precision",
-           "set_threads", "speedup", "synchronize"]
+__all__ = ["PRECISIONS", "Probe", "Processes", "Runtime", "ThreadWatch", "autocast", "pick_device", "probe",
+           "resolve_precision", "set_threads", "speedup", "synchronize"]

@@ -335,6 +335,8 @@ class Trainer:
             t_last = now
             self.window.seconds += now - t0
             event = {"event": "step", "step": pos.step, "loss": value, "lr": lr}
+            if note := self.rt.retune():  # the threads moved as other work on the CPUs came or went
+                event["threads"] = note
             wanted = any([h.on_step(self, event) for h in self.hooks])  # every hook sees every step
             local = signals.received or ("callback" if wanted else None)
             *stops, spent, tokens, loss = procs.total(
