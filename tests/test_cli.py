@@ -256,17 +256,20 @@ def test_no_help_states_a_default_twice(capsys):
         assert not twice, (name, twice)
 
 
-def test_the_cli_shortens_openmp_spinning_before_torch_loads_and_a_users_value_wins(monkeypatch, tmp_path):
-    """libgomp reads GOMP_SPINCOUNT once, when torch loads: a `charloom` process runs with the CLI's count, and
-    one the user set is left as it is."""
+def test_training_shortens_openmp_spinning_before_torch_loads_and_a_users_value_wins(tmp_path):
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads: `charloom train` runs with the CLI's count, set before
+    torch is imported, other commands with libgomp's own, and a count the user set is left as it is."""
     from charloom import cli
 
-    code = "import os, sys\nfrom charloom.cli import main\nmain(['corpora'])\nprint(os.environ['GOMP_SPINCOUNT'])"
+    code = ("import os, sys\nfrom charloom.cli import build_parser, main\nbuild_parser().parse_args(sys.argv[1:])\n"
+            "before = 'torch' in sys.modules\nmain(sys.argv[1:])\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'), before, 'torch' in sys.modules)")
+    run = ["train", "--max-steps", "1", "--hidden", "8", "--ngram", "0", "--out", str(tmp_path / "r"), "names"]
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.splitlines()[-1] == cli.SPIN_COUNT
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "123"}, capture_output=True,
-                         text=True, check=True).stdout
-    assert out.splitlines()[-1] == "123"
-    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys\nimport charloom.cli\nprint(*sys.modules)"],
-                                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code, *run], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == f"{cli.SPIN_COUNT} False True"  # set after parsing, before torch loads
+    out = subprocess.run([sys.executable, "-c", code, "corpora"], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "None False False"  # other commands keep libgomp's own
+    out = subprocess.run([sys.executable, "-c", code, *run], env={**env, "GOMP_SPINCOUNT": "123"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "123 False True"

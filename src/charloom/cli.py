@@ -27,9 +27,10 @@ from .errors import CharloomError
 
 COLOUR_CHARS = 10_000  # eval --color shows this much of the text
 MAX_INFO_SAMPLES = 100  # a report's samples are a glimpse; `charloom sample` makes many
-# how long, in spins, torch's OpenMP threads (libgomp) wait busily for more work before they sleep; libgomp's own
-# 300,000 keeps a waiting thread on its CPU for milliseconds, so two runs whose threads outnumber the cores spend
-# their time spinning for each other. Read once, when torch loads: the CLI sets it first (a user's value wins)
+# how long, in spins, torch's OpenMP threads (libgomp) wait busily for more work before they sleep, in training;
+# libgomp's own 300,000 keeps a waiting thread on its CPU for milliseconds, so two runs whose threads outnumber the
+# cores spend their time spinning for each other. Writing at batch 1 keeps the default: its threads wait between
+# characters, and waking them cost more. Read once, when torch loads: the CLI sets it first (a user's value wins)
 SPIN_COUNT = "10000"
 
 # ---- flags from dataclasses --------------------------------------------------------------------------
@@ -645,9 +646,10 @@ def _add_model_commands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.run is cmd_train:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     try:
         code = ns.run(ns)
     except CharloomError as e:
