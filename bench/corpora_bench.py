@@ -36,13 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
+import runs  # noqa: E402
 from adapt_bench import PPMD, ppmd_bpc  # noqa: E402
 
 import charloom  # noqa: E402
 import charloom.checkpoint  # noqa: E402  (the package imports its modules lazily)
 from charloom.batching import Stream, eval_windows, heldout_batches, split_records, split_stream  # noqa: E402
 from charloom.config import BatchConfig, EvalConfig  # noqa: E402
-from charloom.evaluation import adapt, evaluate, evaluate_mixed  # noqa: E402
+from charloom.evaluation import adapt  # noqa: E402
 
 SCRIPTURE = Path(tempfile.gettempdir()) / "charloom-bench-kjv.txt"  # written by `scripture()`
 CORPORA = {"code": "/usr/lib/python3.11/*.py", "names": "names", "scripture": str(SCRIPTURE)}
@@ -105,7 +106,7 @@ def measure(name: str, source: str, minutes: float, tmp: Path, flags: str = "") 
     corpus = charloom.load_corpus(charloom.CorpusConfig.from_dict(configs["corpus"]), vocab=ck.vocab)
     batches, head, tail = held_out(corpus, batch)
     cfg = EvalConfig()
-    static = evaluate_mixed(ck.model, ck.mixture, batches(1024)) if ck.mixture else evaluate(ck.model, batches(1024))
+    static = runs.as_saved(ck, batches(1024))
     adapted = adapt(ck.model, batches(cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, mixture=ck.mixture)
     counting = adapt(ck.model, batches(1024), 0.0, mixture=ck.mixture).bpc if ck.mixture else None
     ppmd, _ = ppmd_bpc(head, tail)

@@ -19,12 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
+import runs  # noqa: E402
 
 import charloom  # noqa: E402
 import charloom.checkpoint  # noqa: E402  (the package imports its modules lazily)
 from charloom.batching import eval_windows  # noqa: E402
 from charloom.corpus import bundled, read_chunks  # noqa: E402
-from charloom.evaluation import Evaluation, evaluate, evaluate_mixed  # noqa: E402
+from charloom.evaluation import Evaluation  # noqa: E402
 from charloom.evaluation import score as score_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def score(run: Path, new: Path) -> Evaluation:
                                   vocab=ck.vocab)
     val = charloom.prepare(corpus, charloom.BatchConfig.from_dict(configs["batch"])).val
     batches = eval_windows(val, 1024, 1, ck.vocab.pad_id)
-    return evaluate_mixed(ck.model, ck.mixture, batches) if ck.mixture else evaluate(ck.model, batches)
+    return runs.as_saved(ck, batches)
 
 
 def cells(e: Evaluation) -> list[str]:

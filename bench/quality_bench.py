@@ -46,7 +46,7 @@ from adapt_bench import PPMD, ppmd_bpc  # noqa: E402
 import charloom  # noqa: E402
 from charloom.batching import eval_windows  # noqa: E402
 from charloom.config import EvalConfig  # noqa: E402
-from charloom.evaluation import adapt, evaluate_mixed  # noqa: E402
+from charloom.evaluation import adapt  # noqa: E402
 
 PLOT = Path(__file__).resolve().parent / "quality.png"
 LOG = Path(__file__).resolve().parent / "quality.jsonl"
@@ -90,8 +90,7 @@ def charloom_runs(budgets: list[float], path: str, data, flags: str = "") -> Non
             info = runs.train(m, run, flags=flags, env=PATHS[path])
             ck = charloom.load(run)  # the model file: the network and, by default, its n-gram
             network, windows = runs.held_out(ck.model.eval(), data)
-            whole = evaluate_mixed(ck.model, ck.mixture, eval_windows(data.val, 1024, 1, pad)).bpc \
-                if ck.mixture else network
+            whole = runs.as_saved(ck, eval_windows(data.val, 1024, 1, pad)).bpc
             t0 = time.perf_counter()
             adapted = adapt(ck.model, eval_windows(data.val, cfg.adapt_segment, 1, pad), cfg.adapt_lr,
                             cfg.adapt_decay, mixture=ck.mixture)

@@ -1,5 +1,5 @@
-"""Shared by the quality benchmarks: run `charloom train` on Shakespeare for a time, and score a model on
-the held-out last 5% the two ways the figures use."""
+"""Shared by the quality benchmarks: run `charloom train` on Shakespeare for a time, score a model on the
+held-out last 5% the two ways the figures use, and score a model file as saved."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import charloom
 import charloom.checkpoint  # the package imports its modules lazily
 from charloom.batching import Batch, Stream, eval_windows
+from charloom.evaluation import Evaluation, evaluate, evaluate_mixed
 
 
 def train(minutes: float, out: Path, flags: str = "", env: dict | None = None) -> dict:
@@ -26,8 +27,14 @@ def train(minutes: float, out: Path, flags: str = "", env: dict | None = None) -
                    check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return {"command": "charloom " + " ".join(args), "steps": last["step"], "characters": last["characters"],
-            "seconds": last["seconds"],
-            "precision": charloom.checkpoint.load(out / "last.safetensors").meta["train"]["precision"], "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+            "seconds": last["seconds"], "precision": charloom.checkpoint.load(out / "last.safetensors").meta["train"][
+                "precision"], "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+
+
+def as_saved(ck, batches) -> Evaluation:
+    """A model file scored as `charloom eval` scores it: the network mixed with its n-gram where the file has
+    one, else the network alone."""
+    return evaluate_mixed(ck.model, ck.mixture, batches) if ck.mixture else evaluate(ck.model, batches)
 
 
 def held_out(model, data) -> tuple[float, float]:
