@@ -32,16 +32,26 @@ def reference(ids: list[int], order: int, beta: float, context: list[int], x: in
     what follows (nor in the unigram)."""
     uni = Counter(i for i in list(ids) + list(read[1:]) if i not in given)
     p = (uni[x] + 1) / (sum(uni.values()) + V)
+    starts = unlabelled_starts(list(ids), given)
     for k in range(1, order + 1):
         h = tuple(context[-k:])
         if len(h) < k or -1 in h:
             break
         follow = Counter(i for i in followed(list(ids), list(h)) + followed(list(read), list(h)) if i not in given)
+        follow.update(u[k] for u in starts if len(u) > k and tuple(u[:k]) == h and u[k] not in given)
         if not follow:
             break
         c, u = sum(follow.values()), len(follow)
         p = (follow[x] + beta * u * p) / (c + beta * u)
     return p
+
+
+def unlabelled_starts(ids: list[int], given: range) -> list[list[int]]:
+    """Each labelled record as it reads without its label: the id before the label, then the record's ids up to
+    the next record's first (which comes just before its label)."""
+    at = [p for p in range(1, len(ids)) if ids[p] in given]
+    ends = [q - 1 for q in at[1:]] + [len(ids)]
+    return [[ids[p - 1]] + ids[p + 1:end] for p, end in zip(at, ends)]
 
 
 def followed(ids: list[int], context: list[int]) -> list[int]:
@@ -101,6 +111,8 @@ def test_given_ids_are_read_in_contexts_and_never_predicted(text):
     ng = NGram(np.array(ids), V, 3, 4.0, given=given)
     at = rng.integers(3, len(ids), 60)
     ctx = np.array([ids[i - 3:i] for i in at])  # contexts with and without a label in them
+    # and record starts read without their labels: counted too, so that writing without a label has counts
+    ctx = np.concatenate([ctx, [[-1, 0, text[s]] for s in range(0, 90, 9)], [[0, *text[s:s + 2]] for s in (9, 27)]])
     full, *_ = ng.probs(ctx)
     for r, row in enumerate(ctx):
         for x in range(V):

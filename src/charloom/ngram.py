@@ -125,6 +125,7 @@ class NGram:
         a = self.ids.astype(np.uint64)  # converted once, not once per order
         one = np.uint64(1)
         h = np.zeros(n, dtype=np.uint64)  # h[i]: hash of the k ids before position i
+        starts = self._unlabelled_starts() if len(self.given) else None
         pending: list[Future] = []
         with ThreadPoolExecutor(BUILD_THREADS) as pool:
             for k in range(1, min(self.order, n - 1) + 1):
@@ -135,13 +136,36 @@ class NGram:
                 pairs = np.bitwise_and(h[k:], self.mask)
                 pairs <<= shift
                 pairs |= a[k:]
-                if len(self.given):
-                    pairs = pairs[(self.ids[k:] < self.given.start) | (self.ids[k:] >= self.given.stop)]
+                if starts is not None:
+                    pairs = np.concatenate([pairs[self._predicted(self.ids[k:])], self._start_pairs(*starts, k)])
                 running = [f for f in pending if not f.done()]
                 if len(running) >= BUILD_THREADS:  # at most a few orders' unsorted pairs in memory at once
                     wait(running, return_when=FIRST_COMPLETED)
                 pending.append(pool.submit(_counted, pairs))
             return [f.result() for f in pending]
+
+    def _predicted(self, ids: np.ndarray) -> np.ndarray:
+        """Where `ids` are counted as what follows a context: all but the given ones."""
+        return (ids < self.given.start) | (ids >= self.given.stop)
+
+    def _unlabelled_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each labelled record's start as it reads without its label: (R, order + 1) ids, the id before the
+        label (<bos>) then the `order` after it, and which of them are still the record's (through its <eos>)."""
+        at = np.flatnonzero(~self._predicted(self.ids[1:])) + 1  # (R,) the labels' positions
+        ends = np.append(at[1:] - 1, len(self.ids))  # the next record's <bos>, or the text's end
+        where = at[:, None] + np.arange(self.order + 1)  # (R, order + 1)
+        where[:, 0] -= 1
+        return self.ids[np.minimum(where, len(self.ids) - 1)].astype(np.uint64), where < ends[:, None]
+
+    def _start_pairs(self, start: np.ndarray, held: np.ndarray, k: int) -> np.ndarray:
+        """Order k's pairs of the unlabelled starts (`_unlabelled_starts`): each context <bos> c1 .. c(k-1) and the
+        c(k) after it. Only contexts that begin at <bos> are added, so a record's other contexts are counted once,
+        and a labelled context (which holds its label) reads as before."""
+        h = np.zeros(len(start), dtype=np.uint64)
+        for j in range(1, k + 1):  # as `_build` hashes: nearest id first
+            h = h * _MUL + start[:, k - j] + np.uint64(1)
+        keep = held[:, k] & self._predicted(start[:, k].astype(np.int64))
+        return ((h & self.mask) << np.uint64(self.bits) | start[:, k])[keep]
 
     def _runs(self, t: _Order, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first pair, count, different followers) of each context key (R,); count 0 where the text lacks it."""
