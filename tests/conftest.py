@@ -36,12 +36,14 @@ def _cache_dir(tmp_path_factory, monkeypatch):
 def _quiet_cpus(monkeypatch):
     """Runs in a test take the threads of a quiet machine: tests compare runs to the bit, and the threads a run
     takes otherwise follow whatever else the machine is doing (test_runtime tests that choice itself)."""
+    import math
     import os
 
     from charloom import runtime
 
     monkeypatch.setattr(runtime, "idle_cpus", lambda: os.cpu_count() or 1)
-    monkeypatch.setattr(runtime, "other_work", lambda: lambda: 0.0)
+    monkeypatch.setattr(runtime, "WATCH_SECONDS", math.inf)  # nor do they move as the run goes
+    monkeypatch.setattr(runtime, "other_work", lambda: lambda: (0.0, os.cpu_count() or 1))
 
 
 TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"

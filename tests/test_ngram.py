@@ -47,10 +47,11 @@ def reference(ids: list[int], order: int, beta: float, context: list[int], x: in
 
 
 def unlabelled_starts(ids: list[int], given: range) -> list[list[int]]:
-    """Each labelled record as it reads without its label: the id before the label, then the record's ids up to
-    the next record's first (which comes just before its label)."""
+    """Each labelled record as it reads without its label: the id before the label (<bos>), then the record's ids
+    up to the next <bos> (the id before the first label), whether that record has a label or not."""
     at = [p for p in range(1, len(ids)) if ids[p] in given]
-    ends = [q - 1 for q in at[1:]] + [len(ids)]
+    bos = ids[at[0] - 1] if at else None
+    ends = [next((q for q in range(p + 1, len(ids)) if ids[q] == bos), len(ids)) for p in at]
     return [[ids[p - 1]] + ids[p + 1:end] for p, end in zip(at, ends)]
 
 
@@ -105,8 +106,8 @@ def test_given_ids_are_read_in_contexts_and_never_predicted(text):
     # ids 1-3 stand for labels: one after each <bos> (0), as a labelled records model's n-gram text holds them
     rng = np.random.default_rng(2)
     ids = []
-    for start in range(0, len(text), 9):
-        ids += [0, int(rng.integers(1, 4)), *text[start:start + 9]]
+    for start in range(0, len(text), 9):  # a fifth of the records without a label, as label dropout leaves them
+        ids += [0, *([int(rng.integers(1, 4))] if rng.random() > 0.2 else []), *text[start:start + 9]]
     given = range(1, 4)
     ng = NGram(np.array(ids), V, 3, 4.0, given=given)
     at = rng.integers(3, len(ids), 60)

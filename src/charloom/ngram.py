@@ -149,23 +149,26 @@ class NGram:
         return (ids < self.given.start) | (ids >= self.given.stop)
 
     def _unlabelled_starts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each labelled record's start as it reads without its label: (R, order + 1) ids, the id before the
-        label (<bos>) then the `order` after it, and which of them are still the record's (through its <eos>)."""
-        at = np.flatnonzero(~self._predicted(self.ids[1:])) + 1  # (R,) the labels' positions
-        ends = np.append(at[1:] - 1, len(self.ids))  # the next record's <bos>, or the text's end
-        where = at[:, None] + np.arange(self.order + 1)  # (R, order + 1)
-        where[:, 0] -= 1
-        return self.ids[np.minimum(where, len(self.ids) - 1)].astype(np.uint64), where < ends[:, None]
+        """Where each labelled record's start lies, to be read without its label: (R,) the labels' positions, and
+        (R,) where each record ends: at the next <bos> (the id before the first label), or the text's end."""
+        at = np.flatnonzero(~self._predicted(self.ids[1:])) + 1
+        if not len(at):
+            return at, at
+        starts = np.append(np.flatnonzero(self.ids == self.ids[at[0] - 1]), len(self.ids))
+        return at, starts[np.searchsorted(starts, at, side="right")]
 
-    def _start_pairs(self, start: np.ndarray, held: np.ndarray, k: int) -> np.ndarray:
-        """Order k's pairs of the unlabelled starts (`_unlabelled_starts`): each context <bos> c1 .. c(k-1) and the
-        c(k) after it. Only contexts that begin at <bos> are added, so a record's other contexts are counted once,
-        and a labelled context (which holds its label) reads as before."""
-        h = np.zeros(len(start), dtype=np.uint64)
-        for j in range(1, k + 1):  # as `_build` hashes: nearest id first
-            h = h * _MUL + start[:, k - j] + np.uint64(1)
-        keep = held[:, k] & self._predicted(start[:, k].astype(np.int64))
-        return ((h & self.mask) << np.uint64(self.bits) | start[:, k])[keep]
+    def _start_pairs(self, at: np.ndarray, ends: np.ndarray, k: int) -> np.ndarray:
+        """Order k's pairs of the labelled records' starts read without their labels (`_unlabelled_starts`): each
+        context <bos> c1 .. c(k-1) and the c(k) after it, where c(k) is still the record's (its <eos> at most).
+        Only contexts that begin at <bos> are added, so a record's other contexts are counted once, and a labelled
+        context (which holds its label) reads as before."""
+        last = len(self.ids) - 1
+        h = np.zeros(len(at), dtype=np.uint64)
+        for j in range(1, k + 1):  # as `_build` hashes: nearest id first; column 0 is the <bos> before the label
+            h = h * _MUL + self.ids[at - 1 if j == k else np.minimum(at + k - j, last)].astype(np.uint64) + 1
+        y = self.ids[np.minimum(at + k, last)]
+        keep = (at + k < ends) & self._predicted(y)
+        return ((h & self.mask) << np.uint64(self.bits) | y.astype(np.uint64))[keep]
 
     def _runs(self, t: _Order, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first pair, count, different followers) of each context key (R,); count 0 where the text lacks it."""

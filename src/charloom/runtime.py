@@ -40,9 +40,10 @@ PROBE_ROUNDS = 20
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the cores, or OMP_NUM_THREADS), before any change
 IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before the threads are set
 WATCH_SECONDS = 5.0  # how often a run that chose its own threads looks again at the other work on its CPUs
-# the share of a CPU other work must take, while the run's threads are on them, for the run to leave that CPU:
-# beside two threads of a run, a job that wants a whole CPU gets about two thirds of one
-WATCH_SHARE = 0.5
+# the share of a CPU other work must take, while the run's threads are on that CPU, for the run to leave it (beside
+# two threads of a run, a job that wants a whole CPU gets about two thirds of one), and the share it may still
+# take when the run takes the CPU back: between the two, the count stays as it is, so it does not flip
+WATCH_SHARE, BACK_SHARE = 0.5, 0.25
 FASTER = 1.15  # auto takes bf16 when its step runs at least this many times as fast as fp32's
 
 
@@ -106,33 +107,39 @@ def _allowed(count: int) -> list[int]:
     return [i for i in allowed if i < count] or list(range(count))
 
 
-def other_work() -> Callable[[], float]:
-    """A reading of the other work on this process's CPUs: each call gives the CPUs' worth that work took since
-    the call before (the CPUs' busy time less this process's own). Unreadable CPU times read as none."""
+def other_work() -> Callable[[], tuple[float, int]]:
+    """A reading of the other work on the CPUs this process may run on: each call gives (the CPUs' worth that work
+    took since the call before, how many CPUs those are). Work at a lower priority (nice) is left out: it yields
+    the CPU to this process's threads. Unreadable CPU times read as no other work."""
     import psutil
 
-    me = psutil.Process()
+    try:
+        me = psutil.Process()
+        mine = me.nice() <= 0  # a niced run's own time is counted as nice, not as the busy time read here
+    except (OSError, psutil.Error):
+        return lambda: (0.0, os.cpu_count() or 1)
 
-    def sample() -> tuple[float, float, float]:  # (wall s, busy CPU s on the allowed CPUs, this process's CPU s)
+    def sample() -> tuple[float, float, float, int]:  # (wall s, busy CPU s, this process's CPU s, CPUs)
         times = psutil.cpu_times(percpu=True)
-        busy = sum(times[i].user + times[i].system + getattr(times[i], "nice", 0.0) for i in _allowed(len(times)))
+        allowed = _allowed(len(times))
         own = me.cpu_times()
-        return time.monotonic(), busy, own.user + own.system
+        return (time.monotonic(), sum(times[i].user + times[i].system for i in allowed),
+                own.user + own.system if mine else 0.0, len(allowed))
 
     try:
         last = sample()
     except (OSError, psutil.Error):
-        return lambda: 0.0
+        return lambda: (0.0, os.cpu_count() or 1)
 
-    def reading() -> float:
+    def reading() -> tuple[float, int]:
         nonlocal last
         try:
             now = sample()
         except (OSError, psutil.Error):
-            return 0.0
-        (t0, busy0, own0), last = last, now
+            return 0.0, last[3]
+        (t0, busy0, own0, _), last = last, now
         wall = now[0] - t0
-        return max(0.0, (now[1] - busy0 - (now[2] - own0)) / wall) if wall > 0 else 0.0
+        return (max(0.0, (now[1] - busy0 - (now[2] - own0)) / wall) if wall > 0 else 0.0), now[3]
 
     return reading
 
@@ -141,11 +148,12 @@ class ThreadWatch:
     """Keeps the threads of a run that chose its own to the CPUs other work leaves it, as that work starts and
     stops: a second run started at the same moment saw idle CPUs too, and each run's threads then wait on the
     other's at every step (two such runs of 2 threads on 2 cores trained at a third of one run's rate, on the
-    AVX2 path). Every `every` seconds it reads what other work took (`reading`, CPUs' worth) and sets
-    usable - floor(other + WATCH_SHARE) threads, at least one."""
+    AVX2 path). Every `every` seconds it reads what other work took (`reading`: CPUs' worth, of how many CPUs) and
+    leaves a CPU that work takes WATCH_SHARE of, or takes back one it leaves all but BACK_SHARE of; at least one
+    thread, at most `usable`."""
 
-    def __init__(self, usable: int, reading: Callable[[], float] | None = None, every: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, usable: int, reading: Callable[[], tuple[float, int]] | None = None,
+                 every: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.usable, self.clock = usable, clock
         self.every = WATCH_SECONDS if every is None else every
         self.reading = reading or other_work()
@@ -157,13 +165,15 @@ class ThreadWatch:
         if now - self.last < self.every:
             return None
         self.last = now
-        other = self.reading()
-        want = max(1, min(self.usable, self.usable - math.floor(other + WATCH_SHARE)))
-        if want == torch.get_num_threads():
+        other, cpus = self.reading()
+        have = torch.get_num_threads()
+        leave, back = cpus - math.floor(other + WATCH_SHARE), cpus - math.floor(other + 1 - BACK_SHARE)
+        want = max(1, min(self.usable, leave if leave < have else back if back > have else have))
+        if want == have:
             return None
         torch.set_num_threads(want)
-        why = (f"other work now takes {other:.1f} CPUs" if want < self.usable else "the other work has stopped")
-        return f"threads: {want} of the {self.usable} CPUs this process may use from here on: {why}"
+        return (f"threads: {want} of the {self.usable} CPUs this process may use from here on: other work now takes "
+                f"{other:.1f} of {cpus}")
 
 
 def idle_cpus(seconds: float = IDLE_SECONDS) -> int:
@@ -173,11 +183,10 @@ def idle_cpus(seconds: float = IDLE_SECONDS) -> int:
     import psutil
 
     try:
-        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         percent = psutil.cpu_percent(interval=seconds, percpu=True)  # one figure per CPU of the machine
+        mine = [percent[i] for i in _allowed(len(percent))]
     except (OSError, psutil.Error):
         return os.cpu_count() or 1
-    mine = [percent[i] for i in allowed if i < len(percent)] if allowed else percent
     busy = sum(mine) / 100.0
     return max(0, len(mine) - math.floor(busy + 0.25))
 
@@ -372,14 +381,16 @@ class Runtime:
 
     @classmethod
     def start(cls, device: str = "auto", precision: str = "auto", threads: int = 0, cell: str = "lstm",
-              watch: bool = True) -> Runtime:
+              watch: bool = True, follow: bool | None = None) -> Runtime:
         """Pick the device, join the process group (under torchrun), set the threads (`watch`: leaving the CPUs
-        other work keeps busy, on a CPU run), resolve the precision."""
+        other work keeps busy, on a CPU run), resolve the precision. `follow`: keep the threads to the CPUs other
+        work leaves as the run goes (a ThreadWatch; default: when the count was not given)."""
         procs = Processes()
         dev = procs.start(pick_device(device))
-        watch = watch and dev.type == "cpu" and not threads
-        note = set_threads(threads, watch=watch)
-        watcher = ThreadWatch(usable_cpus()) if watch and not procs.many and usable_cpus() > 1 else None
+        note = set_threads(threads, watch=watch and dev.type == "cpu")
+        follow = (watch and not threads) if follow is None else follow
+        usable = usable_cpus()
+        watcher = ThreadWatch(usable) if follow and dev.type == "cpu" and not procs.many and usable > 1 else None
         resolved = resolve_precision(precision, dev, cell)
         if procs.many:  # every process computes as the first one chose: their probes may time differently
             names = list(PRECISIONS)

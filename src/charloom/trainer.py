@@ -644,14 +644,17 @@ def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint
 def _runtime(config: TrainConfig, model: ModelConfig, previous: tuple[checkpoint.Checkpoint, RunState] | None,
              out: Path) -> Runtime:
     """The run's runtime. A resumed run takes the threads it recorded unless --threads says otherwise (torch's sums
-    split their work by the thread count, so the resumed losses equal an unbroken run's only at the same count);
-    a fresh one leaves the CPUs other work keeps busy."""
-    threads = config.threads
+    split their work by the thread count, so the resumed losses equal an unbroken run's only at the same count),
+    and goes on following the other work on the CPUs if it chose its own; a fresh one leaves the CPUs other work
+    keeps busy."""
+    threads, follow = config.threads, None
     if previous is not None and not threads:
         saved = previous[0].info.get("threads")
         threads = saved if type(saved) is int and 0 < saved <= (os.cpu_count() or 1) else 0
+        follow = previous[0].info.get("threads_chosen") is True or not threads
     try:
-        return Runtime.start(config.device, config.precision, threads, model.cell, watch=previous is None)
+        return Runtime.start(config.device, config.precision, threads, model.cell, watch=previous is None,
+                             follow=follow)
     except CharloomError as e:
         if previous is None:
             raise
@@ -703,6 +706,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
 
     def info() -> dict[str, Any]:
         return {**about, "device": rt.device.type, "precision": rt.precision, "threads": torch.get_num_threads(),
+                "threads_chosen": rt.watch is not None,
                 **({"parent": lineage} if lineage else {}),
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
                 **({"sizing": sized.to_dict()} if sized else {})}
