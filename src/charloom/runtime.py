@@ -113,12 +113,6 @@ def other_work() -> Callable[[], tuple[float, int]]:
     the CPU to this process's threads. Unreadable CPU times read as no other work."""
     import psutil
 
-    try:
-        me = psutil.Process()
-        mine = me.nice() <= 0  # a niced run's own time is counted as nice, not as the busy time read here
-    except (OSError, psutil.Error):
-        return lambda: (0.0, os.cpu_count() or 1)
-
     def sample() -> tuple[float, float, float, int]:  # (wall s, busy CPU s, this process's CPU s, CPUs)
         times = psutil.cpu_times(percpu=True)
         allowed = _allowed(len(times))
@@ -127,6 +121,8 @@ def other_work() -> Callable[[], tuple[float, int]]:
                 own.user + own.system if mine else 0.0, len(allowed))
 
     try:
+        me = psutil.Process()
+        mine = me.nice() <= 0  # a niced run's own time is counted as nice, not as the busy time read here
         last = sample()
     except (OSError, psutil.Error):
         return lambda: (0.0, os.cpu_count() or 1)
