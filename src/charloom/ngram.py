@@ -137,21 +137,17 @@ class NGram:
                 pairs <<= shift
                 pairs |= a[k:]
                 if starts is not None:
-                    pairs = np.concatenate([pairs[self._predicted(self.ids[k:])], self._start_pairs(*starts, k)])
+                    pairs = np.concatenate([pairs[_outside(self.ids[k:], self.given)], self._start_pairs(*starts, k)])
                 running = [f for f in pending if not f.done()]
                 if len(running) >= BUILD_THREADS:  # at most a few orders' unsorted pairs in memory at once
                     wait(running, return_when=FIRST_COMPLETED)
                 pending.append(pool.submit(_counted, pairs))
             return [f.result() for f in pending]
 
-    def _predicted(self, ids: np.ndarray) -> np.ndarray:
-        """Where `ids` are counted as what follows a context: all but the given ones."""
-        return (ids < self.given.start) | (ids >= self.given.stop)
-
     def _unlabelled_starts(self) -> tuple[np.ndarray, np.ndarray]:
         """Where each labelled record's start lies, to be read without its label: (R,) the labels' positions, and
         (R,) where each record ends: at the next <bos> (the id before the first label), or the text's end."""
-        at = np.flatnonzero(~self._predicted(self.ids[1:])) + 1
+        at = np.flatnonzero(~_outside(self.ids[1:], self.given)) + 1
         if not len(at):
             return at, at
         starts = np.append(np.flatnonzero(self.ids == self.ids[at[0] - 1]), len(self.ids))
@@ -167,7 +163,7 @@ class NGram:
         for j in range(1, k + 1):  # as `_build` hashes: nearest id first; column 0 is the <bos> before the label
             h = h * _MUL + self.ids[at - 1 if j == k else np.minimum(at + k - j, last)].astype(np.uint64) + 1
         y = self.ids[np.minimum(at + k, last)]
-        keep = (at + k < ends) & self._predicted(y)
+        keep = (at + k < ends) & _outside(y, self.given)
         return ((h & self.mask) << np.uint64(self.bits) | y.astype(np.uint64))[keep]
 
     def _runs(self, t: _Order, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -411,11 +407,16 @@ def contexts(x: np.ndarray, before: np.ndarray | None, order: int, skip: range =
     return np.lib.stride_tricks.sliding_window_view(full, order, axis=1)[:, 1:]
 
 
+def _outside(ids: np.ndarray, span: range) -> np.ndarray:
+    """Where `ids` fall outside `span` (a labelled model's label ids): the ids counted and read as characters."""
+    return (ids < span.start) | (ids >= span.stop)
+
+
 def _contexts_without(full: np.ndarray, order: int, skip: range) -> np.ndarray:
     """`contexts` of the ids `full` (B, order + T), `before` first, with the ids in `skip` left out: each row's
     other ids moved to its end (in order, _MISSING before them), and each position's context read from there."""
     B, width = full.shape
-    kept = (full < skip.start) | (full >= skip.stop)  # (B, order + T)
+    kept = _outside(full, skip)  # (B, order + T)
     packed = np.full((B, order + width), _MISSING, dtype=np.int64)  # room for `order` _MISSING before any id
     last = np.cumsum(kept, axis=1) - 1 + order  # (B, order + T): where each position's last kept id lies in packed
     rows, cols = np.nonzero(kept)
