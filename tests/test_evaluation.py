@@ -169,11 +169,36 @@ def test_an_adapted_segment_too_large_for_memory_is_refused_naming_the_option(tm
     (tmp_path / "t.txt").write_text("abcabd" * 40)
     corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
     model = make(vocab=len(corpus.vocab))
-    monkeypatch.setattr(evaluation, "memory_cap", lambda: 10**6)
+    monkeypatch.setattr(evaluation, "memory_cap", lambda: 4 * 10**6)
     with pytest.raises(ConfigError, match=r"^adapt_segment \(--adapt-segment\): segments of 100,000 characters need "
                                           r"about [\d.]+ GB"):
         score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=100_000))
     assert score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=10)).characters == 239
+
+
+def test_streams_whose_attention_memory_would_not_fit_are_refused_naming_the_option(tmp_path, monkeypatch):
+    """A stream's state is never cut in pieces: an attention head's memory (here 64 x 129 floats, three copies:
+    about 99 kB a stream) past half the machine's memory (made small) is refused before any work, whether scored
+    or adapted; as many as fit are scored."""
+    from charloom import evaluation
+    from charloom.evaluation import score_adapted
+
+    (tmp_path / "t.txt").write_text("abcabd" * 40)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=len(corpus.vocab), hidden_size=8, attention=64, memory=64))
+    one = evaluation.state_bytes(model.cfg)
+    assert one > 3 * 64 * 129 * 4  # the memory's three copies, and the layer's own state
+    monkeypatch.setattr(evaluation, "memory_cap", lambda: 4 * one)
+    with pytest.raises(ConfigError, match=r"^streams \(--streams\): 8 streams of this model's state need about "
+                                          r"[\d.]+ GB, .*; give fewer streams$"):
+        score(model, corpus, EvalConfig(streams=8))
+    assert score(model, corpus, EvalConfig(streams=4)).characters == 239
+    monkeypatch.setattr(evaluation, "memory_cap", lambda: one // 2)
+    for run in (lambda: score(model, corpus), lambda: score_adapted(model, corpus, EvalConfig(adapt=True))):
+        with pytest.raises(ConfigError, match=r"^streams \(--streams\): one stream of this model's state needs .*"
+                                              r"attention memory is too large for this machine$"):
+            run()
 
 
 def test_dynamic_evaluation_at_learning_rate_zero_is_the_static_score(tmp_path):

@@ -50,6 +50,13 @@ def recall_floats(cfg: ModelConfig) -> int:
     return ATTENTION_ROWS * cfg.attention + 2 * cfg.memory + shifted if cfg.attention else 0
 
 
+def state_bytes(cfg: ModelConfig) -> int:
+    """Bytes one sample's (or stream's) recurrent state holds while a step runs: each layer's state, new state and
+    gates, and an attention head's memory of keys and values, with it extended and the new one beside it."""
+    memory = MEMORY_COPIES * cfg.memory * (2 * cfg.attention + 1) * 4 if cfg.attention else 0
+    return STATE_COPIES * cfg.num_layers * cfg.hidden_size * 4 + memory
+
+
 def attended_rows(cfg: ModelConfig, rows: int) -> int:
     """Characters one forward call may read: `rows`, or with an attention head no more than its memory (its scores
     grow with the call's length squared; `recall_floats` counts them for a call no longer than that)."""
@@ -287,9 +294,7 @@ class Writer:
         vocab_size = len(self.vocab)
         width = 1 if all(ord(c) < 256 for c in self.vocab.chars) else 4  # bytes per character of a str
         per_sample = (SAMPLE_FIXED_BYTES + UNIFORM_BLOCK * 4 * 2 + LOGIT_COPIES * vocab_size * 4
-                      + STATE_COPIES * self.num_layers * self.hidden_size * 4 + HEAD_ROWS * self.head_width * 4
-                      + (MEMORY_COPIES * self.config.memory * (2 * self.config.attention + 1) * 4
-                         if self.config.attention else 0)
+                      + state_bytes(self.config) + HEAD_ROWS * self.head_width * 4
                       + (MIX_COPIES * vocab_size * 8 if self.mixture is not None else 0))
         start = self.reading_bytes(start_chars) if start_chars else 0
         return start + n * (per_sample + length * (TEXT_BYTES + 2 * width))

@@ -25,7 +25,7 @@ from . import ngram, runtime
 from .batching import Batch, RecordBatches, Stream, eval_windows
 from .config import FIT_CHARS, BatchConfig, EvalConfig, ModelConfig
 from .corpus import Corpus
-from .decoding import GATE_ROWS, HEAD_ROWS, attended_rows, memory_cap, recall_floats
+from .decoding import GATE_ROWS, HEAD_ROWS, attended_rows, memory_cap, recall_floats, state_bytes
 from .errors import CharloomError, ConfigError
 from .model import CharRNN, State, detach
 
@@ -38,6 +38,7 @@ READ_AHEAD = 16_384  # characters an n-gram counting as it reads takes per call 
 PIECE_BYTES = 256 * 2**20
 LOGIT_ROWS = 3  # (V,) float32 rows per position while a piece is scored: the logits, their fp32 copy, log-softmax
 SEGMENT_COPIES = 3  # ... and a segment learned from holds them for the backward pass and its gradients too
+STATE_GRADIENTS = 2  # a stream's state, learned through, is held with its gradient
 
 
 @dataclass
@@ -312,6 +313,7 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     cfg = cfg or EvalConfig()
     _check_scorable(corpus)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    _check_streams(model, cfg.streams)
     batches = corpus_batches(corpus, cfg.streams, cfg.window)
     return evaluate_mixed(model, mixture, batches, device) if mixture else evaluate(model, batches, device)
 
@@ -327,6 +329,8 @@ def label_scores(model: CharRNN, corpus: Corpus, indices: np.ndarray | None = No
     device = torch.device(device) if device is not None else next(model.parameters()).device
     indices = np.arange(corpus.num_records) if indices is None else np.asarray(indices)
     names = corpus.vocab.labels
+    _check_streams(model, 1)
+    batch_size = min(batch_size, max(1, memory_cap() // state_bytes(model.cfg)))  # records read at once: their states
     cfg = BatchConfig(batch_size=batch_size, val_fraction=0.0, max_record_len=10**9)
     out = []
     for own, name in enumerate(names):
@@ -426,10 +430,23 @@ def _descend(loss: torch.Tensor, params: list[torch.Tensor], trained: list[torch
             torch._foreach_lerp_(params, trained, decay)
 
 
+def _check_streams(model: CharRNN, streams: int, copies: int = 1) -> None:
+    """Streams whose states (an attention head's memory above all, `copies` of each) would not fit in memory are
+    refused before any work, naming the option: a piece's work is bounded, a stream's state is not cut."""
+    need = copies * streams * state_bytes(model.cfg)
+    if need <= (cap := memory_cap()):
+        return
+    what = "one stream of this model's state needs" if streams == 1 else f"{streams:,} streams of this model's state need"
+    hint = "the model's attention memory is too large for this machine" if streams == 1 else "give fewer streams"
+    raise ConfigError(f"streams (--streams): {what} about {need / 1e9:,.1f} GB, more than the {cap / 1e9:,.1f} GB "
+                      f"allowed (half of this machine's memory); {hint}")
+
+
 def _check_segment(model: CharRNN, streams: int, segment: int) -> None:
     """A segment learned in one step cannot be cut in pieces as a scored window is (its step would differ): one too
     large for memory, forward and backward, is refused before any work, naming the option."""
-    need = SEGMENT_COPIES * streams * segment * _position_bytes(model.cfg)
+    _check_streams(model, streams, STATE_GRADIENTS)
+    need = streams * (SEGMENT_COPIES * segment * _position_bytes(model.cfg) + STATE_GRADIENTS * state_bytes(model.cfg))
     if need > (cap := memory_cap()):
         raise ConfigError(f"adapt_segment (--adapt-segment): segments of {segment:,} characters need about "
                           f"{need / 1e9:,.1f} GB to learn from, more than the {cap / 1e9:,.1f} GB allowed (half of "
