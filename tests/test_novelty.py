@@ -38,3 +38,26 @@ def test_the_corpus_comes_from_the_model_file_or_a_clear_error(tmp_path):
     info = {"corpus_config": charloom.CorpusConfig(source=str(p), records=True).to_dict()}
     known = checkpoint.save(tmp_path / "known.safetensors", model, vocab, records=True, info=info)
     assert Novelty.for_checkpoint(checkpoint.load(known)).check("anna").copied == ["anna"]
+
+
+@pytest.mark.parametrize("source", [None, "given"])
+def test_a_model_file_never_chooses_where_the_corpus_is_cached(tmp_path, monkeypatch, source):
+    """The corpus a file records is read as it was read, but cached where this machine caches (here
+    $CHARLOOM_CACHE_DIR), never in a folder the file names: loading a file must not choose where anything is
+    written. The same when the user gives the corpus (--novelty-source)."""
+    from charloom import checkpoint
+    from charloom.config import ModelConfig
+    from charloom.model import CharRNN
+    from charloom.vocab import Vocab
+
+    p = tmp_path / "names.txt"
+    p.write_text("anna\nbob\n")
+    vocab = Vocab.build("anna\nbob\n")
+    model = CharRNN(ModelConfig(hidden_size=8, vocab_size=len(vocab)))
+    named = tmp_path / "named-by-the-file"
+    info = {"corpus_config": charloom.CorpusConfig(source=str(p), records=True, cache_dir=str(named)).to_dict()}
+    path = checkpoint.save(tmp_path / "m.safetensors", model, vocab, records=True, info=info)
+    monkeypatch.setenv("CHARLOOM_CACHE_DIR", str(tmp_path / "mine"))
+    nov = Novelty.for_checkpoint(checkpoint.load(path), source=str(p) if source else None)
+    assert nov.check("bob").copied == ["bob"]
+    assert not named.exists() and any((tmp_path / "mine").rglob("*"))

@@ -233,6 +233,13 @@ class CorpusConfig(Config):
             pairs[raw] = name
         return pairs
 
+    @classmethod
+    def recorded(cls, saved: Any) -> CorpusConfig:
+        """The training corpus a model file records (its info's corpus_config), to be read as it was read then; but
+        never cached where the file says: a file a user loads must not choose where anything is written, so this
+        machine's cache serves (--cache-dir, $CHARLOOM_CACHE_DIR or the default)."""
+        return cls.from_dict(saved, where="model file: corpus_config").replace(cache_dir=None)
+
 
 FIT_CHARS = 200_000  # characters of training text an n-gram mixture's weights are fitted on, at most
 # the batch sizes a run that chooses its width for a time limit chooses among (the first: any other run's); a

@@ -214,7 +214,7 @@ def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
     if not cfg.text and not saved:
         raise CharloomError("--int8: the model file does not say which corpus it was trained on; give the text to "
                             "score with --text SOURCE")
-    ccfg = CorpusConfig.from_dict(saved, where="model file: corpus_config") if saved else CorpusConfig()
+    ccfg = CorpusConfig.recorded(saved) if saved else CorpusConfig()
     if cfg.text:
         ccfg = ccfg.replace(source=cfg.text)
     ccfg = ccfg.replace(records=ck.records, lower=ck.vocab.lower, normalize=ck.vocab.normalize)

@@ -39,8 +39,7 @@ class Novelty:
             raise CharloomError("--novelty: the model file does not say which corpus it was trained on; "
                                 "give it with --novelty-source SOURCE")
         # without the saved reading options, read the source as the model was trained: records or one stream
-        cfg = (CorpusConfig.from_dict(saved, where="model file: corpus_config") if saved
-               else CorpusConfig(records=ck.records))
+        cfg = CorpusConfig.recorded(saved) if saved else CorpusConfig(records=ck.records)
         if source is not None:
             cfg = cfg.replace(source=source)
         try:
