@@ -82,3 +82,29 @@ def test_the_report_of_a_run_folder_tells_the_runs_end_when_its_best_model_is_ol
     charloom.train(source=str(text_file), out=str(other), max_steps=40, **dict(tiny, hidden_size=8))
     (other / "model.safetensors").write_bytes(early)  # beside another run's resume file: not its run
     assert describe(other, samples=0)["training"]["steps"] == 10
+
+
+def test_a_report_of_a_file_whose_figures_are_damaged_prints_them_unknown(tmp_path):
+    """A model file's info is read, not trusted: figures that are not finite numbers (text, NaN, a rate that
+    overflows) print as unknown, the step of a run folder's model compares as none, and the JSON is strict."""
+    import math
+
+    from charloom import checkpoint
+    from charloom.config import ModelConfig
+    from charloom.model import CharRNN
+    from charloom.vocab import Vocab
+
+    vocab = Vocab.build("anna\nbob\n")
+    model = CharRNN(ModelConfig(hidden_size=8, vocab_size=len(vocab)))
+    run = tmp_path / "run"
+    cases = [{"characters_seen": math.nan, "train_seconds": 3.0}, {"characters_seen": "lots", "train_seconds": 2},
+             {"characters_seen": 1, "train_seconds": "soon"}, {"characters_seen": 1e308, "train_seconds": 1e-300},
+             {"step": "x", "val_bpc": math.inf, "ngram": {"val_bpc": math.nan}}]
+    for info in cases:
+        checkpoint.save(run / checkpoint.MODEL_FILE, model, vocab, records=False, info=info)
+        checkpoint.save(run / checkpoint.RESUME_FILE, model, vocab, records=False, info={"step": 3})
+        report = describe(run, samples=0)
+        assert report["training"]["chars_per_s"] is None
+        text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN or Infinity
+        assert "NaN" not in text and "Infinity" not in text
+        assert any(line.startswith("training ") and "characters/s" in line for line in lines(report))
