@@ -211,6 +211,16 @@ def test_a_vocabulary_of_lone_surrogates_is_refused(good):
         checkpoint.encode(CharRNN(ModelConfig(hidden_size=4, vocab_size=5)), Vocab(["\udc80"]), records=False)
 
 
+@pytest.mark.parametrize("label", ["\x1b[2J\x1b[31mNEG", "p\u2028os", "a\tb", "x\ud800"])
+def test_a_label_that_would_print_as_a_terminal_command_is_refused(good, label):
+    """Labels are printed as they are (info, errors that list them): escape codes, tabs, line or paragraph
+    separators and lone surrogates in one are refused, from a file as from training text."""
+    path, _, vocab = good
+    refused(hostile(path, vocab_of("".join(vocab.chars), labels=["fine", label])), "control character")
+    with pytest.raises(CharloomError, match="control character"):
+        Vocab(["a"], labels=["fine", label])
+
+
 def test_a_vocabulary_repeating_a_character_or_a_key_is_refused(good):
     path, _, vocab = good
     refused(hostile(path, vocab_of("l" * len(vocab.chars))), "repeats a character")

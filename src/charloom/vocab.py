@@ -28,6 +28,7 @@ FORMAT = "charloom-vocab"
 VERSION = 1
 NORMALIZATIONS = ("none", "NFC", "NFKC")
 POLICIES = ("unk", "error")
+UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")  # what a label may not hold: controls (escapes, tabs), surrogates, line breaks
 FIELDS = frozenset(("format", "version", "specials", "labels", "chars", "unknown", "normalize", "lower"))  # to_dict's
 
 
@@ -45,8 +46,9 @@ def check_labels(labels: Any, where: str) -> tuple[str, ...]:
     for name in labels:
         if not name or len(name) > MAX_LABEL_LENGTH:
             raise CharloomError(f"{where}: label {name[:20]!r} must be 1 to {MAX_LABEL_LENGTH} characters")
-        if any("\ud800" <= ch <= "\udfff" or ch in "\n\r" for ch in name):
-            raise CharloomError(f"{where}: label {name[:20]!r} holds a line break or a lone surrogate")
+        if any(unicodedata.category(ch) in UNPRINTABLE for ch in name):  # a label is printed as it is, in a terminal
+            raise CharloomError(f"{where}: label {name[:20]!r} holds a control character, a line break or a lone "
+                                f"surrogate")
     if len(set(labels)) != len(labels):
         twice = next(n for n in labels if labels.count(n) > 1)
         raise CharloomError(f"{where}: label {twice!r} appears twice")
