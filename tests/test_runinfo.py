@@ -108,3 +108,22 @@ def test_a_report_of_a_file_whose_figures_are_damaged_prints_them_unknown(tmp_pa
         text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN or Infinity
         assert "NaN" not in text and "Infinity" not in text
         assert any(line.startswith("training ") and "characters/s" in line for line in lines(report))
+
+
+def test_samples_a_report_cannot_hold_are_refused_naming_its_own_flag(tmp_path, monkeypatch, capsys):
+    """`charloom info` writes its samples as `sample` does, under the same memory check; refused, it names its own
+    flag (--samples), not sample's, and says how to report without them."""
+    from charloom import checkpoint
+    from charloom.config import ModelConfig
+    from charloom.model import CharRNN
+    from charloom.vocab import Vocab
+
+    vocab = Vocab.build("anna\nbob\n")
+    path = checkpoint.save(tmp_path / "m.safetensors", CharRNN(ModelConfig(hidden_size=8, vocab_size=len(vocab))),
+                           vocab, records=False)
+    monkeypatch.setattr("charloom.decoding.memory_cap", lambda: 1000)
+    assert main(["info", str(path), "--samples", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("charloom: error: samples (--samples): 2 samples of 200 characters") and "--samples 0" in err
+    assert "--num-samples" not in err and "\n" not in err
+    assert main(["info", str(path), "--samples", "0"]) == 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, header, load, model_path
 from .curves import read_rows
-from .errors import CharloomError
+from .errors import CharloomError, ConfigError
 from .sampling import Generator
 
 SAMPLES = 3  # samples in a report (six for a records model: they are short)
@@ -116,7 +116,12 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
 
 def _samples(ck: Checkpoint, count: int, seed: int) -> list[str]:
     n = 2 * count if ck.records else count
-    return Generator.from_checkpoint(ck).generate("", SAMPLE_LENGTH, n=n, temperature=0.8, seed=seed)
+    try:
+        return Generator.from_checkpoint(ck).generate("", SAMPLE_LENGTH, n=n, temperature=0.8, seed=seed)
+    except ConfigError:  # the generation's own message names sample's flags, not the report's
+        raise ConfigError(f"samples (--samples): {n:,} samples of {SAMPLE_LENGTH} characters from this model would "
+                          f"need more than half of this machine's memory; give --samples 0 for the report without "
+                          f"them") from None
 
 
 def _figure(value: Any, fmt: str = "{:,}", missing: str = "unknown") -> str:
