@@ -216,9 +216,20 @@ def test_a_label_that_would_print_as_a_terminal_command_is_refused(good, label):
     """Labels are printed as they are (info, errors that list them): escape codes, tabs, line or paragraph
     separators and lone surrogates in one are refused, from a file as from training text."""
     path, _, vocab = good
-    refused(hostile(path, vocab_of("".join(vocab.chars), labels=["fine", label])), "control character")
+
+    def labelled(meta, tensors):
+        vocab_of("".join(vocab.chars), labels=["fine", label])(meta, tensors)
+        meta["records"] = "true"
+    refused(hostile(path, labelled), "control character")
     with pytest.raises(CharloomError, match="control character"):
         Vocab(["a"], labels=["fine", label])
+
+
+def test_labels_in_a_model_of_continuous_text_are_refused(good):
+    """Labels are given after each record's <bos>: training makes no labelled model of continuous text, and a file
+    that says it is one is damaged."""
+    path, _, vocab = good
+    refused(hostile(path, vocab_of("".join(vocab.chars), labels=["fine"])), "only records take, and records is false")
 
 
 def test_a_vocabulary_repeating_a_character_or_a_key_is_refused(good):

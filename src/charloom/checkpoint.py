@@ -366,6 +366,9 @@ def _fields(meta: dict[str, Any], where: str) -> tuple[ModelConfig, dict[str, An
     for name, value in (("info", info), ("extra", extra)):
         if not isinstance(value, dict):
             raise CharloomError(f"{where}: damaged model file ({name}: not a JSON object)")
+    if not records and isinstance(vocab, dict) and vocab.get("labels"):  # as training refuses to make one
+        raise CharloomError(f"{where}: damaged model file (its vocabulary has labels, which only records take, and "
+                            f"records is false)")
     return cfg, vocab, records, info, extra
 
 
