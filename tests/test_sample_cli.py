@@ -234,3 +234,24 @@ def test_an_onnx_model_says_it_has_no_n_gram_and_refuses_ngram(recited, tmp_path
     capsys.readouterr()
     assert main([*args, "--checkpoint", str(tmp_path / "bare.onnx")]) == 0
     assert capsys.readouterr() == (alone, "")  # its model had no n-gram: nothing was left out
+
+
+@pytest.mark.parametrize("command", [["sample", "--length", "5"], ["info", "--samples", "0"]])
+def test_a_command_that_runs_a_model_takes_the_threads_other_work_leaves_idle(recited, monkeypatch, capsys, command):
+    """As a training run does at its start: with every CPU but one busy, sampling or a report runs on one thread
+    (threads that wait for a busy CPU stalled a batch-1 sample 16-fold)."""
+    import torch
+
+    from charloom import runtime
+    from charloom.cli import main
+
+    folder, _ = recited
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime, "idle_cpus", lambda: 1)
+    try:
+        torch.set_num_threads(runtime.usable_cpus())
+        path = ["--checkpoint", str(folder)] if command[0] == "sample" else [str(folder)]
+        assert main([command[0], *path, *command[1:]]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
