@@ -201,6 +201,20 @@ def test_streams_whose_attention_memory_would_not_fit_are_refused_naming_the_opt
             run()
 
 
+def test_a_learning_rate_that_makes_the_adapting_network_diverge_is_refused_naming_it(tmp_path):
+    """A figure of nan bits per character is no figure: a rate that throws the weights to inf stops the reading with
+    a one-line error naming the option, where it read on to the end and printed nan."""
+    from charloom.evaluation import score_adapted
+
+    (tmp_path / "t.txt").write_text("abcabd" * 200)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    model = make(vocab=len(corpus.vocab))
+    with pytest.raises(ConfigError, match=r"^adapt_lr \(--adapt-lr\): the network diverged while adapting at a "
+                                          r"learning rate of 1e\+30 \(its loss was (nan|inf) by character [\d,]+\)"):
+        score_adapted(model, corpus, EvalConfig(adapt=True, adapt_lr=1e30, adapt_segment=16))
+    assert math.isfinite(score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=16)).bpc)
+
+
 def test_dynamic_evaluation_at_learning_rate_zero_is_the_static_score(tmp_path):
     from charloom.evaluation import score_adapted
 
