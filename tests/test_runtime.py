@@ -333,3 +333,11 @@ def test_only_a_cpu_run_that_chose_its_threads_is_watched(monkeypatch, text_file
         assert t.rt.watch is None
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_cpu_count_variable_that_is_not_a_number_is_one_line_naming_it(monkeypatch):
+    """loky reads LOKY_MAX_CPU_COUNT for the CPUs a process may use; a value it cannot read is named, where it was a
+    traceback."""
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "abc")
+    with pytest.raises(CharloomError, match=r"^LOKY_MAX_CPU_COUNT: 'abc' is not a whole number of CPUs"):
+        runtime.set_threads(0)
