@@ -99,6 +99,20 @@ def test_labels_belong_to_records_of_the_right_format(ag_csv, tmp_path):
         ag_config(path, label_map="World")
 
 
+def test_records_with_an_empty_label_are_counted_and_the_map_can_name_them(ag_csv, tmp_path):
+    """A CSV whose label cell is empty on some rows: the error counts them and says how to go on, and the empty
+    value is one a label map can name."""
+    _, rows = ag_csv
+    path = tmp_path / "gaps.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("" if i % 50 == 0 else cls, text) for i, (cls, text) in enumerate(rows)])
+    with pytest.raises(CharloomError, match=r"^--label-column: 8 of 400 records have an empty label; .*--label-map"):
+        load(ag_config(path, label_map=None))
+    named = load(ag_config(path, label_map="=Unlabelled," + AG_MAP))
+    assert named.vocab.labels == ("Unlabelled", *NAMES)
+    assert (named.labels == 0).sum() == 8
+
+
 def test_the_cache_is_keyed_on_the_label_options(ag_csv):
     path, rows = ag_csv
     first = load(ag_config(path))

@@ -222,7 +222,7 @@ class CorpusConfig(Config):
         pairs: dict[str, str] = {}
         for piece in self.label_map.split(","):
             raw, eq, name = (part.strip() for part in piece.partition("="))
-            if not eq or not raw or not name:
+            if not eq or not name:  # an empty raw value names the records whose label is empty
                 raise ConfigError(f"label_map (--label-map): {piece.strip()!r} is not RAW=NAME "
                                   f"(example: \"1=World,2=Sports\")")
             if raw in pairs:

@@ -700,6 +700,9 @@ def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> t
         bad = next((n for n in dict.fromkeys(names) if n not in known), None)
         if bad is not None:
             raise CharloomError(f"{flag}: label {bad!r} is not one of the model's ({', '.join(known)})")
+    if "" in known:
+        raise CharloomError(f"{flag}: {names.count(''):,} of {len(names):,} records have an empty label; give each one "
+                            f"a label, or name the empty value with --label-map (\"=unlabelled\" beside the others)")
     try:
         check_labels(list(known), flag)
     except CharloomError as e:
