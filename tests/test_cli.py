@@ -229,7 +229,7 @@ def test_eval_adapt_prints_the_adapted_figure_beside_the_static_one(tmp_path):
     code, text, err = run("eval", "--checkpoint", str(out), str(src), "--adapt")
     assert code == 0 and "bits per character" in text.splitlines()[0] and "adapted while reading" in text
     code, _, err = run("eval", "--checkpoint", str(out), str(src), "--adapt-lr", "-1")
-    assert code == 2 and err.strip() == "charloom: error: adapt_lr: must not be negative, got -1.0"
+    assert code == 2 and err.strip() == "charloom: error: adapt_lr (--adapt-lr): must not be negative, got -1.0"
 
 
 def test_no_help_states_a_default_twice(capsys):
@@ -273,3 +273,18 @@ def test_training_shortens_openmp_spinning_before_torch_loads_and_a_users_value_
     out = subprocess.run([sys.executable, "-c", code, *run], env={**env, "GOMP_SPINCOUNT": "123"},
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "123 False True"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--threads", "-1"], "threads (--threads): must not be negative"),
+    (["train", "--early-pieces", "65"], "early_pieces (--early-pieces): must be in [0, 64], got 65"),
+    (["sample", "--checkpoint", "nowhere", "--temperature", "-1"], "temperature (--temperature): "),
+])
+def test_a_value_a_config_refuses_is_named_by_its_flag(capsys, argv, message):
+    """Checks live in the configs, which know fields, not flags: the CLI names the flag the user typed beside
+    the field, once."""
+    from charloom.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"charloom: error: {message}") and err.count("(--") == 1 and "\n" not in err

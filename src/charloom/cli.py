@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
                      SampleOptions, ServeConfig, TrainConfig)
-from .errors import CharloomError
+from .errors import CharloomError, ConfigError
 
 COLOUR_CHARS = 10_000  # eval --color shows this much of the text
 MAX_INFO_SAMPLES = 100  # a report's samples are a glimpse; `charloom sample` makes many
@@ -645,6 +645,17 @@ def _add_model_commands(sub: Any) -> None:
     s.set_defaults(run=cmd_serve)
 
 
+def _flagged(e: CharloomError) -> str:
+    """A config's refusal names its field (`threads: must not be negative`); the user typed a flag, so it is named
+    too (`threads (--threads): ...`), once. Every command's flag for a field is the same, made from the field."""
+    name, colon, rest = str(e).partition(":")
+    flags = {f.name: f.metadata.get("flag") or f.name for cls in (BatchConfig, CorpusConfig, EvalConfig, ExportConfig,
+             ModelConfig, SampleConfig, SampleOptions, ServeConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    if not isinstance(e, ConfigError) or not colon or flags.get(name, "source") == "source":
+        return str(e)  # not a field's refusal, or already named by its flag; the source is a positional argument
+    return f"{name} (--{flags[name].replace('_', '-')}):{rest}"
+
+
 def _reading_threads() -> None:
     """A command that runs a model without training it takes the threads other work leaves idle, as a run does
     at its start (`runtime.set_threads`): a thread that waits for a busy CPU stalls every step, and a sample of
@@ -664,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _reading_threads()
         code = ns.run(ns)
     except CharloomError as e:
-        print(f"charloom: error: {e}", file=sys.stderr)
+        print(f"charloom: error: {_flagged(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("charloom: interrupted", file=sys.stderr)

@@ -439,7 +439,8 @@ def _check_streams(model: CharRNN, streams: int, copies: int = 1) -> None:
     need = copies * streams * state_bytes(model.cfg)
     if need <= (cap := memory_cap()):
         return
-    what = "one stream of this model's state needs" if streams == 1 else f"{streams:,} streams of this model's state need"
+    what = "one stream of this model's state needs" if streams == 1 else \
+        f"{streams:,} streams of this model's state need"
     hint = "the model's attention memory is too large for this machine" if streams == 1 else "give fewer streams"
     raise ConfigError(f"streams (--streams): {what} about {need / 1e9:,.1f} GB, more than the {cap / 1e9:,.1f} GB "
                       f"allowed (half of this machine's memory); {hint}")
