@@ -670,3 +670,23 @@ def test_a_fine_tune_may_not_write_over_the_run_it_starts_from(tmp_path, text_fi
                            overwrite=True, **{k: v for k, v in tiny.items() if k not in ("hidden_size", "num_layers",
                                                                                         "embedding")})
     assert (tmp_path / "parent" / "model.safetensors").read_bytes() == before
+
+
+def test_a_finished_run_resumed_keeps_its_model_file_and_a_damaged_one_is_named_with_the_way_on(tmp_path, text_file,
+                                                                                               tiny, capsys):
+    """Resuming a run that already reached its budget takes no step: its model file, n-gram and all, is left as it
+    was (not fitted again). One damaged since is named once, with where the run's last weights are."""
+    run = tmp_path / "run"
+    opts = dict(tiny, max_steps=4, ngram=4)
+    charloom.train(source=str(text_file), out=str(run), **opts)
+    model = run / checkpoint.MODEL_FILE
+    before = (model.stat().st_ino, model.stat().st_mtime_ns)
+    capsys.readouterr()
+    charloom.train(source=str(text_file), out=str(run), resume=True, **opts)
+    assert (model.stat().st_ino, model.stat().st_mtime_ns) == before and "nothing to do" in capsys.readouterr().out
+    data = model.read_bytes()
+    model.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CharloomError, match=r"truncated.*the run's last weights are in .*last\.safetensors"):
+        charloom.train(source=str(text_file), out=str(run), resume=True, **opts)
+    assert "n-gram was not added" not in capsys.readouterr().out
+    assert checkpoint.load(run / checkpoint.RESUME_FILE).mixture is None  # sampling can take it as it is

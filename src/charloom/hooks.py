@@ -122,7 +122,20 @@ class Display(Hook):
             from .runinfo import SAMPLES, describe, lines
 
             shown = 0 if not t.cfg.sample_length else SAMPLES  # no samples asked for: none at the end either
-            say("\n".join(lines(describe(t.out, samples=shown))))
+            try:
+                say("\n".join(lines(describe(t.out, samples=shown))))
+            except CharloomError as e:  # a model file damaged since it was saved: the run's last weights are not
+                raise CharloomError(f"{e}; the run's last weights are in {t.out / checkpoint.RESUME_FILE}, which "
+                                    f"charloom sample --checkpoint takes as well") from None
+
+
+def _lacks_ngram(path: Path) -> bool:
+    """Whether a model file's header says it holds no n-gram yet (one whose header cannot be read: unknown, so no:
+    the run's report says what is wrong with it)."""
+    try:
+        return "ngram" not in checkpoint.header(path)[3]
+    except CharloomError:
+        return False
 
 
 class Mixing(Hook):
@@ -135,7 +148,7 @@ class Mixing(Hook):
 
     def on_end(self, t: Trainer, result: TrainResult) -> None:
         path = t.out / checkpoint.MODEL_FILE
-        if not t.rt.procs.main or not path.is_file():
+        if not t.rt.procs.main or not path.is_file() or (not result.steps_run and not _lacks_ngram(path)):
             return
         try:
             self._add(t, path)
