@@ -41,7 +41,7 @@ def _quiet_cpus(monkeypatch):
 
     from charloom import runtime
 
-    monkeypatch.setattr(runtime, "idle_cpus", lambda: os.cpu_count() or 1)
+    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: os.cpu_count() or 1)
     monkeypatch.setattr(runtime, "WATCH_SECONDS", math.inf)  # nor do they move as the run goes
     monkeypatch.setattr(runtime, "other_work", lambda: lambda: (0.0, os.cpu_count() or 1))
 

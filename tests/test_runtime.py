@@ -164,7 +164,7 @@ def test_default_threads_are_held_to_the_cpus_the_process_may_use(monkeypatch):
     threads = torch.get_num_threads()
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(runtime, "TORCH_THREADS", 4)
-    monkeypatch.setattr(runtime, "idle_cpus", lambda: 8)  # a quiet machine
+    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: 8)  # a quiet machine
     try:
         with pytest.raises(CharloomError, match=r"^--threads 5000: this machine has 8 CPUs; give at most 8"):
             runtime.set_threads(5000)
@@ -230,12 +230,12 @@ def test_a_resumed_run_takes_the_threads_it_recorded(monkeypatch, text_file, tmp
     cfgs = [CorpusConfig(source=str(text_file)), BatchConfig(batch_size=2, seq_len=8), ModelConfig(hidden_size=8)]
     out = str(tmp_path / "run")
     try:
-        monkeypatch.setattr(runtime, "idle_cpus", lambda: 1)  # busy when it starts: 1 thread
+        monkeypatch.setattr(runtime, "idle_cpus", lambda *_: 1)  # busy when it starts: 1 thread
         monkeypatch.setattr(runtime, "TORCH_THREADS", 2)
         monkeypatch.setattr("loky.cpu_count", lambda: 2)
         setup(*cfgs, TrainConfig(out=out, max_steps=2, eval_every=0, ngram=0, progress=False)).run()
         assert charloom.checkpoint.load_run(tmp_path / "run" / charloom.checkpoint.RESUME_FILE)[0].info["threads"] == 1
-        monkeypatch.setattr(runtime, "idle_cpus", lambda: 2)  # quiet now
+        monkeypatch.setattr(runtime, "idle_cpus", lambda *_: 2)  # quiet now
         t = setup(*cfgs, TrainConfig(out=out, max_steps=4, eval_every=0, ngram=0, progress=False, resume=True))
         assert torch.get_num_threads() == 1 and t.rt.note is None
         setup(*cfgs, TrainConfig(out=out, max_steps=4, eval_every=0, ngram=0, progress=False, resume=True, threads=2))
@@ -306,7 +306,7 @@ def test_only_a_cpu_run_that_chose_its_threads_is_watched(monkeypatch, text_file
     threads = torch.get_num_threads()
     monkeypatch.setattr(runtime, "TORCH_THREADS", 2)
     monkeypatch.setattr("loky.cpu_count", lambda: 2)
-    monkeypatch.setattr(runtime, "idle_cpus", lambda: 2)
+    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: 2)
     monkeypatch.setattr(runtime, "WATCH_SECONDS", 0.0)
     monkeypatch.setattr(runtime, "other_work", lambda: lambda: (1.0, 2))  # a job beside it takes a whole CPU
     cfgs = [CorpusConfig(source=str(text_file)), BatchConfig(batch_size=2, seq_len=8), ModelConfig(hidden_size=8)]

@@ -247,7 +247,7 @@ def test_a_command_that_runs_a_model_takes_the_threads_other_work_leaves_idle(re
 
     folder, _ = recited
     before = torch.get_num_threads()
-    monkeypatch.setattr(runtime, "idle_cpus", lambda: 1)
+    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: 1)
     try:
         torch.set_num_threads(runtime.usable_cpus())
         path = ["--checkpoint", str(folder)] if command[0] == "sample" else [str(folder)]

@@ -660,9 +660,9 @@ def _reading_threads() -> None:
     """A command that runs a model without training it takes the threads other work leaves idle, as a run does
     at its start (`runtime.set_threads`): a thread that waits for a busy CPU stalls every step, and a sample of
     3,000 characters that takes 2.5 s alone ran past 40 s beside a busy CPU."""
-    from .runtime import set_threads
+    from .runtime import READ_IDLE_SECONDS, set_threads
 
-    set_threads(0)
+    set_threads(0, seconds=READ_IDLE_SECONDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,9 @@ PROBE_REPEATS = 5  # rounds timed when they show the candidate FASTER
 # one precision and not the other, and a run would train in fp32, a third slower, for a probe's bad luck
 PROBE_ROUNDS = 20
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the cores, or OMP_NUM_THREADS), before any change
-IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before the threads are set
+IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before a run's threads are set
+READ_IDLE_SECONDS = 0.1  # ... and before a command that only runs a model sets them: enough to see a busy CPU, and
+# a tenth of a second on a sample's start
 WATCH_SECONDS = 5.0  # how often a run that chose its own threads looks again at the other work on its CPUs
 # the share of a CPU other work must take, while the run's threads are on that CPU, for the run to leave it (beside
 # two threads of a run, a job that wants a whole CPU gets about two thirds of one), and the share it may still
@@ -69,9 +71,9 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def set_threads(threads: int, watch: bool = True) -> str | None:
+def set_threads(threads: int, watch: bool = True, seconds: float = IDLE_SECONDS) -> str | None:
     """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use and (`watch`)
-    to those other work leaves idle. A container's CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the
+    to those other work left idle over the last `seconds`. A container's CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the
     host's cores in sight (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT); and threads beyond the
     idle CPUs wait on each other at every step: two runs of 2 threads on 2 cores each trained at a seventh of one
     run's rate, where a run of 1 thread beside a run of 2 left their sum near one run's. More than the machine's
@@ -85,7 +87,7 @@ def set_threads(threads: int, watch: bool = True) -> str | None:
         torch.set_num_threads(threads)
         return None
     usable = usable_cpus()
-    idle = idle_cpus() if watch and usable > 1 else usable
+    idle = idle_cpus(seconds) if watch and usable > 1 else usable
     torch.set_num_threads(max(1, min(usable, idle)))
     if torch.get_num_threads() >= usable:
         return None
