@@ -6,9 +6,11 @@
                                                         # the same on the AVX2 path (its own section)
 
 Held-out = the last 5% of the corpus (charloom's default split), scored whole, in order, state carried:
-  static   the trained model as it is (what `charloom eval` prints first);
+  static   the model file as it is, its network mixed with its n-gram (what `charloom eval` prints first),
+           and the network alone beside it;
   adapted  dynamic evaluation (`charloom eval --adapt` with its defaults): each segment scored, then a
-           gradient step on it, as a compressor keeps learning what it reads;
+           gradient step on it, as a compressor keeps learning what it reads, the n-gram counting each
+           character once predicted; and the network adapting alone beside it;
   PPMd     7-Zip's PPMd, order 8, 1 GB: bits = 8 x (archive of head+tail - archive of head) / tail characters,
            so it too learns the head and keeps adapting as it reads the tail.
 """
@@ -107,18 +109,25 @@ def main() -> None:
         if args.checkpoint:  # what trained it, as far as its saved options tell
             command = f"charloom train {saved['corpus']['source']} --max-time {saved['train']['max_time'] or '10m'}"
         pad = ck.vocab.pad_id
-        static = evaluate(ck.model, eval_windows(data.val, 1024, 1, pad))
+        static = runs.as_saved(ck, eval_windows(data.val, 1024, 1, pad))
+        alone = evaluate(ck.model, eval_windows(data.val, 1024, 1, pad))
         t0 = time.perf_counter()
-        adapted = adapt(ck.model, eval_windows(data.val, cfg.adapt_segment, 1, pad), cfg.adapt_lr, cfg.adapt_decay)
+        adapted = adapt(ck.model, eval_windows(data.val, cfg.adapt_segment, 1, pad), cfg.adapt_lr, cfg.adapt_decay,
+                        mixture=ck.mixture)
         adapt_s = time.perf_counter() - t0
     (start, end), = data.val.segments
     ids = data.corpus.ids
     head, tail = ck.vocab.decode(ids[:start]), ck.vocab.decode(ids[start:end])
     ppmd, ppmd_s = ppmd_bpc(head, tail)
-    rows = [report.row("charloom, static", f"{static.bpc:.3f}", f"{static.characters:,}", command),
+    mixed = " (the network and its n-gram)" if ck.mixture else ""
+    rows = [report.row(f"charloom, static{mixed}", f"{static.bpc:.3f}", f"{static.characters:,}", command),
+            *([report.row("charloom, static, the network alone", f"{alone.bpc:.3f}", f"{alone.characters:,}",
+                          "`charloom eval --no-ngram`")] if ck.mixture else []),
             report.row(f"charloom, adapted while reading (lr {cfg.adapt_lr:g}, segments of {cfg.adapt_segment}, "
-                       f"decay {cfg.adapt_decay:g})", f"{adapted.bpc:.3f}", f"{adapted.characters:,}",
+                       f"decay {cfg.adapt_decay:g}){mixed}", f"{adapted.bpc:.3f}", f"{adapted.characters:,}",
                        f"`charloom eval --adapt`, {adapt_s:.0f} s"),
+            *([report.row("charloom, adapted while reading, the network alone", f"{adapted.network_bpc:.3f}",
+                          f"{adapted.characters:,}", "the same run")] if adapted.network_bpc is not None else []),
             report.row("PPMd order 8 (7-Zip)", f"{ppmd:.3f}", f"{len(tail):,}", f"`7z a {PPMD}`, {ppmd_s:.0f} s")]
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
     body = "\n".join([
