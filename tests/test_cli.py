@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import signal
@@ -76,11 +77,11 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["corpus-info", "no_such_corpus"], "no_such_corpus: no such file, folder or bundled corpus"),
-    (["corpus-info", "names", "--batch-size", "-1"], "batch_size: must be 0 (chosen) or positive"),
+    (["corpus-info", "names", "--batch-size", "-1"], "batch_size (--batch-size): must be 0 (chosen) or positive"),
     (["corpus-info", "names", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
     (["corpus-info", "names", "--order", "sideways"], "argument --order: invalid choice"),
     (["train", "names", "--sample-temperature", "hot"], "argument --sample-temperature: 'hot' is not a number"),
-    (["train", "names", "--head-hidden", "-2"], "head_hidden: must be -1 (as wide as the recurrent layer), 0 (none) "
+    (["train", "names", "--head-hidden", "-2"], "head_hidden (--head-hidden): must be -1 (as wide as the recurrent layer), 0 (none) "
                                                 "or from 1 to 65,536, got -2"),
 ])
 def test_clear_errors_for_bad_flags(args, needle):
@@ -279,6 +280,7 @@ def test_training_shortens_openmp_spinning_before_torch_loads_and_a_users_value_
     (["train", "--threads", "-1"], "threads (--threads): must not be negative"),
     (["train", "--early-pieces", "65"], "early_pieces (--early-pieces): must be in [0, 64], got 65"),
     (["sample", "--checkpoint", "nowhere", "--temperature", "-1"], "temperature (--temperature): "),
+    (["eval", "--checkpoint", "nowhere", "--adapt-lr", "-1"], "adapt_lr (--adapt-lr): must not be negative"),
 ])
 def test_a_value_a_config_refuses_is_named_by_its_flag(capsys, argv, message):
     """Checks live in the configs, which know fields, not flags: the CLI names the flag the user typed beside
@@ -288,3 +290,18 @@ def test_a_value_a_config_refuses_is_named_by_its_flag(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"charloom: error: {message}") and err.count("(--") == 1 and "\n" not in err
+
+
+def test_a_message_naming_no_flag_of_its_command_is_left_as_it_is():
+    """Only a field the command has a flag for is named by it: a field of another command's (train's lr, seen from
+    sample), a positional argument, or an error that is not a config's stays as it was."""
+    from charloom.cli import _flagged, build_parser, cmd_sample, cmd_train
+    from charloom.errors import CharloomError, ConfigError
+
+    parser = build_parser()
+    sample, train = argparse.Namespace(run=cmd_sample), argparse.Namespace(run=cmd_train)
+    assert _flagged(ConfigError("lr: must be positive"), parser, sample) == "lr: must be positive"
+    assert _flagged(ConfigError("lr: must be positive"), parser, train) == "lr (--lr): must be positive"
+    assert _flagged(ConfigError("source: no such file"), parser, train) == "source: no such file"
+    assert _flagged(CharloomError("lr: must be positive"), parser, train) == "lr: must be positive"
+    assert _flagged(ConfigError("no colon here"), parser, train) == "no colon here"

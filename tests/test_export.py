@@ -281,7 +281,7 @@ def test_export_flags_are_checked(tmp_path, capsys):
     with pytest.raises(CharloomError, match="--runtime .*: no ort.wasm.min.mjs there"):
         export(ck, ExportConfig(web=str(tmp_path / "page"), runtime=str(tmp_path)), tmp_path / "m.onnx")
     assert main(["export", "--checkpoint", str(ck.path), "--opset", "9"]) == 2
-    assert "opset: must be in [14, 21]" in capsys.readouterr().err
+    assert "opset (--opset): must be in [14, 21]" in capsys.readouterr().err
     before = ck.path.read_bytes()
     for args, message in ((["--out", str(ck.path)], "give a file name ending in .onnx"),
                           (["--out", str(tmp_path / "m.txt")], "give a file name ending in .onnx"),

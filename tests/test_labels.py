@@ -358,7 +358,7 @@ def test_sample_and_info_on_the_command_line(trained, capsys):
     assert main(["sample", "--checkpoint", str(run), "--label", "Sports", "--length", "60", "--seed", "3"]) == 0
     assert "<label" not in capsys.readouterr().out
     assert main(["sample", "--checkpoint", str(run), "--label", "Sprots"]) == 2
-    assert "label: 'Sprots' is not one of World, Sports, Business, Sci/Tech" in capsys.readouterr().err
+    assert "label (--label): 'Sprots' is not one of World, Sports, Business, Sci/Tech" in capsys.readouterr().err
     assert main(["info", str(run), "--samples", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["corpus"]["labels"] == list(NAMES)
 

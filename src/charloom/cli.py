@@ -645,21 +645,28 @@ def _add_model_commands(sub: Any) -> None:
     s.set_defaults(run=cmd_serve)
 
 
-def _flagged(e: CharloomError) -> str:
-    """A config's refusal names its field (`threads: must not be negative`); the user typed a flag, so it is named
-    too (`threads (--threads): ...`), once. Every command's flag for a field is the same, made from the field."""
+def _flagged(e: CharloomError, parser: argparse.ArgumentParser, ns: argparse.Namespace) -> str:
+    """A config's refusal names its field (`threads: must not be negative`); the user typed a flag, so the command's
+    flag for that field is named too (`threads (--threads): ...`), once. A message naming no flag of the command
+    (a positional argument, a field it has no flag for) stays as it is."""
     name, colon, rest = str(e).partition(":")
-    flags = {f.name: f.metadata.get("flag") or f.name for cls in (BatchConfig, CorpusConfig, EvalConfig, ExportConfig,
-             ModelConfig, SampleConfig, SampleOptions, ServeConfig, TrainConfig) for f in dataclasses.fields(cls)}
-    if not isinstance(e, ConfigError) or not colon or flags.get(name, "source") == "source":
-        return str(e)  # not a field's refusal, or already named by its flag; the source is a positional argument
-    return f"{name} (--{flags[name].replace('_', '-')}):{rest}"
+    command = next((p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                    for p in a.choices.values() if p.get_default("run") is ns.run), None)
+    flags = {key: long[0] for a in (command._actions if command else ())
+             if (long := [o for o in a.option_strings if o.startswith("--")])
+             for key in (a.dest, long[0][2:].replace("-", "_"))}  # a field, or the flag's own name (--temperature)
+    if not isinstance(e, ConfigError) or not colon or name not in flags:
+        return str(e)
+    return f"{name} ({flags[name]}):{rest}"
 
 
-def _reading_threads() -> None:
+def _reading_threads(ns: argparse.Namespace) -> None:
     """A command that runs a model without training it takes the threads other work leaves idle, as a run does
     at its start (`runtime.set_threads`): a thread that waits for a busy CPU stalls every step, and a sample of
-    3,000 characters that takes 2.5 s alone ran past 40 s beside a busy CPU."""
+    3,000 characters that takes 2.5 s alone ran past 40 s beside a busy CPU. An .onnx file runs on onnxruntime's
+    threads, without torch, which is then never imported."""
+    if str(getattr(ns, "checkpoint", "") or "").endswith(".onnx"):
+        return
     from .runtime import READ_IDLE_SECONDS, set_threads
 
     set_threads(0, seconds=READ_IDLE_SECONDS)
@@ -672,10 +679,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     try:
         if ns.run in (cmd_sample, cmd_eval, cmd_info, cmd_export):
-            _reading_threads()
+            _reading_threads(ns)
         code = ns.run(ns)
     except CharloomError as e:
-        print(f"charloom: error: {_flagged(e)}", file=sys.stderr)
+        print(f"charloom: error: {_flagged(e, parser, ns)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("charloom: interrupted", file=sys.stderr)
