@@ -1,6 +1,7 @@
 """ONNX export against PyTorch: logits and state, same-seed text, metadata, int8, and the torch-free path."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,18 @@ def test_a_model_trained_with_dropout_exports_without_it(tmp_path):
     assert report.max_difference < FP32_TOLERANCE
 
 
+def test_an_exported_file_carries_its_figures_as_strict_json_and_no_cache_folder(tmp_path):
+    """The web page reads the metadata with JSON.parse, which takes no NaN; and the folder a machine cached its
+    corpus in is that machine's alone."""
+    vocab = Vocab.build(TEXT)
+    model = CharRNN(ModelConfig(hidden_size=8, vocab_size=len(vocab)))
+    corpus = {"source": "play.txt", "cache_dir": "/home/someone/.cache/charloom", "lower": False}
+    ck = checkpoint.load(checkpoint.save(tmp_path / "m.safetensors", model, vocab, records=False,
+                                         info={"val_bpc": math.nan, "step": 3, "corpus_config": corpus}))
+    info = json.loads(json.dumps(metadata(ck), allow_nan=False))["info"]
+    assert info == {"val_bpc": None, "step": 3, "corpus_config": {"source": "play.txt", "lower": False}}
+
+
 @pytest.mark.parametrize("cell, records", [("lstm", False), ("gru", True), ("rnn", False)])
 def test_the_same_seed_gives_the_same_text_on_both_backends(tmp_path, cell, records):
     ck, report = exported(tmp_path, cell=cell, records=records, layers=2)
@@ -263,11 +276,17 @@ def hostile_graphs(tmp_path, good, ck):
         meta = json.loads(g.metadata_props[0].value)
         g.metadata_props[0].value = json.dumps({**meta, "itos": meta["itos"][::-1]})
 
+    def labelled_text(g):  # labels, which only records take, in a model of continuous text
+        meta = json.loads(g.metadata_props[0].value)
+        vocab = {**meta["vocab"], "labels": ["fine"]}
+        g.metadata_props[0].value = json.dumps({**meta, "vocab": vocab, "records": False})
+
     def nan_head(g):  # the head's bias: every logit NaN at run time
         t = next(t for t in g.graph.initializer if numpy_helper.to_array(t).shape == (len(ck.vocab),))
         t.CopyFrom(numpy_helper.from_array(np.full(len(ck.vocab), np.nan, np.float32), t.name))
 
     return [(variant("huge", huge), "operator ConstantOfShape is not one charloom's exporter writes"),
+            (variant("labelled_text", labelled_text), "labels, which only records take, and records is false"),
             (variant("float_ids", float_ids), "graph input ids is type 1"),
             (variant("outside", outside), "weights stored outside the file are not read"),
             (variant("itos", itos), "itos or ids disagree with the vocabulary"),

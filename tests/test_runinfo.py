@@ -99,7 +99,8 @@ def test_a_report_of_a_file_whose_figures_are_damaged_prints_them_unknown(tmp_pa
     run = tmp_path / "run"
     cases = [{"characters_seen": math.nan, "train_seconds": 3.0}, {"characters_seen": "lots", "train_seconds": 2},
              {"characters_seen": 1, "train_seconds": "soon"}, {"characters_seen": 1e308, "train_seconds": 1e-300},
-             {"step": "x", "val_bpc": math.inf, "ngram": {"val_bpc": math.nan}}]
+             {"step": "x", "val_bpc": math.inf, "ngram": {"val_bpc": math.nan}},
+             {"characters_seen": 10**400, "train_seconds": 1, "step": 10**400}]  # past a float's range
     for info in cases:
         checkpoint.save(run / checkpoint.MODEL_FILE, model, vocab, records=False, info=info)
         checkpoint.save(run / checkpoint.RESUME_FILE, model, vocab, records=False, info={"step": 3})

@@ -38,7 +38,7 @@ from . import atomic, ngram
 from .config import RECENT, ModelConfig, state_shapes
 from .errors import CharloomError
 from .model import CharRNN
-from .vocab import SPECIALS, Vocab
+from .vocab import SPECIALS, Vocab, check_labelled
 
 FORMAT = "charloom-model"
 VERSION = 1
@@ -366,9 +366,7 @@ def _fields(meta: dict[str, Any], where: str) -> tuple[ModelConfig, dict[str, An
     for name, value in (("info", info), ("extra", extra)):
         if not isinstance(value, dict):
             raise CharloomError(f"{where}: damaged model file ({name}: not a JSON object)")
-    if not records and isinstance(vocab, dict) and vocab.get("labels"):  # as training refuses to make one
-        raise CharloomError(f"{where}: damaged model file (its vocabulary has labels, which only records take, and "
-                            f"records is false)")
+    check_labelled(vocab.get("labels") if isinstance(vocab, dict) else None, records, f"{where}: damaged model file")
     return cfg, vocab, records, info, extra
 
 
@@ -492,6 +490,29 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
     if mixture is not None and not counted:
         mixture.uncounted = vocab.label_span
     return Checkpoint(model, vocab, records, info, p, rest, extra, mixture)
+
+
+def number(value: Any) -> int | float | None:
+    """A figure from a model file's info: a finite number, else None (a file is read, not trusted: text, NaN, or an
+    integer past a float's range, which its JSON may hold)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+def plain(value: Any) -> Any:
+    """Figures from a model file's info as strict JSON takes them: one that is not finite (NaN or Infinity, which
+    Python's json writes and no other reader takes) becomes None, in nested objects and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def _labels_counted(info: dict) -> bool:

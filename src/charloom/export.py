@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import atomic
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, plain
 from .config import RECENT, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, state_shapes
 from .errors import CharloomError
 from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
@@ -101,8 +101,17 @@ def metadata(ck: Checkpoint) -> dict[str, Any]:
             "ids": {"pad": v.pad_id, "bos": v.bos_id, "eos": v.eos_id, "unk": v.unk_id},
             "records": bool(ck.records), "state": list(ck.model.state_names), "model": cfg.to_dict(),
             "sampling": SampleOptions().to_dict(),
-            "info": {k: ck.info[k] for k in ("step", "val_bpc", "chars_seen", "corpus", "corpus_config") if k in ck.info},
+            "info": _shared_info(ck.info),
             "left_out": ["ngram"] if ck.mixture is not None else []}  # what the model file mixes in and this cannot
+
+
+def _shared_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The training figures an exported file carries, as strict JSON (a web page's JSON.parse takes no NaN), and
+    its corpus's reading options without the folder this machine cached it in."""
+    kept = {k: info[k] for k in ("step", "val_bpc", "chars_seen", "corpus", "corpus_config") if k in info}
+    if isinstance(kept.get("corpus_config"), dict):
+        kept["corpus_config"] = {k: v for k, v in kept["corpus_config"].items() if k != "cache_dir"}
+    return plain(kept)
 
 
 def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:

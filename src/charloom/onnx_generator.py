@@ -21,7 +21,7 @@ import numpy as np
 from .config import MEMORY, RECENT, ModelConfig, state_shapes
 from .decoding import Writer
 from .errors import CharloomError
-from .vocab import Vocab
+from .vocab import Vocab, check_labelled
 
 METADATA_KEY = "charloom"
 FORMAT = "charloom-onnx"
@@ -141,6 +141,7 @@ def _read_metadata(model: Any, where: str) -> dict[str, Any]:
     vocab = Vocab.from_dict(meta.get("vocab"), where=f"{where}: vocabulary", strict_unicode=True)
     if not isinstance(meta.get("records"), bool):
         raise CharloomError(f"{where}: damaged charloom metadata (records is not true or false)")
+    check_labelled(vocab.labels, meta["records"], f"{where}: damaged charloom metadata")
     ids = {"pad": vocab.pad_id, "bos": vocab.bos_id, "eos": vocab.eos_id, "unk": vocab.unk_id}
     if meta.get("itos") != list(vocab.itos) or meta.get("ids") != ids:  # what the web page reads instead
         raise CharloomError(f"{where}: damaged charloom metadata (itos or ids disagree with the vocabulary)")

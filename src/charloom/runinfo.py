@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, header, load, model_path
+from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, header, load, model_path, number, plain
 from .curves import read_rows
 from .errors import CharloomError, ConfigError
 from .sampling import Generator
@@ -34,9 +34,9 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     info, cfg, v = ck.info, ck.config, ck.vocab
     run = _run_end(file, ck)  # the run as a whole: where it ended, which the model file may be from before
     last = rows[-1] if rows else {}
-    seconds, chars = _number(run.get("train_seconds")), _number(run.get("characters_seen"))
+    seconds, chars = number(run.get("train_seconds")), number(run.get("characters_seen"))
     rate = chars / seconds if chars and seconds else None
-    return _plain({
+    return plain({
         "path": str(file),
         "corpus": {"source": info.get("corpus"), "characters": info.get("corpus_characters"), "records": ck.records,
                    "vocabulary": len(v.chars), "characters_known": "".join(v.chars), "unknown": v.unknown,
@@ -60,24 +60,6 @@ def describe(path: str | Path, samples: int = SAMPLES, seed: int = 0, ck: Checkp
     })
 
 
-def _number(value: Any) -> int | float | None:
-    """A figure from a model file's info: a finite number, else None (the file is read, not trusted, and a report
-    of a damaged one still prints)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """The report as strict JSON takes it: a figure that is not finite (a file's info may hold NaN or Infinity,
-    which Python's json writes and no other reader takes) becomes None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _run_end(file: Path, ck: Checkpoint) -> dict[str, Any]:
@@ -93,7 +75,7 @@ def _run_end(file: Path, ck: Checkpoint) -> dict[str, Any]:
     except (OSError, CharloomError):
         return ck.info
     same = (cfg, vocab, records) == (ck.config, ck.vocab.to_dict(), ck.records)
-    if not same or not isinstance(later.get("step"), int) or later["step"] < (_number(ck.info.get("step")) or 0):
+    if not same or not isinstance(later.get("step"), int) or later["step"] < (number(ck.info.get("step")) or 0):
         return ck.info
     return copy.deepcopy(later)
 

@@ -37,6 +37,13 @@ def label_token(name: str) -> str:
     return f"<label:{name}>"
 
 
+def check_labelled(labels: Any, records: bool, where: str) -> None:
+    """Labels are given after each record's <bos>: training makes no labelled model of continuous text, so a file
+    that says it is one is damaged. where: the file and what of it is damaged."""
+    if labels and not records:
+        raise CharloomError(f"{where} (its vocabulary has labels, which only records take, and records is false)")
+
+
 def check_labels(labels: Any, where: str) -> tuple[str, ...]:
     """Label names as a tuple, checked: a list of distinct, non-empty strings of bounded length and count."""
     if not isinstance(labels, (list, tuple)) or not all(isinstance(n, str) for n in labels):
