@@ -684,6 +684,12 @@ def test_a_finished_run_resumed_keeps_its_model_file_and_a_damaged_one_is_named_
     capsys.readouterr()
     charloom.train(source=str(text_file), out=str(run), resume=True, **opts)
     assert (model.stat().st_ino, model.stat().st_mtime_ns) == before and "nothing to do" in capsys.readouterr().out
+    charloom.train(source=str(text_file), out=str(run), resume=True, **{**opts, "ngram": 3})  # another order asked
+    assert checkpoint.load(run).info["ngram"]["longest_asked"] == 3
+    ck = checkpoint.load(run)  # as a run stopped while it fitted the n-gram leaves it: the network alone
+    checkpoint.save(model, ck.model, ck.vocab, records=False, info={k: v for k, v in ck.info.items() if k != "ngram"})
+    charloom.train(source=str(text_file), out=str(run), resume=True, **opts)
+    assert checkpoint.load(run).mixture is not None and checkpoint.load(run).info["ngram"]["longest_asked"] == 4
     data = model.read_bytes()
     model.write_bytes(data[:len(data) // 2])
     with pytest.raises(CharloomError, match=r"truncated.*the run's last weights are in .*last\.safetensors"):

@@ -123,19 +123,22 @@ class Display(Hook):
 
             shown = 0 if not t.cfg.sample_length else SAMPLES  # no samples asked for: none at the end either
             try:
-                say("\n".join(lines(describe(t.out, samples=shown))))
+                ck = checkpoint.load(t.out / checkpoint.MODEL_FILE)
             except CharloomError as e:  # a model file damaged since it was saved: the run's last weights are not
                 raise CharloomError(f"{e}; the run's last weights are in {t.out / checkpoint.RESUME_FILE}, which "
                                     f"charloom sample --checkpoint takes as well") from None
+            say("\n".join(lines(describe(t.out, samples=shown, ck=ck))))
 
 
-def _lacks_ngram(path: Path) -> bool:
-    """Whether a model file's header says it holds no n-gram yet (one whose header cannot be read: unknown, so no:
-    the run's report says what is wrong with it)."""
+def _unfitted(path: Path, order: int) -> bool:
+    """Whether a model file's header says it holds no n-gram of the longest order asked yet: none (a run stopped
+    while fitting it), or one asked for another order (a resume with another --ngram). One whose header cannot be
+    read: unknown, so no: the run's report says what is wrong with it."""
     try:
-        return "ngram" not in checkpoint.header(path)[3]
+        figures = checkpoint.header(path)[3].get("ngram")
     except CharloomError:
         return False
+    return not isinstance(figures, dict) or figures.get("longest_asked") != order
 
 
 class Mixing(Hook):
@@ -148,7 +151,7 @@ class Mixing(Hook):
 
     def on_end(self, t: Trainer, result: TrainResult) -> None:
         path = t.out / checkpoint.MODEL_FILE
-        if not t.rt.procs.main or not path.is_file() or (not result.steps_run and not _lacks_ngram(path)):
+        if not t.rt.procs.main or not path.is_file() or (not result.steps_run and not _unfitted(path, self.order)):
             return
         try:
             self._add(t, path)
