@@ -226,6 +226,21 @@ def test_the_memory_check_counts_the_start_text(monkeypatch):
         g.generate("a" * 200_000, 5)
 
 
+def test_reading_a_text_counts_the_state_an_attention_head_keeps(monkeypatch):
+    """Scoring or tracing a text (the server's /v1/score and /v1/activations) holds the model's state whole, an
+    attention head's memory above all: past half the machine's memory (made small) it is refused before any work,
+    naming the text; the same text read by a model without the head is not."""
+    from charloom.decoding import state_bytes
+
+    g, plain = model_for(attention=4096), model_for()
+    ids = g.vocab.encode("the cat sat")
+    monkeypatch.setattr("charloom.decoding.memory_cap", lambda: state_bytes(g.config) // 2)
+    for read in (lambda: g.read_logits(ids), lambda: g.trace([], ids)):
+        with pytest.raises(ConfigError, match=r"^text: reading \d+ characters with this model needs about"):
+            read()
+    assert plain.read_logits(ids).shape == (len(ids), len(plain.vocab))
+
+
 def test_start_text_in_one_call_equals_one_character_at_a_time():
     g = model_for()
     model = g.model.eval()

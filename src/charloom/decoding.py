@@ -188,6 +188,7 @@ class Writer:
     def read_logits(self, ids: Sequence[int], ngram: bool = True) -> np.ndarray:
         """(T, V) float32 logits of one text of ids read from a zero state, the state carried through it: row t
         predicts ids[t + 1] (log-probabilities of the mixture, for a model with an n-gram, unless `ngram` is False)."""
+        self.check_reading(len(ids))
         logits = self._read_logits(ids)
         if self.mixture is None or not ngram:
             return logits
@@ -207,6 +208,7 @@ class Writer:
 
     def trace(self, before: Sequence[int], ids: Sequence[int]) -> dict[str, np.ndarray]:
         """Every layer's state after each of `ids`, read one at a time after `before`: name -> (L, N, H)."""
+        self.check_reading(len(before) + len(ids))
         _, state = self._start(list(before), 1)
         kept: dict[str, list[np.ndarray]] = {name: [] for name in self.state_arrays(state)}
         for i in ids:
@@ -285,7 +287,14 @@ class Writer:
         """Bytes that reading a start text of `chars` characters holds at its peak, roughly: its ids, and the
         model's work on one piece of it (on all of it, for a backend that reads in one call)."""
         rows = min(chars, self.piece_rows()) if self.reads_in_pieces else chars
-        return chars * START_BYTES + rows * self.row_bytes()
+        return chars * START_BYTES + rows * self.row_bytes() + state_bytes(self.config)
+
+    def check_reading(self, chars: int) -> None:
+        """Refuse, before any work, reading a text of `chars` characters that would not fit in memory (half of this
+        machine's): its state above all, an attention head's memory, which is never cut in pieces."""
+        if (need := self.reading_bytes(chars)) > (cap := memory_cap()):
+            raise ConfigError(f"text: reading {chars:,} characters with this model needs about {need / 1e9:,.1f} GB, "
+                              f"more than the {cap / 1e9:,.1f} GB allowed (half of this machine's memory)")
 
     def memory_needed(self, n: int, length: int, start_chars: int = 0) -> int:
         """Bytes that n samples of `length` characters after a start text of `start_chars` hold at the peak of a
