@@ -128,3 +128,22 @@ def test_samples_a_report_cannot_hold_are_refused_naming_its_own_flag(tmp_path, 
     assert err.startswith("charloom: error: samples (--samples): 2 samples of 200 characters") and "--samples 0" in err
     assert "--num-samples" not in err and "\n" not in err
     assert main(["info", str(path), "--samples", "0"]) == 0
+
+
+def test_text_from_a_file_reaches_the_terminal_with_its_control_characters_escaped(tmp_path):
+    """A file's info is printed by `charloom info`: its text (corpus, device, how it ended, the sizing's budget)
+    with escape codes shown as escapes, never sent to the terminal as commands; figures print as before."""
+    from charloom import checkpoint
+    from charloom.config import ModelConfig
+    from charloom.model import CharRNN
+    from charloom.vocab import Vocab
+
+    vocab = Vocab.build("anna\nbob\n")
+    model = CharRNN(ModelConfig(hidden_size=8, vocab_size=len(vocab)))
+    info = {"corpus": "\x1b[2Jplay.txt", "device": "cpu\u2028x", "stopped_by": "budget\x07",
+            "sizing": {"hidden_size": 1024, "budget": "600 s\x1b[31m", "predicted_bpc": 1.5}}
+    path = checkpoint.save(tmp_path / "m.safetensors", model, vocab, records=False, info=info)
+    shown = "\n".join(lines(describe(path, samples=0)))
+    assert "\x1b" not in shown and "\u2028" not in shown and "\x07" not in shown
+    assert "\\x1b[2Jplay.txt" in shown and "cpu\\u2028x" in shown and "ended: budget\\x07" in shown
+    assert "sizing       width 1024 chosen for 600 s\\x1b[31m, predicted 1.500 bpc" in shown

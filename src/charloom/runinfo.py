@@ -14,13 +14,16 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any
 
+from . import decoding
 from .checkpoint import MODEL_FILE, RESUME_FILE, Checkpoint, header, load, model_path, number, plain
 from .curves import read_rows
 from .errors import CharloomError, ConfigError
 from .sampling import Generator
+from .vocab import UNPRINTABLE
 
 SAMPLES = 3  # samples in a report (six for a records model: they are short)
 SAMPLE_LENGTH = 200
@@ -98,18 +101,23 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
 
 def _samples(ck: Checkpoint, count: int, seed: int) -> list[str]:
     n = 2 * count if ck.records else count
-    try:
-        return Generator.from_checkpoint(ck).generate("", SAMPLE_LENGTH, n=n, temperature=0.8, seed=seed)
-    except ConfigError:  # the generation's own message names sample's flags, not the report's
+    gen = Generator.from_checkpoint(ck)
+    if gen.memory_needed(n, SAMPLE_LENGTH) > decoding.memory_cap():  # the generation's own refusal names sample's flags
         raise ConfigError(f"samples (--samples): {n:,} samples of {SAMPLE_LENGTH} characters from this model would "
                           f"need more than half of this machine's memory; give --samples 0 for the report without "
-                          f"them") from None
+                          f"them")
+    return gen.generate("", SAMPLE_LENGTH, n=n, temperature=0.8, seed=seed)
 
 
 def _figure(value: Any, fmt: str = "{:,}", missing: str = "unknown") -> str:
+    """A figure from the file as printed: text with its control characters escaped (a hostile file's escape codes
+    would otherwise reach the terminal as commands)."""
     if value is None:
         return missing
-    return fmt.format(value) if isinstance(value, (int, float)) else str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return fmt.format(value)
+    return "".join(ch.encode("unicode_escape").decode() if unicodedata.category(ch) in UNPRINTABLE else ch
+                   for ch in str(value))
 
 
 def _whole(b: dict[str, Any]) -> str:
@@ -155,8 +163,8 @@ def lines(report: dict[str, Any]) -> list[str]:
     if isinstance(t.get("sizing"), dict):
         fit = t["sizing"]
         batch = f" and batch {fit['batch_size']}" if type(fit.get("batch_size")) is int and fit["batch_size"] else ""
-        out.append(f"sizing       width {fit.get('hidden_size')}{batch} chosen for {fit.get('budget')}, predicted "
-                   f"{_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
+        out.append(f"sizing       width {_figure(fit.get('hidden_size'), '{}')}{batch} chosen for "
+                   f"{_figure(fit.get('budget'))}, predicted {_figure(fit.get('predicted_bpc'), '{:.3f}')} bpc")
     if isinstance(report.get("ngram"), dict):
         g = report["ngram"]
         asked = g.get("longest_asked")
