@@ -229,6 +229,9 @@ def test_eval_adapt_prints_the_adapted_figure_beside_the_static_one(tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
     code, text, err = run("eval", "--checkpoint", str(out), str(src), "--adapt")
     assert code == 0 and "bits per character" in text.splitlines()[0] and "adapted while reading" in text
+    code, _, err = run("eval", "--checkpoint", str(out), str(src), "--adapt", "--adapt-lr", "1e30")
+    assert code == 2 and err.startswith("charloom: error: adapt_lr (--adapt-lr): the network diverged") and \
+        f"(static, without adapting: {static.bpc:.4f} bits per character)" in err and err.count("\n") == 1
     code, _, err = run("eval", "--checkpoint", str(out), str(src), "--adapt-lr", "-1")
     assert code == 2 and err.strip() == "charloom: error: adapt_lr (--adapt-lr): must not be negative, got -1.0"
 

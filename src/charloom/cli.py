@@ -501,7 +501,10 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     c = corpus.load(ccfg, vocab=v)
     mixture = ck.mixture if ecfg.ngram else None
     result = score(ck.model, c, ecfg, device, mixture)
-    adapted = score_adapted(ck.model, c, ecfg, device, mixture) if ecfg.adapt else None  # beside, never instead
+    try:
+        adapted = score_adapted(ck.model, c, ecfg, device, mixture) if ecfg.adapt else None  # beside, never instead
+    except ConfigError as e:  # the adapting network diverged: the static figure, already made, is still said
+        raise ConfigError(f"{e} (static, without adapting: {result.bpc:.4f} bits per character)") from None
     if ns.color:
         _coloured_corpus(ck, c, ecfg.ngram)
     unknown = c.stats["unknown_characters"]

@@ -373,7 +373,7 @@ def adapt(model: CharRNN, batches: Iterable[Batch], lr: float, decay: float = 0.
             nll = F.cross_entropy(logits.flatten(0, 1).float(), b.y.to(device).flatten(), ignore_index=b.pad_id,
                                   reduction="sum")
             own, count = own + float(nll.detach()), count + b.tokens
-            if not math.isfinite(own):  # the steps threw the weights far: nothing after this scores
+            if lr and not math.isfinite(own):  # the steps threw the weights far: nothing after this scores
                 raise ConfigError(f"adapt_lr (--adapt-lr): the network diverged while adapting at a learning rate "
                                   f"of {lr:g} (its loss was {own:g} by character {count:,}); give a smaller one")
             if mixture is None:

@@ -100,11 +100,13 @@ def usable_cpus() -> int:
     """The threads torch may take here: its own default, held to the CPUs this process may use."""
     from loky import cpu_count
 
+    given = os.environ.get("LOKY_MAX_CPU_COUNT")
     try:
-        return min(cpu_count(), TORCH_THREADS)
-    except ValueError:  # loky reads LOKY_MAX_CPU_COUNT as a whole number
-        raise CharloomError(f"LOKY_MAX_CPU_COUNT: {os.environ.get('LOKY_MAX_CPU_COUNT', '')[:20]!r} is not a whole "
-                            f"number of CPUs (unset it, or give one such as 2)") from None
+        int(given or 0)  # as loky reads it, unchecked
+    except ValueError:
+        raise CharloomError(f"LOKY_MAX_CPU_COUNT: {given[:20]!r} is not a whole number of CPUs (unset it, or give "
+                            f"one such as 2)") from None
+    return min(cpu_count(), TORCH_THREADS)
 
 
 def _allowed(count: int) -> list[int]:
