@@ -94,7 +94,7 @@ def test_a_start_character_a_strict_model_refuses_stops_before_anything_is_writt
 
 def test_bad_sample_options_are_one_line_errors(recited):
     run_dir, _ = recited
-    for args, needle in ((["--top-p", "0"], "top_p: must be in (0, 1]"), (["--temperature", "-1"], "temperature"),
+    for args, needle in ((["--top-p", "0"], "top_p (--top-p): must be in (0, 1]"), (["--temperature", "-1"], "temperature"),
                          (["--num-samples", "0"], "n (--num-samples): must be >= 1")):
         code, _, err = run("sample", "--checkpoint", str(run_dir), *args)
         assert code == 2 and needle in err and "Traceback" not in err
@@ -137,7 +137,7 @@ def test_jsonl_rows_are_the_options_with_each_samples_seed(recited, tmp_path):
 def test_undecodable_start_or_stop_is_a_one_line_error(recited):
     run_dir, _ = recited
     bad = b"ok\xff".decode("utf-8", "surrogateescape")  # what an invalid UTF-8 argument becomes
-    for flag, needle in (("--start", "start: U+DCFF at position 2 is a lone surrogate"),
+    for flag, needle in (("--start", "start (--start): U+DCFF at position 2 is a lone surrogate"),
                          ("--stop", "stop[0]: U+DCFF at position 2 is a lone surrogate")):
         code, _, err = run("sample", "--checkpoint", str(run_dir), flag, bad, "--length", "5")
         assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err

@@ -162,7 +162,8 @@ def test_an_out_of_range_value_reads_the_same_everywhere(client, model_dir, caps
         SampleOptions(**{field: value})
     python = str(e.value)
     assert main(["sample", "--checkpoint", str(model_dir), flag, str(value)]) == 2
-    assert capsys.readouterr().err == f"charloom: error: {python}\n"  # one line
+    flagged = python.replace(f"{field}:", f"{field} ({flag}):", 1)  # the CLI names the flag the user typed too
+    assert capsys.readouterr().err == f"charloom: error: {flagged}\n"  # one line
     r = client.post("/v1/generate", json={field: value})
     assert r.status_code == 422
     [detail] = r.json()["detail"]
