@@ -308,3 +308,14 @@ def test_a_message_naming_no_flag_of_its_command_is_left_as_it_is():
     assert _flagged(ConfigError("source: no such file"), parser, train) == "source: no such file"
     assert _flagged(CharloomError("lr: must be positive"), parser, train) == "lr: must be positive"
     assert _flagged(ConfigError("no colon here"), parser, train) == "no colon here"
+
+
+def test_eval_refuses_streams_that_would_not_fit_before_reading_the_text(model_dir, monkeypatch, capsys, tmp_path):
+    """A stream's state does not depend on the text: too many streams are refused before the text is read (here it
+    does not even exist), naming --streams."""
+    from charloom import evaluation
+    from charloom.cli import main
+
+    monkeypatch.setattr(evaluation, "memory_cap", lambda: 1000)  # bytes: any state is too large
+    assert main(["eval", "--checkpoint", str(model_dir), str(tmp_path / "nowhere.txt"), "--streams", "8"]) == 2
+    assert capsys.readouterr().err.startswith("charloom: error: streams (--streams): 8 streams of this model's state")

@@ -488,7 +488,7 @@ def cmd_export(ns: argparse.Namespace) -> None:
 
 def cmd_eval(ns: argparse.Namespace) -> None:
     from . import checkpoint, corpus
-    from .evaluation import label_scores, score, score_adapted
+    from .evaluation import check_streams, label_scores, score, score_adapted
     from .runtime import pick_device
 
     ecfg = options(ns, EvalConfig)
@@ -496,6 +496,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
         raise CharloomError("--color: not with --json (the colours are for a person reading a terminal)")
     device = pick_device(ecfg.device)
     ck = checkpoint.load(ns.checkpoint, device=device)
+    check_streams(ck.model, ecfg.streams)  # before the text is read: its states do not depend on it
     v = ck.vocab
     ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
     c = corpus.load(ccfg, vocab=v)

@@ -313,7 +313,7 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     cfg = cfg or EvalConfig()
     _check_scorable(corpus)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    _check_streams(model, cfg.streams)
+    check_streams(model, cfg.streams)
     batches = corpus_batches(corpus, cfg.streams, cfg.window)
     return evaluate_mixed(model, mixture, batches, device) if mixture else evaluate(model, batches, device)
 
@@ -329,7 +329,7 @@ def label_scores(model: CharRNN, corpus: Corpus, indices: np.ndarray | None = No
     device = torch.device(device) if device is not None else next(model.parameters()).device
     indices = np.arange(corpus.num_records) if indices is None else np.asarray(indices)
     names = corpus.vocab.labels
-    _check_streams(model, 1)
+    check_streams(model, 1)
     batch_size = min(batch_size, max(1, memory_cap() // state_bytes(model.cfg)))  # records read at once: their states
     cfg = BatchConfig(batch_size=batch_size, val_fraction=0.0, max_record_len=10**9)
     out = []
@@ -433,7 +433,7 @@ def _descend(loss: torch.Tensor, params: list[torch.Tensor], trained: list[torch
             torch._foreach_lerp_(params, trained, decay)
 
 
-def _check_streams(model: CharRNN, streams: int, copies: int = 1) -> None:
+def check_streams(model: CharRNN, streams: int, copies: int = 1) -> None:
     """Streams whose states (an attention head's memory above all, `copies` of each) would not fit in memory are
     refused before any work, naming the option: a piece's work is bounded, a stream's state is not cut."""
     need = copies * streams * state_bytes(model.cfg)
@@ -449,7 +449,7 @@ def _check_streams(model: CharRNN, streams: int, copies: int = 1) -> None:
 def _check_segment(model: CharRNN, streams: int, segment: int) -> None:
     """A segment learned in one step cannot be cut in pieces as a scored window is (its step would differ): one too
     large for memory, forward and backward, is refused before any work, naming the option."""
-    _check_streams(model, streams, STATE_GRADIENTS)
+    check_streams(model, streams, STATE_GRADIENTS)
     need = streams * (SEGMENT_COPIES * segment * _position_bytes(model.cfg) + STATE_GRADIENTS * state_bytes(model.cfg))
     if need > (cap := memory_cap()):
         raise ConfigError(f"adapt_segment (--adapt-segment): segments of {segment:,} characters need about "
@@ -471,5 +471,5 @@ def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
                  mixture=mixture)
 
 
-__all__ = ["Evaluation", "adapt", "batch_loss", "corpus_batches", "evaluate", "evaluate_mixed", "label_scores",
-           "fit_mixture", "network_predictions", "score", "score_adapted"]
+__all__ = ["Evaluation", "adapt", "batch_loss", "check_streams", "corpus_batches", "evaluate", "evaluate_mixed",
+           "label_scores", "fit_mixture", "network_predictions", "score", "score_adapted"]
