@@ -301,3 +301,17 @@ def test_a_training_split_too_short_for_ten_batches_keeps_its_fit_text():
     assert len(prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=1_000)).fit) == 1_000
     small = prepare(corpus, BatchConfig(batch_size=16, seq_len=128, fit_chars=1_000))  # 10 batches: 20,640
     assert small.fit is None and small.train_size == len(prepare(corpus, BatchConfig(batch_size=16, seq_len=128)).train.stream)
+
+
+@pytest.mark.parametrize("seq_len, val_fraction, advice", [
+    (64, 0.05, "use a shorter --seq-len, a smaller --val-fraction, or more text"),
+    (64, 0.0, "use a shorter --seq-len or more text"),
+    (1, 0.0, "use more text"),
+])
+def test_a_split_shorter_than_a_window_advises_only_what_can_still_change(seq_len, val_fraction, advice):
+    """A window of one character or no validation split cannot be made smaller: the advice leaves them out."""
+    from charloom.batching import StreamBatches, Stream
+
+    cfg = BatchConfig(batch_size=1, seq_len=seq_len, val_fraction=val_fraction)
+    with pytest.raises(CharloomError, match=f"{advice}$"):
+        StreamBatches(Stream(np.zeros(1, dtype=np.int64), [(0, 1)]), cfg, 0)

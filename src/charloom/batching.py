@@ -107,6 +107,13 @@ def split_stream(n: int, cfg: BatchConfig) -> tuple[list[tuple[int, int]], list[
     return train, val
 
 
+def _ways_on(seq_len: int, cfg: BatchConfig) -> str:
+    """What a user can change when the training split is shorter than a window: only what is not already least."""
+    ways = (["a shorter --seq-len"] if seq_len > 1 else []) + (["a smaller --val-fraction"] if cfg.val_fraction else [])
+    ways.append("more text")
+    return ways[0] if len(ways) == 1 else ", ".join(ways[:-1]) + (", or " if len(ways) > 2 else " or ") + ways[-1]
+
+
 class StreamBatches:
     """Equal-size (B, T) batches of windows from a stream; see the module docstring for the orders.
 
@@ -122,7 +129,7 @@ class StreamBatches:
         if len(stream) < T + 1:
             raise CharloomError(
                 f"{label}: the training split has {len(stream)} characters, fewer than seq_len + 1 = {T + 1}; "
-                f"use a shorter --seq-len, a smaller --val-fraction, or more text")
+                f"use {_ways_on(T, cfg)}")
         if cfg.order == "contiguous":
             self.stream_len = (len(stream) - 1) // B  # characters per parallel stream
             if self.stream_len < T:
