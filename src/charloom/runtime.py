@@ -73,12 +73,12 @@ def synchronize(device: torch.device) -> None:
 
 def set_threads(threads: int, watch: bool = True, seconds: float = IDLE_SECONDS) -> str | None:
     """CPU threads for torch's kernels. 0: torch's default, held to the CPUs this process may use and (`watch`)
-    to those other work left idle over the last `seconds`. A container's CPU quota (Docker's --cpus, a Kubernetes limit) leaves all the
-    host's cores in sight (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT); and threads beyond the
-    idle CPUs wait on each other at every step: two runs of 2 threads on 2 cores each trained at a seventh of one
-    run's rate, where a run of 1 thread beside a run of 2 left their sum near one run's. More than the machine's
-    CPUs is refused: each thread is an OS thread, and past the cores they only queue. Returns a line for the user
-    when busy CPUs took threads away (None otherwise)."""
+    to those other work left idle over the last `seconds`. A container's CPU quota (Docker's --cpus, a Kubernetes
+    limit) leaves all the host's cores in sight (loky reads the quota, the affinity mask and LOKY_MAX_CPU_COUNT);
+    and threads beyond the idle CPUs wait on each other at every step: two runs of 2 threads on 2 cores each
+    trained at a seventh of one run's rate, where a run of 1 thread beside a run of 2 left their sum near one
+    run's. More than the machine's CPUs is refused: each thread is an OS thread, and past the cores they only
+    queue. Returns a line for the user when busy CPUs took threads away (None otherwise)."""
     if threads:
         cpus = os.cpu_count() or 1
         if threads > cpus:
