@@ -204,6 +204,9 @@ def test_a_run_without_a_width_takes_the_chosen_one_and_records_it(tmp_path, tex
     # resuming keeps the width the run started with, whatever the new budget would choose
     charloom.train(out=str(tmp_path / "a"), resume=True, max_steps=400, progress=False)
     assert charloom.load(tmp_path / "a" / "last.safetensors").model.cfg.hidden_size == expected
+    # and the record of how it was chosen stays in both files, as `charloom info` reports it
+    for name in (checkpoint.MODEL_FILE, checkpoint.RESUME_FILE):
+        assert charloom.load(tmp_path / "a" / name).info.get("sizing") == sized
 
 
 def test_a_given_width_wins_and_nothing_is_measured(tmp_path, text_file, tiny, monkeypatch):

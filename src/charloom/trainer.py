@@ -687,6 +687,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     if parent is not None:
         finetune.start_from(net, parent)
     lineage = parent.lineage if parent else previous[0].info.get("parent") if previous else None
+    # how the width was chosen: this start's choice, or the one the resumed run recorded (it keeps that width)
+    chosen = sized.to_dict() if sized else previous[0].info.get("sizing") if previous else None
     # the fused update where the device has one: one pass over each tensor where foreach makes several, a few
     # times faster on a CPU, which counts most where a batch is learned in many short pieces
     fused = rt.device.type in ("cpu", "cuda")
@@ -709,7 +711,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
                 "threads_chosen": rt.watch is not None,
                 **({"parent": lineage} if lineage else {}),
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
-                **({"sizing": sized.to_dict()} if sized else {})}
+                **({"sizing": chosen} if chosen else {})}
 
     contiguous = batch.order == "contiguous" and not data.corpus.is_records
     trainer = Trainer(net, data, opt, rt, cfg, _hooks(cfgs, info, rt.procs.main, callback), contiguous)
