@@ -106,3 +106,21 @@ def test_export_options_for_the_int8_score_need_int8(kwargs):
     with pytest.raises(ConfigError, match=r"^text and score_chars: only mean something with --int8"):
         ExportConfig(**kwargs)
     assert ExportConfig(int8=True, **kwargs).int8
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_layers=257), r"^num_layers: 257 is more than a model file may hold \(256\)"),
+    (dict(hidden_size=2**16 + 1), r"^hidden_size: 65,537 is more than a model file may hold \(65,536\)"),
+    (dict(embedding=2**16 + 1), r"^embedding: 65,537 is more than a model file may hold \(65,536\)"),
+])
+def test_a_model_no_file_could_hold_is_refused_before_a_run_trains_it(tmp_path, kwargs, message):
+    import charloom
+    from charloom.checkpoint import LIMITS
+
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**kwargs)
+    with pytest.raises(ConfigError, match=message):  # as a run gets it: before any step, nothing written
+        charloom.train(source="names", out=str(tmp_path / "run"), max_steps=1, **kwargs)
+    assert not (tmp_path / "run").exists()
+    name = next(iter(kwargs))
+    assert ModelConfig(**{name: LIMITS[name]}).validate() is None  # the largest a file holds is allowed

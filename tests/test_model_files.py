@@ -89,10 +89,10 @@ def nested(depth: int) -> str:
 @pytest.mark.parametrize("changes, needle", [
     (dict(hidden_size=20000), "weights do not fit the config (tensor 'model.head.weight' is [12, 8]"),
     (dict(hidden_size=30000), "weights do not fit the config"),
-    (dict(hidden_size=10**9), "hidden_size 1,000,000,000 is more than a model file may hold"),
-    (dict(num_layers=10**6), "num_layers 1,000,000 is more than a model file may hold"),
+    (dict(hidden_size=10**9), "hidden_size: 1,000,000,000 is more than a model file may hold"),
+    (dict(num_layers=10**6), "num_layers: 1,000,000 is more than a model file may hold"),
     (dict(num_layers=200), "num_layers 200 needs more weight tensors than the file's"),
-    (dict(embedding=10**5), "embedding 100,000 is more than"),
+    (dict(embedding=10**5), "embedding: 100,000 is more than"),
     (dict(grams=4), "no tensor 'model.grams.0.weight'"),
     (dict(grams=4, gram_buckets=10**9), "gram_buckets: must be from 1 to 4,194,304"),
 ])

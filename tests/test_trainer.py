@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import charloom
-from charloom import checkpoint
+from charloom import checkpoint, decoding, evaluation
 from charloom.config import TrainConfig, parse_duration
 from charloom.errors import CharloomError, ConfigError
 from charloom.sampling import Generator
@@ -607,9 +607,9 @@ def test_a_network_too_large_to_train_here_is_refused_before_it_is_allocated(tmp
     count is made on the meta device); the bound is half of the machine's memory."""
     opts = dict(tiny, max_steps=1, out=str(tmp_path / "run"), attention=0)
     with pytest.raises(charloom.ConfigError, match=r"^hidden_size, head_hidden, attention, memory, embedding and "
-                                                   r"num_layers \(--hidden 100000, --head-hidden -1, --attention 0, "
-                                                   r"--memory 256, --embedding 8, --layers 1\): 50,0[\d,]+ parameters"):
-        charloom.train(source=str(text_file), **dict(opts, hidden_size=100_000))
+                                                   r"num_layers \(--hidden 60000, --head-hidden -1, --attention 0, "
+                                                   r"--memory 256, --embedding 8, --layers 1\): 18,0[\d,]+ parameters"):
+        charloom.train(source=str(text_file), **dict(opts, hidden_size=60_000))
     monkeypatch.setattr(train_mod, "memory_cap", lambda: 10**6)
     assert charloom.train(source=str(text_file), **opts).progress.step == 1  # about 0.1 MB
     with pytest.raises(charloom.ConfigError, match="would need about 0.0 GB to train, more than the 0.0 GB"):
@@ -696,3 +696,17 @@ def test_a_finished_run_resumed_keeps_its_model_file_and_a_damaged_one_is_named_
         charloom.train(source=str(text_file), out=str(run), resume=True, **opts)
     assert "n-gram was not added" not in capsys.readouterr().out
     assert checkpoint.load(run / checkpoint.RESUME_FILE).mixture is None  # sampling can take it as it is
+
+
+def test_the_size_check_counts_each_rows_attention_memory(tmp_path, text_file, tiny, monkeypatch):
+    """An attention head's memory is carried whole from piece to piece, so no piece cuts it: a narrow network with
+    a wide head over a long memory is refused for its state alone, not left to grow past the machine's memory."""
+    opts = dict(tiny, max_steps=1, out=str(tmp_path / "run"), hidden_size=8, memory=4096)
+    cfg = charloom.ModelConfig(vocab_size=40, **{k: opts[k] for k in ("hidden_size", "embedding", "memory")},
+                               attention=65_536)
+    monkeypatch.setattr(train_mod, "memory_cap", lambda: 8 * 10**9)  # as on a machine of 16 GB
+    rows = opts["batch_size"]
+    assert rows * evaluation.STATE_GRADIENTS * decoding.state_bytes(cfg) > 8 * 10**9
+    with pytest.raises(charloom.ConfigError, match=r"--attention 65536, --memory 4096, .* to train, more than"):
+        charloom.train(source=str(text_file), **dict(opts, attention=65_536))
+    assert not (tmp_path / "run" / "last.safetensors").exists()

@@ -306,6 +306,8 @@ MAX_GRAMS = 8  # the longest hashed context (ModelConfig.grams)
 RECENT = "recent"  # the state tensor of a model with hashed contexts that holds the last ids it read
 MAX_GRAM_BUCKETS = 2**22  # rows of one hashed context table at most
 MAX_HEAD_HIDDEN = 2**16  # units of the head's hidden layer at most (a model file holds no wider)
+MAX_WIDTH = 2**16  # units of a recurrent layer, and of the embedding, at most (a model file holds no wider)
+MAX_LAYERS = 256  # recurrent layers at most (a model file holds no deeper)
 MAX_MEMORY = 4096  # outputs an attention head looks back over at most
 MEMORY = "memory"  # the state tensor of a model with an attention head: its keys and values, and which are filled
 
@@ -348,6 +350,10 @@ class ModelConfig(Config):
             raise ConfigError(f"hidden_size: must be positive (or 0: sized for the run), got {self.hidden_size}")
         if self.embedding < 0:
             raise ConfigError(f"embedding: must be 0 (one-hot) or positive, got {self.embedding}")
+        # refused before any work: a run would train a model its own file could not hold
+        for name, most in (("num_layers", MAX_LAYERS), ("hidden_size", MAX_WIDTH), ("embedding", MAX_WIDTH)):
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name}: {getattr(self, name):,} is more than a model file may hold ({most:,})")
         if not -1 <= self.head_hidden <= MAX_HEAD_HIDDEN:
             raise ConfigError(f"head_hidden: must be -1 (as wide as the recurrent layer), 0 (none) or from 1 to "
                               f"{MAX_HEAD_HIDDEN:,}, got {self.head_hidden}")

@@ -40,9 +40,9 @@ from .checkpoint import Progress, RunState
 from .config import (BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig,
                      TrainConfig)
 from .corpus import Corpus, load as load_corpus
-from .decoding import HEAD_ROWS, memory_cap, recall_floats
+from .decoding import HEAD_ROWS, memory_cap, recall_floats, state_bytes
 from .errors import CharloomError, ConfigError
-from .evaluation import LN2, Evaluation, batch_loss, evaluate
+from .evaluation import LN2, STATE_GRADIENTS, Evaluation, batch_loss, evaluate
 from .model import CharRNN, State, detach
 from .runtime import Runtime
 from .vocab import Vocab
@@ -595,12 +595,14 @@ def _check_size(model: ModelConfig, shape: tuple[int, float], pieces: int = 1) -
     row) would need more than half of this machine's memory: weights, gradients, Adam's two moments and the weight
     average (TRAIN_COPIES of each parameter), and the logits and gates of the largest piece a batch is learned in
     (`pieces` of it at fewest: each piece's graph is freed by its backward pass before the next is built;
-    ACTIVATION_COPIES of each)."""
+    ACTIVATION_COPIES of each), and each row's state with its gradient (an attention head's memory above all,
+    which no piece cuts)."""
     with torch.device("meta"):
         n = CharRNN(model).num_parameters()
     H, V, W, A = model.hidden_size, model.vocab_size, model.head_width, model.attention
     need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * math.ceil(shape[1] / pieces)
-                * (V + HEAD_ROWS * W + 4 * H * model.num_layers + recall_floats(model)))
+                * (V + HEAD_ROWS * W + 4 * H * model.num_layers + recall_floats(model))) \
+        + STATE_GRADIENTS * shape[0] * state_bytes(model)
     if need > (cap := memory_cap()):
         raise ConfigError(f"hidden_size, head_hidden, attention, memory, embedding and num_layers (--hidden {H}, "
                           f"--head-hidden {model.head_hidden}, --attention {A}, --memory {model.memory}, --embedding "
