@@ -282,3 +282,42 @@ def test_a_long_window_on_a_large_vocabulary_never_makes_all_its_logits():
     ids = torch.randint(4, 20_000, (1, 50_001))
     result = evaluate(model, [Batch(ids[:, :-1], ids[:, 1:], pad_id=0)])
     assert result.characters == 50_000 and math.isfinite(result.bpc)
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_a_corpus_encoded_with_another_vocabulary_is_refused_naming_it(tmp_path, adapt):
+    """More characters than the model has ids would index past its rows; fewer would be read as other characters
+    and give a figure that means nothing."""
+    from charloom.evaluation import score_adapted
+
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog.\n" * 9)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt"), cache_dir=str(tmp_path / "cache")))
+    for vocab in (len(corpus.vocab) - 3, len(corpus.vocab) + 3):
+        with pytest.raises(CharloomError, match=rf"t\.txt: encoded with a vocabulary of {len(corpus.vocab)} ids, "
+                                                rf"not the model's {vocab}; load it with the model's"):
+            score_adapted(make(vocab=vocab), corpus, EvalConfig(adapt=True)) if adapt else score(make(vocab=vocab),
+                                                                                                 corpus)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is of a GPU that is not here")
+def test_a_device_that_is_not_here_is_refused_naming_it(tmp_path):
+    """From Python as from the command line: a one-line error naming the argument, not torch's own, and for a
+    model file before the file is read."""
+    from charloom import checkpoint
+    from charloom.sampling import Generator
+
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog.\n" * 9)
+    corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt"), cache_dir=str(tmp_path / "cache")))
+    model = make(vocab=len(corpus.vocab))
+    for bad, message in [("cuda", r"^device: 'cuda' is not here \(0 CUDA GPUs available\)"),
+                         ("bogus", r"^device: 'bogus' is not a device"), (5, r"^device: 5 is not a device"),
+                         ("meta", r"^device: 'meta' is not one of cpu, cuda, mps")]:
+        with pytest.raises(ConfigError, match=message):
+            score(model, corpus, device=bad)
+        with pytest.raises(ConfigError, match=message):
+            checkpoint.load(tmp_path / "no such file", device=bad)  # the device is refused first
+        with pytest.raises(ConfigError, match=message):
+            Generator(model, corpus.vocab, device=bad)
+    with pytest.raises(ConfigError, match=r"^device: 'cuda' is not here"):  # the config's device is not ignored
+        score(model, corpus, EvalConfig(device="cuda"))
+    assert score(model, corpus, device="cpu").bpc == score(model, corpus, EvalConfig(device="cpu")).bpc

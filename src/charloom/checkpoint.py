@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import atomic, ngram
+from . import atomic, ngram, runtime
 from .config import MAX_LAYERS, MAX_WIDTH, RECENT, ModelConfig, state_shapes
 from .errors import CharloomError
 from .model import CharRNN
@@ -462,6 +462,7 @@ def _short_refusals() -> Iterator[None]:
 def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a model file (or the model in a run folder). Refuses damaged, foreign and newer files, each with
     one line, before reading more than the header of any file whose header does not hold."""
+    device = runtime.device_here(device)  # before the file is read: a device not here is the caller's mistake
     p = model_path(path)
     with _short_refusals():
         return _load(p, str(p), device)

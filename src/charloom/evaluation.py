@@ -299,11 +299,22 @@ def corpus_batches(corpus: Corpus, streams: int = 1, window: int = 1024) -> Iter
     return eval_windows(Stream(corpus.ids, [(0, len(corpus.ids))]), window, streams, corpus.vocab.pad_id)
 
 
-def _check_scorable(corpus: Corpus) -> None:
+def _check_scorable(corpus: Corpus, model: CharRNN) -> None:
     """A text's first character is never predicted: one of fewer than two has nothing to score (records always
-    have their <eos>)."""
+    have their <eos>). A corpus encoded with another vocabulary than the model's would be read as other
+    characters, or with ids the model has no row for."""
     if not corpus.is_records and len(corpus.ids) < 2:
         raise CharloomError(f"{corpus.name}: nothing to evaluate: the text has fewer than two characters")
+    V = model.cfg.vocab_size
+    if len(corpus.vocab) != V or (len(corpus.ids) and int(corpus.ids.max()) >= V):
+        raise CharloomError(f"{corpus.name}: encoded with a vocabulary of {len(corpus.vocab)} ids, not the "
+                            f"model's {V}; load it with the model's (load_corpus(..., vocab=checkpoint.vocab))")
+
+
+def _device(model: CharRNN, cfg: EvalConfig, device: torch.device | str | None) -> torch.device:
+    """Where to score: `device`, else the config's unless it is auto, else where the model is."""
+    asked = device if device is not None else None if cfg.device == "auto" else cfg.device
+    return runtime.device_here(asked, next(model.parameters()).device)
 
 
 def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
@@ -311,8 +322,8 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     """Bits per character of `model` (with its n-gram `mixture`, if it has one) on all of `corpus` (encoded with
     the model's vocabulary), in fp32."""
     cfg = cfg or EvalConfig()
-    _check_scorable(corpus)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    _check_scorable(corpus, model)
+    device = _device(model, cfg, device)
     check_streams(model, cfg.streams)
     batches = corpus_batches(corpus, cfg.streams, cfg.window)
     return evaluate_mixed(model, mixture, batches, device) if mixture else evaluate(model, batches, device)
@@ -326,7 +337,8 @@ def label_scores(model: CharRNN, corpus: Corpus, indices: np.ndarray | None = No
     order: {"label", "records", "characters", "bpc", "wrong_bpc", "wrong_bpc_each", "no_label_bpc"}."""
     if corpus.labels is None:
         raise CharloomError(f"{corpus.name}: the records carry no labels (give --label-column or --label-field)")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    _check_scorable(corpus, model)
+    device = runtime.device_here(device, next(model.parameters()).device)
     indices = np.arange(corpus.num_records) if indices is None else np.asarray(indices)
     names = corpus.vocab.labels
     check_streams(model, 1)
@@ -463,8 +475,8 @@ def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     time, a continuous text as one stream (in several, a stream's first character would be learned from before the
     stream ending there had predicted it)."""
     cfg = cfg or EvalConfig()
-    _check_scorable(corpus)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    _check_scorable(corpus, model)
+    device = _device(model, cfg, device)
     streams = cfg.streams if corpus.is_records else 1
     _check_segment(model, streams, cfg.adapt_segment)
     return adapt(model, corpus_batches(corpus, streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,

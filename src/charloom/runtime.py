@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .cells import CELLS
-from .errors import CharloomError
+from .errors import CharloomError, ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> dtype
 # the probe's shape (B, T, H, E) and its timing: large enough that a faster kernel shows, small enough
@@ -61,6 +61,29 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise CharloomError(f"--device: {name!r} is not one of auto, cpu, cuda, mps")
     return torch.device(name)
+
+
+def device_here(device: torch.device | str | None, default: torch.device | None = None,
+                name: str = "device") -> torch.device:
+    """A Python caller's `device` as a torch.device this machine has (None: `default`, else the CPU); a name torch
+    cannot read, or a GPU that is not here, is a one-line error naming `name` rather than torch's own."""
+    if device is None:
+        return default if default is not None else torch.device("cpu")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise ConfigError(f"{name}: {device!r} is not a device (cpu, cuda, cuda:1, mps)")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{name}: {device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if d.type == "cuda" and (d.index or 0) >= gpus:
+        raise ConfigError(f"{name}: {str(d)!r} is not here ({gpus} CUDA GPUs available)")
+    if d.type == "mps" and not has_mps:
+        raise ConfigError(f"{name}: Apple's MPS is not available here")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{name}: {str(d)!r} is not one of cpu, cuda, mps")
+    return d
 
 
 def synchronize(device: torch.device) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from .config import SampleOptions
 from .decoding import GATE_ROWS, Writer, apply_repetition_penalty, choose, filter_logits, sample_options
+from . import runtime
 from .model import CharRNN, RecallStep, State
 from .vocab import Vocab
 
@@ -98,7 +99,7 @@ class Generator(Writer):
         self.model = model
         self.vocab = vocab
         self.records = records
-        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.device = runtime.device_here(device or None, next(model.parameters()).device)
         self.num_layers, self.hidden_size = model.cfg.num_layers, model.cfg.hidden_size
         self.head_width = model.cfg.head_width
         self.config = model.cfg
@@ -116,7 +117,7 @@ class Generator(Writer):
     def from_checkpoint(cls, ck: Checkpoint, device: torch.device | str | None = None) -> Generator:
         """The Generator for a loaded model file: its model, vocabulary, records flag and n-gram. device: where
         to run (the checkpoint's model is moved there); default: where the model already is."""
-        model = ck.model.to(device) if device is not None else ck.model
+        model = ck.model.to(runtime.device_here(device)) if device is not None else ck.model
         gen = cls(model, ck.vocab, device=device, records=ck.records)
         gen.mixture = ck.mixture
         return gen
