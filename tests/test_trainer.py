@@ -710,3 +710,41 @@ def test_the_size_check_counts_each_rows_attention_memory(tmp_path, text_file, t
     with pytest.raises(charloom.ConfigError, match=r"--attention 65536, --memory 4096, .* to train, more than"):
         charloom.train(source=str(text_file), **dict(opts, attention=65_536))
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def _stopped_by(sig):
+    def on(event):
+        if event["event"] == "step" and event["step"] == 2:
+            os.kill(os.getpid(), sig)
+    return on
+
+
+def test_sigterm_exits_without_fitting_the_n_gram_and_a_resumed_run_adds_it(tmp_path, text_file, tiny, capsys):
+    """A scheduler's SIGTERM comes with a grace period that a minute's fit could outlast: the run saves and goes,
+    its model file the network alone, and says so; continued, it fits the n-gram at its end."""
+    result = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=6, callback=_stopped_by(signal.SIGTERM),
+                            **tiny)
+    assert result.stopped_by == "SIGTERM" and result.progress.step == 2
+    assert charloom.load(tmp_path).mixture is None
+    assert f"{tmp_path / 'model.safetensors'} holds the network alone: stopped by SIGTERM" in capsys.readouterr().out
+    charloom.train(out=str(tmp_path), resume=True, max_steps=6, progress=False)
+    assert charloom.load(tmp_path).mixture is not None
+
+
+def test_sigint_fits_the_n_gram_saying_so_and_a_second_leaves_the_network_alone(tmp_path, text_file, tiny, capsys,
+                                                                                 monkeypatch):
+    result = charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=6,
+                            callback=_stopped_by(signal.SIGINT), **tiny)
+    assert result.stopped_by == "SIGINT" and charloom.load(tmp_path / "a").mixture is not None
+    assert "adding the n-gram to" in capsys.readouterr().out
+
+    def interrupted(*args, **kwargs):  # the second Ctrl-C, while the n-gram is fitted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hooks, "fit_mixture", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_steps=6,
+                       callback=_stopped_by(signal.SIGINT), **tiny)
+    assert "the n-gram was not added" in capsys.readouterr().out
+    ck = charloom.load(tmp_path / "b")
+    assert ck.mixture is None and ck.info["step"] == 2

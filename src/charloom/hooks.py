@@ -153,10 +153,19 @@ class Mixing(Hook):
         path = t.out / checkpoint.MODEL_FILE
         if not t.rt.procs.main or not path.is_file() or (not result.steps_run and not _unfitted(path, self.order)):
             return
+        if result.stopped_by == "SIGTERM":  # a scheduler's stop: its grace period may be shorter than the fit
+            say(f"{path} holds the network alone: stopped by SIGTERM, the run exits without fitting its n-gram, "
+                f"which it adds when it ends if continued with --resume")
+            return
+        if result.stopped_by == "SIGINT":
+            say(f"adding the n-gram to {path} before exiting (Ctrl-C again leaves the network alone there)")
         try:
             self._add(t, path)
         except (MemoryError, CharloomError) as e:  # the model file stays as it was: the network alone
             say(f"the n-gram was not added to {path} ({str(e) or 'out of memory'}); it holds the network alone")
+        except KeyboardInterrupt:
+            say(f"the n-gram was not added to {path}; it holds the network alone")
+            raise
 
     def _add(self, t: Trainer, path: Path) -> None:
         t0 = time.perf_counter()
