@@ -87,6 +87,18 @@ def test_a_value_outside_the_map_is_refused_naming_value_and_flag(ag_csv):
         load(ag_config(path, label_map="1=World,2=Sports,3=Business"))
 
 
+def test_a_header_row_read_as_a_record_is_named_with_the_way_out(ag_csv, tmp_path):
+    path, rows = ag_csv
+    headed = tmp_path / "headed.csv"
+    headed.write_text("Class Index,Title\n" + path.read_text())
+    with pytest.raises(CharloomError, match=r"label value 'Class Index' is not in the map .*; if the file's first "
+                                            r"row names its columns, give --header$"):
+        load(ag_config(headed, cache_dir=str(tmp_path / "cache")))
+    assert load(ag_config(headed, header=True, cache_dir=str(tmp_path / "cache"))).num_records == len(rows)
+    with pytest.raises(CharloomError, match=r"label value '4' is not in the map \(it maps '1', '2', '3'\)$"):
+        load(ag_config(path, label_map="1=World,2=Sports,3=Business"))  # not the first row's: no word of a header
+
+
 def test_labels_belong_to_records_of_the_right_format(ag_csv, tmp_path):
     path, _ = ag_csv
     with pytest.raises(CharloomError, match="--label-column: labels belong to records"):

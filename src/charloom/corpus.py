@@ -679,8 +679,11 @@ def label_names(raw: list[str], cfg: CorpusConfig) -> list[str]:
         return raw
     bad = next((r for r in dict.fromkeys(raw) if r not in mapping), None)
     if bad is not None:
+        # the first row's value, in no other row: most often a header row the reading was not told of
+        header = bad == raw[0] and raw.count(bad) == 1 and not cfg.header and cfg.label_column is not None
         raise CharloomError(f"--label-map: label value {bad!r} is not in the map (it maps "
-                            f"{', '.join(map(repr, mapping))})")
+                            f"{', '.join(map(repr, mapping))})"
+                            + ("; if the file's first row names its columns, give --header" if header else ""))
     return [mapping[r] for r in raw]
 
 
