@@ -530,3 +530,13 @@ def test_inference_never_imports_the_training_loop():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_start_text_given_twice_is_refused_not_dropped():
+    from charloom.decoding import sample_options
+
+    with pytest.raises(ConfigError, match=r"^start: given twice, as 'a' and as start='b'"):
+        sample_options("a", 5, start="b")
+    with pytest.raises(ConfigError, match=r"^start: given twice"):
+        model_for().generate("the", 10, start="a")
+    assert sample_options("a", 5, seed=3) == SampleOptions(start="a", length=5, seed=3)

@@ -548,7 +548,8 @@ class SampleOptions(Config):
     top_p: float = option(1.0, "sample from the smallest set of characters whose probability reaches p (1: all)")
     repetition_penalty: float = option(1.0, "make characters already used less likely, 1-10 (1: off; 1.1-1.3 is mild)")
     seed: int | None = option(None, "random seed, 0 to 2**62 - 1: the same seed gives the same text; sample i "
-                                    "uses seed + i")
+                                    "uses seed + i, of which only the low 32 bits count (as torch's seeds: "
+                                    "2**32 writes what 0 does)")
     stop: tuple[str, ...] = option((), "end a sample just before this text appears; give several to stop at any "
                                        "(on the command line, \\n is a newline)", metavar="TEXT")
     label: str | None = option(None, "a model trained on labelled records: write for this label (Sports); "

@@ -466,5 +466,7 @@ def sample_options(options: SampleOptions | str | None = None, length: int | Non
     if isinstance(options, SampleOptions):
         return options.replace(**changes) if changes else options
     if options is not None:
+        if "start" in changes:  # two start texts: neither may be dropped in silence
+            raise ConfigError(f"start: given twice, as {options!r} and as start={changes['start']!r}")
         changes["start"] = options
     return SampleOptions(**changes)
