@@ -1,3 +1,4 @@
+import json
 import pytest
 
 from charloom.config import (BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions,
@@ -124,3 +125,20 @@ def test_a_model_no_file_could_hold_is_refused_before_a_run_trains_it(tmp_path, 
     assert not (tmp_path / "run").exists()
     name = next(iter(kwargs))
     assert ModelConfig(**{name: LIMITS[name]}).validate() is None  # the largest a file holds is allowed
+
+
+def test_numpy_numbers_are_numbers_and_stay_plain_python_ones():
+    """A value computed with NumPy (a temperature from a sweep, a length from an array) is taken as its Python
+    number, so that the config's dict is plain JSON; a NumPy bool is no number, as a Python one is not."""
+    import numpy as np
+
+    opts = SampleOptions(temperature=np.float32(0.5), length=np.int64(5), seed=np.uint64(3))
+    assert (opts.temperature, opts.length, opts.seed) == (0.5, 5, 3)
+    assert [type(v) for v in (opts.temperature, opts.length, opts.seed)] == [float, int, int]
+    assert json.loads(json.dumps(opts.to_dict()))["length"] == 5
+    with pytest.raises(ConfigError, match=r"^temperature: np.True_ is not a number"):
+        SampleOptions(temperature=np.bool_(True))
+    with pytest.raises(ConfigError, match=r"^temperature: nan is not a finite number"):
+        SampleOptions(temperature=np.float32("nan"))
+    with pytest.raises(ConfigError, match=r"^length: np.float64\(5.0\) is not an integer"):
+        SampleOptions(length=np.float64(5.0))

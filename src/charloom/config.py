@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ def _check(name: str, value: Any, tp: Any) -> Any:
             return None
         raise ConfigError(f"{name}: {value!r} is not null")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # numbers.Real: a NumPy scalar (np.float32(0.5), a model's output) is a number as a float is
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = int(value) if isinstance(value, numbers.Integral) else float(value)
             if isinstance(value, int) and abs(value) > 2**1023:  # a JSON integer past float's range
                 raise ConfigError(f"{name}: integer too large to be a number")
             if not math.isfinite(value):
@@ -68,8 +71,8 @@ def _check(name: str, value: Any, tp: Any) -> Any:
             return float(value)
         raise ConfigError(f"{name}: {value!r} is not a number")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
         raise ConfigError(f"{name}: {value!r} is not an integer")
     if isinstance(tp, type):
         if isinstance(value, tp):
