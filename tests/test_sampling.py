@@ -87,6 +87,22 @@ def test_uniform_picks_by_inverse_cdf():
     assert choose(logits, 1.0, u=np.array([0.99]))[0] == 2
 
 
+@pytest.mark.parametrize("logits, u, message", [
+    ([[-np.inf, -np.inf, -np.inf]], None, r"^logits: every row needs a finite logit, and none may be NaN"),
+    ([[0.0, np.nan, 1.0]], None, r"^logits: every row needs a finite logit"),
+    ([0.0, 1.0], None, r"^logits: must be \(B, V\) with V at least 1, got shape \(2,\)"),
+    (np.zeros((2, 0)), None, r"^logits: must be \(B, V\)"),
+    ([[0.0, 1.0]], [-1.0], r"^u: must be \(1,\) uniforms in \[0, 1\), one per row"),
+    ([[0.0, 1.0]], [1.0], r"^u: must be \(1,\) uniforms"),
+    ([[0.0, 1.0]], [0.1, 0.2], r"^u: must be \(1,\) uniforms"),
+])
+def test_logits_with_no_id_to_choose_or_uniforms_out_of_range_are_refused(logits, u, message):
+    """A row of -inf has no id to choose: choosing <pad> (id 0) in silence hid the fault that made it; a uniform
+    outside [0, 1) picks an id regardless of its probability."""
+    with pytest.raises(ConfigError, match=message):
+        choose(np.asarray(logits, dtype=np.float32), 1.0, u=None if u is None else np.asarray(u, np.float32))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 + 7, 2**62 - 1])
 def test_uniform_streams_are_torchs_own(seed):
     """The seeded draws equal torch's CPU generator's, so a seed means the same text with or without torch."""

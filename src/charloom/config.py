@@ -484,8 +484,8 @@ class TrainConfig(Config):
     extend_vocab: bool = option(False, "with --init-from: add the new text's unknown characters to the vocabulary as "
                                        "new ids (new rows in the input and output layers; the old rows unchanged)")
     overwrite: bool = option(False, "start afresh even if --out already holds a run (its files are replaced)")
-    progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal (off: only where "
-                                  "the model went and its score)")
+    progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal while it trains "
+                                  "(off: only the end: where the model went, its score and the run's report)")
 
     @property
     def shows_samples(self) -> bool:

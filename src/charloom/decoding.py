@@ -136,8 +136,16 @@ def choose(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: 
     """
     opts = SampleOptions(temperature=temperature, top_k=top_k, top_p=top_p)
     logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2 or not logits.shape[1]:
+        raise ConfigError(f"logits: must be (B, V) with V at least 1, got shape {logits.shape}")
+    if np.isnan(logits).any() or not np.isfinite(logits).any(-1).all():  # no id to choose, or none fairly
+        raise ConfigError("logits: every row needs a finite logit, and none may be NaN")
     if u is None and opts.temperature >= GREEDY_BELOW:
         u = (rng or np.random.default_rng()).random(logits.shape[0], dtype=np.float32)
+    elif u is not None:
+        u = np.asarray(u, dtype=np.float32)
+        if u.shape != logits.shape[:1] or not ((u >= 0) & (u < 1)).all():
+            raise ConfigError(f"u: must be ({logits.shape[0]},) uniforms in [0, 1), one per row")
     return choose_checked(logits, opts.temperature, opts.top_k, opts.top_p, u)
 
 
