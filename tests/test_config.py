@@ -142,3 +142,19 @@ def test_numpy_numbers_are_numbers_and_stay_plain_python_ones():
         SampleOptions(temperature=np.float32("nan"))
     with pytest.raises(ConfigError, match=r"^length: np.float64\(5.0\) is not an integer"):
         SampleOptions(length=np.float64(5.0))
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    """Path("") is ".": a run would write its files over the current folder's, a corpus would read every file
+    under it, and a model would be looked for there."""
+    import charloom
+    from charloom.errors import CharloomError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^out: must name a run folder"):
+        charloom.train(source="names", out="", max_steps=1)
+    with pytest.raises(ConfigError, match=r"^source: must name a corpus, a file, a folder or a glob"):
+        CorpusConfig(source=" ")
+    with pytest.raises(CharloomError, match=r"^no model file or run folder named \(an empty path\)"):
+        charloom.load("")
+    assert list(tmp_path.iterdir()) == []

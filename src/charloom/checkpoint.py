@@ -79,6 +79,8 @@ class Checkpoint:
 
 def model_path(path: str | Path) -> Path:
     """A run folder means the model file in it."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise CharloomError("no model file or run folder named (an empty path)")
     p = Path(path).expanduser()
     if p.is_dir():
         for name in (MODEL_FILE, RESUME_FILE):

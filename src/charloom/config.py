@@ -198,6 +198,8 @@ class CorpusConfig(Config):
 
     def validate(self) -> None:
         _positive(self, "min_count")
+        if not self.source.strip():  # Path("") is the current folder: every file under it would be read
+            raise ConfigError("source: must name a corpus, a file, a folder or a glob")
         if self.field is not None and not self.field:
             raise ConfigError("field: must not be empty")
         if self.label_field is not None and not self.label_field:
@@ -493,6 +495,8 @@ class TrainConfig(Config):
         return bool(self.progress and self.sample_length and self.sample_temperatures)
 
     def validate(self) -> None:
+        if not self.out.strip():  # Path("") is the current folder, whose files a run would write over
+            raise ConfigError("out: must name a run folder")
         for n in ("max_steps", "warmup", "eval_every", "eval_chars", "sample_length", "threads", "ngram"):
             if getattr(self, n) < 0:
                 raise ConfigError(f"{n}: must not be negative, got {getattr(self, n)}")
