@@ -456,3 +456,23 @@ def test_the_logits_of_a_long_text_are_read_in_pieces_with_the_state_carried(tmp
     assert got.shape == (len(ids), len(ck.vocab)) and got.dtype == np.float32
     np.testing.assert_allclose(got, whole[0], atol=FP32_TOLERANCE, rtol=0)
     np.testing.assert_allclose(got, want[0].numpy(), atol=FP32_TOLERANCE, rtol=0)
+
+
+def test_a_run_folder_means_the_onnx_file_export_wrote_there(tmp_path):
+    """As `charloom.load` takes a run folder for its model file, OnnxGenerator.load takes it for model.onnx."""
+    ck, report = exported(tmp_path)
+    assert report.path == tmp_path / "model.onnx"
+    assert OnnxGenerator.load(tmp_path).generate("the", 20, seed=1) == \
+        OnnxGenerator.load(report.path).generate("the", 20, seed=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CharloomError, match=r"empty: no such ONNX file \(nor model.onnx in it\)$"):
+        OnnxGenerator.load(tmp_path / "empty")
+
+
+def test_a_model_file_that_opens_but_cannot_be_read_is_one_line(tmp_path):
+    from charloom import checkpoint
+
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("no /proc here")
+    with pytest.raises(CharloomError, match=r"^/proc/self/mem: cannot read \("):
+        checkpoint.load("/proc/self/mem")

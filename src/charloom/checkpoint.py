@@ -467,7 +467,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     device = runtime.device_here(device)  # before the file is read: a device not here is the caller's mistake
     p = model_path(path)
     with _short_refusals():
-        return _load(p, str(p), device)
+        try:
+            return _load(p, str(p), device)
+        except OSError as e:  # a file that opens but fails to read (a disk error, a special file in /proc)
+            raise CharloomError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
 def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:

@@ -478,10 +478,11 @@ def cmd_plot(ns: argparse.Namespace) -> None:
 def cmd_export(ns: argparse.Namespace) -> None:
     from . import checkpoint
     from .export import export
+    from .onnx_generator import EXPORTED
 
     cfg = options(ns, ExportConfig)
     ck = checkpoint.load(ns.checkpoint)
-    out = Path(cfg.out) if cfg.out else (ck.path.parent / "model.onnx")
+    out = Path(cfg.out) if cfg.out else (ck.path.parent / EXPORTED)
     for line in export(ck, cfg, out).lines():
         print(f"charloom: {line}", file=sys.stderr)
 

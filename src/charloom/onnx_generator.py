@@ -26,6 +26,7 @@ from .vocab import Vocab, check_labelled
 METADATA_KEY = "charloom"
 FORMAT = "charloom-onnx"
 VERSION = 1
+EXPORTED = "model.onnx"  # the file `charloom export` writes into a run folder by default
 MAX_FILE_BYTES = 2 << 30  # protobuf's own limit: a larger file is not a model onnxruntime can read
 MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large vocabulary is a few hundred KB
 # the operators charloom's exporter writes (fp32 and int8, every cell and input kind): a file that asks
@@ -68,9 +69,11 @@ class OnnxModel:
         except ImportError:
             raise CharloomError("an .onnx model needs the 'onnx' extra: pip install 'charloom[onnx]'") from None
         p = Path(path).expanduser()
+        if p.is_dir() and (p / EXPORTED).is_file():  # a run folder means the file `charloom export` wrote there
+            p = p / EXPORTED
         where = str(p)
         if not p.is_file():
-            raise CharloomError(f"{where}: no such ONNX file")
+            raise CharloomError(f"{where}: no such ONNX file" + (f" (nor {EXPORTED} in it)" if p.is_dir() else ""))
         if p.stat().st_size > MAX_FILE_BYTES:
             raise CharloomError(f"{where}: {p.stat().st_size:,} bytes is too large for a character model file")
         data = p.read_bytes()
