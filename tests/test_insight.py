@@ -267,3 +267,27 @@ def test_empty_texts_read_and_trace_to_nothing():
     assert len(read(g, "").probs) == 0
     a = activations(g, "")
     assert a.values["c"].shape == (2, 0, 16) and a.varying("c", 0) == []
+
+
+def test_what_a_reading_cannot_mean_is_refused_naming_the_argument():
+    """From Python as from the server: one line naming the argument, never a bare KeyError or IndexError, and a
+    lone surrogate (no character) is refused as the sampling options refuse it."""
+    from charloom.errors import ConfigError
+
+    g = generator(layers=2)
+    cases = [
+        (lambda: read(g, "t\ud800"), r"^text: U\+D800 at position 1 is a lone surrogate"),
+        (lambda: read(g, "the", context="\udcff"), r"^context: U\+DCFF at position 0 is a lone surrogate"),
+        (lambda: read(g, "the", k=-1), r"^k: the alternatives shown per character must be a whole number of at "
+                                       r"least 1, got -1"),
+        (lambda: read(g, "the", k=0), r"^k: .* got 0"),
+        (lambda: activations(g, "the").varying("zz"), r"^name: 'zz' is not a state of this model \('h', 'c'\)"),
+        (lambda: activations(g, "the").varying("h", 2), r"^layer: 2 is not a layer of this model \(0 to 1\)"),
+        (lambda: g.read_logits([]), r"^ids: must be one or more ids of this model's vocabulary"),
+        (lambda: g.read_logits([len(g.vocab)]), r"^ids: must be one or more ids of this model's vocabulary \(0 to "),
+        (lambda: g.read_logits([1, -1]), r"^ids: must be one or more ids"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            make()
+    assert activations(g, "the").varying("c", -1, k=3)  # the last layer, as a list index reads it

@@ -81,7 +81,7 @@ def _check(name: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} on {name}")
 
 
-def _check_text(name: str, value: Any) -> None:
+def check_text(name: str, value: Any) -> None:
     """Text that is not text is refused: a lone surrogate (what bytes that are not UTF-8 on the command line, or a
     JSON escape, become) is not a character; no UTF-8 file, terminal or reply can hold it, and it would fail at a
     save or a sample minutes later."""
@@ -117,7 +117,7 @@ class Config:
         self.validate()  # first: a class's own check of a text may name it better (a sample's start, by its flag)
         for f in dataclasses.fields(self):
             if not f.metadata.get("path"):
-                _check_text(f.name, getattr(self, f.name))
+                check_text(f.name, getattr(self, f.name))
 
     def validate(self) -> None:
         """Range checks across fields; subclasses raise ConfigError naming the field."""

@@ -196,6 +196,9 @@ class Writer:
     def read_logits(self, ids: Sequence[int], ngram: bool = True) -> np.ndarray:
         """(T, V) float32 logits of one text of ids read from a zero state, the state carried through it: row t
         predicts ids[t + 1] (log-probabilities of the mixture, for a model with an n-gram, unless `ngram` is False)."""
+        V, given = len(self.vocab), np.asarray(ids)
+        if not given.size or given.ndim != 1 or given.dtype.kind not in "iu" or given.min() < 0 or given.max() >= V:
+            raise ConfigError(f"ids: must be one or more ids of this model's vocabulary (0 to {V - 1})")
         self.check_reading(len(ids))
         logits = self._read_logits(ids)
         if self.mixture is None or not ngram:

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import check_text
 from .decoding import Writer, prefix_ids, softmax
+from .errors import ConfigError
 from .vocab import Vocab
 
 ALTERNATIVES = 5  # the likeliest characters reported at each position
@@ -63,6 +65,8 @@ def read(gen: Writer, text: str, context: str = "", k: int = ALTERNATIVES, label
     model reads <bos> first, then `label`'s token when one is given; with no context a continuous model starts
     after a newline, as sampling does). ngram=False: the network alone, for a model with an n-gram."""
     v = gen.vocab
+    check_text("text", text)  # a lone surrogate is no character: no reply or terminal could show it
+    check_text("context", context)
     before = prefix_ids(v, gen.records, context, where="context", label=label)
     return read_ids(gen, before, v.encode_array(text, where="text").tolist(), v.prepare(text), k, ngram)
 
@@ -71,6 +75,8 @@ def read_ids(gen: Writer, before: list[int], ids: list[int], shown: str, k: int 
              ngram: bool = True) -> Reading:
     """`read` of ids already encoded, after the ids `before` (at least one): `shown` is their text."""
     v = gen.vocab
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k: the alternatives shown per character must be a whole number of at least 1, got {k!r}")
     if not ids:
         empty = np.zeros((0, k))
         return Reading(shown, np.zeros(0, np.float32), empty.astype(np.int64), empty.astype(np.float32), v)
@@ -98,6 +104,11 @@ class Activations:
 
     def varying(self, name: str = "h", layer: int = 0, k: int = 16) -> list[tuple[int, float]]:
         """[(unit, standard deviation over the text)] of the k units that vary most, the most first."""
+        if name not in self.values:
+            raise ConfigError(f"name: {name!r} is not a state of this model ({', '.join(map(repr, self.values))})")
+        layers = len(self.values[name])
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -layers <= layer < layers:
+            raise ConfigError(f"layer: {layer!r} is not a layer of this model (0 to {layers - 1})")
         values = self.values[name][layer]  # (N, H)
         if not len(values):  # an empty text: nothing varies
             return []
