@@ -124,7 +124,7 @@ def main() -> None:
 def measure(ck, data, args: argparse.Namespace) -> str:
     torch.set_num_threads(2)
     saved, ck.mixture = ck.mixture, None  # the sweep makes its own
-    ids = training_text(data, ngram.MAX_CHARS)
+    ids, _ = training_text(data, ngram.MAX_CHARS)
     rows = sweep(ck, data, ids)
     # the costs are the saved mixture's, last layer and all, as `charloom sample` runs it
     if saved is None:

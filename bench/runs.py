@@ -54,4 +54,4 @@ def shakespeare(fit: bool = False):
     `training_text`."""
     corpus = charloom.load_corpus(charloom.CorpusConfig(source="shakespeare"))
     cfg = charloom.BatchConfig()
-    return charloom.prepare(corpus, cfg.settled(charloom.TrainConfig().ngram, False) if fit else cfg)
+    return charloom.prepare(corpus, cfg.settled(charloom.TrainConfig().ngram) if fit else cfg)

@@ -289,7 +289,7 @@ def test_the_mixtures_fit_text_is_cut_from_the_start_of_the_training_split_and_n
 
     assert all(not (b.x == z).any() and not (b.y == z).any() for b in epoch(cut.train))
     assert any((b.y == z).any() for b in epoch(whole.train))
-    assert np.array_equal(training_text(cut, 10**9), np.r_[corpus.ids[1_500:19_000], corpus.ids[:1_500]])
+    assert np.array_equal(training_text(cut, 10**9)[0], np.r_[corpus.ids[1_500:19_000], corpus.ids[:1_500]])
     capped = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=10**6))
     assert len(capped.fit) == len(whole.train.stream) // 10  # at most a tenth of the training split
 
@@ -315,3 +315,30 @@ def test_a_split_shorter_than_a_window_advises_only_what_can_still_change(seq_le
     cfg = BatchConfig(batch_size=1, seq_len=seq_len, val_fraction=val_fraction)
     with pytest.raises(CharloomError, match=f"{advice}$"):
         StreamBatches(Stream(np.zeros(1, dtype=np.int64), [(0, 1)]), cfg, 0)
+
+
+def test_records_left_out_for_the_mixtures_fit_are_whole_random_and_never_trained_on():
+    """fit_chars on records: seeded random whole training records of about that many ids (each with its <bos> and
+    <eos>), never in a training batch, the validation records unchanged; `training_text` ends with them and says
+    how many of its ids they are."""
+    from charloom.batching import training_text
+
+    texts = [f"{chr(97 + i % 26) * (3 + i % 7)}" for i in range(2_000)]  # sorted runs, as a names file may be
+    corpus = records_corpus(texts)
+    whole = prepare(corpus, BatchConfig(batch_size=4, seq_len=16))
+    cut = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=1_000))
+    assert whole.fit_records is None and np.array_equal(whole.val.indices, cut.val.indices)
+    fit, kept = cut.fit_records, cut.train.indices
+    assert not np.intersect1d(fit, kept).size and np.array_equal(np.union1d(fit, kept), whole.train.indices)
+    ids = (np.diff(corpus.offsets)[fit] + 2).sum()
+    assert 1_000 <= ids < 1_000 + 2 + 9 and cut.fit_size == len(fit)  # the fewest whole records that reach it
+    assert np.ptp(fit) > len(whole.train.indices) // 2  # spread over the file, not its first (sorted) records
+    text, held = training_text(cut, 10**9)
+    assert held == ids and len(text) == (np.diff(corpus.offsets)[whole.train.indices] + 2).sum()
+    v = corpus.vocab
+    assert text[-held:].tolist() == [t for i in fit for t in (v.bos_id, *corpus.ids[corpus.offsets[i]:
+                                                                                  corpus.offsets[i + 1]], v.eos_id)]
+    assert training_text(whole, 10**9)[1] is None
+    capped = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=10**6))  # at most a tenth
+    read = (np.diff(corpus.offsets)[whole.train.indices] + 2).sum()
+    assert read // 10 <= (np.diff(corpus.offsets)[capped.fit_records] + 2).sum() < read // 10 + 2 + 9

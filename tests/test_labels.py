@@ -167,11 +167,11 @@ def test_the_ngram_text_holds_each_training_record_with_its_label_as_the_network
     want = []
     for i in data.train.indices:
         want += [v.bos_id, int(c.labels[i]) + v.label_span.start, *c.ids[c.offsets[i]:c.offsets[i + 1]], v.eos_id]
-    assert training_text(data, 10**9).tolist() == want
-    assert training_text(data, 7).tolist() == want[-7:]
+    assert training_text(data, 10**9)[0].tolist() == want
+    assert training_text(data, 7)[0].tolist() == want[-7:]
     # with label dropout, the same records with a share of the labels left out, as in training
     ag = load(ag_config(ag_csv[0]))
-    whole, dropped = (training_text(prepare(ag, BatchConfig(val_fraction=0, label_dropout=d)), 10**9)
+    whole, dropped = (training_text(prepare(ag, BatchConfig(val_fraction=0, label_dropout=d)), 10**9)[0]
                       for d in (0, 0.3))
     labels = ag.vocab.label_ids
     assert np.isin(whole, labels).sum() == 400

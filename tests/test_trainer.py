@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -533,8 +534,8 @@ def test_a_fresh_start_after_a_run_killed_before_its_first_save_logs_only_its_ow
 
 
 def test_a_run_with_an_n_gram_keeps_the_start_of_its_training_split_for_the_mixtures_fit(tmp_path, text_file, tiny):
-    """fit_chars -1 (the default) settles to 200,000 in a run that mixes in an n-gram on a continuous text, and to
-    0 in one without an n-gram or on records; the run records what it settled, so a resume splits alike."""
+    """fit_chars -1 (the default) settles to 200,000 in a run that mixes in an n-gram, on a continuous text or on
+    records, and to 0 in one without an n-gram; the run records what it settled, so a resume splits alike."""
     with_ngram = charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=2, ngram=4, **tiny)
     assert checkpoint.run_configs(tmp_path / "a" / "last.safetensors")["batch"]["fit_chars"] == 200_000
     corpus = charloom.load_corpus(charloom.CorpusConfig(source=str(text_file)))
@@ -543,8 +544,11 @@ def test_a_run_with_an_n_gram_keeps_the_start_of_its_training_split_for_the_mixt
         whole.train.stream)  # the n-gram counts all of the split, the part training left out included
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_steps=2, ngram=0, **tiny)
     assert checkpoint.run_configs(tmp_path / "b" / "last.safetensors")["batch"]["fit_chars"] == 0
-    charloom.train(source="names", out=str(tmp_path / "c"), max_steps=2, ngram=4, **tiny)  # records: never cut
-    assert checkpoint.run_configs(tmp_path / "c" / "last.safetensors")["batch"]["fit_chars"] == 0
+    charloom.train(source="names", out=str(tmp_path / "c"), max_steps=2, ngram=4, **tiny)  # records: whole ones
+    assert checkpoint.run_configs(tmp_path / "c" / "last.safetensors")["batch"]["fit_chars"] == 200_000
+    names = charloom.load_corpus(charloom.CorpusConfig(source="names"))
+    assert checkpoint.load(tmp_path / "c").info["ngram"]["characters"] == (
+        np.diff(names.offsets)[charloom.prepare(names, charloom.BatchConfig(batch_size=4)).train.indices] + 2).sum()
 
 
 def test_a_run_saved_before_the_fit_text_resumes_training_on_its_whole_split(tmp_path, text_file, tiny):

@@ -33,6 +33,7 @@ SPLIT_BLOCK = 1 << 16  # characters per block when a stream is split at random
 BUCKET_POOL = 64  # batches' worth of records sorted together when bucketing
 SPLIT_TAG = 1 << 40  # second seed word of the split's generator; epochs (0, 1, ...) seed the batch order
 LABEL_TAG = 1 << 41  # last seed word of the label dropout's generator
+FIT_TAG = 1 << 42  # second seed word of the generator that picks the records a mixture is fitted on
 
 
 @dataclass
@@ -357,6 +358,7 @@ class Data:
     train_size: int  # characters (continuous) or records
     val_size: int
     fit: Stream | None = None  # the start of the training split, which training leaves out (`fit_chars`)
+    fit_records: np.ndarray | None = None  # records: the training records training leaves out (`fit_chars`)
 
     @property
     def train_shape(self) -> tuple[int, float]:
@@ -364,6 +366,12 @@ class Data:
         if isinstance(self.train, StreamBatches):
             return self.cfg.rows, float(self.cfg.seq_len)
         return self.train.batch_size, float((self.train.lengths + self.train.ends).mean())  # <eos> where it fits
+
+    @property
+    def fit_size(self) -> int:
+        """Characters (continuous) or records that training leaves out for a mixture's fit."""
+        return len(self.fit) if self.fit is not None else \
+            len(self.fit_records) if self.fit_records is not None else 0
 
     @property
     def train_characters(self) -> int:
@@ -390,11 +398,12 @@ def heldout_batches(corpus: Corpus, cfg: BatchConfig) -> Iterator[Batch]:
     return RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name).in_order() if len(va) else iter(())
 
 
-def training_text(data: Data, most: int) -> np.ndarray:
-    """The training split as one id array, its last `most` ids at most: a stream's segments joined (the part that
-    training leaves out, `Data.fit`, last: what a mixture is fitted on), or each training record wrapped in
-    <bos> ... <eos> as training reads it, a labelled one with its label after <bos> (but for a seeded
-    `label_dropout` share)."""
+def training_text(data: Data, most: int) -> tuple[np.ndarray, int | None]:
+    """The training split as one id array, its last `most` ids at most, and how many of its last ids training left
+    out (None: none; what a mixture is fitted on): a stream's segments joined, the part training leaves out
+    (`Data.fit`) last; or each training record wrapped in <bos> ... <eos> as training reads it, a labelled one
+    with its label after <bos> (but for a seeded `label_dropout` share), the records training leaves out
+    (`Data.fit_records`) last."""
     if isinstance(data.train, StreamBatches):
         stream = data.train.stream
         parts, left = [], most
@@ -403,21 +412,25 @@ def training_text(data: Data, most: int) -> np.ndarray:
             left -= len(parts[-1])
             if left <= 0:
                 break
-        return np.concatenate(parts[::-1]).astype(np.int64)
-    corpus, v, cfg, n = data.corpus, data.corpus.vocab, data.train.cfg, len(data.train.indices)
+        ids = np.concatenate(parts[::-1]).astype(np.int64)
+        return ids, min(len(data.fit), len(ids)) if data.fit is not None else None
+    corpus, v, cfg = data.corpus, data.corpus.vocab, data.train.cfg
+    fit = data.fit_records if data.fit_records is not None else np.zeros(0, np.int64)
+    order = np.concatenate([data.train.indices, fit])
     # labels dropped from the share of records training reads without one, so unlabelled writing has counts too
-    heads = label_heads(corpus, data.train.indices, np.random.default_rng([cfg.seed, LABEL_TAG]).random(n)
+    heads = label_heads(corpus, order, np.random.default_rng([cfg.seed, LABEL_TAG]).random(len(order))
                         < cfg.label_dropout)
-    parts, left = [], most
-    for j in range(n - 1, -1, -1):
-        i = data.train.indices[j]
+    parts, left, held = [], most, 0
+    for j in range(len(order) - 1, -1, -1):
+        i = order[j]
         rec = corpus.ids[corpus.offsets[i]:corpus.offsets[i + 1]]
         head = [] if heads is None or heads[j] < 0 else [heads[j]]
         parts.append(np.concatenate([[v.bos_id], head, rec, [v.eos_id]])[-left:])
         left -= len(parts[-1])
+        held += len(parts[-1]) if j >= len(data.train.indices) else 0
         if left <= 0:
             break
-    return np.concatenate(parts[::-1]).astype(np.int64)
+    return np.concatenate(parts[::-1]).astype(np.int64), held if len(fit) else None
 
 
 def _cut_start(segments: list[tuple[int, int]], n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -457,6 +470,23 @@ def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> 
     if n < 1:
         raise CharloomError(f"{corpus.name}: the corpus holds no records")
     tr, va = split_records(n, cfg)
+    tr, fit = _fit_records(corpus, tr, cfg, world)
     train_b = RecordBatches(corpus, tr, cfg, corpus.name, rank, world)
     val_b = RecordBatches(corpus, va, cfg.replace(overlong="cut"), corpus.name) if len(va) else None
-    return Data(corpus, cfg, train_b, val_b, len(train_b.indices), len(va))
+    return Data(corpus, cfg, train_b, val_b, len(train_b.indices), len(va), fit_records=fit)
+
+
+def _fit_records(corpus: Corpus, train: np.ndarray, cfg: BatchConfig, world: int
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the training records kept, those training leaves out for a mixture's fit, None for none): a seeded random
+    set (a records file is often sorted) of about `_fit_chars` characters, each record counted with its <bos> and
+    <eos>, taken whole."""
+    sizes = np.diff(corpus.offsets)[train] + 2  # (N,) ids of each training record as training reads it
+    n = _fit_chars(cfg, int(sizes.sum()), world)
+    if not n:
+        return train, None
+    order = np.random.default_rng([cfg.seed, FIT_TAG]).permutation(len(train))
+    k = int(np.searchsorted(np.cumsum(sizes[order]), n)) + 1  # the fewest records that reach n
+    if k >= len(train):
+        return train, None
+    return np.sort(train[order[k:]]), np.sort(train[order[:k]])

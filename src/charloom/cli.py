@@ -135,7 +135,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     c = corpus.load(ccfg)
     load_s = time.perf_counter() - t0
-    data = batching.prepare(c, bcfg.settled(TrainConfig().ngram, c.is_records))  # the split a default run makes
+    data = batching.prepare(c, bcfg.settled(TrainConfig().ngram))  # the split a default run makes
     v = c.vocab
     counts = [(int(n), v.itos[i]) for i, n in enumerate(c.counts()) if n]
     counts.sort(reverse=True)
@@ -151,7 +151,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
         "split": bcfg.split,
         "train": data.train_size,
         "validation": data.val_size,
-        "fit": len(data.fit) if data.fit is not None else 0,  # training text left out for the n-gram's mixture
+        "fit": data.fit_size,  # training text (or records) left out for the n-gram's mixture
         "batches_per_epoch": data.train.batches_in_epoch(0),
         "most_common": "".join(ch for _, ch in counts[:40]),
         "load_seconds": round(load_s, 3),

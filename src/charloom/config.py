@@ -267,10 +267,11 @@ class BatchConfig(Config):
     split: Literal["auto", "tail", "random"] = option(
         "auto", "tail = hold out the end of the corpus; random = hold out seeded random blocks or records; "
         "auto = tail for continuous corpora, random for records (a records file is often sorted)")
-    fit_chars: int = option(-1, "continuous corpora: characters at the start of the training split that training "
-                                "leaves out, at most a tenth of it, so that the n-gram's mixture (--ngram) is fitted "
-                                "on text the network has not learned by heart (0: none; -1: 200,000 in a run that "
-                                "mixes in an n-gram, else none; a split too short for ten batches keeps them all)")
+    fit_chars: int = option(-1, "characters of the training split that training leaves out, at most a tenth of it "
+                                "(the split's start, or seeded random whole records), so that the n-gram's mixture "
+                                "(--ngram) is fitted on text the network has not learned by heart (0: none; -1: "
+                                "200,000 in a run that mixes in an n-gram, else none; a split too short for ten "
+                                "batches keeps them all)")
     max_record_len: int = option(512, "records: characters kept per record")
     overlong: Literal["cut", "skip"] = option("cut", "records longer than max-record-len: cut them, or skip them")
     bucket: bool = option(True, "records: batch records of similar length together, so little compute goes to padding")
@@ -280,11 +281,11 @@ class BatchConfig(Config):
     seed: int = option(1337, "seed for the split and the batch order (and, on the command line, the weights, "
                              "dropout and samples)")
 
-    def settled(self, ngram: int, records: bool) -> BatchConfig:
-        """fit_chars -1 made what a run with `ngram` (TrainConfig.ngram) on such a corpus takes."""
+    def settled(self, ngram: int) -> BatchConfig:
+        """fit_chars -1 made what a run with `ngram` (TrainConfig.ngram) takes."""
         if self.fit_chars >= 0:
             return self
-        return self.replace(fit_chars=FIT_CHARS if ngram and not records else 0)
+        return self.replace(fit_chars=FIT_CHARS if ngram else 0)
 
     @property
     def rows(self) -> int:

@@ -170,8 +170,7 @@ class Mixing(Hook):
     def _add(self, t: Trainer, path: Path) -> None:
         t0 = time.perf_counter()
         ck = checkpoint.load(path, t.rt.device)
-        ids = training_text(t.data, ngram.MAX_CHARS)
-        held = len(t.data.fit) if t.data.fit is not None else None  # the part training left out, last in `ids`
+        ids, held = training_text(t.data, ngram.MAX_CHARS)  # held: the part training left out, last in `ids`
         mixture = fit_mixture(ck.model, ids, len(t.vocab), t.vocab.pad_id, self.order, device=t.rt.device,
                               held=held, given=t.vocab.label_span)
         figures: dict[str, Any] = {"order": mixture.ngram.order, "longest_asked": self.order,

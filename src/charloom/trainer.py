@@ -519,7 +519,7 @@ def _prepared(text: Callable[[], Corpus], batch: BatchConfig, cfg: TrainConfig, 
         batch = batch.replace(fit_chars=_saved_fit_chars(cfg, previous[1]) if batch.fit_chars < 0 else batch.fit_chars,
                               batch_size=batch.batch_size or _saved_batch_size(cfg, previous[1]))
     corpus = text()
-    batch = batch.settled(cfg.ngram, corpus.is_records)
+    batch = batch.settled(cfg.ngram)
     return prepare(corpus, batch, rt.procs.rank, rt.procs.world), batch
 
 
