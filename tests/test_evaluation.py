@@ -299,7 +299,6 @@ def test_a_corpus_encoded_with_another_vocabulary_is_refused_naming_it(tmp_path,
                                                                                                  corpus)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is of a GPU that is not here")
 def test_a_device_that_is_not_here_is_refused_naming_it(tmp_path):
     """From Python as from the command line: a one-line error naming the argument, not torch's own, and for a
     model file before the file is read."""
@@ -309,15 +308,23 @@ def test_a_device_that_is_not_here_is_refused_naming_it(tmp_path):
     (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog.\n" * 9)
     corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt"), cache_dir=str(tmp_path / "cache")))
     model = make(vocab=len(corpus.vocab))
-    for bad, message in [("cuda", r"^device: 'cuda' is not here \(0 CUDA GPUs available\)"),
-                         ("bogus", r"^device: 'bogus' is not a device"), (5, r"^device: 5 is not a device"),
-                         ("meta", r"^device: 'meta' is not one of cpu, cuda, mps")]:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cases = [("bogus", r"^device: 'bogus' is not a device here"), ("meta", r"^device: 'meta' holds no numbers"),
+             (f"cuda:{gpus}", rf"^device: 'cuda:{gpus}' is not here \({gpus} CUDA GPUs available\)"), (1.5, "^device")]
+    for bad, message in cases:
         with pytest.raises(ConfigError, match=message):
             score(model, corpus, device=bad)
         with pytest.raises(ConfigError, match=message):
             checkpoint.load(tmp_path / "no such file", device=bad)  # the device is refused first
         with pytest.raises(ConfigError, match=message):
             Generator(model, corpus.vocab, device=bad)
-    with pytest.raises(ConfigError, match=r"^device: 'cuda' is not here"):  # the config's device is not ignored
-        score(model, corpus, EvalConfig(device="cuda"))
-    assert score(model, corpus, device="cpu").bpc == score(model, corpus, EvalConfig(device="cpu")).bpc
+    with pytest.raises(ConfigError, match=rf"^device: 'cuda:{gpus}' is not here"):  # the config's is not ignored
+        score(model, corpus, EvalConfig(device="cuda"), device=f"cuda:{gpus}")
+    if not gpus:
+        with pytest.raises(ConfigError, match=r"^device: 'cuda' is not here \(0 CUDA GPUs available\)"):
+            score(model, corpus, EvalConfig(device="cuda"))
+    # a device named another way than the model's place: scored there on a copy, the caller's model left alone
+    weights = [p.clone() for p in model.parameters()]
+    assert score(model, corpus, device="cpu:0").bpc == score(model, corpus).bpc == \
+        score(model, corpus, EvalConfig(device="cpu")).bpc
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))

@@ -311,7 +311,7 @@ def _check_scorable(corpus: Corpus, model: CharRNN) -> None:
                             f"model's {V}; load it with the model's (load_corpus(..., vocab=checkpoint.vocab))")
 
 
-def _device(model: CharRNN, cfg: EvalConfig, device: torch.device | str | None) -> torch.device:
+def _where(model: CharRNN, cfg: EvalConfig, device: torch.device | str | None) -> torch.device:
     """Where to score: `device`, else the config's unless it is auto, else where the model is."""
     asked = device if device is not None else None if cfg.device == "auto" else cfg.device
     return runtime.device_here(asked, next(model.parameters()).device)
@@ -323,7 +323,9 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     the model's vocabulary), in fp32."""
     cfg = cfg or EvalConfig()
     _check_scorable(corpus, model)
-    device = _device(model, cfg, device)
+    device = _where(model, cfg, device)
+    if device != next(model.parameters()).device:  # scored as a copy moved there: the caller's model stays put
+        model = copy.deepcopy(model).to(device)
     check_streams(model, cfg.streams)
     batches = corpus_batches(corpus, cfg.streams, cfg.window)
     return evaluate_mixed(model, mixture, batches, device) if mixture else evaluate(model, batches, device)
@@ -476,7 +478,7 @@ def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     stream ending there had predicted it)."""
     cfg = cfg or EvalConfig()
     _check_scorable(corpus, model)
-    device = _device(model, cfg, device)
+    device = _where(model, cfg, device)  # `adapt` works on a copy it moves there itself
     streams = cfg.streams if corpus.is_records else 1
     _check_segment(model, streams, cfg.adapt_segment)
     return adapt(model, corpus_batches(corpus, streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,

@@ -69,20 +69,20 @@ def device_here(device: torch.device | str | None, default: torch.device | None 
     cannot read, or a GPU that is not here, is a one-line error naming `name` rather than torch's own."""
     if device is None:
         return default if default is not None else torch.device("cpu")
-    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
         raise ConfigError(f"{name}: {device!r} is not a device (cpu, cuda, cuda:1, mps)")
     try:
-        d = torch.device(device)
+        d = torch.device(device)  # an int is the accelerator of that index, as torch reads it
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"{name}: {device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+        raise ConfigError(f"{name}: {device!r} is not a device here (cpu, cuda, cuda:1, mps)") from None
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if d.type == "cuda" and (d.index or 0) >= gpus:
         raise ConfigError(f"{name}: {str(d)!r} is not here ({gpus} CUDA GPUs available)")
     if d.type == "mps" and not has_mps:
         raise ConfigError(f"{name}: Apple's MPS is not available here")
-    if d.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"{name}: {str(d)!r} is not one of cpu, cuda, mps")
+    if d.type == "meta":  # shapes without storage: nothing can be computed there
+        raise ConfigError(f"{name}: 'meta' holds no numbers to compute with")
     return d
 
 
