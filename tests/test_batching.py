@@ -342,3 +342,17 @@ def test_records_left_out_for_the_mixtures_fit_are_whole_random_and_never_traine
     capped = prepare(corpus, BatchConfig(batch_size=4, seq_len=16, fit_chars=10**6))  # at most a tenth
     read = (np.diff(corpus.offsets)[whole.train.indices] + 2).sum()
     assert read // 10 <= (np.diff(corpus.offsets)[capped.fit_records] + 2).sum() < read // 10 + 2 + 9
+
+
+def test_records_training_skips_are_never_left_out_for_the_fit_nor_counted():
+    """With --overlong skip, a record training never reads is neither a fit record nor counted towards the cut:
+    the cut is of text training would have read, and can never leave training nothing."""
+    texts = ["ab", "cd"] + ["x" * 101] * 10
+    corpus = records_corpus(texts)
+    cfg = dict(batch_size=1, seq_len=1, val_fraction=0, max_record_len=5, overlong="skip")
+    for seed in range(40):
+        data = prepare(corpus, BatchConfig(**cfg, fit_chars=10**6, seed=seed))
+        assert data.fit_records is None and data.train.indices.tolist() == [0, 1]  # two records: no cut of one
+    many = records_corpus(["ab"] * 300 + ["x" * 101] * 300)
+    data = prepare(many, BatchConfig(**cfg, fit_chars=40, seed=0))
+    assert (data.fit_records < 300).all() and len(data.fit_records) == 10  # 10 x (2 + 2) reaches 40

@@ -449,7 +449,8 @@ def _cut_start(segments: list[tuple[int, int]], n: int) -> tuple[list[tuple[int,
 
 def _fit_chars(cfg: BatchConfig, train: int, world: int) -> int:
     """Characters of a training split of `train` that training leaves out for a mixture's fit: `fit_chars` (-1, not
-    settled by a run, counts as none), at most a tenth, and none where the rest would not hold ten batches."""
+    settled by a run, counts as none), at most a tenth, and none where the rest would hold fewer characters than
+    ten batches of windows (records too: the rule is one of text, not of how records are batched)."""
     n = min(max(cfg.fit_chars, 0), train // 10)
     return n if train - n >= 10 * cfg.rows * world * (cfg.seq_len + 1) else 0
 
@@ -479,14 +480,17 @@ def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> 
 def _fit_records(corpus: Corpus, train: np.ndarray, cfg: BatchConfig, world: int
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """(the training records kept, those training leaves out for a mixture's fit, None for none): a seeded random
-    set (a records file is often sorted) of about `_fit_chars` characters, each record counted with its <bos> and
-    <eos>, taken whole."""
-    sizes = np.diff(corpus.offsets)[train] + 2  # (N,) ids of each training record as training reads it
+    set (a records file is often sorted) of about `_fit_chars` characters of those training reads (an overlong
+    record cut as it cuts it, or never one it skips), each counted with its <bos> and <eos>, taken whole."""
+    lengths = np.diff(corpus.offsets)[train]
+    read = np.flatnonzero(lengths <= cfg.max_record_len) if cfg.overlong == "skip" else np.arange(len(train))
+    sizes = np.minimum(lengths[read], cfg.max_record_len) + 2  # (N,) ids of each record training reads
     n = _fit_chars(cfg, int(sizes.sum()), world)
     if not n:
         return train, None
-    order = np.random.default_rng([cfg.seed, FIT_TAG]).permutation(len(train))
+    order = np.random.default_rng([cfg.seed, FIT_TAG]).permutation(len(read))
     k = int(np.searchsorted(np.cumsum(sizes[order]), n)) + 1  # the fewest records that reach n
-    if k >= len(train):
+    if k >= len(read):
         return train, None
-    return np.sort(train[order[k:]]), np.sort(train[order[:k]])
+    fit = read[order[:k]]
+    return np.delete(train, fit), np.sort(train[fit])

@@ -270,8 +270,8 @@ class BatchConfig(Config):
     fit_chars: int = option(-1, "characters of the training split that training leaves out, at most a tenth of it "
                                 "(the split's start, or seeded random whole records), so that the n-gram's mixture "
                                 "(--ngram) is fitted on text the network has not learned by heart (0: none; -1: "
-                                "200,000 in a run that mixes in an n-gram, else none; a split too short for ten "
-                                "batches keeps them all)")
+                                "200,000 in a run that mixes in an n-gram, else none; a split that would keep "
+                                "fewer characters than ten batches of --seq-len windows keeps them all)")
     max_record_len: int = option(512, "records: characters kept per record")
     overlong: Literal["cut", "skip"] = option("cut", "records longer than max-record-len: cut them, or skip them")
     bucket: bool = option(True, "records: batch records of similar length together, so little compute goes to padding")
