@@ -116,7 +116,7 @@ def test_export_options_for_the_int8_score_need_int8(kwargs):
 ])
 def test_a_model_no_file_could_hold_is_refused_before_a_run_trains_it(tmp_path, kwargs, message):
     import charloom
-    from charloom.checkpoint import LIMITS
+    from charloom.config import MAX_LAYERS, MAX_WIDTH
 
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**kwargs)
@@ -124,7 +124,8 @@ def test_a_model_no_file_could_hold_is_refused_before_a_run_trains_it(tmp_path, 
         charloom.train(source="names", out=str(tmp_path / "run"), max_steps=1, **kwargs)
     assert not (tmp_path / "run").exists()
     name = next(iter(kwargs))
-    assert ModelConfig(**{name: LIMITS[name]}).validate() is None  # the largest a file holds is allowed
+    most = MAX_LAYERS if name == "num_layers" else MAX_WIDTH
+    assert ModelConfig(**{name: most}).validate() is None  # the largest a file holds is allowed
 
 
 def test_numpy_numbers_are_numbers_and_stay_plain_python_ones():

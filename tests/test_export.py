@@ -474,5 +474,8 @@ def test_a_model_file_that_opens_but_cannot_be_read_is_one_line(tmp_path):
 
     if not Path("/proc/self/mem").exists():
         pytest.skip("no /proc here")
-    with pytest.raises(CharloomError, match=r"^/proc/self/mem: cannot read \("):
-        checkpoint.load("/proc/self/mem")
+    for load in (checkpoint.load, OnnxGenerator.load):
+        with pytest.raises(CharloomError, match=r"^/proc/self/mem: cannot read \("):
+            load("/proc/self/mem")
+    with pytest.raises(CharloomError, match=r"^no ONNX file or run folder named \(an empty path\)"):
+        OnnxGenerator.load("")

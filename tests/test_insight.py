@@ -286,8 +286,13 @@ def test_what_a_reading_cannot_mean_is_refused_naming_the_argument():
         (lambda: g.read_logits([]), r"^ids: must be one or more ids of this model's vocabulary"),
         (lambda: g.read_logits([len(g.vocab)]), r"^ids: must be one or more ids of this model's vocabulary \(0 to "),
         (lambda: g.read_logits([1, -1]), r"^ids: must be one or more ids"),
+        (lambda: activations(g, "t\ud800"), r"^text: U\+D800 at position 1 is a lone surrogate"),
+        (lambda: activations(g, "the").varying("h", 0, k=-1), r"^k: the units shown must be a whole number of at "
+                                                              r"least 1, got -1"),
     ]
     for make, message in cases:
         with pytest.raises(ConfigError, match=message):
             make()
     assert activations(g, "the").varying("c", -1, k=3)  # the last layer, as a list index reads it
+    assert len(activations(g, "the").varying("h", np.int64(1), k=np.int64(3))) == 3  # NumPy's integers too
+    assert len(read(g, "the", k=np.int64(2)).alternatives(0)) == 2

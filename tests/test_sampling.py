@@ -89,6 +89,7 @@ def test_uniform_picks_by_inverse_cdf():
 
 @pytest.mark.parametrize("logits, u, message", [
     ([[-np.inf, -np.inf, -np.inf]], None, r"^logits: every row needs a finite logit, and none may be NaN"),
+    ([[0.0, 1.0, np.inf]], [0.5], r"^logits: every row needs a finite logit, and none may be NaN or \+inf"),
     ([[0.0, np.nan, 1.0]], None, r"^logits: every row needs a finite logit"),
     ([0.0, 1.0], None, r"^logits: must be \(B, V\) with V at least 1, got shape \(2,\)"),
     (np.zeros((2, 0)), None, r"^logits: must be \(B, V\)"),
@@ -101,6 +102,12 @@ def test_logits_with_no_id_to_choose_or_uniforms_out_of_range_are_refused(logits
     outside [0, 1) picks an id regardless of its probability."""
     with pytest.raises(ConfigError, match=message):
         choose(np.asarray(logits, dtype=np.float32), 1.0, u=None if u is None else np.asarray(u, np.float32))
+
+
+def test_a_uniform_just_below_one_or_one_for_a_single_row_is_taken():
+    logits = np.log(np.array([[0.25, 0.25, 0.5, 1e-30]], dtype=np.float32))
+    assert choose(logits, 1.0, u=np.array([1 - 1e-12]))[0] == 2  # below 1 in float64, 1.0 in float32: not id 3
+    assert choose(logits, 1.0, u=0.1)[0] == choose(logits, 1.0, u=np.array([0.1]))[0] == 0  # a scalar, one row
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 + 7, 2**62 - 1])
@@ -556,3 +563,4 @@ def test_a_start_text_given_twice_is_refused_not_dropped():
     with pytest.raises(ConfigError, match=r"^start: given twice"):
         model_for().generate("the", 10, start="a")
     assert sample_options("a", 5, seed=3) == SampleOptions(start="a", length=5, seed=3)
+    assert sample_options("a", 5, start=None) == SampleOptions(start="a", length=5)  # None names no second one

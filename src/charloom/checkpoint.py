@@ -35,7 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import atomic, ngram, runtime
-from .config import MAX_LAYERS, MAX_WIDTH, RECENT, ModelConfig, state_shapes
+from .config import RECENT, ModelConfig, state_shapes
 from .errors import CharloomError
 from .model import CharRNN
 from .vocab import SPECIALS, Vocab, check_labelled
@@ -50,8 +50,8 @@ FULL_DIGEST = "sha256_all"  # of the header's meaning and the tensor bytes (see 
 FIELDS = ("format", "version", "config", "vocab", "records", "info", "extra")  # the header's fields, digests aside
 MAX_HEADER = 16 * 2**20  # bytes; a header is a few KB, a vocabulary of every code point about 13 MB
 MAX_VALUES = 2**17  # JSON values in a header (bounded by its commas and brackets): parsing stays in tens of MB
-LIMITS = {"num_layers": MAX_LAYERS, "hidden_size": MAX_WIDTH, "embedding": MAX_WIDTH,
-          "vocab_size": len(SPECIALS) + 0x110000}
+# the sizes a model file may hold: the config refuses deeper and wider models (MAX_LAYERS, MAX_WIDTH) itself
+LIMITS = {"vocab_size": len(SPECIALS) + 0x110000}
 MAX_MESSAGE = 500  # characters of a refusal, which may quote a name or value from the file
 WEIGHTS = "F32"  # the dtype save writes a model's weights in, and the only one load takes
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

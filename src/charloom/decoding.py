@@ -138,14 +138,18 @@ def choose(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: 
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2 or not logits.shape[1]:
         raise ConfigError(f"logits: must be (B, V) with V at least 1, got shape {logits.shape}")
-    if np.isnan(logits).any() or not np.isfinite(logits).any(-1).all():  # no id to choose, or none fairly
-        raise ConfigError("logits: every row needs a finite logit, and none may be NaN")
+    # no id to choose, or none fairly: NaN, +inf (whose softmax is NaN), or a row of -inf alone
+    if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits).any(-1).all():
+        raise ConfigError("logits: every row needs a finite logit, and none may be NaN or +inf")
     if u is None and opts.temperature >= GREEDY_BELOW:
         u = (rng or np.random.default_rng()).random(logits.shape[0], dtype=np.float32)
     elif u is not None:
-        u = np.asarray(u, dtype=np.float32)
+        u = np.broadcast_to(np.asarray(u, dtype=np.float64), logits.shape[:1]) if np.ndim(u) == 0 else \
+            np.asarray(u, dtype=np.float64)
         if u.shape != logits.shape[:1] or not ((u >= 0) & (u < 1)).all():
             raise ConfigError(f"u: must be ({logits.shape[0]},) uniforms in [0, 1), one per row")
+        # in float32, as the generation loop draws them: one just below 1 stays below it
+        u = np.minimum(u.astype(np.float32), np.nextafter(np.float32(1), np.float32(0)))
     return choose_checked(logits, opts.temperature, opts.top_k, opts.top_p, u)
 
 
@@ -477,7 +481,7 @@ def sample_options(options: SampleOptions | str | None = None, length: int | Non
     if isinstance(options, SampleOptions):
         return options.replace(**changes) if changes else options
     if options is not None:
-        if "start" in changes:  # two start texts: neither may be dropped in silence
+        if changes.get("start") is not None:  # two start texts: neither may be dropped in silence
             raise ConfigError(f"start: given twice, as {options!r} and as start={changes['start']!r}")
         changes["start"] = options
     return SampleOptions(**changes)

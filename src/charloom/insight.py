@@ -15,6 +15,7 @@ before any temperature or filter.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +76,7 @@ def read_ids(gen: Writer, before: list[int], ids: list[int], shown: str, k: int 
              ngram: bool = True) -> Reading:
     """`read` of ids already encoded, after the ids `before` (at least one): `shown` is their text."""
     v = gen.vocab
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k: the alternatives shown per character must be a whole number of at least 1, got {k!r}")
+    k = _count("k", k, "the alternatives shown per character")
     if not ids:
         empty = np.zeros((0, k))
         return Reading(shown, np.zeros(0, np.float32), empty.astype(np.int64), empty.astype(np.float32), v)
@@ -107,8 +107,9 @@ class Activations:
         if name not in self.values:
             raise ConfigError(f"name: {name!r} is not a state of this model ({', '.join(map(repr, self.values))})")
         layers = len(self.values[name])
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -layers <= layer < layers:
+        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool) or not -layers <= layer < layers:
             raise ConfigError(f"layer: {layer!r} is not a layer of this model (0 to {layers - 1})")
+        k = _count("k", k, "the units shown")
         values = self.values[name][layer]  # (N, H)
         if not len(values):  # an empty text: nothing varies
             return []
@@ -120,8 +121,17 @@ class Activations:
 def activations(gen: Writer, text: str, context: str = "") -> Activations:
     """Step the model through `text` one character at a time after `context`, keeping every layer's state."""
     v = gen.vocab
+    check_text("text", text)
+    check_text("context", context)
     before = prefix_ids(v, gen.records, context, where="context")
     return Activations(v.prepare(text), gen.trace(before, v.encode_array(text, where="text").tolist()))
+
+
+def _count(name: str, value: Any, what: str) -> int:
+    """A count a caller gives (NumPy's integers too): a whole number of at least 1, else one line naming it."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}: {what} must be a whole number of at least 1, got {value!r}")
+    return int(value)
 
 
 def colour(p: float) -> int | None:

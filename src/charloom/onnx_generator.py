@@ -68,6 +68,8 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError:
             raise CharloomError("an .onnx model needs the 'onnx' extra: pip install 'charloom[onnx]'") from None
+        if not str(path).strip():  # Path("") is the current folder
+            raise CharloomError("no ONNX file or run folder named (an empty path)")
         p = Path(path).expanduser()
         if p.is_dir() and (p / EXPORTED).is_file():  # a run folder means the file `charloom export` wrote there
             p = p / EXPORTED
@@ -76,7 +78,10 @@ class OnnxModel:
             raise CharloomError(f"{where}: no such ONNX file" + (f" (nor {EXPORTED} in it)" if p.is_dir() else ""))
         if p.stat().st_size > MAX_FILE_BYTES:
             raise CharloomError(f"{where}: {p.stat().st_size:,} bytes is too large for a character model file")
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except OSError as e:  # a file that opens but fails to read (a disk error, a special file in /proc)
+            raise CharloomError(f"{where}: cannot read ({e.strerror or e})") from None
         meta = _read_metadata(_proto(data, where), where)  # the whole file is checked before a session is made
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: warnings are for the exporter's author, not the user
