@@ -688,9 +688,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     net = CharRNN(model).to(rt.device)
     if parent is not None:
         finetune.start_from(net, parent)
-    lineage = parent.lineage if parent else previous[0].info.get("parent") if previous else None
-    # how the width was chosen: this start's choice, or the one the resumed run recorded (it keeps that width)
-    chosen = sized.to_dict() if sized else previous[0].info.get("sizing") if previous else None
+    origins = _origins(parent, sized, previous)
     # the fused update where the device has one: one pass over each tensor where foreach makes several, a few
     # times faster on a CPU, which counts most where a batch is learned in many short pieces
     fused = rt.device.type in ("cpu", "cuda")
@@ -710,10 +708,8 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
 
     def info() -> dict[str, Any]:
         return {**about, "device": rt.device.type, "precision": rt.precision, "threads": torch.get_num_threads(),
-                "threads_chosen": rt.watch is not None,
-                **({"parent": lineage} if lineage else {}),
-                "parameters": net.num_parameters(), "weight_average_decay": cfg.ema,
-                **({"sizing": chosen} if chosen else {})}
+                "threads_chosen": rt.watch is not None, **origins,
+                "parameters": net.num_parameters(), "weight_average_decay": cfg.ema}
 
     contiguous = batch.order == "contiguous" and not data.corpus.is_records
     trainer = Trainer(net, data, opt, rt, cfg, _hooks(cfgs, info, rt.procs.main, callback), contiguous)
@@ -726,6 +722,16 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         if rt.procs.main:
             _keep_metrics_until(out / "metrics.jsonl", trainer.pos.step)
     return trainer
+
+
+def _origins(parent: finetune.Parent | None, sized: sizing.Fit | None,
+             previous: tuple[checkpoint.Checkpoint, RunState] | None) -> dict[str, Any]:
+    """Where a run's model came from, as its files record it: the model it was fine-tuned from ("parent") and how
+    its width was chosen ("sizing"), as this start made them or as the resumed run recorded them (it keeps both)."""
+    before = previous[0].info if previous else {}
+    lineage = parent.lineage if parent else before.get("parent")
+    chosen = sized.to_dict() if sized else before.get("sizing")
+    return {**({"parent": lineage} if lineage else {}), **({"sizing": chosen} if chosen else {})}
 
 
 def train(corpus: CorpusConfig | None = None, batch: BatchConfig | None = None, model: ModelConfig | None = None,
