@@ -49,9 +49,14 @@ WATCH_SHARE, BACK_SHARE = 0.5, 0.25
 FASTER = 1.15  # auto takes bf16 when its step runs at least this many times as fast as fp32's
 
 
+def _has_mps() -> bool:
+    """Whether Apple's MPS backend is here."""
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(name: str) -> torch.device:
     """auto: cuda, then mps, then cpu; a named device that is not here is a one-line error."""
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    has_mps = _has_mps()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -75,11 +80,10 @@ def device_here(device: torch.device | str | None, default: torch.device | None 
         d = torch.device(device)  # an int is the accelerator of that index, as torch reads it
     except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"{name}: {device!r} is not a device here (cpu, cuda, cuda:1, mps)") from None
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if d.type == "cuda" and (d.index or 0) >= gpus:
         raise ConfigError(f"{name}: {str(d)!r} is not here ({gpus} CUDA GPUs available)")
-    if d.type == "mps" and not has_mps:
+    if d.type == "mps" and not _has_mps():
         raise ConfigError(f"{name}: Apple's MPS is not available here")
     if d.type == "meta":  # shapes without storage: nothing can be computed there
         raise ConfigError(f"{name}: 'meta' holds no numbers to compute with")
