@@ -144,8 +144,15 @@ def test_resuming_a_run_that_used_its_budget_says_so_and_how_to_extend_it(tmp_pa
 def test_too_short_corpus_from_the_cli(tmp_path):
     p = tmp_path / "short.txt"
     p.write_text("tiny corpus")
-    code, _, err = run("corpus-info", str(p), "--seq-len", "64")
+    code, out, err = run("corpus-info", str(p), "--seq-len", "64")
     assert code == 2 and "fewer than seq_len + 1 = 65" in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    # the figures of the text still show: only the split these options would make cannot be made
+    assert "characters       11" in out and "vocabulary       15 ids" in out and "split" not in out
+    code, out, err = run("corpus-info", str(p), "--seq-len", "64", "--json")
+    info = json.loads(out)
+    assert code == 2 and info["characters"] == 11 and info["train"] is None
+    assert "fewer than seq_len + 1 = 65" in info["split_error"] and info["split_error"] in err
 
 
 def test_console_script_is_installed():

@@ -19,11 +19,14 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
                      SampleOptions, ServeConfig, TrainConfig)
 from .errors import CharloomError, ConfigError
+
+if TYPE_CHECKING:  # the corpus module (and torch) load only for the commands that read text
+    from .corpus import Corpus
 
 COLOUR_CHARS = 10_000  # eval --color shows this much of the text
 MAX_INFO_SAMPLES = 100  # a report's samples are a glimpse; `charloom sample` makes many
@@ -127,15 +130,15 @@ def cmd_corpora(ns: argparse.Namespace) -> None:
 
 
 def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
+    """Figures about a corpus and its split, as `charloom corpus-info` prints them. A corpus these options cannot
+    split for training still has its figures: the split's are None and `split_error` says why."""
     import numpy as np
 
     from . import batching, corpus
 
-    """Figures about a corpus and its split, as `charloom corpus-info` prints them."""
     t0 = time.perf_counter()
     c = corpus.load(ccfg)
     load_s = time.perf_counter() - t0
-    data = batching.prepare(c, bcfg.settled(TrainConfig().ngram))  # the split a default run makes
     v = c.vocab
     counts = [(int(n), v.itos[i]) for i, n in enumerate(c.counts()) if n]
     counts.sort(reverse=True)
@@ -149,10 +152,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
         "vocab_characters": len(v.chars),
         "unknown_characters": c.stats["unknown_characters"],
         "split": bcfg.split,
-        "train": data.train_size,
-        "validation": data.val_size,
-        "fit": data.fit_size,  # training text (or records) left out for the n-gram's mixture
-        "batches_per_epoch": data.train.batches_in_epoch(0),
+        **_split_figures(c, bcfg),
         "most_common": "".join(ch for _, ch in counts[:40]),
         "load_seconds": round(load_s, 3),
     }
@@ -170,10 +170,25 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     return info
 
 
+def _split_figures(c: Corpus, bcfg: BatchConfig) -> dict[str, Any]:
+    """The split a default run makes of corpus c: its sizes, or None for each and why it cannot be made."""
+    from . import batching
+
+    try:
+        data = batching.prepare(c, bcfg.settled(TrainConfig().ngram))
+    except CharloomError as e:
+        return dict.fromkeys(("train", "validation", "fit", "batches_per_epoch")) | {"split_error": str(e)}
+    return {"train": data.train_size, "validation": data.val_size,
+            "fit": data.fit_size,  # training text (or records) left out for the n-gram's mixture
+            "batches_per_epoch": data.train.batches_in_epoch(0)}
+
+
 def cmd_corpus_info(ns: argparse.Namespace) -> None:
     info = corpus_info(options(ns, CorpusConfig), options(ns, BatchConfig))
     if ns.json:
         print(json.dumps(info, indent=2))
+        if "split_error" in info:
+            raise CharloomError(info["split_error"])
         return
     unit = "records" if info["kind"] == "records" else "characters"
     print(f"source           {info['source']} ({info['kind']}, {info['format']}, {info['files']} file(s))")
@@ -189,11 +204,14 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
         print("labels           " + ", ".join(f"{name} ({n:,} records)" for name, n in labels.items()))
     if info["unknown_characters"]:
         print(f"unknown          {info['unknown_characters']:,} characters below --min-count, read as <unk>")
-    fit = f" (and {info['fit']:,} left out of training to fit the n-gram's mixture on)" if info["fit"] else ""
-    print(f"split ({info['split']})     {info['train']:,} train / {info['validation']:,} validation {unit}{fit}")
-    print(f"batches/epoch    {info['batches_per_epoch']:,}")
+    if "split_error" not in info:
+        fit = f" (and {info['fit']:,} left out of training to fit the n-gram's mixture on)" if info["fit"] else ""
+        print(f"split ({info['split']})     {info['train']:,} train / {info['validation']:,} validation {unit}{fit}")
+        print(f"batches/epoch    {info['batches_per_epoch']:,}")
     print(f"most common      {info['most_common']!r}")
     print(f"loaded in        {info['load_seconds']:.3f} s")
+    if "split_error" in info:  # the figures above stand; training with these options would stop here
+        raise CharloomError(info["split_error"])
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
