@@ -420,8 +420,12 @@ def test_greedy_generation_is_deterministic_without_seed():
 
 def test_unknown_start_characters_follow_the_policy():
     g = model_for()
-    with pytest.warns(UserWarning, match="read as <unk>"):
+    with pytest.warns(UserWarning, match="read as <unk>") as caught:
         out = g.generate("the 🎉Z", 10, temperature=0)
+    with pytest.warns(UserWarning, match="read as <unk>") as streamed:
+        list(g.stream("the 🎉Z", 10, temperature=0))
+    # the warning names the caller's line, where the start text was given, not the library's
+    assert {w.filename for w in [*caught, *streamed]} == {__file__}
     assert len(out[0]) == 10
     assert g.unknown_characters("the 🎉Z") == sorted(["🎉", "Z"])
     strict = Generator(g.model, Vocab(g.vocab.chars, unknown="error"))

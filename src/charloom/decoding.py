@@ -259,7 +259,7 @@ class Writer:
         opts = sample_options(options, length, **changes)
         self.check_memory(opts)  # before anything per sample is made
         out: list[list[str]] = [[] for _ in range(opts.n)]  # joined once at the end: `+=` on each would be quadratic
-        for i, piece in self.stream(opts):
+        for i, piece in self._warned(opts):
             out[i].append(piece)
             if on_text is not None:
                 on_text(i, piece)
@@ -269,12 +269,16 @@ class Writer:
                **changes: Any) -> Iterator[tuple[int, str]]:
         """Yield (sample index, text) pieces as they are made; joined per sample they are `generate`'s texts.
         The options and the start text are checked here, before the first piece is asked for."""
-        opts = sample_options(options, length, **changes)
+        return self._warned(sample_options(options, length, **changes))
+
+    def _warned(self, opts: SampleOptions) -> Iterator[tuple[int, str]]:
+        """`quietly`'s pieces, after a warning of the start text's unknown characters that points at the line
+        that called `stream` or `generate` (stacklevel 3: past this method and the one that called it)."""
         pieces = self.quietly(opts)  # checked first: a refused request has nothing to warn of
         unknown = self.unknown_characters(opts.start)
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
-                          stacklevel=2)
+                          stacklevel=3)
         return pieces
 
     def quietly(self, opts: SampleOptions) -> Iterator[tuple[int, str]]:
