@@ -113,7 +113,7 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_step(tmp_pat
     (tmp_path / "a_file").write_text("not a folder")
     out = where if where.startswith("/") else str(tmp_path / where)
     code, stdout, err = run("train", str(text_file), "--out", out, "--max-steps", "200", *TINY)
-    assert code == 2 and err.startswith("charloom: error: --out: ") and err.count("\n") == 1, err
+    assert code == 2 and err.startswith("charloom: error: out (--out): ") and err.count("\n") == 1, err
     assert "Traceback" not in err and "step" not in stdout
 
 

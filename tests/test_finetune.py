@@ -125,7 +125,7 @@ def test_fine_tuning_refuses_a_different_model_or_a_missing_parent(tmp_path, par
     same = charloom.train(source=str(new), out=str(tmp_path / "d"), init_from=str(run), max_steps=1,
                           **{**tiny, "head_hidden": tiny["hidden_size"]})  # the parent's -1: as wide as its layer
     assert same.progress.step == 1
-    with pytest.raises(CharloomError, match=r"^--init-from: .*no such model file or run folder"):
+    with pytest.raises(CharloomError, match=r"^init_from \(--init-from\): .*no such model file or run folder"):
         charloom.train(source=str(new), out=str(tmp_path / "c"), init_from=str(tmp_path / "nothing"), max_steps=1,
                        **tiny)
 

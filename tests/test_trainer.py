@@ -282,7 +282,8 @@ def test_a_resume_file_from_before_an_option_resumes_without_what_it_adds(tmp_pa
 
 def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
-    with pytest.raises(CharloomError, match="already holds a run; continue it with --resume"):
+    with pytest.raises(CharloomError, match=r"^out \(--out\): .* already holds a run; "
+                                            r"continue it with resume=True \(--resume\)"):
         charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
     r = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, overwrite=True, **tiny)
     assert r.progress.step == 2 and charloom.load(tmp_path / "last.safetensors").info["step"] == 2
@@ -649,7 +650,8 @@ def test_resume_refuses_a_text_that_changed_even_with_the_same_characters(tmp_pa
     from the old run's place in the batches and compare its validation figures with another split's."""
     charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=3, **tiny)
     text_file.write_text(text_file.read_text()[: len(text_file.read_text()) // 2])
-    with pytest.raises(CharloomError, match=r"^--resume: .*play.txt is not the text the run in .* trained on "
+    with pytest.raises(CharloomError, match=r"^resume \(--resume\): .*play.txt is not the text the run in .* "
+                                            r"trained on "
                                             r"\(1,026 characters now, 2,052 then\)"):
         charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, resume=True)
 
@@ -657,8 +659,8 @@ def test_resume_refuses_a_text_that_changed_even_with_the_same_characters(tmp_pa
 def test_resume_on_a_text_with_other_characters_says_the_vocabulary_changed(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=3, **tiny)
     text_file.write_text(text_file.read_text() + "Zq")
-    with pytest.raises(CharloomError, match=r"^--resume: the corpus now gives a different vocabulary than the run "
-                                            r"in .* \((\d+) ids now, (?!\1)\d+ then\)"):
+    with pytest.raises(CharloomError, match=r"^resume \(--resume\): the corpus now gives a different vocabulary "
+                                            r"than the run in .* \((\d+) ids now, (?!\1)\d+ then\)"):
         charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, resume=True)
 
 
@@ -668,7 +670,8 @@ def test_a_fine_tune_may_not_write_over_the_run_it_starts_from(tmp_path, text_fi
     charloom.train(source=str(text_file), out=str(tmp_path / "parent"), max_steps=2, **tiny)
     before = (tmp_path / "parent" / "model.safetensors").read_bytes()
     for parent in (tmp_path / "parent", tmp_path / "parent" / "model.safetensors"):
-        with pytest.raises(CharloomError, match=r"^--init-from .*parent.*: its model is in .*, the folder this run "
+        with pytest.raises(CharloomError, match=r"^init_from \(--init-from\) .*parent.*: its model is in .*, "
+                                                r"the folder this run "
                                                 r"writes to \(--out\)"):
             charloom.train(source=str(text_file), out=str(tmp_path / "parent"), init_from=str(parent), max_steps=2,
                            overwrite=True, **{k: v for k, v in tiny.items() if k not in ("hidden_size", "num_layers",

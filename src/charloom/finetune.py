@@ -46,7 +46,7 @@ def load_parent(path: str) -> Parent:
         file = checkpoint.model_path(path)
         ck = checkpoint.load(file)
     except CharloomError as e:
-        raise CharloomError(f"--init-from: {e}") from None
+        raise CharloomError(f"init_from (--init-from): {e}") from None
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -124,7 +124,7 @@ def start_from(net: CharRNN, parent: Parent) -> None:
             mine[:, :old].copy_(src)
             mine[:, old:].zero_()  # so that the parent's text reaches the network as it did
         else:
-            raise CharloomError(f"--init-from: {name} is {tuple(src.shape)} in the parent but "
+            raise CharloomError(f"init_from (--init-from): {name} is {tuple(src.shape)} in the parent but "
                                 f"{tuple(mine.shape)} here")
 
 

@@ -166,7 +166,7 @@ class Trainer:
     def restore(self, ck: checkpoint.Checkpoint, run: RunState) -> None:
         """Continue from a resume file: weights, average, optimizer, this process's RNG and carried state."""
         if run.world != self.rt.procs.world:
-            raise CharloomError(f"--resume: the run in {self.out} trained with {run.world} process(es), "
+            raise CharloomError(f"resume (--resume): the run in {self.out} trained with {run.world} process(es), "
                                 f"this launch has {self.rt.procs.world}; resume it with the same number")
         saved_model = ck.model.state_dict()  # the average, when the run kept one
         self.model.load_state_dict(run.trained or saved_model)
@@ -374,7 +374,7 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
         out = Path(options.get("out", train_cfg.out)).expanduser()
         path = out / checkpoint.RESUME_FILE
         if not path.exists():
-            raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
+            raise CharloomError(f"resume (--resume): {path} not found; nothing to resume in {out}")
         saved = checkpoint.run_configs(path)
         for kind, before in PREDATED.items():
             if isinstance(saved.get(kind), dict):
@@ -401,7 +401,7 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
                      vocab: Vocab, about: dict[str, Any]) -> None:
     """A resumed run must be the same run: same model, corpus, batching, vocabulary and text."""
     if ck.vocab != vocab:  # before the options: the model's vocab_size would differ, a symptom of this
-        raise CharloomError(f"--resume: the corpus now gives a different vocabulary than the run in {out} "
+        raise CharloomError(f"resume (--resume): the corpus now gives a different vocabulary than the run in {out} "
                             f"({len(vocab)} ids now, {len(ck.vocab)} then)")
     saved = {"model": ck.config.to_dict(), **run.configs}
     for kind in ("model", "corpus", "batch"):
@@ -414,12 +414,13 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
         diff = sorted(k for k in mine if mine[k] != then.get(k))
         if diff:
             k = diff[0]
-            raise CharloomError(f"--resume: option {k} is {mine[k]!r} but the run in {out} used {then.get(k)!r}")
+            raise CharloomError(f"resume (--resume): option {k} is {mine[k]!r} but the run in {out} used "
+                                f"{then.get(k)!r}")
     then = ck.info.get("corpus_digest")  # absent from files written before runs recorded it
     if then is not None and then != about["corpus_digest"]:
         size = ck.info.get("corpus_characters")
         size = f"{size:,}" if isinstance(size, int) else "?"
-        raise CharloomError(f"--resume: {about['corpus']} is not the text the run in {out} trained on "
+        raise CharloomError(f"resume (--resume): {about['corpus']} is not the text the run in {out} trained on "
                             f"({about['corpus_characters']:,} characters now, {size} then); give that text again, "
                             f"or start a new run in another --out")
 
@@ -429,16 +430,16 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
     path = out / checkpoint.RESUME_FILE
     if cfg.resume:
         if not path.exists():
-            raise CharloomError(f"--resume: {path} not found; nothing to resume in {out}")
+            raise CharloomError(f"resume (--resume): {path} not found; nothing to resume in {out}")
         return checkpoint.load_run(path)
     if path.exists() and not cfg.overwrite:
-        raise CharloomError(f"--out: {out} already holds a run; continue it with --resume, "
-                            f"replace it with --overwrite, or choose another --out")
+        raise CharloomError(f"out (--out): {out} already holds a run; continue it with resume=True (--resume), "
+                            f"replace it with overwrite=True (--overwrite), or choose another out (--out)")
     parent = Path(cfg.init_from).expanduser()
     folder = parent if parent.is_dir() else parent.parent
     if cfg.init_from and out.is_dir() and folder.is_dir() and out.samefile(folder):
-        raise CharloomError(f"--init-from {cfg.init_from}: its model is in {out}, the folder this run writes to "
-                            f"(--out), which would replace the model it starts from; choose another --out")
+        raise CharloomError(f"init_from (--init-from) {cfg.init_from}: its model is in {out}, the folder this run "
+                            f"writes to (--out), which would replace the model it starts from; choose another --out")
     return None
 
 
@@ -446,7 +447,7 @@ def _check_out(out: Path) -> None:
     """Create the run folder and write a small file in it, so that a folder that cannot hold the run is said
     before any work rather than at the first save; and remove what writers killed mid-save left there."""
     if out.exists() and not out.is_dir():
-        raise CharloomError(f"--out: {out} is a file, not a folder")
+        raise CharloomError(f"out (--out): {out} is a file, not a folder")
     probe = out / f".write-check{atomic.TMP_MARK}{os.getpid()}"  # named as a leftover: a kill here is cleaned up
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -454,7 +455,7 @@ def _check_out(out: Path) -> None:
         probe.write_bytes(b"charloom")
         probe.unlink()
     except OSError as e:
-        raise CharloomError(f"--out: cannot write the run folder {out} ({e.strerror or e})") from None
+        raise CharloomError(f"out (--out): cannot write the run folder {out} ({e.strerror or e})") from None
 
 
 def _check_reading(data: Data, cfg: BatchConfig, train: TrainConfig) -> None:
