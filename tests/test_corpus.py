@@ -1,9 +1,11 @@
+import contextlib
 import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tracemalloc
 import unicodedata
 
@@ -119,7 +121,7 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [("[" * 100_000, "JSON nested too deeply to read"),
-                                           ('{"text": ' + "1" * 5000 + "}", "not valid JSON .*digits")])
+                                           ('{"text": ' + "1" * 5000 + "}", "field 'text' is int, not text")])
 def test_a_jsonl_line_python_cannot_parse_names_the_file_and_line(tmp_path, line, message):
     p = tmp_path / "deep.jsonl"
     p.write_text('{"text": "ok"}\n' + line + "\n")
@@ -537,3 +539,130 @@ def test_a_jsonl_record_whose_field_is_null_is_counted_with_the_skipped_empty_on
                           cache_dir=str(tmp_path / "cache")))
     assert [c.record(i) for i in range(c.num_records)] == ["one", "two"]
     assert c.stats["empty_records_skipped"] == 2 and c.vocab.labels == ("a",)
+
+
+def test_a_lone_surrogate_in_jsonl_is_refused_when_read_not_when_the_run_saves(tmp_path):
+    """A JSON escape such as \\ud800 without its pair is no character: a model file cannot hold it, so a run
+    that read it would train its whole budget and then fail to save."""
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"text": "fine"}\n{"text": "hello\\ud800world", "tag": "x"}\n')
+    with pytest.raises(CharloomError, match=r"s.jsonl: line 2: field 'text': U\+D800 at position 5 is a lone "
+                                            r"surrogate"):
+        load(CorpusConfig(source=str(p), field="text", records=True))
+    p.write_text('{"text": "fine", "tag": "a\\udfffb"}\n')
+    with pytest.raises(CharloomError, match=r"line 1: label field 'tag': U\+DFFF at position 1"):
+        load(CorpusConfig(source=str(p), field="text", label_field="tag", records=True))
+
+
+def test_a_jsonl_integer_too_long_for_python_is_read_where_the_corpus_does_not_use_it(tmp_path):
+    p = tmp_path / "n.jsonl"
+    p.write_text('{"text": "abc", "n": ' + "9" * 5000 + '}\n{"text": "abd", "n": 1}\n')
+    assert records(tmp_path, "n.jsonl", p.read_text(), field="text") == ["abc", "abd"]
+    with pytest.raises(CharloomError, match=r"n.jsonl: line 1: field 'n' is int, not text"):
+        load(CorpusConfig(source=str(p), field="n", records=True))
+
+
+def test_a_damaged_gzip_file_is_one_line(tmp_path):
+    data = bytearray(gzip.compress(b"hello world\n" * 1000))
+    data[10] = 0xFF  # the first block's header: zlib's own error, not an OSError
+    (tmp_path / "bad.txt.gz").write_bytes(bytes(data))
+    with pytest.raises(CharloomError, match=r"bad.txt.gz: cannot read \(Error -3 while decompressing"):
+        load(CorpusConfig(source=str(tmp_path / "bad.txt.gz")))
+
+
+@pytest.mark.parametrize("name, content, hint", [
+    ("u16.txt", ("Hello world, a line.\r\n" * 100).encode("utf-16-le"), "--encoding utf-16-le"),
+    ("a.tar", b"books/a.txt" + b"\0" * 500 + b"Call me Ishmael.\n" * 20, "unpacked"),
+])
+def test_text_that_is_mostly_nul_is_refused_with_what_it_likely_is(tmp_path, name, content, hint):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CharloomError, match=rf"{name}: [\d,]+ of its first [\d,]+ characters are NUL") as e:
+        load(CorpusConfig(source=str(tmp_path / name)))
+    assert hint in str(e.value)
+    (tmp_path / "ok.csv").write_text("a,b\n" + "x\0y,1\n" * 3 + "plain text,2\n" * 400)  # a stray NUL is data
+    assert load(CorpusConfig(source=str(tmp_path / "ok.csv"), columns=("a",), records=True)).num_records == 403
+
+
+def test_a_compressed_files_undecodable_byte_is_placed_in_its_decompressed_text(tmp_path):
+    (tmp_path / "b.txt.gz").write_bytes(gzip.compress(b"ok ok ok\n\xff"))
+    with pytest.raises(CharloomError, match=r"b.txt.gz: byte offset 9 of the decompressed text: bytes ff"):
+        load(CorpusConfig(source=str(tmp_path / "b.txt.gz")))
+
+
+def test_a_recursive_glob_does_not_walk_round_link_loops(tmp_path):
+    """glob.glob(recursive=True) follows links to folders: two loops under a folder made it run for ever."""
+    sub = tmp_path / "b" / "sub"
+    sub.mkdir(parents=True)
+    (sub / "x.txt").write_text("some text\n" * 50)
+    (tmp_path / "b" / "top.txt").write_text("top\n" * 50)
+    (tmp_path / "b" / ".hidden").mkdir()
+    (tmp_path / "b" / ".hidden" / "h.txt").write_text("hidden\n")
+    os.symlink("..", sub / "up")
+    os.symlink(".", sub / "here")
+    found = corpus_mod.resolve(CorpusConfig(source=str(tmp_path / "b" / "**" / "*.txt")))
+    assert sorted(p.name for p in found.files) == ["top.txt", "x.txt"]
+    assert corpus_mod.resolve(CorpusConfig(source=str(tmp_path / "b"))).files == found.files
+    dotted = corpus_mod.resolve(CorpusConfig(source=str(tmp_path / "b" / ".hidden" / "*.txt")))
+    assert [p.name for p in dotted.files] == ["h.txt"]
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(tmp_path, monkeypatch):
+    (tmp_path / "d" / "locked").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("hi\n")
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(CharloomError, match=r"^.*/d/locked: cannot read \(Permission denied\)$"):
+        corpus_mod.resolve(CorpusConfig(source=str(tmp_path / "d")))
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo"])
+def test_a_device_or_pipe_is_named_as_such(tmp_path, source):
+    if source == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        source = str(tmp_path / "fifo")
+    with pytest.raises(CharloomError, match=r"not a file or a folder \(a device, a pipe"):
+        corpus_mod.resolve(CorpusConfig(source=source))
+
+
+@pytest.mark.parametrize("damage", ["no meta", "short ids", "short offsets", "empty meta", "ids out of range"])
+def test_a_damaged_cache_entry_is_read_again_with_a_warning(tmp_path, damage):
+    p = tmp_path / "rec.txt"
+    p.write_text("\n".join(f"name {i}" for i in range(500)))
+    cfg = CorpusConfig(source=str(p), records=True, cache_dir=str(tmp_path / "cache"))
+    good = load(cfg)
+    ids, offsets = np.array(good.ids), np.array(good.offsets)  # copies: the entry's files are about to change
+    (entry,) = (tmp_path / "cache" / "ids").iterdir()
+    if damage == "no meta":
+        (entry / "meta.json").unlink()
+    elif damage == "empty meta":
+        (entry / "meta.json").write_text("")
+    elif damage == "ids out of range":
+        with open(entry / "ids.npy", "r+b") as f:
+            f.seek(200)
+            f.write(bytes([250]) * 20)
+    else:
+        name = "ids.npy" if damage == "short ids" else "offsets.npy"
+        os.truncate(entry / name, 300)
+    with pytest.warns(UserWarning, match="are damaged") if damage != "no meta" else contextlib.nullcontext():
+        again = load(cfg)
+    assert np.array_equal(again.ids, ids) and np.array_equal(again.offsets, offsets)
+    assert again.vocab == good.vocab
+
+
+def test_a_file_rewritten_with_its_old_mtime_is_read_again(tmp_path):
+    """The hash of a file's bytes is remembered by its stat; a tool may write a file and set its mtime back,
+    but not its ctime."""
+    p = tmp_path / "t.txt"
+    p.write_text("LINE of the text\n" * 2000)
+    cfg = CorpusConfig(source=str(p), cache_dir=str(tmp_path / "cache"))
+    assert "L" in load(cfg).vocab.chars
+    st = p.stat()
+    time.sleep(0.01)
+    p.write_text("QQQQ of the text\n" * 2000)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "L" not in load(cfg).vocab.chars and "Q" in load(cfg).vocab.chars

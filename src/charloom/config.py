@@ -177,7 +177,7 @@ class CorpusConfig(Config):
     extensions: tuple[str, ...] = option(
         (), "folder/glob: only files with this extension (.py); repeatable", flag="ext", metavar="EXT")
     separator: str = option("\n", "continuous corpora: what joins records or files into one stream")
-    encoding: str = option("utf-8", "text encoding of the files; a byte-order mark is always stripped")
+    encoding: str = option("utf-8", "text encoding of the files; a leading byte-order mark (U+FEFF) is dropped")
     decode_errors: Literal["strict", "replace"] = option(
         "strict", "undecodable bytes: strict stops with the file and byte offset, replace puts U+FFFD")
     lower: bool = option(False, "lower-case all text (the vocabulary shrinks)")

@@ -25,6 +25,8 @@ import os
 import re
 import shutil
 import unicodedata
+import warnings
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ CACHE_VERSION = 2  # 2: a lone "\r" ends a line, so records of such files change
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 # a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
 # split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a JSON escape such as \ud800 without its pair: not a character
+NUL_SHARE = 0.01  # a first piece this much U+0000 is not text: UTF-16 read as UTF-8, or an archive
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
 
 
@@ -107,10 +111,6 @@ def _format_of(path: Path, records: bool) -> str:
     return "lines" if records else "text"
 
 
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _shown(path: Path | str) -> str:
     """A file name as a message can print it. A Linux name may hold bytes that are not UTF-8; Python carries
     them as lone surrogates, which stdout, a UTF-8 log or a JSON reply cannot encode, so they read as \\xff."""
@@ -142,26 +142,10 @@ def resolve(cfg: CorpusConfig) -> Source:
         fmt = cfg.format if cfg.format != "auto" else ("lines" if entry.kind == "records" else "text")
         return Source(label, (entry.path,), fmt, records)
     records = bool(cfg.records)
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions}
-
-    def wanted(p: Path) -> bool:
-        return p.is_file() and (not exts or _inner_suffix(p) in exts or p.suffix.lower() in exts)
-
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if wanted(p) and _visible(p, path))
-        if not files:
-            what = f"with extension {', '.join(sorted(exts))} " if exts else ""
-            raise CharloomError(f"{label}: folder has no files {what}to read")
-    elif any(ch in cfg.source for ch in "*?["):
-        files = sorted(Path(p) for p in globmod.glob(os.path.expanduser(cfg.source), recursive=True) if wanted(Path(p)))
-        if not files:
-            raise CharloomError(f"{label}: no files match this pattern")
-    else:
-        names = ", ".join(sorted(corpora))
-        raise CharloomError(f"{label}: no such file, folder or bundled corpus (bundled: {names})")
-    files = _each_file_once(files)
+    try:
+        files = _each_file_once(_files_of(cfg, path, label))
+    except OSError as e:  # a folder on the way that cannot be read (e.filename names it), or a file's stat
+        raise CharloomError(f"{_shown(e.filename or label)}: cannot read ({e.strerror or e})") from None
     if cfg.format != "auto":
         fmt = cfg.format
     else:
@@ -173,6 +157,64 @@ def resolve(cfg: CorpusConfig) -> Source:
         fmt = "lines"
     _check_applies(cfg, fmt, label, path.is_file())
     return Source(label, tuple(files), fmt, records)
+
+
+def _files_of(cfg: CorpusConfig, path: Path, label: str) -> list[Path]:
+    """The files `cfg.source` names, sorted: one file, a folder's visible files, or a glob's matches. Neither a
+    folder nor a glob's `**` follows a link to a folder, so a link loop is not walked round and round (a link to
+    a file is read, once: `_each_file_once`). A folder that cannot be read raises OSError naming it."""
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions}
+
+    def wanted(p: Path) -> bool:
+        return p.is_file() and (not exts or _inner_suffix(p) in exts or p.suffix.lower() in exts)
+
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in _walk(path) if wanted(p))
+        if not files:
+            what = f"with extension {', '.join(sorted(exts))} " if exts else ""
+            raise CharloomError(f"{label}: folder has no files {what}to read")
+        return files
+    if any(ch in cfg.source for ch in "*?["):
+        files = sorted(p for p in _globbed(os.path.expanduser(cfg.source)) if wanted(p))
+        if not files:
+            raise CharloomError(f"{label}: no files match this pattern")
+        return files
+    if path.exists() or path.is_symlink():
+        raise CharloomError(f"{label}: not a file or a folder (a device, a pipe, or a link to nothing?)")
+    names = ", ".join(sorted(bundled()))
+    raise CharloomError(f"{label}: no such file, folder or bundled corpus (bundled: {names})")
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every visible file under `root` (no part of its path below root starts with "."), links to folders not
+    followed; a folder that cannot be listed raises its OSError rather than being passed over."""
+    def fail(e: OSError) -> None:
+        raise e
+
+    for folder, subfolders, names in os.walk(root, onerror=fail):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        yield from (Path(folder) / n for n in names if not n.startswith("."))
+
+
+def _globbed(pattern: str) -> Iterator[Path]:
+    """The paths `pattern` matches, as glob.glob(recursive=True) finds them (names starting with "." only where
+    the pattern's own part does), but with `**` never following a link to a folder, as pathlib's glob does."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if globmod.has_magic(part)), len(parts))
+    base, rest = Path(*parts[:fixed]) if fixed else Path(), parts[fixed:]
+    if not rest:
+        yield base
+        return
+    dotted = any(part.startswith(".") for part in rest)
+    try:
+        found = base.glob(str(Path(*rest)))
+        for p in found:
+            if dotted or not any(part.startswith(".") for part in p.relative_to(base).parts):
+                yield p
+    except ValueError as e:  # pathlib's own refusal, e.g. "a**b"
+        raise CharloomError(f"{_shown(pattern)}: {e}") from None
 
 
 def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> None:
@@ -216,18 +258,31 @@ def _text_decoder(encoding: str, errors: str) -> codecs.IncrementalDecoder:
 
 
 def _undecodable(path: Path, encoding: str, at: int, e: UnicodeError) -> CharloomError:
-    """The one-line error for bytes `encoding` cannot read; `at` is the byte offset where the decoder's input began."""
+    """The one-line error for bytes `encoding` cannot read; `at` is the byte offset where the decoder's input began
+    (in a compressed file, of the text it decompresses to)."""
+    of = " of the decompressed text" if path.suffix.lower() in _COMPRESSED else ""
     if isinstance(e, UnicodeDecodeError):
         bad = e.object[e.start:e.end][:4].hex(" ")
         return CharloomError(
-            f"{_shown(path)}: byte offset {at + e.start}: bytes {bad} are not valid {encoding} "
+            f"{_shown(path)}: byte offset {at + e.start}{of}: bytes {bad} are not valid {encoding} "
             f"(set --encoding or --decode-errors replace; a file that is not text is best left out, as "
             f"--ext does for a folder)")
     # a plain UnicodeError carries no position: UTF-16 and UTF-32 read incrementally demand a byte-order mark
     order = ""
     if codecs.lookup(encoding).name in ("utf-16", "utf-32"):
         order = " (a file without a byte-order mark needs one that names the order, e.g. utf-16-le)"
-    return CharloomError(f"{_shown(path)}: byte offset {at}: not valid {encoding} ({e}); set --encoding{order}")
+    return CharloomError(f"{_shown(path)}: byte offset {at}{of}: not valid {encoding} ({e}); set --encoding{order}")
+
+
+def _check_not_binary(path: Path, encoding: str, text: str) -> None:
+    """A file whose first piece is NUL_SHARE or more U+0000 is refused: it decodes, but is not text in
+    `encoding` (UTF-16 without a byte-order mark read as UTF-8 has every other character NUL; an archive's
+    headers are padded with them), and read as text would train a model on NULs."""
+    nul = text.count("\0")
+    if nul and nul >= NUL_SHARE * len(text):
+        raise CharloomError(f"{_shown(path)}: {nul:,} of its first {len(text):,} characters are NUL (U+0000), so it "
+                            f"is not {encoding} text: UTF-16 without a byte-order mark needs --encoding utf-16-le "
+                            f"(or -be); an archive (.tar, .zip) must be unpacked first")
 
 
 def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lines: bool = True, *,
@@ -247,7 +302,7 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lin
         while True:
             try:
                 data = f.read(CHUNK_BYTES)
-            except (OSError, EOFError, lzma.LZMAError) as e:
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
                 raise CharloomError(f"{_shown(path)}: cannot read ({e})") from None
             final = not data
             buffered = len(decoder.getstate()[0])
@@ -258,6 +313,7 @@ def read_chunks(path: Path, encoding: str = "utf-8", errors: str = "strict", lin
             consumed += len(data)
             if first and text:
                 text = text.removeprefix("\ufeff")
+                _check_not_binary(path, encoding, text)
                 first = False
             text = carry + text
             if final:
@@ -431,7 +487,7 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
         if not line.strip():
             continue
         try:
-            obj: Any = json.loads(line)
+            obj: Any = json.loads(line, parse_int=_json_int)
         except RecursionError:  # the parser recurses once per level of nesting
             raise CharloomError(f"{_shown(path)}: line {n}: JSON nested too deeply to read") from None
         except ValueError as e:  # a JSONDecodeError, or an integer too long to convert
@@ -442,15 +498,47 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
             yield "", None
             continue
         if not isinstance(text, str):
-            raise CharloomError(f"{_shown(path)}: line {n}: field {cfg.field!r} is {type(text).__name__}, not text")
+            raise CharloomError(f"{_shown(path)}: line {n}: field {cfg.field!r} is {_json_type(text)}, not text")
+        _check_characters(text, f"{_shown(path)}: line {n}: field {cfg.field!r}")
         label = None
         if cfg.label_field is not None:
             value = _json_field(obj, cfg.label_field, f"{_shown(path)}: line {n}")
             if isinstance(value, (dict, list)) or value is None:
                 raise CharloomError(f"{_shown(path)}: line {n}: label field {cfg.label_field!r} is "
-                                    f"{'null' if value is None else type(value).__name__}, not a label")
-            label = value if isinstance(value, str) else json.dumps(value)  # 1 and true read as "1" and "true"
+                                    f"{'null' if value is None else _json_type(value)}, not a label")
+            # 1 and true read as "1" and "true"; a long integer as its digits
+            label = value if isinstance(value, str) else str(value) if isinstance(value, _LongInteger) \
+                else json.dumps(value)
+            _check_characters(label, f"{_shown(path)}: line {n}: label field {cfg.label_field!r}")
         yield text, label
+
+
+@dataclass(frozen=True)
+class _LongInteger:
+    """An integer of more digits than Python converts by default (4,300): kept as its digits, so that a field the
+    corpus does not read may hold one, and a text field that holds one is refused as a number, not as broken
+    JSON. A label reads as its digits, as a shorter integer does."""
+
+    digits: str
+
+    def __str__(self) -> str:
+        return self.digits
+
+
+def _json_int(digits: str) -> int | _LongInteger:
+    return _LongInteger(digits) if len(digits.lstrip("-")) > 4000 else int(digits)
+
+
+def _json_type(value: Any) -> str:
+    return "int" if isinstance(value, _LongInteger) else type(value).__name__
+
+
+def _check_characters(text: str, where: str) -> None:
+    """Refuses a lone surrogate (a JSON escape such as \\ud800 without its pair): not a character, so no model
+    file, sample or reply can hold it, and a run would only fail when it saves, its training lost."""
+    if not text.isascii() and (bad := _SURROGATE.search(text)):
+        raise CharloomError(f"{where}: U+{ord(bad.group()):04X} at position {bad.start()} is a lone surrogate, not a "
+                            f"character (an escape such as \\ud800 without the other half of its pair)")
 
 
 def _json_field(obj: Any, name: str, where: str) -> Any:
@@ -573,12 +661,13 @@ def default_cache_dir() -> Path:
 
 
 def _content_hash(path: Path, cache: Path) -> str:
-    """sha256 of a file's bytes, remembered by (path, size, mtime, inode) so an unchanged file is hashed once."""
+    """sha256 of a file's bytes, remembered by (path, size, mtime, ctime, inode) so an unchanged file is hashed
+    once. The ctime too: a tool can write a file and set its mtime back, but any change to a file sets its ctime."""
     try:
         st = path.stat()
         # os.fsencode: a name's bytes, which need not be UTF-8
-        stat_key = hashlib.sha256(b"%s|%d|%d|%d" % (os.fsencode(path.resolve()), st.st_size, st.st_mtime_ns,
-                                                    st.st_ino)).hexdigest()
+        stat_key = hashlib.sha256(b"%s|%d|%d|%d|%d" % (os.fsencode(path.resolve()), st.st_size, st.st_mtime_ns,
+                                                       st.st_ctime_ns, st.st_ino)).hexdigest()
     except OSError as e:
         raise CharloomError(f"{_shown(path)}: cannot read ({e.strerror or e})") from None
     memo = cache / "hashes" / stat_key[:32]
@@ -649,8 +738,15 @@ def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = Fals
     }
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:32]
     folder = cache / "ids" / key
-    if not (folder / "meta.json").exists():
-        _encode_to_cache(source, cfg, vocab, folder)
+    if (folder / "meta.json").exists():
+        try:
+            return _open_cached(folder, source.label, vocab, cfg.unknown)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # damaged on disk since: read the text again
+            warnings.warn(f"{_shown(folder)}: the cached ids of {source.label} are damaged ({e}); reading the text "
+                          f"again", stacklevel=2)
+    if folder.exists():  # an entry is renamed into place whole, so one without its meta.json was damaged since
+        shutil.rmtree(folder, ignore_errors=True)
+    _encode_to_cache(source, cfg, vocab, folder)
     return _open_cached(folder, source.label, vocab, cfg.unknown)
 
 
@@ -823,7 +919,25 @@ def _open_cached(folder: Path, label: str, vocab: Vocab | None, unknown: str) ->
     labels = np.load(folder / "labels.npy") if (folder / "labels.npy").exists() else None
     stats = {k: meta[k] for k in ("format", "files", "characters", "empty_records_skipped", "unknown_characters")}
     vocab = vocab or Vocab.from_dict({**meta["vocab"], "unknown": unknown}, where=str(folder))
+    _check_cached(ids, offsets, labels, meta["characters"], len(vocab))
     return Corpus(label, vocab, ids, offsets, stats, labels)
+
+
+def _check_cached(ids: np.ndarray, offsets: np.ndarray | None, labels: np.ndarray | None, characters: int,
+                  vocab_size: int) -> None:
+    """Raises ValueError where a cached entry no longer holds what its meta.json says: the ids' count and type,
+    ids the vocabulary has, record offsets from 0 to the last id, and one label per record. A scan of the ids
+    (a fraction of a second a GB) is the price of never handing a model an id it has no row for."""
+    if ids.shape != (characters,) or ids.dtype != _id_dtype(vocab_size):
+        raise ValueError(f"ids.npy holds {ids.shape} {ids.dtype}, not {characters:,} ids")
+    if characters and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
+        raise ValueError(f"ids.npy holds ids outside the vocabulary of {vocab_size}")
+    if offsets is not None and (offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != characters
+                                or (np.diff(offsets) < 0).any()):
+        raise ValueError("offsets.npy does not cut the ids into records")
+    records = None if offsets is None else len(offsets) - 1
+    if labels is not None and labels.shape != (records,):
+        raise ValueError(f"labels.npy holds {labels.shape}, not one label per record")
 
 
 __all__ = ["Bundled", "Corpus", "Source", "bundled", "iter_labelled", "iter_records", "iter_stream", "load",
