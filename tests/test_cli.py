@@ -326,3 +326,15 @@ def test_eval_refuses_streams_that_would_not_fit_before_reading_the_text(model_d
     monkeypatch.setattr(evaluation, "memory_cap", lambda: 1000)  # bytes: any state is too large
     assert main(["eval", "--checkpoint", str(model_dir), str(tmp_path / "nowhere.txt"), "--streams", "8"]) == 2
     assert capsys.readouterr().err.startswith("charloom: error: streams (--streams): 8 streams of this model's state")
+
+
+def test_a_library_warning_is_one_line_naming_charloom(tmp_path):
+    p = tmp_path / "rec.txt"
+    p.write_text("\n".join(f"name {i}" for i in range(500)))
+    args = ("corpus-info", str(p), "--records", "--cache-dir", str(tmp_path / "cache"))
+    assert run(*args)[0] == 0
+    (entry,) = (tmp_path / "cache" / "ids").iterdir()
+    (entry / "meta.json").write_text("{")
+    code, out, err = run(*args)
+    assert code == 0 and "records          500" in out
+    assert err.startswith("charloom: warning: ") and "are damaged" in err and err.count("\n") == 1, err

@@ -695,15 +695,21 @@ def _reading_threads(ns: argparse.Namespace) -> None:
     set_threads(0, seconds=READ_IDLE_SECONDS)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    print(f"charloom: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.run is cmd_train:
         os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     try:
-        if ns.run in (cmd_sample, cmd_eval, cmd_info, cmd_export):
-            _reading_threads(ns)
-        code = ns.run(ns)
+        with warnings.catch_warnings():  # the library's warnings, said as the errors are: one line each
+            warnings.showwarning = _warning_line
+            if ns.run in (cmd_sample, cmd_eval, cmd_info, cmd_export):
+                _reading_threads(ns)
+            code = ns.run(ns)
     except CharloomError as e:
         print(f"charloom: error: {_flagged(e, parser, ns)}", file=sys.stderr)
         return 2
