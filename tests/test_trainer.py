@@ -283,7 +283,7 @@ def test_a_resume_file_from_before_an_option_resumes_without_what_it_adds(tmp_pa
 def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
     with pytest.raises(CharloomError, match=r"^out \(--out\): .* already holds a run; "
-                                            r"continue it with resume=True \(--resume\)"):
+                                            r"continue it \(resume, --resume\)"):
         charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
     r = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, overwrite=True, **tiny)
     assert r.progress.step == 2 and charloom.load(tmp_path / "last.safetensors").info["step"] == 2

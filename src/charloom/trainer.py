@@ -433,8 +433,8 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
             raise CharloomError(f"resume (--resume): {path} not found; nothing to resume in {out}")
         return checkpoint.load_run(path)
     if path.exists() and not cfg.overwrite:
-        raise CharloomError(f"out (--out): {out} already holds a run; continue it with resume=True (--resume), "
-                            f"replace it with overwrite=True (--overwrite), or choose another out (--out)")
+        raise CharloomError(f"out (--out): {out} already holds a run; continue it (resume, --resume), replace it "
+                            f"(overwrite, --overwrite), or choose another folder")
     parent = Path(cfg.init_from).expanduser()
     folder = parent if parent.is_dir() else parent.parent
     if cfg.init_from and out.is_dir() and folder.is_dir() and out.samefile(folder):
