@@ -479,3 +479,38 @@ def test_a_model_file_that_opens_but_cannot_be_read_is_one_line(tmp_path):
             load("/proc/self/mem")
     with pytest.raises(CharloomError, match=r"^no ONNX file or run folder named \(an empty path\)"):
         OnnxGenerator.load("")
+
+
+def test_int8_figures_are_of_the_split_the_run_held_out_and_of_this_exports_own_files(tmp_path, text_file,
+                                                                                      monkeypatch):
+    """A run with its own seed and split holds other text out than the default split does; and an export writing
+    the same --out at the same time must not swap a file under this one's checks."""
+    import charloom
+    from charloom import export as export_mod
+    from charloom.batching import heldout_batches
+    from charloom.config import BatchConfig, CorpusConfig
+    from charloom.corpus import load as load_corpus
+
+    charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=30, batch_size=8, seq_len=32,
+                   hidden_size=32, embedding=8, eval_every=0, sample_length=0, progress=False, warmup=2, lr=1e-2,
+                   seed=7, val_fraction=0.3)
+    ck = checkpoint.load(tmp_path / "run")
+    assert ck.info["split"] == {"split": "auto", "val_fraction": 0.3, "seed": 7}
+    real_quantize = export_mod.quantize
+
+    def quantize_beside_another_export(src, dst):
+        (tmp_path / "run" / "model.onnx").write_bytes(b"another export's file")
+        real_quantize(src, dst)
+    monkeypatch.setattr(export_mod, "quantize", quantize_beside_another_export)
+    report = export(ck, ExportConfig(int8=True), tmp_path / "run" / "model.onnx")
+    corpus = load_corpus(CorpusConfig.from_dict(ck.info["corpus_config"]), vocab=ck.vocab)
+    split = BatchConfig(batch_size=16, seq_len=256, seed=7, val_fraction=0.3)
+    want = evaluate(ck.model, heldout_batches(corpus, split))
+    assert report.scored_characters == want.characters and report.bpc["fp32"] == pytest.approx(want.bpc, abs=1e-4)
+    default = evaluate(ck.model, heldout_batches(corpus, BatchConfig(batch_size=16, seq_len=256)))
+    assert default.characters != want.characters  # the default split would have scored other text
+    assert OnnxModel.load(tmp_path / "run" / "model.onnx").meta["vocab"] == ck.vocab.to_dict()
+    assert not any("does not say how its run split" in line for line in report.lines())
+    del ck.info["split"]  # a file from before runs recorded their split: said, not hidden
+    assert any("does not say how its run split" in line
+               for line in export(ck, ExportConfig(int8=True), tmp_path / "old.onnx").lines())

@@ -755,3 +755,13 @@ def test_sigint_fits_the_n_gram_saying_so_and_a_second_leaves_the_network_alone(
     assert "the n-gram was not added" in capsys.readouterr().out
     ck = charloom.load(tmp_path / "b")
     assert ck.mixture is None and ck.info["step"] == 2
+
+
+def test_overwrite_takes_the_old_runs_exported_files_too(tmp_path, text_file, tiny):
+    """They would otherwise stay beside the new model and write the old run's text."""
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)
+    for name in ("model.onnx", "model.int8.onnx", "notes.txt"):
+        (tmp_path / name).write_text("the old run's")
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, overwrite=True, **tiny)
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.int8.onnx").exists()
+    assert (tmp_path / "notes.txt").exists()  # what the run did not write is not its to take

@@ -496,7 +496,7 @@ def cmd_plot(ns: argparse.Namespace) -> None:
 def cmd_export(ns: argparse.Namespace) -> None:
     from . import checkpoint
     from .export import export
-    from .onnx_generator import EXPORTED
+    from .config import EXPORTED
 
     cfg = options(ns, ExportConfig)
     ck = checkpoint.load(ns.checkpoint)

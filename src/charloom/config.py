@@ -305,6 +305,10 @@ class BatchConfig(Config):
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
 
 
+SPLIT_FIELDS = ("split", "val_fraction", "seed")  # the BatchConfig fields that decide a run's held-out split
+EXPORTED = "model.onnx"  # the file `charloom export` writes into a run folder by default ...
+EXPORTED_INT8 = "model.int8.onnx"  # ... and its int8 twin (--int8)
+
 # each recurrent cell's state tensors by name, each (num_layers, B, H): the cells of cells.CELLS, named here
 # without torch so that a config and an exported file's state can be checked where torch is absent
 CELL_STATES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}

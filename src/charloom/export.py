@@ -34,7 +34,7 @@ from torch import nn
 
 from . import atomic
 from .checkpoint import Checkpoint, plain
-from .config import RECENT, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, state_shapes
+from .config import RECENT, SPLIT_FIELDS, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, state_shapes
 from .errors import CharloomError
 from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
 
@@ -42,8 +42,8 @@ FP32_TOLERANCE = 1e-4  # the largest logit or state difference from PyTorch an f
 ORT_WEB_VERSION = "1.31.1"  # the onnxruntime-web the page loads when no runtime is copied in
 ORT_WEB_URL = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-WEB_FILES = ("index.html", "charloom.js")
-HELDOUT_BATCH = BatchConfig(batch_size=16, seq_len=256)  # how the int8 comparison reads the held-out split  # the page's own files, package data under charloom/web
+WEB_FILES = ("index.html", "charloom.js")  # the page's own files, package data under charloom/web
+HELDOUT_BATCH = BatchConfig(batch_size=16, seq_len=256)  # how the int8 comparison reads the held-out split
 
 
 @dataclass
@@ -58,6 +58,7 @@ class ExportReport:
     int8_difference: float = 0.0  # largest logit difference of the int8 file from PyTorch
     bpc: dict[str, float] = field(default_factory=dict)  # held-out bpc: "fp32", "int8"
     scored_characters: int = 0
+    split_recorded: bool = True  # the model file says how its run split the text (files before it: the default)
     web: Path | None = None
     without: dict[str, Any] | None = None  # a model with an n-gram: its figures (the file holds the network alone)
 
@@ -69,7 +70,9 @@ class ExportReport:
                        f"difference from PyTorch {self.int8_difference:.3f}")
             if self.bpc:
                 out.append(f"held-out bpc over {self.scored_characters:,} characters: fp32 {self.bpc['fp32']:.4f}, "
-                           f"int8 {self.bpc['int8']:.4f} ({self.bpc['int8'] - self.bpc['fp32']:+.4f})")
+                           f"int8 {self.bpc['int8']:.4f} ({self.bpc['int8'] - self.bpc['fp32']:+.4f})"
+                           + ("" if self.split_recorded else "; the model file does not say how its run split the "
+                              "text, so these are of the default split, which may hold text it trained on"))
         if self.without is not None:
             g = self.without
             figures = (f" (whole validation split: {g['network_val_bpc']:.3f} bpc alone, {g['val_bpc']:.3f} with it)"
@@ -121,22 +124,36 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     if cfg.int8:
         _heldout_corpus(ck, cfg)  # a text that cannot be read is said before any file is written
     model = ck.model.float().eval()
-    write_onnx(model, metadata(ck), out, cfg.opset)  # makes a missing --out folder as it writes (atomic.write_bytes)
-    report = ExportReport(out, check(model, out), out.stat().st_size)
-    if ck.mixture is not None:
-        report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
-    if report.max_difference > FP32_TOLERANCE:
-        raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more than "
-                            f"{FP32_TOLERANCE:g}); the file is kept for inspection")
-    if cfg.int8:
-        int8 = _int8_path(out)
-        quantize(out, int8)
-        report.int8_path, report.int8_bytes = int8, int8.stat().st_size
-        report.int8_difference = check(model, int8)
-        report.bpc, report.scored_characters = compare_bpc(ck, cfg, {"fp32": out, "int8": int8})
-    if cfg.web:
-        report.web = write_web(out, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
+    # each file is made, checked and scored in a folder of this process's own, then put in place: an export
+    # writing the same --out at the same time cannot swap a file under this one's checks and figures
+    with tempfile.TemporaryDirectory(prefix="charloom-export-") as tmp:
+        made = Path(tmp) / "model.onnx"
+        write_onnx(model, metadata(ck), made, cfg.opset)
+        report = ExportReport(out, check(model, made), made.stat().st_size)
+        if ck.mixture is not None:
+            report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
+        if report.max_difference > FP32_TOLERANCE:
+            _place(made, out)
+            raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more "
+                                f"than {FP32_TOLERANCE:g}); the file is kept for inspection")
+        if cfg.int8:
+            int8 = Path(tmp) / "model.int8.onnx"
+            quantize(made, int8)
+            report.int8_path, report.int8_bytes = _int8_path(out), int8.stat().st_size
+            report.int8_difference = check(model, int8)
+            report.bpc, report.scored_characters = compare_bpc(ck, cfg, {"fp32": made, "int8": int8})
+            report.split_recorded = isinstance(ck.info.get("split"), dict)
+        _place(made, out)  # makes a missing --out folder
+        if cfg.int8:
+            _place(int8, _int8_path(out))
+        if cfg.web:
+            report.web = write_web(made, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
     return report
+
+
+def _place(made: Path, out: Path) -> None:
+    """The file made at `made` written to `out` atomically (its folder made where missing)."""
+    atomic.write_bytes(out, made.read_bytes())
 
 
 def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 17) -> None:
@@ -233,17 +250,29 @@ def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
         flag = "--text" if cfg.text else "--int8"
         hint = "" if cfg.text else " (the corpus the model was trained on); give the text to score with --text SOURCE"
         raise CharloomError(f"{flag}: {e}{hint}") from None
-    if next(heldout_batches(corpus, HELDOUT_BATCH), None) is None:
+    if next(heldout_batches(corpus, heldout_batch(ck)), None) is None:
         raise CharloomError(f"{'--text' if cfg.text else '--int8'}: {ccfg.source} has no held-out split to score the int8 file on (the text is too "
                             f"short); give a longer one with --text SOURCE")
     return corpus
+
+
+def heldout_batch(ck: Checkpoint) -> BatchConfig:
+    """HELDOUT_BATCH with the split the model's run made (its split, fraction and seed, which its model file
+    records), so that the held-out text is the one the run held out; the default split for files before it."""
+    split = ck.info.get("split")
+    if not isinstance(split, dict):
+        return HELDOUT_BATCH
+    try:
+        return HELDOUT_BATCH.replace(**{k: split[k] for k in SPLIT_FIELDS})
+    except (KeyError, TypeError, CharloomError) as e:
+        raise CharloomError(f"{ck.path}: the run's split it records is not one a run makes ({e})") from None
 
 
 def compare_bpc(ck: Checkpoint, cfg: ExportConfig, files: dict[str, Path]) -> tuple[dict[str, float], int]:
     """Held-out bpc of each file on the same characters: the text's held-out split as training makes it."""
     from .batching import heldout_batches
 
-    corpus, batch = _heldout_corpus(ck, cfg), HELDOUT_BATCH
+    corpus, batch = _heldout_corpus(ck, cfg), heldout_batch(ck)
     figures, scored = {}, 0
     for name, path in files.items():
         figures[name], scored = heldout_bpc(OnnxModel.load(path), heldout_batches(corpus, batch), cfg.score_chars)

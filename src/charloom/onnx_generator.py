@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import MEMORY, RECENT, ModelConfig, state_shapes
+from .config import EXPORTED, MEMORY, RECENT, ModelConfig, state_shapes
 from .decoding import Writer
 from .errors import CharloomError
 from .vocab import Vocab, check_labelled
@@ -26,7 +26,6 @@ from .vocab import Vocab, check_labelled
 METADATA_KEY = "charloom"
 FORMAT = "charloom-onnx"
 VERSION = 1
-EXPORTED = "model.onnx"  # the file `charloom export` writes into a run folder by default
 MAX_FILE_BYTES = 2 << 30  # protobuf's own limit: a larger file is not a model onnxruntime can read
 MAX_METADATA_BYTES = 1 << 20  # the charloom entry of a model with a very large vocabulary is a few hundred KB
 # the operators charloom's exporter writes (fp32 and int8, every cell and input kind): a file that asks

@@ -37,8 +37,8 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import (BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, BatchConfig, Config, CorpusConfig, ModelConfig,
-                     TrainConfig)
+from .config import (BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, SPLIT_FIELDS, BatchConfig, Config,
+                     CorpusConfig, EXPORTED, EXPORTED_INT8, ModelConfig, TrainConfig)
 from .corpus import Corpus, load as load_corpus
 from .decoding import HEAD_ROWS, memory_cap, recall_floats, state_bytes
 from .errors import CharloomError, ConfigError
@@ -703,12 +703,13 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         # with no resume file (--overwrite, or a run killed before its first save), its metrics lines belong
         # to no run that can continue: left in place, this run's lines would follow them
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        if cfg.overwrite:  # nothing of the old run stays to be resumed or taken for this one's
-            for name in (checkpoint.MODEL_FILE, checkpoint.RESUME_FILE):
+        if cfg.overwrite:  # nothing of the old run stays to be resumed or taken for this one's (its exports neither)
+            for name in (checkpoint.MODEL_FILE, checkpoint.RESUME_FILE, EXPORTED, EXPORTED_INT8):
                 (out / name).unlink(missing_ok=True)
 
     def info() -> dict[str, Any]:
-        return {**about, "device": rt.device.type, "precision": rt.precision, "threads": torch.get_num_threads(),
+        return {**about, "split": {k: getattr(batch, k) for k in SPLIT_FIELDS},
+                "device": rt.device.type, "precision": rt.precision, "threads": torch.get_num_threads(),
                 "threads_chosen": rt.watch is not None, **origins,
                 "parameters": net.num_parameters(), "weight_average_decay": cfg.ema}
 
