@@ -338,3 +338,20 @@ def test_a_library_warning_is_one_line_naming_charloom(tmp_path):
     code, out, err = run(*args)
     assert code == 0 and "records          500" in out
     assert err.startswith("charloom: warning: ") and "are damaged" in err and err.count("\n") == 1, err
+
+
+def test_eval_reads_a_text_as_the_model_trained_records_or_a_stream(tmp_path, capsys):
+    """A model of records scores a file of them as records unless told otherwise; read as one stream, each
+    line end would be a character the model never predicts and <eos> would never be scored."""
+    names = "\n".join(["anna", "bob", "carla", "dmitri", "eve", "fatima"] * 40) + "\n"
+    (tmp_path / "names.txt").write_text(names)
+    charloom.train(source=str(tmp_path / "names.txt"), records=True, out=str(tmp_path / "run"), max_steps=20,
+                   hidden_size=16, embedding=8, batch_size=8, eval_every=0, sample_length=0, progress=False)
+    capsys.readouterr()
+    figures = {}
+    for flag in ([], ["--records"], ["--no-records"]):
+        assert main(["eval", "--checkpoint", str(tmp_path / "run"), str(tmp_path / "names.txt"), "--json",
+                     *flag]) == 0
+        figures[tuple(flag)] = json.loads(capsys.readouterr().out)
+    assert figures[()] == figures[("--records",)] != figures[("--no-records",)]
+    assert figures[()]["characters_scored"] == len(names)  # each name's characters and its <eos>

@@ -518,6 +518,8 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     check_streams(ck.model, ecfg.streams)  # before the text is read: its states do not depend on it
     v = ck.vocab
     ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
+    if ccfg.records is None:  # neither --records nor --no-records: records for a model of records, as it trained
+        ccfg = ccfg.replace(records=ck.records)
     c = corpus.load(ccfg, vocab=v)
     mixture = ck.mixture if ecfg.ngram else None
     result = score(ck.model, c, ecfg, device, mixture)

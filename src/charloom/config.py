@@ -167,7 +167,7 @@ class CorpusConfig(Config):
         "auto", "how to read the files; auto: from the extension (.csv .tsv .jsonl, else text)")
     records: bool | None = option(
         None, "each record (line, row, JSON object, file) is a separate sample wrapped in <bos>...<eos>; "
-        "default: records for a bundled records corpus, one continuous stream otherwise")
+        "default: records for a bundled records corpus, one continuous stream otherwise (eval: as the model trained)")
     columns: tuple[str, ...] = option(
         (), "CSV/TSV column(s) holding the text, by header name or 0-based index; repeat to join several",
         flag="column", metavar="NAME|INDEX")
