@@ -437,8 +437,8 @@ class TrainConfig(Config):
     epochs: float = option(0.0, "stop after this many passes over the training split (0: no epoch limit)")
     max_time: str = option("", "stop after this much training time: 90s, 10m, 1.5h (default 10m when no "
                                "budget is given)")
-    lr: float = option(0.0, "peak learning rate of AdamW (0: 5e-3 x 640 / the width, at most 1e-2; a resumed "
-                            "run keeps its own)")
+    lr: float = option(0.0, "peak learning rate of AdamW (0: 5e-3 x 640 / the width, at most 1e-2); a resumed "
+                            "run keeps the rate it trained with unless this is given")
     min_lr_ratio: float = option(0.1, "cosine schedule: the final learning rate as a share of --lr")
     warmup: int = option(50, "steps (batches) of linear learning-rate warm-up")
     schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up: cosine decay over "

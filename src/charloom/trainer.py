@@ -416,6 +416,12 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
             k = diff[0]
             raise CharloomError(f"resume (--resume): option {k} is {mine[k]!r} but the run in {out} used "
                                 f"{then.get(k)!r}")
+    started, given = run.configs.get("train", {}).get("init_from", ""), now["train"].init_from
+    same = given == started or bool(given and started) and Path(given).expanduser().resolve() == \
+        Path(started).expanduser().resolve()
+    if not same:  # a run's parent is where it began: another cannot be where it goes on
+        raise CharloomError(f"resume (--resume): the run in {out} started from {started or 'scratch'!r}, not "
+                            f"{now['train'].init_from or 'scratch'!r} (--init-from); resume it without --init-from")
     then = ck.info.get("corpus_digest")  # absent from files written before runs recorded it
     if then is not None and then != about["corpus_digest"]:
         size = ck.info.get("corpus_characters")
