@@ -666,3 +666,31 @@ def test_a_file_rewritten_with_its_old_mtime_is_read_again(tmp_path):
     p.write_text("QQQQ of the text\n" * 2000)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert "L" not in load(cfg).vocab.chars and "Q" in load(cfg).vocab.chars
+
+
+def test_csv_columns_named_twice_or_by_digits_and_an_unclosed_quotes_line(tmp_path):
+    (tmp_path / "dup.csv").write_text("title,title\nA,B\n")
+    with pytest.raises(CharloomError, match=r"dup.csv: the header names columns 0, 1 'title'; choose one by index"):
+        load(CorpusConfig(source=str(tmp_path / "dup.csv"), columns=("title",), records=True))
+    assert records(tmp_path, "dup2.csv", "title,title\nA,B\n", columns=("1",), header=True) == ["B"]
+    # a header may name a column with digits: with --header that name is the column, not an index
+    assert records(tmp_path, "y.csv", "name,2019\nalice,x\nbob,y\n", columns=("2019",), header=True) == ["x", "y"]
+    with pytest.raises(CharloomError, match=r"column 2019 out of range .*needs --header"):
+        load(CorpusConfig(source=str(tmp_path / "y.csv"), columns=("2019",), records=True))
+    (tmp_path / "u.csv").write_text('title,body\n"unclosed,x\nC,z\nD,w\n')
+    with pytest.raises(CharloomError, match=r"u.csv: line 2: a quoted field .* the file's last 3 lines"):
+        load(CorpusConfig(source=str(tmp_path / "u.csv"), columns=("title",), records=True))
+
+
+def test_records_are_counted_many_at_a_time_with_the_same_figures(tmp_path, monkeypatch):
+    lines = [f"name{i % 97}{'é' if i % 5 == 0 else ''}" for i in range(20_000)]
+    updates = []
+    real = corpus_mod.CharCounter.update
+    monkeypatch.setattr(corpus_mod.CharCounter, "update", lambda self, text: updates.append(len(text)) or
+                        real(self, text))
+    (tmp_path / "n.txt").write_text("\n".join(lines))
+    c = load(CorpusConfig(source=str(tmp_path / "n.txt"), records=True))
+    assert len(updates) < 10  # not one call per record
+    assert [c.record(i) for i in range(c.num_records)] == lines
+    want = {ch: "".join(lines).count(ch) for ch in set("".join(lines))}
+    assert {c.vocab.itos[i]: int(n) for i, n in enumerate(c.counts()) if n} == want

@@ -412,7 +412,8 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
         if header and head is None:
             return
         picks: list[int] | None = None
-        lines = raw[:]
+        lines = raw[:]  # the header's lines, should no row follow it
+        raw.clear()
         for row in reader:
             lines = raw[:]
             raw.clear()
@@ -466,10 +467,14 @@ def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, 
                             f"--column INDEX")
     picks = []
     for col in columns:
-        if _is_index(col):
+        if head is not None and head.count(col) > 1:
+            at = ", ".join(str(i) for i, name in enumerate(head) if name == col)
+            raise CharloomError(f"{_shown(path)}: the header names columns {at} {col!r}; choose one by index")
+        if _is_index(col) and (head is None or col not in head):  # a header's own name "2019" is that column
             i = int(col)
             if not -width <= i < width:
-                raise CharloomError(f"{_shown(path)}: column {i} out of range (rows have {width} columns)")
+                named = "" if head is not None else "; a column the first row names so needs --header"
+                raise CharloomError(f"{_shown(path)}: column {i} out of range (rows have {width} columns{named})")
             picks.append(i)
         else:
             assert head is not None
@@ -820,10 +825,13 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
         lengths = array("q")
         skipped = [0]
         raw_labels: list[str] | None = [] if cfg.labelled else None
-        for piece in _prepared(source, cfg, skipped, raw_labels):
-            counter.update(piece)
-            if source.records:
+        def measured(pieces: Iterator[str]) -> Iterator[str]:
+            for piece in pieces:
                 lengths.append(len(piece))
+                yield piece
+        pieces = _prepared(source, cfg, skipped, raw_labels)
+        for big in _buffered(measured(pieces)) if source.records else pieces:  # records counted many at a time
+            counter.update(big)
         total = counter.total()
         if total == 0:
             what = "records" if source.records else "characters"
