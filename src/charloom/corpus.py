@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import fnmatch
 import functools
 import glob as globmod
 import gzip
@@ -24,6 +25,7 @@ import lzma
 import os
 import re
 import shutil
+import sys
 import unicodedata
 import warnings
 import zlib
@@ -38,7 +40,7 @@ import numpy as np
 
 from . import atomic
 from .config import CorpusConfig
-from .errors import CharloomError
+from .errors import CharloomError, CharloomWarning
 from .vocab import CharCounter, Vocab, check_labels, prepare_text
 
 CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file size
@@ -48,12 +50,14 @@ CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file
 _CUTS = " \t,;-()0123456789"
 _SCAN = 1 << 16  # how far back from a long piece's end another safe place to cut is looked for
 _JOINS_BACK = (("\u1160", "\u11ff"), ("\ud7b0", "\ud7ff"))  # Hangul vowel and final jamo join the syllable before
-CACHE_VERSION = 2  # 2: a lone "\r" ends a line, so records of such files changed
+CACHE_VERSION = 3  # 2: a lone "\r" ends a line; 3: JSONL refuses lone surrogates, NUL-filled files are refused
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 # a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
 # split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a JSON escape such as \ud800 without its pair: not a character
-NUL_SHARE = 0.01  # a first piece this much U+0000 is not text: UTF-16 read as UTF-8, or an archive
+NUL_SHARE = 0.1  # a first piece this much U+0000 (and NUL_LEAST of them) is not text: UTF-16 read as UTF-8,
+NUL_LEAST = 16  # or an archive; a stray NUL or two in text is data
+_DAMAGED = (OSError, ValueError, KeyError, TypeError, CharloomError)  # what reading a damaged cache entry raises
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
 
 
@@ -139,8 +143,8 @@ def resolve(cfg: CorpusConfig) -> Source:
     if cfg.source in corpora and not path.exists():
         entry = corpora[cfg.source]
         records = entry.kind == "records" if cfg.records is None else cfg.records
-        fmt = cfg.format if cfg.format != "auto" else ("lines" if entry.kind == "records" else "text")
-        return Source(label, (entry.path,), fmt, records)
+        fmt = cfg.format if cfg.format != "auto" else ("lines" if entry.kind == "records" or records else "text")
+        return Source(label, (entry.path,), fmt, records)  # a text read as records: a record a line, as a file's
     records = bool(cfg.records)
     try:
         files = _each_file_once(_files_of(cfg, path, label))
@@ -187,34 +191,45 @@ def _files_of(cfg: CorpusConfig, path: Path, label: str) -> list[Path]:
     raise CharloomError(f"{label}: no such file, folder or bundled corpus (bundled: {names})")
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Every visible file under `root` (no part of its path below root starts with "."), links to folders not
-    followed; a folder that cannot be listed raises its OSError rather than being passed over."""
+def _walk(root: Path, hidden: bool = False) -> Iterator[Path]:
+    """Every file under `root` (but, unless `hidden`, those with a part below root starting with "."), links to
+    folders not followed; a folder that cannot be listed raises its OSError rather than being passed over."""
     def fail(e: OSError) -> None:
         raise e
 
     for folder, subfolders, names in os.walk(root, onerror=fail):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        yield from (Path(folder) / n for n in names if not n.startswith("."))
+        subfolders[:] = sorted(d for d in subfolders if hidden or not d.startswith("."))
+        yield from (Path(folder) / n for n in names if hidden or not n.startswith("."))
 
 
 def _globbed(pattern: str) -> Iterator[Path]:
-    """The paths `pattern` matches, as glob.glob(recursive=True) finds them (names starting with "." only where
-    the pattern's own part does), but with `**` never following a link to a folder, as pathlib's glob does."""
+    """The files `pattern` matches, as glob.glob(recursive=True) finds them, but with `**` walking the folders
+    below (`_walk`) without following links to folders, which glob.glob does: two link loops made it run for
+    ever. A pattern without `**` recurses into nothing and is glob.glob's."""
     parts = Path(pattern).parts
-    fixed = next((i for i, part in enumerate(parts) if globmod.has_magic(part)), len(parts))
-    base, rest = Path(*parts[:fixed]) if fixed else Path(), parts[fixed:]
-    if not rest:
-        yield base
+    if "**" not in "".join(parts):
+        yield from (Path(p) for p in globmod.glob(pattern))
         return
-    dotted = any(part.startswith(".") for part in rest)
-    try:
-        found = base.glob(str(Path(*rest)))
-        for p in found:
-            if dotted or not any(part.startswith(".") for part in p.relative_to(base).parts):
-                yield p
-    except ValueError as e:  # pathlib's own refusal, e.g. "a**b"
-        raise CharloomError(f"{_shown(pattern)}: {e}") from None
+    fixed = next(i for i, part in enumerate(parts) if globmod.has_magic(part))
+    base, rest = Path(*parts[:fixed]) if fixed else Path(), [p if p == "**" else p.replace("**", "*")
+                                                             for p in parts[fixed:]]
+    if pattern.endswith(os.sep) or not base.is_dir():  # a pattern of folders, or nowhere to walk: no files
+        return
+    dotted = any(p.startswith(".") for p in rest)
+    yield from (p for p in _walk(base, hidden=dotted) if _matches(p.relative_to(base).parts, rest))
+
+
+def _matches(names: tuple[str, ...], pattern: list[str]) -> bool:
+    """glob's rule for a path's parts below the walk's base: `**` takes any number of parts, none hidden; any
+    other pattern part takes one, by fnmatch, a hidden one only where the pattern's part starts with "."."""
+    if not pattern:
+        return not names
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_matches(names[i:], rest) for i in range(len(names) + 1)
+                   if not any(n.startswith(".") for n in names[:i]))
+    return bool(names) and (head.startswith(".") or not names[0].startswith(".")) \
+        and fnmatch.fnmatchcase(names[0], head) and _matches(names[1:], rest)
 
 
 def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> None:
@@ -275,11 +290,11 @@ def _undecodable(path: Path, encoding: str, at: int, e: UnicodeError) -> Charloo
 
 
 def _check_not_binary(path: Path, encoding: str, text: str) -> None:
-    """A file whose first piece is NUL_SHARE or more U+0000 is refused: it decodes, but is not text in
+    """A file whose first piece is NUL_SHARE or more U+0000 (at least NUL_LEAST) is refused: it decodes, but is not text in
     `encoding` (UTF-16 without a byte-order mark read as UTF-8 has every other character NUL; an archive's
     headers are padded with them), and read as text would train a model on NULs."""
     nul = text.count("\0")
-    if nul and nul >= NUL_SHARE * len(text):
+    if nul >= max(NUL_LEAST, NUL_SHARE * len(text)):
         raise CharloomError(f"{_shown(path)}: {nul:,} of its first {len(text):,} characters are NUL (U+0000), so it "
                             f"is not {encoding} text: UTF-16 without a byte-order mark needs --encoding utf-16-le "
                             f"(or -be); an archive (.tar, .zip) must be unpacked first")
@@ -467,17 +482,16 @@ def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, 
                             f"--column INDEX")
     picks = []
     for col in columns:
-        if head is not None and head.count(col) > 1:
-            at = ", ".join(str(i) for i, name in enumerate(head) if name == col)
-            raise CharloomError(f"{_shown(path)}: the header names columns {at} {col!r}; choose one by index")
-        if _is_index(col) and (head is None or col not in head):  # a header's own name "2019" is that column
+        if _is_index(col):  # digits are an index, even where a header names a column so
             i = int(col)
             if not -width <= i < width:
-                named = "" if head is not None else "; a column the first row names so needs --header"
-                raise CharloomError(f"{_shown(path)}: column {i} out of range (rows have {width} columns{named})")
+                raise CharloomError(f"{_shown(path)}: column {i} out of range (rows have {width} columns)")
             picks.append(i)
         else:
             assert head is not None
+            if head.count(col) > 1:
+                at = ", ".join(str(i) for i, name in enumerate(head) if name == col)
+                raise CharloomError(f"{_shown(path)}: the header names columns {at} {col!r}; choose one by index")
             if col not in head:
                 raise CharloomError(f"{_shown(path)}: column {col!r} not found (columns: {', '.join(head)})")
             picks.append(head.index(col))
@@ -492,7 +506,7 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
         if not line.strip():
             continue
         try:
-            obj: Any = json.loads(line, parse_int=_json_int)
+            obj: Any = _json_object(line)
         except RecursionError:  # the parser recurses once per level of nesting
             raise CharloomError(f"{_shown(path)}: line {n}: JSON nested too deeply to read") from None
         except ValueError as e:  # a JSONDecodeError, or an integer too long to convert
@@ -531,7 +545,19 @@ class _LongInteger:
 
 
 def _json_int(digits: str) -> int | _LongInteger:
-    return _LongInteger(digits) if len(digits.lstrip("-")) > 4000 else int(digits)
+    limit = sys.get_int_max_str_digits()  # 0: no limit
+    return _LongInteger(digits) if limit and len(digits.lstrip("-")) > limit else int(digits)
+
+
+def _json_object(line: str) -> Any:
+    """A JSON line parsed; one with an integer longer than Python converts is parsed again with it kept as
+    digits (parse_int costs a Python call for each integer, so only such a line pays it)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return json.loads(line, parse_int=_json_int)
 
 
 def _json_type(value: Any) -> str:
@@ -746,13 +772,27 @@ def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = Fals
     if (folder / "meta.json").exists():
         try:
             return _open_cached(folder, source.label, vocab, cfg.unknown)
-        except (OSError, ValueError, KeyError, TypeError) as e:  # damaged on disk since: read the text again
+        except _DAMAGED as e:  # damaged on disk since it was written: read the text again
             warnings.warn(f"{_shown(folder)}: the cached ids of {source.label} are damaged ({e}); reading the text "
-                          f"again", stacklevel=2)
-    if folder.exists():  # an entry is renamed into place whole, so one without its meta.json was damaged since
-        shutil.rmtree(folder, ignore_errors=True)
+                          f"again", CharloomWarning, stacklevel=2)
+    if folder.exists():  # an entry is renamed into place whole: one here that cannot be read was damaged since
+        _set_aside(folder)
     _encode_to_cache(source, cfg, vocab, folder)
-    return _open_cached(folder, source.label, vocab, cfg.unknown)
+    try:
+        return _open_cached(folder, source.label, vocab, cfg.unknown)
+    except _DAMAGED as e:  # damaged again, or set aside by another process between its checks and this one's
+        raise CharloomError(f"{_shown(folder)}: the encoded corpus cannot be read back ({e}); run again") from None
+
+
+def _set_aside(folder: Path) -> None:
+    """A damaged cache entry renamed out of the way, then removed: the rename is atomic, so a process that put a
+    whole entry in place meanwhile loses it to a reread, never to a half-removed folder."""
+    aside = folder.with_name(f".{folder.name}{atomic.TMP_MARK}{os.getpid()}-damaged")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return  # left in place: the encoding's own rename then finds it and keeps it, and the read back says so
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _prepared(source: Source, cfg: CorpusConfig, skipped: list[int], labels: list[str] | None = None) -> Iterator[str]:
@@ -825,6 +865,7 @@ def _encode_to_cache(source: Source, cfg: CorpusConfig, vocab: Vocab | None, fol
         lengths = array("q")
         skipped = [0]
         raw_labels: list[str] | None = [] if cfg.labelled else None
+
         def measured(pieces: Iterator[str]) -> Iterator[str]:
             for piece in pieces:
                 lengths.append(len(piece))
@@ -938,7 +979,7 @@ def _check_cached(ids: np.ndarray, offsets: np.ndarray | None, labels: np.ndarra
     (a fraction of a second a GB) is the price of never handing a model an id it has no row for."""
     if ids.shape != (characters,) or ids.dtype != _id_dtype(vocab_size):
         raise ValueError(f"ids.npy holds {ids.shape} {ids.dtype}, not {characters:,} ids")
-    if characters and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
+    if characters and (int(ids.max()) >= vocab_size or ids.dtype.kind == "i" and int(ids.min()) < 0):
         raise ValueError(f"ids.npy holds ids outside the vocabulary of {vocab_size}")
     if offsets is not None and (offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != characters
                                 or (np.diff(offsets) < 0).any()):
