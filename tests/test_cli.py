@@ -355,3 +355,16 @@ def test_eval_reads_a_text_as_the_model_trained_records_or_a_stream(tmp_path, ca
         figures[tuple(flag)] = json.loads(capsys.readouterr().out)
     assert figures[()] == figures[("--records",)] != figures[("--no-records",)]
     assert figures[()]["characters_scored"] == len(names)  # each name's characters and its <eos>
+
+
+def test_only_charloom_warnings_are_made_one_line(capsys):
+    from charloom.cli import _one_line
+    from charloom.errors import CharloomWarning
+
+    shown = []
+    said = _one_line(lambda *a, **k: shown.append(a[1]))
+    said(CharloomWarning("start text: 'Z' read as <unk>"), CharloomWarning, "f.py", 1)
+    said(RuntimeWarning("divide by zero encountered in log"), RuntimeWarning, "f.py", 1)
+    assert capsys.readouterr().err == "charloom: warning: start text: 'Z' read as <unk>\n"
+    assert shown == [RuntimeWarning]  # another library's warning is shown as Python shows it
+    assert issubclass(CharloomWarning, UserWarning)  # pytest.warns(UserWarning) and filters still take it

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
                      SampleOptions, ServeConfig, TrainConfig)
-from .errors import CharloomError, ConfigError
+from .errors import CharloomError, CharloomWarning, ConfigError
 
 if TYPE_CHECKING:  # the corpus module (and torch) load only for the commands that read text
     from .corpus import Corpus
@@ -134,7 +134,7 @@ def corpus_info(ccfg: CorpusConfig, bcfg: BatchConfig) -> dict[str, Any]:
     split for training still has its figures: the split's are None and `split_error` says why."""
     import numpy as np
 
-    from . import batching, corpus
+    from . import corpus
 
     t0 = time.perf_counter()
     c = corpus.load(ccfg)
@@ -697,8 +697,15 @@ def _reading_threads(ns: argparse.Namespace) -> None:
     set_threads(0, seconds=READ_IDLE_SECONDS)
 
 
-def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    print(f"charloom: warning: {message}", file=sys.stderr)
+def _one_line(show: Callable[..., None]) -> Callable[..., None]:
+    """warnings.showwarning that says charloom's own warnings in one line, as errors are said, and passes any
+    other library's to `show`, as Python shows them."""
+    def said(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, CharloomWarning):
+            print(f"charloom: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kw)
+    return said
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -708,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     try:
         with warnings.catch_warnings():  # the library's warnings, said as the errors are: one line each
-            warnings.showwarning = _warning_line
+            warnings.showwarning = _one_line(warnings.showwarning)
             if ns.run in (cmd_sample, cmd_eval, cmd_info, cmd_export):
                 _reading_threads(ns)
             code = ns.run(ns)

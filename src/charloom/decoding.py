@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig, SampleOptions
-from .errors import CharloomError, ConfigError
+from .errors import CharloomError, CharloomWarning, ConfigError
 from .ngram import MIX_FLOATS, Mixture, contexts
 from .vocab import Vocab
 
@@ -278,7 +278,7 @@ class Writer:
         unknown = self.unknown_characters(opts.start)
         if unknown and self.vocab.unknown == "unk":
             warnings.warn(f"start text: {''.join(unknown)!r} not in the model's vocabulary, read as <unk>",
-                          stacklevel=3)
+                          CharloomWarning, stacklevel=3)
         return pieces
 
     def quietly(self, opts: SampleOptions) -> Iterator[tuple[int, str]]:

@@ -13,3 +13,8 @@ class CharloomError(Exception):
 
 class ConfigError(CharloomError, ValueError):
     """An option that is unknown, of the wrong type, or out of range."""
+
+
+class CharloomWarning(UserWarning):
+    """Something the user should know that does not stop the work (characters read as <unk>, a cache entry read
+    again). The CLI says each in one line, as it says errors."""
