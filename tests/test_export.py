@@ -491,24 +491,28 @@ def test_int8_figures_are_of_the_split_the_run_held_out_and_of_this_exports_own_
     from charloom.config import BatchConfig, CorpusConfig
     from charloom.corpus import load as load_corpus
 
-    charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=30, batch_size=8, seq_len=32,
-                   hidden_size=32, embedding=8, eval_every=0, sample_length=0, progress=False, warmup=2, lr=1e-2,
-                   seed=7, val_fraction=0.3)
+    rng = np.random.default_rng(0)
+    words = ["thou", "art", "the", "king", "of", "night", "and", "day", "ROMEO.", "JULIET.", "\n"]
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(rng.choice(words, 120_000)))  # blocks enough for a random split to choose from
+    charloom.train(source=str(text), out=str(tmp_path / "run"), max_steps=20, batch_size=8, seq_len=32,
+                   hidden_size=16, embedding=8, eval_every=0, sample_length=0, progress=False, warmup=2, lr=1e-2,
+                   seed=7, split="random", val_fraction=0.3, ngram=0)
     ck = checkpoint.load(tmp_path / "run")
-    assert ck.info["split"] == {"split": "auto", "val_fraction": 0.3, "seed": 7}
+    assert ck.info["split"] == {"split": "random", "val_fraction": 0.3, "seed": 7}
     real_quantize = export_mod.quantize
 
     def quantize_beside_another_export(src, dst):
         (tmp_path / "run" / "model.onnx").write_bytes(b"another export's file")
         real_quantize(src, dst)
     monkeypatch.setattr(export_mod, "quantize", quantize_beside_another_export)
-    report = export(ck, ExportConfig(int8=True), tmp_path / "run" / "model.onnx")
+    report = export(ck, ExportConfig(int8=True, score_chars=10**6), tmp_path / "run" / "model.onnx")
     corpus = load_corpus(CorpusConfig.from_dict(ck.info["corpus_config"]), vocab=ck.vocab)
-    split = BatchConfig(batch_size=16, seq_len=256, seed=7, val_fraction=0.3)
+    split = BatchConfig(batch_size=16, seq_len=256, seed=7, split="random", val_fraction=0.3)
     want = evaluate(ck.model, heldout_batches(corpus, split))
     assert report.scored_characters == want.characters and report.bpc["fp32"] == pytest.approx(want.bpc, abs=1e-4)
-    default = evaluate(ck.model, heldout_batches(corpus, BatchConfig(batch_size=16, seq_len=256)))
-    assert default.characters != want.characters  # the default split would have scored other text
+    other_seed = evaluate(ck.model, heldout_batches(corpus, split.replace(seed=1337)))
+    assert other_seed.bpc != pytest.approx(want.bpc, abs=1e-4)  # the seed's own blocks, not the default's
     assert OnnxModel.load(tmp_path / "run" / "model.onnx").meta["vocab"] == ck.vocab.to_dict()
     assert not any("does not say how its run split" in line for line in report.lines())
     del ck.info["split"]  # a file from before runs recorded their split: said, not hidden

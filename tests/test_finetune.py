@@ -147,12 +147,15 @@ def test_a_resumed_fine_tune_refuses_another_parent(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_steps=2, **tiny)
     charloom.train(source=str(text_file), out=str(tmp_path / "child"), init_from=str(tmp_path / "a"),
                    max_steps=2, batch_size=4, seq_len=16, eval_every=0, sample_length=0, progress=False)
-    with pytest.raises(CharloomError, match=r"^resume \(--resume\): the run in .*child started from .*a'.*, not "
-                                            r".*b' \(--init-from\)"):
+    with pytest.raises(CharloomError, match=r"^resume \(--resume\): the run in .*child started from .*/a, not "
+                                            r".*/b \(--init-from\)"):
         charloom.train(out=str(tmp_path / "child"), init_from=str(tmp_path / "b"), resume=True, max_steps=4)
-    # the same parent, however it is named, and no parent given, both go on
-    charloom.train(out=str(tmp_path / "child"), init_from=str(tmp_path / "x" / ".." / "a"), resume=True,
+    # the same parent, however it is named (a folder or its model file), and no parent given, all go on
+    charloom.train(out=str(tmp_path / "child"), init_from=str(tmp_path / "b" / ".." / "a"), resume=True,
                    max_steps=3, progress=False)
-    charloom.train(out=str(tmp_path / "child"), resume=True, max_steps=4, progress=False)
-    with pytest.raises(CharloomError, match=r"started from 'scratch'"):
+    charloom.train(out=str(tmp_path / "child"), init_from=str(tmp_path / "a" / "model.safetensors"), resume=True,
+                   max_steps=4, progress=False)
+    charloom.train(config=charloom.TrainConfig(out=str(tmp_path / "child"), resume=True, max_steps=5,
+                                               progress=False))
+    with pytest.raises(CharloomError, match=r"started from no parent, not "):
         charloom.train(out=str(tmp_path / "a"), init_from=str(tmp_path / "b"), resume=True, max_steps=4)

@@ -124,36 +124,51 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     if cfg.int8:
         _heldout_corpus(ck, cfg)  # a text that cannot be read is said before any file is written
     model = ck.model.float().eval()
-    # each file is made, checked and scored in a folder of this process's own, then put in place: an export
-    # writing the same --out at the same time cannot swap a file under this one's checks and figures
-    with tempfile.TemporaryDirectory(prefix="charloom-export-") as tmp:
-        made = Path(tmp) / "model.onnx"
+    # each file is made, checked and scored in a folder of this process's own beside --out, then renamed into
+    # place: an export writing the same --out at the same time cannot swap a file under this one's checks
+    tmp = _own_folder(out)
+    try:
+        made = tmp / "model.onnx"
         write_onnx(model, metadata(ck), made, cfg.opset)
-        report = ExportReport(out, check(model, made), made.stat().st_size)
+        report = ExportReport(out, _checked(model, made, out), made.stat().st_size)
         if ck.mixture is not None:
             report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
         if report.max_difference > FP32_TOLERANCE:
-            _place(made, out)
+            os.replace(made, out)
             raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more "
                                 f"than {FP32_TOLERANCE:g}); the file is kept for inspection")
         if cfg.int8:
-            int8 = Path(tmp) / "model.int8.onnx"
+            int8 = tmp / "model.int8.onnx"
             quantize(made, int8)
             report.int8_path, report.int8_bytes = _int8_path(out), int8.stat().st_size
             report.int8_difference = check(model, int8)
             report.bpc, report.scored_characters = compare_bpc(ck, cfg, {"fp32": made, "int8": int8})
             report.split_recorded = isinstance(ck.info.get("split"), dict)
-        _place(made, out)  # makes a missing --out folder
-        if cfg.int8:
-            _place(int8, _int8_path(out))
-        if cfg.web:
-            report.web = write_web(made, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
+            os.replace(int8, _int8_path(out))
+        os.replace(made, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.web:
+        report.web = write_web(out, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
     return report
 
 
-def _place(made: Path, out: Path) -> None:
-    """The file made at `made` written to `out` atomically (its folder made where missing)."""
-    atomic.write_bytes(out, made.read_bytes())
+def _own_folder(out: Path) -> Path:
+    """A new folder beside `out` (made, with the folders above it, where missing) for this export's files."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return atomic.temporary_folder(out)
+    except OSError as e:
+        raise CharloomError(f"--out {out}: cannot write in the folder {out.parent} ({e.strerror or e})") from None
+
+
+def _checked(model: nn.Module, made: Path, out: Path) -> float:
+    """`check` of the file made; one onnxruntime cannot run is put at `out` for inspection before it is said."""
+    try:
+        return check(model, made)
+    except CharloomError:
+        os.replace(made, out)
+        raise
 
 
 def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 17) -> None:

@@ -37,8 +37,8 @@ from torch.optim.swa_utils import AveragedModel
 from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, prepare
 from .checkpoint import Progress, RunState
-from .config import (BATCH_SIZES, EARLY_PIECE, LATE_PIECE, MAX_PIECES, SPLIT_FIELDS, BatchConfig, Config,
-                     CorpusConfig, EXPORTED, EXPORTED_INT8, ModelConfig, TrainConfig)
+from .config import (BATCH_SIZES, EARLY_PIECE, EXPORTED, EXPORTED_INT8, LATE_PIECE, MAX_PIECES, SPLIT_FIELDS,
+                     BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig)
 from .corpus import Corpus, load as load_corpus
 from .decoding import HEAD_ROWS, memory_cap, recall_floats, state_bytes
 from .errors import CharloomError, ConfigError
@@ -416,12 +416,6 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
             k = diff[0]
             raise CharloomError(f"resume (--resume): option {k} is {mine[k]!r} but the run in {out} used "
                                 f"{then.get(k)!r}")
-    started, given = run.configs.get("train", {}).get("init_from", ""), now["train"].init_from
-    same = given == started or bool(given and started) and Path(given).expanduser().resolve() == \
-        Path(started).expanduser().resolve()
-    if not same:  # a run's parent is where it began: another cannot be where it goes on
-        raise CharloomError(f"resume (--resume): the run in {out} started from {started or 'scratch'!r}, not "
-                            f"{now['train'].init_from or 'scratch'!r} (--init-from); resume it without --init-from")
     then = ck.info.get("corpus_digest")  # absent from files written before runs recorded it
     if then is not None and then != about["corpus_digest"]:
         size = ck.info.get("corpus_characters")
@@ -431,13 +425,27 @@ def _check_resumable(out: Path, now: dict[str, Config], ck: checkpoint.Checkpoin
                             f"or start a new run in another --out")
 
 
+def _check_parent(given: str, started: str, out: Path) -> None:
+    """A resumed run goes on from the parent it started from: another given is refused (none given keeps it)."""
+    def model(name: str) -> Path | None:
+        try:
+            return checkpoint.model_path(name).resolve()
+        except CharloomError:
+            return None
+    if given and given != started and (not started or model(given) is None or model(given) != model(started)):
+        raise CharloomError(f"resume (--resume): the run in {out} started from {started or 'no parent'}, not "
+                            f"{given} (--init-from); resume it without --init-from")
+
+
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
     """The run to continue (--resume), or None for a fresh one (refused where a run is, unless --overwrite)."""
     path = out / checkpoint.RESUME_FILE
     if cfg.resume:
         if not path.exists():
             raise CharloomError(f"resume (--resume): {path} not found; nothing to resume in {out}")
-        return checkpoint.load_run(path)
+        ck, run = checkpoint.load_run(path)
+        _check_parent(cfg.init_from, run.configs.get("train", {}).get("init_from", ""), out)
+        return ck, run
     if path.exists() and not cfg.overwrite:
         raise CharloomError(f"out (--out): {out} already holds a run; continue it (resume, --resume), replace it "
                             f"(overwrite, --overwrite), or choose another folder")
