@@ -290,9 +290,9 @@ def _undecodable(path: Path, encoding: str, at: int, e: UnicodeError) -> Charloo
 
 
 def _check_not_binary(path: Path, encoding: str, text: str) -> None:
-    """A file whose first piece is NUL_SHARE or more U+0000 (at least NUL_LEAST) is refused: it decodes, but is not text in
-    `encoding` (UTF-16 without a byte-order mark read as UTF-8 has every other character NUL; an archive's
-    headers are padded with them), and read as text would train a model on NULs."""
+    """A file whose first piece is NUL_SHARE or more U+0000 (at least NUL_LEAST) is refused: it decodes, but is
+    not text in `encoding` (UTF-16 without a byte-order mark read as UTF-8 has every other character NUL; an
+    archive's headers are padded with them), and read as text would train a model on NULs."""
     nul = text.count("\0")
     if nul >= max(NUL_LEAST, NUL_SHARE * len(text)):
         raise CharloomError(f"{_shown(path)}: {nul:,} of its first {len(text):,} characters are NUL (U+0000), so it "
