@@ -157,5 +157,8 @@ def test_a_resumed_fine_tune_refuses_another_parent(tmp_path, text_file, tiny):
                    max_steps=4, progress=False)
     charloom.train(config=charloom.TrainConfig(out=str(tmp_path / "child"), resume=True, max_steps=5,
                                                progress=False))
+    # a resume that named no parent keeps the one the run started from, for the resumes after it
+    charloom.train(out=str(tmp_path / "child"), init_from=str(tmp_path / "a"), resume=True, max_steps=6,
+                   progress=False)
     with pytest.raises(CharloomError, match=r"started from no parent, not "):
         charloom.train(out=str(tmp_path / "a"), init_from=str(tmp_path / "b"), resume=True, max_steps=4)

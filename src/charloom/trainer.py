@@ -437,6 +437,12 @@ def _check_parent(given: str, started: str, out: Path) -> None:
                             f"{given} (--init-from); resume it without --init-from")
 
 
+def _with_parent(cfg: TrainConfig, previous: tuple[checkpoint.Checkpoint, RunState] | None) -> TrainConfig:
+    """A resumed run's config with the parent it started from (`_check_parent` let no other through), so that a
+    resume that named none does not record the run as started from none."""
+    return cfg if previous is None else cfg.replace(init_from=previous[1].configs.get("train", {}).get("init_from", ""))
+
+
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
     """The run to continue (--resume), or None for a fresh one (refused where a run is, unless --overwrite)."""
     path = out / checkpoint.RESUME_FILE
@@ -684,6 +690,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
     out = Path(config.out).expanduser()
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
+    config = _with_parent(config, previous)
     rt = _runtime(config, model, previous, out)
     if rt.procs.main:  # only the first process writes the run folder
         _check_out(out)
