@@ -2,6 +2,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -707,3 +708,36 @@ def test_a_bundled_text_read_as_records_is_a_record_a_line_as_a_files_is():
     assert corpus_mod.resolve(CorpusConfig(source="shakespeare", records=True)).format == "lines"
     assert corpus_mod.resolve(CorpusConfig(source="shakespeare")).format == "text"
     assert corpus_mod.resolve(CorpusConfig(source="names", records=False)).format == "lines"
+
+
+def test_a_glob_matches_what_python_s_glob_does_where_no_link_leads_to_a_folder(tmp_path, monkeypatch):
+    import glob
+
+    for f in ("top.txt", "a/x1.txt", "a/b/x2.txt", "a/b/c/y.py", "a/.h/z.txt", ".hid.txt", "e/b", "d/b2/q.txt"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("text\n")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("**", "**/*.txt", "*/**", "a/*/**", "**/b/**", ".*/**", "a/**/b/**/*.txt", "**.txt",
+                    "[ab]*/**/x?.txt", "a/**/", "**/.h/*.txt", "a/.*/**/*.txt", "a/**/../*.txt", "a/**/.",
+                    str(tmp_path / "**" / "*.py"), "*/*.txt", "a/*/**/*.py"):
+        want = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        assert sorted(str(p) for p in corpus_mod._globbed(pattern) if p.is_file()) == want, pattern
+
+
+def test_a_tar_archive_of_text_is_refused_by_its_runs_of_nul(tmp_path):
+    import tarfile
+
+    for i in range(5):
+        (tmp_path / f"book{i}.txt").write_text("Call me Ishmael. Some years ago, never mind how long.\n" * 900)
+    with tarfile.open(tmp_path / "books.tar", "w") as tar:
+        for i in range(5):
+            tar.add(tmp_path / f"book{i}.txt", arcname=f"book{i}.txt")
+    with pytest.raises(CharloomError, match=r"books.tar: .* characters are NUL .*must be unpacked first"):
+        load(CorpusConfig(source=str(tmp_path / "books.tar")))
+
+
+@pytest.mark.parametrize("column", ["²", "--1", "1.5"])
+def test_a_column_that_only_looks_like_a_number_is_a_name(tmp_path, column):
+    (tmp_path / "t.csv").write_text("a,b\nx,y\n")
+    with pytest.raises(CharloomError, match=rf"column {re.escape(repr(column))} not found \(columns: a, b\)"):
+        load(CorpusConfig(source=str(tmp_path / "t.csv"), columns=(column,), records=True))

@@ -55,8 +55,8 @@ _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 # a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
 # split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a JSON escape such as \ud800 without its pair: not a character
-NUL_SHARE = 0.1  # a first piece this much U+0000 (and NUL_LEAST of them) is not text: UTF-16 read as UTF-8,
-NUL_LEAST = 16  # or an archive; a stray NUL or two in text is data
+NUL_SHARE = 0.1  # a first piece this much U+0000 (and NUL_LEAST of them), or NUL_LEAST in a row, is not text:
+NUL_LEAST = 16  # UTF-16 read as UTF-8, or an archive; a stray NUL or two in text is data
 _DAMAGED = (OSError, ValueError, KeyError, TypeError, CharloomError)  # what reading a damaged cache entry raises
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
 
@@ -205,12 +205,13 @@ def _walk(root: Path, hidden: bool = False) -> Iterator[Path]:
 def _globbed(pattern: str) -> Iterator[Path]:
     """The files `pattern` matches, as glob.glob(recursive=True) finds them, but with `**` walking the folders
     below (`_walk`) without following links to folders, which glob.glob does: two link loops made it run for
-    ever. A pattern without `**` recurses into nothing and is glob.glob's."""
+    ever. A pattern without a `**` part recurses into nothing and is glob.glob's, as is one with a `.` or `..`
+    part after its first wildcard."""
     parts = Path(pattern).parts
-    if "**" not in "".join(parts):
-        yield from (Path(p) for p in globmod.glob(pattern))
+    fixed = next((i for i, part in enumerate(parts) if globmod.has_magic(part)), len(parts))
+    if "**" not in parts or {".", ".."} & set(pattern.split(os.sep)[fixed:]):  # `.`, `..`: left to glob.glob
+        yield from (Path(p) for p in globmod.glob(pattern, recursive="**" in parts))
         return
-    fixed = next(i for i, part in enumerate(parts) if globmod.has_magic(part))
     base, rest = Path(*parts[:fixed]) if fixed else Path(), [p if p == "**" else p.replace("**", "*")
                                                              for p in parts[fixed:]]
     if pattern.endswith(os.sep) or not base.is_dir():  # a pattern of folders, or nowhere to walk: no files
@@ -228,8 +229,8 @@ def _matches(names: tuple[str, ...], pattern: list[str]) -> bool:
     if head == "**":
         return any(_matches(names[i:], rest) for i in range(len(names) + 1)
                    if not any(n.startswith(".") for n in names[:i]))
-    return bool(names) and (head.startswith(".") or not names[0].startswith(".")) \
-        and fnmatch.fnmatchcase(names[0], head) and _matches(names[1:], rest)
+    return len(names) > bool(rest) and (head.startswith(".") or not names[0].startswith(".")) \
+        and fnmatch.fnmatchcase(names[0], head) and _matches(names[1:], rest)  # a part before another: a folder
 
 
 def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> None:
@@ -290,11 +291,12 @@ def _undecodable(path: Path, encoding: str, at: int, e: UnicodeError) -> Charloo
 
 
 def _check_not_binary(path: Path, encoding: str, text: str) -> None:
-    """A file whose first piece is NUL_SHARE or more U+0000 (at least NUL_LEAST) is refused: it decodes, but is
-    not text in `encoding` (UTF-16 without a byte-order mark read as UTF-8 has every other character NUL; an
-    archive's headers are padded with them), and read as text would train a model on NULs."""
+    """A file whose first piece is NUL_SHARE or more U+0000 (at least NUL_LEAST), or holds NUL_LEAST of them in a
+    row, is refused: it decodes, but is not text in `encoding` (UTF-16 without a byte-order mark read as UTF-8
+    has every other character NUL; an archive's headers are padded with runs of them), and read as text would
+    train a model on NULs."""
     nul = text.count("\0")
-    if nul >= max(NUL_LEAST, NUL_SHARE * len(text)):
+    if nul >= max(NUL_LEAST, NUL_SHARE * len(text)) or "\0" * NUL_LEAST in text:  # a run of them: padding
         raise CharloomError(f"{_shown(path)}: {nul:,} of its first {len(text):,} characters are NUL (U+0000), so it "
                             f"is not {encoding} text: UTF-16 without a byte-order mark needs --encoding utf-16-le "
                             f"(or -be); an archive (.tar, .zip) must be unpacked first")
@@ -470,7 +472,7 @@ def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> Non
 
 
 def _is_index(col: str) -> bool:
-    return col.lstrip("-").isdigit()
+    return re.fullmatch(r"-?[0-9]+", col) is not None  # not str.isdigit, which takes "²" and other digits
 
 
 def _pick_columns(path: Path, columns: tuple[str, ...], head: list[str] | None, width: int) -> list[int]:
