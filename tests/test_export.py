@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -518,3 +519,28 @@ def test_int8_figures_are_of_the_split_the_run_held_out_and_of_this_exports_own_
     del ck.info["split"]  # a file from before runs recorded their split: said, not hidden
     assert any("does not say how its run split" in line
                for line in export(ck, ExportConfig(int8=True), tmp_path / "old.onnx").lines())
+
+
+def test_an_export_that_fails_leaves_its_folders_and_files_as_it_found_them(tmp_path, monkeypatch):
+    """Nothing of a failed export stays but a file kept for inspection, named where it lies; what an export
+    killed there before left is cleared."""
+    from charloom import export as export_mod
+
+    ck = saved_model(tmp_path)
+    (tmp_path / "text.txt").write_text(TEXT * 40)
+    dead = tmp_path / ".model.onnx.tmp-999999999-abc"  # a killed export's folder: no process has that id
+    dead.mkdir()
+
+    def failing(*_):
+        raise CharloomError("no held-out text")
+    monkeypatch.setattr(export_mod, "quantize", failing)
+    with pytest.raises(CharloomError, match="no held-out text"):
+        export(ck, ExportConfig(int8=True, text=str(tmp_path / "text.txt")), tmp_path / "new" / "sub" / "m.onnx")
+    assert not (tmp_path / "new").exists() and not dead.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    monkeypatch.setattr(export_mod, "check", lambda model, path: (_ for _ in ()).throw(
+        CharloomError(f"{path}: the model failed to run")))
+    out = tmp_path / "kept" / "m.onnx"
+    with pytest.raises(CharloomError, match=rf"^{re.escape(str(out))}: the model failed to run; the file is kept"):
+        export(ck, ExportConfig(), out)
+    assert OnnxModel.load(out).meta["vocab"] == ck.vocab.to_dict()

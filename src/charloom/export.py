@@ -134,7 +134,7 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
         if ck.mixture is not None:
             report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
         if report.max_difference > FP32_TOLERANCE:
-            os.replace(made, out)
+            _put(made, out)
             raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more "
                                 f"than {FP32_TOLERANCE:g}); the file is kept for inspection")
         if cfg.int8:
@@ -144,31 +144,44 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
             report.int8_difference = check(model, int8)
             report.bpc, report.scored_characters = compare_bpc(ck, cfg, {"fp32": made, "int8": int8})
             report.split_recorded = isinstance(ck.info.get("split"), dict)
-            os.replace(int8, _int8_path(out))
-        os.replace(made, out)
+        if cfg.web:  # from this export's own file, before any is put in place
+            report.web = write_web(made, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
+        if cfg.int8:
+            _put(int8, _int8_path(out))
+        _put(made, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if cfg.web:
-        report.web = write_web(out, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
     return report
 
 
 def _own_folder(out: Path) -> Path:
-    """A new folder beside `out` (made, with the folders above it, where missing) for this export's files."""
+    """A new folder for this export's files in the nearest folder of `out`'s that exists (so on its file system,
+    and making none of the folders --out names before its files are whole), once what exports killed there
+    left is gone."""
+    above = next(a for a in (out.parent, *out.parent.parents) if a.is_dir())
+    atomic.remove_leftovers(above)
+    try:
+        return atomic.temporary_folder(above / out.name)
+    except OSError as e:
+        raise CharloomError(f"--out {out}: cannot write in the folder {above} ({e.strerror or e})") from None
+
+
+def _put(made: Path, out: Path) -> None:
+    """A file this export made renamed to its place, the folders --out names made where missing."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return atomic.temporary_folder(out)
+        os.replace(made, out)
     except OSError as e:
         raise CharloomError(f"--out {out}: cannot write in the folder {out.parent} ({e.strerror or e})") from None
 
 
 def _checked(model: nn.Module, made: Path, out: Path) -> float:
-    """`check` of the file made; one onnxruntime cannot run is put at `out` for inspection before it is said."""
+    """`check` of the file made; one onnxruntime cannot run is put at `out` for inspection, and said so."""
     try:
         return check(model, made)
-    except CharloomError:
-        os.replace(made, out)
-        raise
+    except CharloomError as e:
+        _put(made, out)
+        raise CharloomError(f"{str(e).replace(str(made), str(out))}; the file is kept for inspection") from None
 
 
 def write_onnx(model: nn.Module, meta: dict[str, Any], out: Path, opset: int = 17) -> None:
