@@ -187,9 +187,14 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
     info = corpus_info(options(ns, CorpusConfig), options(ns, BatchConfig))
     if ns.json:
         print(json.dumps(info, indent=2))
-        if "split_error" in info:
-            raise CharloomError(info["split_error"])
-        return
+    else:
+        _print_corpus_info(info)
+    if "split_error" in info:  # the figures stand; training with these options would stop here
+        raise CharloomError(info["split_error"])
+
+
+def _print_corpus_info(info: dict[str, Any]) -> None:
+    """`corpus_info`'s figures as `charloom corpus-info` prints them for a person."""
     unit = "records" if info["kind"] == "records" else "characters"
     print(f"source           {info['source']} ({info['kind']}, {info['format']}, {info['files']} file(s))")
     print(f"characters       {info['characters']:,}")
@@ -210,8 +215,6 @@ def cmd_corpus_info(ns: argparse.Namespace) -> None:
         print(f"batches/epoch    {info['batches_per_epoch']:,}")
     print(f"most common      {info['most_common']!r}")
     print(f"loaded in        {info['load_seconds']:.3f} s")
-    if "split_error" in info:  # the figures above stand; training with these options would stop here
-        raise CharloomError(info["split_error"])
 
 
 def cmd_train(ns: argparse.Namespace) -> int:

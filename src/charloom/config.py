@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair alone: no character
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
@@ -81,17 +84,15 @@ def _check(name: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} on {name}")
 
 
-def check_text(name: str, value: Any) -> None:
+def check_text(name: str, value: Any, cause: str = "bytes that are not UTF-8?") -> None:
     """Text that is not text is refused: a lone surrogate (what bytes that are not UTF-8 on the command line, or a
     JSON escape, become) is not a character; no UTF-8 file, terminal or reply can hold it, and it would fail at a
-    save or a sample minutes later."""
+    save or a sample minutes later. `cause`: what the message says it likely came from."""
     items = [(f"{name}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, tuple) else [(name, value)]
     for where, text in items:
-        if isinstance(text, str) and not text.isascii():
-            for i, ch in enumerate(text):
-                if "\ud800" <= ch <= "\udfff":
-                    raise ConfigError(f"{where}: U+{ord(ch):04X} at position {i} is a lone surrogate, not a "
-                                      f"character (bytes that are not UTF-8?)")
+        if isinstance(text, str) and not text.isascii() and (bad := _SURROGATE.search(text)):
+            raise ConfigError(f"{where}: U+{ord(bad.group()):04X} at position {bad.start()} is a lone surrogate, not "
+                              f"a character ({cause})")
 
 
 def _describe(tp: Any) -> str:

@@ -39,7 +39,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import atomic
-from .config import CorpusConfig
+from .config import CorpusConfig, check_text
 from .errors import CharloomError, CharloomWarning
 from .vocab import CharCounter, Vocab, check_labels, prepare_text
 
@@ -54,7 +54,6 @@ CACHE_VERSION = 3  # 2: a lone "\r" ends a line; 3: JSONL refuses lone surrogate
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 # a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
 # split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
-_SURROGATE = re.compile("[\ud800-\udfff]")  # a JSON escape such as \ud800 without its pair: not a character
 NUL_SHARE = 0.1  # a first piece this much U+0000 (and NUL_LEAST of them), or NUL_LEAST in a row, is not text:
 NUL_LEAST = 16  # UTF-16 read as UTF-8, or an archive; a stray NUL or two in text is data
 _DAMAGED = (OSError, ValueError, KeyError, TypeError, CharloomError)  # what reading a damaged cache entry raises
@@ -567,11 +566,8 @@ def _json_type(value: Any) -> str:
 
 
 def _check_characters(text: str, where: str) -> None:
-    """Refuses a lone surrogate (a JSON escape such as \\ud800 without its pair): not a character, so no model
-    file, sample or reply can hold it, and a run would only fail when it saves, its training lost."""
-    if not text.isascii() and (bad := _SURROGATE.search(text)):
-        raise CharloomError(f"{where}: U+{ord(bad.group()):04X} at position {bad.start()} is a lone surrogate, not a "
-                            f"character (an escape such as \\ud800 without the other half of its pair)")
+    """A JSON string's lone surrogate refused when read: a run that read it would fail only when it saves."""
+    check_text(where, text, cause="an escape such as \\ud800 without the other half of its pair")
 
 
 def _json_field(obj: Any, name: str, where: str) -> Any:

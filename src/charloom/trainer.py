@@ -440,7 +440,12 @@ def _check_parent(given: str, started: str, out: Path) -> None:
 def _with_parent(cfg: TrainConfig, previous: tuple[checkpoint.Checkpoint, RunState] | None) -> TrainConfig:
     """A resumed run's config with the parent it started from (`_check_parent` let no other through), so that a
     resume that named none does not record the run as started from none."""
-    return cfg if previous is None else cfg.replace(init_from=previous[1].configs.get("train", {}).get("init_from", ""))
+    return cfg if previous is None else cfg.replace(init_from=_started_from(previous[1]))
+
+
+def _started_from(run: RunState) -> str:
+    """The parent a run started from (--init-from), "" for none."""
+    return run.configs.get("train", {}).get("init_from", "")
 
 
 def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, RunState] | None:
@@ -450,7 +455,7 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
         if not path.exists():
             raise CharloomError(f"resume (--resume): {path} not found; nothing to resume in {out}")
         ck, run = checkpoint.load_run(path)
-        _check_parent(cfg.init_from, run.configs.get("train", {}).get("init_from", ""), out)
+        _check_parent(cfg.init_from, _started_from(run), out)
         return ck, run
     if path.exists() and not cfg.overwrite:
         raise CharloomError(f"out (--out): {out} already holds a run; continue it (resume, --resume), replace it "
