@@ -741,3 +741,11 @@ def test_a_column_that_only_looks_like_a_number_is_a_name(tmp_path, column):
     (tmp_path / "t.csv").write_text("a,b\nx,y\n")
     with pytest.raises(CharloomError, match=rf"column {re.escape(repr(column))} not found \(columns: a, b\)"):
         load(CorpusConfig(source=str(tmp_path / "t.csv"), columns=(column,), records=True))
+
+
+@pytest.mark.parametrize("options, flag", [(dict(records=True, separator=" | "), "--separator"),
+                                           (dict(column_sep=" | "), "--column-sep")])
+def test_an_option_for_another_kind_of_reading_is_refused_not_ignored(tmp_path, options, flag):
+    (tmp_path / "t.txt").write_text("one\ntwo\n")
+    with pytest.raises(CharloomError, match=rf"^{flag}: joins .*t.txt is read as"):
+        load(CorpusConfig(source=str(tmp_path / "t.txt"), **options))

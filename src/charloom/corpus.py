@@ -244,6 +244,12 @@ def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> N
                                 f"{kinds})")
     if one_file and cfg.extensions:
         raise CharloomError(f"--ext: chooses the files of a folder or a glob; {label} is one file")
+    defaults = CorpusConfig()  # an option left at its default may not be one the user gave
+    if cfg.records and cfg.separator != defaults.separator:
+        raise CharloomError(f"--separator: joins records or files into one stream; {label} is read as records "
+                            f"(drop --records to join them)")
+    if fmt not in ("csv", "tsv") and cfg.column_sep != defaults.column_sep:
+        raise CharloomError(f"--column-sep: joins the chosen columns of a CSV or TSV row; {label} is read as {fmt}")
 
 
 # ---- reading one file ------------------------------------------------------------------------------
