@@ -637,7 +637,7 @@ def test_a_device_or_pipe_is_named_as_such(tmp_path, source):
         corpus_mod.resolve(CorpusConfig(source=source))
 
 
-@pytest.mark.parametrize("damage", ["no meta", "short ids", "short offsets", "empty meta", "ids out of range"])
+@pytest.mark.parametrize("damage", ["no meta", "short ids", "short offsets", "empty meta", "vocabulary"])
 def test_a_damaged_cache_entry_is_read_again_with_a_warning(tmp_path, damage):
     p = tmp_path / "rec.txt"
     p.write_text("\n".join(f"name {i}" for i in range(500)))
@@ -649,10 +649,9 @@ def test_a_damaged_cache_entry_is_read_again_with_a_warning(tmp_path, damage):
         (entry / "meta.json").unlink()
     elif damage == "empty meta":
         (entry / "meta.json").write_text("")
-    elif damage == "ids out of range":
-        with open(entry / "ids.npy", "r+b") as f:
-            f.seek(200)
-            f.write(bytes([250]) * 20)
+    elif damage == "vocabulary":
+        meta = json.loads((entry / "meta.json").read_text())
+        (entry / "meta.json").write_text(json.dumps({**meta, "vocab": {**meta["vocab"], "chars": 5}}))
     else:
         name = "ids.npy" if damage == "short ids" else "offsets.npy"
         os.truncate(entry / name, 300)
