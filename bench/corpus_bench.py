@@ -34,7 +34,8 @@ def worker(args: argparse.Namespace) -> None:
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    corpus = charloom.load_corpus(charloom.CorpusConfig(source=args.source, cache_dir=args.cache))
+    corpus = charloom.load_corpus(charloom.CorpusConfig(source=args.source, cache_dir=args.cache,
+                                                        records=args.records or None))
     load_s = time.perf_counter() - t0
     out = {"load_s": load_s, "chars": int(len(corpus.ids)), "base_rss": base}
     if args.batches:
@@ -52,10 +53,12 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def measure(source: str, cache: Path, batches: bool = False, order: str = "shuffle") -> dict:
+def measure(source: str, cache: Path, batches: bool = False, order: str = "shuffle", records: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--source", source, "--cache", str(cache), "--order", order]
     if batches:
         cmd.append("--batches")
+    if records:
+        cmd.append("--records")
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -75,6 +78,19 @@ def make_big_corpus(path: Path, gigabytes: float) -> int:
     return written
 
 
+def _records_rows(tmp: Path, repeats: int) -> list:
+    """A million short records (one name a line), read cold as records and as one continuous text."""
+    names = tmp / "names.txt"
+    names.write_text("".join(f"name{i % 1000}\n" for i in range(1_000_000)))
+    rows = []
+    for records, what in ((True, "as records"), (False, "as one text")):
+        runs = [measure(str(names), tmp / f"names{records}{r}", records=records) for r in range(repeats)]
+        rows.append(report.row(f"1,000,000 short lines ({runs[0]['chars'] / 1e6:.1f} M chars), cold, {what}",
+                               f"{report.spread([x['load_s'] for x in runs])} s",
+                               f"{report.spread([x['peak_rss'] / 1e6 for x in runs], '{:.0f}')} MB"))
+    return rows
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
@@ -86,6 +102,7 @@ def main() -> None:
     ap.add_argument("--cache")
     ap.add_argument("--order", default="shuffle")
     ap.add_argument("--batches", action="store_true")
+    ap.add_argument("--records", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gigabytes", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -120,6 +137,7 @@ def main() -> None:
         rows.append(report.row(f"generated {size / 1e9:.2f} GB text, cold: hash, count, encode, cache",
                                f"{bc['load_s']:.1f} s ({size / bc['load_s'] / 1e6:.0f} MB/s, n=1)", mb(bc["peak_rss"])))
         rows.append(report.row(f"generated {size / 1e9:.2f} GB text, warm", f"{report.spread(bw)} s", ""))
+        rows += _records_rows(tmp, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
