@@ -368,3 +368,30 @@ def test_only_charloom_warnings_are_made_one_line(capsys):
     assert capsys.readouterr().err == "charloom: warning: start text: 'Z' read as <unk>\n"
     assert shown == [RuntimeWarning]  # another library's warning is shown as Python shows it
     assert issubclass(CharloomWarning, UserWarning)  # pytest.warns(UserWarning) and filters still take it
+
+
+@pytest.mark.parametrize("source, argv, message", [
+    ("names", ["--order", "contiguous"], "--order: only for continuous text, cut into windows; names is read as records"),
+    ("text", ["--max-record-len", "10"], "--max-record-len: only for records; t.txt is read as one continuous text"),
+    ("text", ["--overlong", "skip"], "--overlong: only for records"),
+    ("text", ["--no-bucket"], "--no-bucket: only for records"),
+    ("names", ["--label-dropout", "0.5"], "--label-dropout: only for labelled records"),
+    ("names", ["--early-pieces", "4"], "--early-pieces: only for continuous text"),
+    ("text", ["--no-carry-state"], "--no-carry-state: only with --order contiguous"),
+])
+def test_a_batch_option_the_corpus_never_reads_is_refused_before_training(tmp_path, capsys, source, argv, message):
+    """A flag meant to change the run, on a corpus whose batches never read it, is named rather than dropped."""
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
+    src = str(text) if source == "text" else source
+    assert main(["train", src, "--out", str(tmp_path / "run"), "--max-steps", "1", "--hidden", "8",
+                 "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"charloom: error: {message.replace('t.txt', str(text))}") and "\n" not in err
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_corpus_info_names_a_batch_option_the_corpus_never_reads(capsys):
+    assert main(["corpus-info", "names", "--json", "--order", "contiguous"]) == 2
+    info = json.loads(capsys.readouterr().out)
+    assert info["records"] > 1000 and info["split_error"].startswith("--order: only for continuous text")

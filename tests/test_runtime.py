@@ -238,6 +238,7 @@ def test_a_resumed_run_takes_the_threads_it_recorded(monkeypatch, text_file, tmp
         monkeypatch.setattr(runtime, "idle_cpus", lambda *_: 2)  # quiet now
         t = setup(*cfgs, TrainConfig(out=out, max_steps=4, eval_every=0, ngram=0, progress=False, resume=True))
         assert torch.get_num_threads() == 1 and t.rt.note is None
+        t.close()  # set up, never run: the folder is let go for the next
         setup(*cfgs, TrainConfig(out=out, max_steps=4, eval_every=0, ngram=0, progress=False, resume=True, threads=2))
         assert torch.get_num_threads() == 2
     finally:

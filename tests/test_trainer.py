@@ -217,13 +217,19 @@ def test_a_resume_file_from_before_the_late_pieces_continues_without_them(tmp_pa
 
 
 @pytest.mark.parametrize("records, late, updates", [(False, 1, 3 + 3 + 1 + 1), (False, 2, 3 + 3 + 2 + 2),
-                                                   (True, 2, 4)])
+                                                   (True, 0, 4)])
 def test_pieces_early_and_late_in_the_budget_and_not_for_records(tmp_path, text_file, tiny, records, late, updates):
+    """Records take one update a batch: the pieces their windows of 256 would settle to (8 early, 2 late) are
+    not theirs, and asking for pieces on records is refused (test_cli)."""
+    pieces = {} if records else dict(early_pieces=3, early_share=0.5, late_pieces=late)
+    opts = {k: v for k, v in tiny.items() if not records or k != "seq_len"}
     result = charloom.train(source=str(text_file), out=str(tmp_path), records=records,
-                            **dict(tiny, max_steps=4, early_pieces=3, early_share=0.5, late_pieces=late, eval_every=0))
+                            **dict(opts, max_steps=4, eval_every=0, **pieces))
     _, run = checkpoint.load_run(tmp_path / "last.safetensors")
     assert result.progress.step == 4
     assert all(int(st["step"]) == updates for st in run.optimizer["state"].values())  # AdamW's own count
+    if records:
+        assert (run.configs["train"]["early_pieces"], run.configs["train"]["late_pieces"]) == (8, 2)
 
 
 @pytest.mark.parametrize("before, after", [(0.5, 0.0), (0.0, 0.5)])
@@ -288,6 +294,30 @@ def test_a_fresh_run_never_replaces_an_old_one_unasked(tmp_path, text_file, tiny
     r = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, overwrite=True, **tiny)
     assert r.progress.step == 2 and charloom.load(tmp_path / "last.safetensors").info["step"] == 2
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
+def test_a_second_run_on_a_folder_another_run_is_writing_is_refused(tmp_path, text_file, tiny):
+    """Two runs writing one folder would take turns replacing each other's files (with --overwrite, deleting
+    them): the second is refused while the first holds it, in whatever mode, and the folder is free again once
+    the first has ended."""
+    cfgs = train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    first = train_mod.setup(cfgs["corpus"], cfgs["batch"], cfgs["model"], cfgs["train"])
+    for mode in ({}, {"overwrite": True}):
+        with pytest.raises(CharloomError, match=rf"^out \(--out\): {tmp_path} is being written by another run "
+                                                rf"\(process {os.getpid()}\); wait for it to end"):
+            charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny, **mode)
+    assert first.run().progress.step == 3
+    r = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, resume=True)
+    assert r.progress.step == 5
+
+
+def test_a_start_that_fails_frees_its_folder_at_once(tmp_path, text_file, tiny):
+    """A run refused after it took its folder lets the folder go, though the caller still holds the error (and
+    with it the failed start's frames)."""
+    with pytest.raises(CharloomError, match=r"^--no-carry-state: only with --order contiguous") as held:
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, carry_state=False, **tiny)
+    r = charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)
+    assert held.value is not None and r.progress.step == 2
 
 
 def test_reloaded_checkpoint_gives_identical_logits_without_the_corpus(tmp_path, text_file, tiny):
@@ -512,8 +542,8 @@ def test_leftover_temporary_files_of_dead_writers_are_removed_at_the_next_start(
     charloom.train(source=str(text_file), out=str(run), max_steps=5, resume=True)
     assert not stale.exists() and live.exists()
     live.unlink()
-    assert sorted(p.name for p in run.iterdir() if p.name != "curves.png") == ["last.safetensors", "metrics.jsonl",
-                                                                             "model.safetensors"]
+    assert sorted(p.name for p in run.iterdir() if p.name != "curves.png") == [
+        ".charloom.lock", "last.safetensors", "metrics.jsonl", "model.safetensors"]  # the lock stays, let go
 
 
 def test_quiet_runs_still_say_where_the_model_went(tmp_path, text_file, tiny, capsys):

@@ -1,4 +1,5 @@
-"""Writing files so that a crash, a kill or a full disk never leaves a half-written file in place."""
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written file in place, and a folder
+so that two writers never take turns in it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import IO
 
 from .errors import CharloomError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 TMP_MARK = ".tmp-"  # a temporary file is `.NAME.tmp-PID`, beside the file it will replace
 _LEFTOVER = re.compile(r"\..+" + re.escape(TMP_MARK) + r"(\d+)(-\w+)?")  # a folder adds `-` and a random part
@@ -83,3 +90,32 @@ def remove_leftovers(folder: Path) -> list[Path]:
             except OSError:
                 pass  # gone already, or not ours to remove: the run itself never reads it
     return removed
+
+
+LOCK_FILE = ".charloom.lock"  # in a run folder: held by the run writing it
+
+
+def hold_folder(folder: Path, what: str) -> IO[str] | None:
+    """Hold `folder` for one writer: an exclusive lock on its LOCK_FILE, released when the returned file is closed
+    or the process ends, however it ends. A second writer is refused in one line naming `what` (the option that
+    chose the folder) and the holder's process id. None where the system has no such locks (Windows)."""
+    if fcntl is None:
+        return None
+    path = Path(folder) / LOCK_FILE
+    f = open(path, "a+", encoding="ascii")  # a+: never truncates what the holder wrote
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read(32).strip()
+        f.close()
+        raise CharloomError(f"{what}: {folder} is being written by another run"
+                            f"{f' (process {holder})' if holder.isdigit() else ''}; wait for it to end, or choose "
+                            f"another folder") from None
+    except OSError:  # a file system without locks (some network mounts): run unguarded, as before
+        f.close()
+        return None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from . import atomic, checkpoint, finetune, hooks, sizing
-from .batching import Batch, Data, prepare
+from .batching import Batch, Data, check_options, prepare
 from .checkpoint import Progress, RunState
 from .config import (BATCH_SIZES, EARLY_PIECE, EXPORTED, EXPORTED_INT8, LATE_PIECE, MAX_PIECES, SPLIT_FIELDS,
                      BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig)
@@ -162,6 +162,7 @@ class Trainer:
         self.window = Window()
         self.improved = False  # the last evaluation beat every earlier one
         self.ended: str | None = None  # what stopped the run ("budget", "SIGINT", ...), once it has stopped
+        self.lock: IO[str] | None = None  # the run folder's lock (atomic.hold_folder), held until run() ends
 
     def restore(self, ck: checkpoint.Checkpoint, run: RunState) -> None:
         """Continue from a resume file: weights, average, optimizer, this process's RNG and carried state."""
@@ -296,6 +297,19 @@ class Trainer:
         return full or val
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Let the run folder go for the next writer: run() does when it ends; a trainer set up and never run
+        holds it until this or its collection."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def _run(self) -> TrainResult:
         self.model.train()
         for h in self.hooks:
             h.on_start(self)
@@ -468,19 +482,36 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
     return None
 
 
-def _check_out(out: Path) -> None:
-    """Create the run folder and write a small file in it, so that a folder that cannot hold the run is said
-    before any work rather than at the first save; and remove what writers killed mid-save left there."""
+def _check_out(out: Path) -> IO[str] | None:
+    """Create the run folder, hold it for this run (see atomic.hold_folder) and write a small file in it, so that
+    a folder that cannot hold the run, or that another run is writing, is said before any work rather than at the
+    first save; and remove what writers killed mid-save left there. Returns the held lock."""
     if out.exists() and not out.is_dir():
         raise CharloomError(f"out (--out): {out} is a file, not a folder")
     probe = out / f".write-check{atomic.TMP_MARK}{os.getpid()}"  # named as a leftover: a kill here is cleaned up
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock = atomic.hold_folder(out, "out (--out)")
         atomic.remove_leftovers(out)
         probe.write_bytes(b"charloom")
         probe.unlink()
     except OSError as e:
         raise CharloomError(f"out (--out): cannot write the run folder {out} ({e.strerror or e})") from None
+    return lock
+
+
+def _check_options(data: Data, batch: BatchConfig, cfg: TrainConfig) -> None:
+    """Options this corpus's batches would never read are refused rather than dropped (see check_options)."""
+    check_options(data.corpus, batch)
+    defaults = TrainConfig()
+    if data.corpus.is_records:  # records are short already: never learned in pieces
+        for name in ("early_pieces", "late_pieces", "early_share"):
+            if getattr(cfg, name) != getattr(defaults, name):
+                raise CharloomError(f"--{name.replace('_', '-')}: only for continuous text, whose windows are "
+                                    f"learned in pieces; {data.corpus.name} is read as records")
+    if not cfg.carry_state and (data.corpus.is_records or batch.order != "contiguous"):
+        raise CharloomError("--no-carry-state: only with --order contiguous on continuous text, where the state "
+                            "would carry from batch to batch; shuffled windows and records start from zero")
 
 
 def _check_reading(data: Data, cfg: BatchConfig, train: TrainConfig) -> None:
@@ -697,11 +728,28 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
     config = _with_parent(config, previous)
     rt = _runtime(config, model, previous, out)
-    if rt.procs.main:  # only the first process writes the run folder
-        _check_out(out)
+    lock = _check_out(out) if rt.procs.main else None  # only the first process writes the run folder
+    try:
+        trainer = _assembled(corpus, batch, model, config, rt, previous, callback, data)
+    except BaseException:
+        if lock is not None:  # a start that fails frees the folder now, not when its traceback is let go
+            lock.close()
+        raise
+    trainer.lock = lock
+    return trainer
+
+
+def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig, rt: Runtime,
+               previous: tuple[checkpoint.Checkpoint, RunState] | None,
+               callback: Callable[[dict[str, Any]], bool | None] | None, data: Data | None) -> Trainer:
+    """setup's work once the run folder is held: data, model, optimizer, hooks and the saved state."""
+    out = Path(config.out).expanduser()
     cfg = _settled(config, rt.precision, batch.seq_len)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
+    given = batch
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
+    if previous is None:  # a resumed run keeps the options it saved
+        _check_options(data, given, config)
     _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
     if parent is not None:
@@ -726,12 +774,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     if previous is not None:
         _check_resumable(out, cfgs, *previous, vocab, about)
     else:  # the old run's files go only once the new one is ready to start
-        # with no resume file (--overwrite, or a run killed before its first save), its metrics lines belong
-        # to no run that can continue: left in place, this run's lines would follow them
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        if cfg.overwrite:  # nothing of the old run stays to be resumed or taken for this one's (its exports neither)
-            for name in (checkpoint.MODEL_FILE, checkpoint.RESUME_FILE, EXPORTED, EXPORTED_INT8):
-                (out / name).unlink(missing_ok=True)
+        _clear(out, cfg.overwrite)
 
     def info() -> dict[str, Any]:
         return {**about, "split": {k: getattr(batch, k) for k in SPLIT_FIELDS},
@@ -742,14 +785,29 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     contiguous = batch.order == "contiguous" and not data.corpus.is_records
     trainer = Trainer(net, data, opt, rt, cfg, _hooks(cfgs, info, rt.procs.main, callback), contiguous)
     if previous is not None:
-        try:
-            trainer.restore(*previous)
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CharloomError(f"{out / checkpoint.RESUME_FILE}: damaged resume file ({first})") from None
-        if rt.procs.main:
-            _keep_metrics_until(out / "metrics.jsonl", trainer.pos.step)
+        _restore(trainer, previous)
     return trainer
+
+
+def _clear(out: Path, overwrite: bool) -> None:
+    """A fresh run's start in its folder: with no resume file (--overwrite, or a run killed before its first save),
+    the metrics lines there belong to no run that can continue, and left in place this run's would follow them;
+    with --overwrite nothing of the old run stays to be resumed or taken for this one's (its exports neither)."""
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    if overwrite:
+        for name in (checkpoint.MODEL_FILE, checkpoint.RESUME_FILE, EXPORTED, EXPORTED_INT8):
+            (out / name).unlink(missing_ok=True)
+
+
+def _restore(trainer: Trainer, previous: tuple[checkpoint.Checkpoint, RunState]) -> None:
+    """A resumed run's saved state into its trainer; what its metrics file holds past the last save is dropped."""
+    try:
+        trainer.restore(*previous)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CharloomError(f"{trainer.out / checkpoint.RESUME_FILE}: damaged resume file ({first})") from None
+    if trainer.rt.procs.main:
+        _keep_metrics_until(trainer.out / "metrics.jsonl", trainer.pos.step)
 
 
 def _origins(parent: finetune.Parent | None, sized: sizing.Fit | None,
