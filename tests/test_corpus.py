@@ -1,5 +1,6 @@
 import contextlib
 import gzip
+import errno
 import json
 import os
 import re
@@ -104,6 +105,9 @@ def test_jsonl_field_and_nested_field(tmp_path):
     content = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n"
     assert records(tmp_path, "d.jsonl", content, field="text") == ["first", "second 🎉"]
     assert records(tmp_path, "e.jsonl", content, field="meta.t") == ["a", "b"]
+    # a key that holds the dots itself, as flattened exports write them, is read before the nested path
+    flat = '{"meta.t": "flat", "meta": {"t": "nested"}}\n{"meta": {"t": "only nested"}}\n'
+    assert records(tmp_path, "f.jsonl", flat, field="meta.t") == ["flat", "only nested"]
 
 
 def test_jsonl_errors_name_file_line_and_field(tmp_path):
@@ -406,6 +410,22 @@ def test_a_cache_folder_that_cannot_be_written_names_cache_dir(tmp_path):
         (cache / sub).write_text("")
     with pytest.raises(CharloomError, match=rf"^--cache-dir: cannot write the encoded corpus in {cache} \("):
         load(CorpusConfig(source=str(p), cache_dir=str(cache)))
+
+
+def test_a_full_cache_disk_is_said_as_full_not_as_unwritable(tmp_path, monkeypatch):
+    p = tmp_path / "book.txt"
+    p.write_text("to be or not to be\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(corpus_mod, "_write_ids", full)
+    cache = tmp_path / "cache"
+    with pytest.raises(CharloomError, match=rf"^--cache-dir: cannot write the encoded corpus in {cache} \(No space "
+                                            r"left on device\); free space there, or name a folder on a disk with "
+                                            r"room for it$"):
+        load(CorpusConfig(source=str(p), cache_dir=str(cache)))
+    assert not [x for x in (cache / "ids").iterdir()]  # nothing half-written left behind
 
 
 def test_a_cache_that_cannot_take_hash_notes_still_serves_its_ids(tmp_path, monkeypatch):

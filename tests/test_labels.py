@@ -409,3 +409,29 @@ def test_an_exported_model_writes_for_a_label_as_pytorch_does(trained, tmp_path)
     # the ONNX file holds the network alone
     want = Generator.from_checkpoint(ck).generate("", 40, n=2, seed=5, label="Business", ngram=False)
     assert onnx_gen.generate("", 40, n=2, seed=5, label="Business") == want
+
+
+def test_labels_lose_the_spaces_around_them(tmp_path):
+    """`text, label` rows put a space before each label: ' Sports' and 'Sports' are one label, printed alike;
+    a label map's raw values match the same way."""
+    p = tmp_path / "spaced.csv"
+    p.write_text("text,label\nfirst goal,Sports\nrate cut, Business\nsecond goal, Sports \nnew talks,World\n")
+    c = load(CorpusConfig(source=str(p), records=True, columns=("text",), label_column="label", header=True))
+    assert c.vocab.labels == ("Business", "Sports", "World")
+    assert [c.vocab.labels[i] for i in c.labels] == ["Sports", "Business", "Sports", "World"]
+    q = tmp_path / "coded.csv"
+    q.write_text("text,label\nfirst goal, 2\nnew talks,1\n")
+    c = load(CorpusConfig(source=str(q), records=True, columns=("text",), label_column="label", header=True,
+                          label_map="1=World,2=Sports"))
+    assert [c.vocab.labels[i] for i in c.labels] == ["Sports", "World"]
+
+
+def test_a_model_whose_labels_kept_their_spaces_still_reads_its_own_corpus(tmp_path):
+    """A model from before labels lost their spaces has ' Sports' among its labels: its corpus, read again with
+    the model's vocabulary (as eval does), still finds it."""
+    p = tmp_path / "spaced.csv"
+    p.write_text("text,label\nfirst goal, Sports\nnew talks,World\n")
+    old = Vocab("abcdefghijklmnopqrstuvwxyz ", labels=[" Sports", "World"])
+    c = load(CorpusConfig(source=str(p), records=True, columns=("text",), label_column="label", header=True),
+             vocab=old)
+    assert [c.vocab.labels[i] for i in c.labels] == [" Sports", "World"]

@@ -174,7 +174,8 @@ class CorpusConfig(Config):
         flag="column", metavar="NAME|INDEX")
     column_sep: str = option(" ", "joins the chosen columns of one row")
     header: bool | None = option(None, "the CSV has a header row; default: yes when a column is chosen by name")
-    field: str | None = option(None, "JSONL: the key holding the text (dotted for nested objects: meta.text)")
+    field: str | None = option(None, "JSONL: the key holding the text (dotted for nested objects: meta.text; a key "
+                                           "holding the dots itself comes first)")
     extensions: tuple[str, ...] = option(
         (), "folder/glob: only files with this extension (.py); repeatable", flag="ext", metavar="EXT")
     separator: str = option("\n", "continuous corpora: what joins records or files into one stream")
@@ -192,7 +193,7 @@ class CorpusConfig(Config):
         None, "records from a CSV/TSV: the column holding each record's label (World, Sports...), by header name or "
               "0-based index; the model learns to write for a chosen label", metavar="NAME|INDEX")
     label_field: str | None = option(
-        None, "records from JSONL: the key holding each record's label (dotted for nested objects)")
+        None, "records from JSONL: the key holding each record's label (dotted as --field is)")
     label_map: str | None = option(
         None, "label values to names, RAW=NAME pairs joined by commas: \"1=World,2=Sports\"; a value not in the "
               "map is refused (default: the values themselves are the names)", metavar="PAIRS")

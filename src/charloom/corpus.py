@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import errno
 import fnmatch
 import functools
 import glob as globmod
@@ -50,7 +51,8 @@ CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file
 _CUTS = " \t,;-()0123456789"
 _SCAN = 1 << 16  # how far back from a long piece's end another safe place to cut is looked for
 _JOINS_BACK = (("\u1160", "\u11ff"), ("\ud7b0", "\ud7ff"))  # Hangul vowel and final jamo join the syllable before
-CACHE_VERSION = 3  # 2: a lone "\r" ends a line; 3: JSONL refuses lone surrogates, NUL-filled files are refused
+CACHE_VERSION = 4  # 2: a lone "\r" ends a line; 3: JSONL refuses lone surrogates, NUL-filled files are refused;
+# 4: labels lose the spaces around them, and a JSON key holding dots is read before the nested path
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 # a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
 # split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
@@ -577,7 +579,10 @@ def _check_characters(text: str, where: str) -> None:
 
 
 def _json_field(obj: Any, name: str, where: str) -> Any:
-    """The value of a dotted field of a JSON object."""
+    """The value of a dotted field of a JSON object: a key that holds the dots itself ("meta.title") first, else
+    the path through nested objects."""
+    if isinstance(obj, dict) and name in obj:
+        return obj[name]
     for k in name.split("."):
         if not isinstance(obj, dict) or k not in obj:
             have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""
@@ -818,8 +823,10 @@ def _prepared(source: Source, cfg: CorpusConfig, skipped: list[int], labels: lis
 
 def label_names(raw: list[str], cfg: CorpusConfig) -> list[str]:
     """Each record's label name: its raw value through `cfg.label_map` (a value outside it is refused), or the
-    raw value itself when there is no map."""
+    raw value itself when there is no map; either without the spaces around it, which `text, label` rows of a CSV
+    put before every label, and which would otherwise make ' Sports' and 'Sports' two labels that print alike."""
     mapping = cfg.label_names()
+    raw = [r.strip() for r in raw]
     if mapping is None:
         return raw
     bad = next((r for r in dict.fromkeys(raw) if r not in mapping), None)
@@ -845,6 +852,9 @@ def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> t
         known = vocab.labels
         if not known:
             raise CharloomError(f"{flag}: the model was not trained on labelled records, so it has no labels")
+        padded = {k.strip(): k for k in known if k != k.strip()}  # a model from before labels lost their spaces
+        if padded:
+            names = [n if n in known else padded.get(n, n) for n in names]
         bad = next((n for n in dict.fromkeys(names) if n not in known), None)
         if bad is not None:
             raise CharloomError(f"{flag}: label {bad!r} is not one of the model's ({', '.join(known)})")
@@ -929,8 +939,12 @@ def _unwritable(folder: Path, e: OSError) -> CharloomError:
     # cache to write them to there is no bounded way to load it, so this stops, as a cache folder that cannot be
     # made does, rather than reading the text whole
     cache = folder.parent.parent
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the folder can be written; its disk, or the user's quota, is full
+        fix = "free space there, or name a folder on a disk with room for it"
+    else:
+        fix = "name a folder that can be written"
     return CharloomError(f"--cache-dir: cannot write the encoded corpus in {_shown(cache)} ({e.strerror or e}); "
-                         f"name a folder that can be written")
+                         f"{fix}")
 
 
 def _vocab_of(counts: dict[str, int], cfg: CorpusConfig, labels: tuple[str, ...]) -> Vocab:
