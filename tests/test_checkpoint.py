@@ -50,6 +50,25 @@ def test_file_is_plain_safetensors_with_json_header(saved):
     assert "pickle" not in open(checkpoint.__file__).read().replace("never unpickles", "")
 
 
+def test_figures_that_are_not_finite_are_written_as_null(tmp_path, saved):
+    """Python's json writes NaN and Infinity, which no strict reader (the web page's JSON.parse) takes."""
+    _, model, vocab = saved
+    path = checkpoint.save(tmp_path / "nan.safetensors", model, vocab, records=True,
+                           info={"val_bpc": float("nan"), "curve": [float("inf"), 1.5], "n": {"x": -float("inf")}},
+                           extra_meta={"y": float("nan")})
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(meta["info"], parse_constant=refuse) == {"val_bpc": None, "curve": [None, 1.5],
+                                                               "n": {"x": None}}
+    assert json.loads(meta["extra"], parse_constant=refuse) == {"y": None}
+    assert checkpoint.load(path).info["curve"] == [None, 1.5]
+
+
 def test_the_header_alone_gives_what_load_gives_and_refuses_alike(saved):
     path, model, vocab = saved
     assert checkpoint.header(path) == (model.cfg, vocab.to_dict(), True, {"val_bpc": 1.5})

@@ -115,8 +115,10 @@ def encode(model: CharRNN, vocab: Vocab, *, records: bool, info: dict[str, Any] 
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().to("cpu").contiguous()
     meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(model.cfg.to_dict()),
-            "vocab": vocab.to_json(), "records": json.dumps(records), "info": json.dumps(info or {}),
-            "extra": json.dumps(extra_meta or {})}
+            "vocab": vocab.to_json(), "records": json.dumps(records),
+            # strict JSON, which every reader takes (the web page's JSON.parse too): NaN and Infinity are null
+            "info": json.dumps(plain(info or {}), allow_nan=False),
+            "extra": json.dumps(plain(extra_meta or {}), allow_nan=False)}
     blob = st_save(tensors, metadata=meta)
     (n,) = struct.unpack("<Q", blob[:8])
     table = {k: v for k, v in json.loads(blob[8:8 + n]).items() if k != "__metadata__"}
