@@ -320,6 +320,46 @@ def test_a_start_that_fails_frees_its_folder_at_once(tmp_path, text_file, tiny):
     assert held.value is not None and r.progress.step == 2
 
 
+def test_a_resume_that_read_a_save_another_run_replaced_before_it_held_the_folder_is_refused(
+        tmp_path, text_file, tiny, monkeypatch):
+    """A resume reads the run's last save before it can hold the folder: a run still writing it that saves and ends
+    in between would be continued from the older save, its later steps overwritten."""
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=3, **tiny)
+    resume_file = tmp_path / checkpoint.RESUME_FILE
+    start = train_mod._runtime
+
+    def saved_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(train_mod, "_runtime", start)
+        copy = tmp_path / "copy"
+        copy.write_bytes(resume_file.read_bytes())
+        os.replace(copy, resume_file)  # as a save replaces it: whole, under a new inode
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_runtime", saved_meanwhile)
+    with pytest.raises(CharloomError, match=r"^resume \(--resume\): the run in .* saved again while this start "
+                                            r"read it"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, resume=True)
+    assert charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, resume=True).progress.step == 5
+
+
+def test_a_trainer_set_up_and_never_run_lets_its_folder_go_by_close_or_with(tmp_path, text_file, tiny, monkeypatch):
+    cfgs = train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny).values()
+    with train_mod.setup(*cfgs):
+        pass
+    t = train_mod.setup(*cfgs)
+    t.close()
+
+    def unwritable(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(train_mod.atomic, "remove_leftovers", unwritable)  # after the folder is held
+    with pytest.raises(CharloomError, match=r"^out \(--out\): cannot write the run folder") as held:
+        train_mod.setup(*cfgs)
+    monkeypatch.undo()
+    assert held.value is not None and charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2,
+                                                     overwrite=True, **tiny).progress.step == 2
+
+
 def test_reloaded_checkpoint_gives_identical_logits_without_the_corpus(tmp_path, text_file, tiny):
     result = charloom.train(source=str(text_file), out=str(tmp_path / "run"), max_steps=6, **tiny)
     ids = result.vocab.encode_tensor("First Citizen")[None]

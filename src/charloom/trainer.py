@@ -304,10 +304,16 @@ class Trainer:
 
     def close(self) -> None:
         """Let the run folder go for the next writer: run() does when it ends; a trainer set up and never run
-        holds it until this or its collection."""
+        holds it until this, the end of a `with` block, or its collection."""
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def _run(self) -> TrainResult:
         self.model.train()
@@ -482,6 +488,15 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
     return None
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, modification time, size) of a file, None where there is none: a save replaces the file whole."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _check_out(out: Path) -> IO[str] | None:
     """Create the run folder, hold it for this run (see atomic.hold_folder) and write a small file in it, so that
     a folder that cannot hold the run, or that another run is writing, is said before any work rather than at the
@@ -489,6 +504,7 @@ def _check_out(out: Path) -> IO[str] | None:
     if out.exists() and not out.is_dir():
         raise CharloomError(f"out (--out): {out} is a file, not a folder")
     probe = out / f".write-check{atomic.TMP_MARK}{os.getpid()}"  # named as a leftover: a kill here is cleaned up
+    lock = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = atomic.hold_folder(out, "out (--out)")
@@ -496,6 +512,8 @@ def _check_out(out: Path) -> IO[str] | None:
         probe.write_bytes(b"charloom")
         probe.unlink()
     except OSError as e:
+        if lock is not None:  # let go now, not when the error's traceback is
+            lock.close()
         raise CharloomError(f"out (--out): cannot write the run folder {out} ({e.strerror or e})") from None
     return lock
 
@@ -601,10 +619,11 @@ def _saved_batch_size(cfg: TrainConfig, run: RunState) -> int:
 def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | None,
             previous: tuple[checkpoint.Checkpoint, RunState] | None):
     """The corpus, encoded with the vocabulary the run must keep: its parent's when fine-tuning (or the one it
-    had when resuming a fine-tuned run); otherwise one built from the text."""
+    had when resuming a fine-tuned run, or a run whose labels kept the spaces around them, as labels did before
+    they lost them: read now, they would lose them); otherwise one built from the text."""
     if parent is not None:
         return finetune.read_corpus(parent, corpus, cfg.extend_vocab)
-    if previous is not None and previous[0].info.get("parent"):
+    if previous is not None and (previous[0].info.get("parent") or previous[0].vocab.padded_labels):
         v = previous[0].vocab
         return load_corpus(corpus.replace(lower=v.lower, normalize=v.normalize), vocab=v)
     return load_corpus(corpus)
@@ -725,11 +744,15 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
     """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
     out = Path(config.out).expanduser()
+    seen = _stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
     config = _with_parent(config, previous)
     rt = _runtime(config, model, previous, out)
     lock = _check_out(out) if rt.procs.main else None  # only the first process writes the run folder
     try:
+        if lock is not None and previous is not None and _stamp(out / checkpoint.RESUME_FILE) != seen:
+            raise CharloomError(f"resume (--resume): the run in {out} saved again while this start read it (another "
+                                f"run was writing the folder until now); start again to continue from its last save")
         trainer = _assembled(corpus, batch, model, config, rt, previous, callback, data)
     except BaseException:
         if lock is not None:  # a start that fails frees the folder now, not when its traceback is let go
