@@ -371,7 +371,8 @@ def test_only_charloom_warnings_are_made_one_line(capsys):
 
 
 @pytest.mark.parametrize("source, argv, message", [
-    ("names", ["--order", "contiguous"], "--order: only for continuous text, cut into windows; names is read as records"),
+    ("names", ["--order", "contiguous"],
+     "--order: only for continuous text, cut into windows; names is read as records"),
     ("text", ["--max-record-len", "10"], "--max-record-len: only for records; t.txt is read as one continuous text"),
     ("text", ["--overlong", "skip"], "--overlong: only for records"),
     ("text", ["--no-bucket"], "--no-bucket: only for records"),

@@ -108,6 +108,8 @@ def test_jsonl_field_and_nested_field(tmp_path):
     # a key that holds the dots itself, as flattened exports write them, is read before the nested path
     flat = '{"meta.t": "flat", "meta": {"t": "nested"}}\n{"meta": {"t": "only nested"}}\n'
     assert records(tmp_path, "f.jsonl", flat, field="meta.t") == ["flat", "only nested"]
+    deeper = '{"a": {"b.c": "inner"}}\n{"a.b": {"c": "outer"}}\n{"a": {"b": {"c": "nested"}}}\n'
+    assert records(tmp_path, "g.jsonl", deeper, field="a.b.c") == ["inner", "outer", "nested"]
 
 
 def test_jsonl_errors_name_file_line_and_field(tmp_path):
@@ -768,3 +770,9 @@ def test_an_option_for_another_kind_of_reading_is_refused_not_ignored(tmp_path, 
     (tmp_path / "t.txt").write_text("one\ntwo\n")
     with pytest.raises(CharloomError, match=rf"^{flag}: joins .*t.txt is read as"):
         load(CorpusConfig(source=str(tmp_path / "t.txt"), **options))
+
+
+def test_a_separator_on_a_corpus_that_is_records_by_default_is_refused():
+    with pytest.raises(CharloomError, match=r"^--separator: joins .*; names is read as records \(give --no-records"):
+        load(CorpusConfig(source="names", separator=" | "))
+    assert load(CorpusConfig(source="names", records=False, separator=" | ")).offsets is None

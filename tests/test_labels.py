@@ -435,3 +435,22 @@ def test_a_model_whose_labels_kept_their_spaces_still_reads_its_own_corpus(tmp_p
     c = load(CorpusConfig(source=str(p), records=True, columns=("text",), label_column="label", header=True),
              vocab=old)
     assert [c.vocab.labels[i] for i in c.labels] == [" Sports", "World"]
+
+
+def test_a_run_whose_labels_kept_their_spaces_resumes_and_writes_for_them(tmp_path, monkeypatch, tiny):
+    """A labelled run trained before labels lost their spaces holds ' Sports' in its vocabulary: it resumes on
+    the same text (read now, the labels would lose their spaces and the vocabulary would differ), and writes for
+    'Sports' as for ' Sports'."""
+    from charloom import corpus as corpus_mod
+
+    p = tmp_path / "spaced.csv"
+    p.write_text("text,label\n" + "".join(f"goal {i}, Sports\ntalks {i}, World\n" for i in range(30)))
+    opts = dict(source=str(p), records=True, columns=("text",), label_column="label", out=str(tmp_path / "run"),
+                **{k: v for k, v in tiny.items() if k != "seq_len"})
+    stripping = corpus_mod.label_names
+    monkeypatch.setattr(corpus_mod, "label_names", lambda raw, cfg: raw)  # labels as they were read before
+    charloom.train(max_steps=2, cache_dir=str(tmp_path / "old"), **opts)
+    monkeypatch.setattr(corpus_mod, "label_names", stripping)
+    r = charloom.train(max_steps=4, resume=True, cache_dir=str(tmp_path / "new"), **opts)
+    assert r.progress.step == 4 and r.vocab.labels == (" Sports", " World")
+    assert r.vocab.label_id("Sports") == r.vocab.label_id(" Sports") != r.vocab.label_id("World")

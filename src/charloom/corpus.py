@@ -145,6 +145,7 @@ def resolve(cfg: CorpusConfig) -> Source:
         entry = corpora[cfg.source]
         records = entry.kind == "records" if cfg.records is None else cfg.records
         fmt = cfg.format if cfg.format != "auto" else ("lines" if entry.kind == "records" or records else "text")
+        _check_separator(cfg, records, label)
         return Source(label, (entry.path,), fmt, records)  # a text read as records: a record a line, as a file's
     records = bool(cfg.records)
     try:
@@ -161,6 +162,7 @@ def resolve(cfg: CorpusConfig) -> Source:
     if fmt == "text" and records and cfg.format == "auto":
         fmt = "lines"
     _check_applies(cfg, fmt, label, path.is_file())
+    _check_separator(cfg, records, label)
     return Source(label, tuple(files), fmt, records)
 
 
@@ -246,12 +248,16 @@ def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> N
                                 f"{kinds})")
     if one_file and cfg.extensions:
         raise CharloomError(f"--ext: chooses the files of a folder or a glob; {label} is one file")
-    defaults = CorpusConfig()  # an option left at its default may not be one the user gave
-    if cfg.records and cfg.separator != defaults.separator:
-        raise CharloomError(f"--separator: joins records or files into one stream; {label} is read as records "
-                            f"(drop --records to join them)")
-    if fmt not in ("csv", "tsv") and cfg.column_sep != defaults.column_sep:
+    if fmt not in ("csv", "tsv") and cfg.column_sep != CorpusConfig().column_sep:
         raise CharloomError(f"--column-sep: joins the chosen columns of a CSV or TSV row; {label} is read as {fmt}")
+
+
+def _check_separator(cfg: CorpusConfig, records: bool, label: str) -> None:
+    """--separator joins a continuous text's pieces: on records (asked for, or a bundled corpus's kind) it would be
+    dropped. An option left at its default may not be one the user gave, so only another value is refused."""
+    if records and cfg.separator != CorpusConfig().separator:
+        raise CharloomError(f"--separator: joins records or files into one stream; {label} is read as records "
+                            f"(give --no-records to join them)")
 
 
 # ---- reading one file ------------------------------------------------------------------------------
@@ -578,17 +584,28 @@ def _check_characters(text: str, where: str) -> None:
     check_text(where, text, cause="an escape such as \\ud800 without the other half of its pair")
 
 
+_MISSING = object()
+
+
 def _json_field(obj: Any, name: str, where: str) -> Any:
-    """The value of a dotted field of a JSON object: a key that holds the dots itself ("meta.title") first, else
-    the path through nested objects."""
-    if isinstance(obj, dict) and name in obj:
-        return obj[name]
-    for k in name.split("."):
-        if not isinstance(obj, dict) or k not in obj:
-            have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""
-            raise CharloomError(f"{where}: field {name!r} not found{have}")
-        obj = obj[k]
-    return obj
+    """The value of a dotted field of a JSON object, through nested objects; at each level a key that holds dots
+    itself ("meta.title", as flattened exports write them) is tried before a shorter one."""
+    found = _json_path(obj, name.split("."))
+    if found is _MISSING:
+        have = f" (fields: {', '.join(obj)})" if isinstance(obj, dict) else ""
+        raise CharloomError(f"{where}: field {name!r} not found{have}")
+    return found
+
+
+def _json_path(obj: Any, parts: list[str]) -> Any:
+    if not parts:
+        return obj
+    if isinstance(obj, dict):
+        for n in range(len(parts), 0, -1):  # the longest key first
+            key = ".".join(parts[:n])
+            if key in obj and (found := _json_path(obj[key], parts[n:])) is not _MISSING:
+                return found
+    return _MISSING
 
 
 def iter_records(source: Source, cfg: CorpusConfig) -> Iterator[str]:
@@ -852,7 +869,7 @@ def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> t
         known = vocab.labels
         if not known:
             raise CharloomError(f"{flag}: the model was not trained on labelled records, so it has no labels")
-        padded = {k.strip(): k for k in known if k != k.strip()}  # a model from before labels lost their spaces
+        padded = vocab.padded_labels  # a model from before labels lost their spaces
         if padded:
             names = [n if n in known else padded.get(n, n) for n in names]
         bad = next((n for n in dict.fromkeys(names) if n not in known), None)

@@ -144,10 +144,19 @@ class Vocab:
     def __contains__(self, char: str) -> bool:
         return self.stoi.get(char, -1) >= self.first_char
 
+    @property
+    def padded_labels(self) -> dict[str, str]:
+        """{name without its spaces: name} for the labels that keep spaces around them, as a model's did before
+        labels read from a corpus lost them."""
+        return {n.strip(): n for n in self.labels if n != n.strip()}
+
     def label_id(self, name: str, where: str = "label") -> int:
-        """The token id of label `name`; a name the vocabulary lacks is a one-line error listing the known ones."""
+        """The token id of label `name` (or of the label that is `name` with spaces around it, in a model from before
+        labels lost them); a name the vocabulary lacks is a one-line error listing the known ones."""
         if not self.labels:
             raise CharloomError(f"{where}: this model was not trained on labelled records, so it takes no label")
+        if name not in self.labels:
+            name = self.padded_labels.get(name.strip(), name)
         if name not in self.labels:
             raise CharloomError(f"{where}: {name!r} is not one of {', '.join(self.labels)}")
         return self.first_char - len(self.labels) + self.labels.index(name)
