@@ -342,6 +342,20 @@ def test_a_resume_that_read_a_save_another_run_replaced_before_it_held_the_folde
     assert charloom.train(source=str(text_file), out=str(tmp_path), max_steps=5, resume=True).progress.step == 5
 
 
+def test_a_training_option_the_corpus_never_reads_is_refused_on_resume_too(tmp_path, text_file, tiny):
+    """A resumed run takes the training options given now: one its batches never read is refused as at the start
+    (its batch options must be the ones it saved, which resume checks against the file)."""
+    records = {k: v for k, v in tiny.items() if k != "seq_len"}
+    charloom.train(source=str(text_file), out=str(tmp_path / "r"), records=True, max_steps=2, **records)
+    with pytest.raises(CharloomError, match=r"^--early-pieces: only for continuous text"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "r"), records=True, max_steps=3, resume=True,
+                       early_pieces=4)
+    charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=2, **tiny)
+    with pytest.raises(CharloomError, match=r"^--no-carry-state: only with --order contiguous"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=3, resume=True, carry_state=False)
+    assert charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=3, resume=True).progress.step == 3
+
+
 def test_a_trainer_set_up_and_never_run_lets_its_folder_go_by_close_or_with(tmp_path, text_file, tiny, monkeypatch):
     cfgs = train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny).values()
     with train_mod.setup(*cfgs):

@@ -518,16 +518,20 @@ def _check_out(out: Path) -> IO[str] | None:
     return lock
 
 
-def _check_options(data: Data, batch: BatchConfig, cfg: TrainConfig) -> None:
-    """Options this corpus's batches would never read are refused rather than dropped (see check_options)."""
-    check_options(data.corpus, batch)
-    defaults = TrainConfig()
+def _check_options(data: Data, batch: BatchConfig, cfg: TrainConfig, saved: dict[str, Any] | None) -> None:
+    """Options this corpus's batches would never read are refused rather than dropped (see check_options). A
+    resumed run (`saved`: the training options it recorded) takes what was not given from its file: its batch
+    options must match the file's (resume checks), and a training option is refused only where given anew."""
+    if saved is None:
+        check_options(data.corpus, batch)
+    before = saved if saved is not None else TrainConfig().to_dict()
     if data.corpus.is_records:  # records are short already: never learned in pieces
         for name in ("early_pieces", "late_pieces", "early_share"):
-            if getattr(cfg, name) != getattr(defaults, name):
+            if getattr(cfg, name) != before.get(name, getattr(cfg, name)):
                 raise CharloomError(f"--{name.replace('_', '-')}: only for continuous text, whose windows are "
                                     f"learned in pieces; {data.corpus.name} is read as records")
-    if not cfg.carry_state and (data.corpus.is_records or batch.order != "contiguous"):
+    if not cfg.carry_state and before.get("carry_state", True) and (data.corpus.is_records
+                                                                   or data.cfg.order != "contiguous"):
         raise CharloomError("--no-carry-state: only with --order contiguous on continuous text, where the state "
                             "would carry from batch to batch; shuffled windows and records start from zero")
 
@@ -771,8 +775,7 @@ def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, con
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     given = batch
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
-    if previous is None:  # a resumed run keeps the options it saved
-        _check_options(data, given, config)
+    _check_options(data, given, config, previous[1].configs.get("train", {}) if previous is not None else None)
     _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
     if parent is not None:
