@@ -544,3 +544,31 @@ def test_an_export_that_fails_leaves_its_folders_and_files_as_it_found_them(tmp_
     with pytest.raises(CharloomError, match=rf"^{re.escape(str(out))}: the model failed to run; the file is kept"):
         export(ck, ExportConfig(), out)
     assert OnnxModel.load(out).meta["vocab"] == ck.vocab.to_dict()
+
+
+def test_an_export_whose_model_file_was_replaced_meanwhile_puts_nothing_in_place(tmp_path, model_dir, monkeypatch):
+    """A run training in the model's folder saves a new best while the export runs: the file it would put in place
+    is of the model before, and would stay beside the new one."""
+    import os
+    import shutil
+
+    import charloom.export as export_mod
+
+    folder = tmp_path / "run"
+    shutil.copytree(model_dir, folder)
+    path = folder / checkpoint.MODEL_FILE
+    ck = checkpoint.load(path)
+    made = export_mod.write_onnx
+
+    def saved_meanwhile(*args, **kwargs):
+        copy = folder / "copy"
+        copy.write_bytes(path.read_bytes())
+        os.replace(copy, path)  # as a save replaces it: whole, under a new inode
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(export_mod, "write_onnx", saved_meanwhile)
+    with pytest.raises(CharloomError, match=r"model.safetensors: replaced while this export ran"):
+        export(ck, ExportConfig(), folder / "model.onnx")
+    assert not (folder / "model.onnx").exists() and not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    monkeypatch.undo()
+    assert export(ck, ExportConfig(), folder / "model.onnx").path.exists()

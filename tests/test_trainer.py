@@ -849,3 +849,32 @@ def test_overwrite_takes_the_old_runs_exported_files_too(tmp_path, text_file, ti
     charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, overwrite=True, **tiny)
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.int8.onnx").exists()
     assert (tmp_path / "notes.txt").exists()  # what the run did not write is not its to take
+
+
+def test_a_new_model_file_takes_the_exports_made_from_the_one_before(tmp_path, text_file, tiny, capsys):
+    """An export made while the run trained would stay beside a newer model file and write the older one's text."""
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)
+    for name in ("model.onnx", "model.int8.onnx", "notes.txt"):
+        (tmp_path / name).write_text("made from the model of step 2")
+    capsys.readouterr()
+    charloom.train(source=str(text_file), out=str(tmp_path), max_steps=4, resume=True, eval_every=0)
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.int8.onnx").exists()
+    assert (tmp_path / "notes.txt").exists()
+    assert "the model.onnx and model.int8.onnx exported from the one before are removed" in capsys.readouterr().out
+
+
+def test_setup_takes_the_configs_configure_returns_by_name(tmp_path, text_file, tiny):
+    with train_mod.setup(**train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)) as t:
+        assert t.run().progress.step == 2
+
+
+def test_a_trainer_that_ran_or_was_closed_does_not_run_again(tmp_path, text_file, tiny):
+    """Its folder may be another run's by then: it would write there without holding it."""
+    cfgs = train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny).values()
+    for ended in ("ran", "closed"):
+        t = train_mod.setup(*cfgs)
+        t.run() if ended == "ran" else t.close()
+        with pytest.raises(CharloomError, match=r"^out \(--out\): this trainer has let .* go \(it ran, or was "
+                                                r"closed\); set up another"):
+            t.run()
+        cfgs = train_mod.configure(source=str(text_file), out=str(tmp_path / "b"), max_steps=2, **tiny).values()

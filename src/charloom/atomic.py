@@ -56,6 +56,16 @@ def write_bytes(path: Path, data: bytes) -> None:
         pass  # some file systems cannot fsync a folder; the rename itself is already atomic
 
 
+def stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, modification time, size) of a file, None where there is none: a write here replaces a file whole,
+    so a file written again between two stamps never gives the same one twice."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 

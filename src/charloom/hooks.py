@@ -20,6 +20,7 @@ import torch
 
 from . import checkpoint, ngram, sizing
 from .batching import training_text
+from .config import EXPORTED, EXPORTED_INT8
 from .errors import CharloomError
 from .evaluation import LN2, Evaluation, evaluate_mixed, fit_mixture
 from .runinfo import head_words
@@ -274,6 +275,18 @@ class Checkpoints(Hook):
                             info=info)
         if t.improved or val is None or not (self.out / checkpoint.MODEL_FILE).exists():
             checkpoint.save(self.out / checkpoint.MODEL_FILE, t.final_model, t.vocab, records=t.records, info=info)
+            _drop_exports(self.out)
+
+
+def _drop_exports(out: Path) -> None:
+    """A new model file in a run folder: what `charloom export` made there from the one before no longer matches
+    it, so it goes (an export running meanwhile sees the model file change and puts nothing in place)."""
+    stale = [name for name in (EXPORTED, EXPORTED_INT8) if (out / name).is_file()]
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    if stale:
+        say(f"{out / checkpoint.MODEL_FILE}: a new model; the {' and '.join(stale)} exported from the one before "
+            f"{'is' if len(stale) == 1 else 'are'} removed (charloom export makes them again)")
 
 
 def _gathered(t: Trainer) -> list[dict[str, torch.Tensor]]:

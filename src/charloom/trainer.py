@@ -163,6 +163,7 @@ class Trainer:
         self.improved = False  # the last evaluation beat every earlier one
         self.ended: str | None = None  # what stopped the run ("budget", "SIGINT", ...), once it has stopped
         self.lock: IO[str] | None = None  # the run folder's lock (atomic.hold_folder), held until run() ends
+        self.closed = False  # close() was called (run() calls it): the folder is no longer this trainer's
 
     def restore(self, ck: checkpoint.Checkpoint, run: RunState) -> None:
         """Continue from a resume file: weights, average, optimizer, this process's RNG and carried state."""
@@ -297,6 +298,9 @@ class Trainer:
         return full or val
 
     def run(self) -> TrainResult:
+        if self.closed:  # its folder may be another run's by now: writing there would take turns with it
+            raise CharloomError(f"out (--out): this trainer has let {self.out} go (it ran, or was closed); set up "
+                                f"another to train there")
         try:
             return self._run()
         finally:
@@ -304,7 +308,8 @@ class Trainer:
 
     def close(self) -> None:
         """Let the run folder go for the next writer: run() does when it ends; a trainer set up and never run
-        holds it until this, the end of a `with` block, or its collection."""
+        holds it until this, the end of a `with` block, or its collection. A closed trainer does not run."""
+        self.closed = True
         if self.lock is not None:
             self.lock.close()
             self.lock = None
@@ -486,15 +491,6 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
         raise CharloomError(f"init_from (--init-from) {cfg.init_from}: its model is in {out}, the folder this run "
                             f"writes to (--out), which would replace the model it starts from; choose another --out")
     return None
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """(inode, modification time, size) of a file, None where there is none: a save replaces the file whole."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _check_out(out: Path) -> IO[str] | None:
@@ -744,17 +740,19 @@ def _runtime(config: TrainConfig, model: ModelConfig, previous: tuple[checkpoint
                             f"to continue it in another)") from None
 
 
-def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
+def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, train: TrainConfig,
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
-    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming."""
+    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming. The
+    configs are named as `configure` returns them, so `setup(**configure(...))` assembles a run."""
+    config = train
     out = Path(config.out).expanduser()
-    seen = _stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
+    seen = atomic.stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
     config = _with_parent(config, previous)
     rt = _runtime(config, model, previous, out)
     lock = _check_out(out) if rt.procs.main else None  # only the first process writes the run folder
     try:
-        if lock is not None and previous is not None and _stamp(out / checkpoint.RESUME_FILE) != seen:
+        if lock is not None and previous is not None and atomic.stamp(out / checkpoint.RESUME_FILE) != seen:
             raise CharloomError(f"resume (--resume): the run in {out} saved again while this start read it (another "
                                 f"run was writing the folder until now); start again to continue from its last save")
         trainer = _assembled(corpus, batch, model, config, rt, previous, callback, data)
