@@ -291,6 +291,10 @@ def test_training_shortens_openmp_spinning_before_torch_loads_and_a_users_value_
     (["train", "--early-pieces", "65"], "early_pieces (--early-pieces): must be in [0, 64], got 65"),
     (["sample", "--checkpoint", "nowhere", "--temperature", "-1"], "temperature (--temperature): "),
     (["eval", "--checkpoint", "nowhere", "--adapt-lr", "-1"], "adapt_lr (--adapt-lr): must not be negative"),
+    (["eval", "--checkpoint", "nowhere", "--adapt-segment", "64"],
+     "adapt_segment (--adapt-segment): only means something with --adapt"),
+    (["sample", "--checkpoint", "nowhere", "--greedy", "--temperature", "0.5"],
+     "greedy (--greedy): means --temperature 0, and --temperature 0.5 was given too"),
 ])
 def test_a_value_a_config_refuses_is_named_by_its_flag(capsys, argv, message):
     """Checks live in the configs, which know fields, not flags: the CLI names the flag the user typed beside
@@ -396,3 +400,15 @@ def test_corpus_info_names_a_batch_option_the_corpus_never_reads(capsys):
     assert main(["corpus-info", "names", "--json", "--order", "contiguous"]) == 2
     info = json.loads(capsys.readouterr().out)
     assert info["records"] > 1000 and info["split_error"].startswith("--order: only for continuous text")
+
+
+@pytest.mark.parametrize("argv, flag", [(["train", "--max-time", "-1m"], "--max-time"),
+                                        (["sample", "--checkpoint", "x", "--start", "-item"], "--start")])
+def test_a_value_starting_with_a_dash_is_told_to_go_after_an_equals_sign(capsys, argv, flag):
+    """argparse takes "-1m" or "-item" for a flag and says only that the flag expected a value."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"argument {flag}: expected one argument (a value that starts with '-' goes after '=': "
+                        f"{flag}=-VALUE)")

@@ -454,3 +454,10 @@ def test_a_run_whose_labels_kept_their_spaces_resumes_and_writes_for_them(tmp_pa
     r = charloom.train(max_steps=4, resume=True, cache_dir=str(tmp_path / "new"), **opts)
     assert r.progress.step == 4 and r.vocab.labels == (" Sports", " World")
     assert r.vocab.label_id("Sports") == r.vocab.label_id(" Sports") != r.vocab.label_id("World")
+
+
+def test_a_label_asked_for_loses_its_spaces_as_a_label_read_does():
+    v = Vocab("abc ", labels=["Sports", "World"])
+    assert v.label_id(" Sports ") == v.label_id("Sports") != v.label_id("World")
+    with pytest.raises(CharloomError, match=r"^label: ' Sprots' is not one of Sports, World$"):
+        v.label_id(" Sprots")

@@ -19,7 +19,7 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
                      SampleOptions, ServeConfig, TrainConfig)
@@ -589,8 +589,19 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     serve(path, options(ns, ServeConfig))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), with a way out where a value starting with '-' (a start text, a
+    negative figure with a unit) was taken for a flag: argparse says only that the flag expected a value."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument ") and message.endswith(": expected one argument"):
+            flag = message[len("argument "):-len(": expected one argument")].split("/")[0]
+            message += f" (a value that starts with '-' goes after '=': {flag}=-VALUE)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="charloom", description="Character-level RNN, LSTM and GRU text generation.")
+    p = _Parser(prog="charloom", description="Character-level RNN, LSTM and GRU text generation.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("corpora", help="list the bundled corpora and their sizes")

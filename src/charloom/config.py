@@ -13,7 +13,7 @@ import numbers
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import ConfigError
@@ -612,6 +612,9 @@ class SampleConfig(Config):
             SampleOptions(start=text)
         for t in self.temperatures:
             SampleOptions(temperature=t)
+        if self.greedy and self.temperatures:  # one would be dropped in silence
+            raise ConfigError(f"greedy: means --temperature 0, and --temperature "
+                              f"{' '.join(f'{t:g}' for t in self.temperatures)} was given too; give one or the other")
 
     @property
     def temperature_list(self) -> tuple[float, ...]:
@@ -650,6 +653,10 @@ class EvalConfig(Config):
             raise ConfigError(f"adapt_lr: must not be negative, got {self.adapt_lr}")
         if not 0.0 <= self.adapt_decay < 1.0:
             raise ConfigError(f"adapt_decay: must be in [0, 1), got {self.adapt_decay}")
+        defaults = {f.name: f.default for f in fields(self)}
+        given = next((k for k in ("adapt_lr", "adapt_segment", "adapt_decay") if getattr(self, k) != defaults[k]), None)
+        if given and not self.adapt:  # without --adapt nothing reads it
+            raise ConfigError(f"{given}: only means something with --adapt (dynamic evaluation), which was not given")
 
 
 @dataclass(frozen=True)

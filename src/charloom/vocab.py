@@ -151,12 +151,13 @@ class Vocab:
         return {n.strip(): n for n in self.labels if n != n.strip()}
 
     def label_id(self, name: str, where: str = "label") -> int:
-        """The token id of label `name` (or of the label that is `name` with spaces around it, in a model from before
-        labels lost them); a name the vocabulary lacks is a one-line error listing the known ones."""
+        """The token id of label `name`, its spaces around it aside (as labels read from a corpus lose them; in a
+        model from before they did, the label that has them); a name the vocabulary lacks is a one-line error listing
+        the known ones."""
         if not self.labels:
             raise CharloomError(f"{where}: this model was not trained on labelled records, so it takes no label")
-        if name not in self.labels:
-            name = self.padded_labels.get(name.strip(), name)
+        if name not in self.labels:  # as a label read from a corpus, without the spaces around it
+            name = name.strip() if name.strip() in self.labels else self.padded_labels.get(name.strip(), name)
         if name not in self.labels:
             raise CharloomError(f"{where}: {name!r} is not one of {', '.join(self.labels)}")
         return self.first_char - len(self.labels) + self.labels.index(name)
