@@ -567,8 +567,14 @@ def test_an_export_whose_model_file_was_replaced_meanwhile_puts_nothing_in_place
         return made(*args, **kwargs)
 
     monkeypatch.setattr(export_mod, "write_onnx", saved_meanwhile)
-    with pytest.raises(CharloomError, match=r"model.safetensors: replaced while this export ran"):
+    with pytest.raises(CharloomError, match=r"model.safetensors: replaced since it was read for this export"):
         export(ck, ExportConfig(), folder / "model.onnx")
     assert not (folder / "model.onnx").exists() and not [p for p in folder.iterdir() if ".tmp-" in p.name]
     monkeypatch.undo()
-    assert export(ck, ExportConfig(), folder / "model.onnx").path.exists()
+    ck = checkpoint.load(path)
+    copy = folder / "copy"
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)  # saved after it was loaded, before the export began
+    with pytest.raises(CharloomError, match=r"model.safetensors: replaced since it was read for this export"):
+        export(ck, ExportConfig(), folder / "model.onnx")
+    assert export(checkpoint.load(path), ExportConfig(), folder / "model.onnx").path.exists()

@@ -350,6 +350,11 @@ def test_a_training_option_the_corpus_never_reads_is_refused_on_resume_too(tmp_p
     with pytest.raises(CharloomError, match=r"^--early-pieces: only for continuous text"):
         charloom.train(source=str(text_file), out=str(tmp_path / "r"), records=True, max_steps=3, resume=True,
                        early_pieces=4)
+    # a TrainConfig given whole leaves the pieces at 0, to be chosen: not given anew
+    from charloom.config import CorpusConfig
+    r = charloom.train(CorpusConfig(source=str(text_file), records=True),
+                       config=TrainConfig(out=str(tmp_path / "r"), resume=True, max_steps=3, progress=False))
+    assert r.progress.step == 3
     charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=2, **tiny)
     with pytest.raises(CharloomError, match=r"^--no-carry-state: only with --order contiguous"):
         charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=3, resume=True, carry_state=False)
@@ -863,9 +868,11 @@ def test_a_new_model_file_takes_the_exports_made_from_the_one_before(tmp_path, t
     assert "the model.onnx and model.int8.onnx exported from the one before are removed" in capsys.readouterr().out
 
 
-def test_setup_takes_the_configs_configure_returns_by_name(tmp_path, text_file, tiny):
-    with train_mod.setup(**train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny)) as t:
+def test_a_trainer_in_a_with_block_runs_and_lets_its_folder_go(tmp_path, text_file, tiny):
+    with train_mod.setup(*train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2,
+                                              **tiny).values()) as t:
         assert t.run().progress.step == 2
+    assert t.lock is None and t.closed
 
 
 def test_a_trainer_that_ran_or_was_closed_does_not_run_again(tmp_path, text_file, tiny):

@@ -71,6 +71,7 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the extra (non-model) tensors
     meta: dict[str, Any] = field(default_factory=dict)  # the extra JSON fields
     mixture: ngram.Mixture | None = None  # the n-gram of the training text mixed with the network, if it has one
+    stamp: tuple[int, int, int] | None = None  # atomic.stamp of the file as it was read: a later save changes it
 
     @property
     def config(self) -> ModelConfig:
@@ -479,6 +480,7 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
     """Header, then fields, then shapes, then data: each step reads or builds only once the ones before held."""
     f, size = _open(p, where)
     with f:
+        st = os.fstat(f.fileno())  # the very file read, whatever replaces it at its path meanwhile
         layout = _read_layout(f, size, where)
         cfg, vocab_data, records, info, extra = _fields(layout.meta, where)
         _check_config(cfg, vocab_data, layout.table, where)
@@ -498,7 +500,7 @@ def _load(p: Path, where: str, device: str | torch.device) -> Checkpoint:
     mixture = _mixture(extra, rest, cfg.vocab_size, where, vocab.label_span if counted else range(0))
     if mixture is not None and not counted:
         mixture.uncounted = vocab.label_span
-    return Checkpoint(model, vocab, records, info, p, rest, extra, mixture)
+    return Checkpoint(model, vocab, records, info, p, rest, extra, mixture, (st.st_ino, st.st_mtime_ns, st.st_size))
 
 
 def number(value: Any) -> int | float | None:

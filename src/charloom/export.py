@@ -123,7 +123,6 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     _check_targets(ck, cfg, out)  # checks only: nothing is made on disk until every refusal has been said
     if cfg.int8:
         _heldout_corpus(ck, cfg)  # a text that cannot be read is said before any file is written
-    source = atomic.stamp(ck.path) if ck.path else None  # a run training in its folder may replace it meanwhile
     model = ck.model.float().eval()
     # each file is made, checked and scored in a folder of this process's own beside --out, then renamed into
     # place: an export writing the same --out at the same time cannot swap a file under this one's checks
@@ -135,6 +134,7 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
         if ck.mixture is not None:
             report.without = ck.info.get("ngram") if isinstance(ck.info.get("ngram"), dict) else {}
         if report.max_difference > FP32_TOLERANCE:
+            _check_unreplaced(ck)
             _put(made, out)
             raise CharloomError(f"{out}: onnxruntime differs from PyTorch by {report.max_difference:.2e} (more "
                                 f"than {FP32_TOLERANCE:g}); the file is kept for inspection")
@@ -145,9 +145,7 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
             report.int8_difference = check(model, int8)
             report.bpc, report.scored_characters = compare_bpc(ck, cfg, {"fp32": made, "int8": int8})
             report.split_recorded = isinstance(ck.info.get("split"), dict)
-        if source is not None and atomic.stamp(ck.path) != source:  # before any file is put in place
-            raise CharloomError(f"{ck.path}: replaced while this export ran (a run training in its folder saved a "
-                                f"new model); export again for the new one, or after the run ends")
+        _check_unreplaced(ck)  # before any file is put in place
         if cfg.web:  # from this export's own file, before any is put in place
             report.web = write_web(made, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
         if cfg.int8:
@@ -156,6 +154,14 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _check_unreplaced(ck: Checkpoint) -> None:
+    """The model file as loaded is still the one at its path: a run training in its folder may have saved a newer
+    one since, whose folder's exports it removed then; this export's files would stay beside it."""
+    if ck.path is not None and ck.stamp is not None and atomic.stamp(ck.path) != ck.stamp:
+        raise CharloomError(f"{ck.path}: replaced since it was read for this export (a run training in its folder "
+                            f"saved a new model); export again for the new one, or after the run ends")
 
 
 def _own_folder(out: Path) -> Path:

@@ -520,14 +520,17 @@ def _check_options(data: Data, batch: BatchConfig, cfg: TrainConfig, saved: dict
     options must match the file's (resume checks), and a training option is refused only where given anew."""
     if saved is None:
         check_options(data.corpus, batch)
-    before = saved if saved is not None else TrainConfig().to_dict()
+    defaults = TrainConfig().to_dict()
+
+    def anew(name: str) -> bool:  # neither the default (0: the pieces chosen) nor what the resumed run recorded
+        return getattr(cfg, name) not in (defaults[name], (saved or defaults).get(name, defaults[name]))
+
     if data.corpus.is_records:  # records are short already: never learned in pieces
         for name in ("early_pieces", "late_pieces", "early_share"):
-            if getattr(cfg, name) != before.get(name, getattr(cfg, name)):
+            if anew(name):
                 raise CharloomError(f"--{name.replace('_', '-')}: only for continuous text, whose windows are "
                                     f"learned in pieces; {data.corpus.name} is read as records")
-    if not cfg.carry_state and before.get("carry_state", True) and (data.corpus.is_records
-                                                                   or data.cfg.order != "contiguous"):
+    if anew("carry_state") and (data.corpus.is_records or data.cfg.order != "contiguous"):
         raise CharloomError("--no-carry-state: only with --order contiguous on continuous text, where the state "
                             "would carry from batch to batch; shuffled windows and records start from zero")
 
@@ -740,11 +743,10 @@ def _runtime(config: TrainConfig, model: ModelConfig, previous: tuple[checkpoint
                             f"to continue it in another)") from None
 
 
-def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, train: TrainConfig,
+def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig,
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
-    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming. The
-    configs are named as `configure` returns them, so `setup(**configure(...))` assembles a run."""
-    config = train
+    """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming
+    (`setup(*configure(...).values())` takes the configs `configure` makes, in its order)."""
     out = Path(config.out).expanduser()
     seen = atomic.stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
