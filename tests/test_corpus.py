@@ -776,3 +776,11 @@ def test_a_separator_on_a_corpus_that_is_records_by_default_is_refused():
     with pytest.raises(CharloomError, match=r"^--separator: joins .*; names is read as records \(give --no-records"):
         load(CorpusConfig(source="names", separator=" | "))
     assert load(CorpusConfig(source="names", records=False, separator=" | ")).offsets is None
+
+
+@pytest.mark.parametrize("options, message", [(dict(extensions=(".py",)), "--ext: chooses the files of a folder"),
+                                              (dict(columns=("x",)), "--column: only for CSV or TSV files"),
+                                              (dict(field="t"), "--field: only for JSONL files")])
+def test_an_option_for_files_on_a_bundled_corpus_is_refused(options, message):
+    with pytest.raises(CharloomError, match=rf"^{message}"):
+        load(CorpusConfig(source="names", **options))

@@ -461,3 +461,12 @@ def test_a_label_asked_for_loses_its_spaces_as_a_label_read_does():
     assert v.label_id(" Sports ") == v.label_id("Sports") != v.label_id("World")
     with pytest.raises(CharloomError, match=r"^label: ' Sprots' is not one of Sports, World$"):
         v.label_id(" Sprots")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(columns=("text",), label_column="text"), r"^label_column: 'text' is also a text column \(--column\)"),
+    (dict(field="text", label_field="text"), r"^label_field: 'text' is also the text's field \(--field\)")])
+def test_the_text_is_not_its_own_label(options, message):
+    """Each record would be its own label: a vocabulary of as many labels as distinct texts, and nothing to learn."""
+    with pytest.raises(ConfigError, match=message):
+        CorpusConfig(source="t.csv", records=True, **options)

@@ -104,7 +104,7 @@ def test_bad_sample_options_are_one_line_errors(recited):
 
 def test_sample_flags_build_one_options_object_per_generation():
     from charloom.cli import build_parser, options
-    from charloom.config import SampleConfig, SampleOptions
+    from charloom.config import ConfigError, SampleConfig, SampleOptions
 
     ns = build_parser().parse_args(["sample", "--checkpoint", "m", "--start", "a", "--start", "b", "--temperature",
                                     "0.3", "--temperature", "1", "--num-samples", "3", "--length", "7", "--top-k", "5",
@@ -115,8 +115,11 @@ def test_sample_flags_build_one_options_object_per_generation():
     runs = options(ns, SampleConfig).each(base)
     assert [(o.temperature, o.start) for o in runs] == [(0.3, "a"), (0.3, "b"), (1.0, "a"), (1.0, "b")]
     assert all(o.replace(start="", temperature=base.temperature) == base for o in runs)
-    greedy = build_parser().parse_args(["sample", "--checkpoint", "m", "--temperature", "0.3", "--greedy"])
+    greedy = build_parser().parse_args(["sample", "--checkpoint", "m", "--greedy"])
     assert [o.temperature for o in options(greedy, SampleConfig).each(options(greedy, SampleOptions))] == [0.0]
+    both = build_parser().parse_args(["sample", "--checkpoint", "m", "--temperature", "0.3", "--greedy"])
+    with pytest.raises(ConfigError, match=r"^greedy: means --temperature 0, and --temperature 0.3 was given too"):
+        options(both, SampleConfig)  # one of the two would be dropped
 
 
 def test_jsonl_rows_are_the_options_with_each_samples_seed(recited, tmp_path):

@@ -272,6 +272,9 @@ def test_a_labelled_model_writes_for_the_chosen_label_and_never_a_label_token(se
     error = page.evaluate("o => window.charloom.generate(o).then(() => '', e => e.message)",
                           {"start": "", "length": 5, "label": "Sprots"})
     assert error == 'label: "Sprots" is not one of World, Sports'
+    spaced = page.evaluate("o => window.charloom.generate(o)", {"start": "", "length": 50, "n": 2, "seed": "5",
+                                                                "temperature": 1.0, "label": " Sports "})
+    assert spaced == gen.generate("", 50, n=2, seed=5, temperature=1.0, label=" Sports ")  # as Python asks it
     assert refused == []
 
 

@@ -515,6 +515,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     from .runtime import pick_device
 
     ecfg = options(ns, EvalConfig)
+    ecfg.check_static()  # before the model and the text are read
     if ns.color and ns.json:
         raise CharloomError("--color: not with --json (the colours are for a person reading a terminal)")
     device = pick_device(ecfg.device)

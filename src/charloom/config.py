@@ -212,6 +212,12 @@ class CorpusConfig(Config):
             raise ConfigError("label_column/label_field: labels belong to records; drop --no-records")
         if self.label_map is not None and not self.labelled:
             raise ConfigError("label_map: only means something with --label-column or --label-field")
+        if self.label_column is not None and self.label_column in self.columns:  # every text its own label
+            raise ConfigError(f"label_column: {self.label_column!r} is also a text column (--column); the label is "
+                              f"another column")
+        if self.label_field is not None and self.label_field == self.field:
+            raise ConfigError(f"label_field: {self.label_field!r} is also the text's field (--field); the label is "
+                              f"another field")
         self.label_names()  # checks the map
         for ext in self.extensions:
             if not ext or "/" in ext:
@@ -612,9 +618,9 @@ class SampleConfig(Config):
             SampleOptions(start=text)
         for t in self.temperatures:
             SampleOptions(temperature=t)
-        if self.greedy and self.temperatures:  # one would be dropped in silence
+        if self.greedy and any(self.temperatures):  # one would be dropped in silence
             raise ConfigError(f"greedy: means --temperature 0, and --temperature "
-                              f"{' '.join(f'{t:g}' for t in self.temperatures)} was given too; give one or the other")
+                              f"{' '.join(f'{t:g}' for t in self.temperatures if t)} was given too; give one or the other")
 
     @property
     def temperature_list(self) -> tuple[float, ...]:
@@ -653,9 +659,13 @@ class EvalConfig(Config):
             raise ConfigError(f"adapt_lr: must not be negative, got {self.adapt_lr}")
         if not 0.0 <= self.adapt_decay < 1.0:
             raise ConfigError(f"adapt_decay: must be in [0, 1), got {self.adapt_decay}")
+
+    def check_static(self) -> None:
+        """Scoring as the model stands (`evaluation.score`) with an adapting option set and `adapt` not: nothing would
+        read it. (A caller of `score_adapted` asks for adapting by calling it.)"""
         defaults = {f.name: f.default for f in fields(self)}
         given = next((k for k in ("adapt_lr", "adapt_segment", "adapt_decay") if getattr(self, k) != defaults[k]), None)
-        if given and not self.adapt:  # without --adapt nothing reads it
+        if given and not self.adapt:
             raise ConfigError(f"{given}: only means something with --adapt (dynamic evaluation), which was not given")
 
 

@@ -145,6 +145,7 @@ def resolve(cfg: CorpusConfig) -> Source:
         entry = corpora[cfg.source]
         records = entry.kind == "records" if cfg.records is None else cfg.records
         fmt = cfg.format if cfg.format != "auto" else ("lines" if entry.kind == "records" or records else "text")
+        _check_applies(cfg, fmt, label, one_file=True)
         _check_separator(cfg, records, label)
         return Source(label, (entry.path,), fmt, records)  # a text read as records: a record a line, as a file's
     records = bool(cfg.records)

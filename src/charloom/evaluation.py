@@ -322,6 +322,7 @@ def score(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     """Bits per character of `model` (with its n-gram `mixture`, if it has one) on all of `corpus` (encoded with
     the model's vocabulary), in fp32."""
     cfg = cfg or EvalConfig()
+    cfg.check_static()
     _check_scorable(corpus, model)
     device = _where(model, cfg, device)
     if device != next(model.parameters()).device:  # scored as a copy moved there: the caller's model stays put

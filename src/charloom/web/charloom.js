@@ -154,10 +154,14 @@ export class Model {
     this.banned = [ids.pad, ids.bos, ids.unk, ...this.labels.values(), ...(meta.records ? [] : [ids.eos])];
   }
 
-  // The token of a label, or an error listing the labels the model knows (decoding.prefix_ids).
+  // The token of a label, its spaces around it aside, or an error listing the labels the model knows
+  // (Vocab.label_id: in a model from before labels lost their spaces, the label that has them).
   labelId(label) {
     if (this.labels.has(label)) return this.labels.get(label);
     const known = [...this.labels.keys()];
+    const bare = typeof label === "string" ? label.trim() : label;
+    const match = known.find(k => k === bare) ?? known.find(k => k !== k.trim() && k.trim() === bare);
+    if (match !== undefined) return this.labels.get(match);
     throw new Error(known.length ? `label: ${JSON.stringify(label)} is not one of ${known.join(", ")}`
                                  : "label: this model was trained without labels");
   }
