@@ -619,8 +619,9 @@ class SampleConfig(Config):
         for t in self.temperatures:
             SampleOptions(temperature=t)
         if self.greedy and any(self.temperatures):  # one would be dropped in silence
-            raise ConfigError(f"greedy: means --temperature 0, and --temperature "
-                              f"{' '.join(f'{t:g}' for t in self.temperatures if t)} was given too; give one or the other")
+            given = " ".join(f"{t:g}" for t in self.temperatures if t)
+            raise ConfigError(f"greedy: means --temperature 0, and --temperature {given} was given too; give one or "
+                              f"the other")
 
     @property
     def temperature_list(self) -> tuple[float, ...]:
