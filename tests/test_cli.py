@@ -412,3 +412,22 @@ def test_a_value_starting_with_a_dash_is_told_to_go_after_an_equals_sign(capsys,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"argument {flag}: expected one argument (a value that starts with '-' goes after '=': "
                         f"{flag}=-VALUE)")
+
+
+def test_eval_names_a_label_option_on_a_model_of_continuous_text(tmp_path, model_dir, capsys):
+    """Not the records check's 'drop --no-records', a flag the user never gave."""
+    (tmp_path / "t.csv").write_text("text,label\nto be,A\n")
+    assert main(["eval", "--checkpoint", str(model_dir), str(tmp_path / "t.csv"), "--column", "text",
+                 "--label-column", "label"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"charloom: error: --label-column: {model_dir / 'model.safetensors'} was trained on continuous " \
+                  f"text, which has no labels"
+
+
+def test_a_max_length_below_the_default_length_says_which_to_lower():
+    from charloom.config import ConfigError, ServeConfig
+
+    with pytest.raises(ConfigError, match=r"^default_length: 500 \(its default\) is more than --max-length 100; "
+                                          r"give --default-length 100 or less$"):
+        ServeConfig(max_length=100)
+    assert ServeConfig(max_length=100, default_length=100).default_length == 100

@@ -74,6 +74,15 @@ def test_interactive_mode_continues_each_line(recited):
     assert err.count("start text") >= 2
 
 
+def test_interactive_mode_refuses_a_temperature_sweep(recited):
+    """Each line typed is written once: the sweep's other temperatures would be dropped."""
+    run_dir, _ = recited
+    code, out, err = run("sample", "--checkpoint", str(run_dir), "--interactive", "--temperature", "0",
+                         "--temperature", "1.5", stdin="@amy\n")
+    assert code == 2 and out == "" and err.strip() == ("charloom: error: --temperature: with --interactive each line "
+                                                      "typed is written at one temperature; give one")
+
+
 def test_unknown_start_character_is_a_note_not_a_crash(recited):
     run_dir, _ = recited
     code, out, err = run("sample", "--checkpoint", str(run_dir), "--start", "@amy 🎉", "--length", "10", "--seed", "1")

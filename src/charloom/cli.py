@@ -324,6 +324,9 @@ def _runs(interactive: bool, cfg: SampleConfig, base: SampleOptions) -> list[Sam
         return cfg.each(base)
     if cfg.starts:
         raise CharloomError("--start: with --interactive the start texts are the lines typed; give one or the other")
+    if len(cfg.temperature_list) > 1:  # one sample set a line: a sweep's other temperatures would be dropped
+        raise CharloomError("--temperature: with --interactive each line typed is written at one temperature; give "
+                            "one")
     return None
 
 
@@ -524,6 +527,9 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     v = ck.vocab
     ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
     if ccfg.records is None:  # neither --records nor --no-records: records for a model of records, as it trained
+        if ccfg.labelled and not ck.records:  # else the records check would name a --no-records never given
+            flag = "--label-column" if ccfg.label_column is not None else "--label-field"
+            raise CharloomError(f"{flag}: {ck.path} was trained on continuous text, which has no labels")
         ccfg = ccfg.replace(records=ck.records)
     c = corpus.load(ccfg, vocab=v)
     mixture = ck.mixture if ecfg.ngram else None

@@ -699,7 +699,9 @@ class ServeConfig(Config):
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
         if self.default_length > self.max_length:
-            raise ConfigError("default_length: must not exceed max_length")
+            said = "" if self.default_length != ServeConfig.default_length else " (its default)"
+            raise ConfigError(f"default_length: {self.default_length}{said} is more than --max-length "
+                              f"{self.max_length}; give --default-length {self.max_length} or less")
 
 
 @dataclass(frozen=True)
