@@ -578,3 +578,24 @@ def test_an_export_whose_model_file_was_replaced_meanwhile_puts_nothing_in_place
     with pytest.raises(CharloomError, match=r"model.safetensors: replaced since it was read for this export"):
         export(ck, ExportConfig(), folder / "model.onnx")
     assert export(checkpoint.load(path), ExportConfig(), folder / "model.onnx").path.exists()
+
+
+def test_int8_scores_a_text_of_another_kind_than_the_training_corpus(tmp_path, tiny):
+    """--text is read with the training corpus's columns or fields only where it is a file of their kind: a
+    model of a CSV's labelled column scores a plain text, and one of a plain text scores a JSONL file's text."""
+    import charloom
+
+    rows = "".join(f"the cat sat on mat {i},A\nthe dog ran to the log {i},B\n" for i in range(60))
+    (tmp_path / "t.csv").write_text("text,label\n" + rows)
+    (tmp_path / "plain.txt").write_text("the cat sat on the mat\nthe dog ran to the log\n" * 40)
+    (tmp_path / "lines.jsonl").write_text('{"text": "the cat sat on the mat"}\n' * 80)
+    opts = {k: v for k, v in tiny.items() if k != "seq_len"}
+    charloom.train(source=str(tmp_path / "t.csv"), records=True, columns=("text",), label_column="label",
+                   out=str(tmp_path / "csv"), max_steps=2, **opts)
+    ck = checkpoint.load(tmp_path / "csv")
+    report = export(ck, ExportConfig(int8=True, text=str(tmp_path / "plain.txt")), tmp_path / "a.onnx")
+    assert report.scored_characters > 0 and math.isfinite(report.bpc["int8"])
+    charloom.train(source=str(tmp_path / "plain.txt"), out=str(tmp_path / "txt"), max_steps=2, **tiny)
+    ck = checkpoint.load(tmp_path / "txt")
+    report = export(ck, ExportConfig(int8=True, text=str(tmp_path / "lines.jsonl")), tmp_path / "b.onnx")
+    assert report.scored_characters > 0 and math.isfinite(report.bpc["int8"])

@@ -279,10 +279,10 @@ def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
         raise CharloomError("--int8: the model file does not say which corpus it was trained on; give the text to "
                             "score with --text SOURCE")
     ccfg = CorpusConfig.recorded(saved) if saved else CorpusConfig()
-    if cfg.text:
-        ccfg = ccfg.replace(source=cfg.text)
     ccfg = ccfg.replace(records=ck.records, lower=ck.vocab.lower, normalize=ck.vocab.normalize)
     try:
+        if cfg.text:
+            ccfg = _reading_of(ccfg, cfg.text)
         corpus = load_corpus(ccfg, vocab=ck.vocab)
     except CharloomError as e:
         flag = "--text" if cfg.text else "--int8"
@@ -292,6 +292,29 @@ def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
         raise CharloomError(f"{'--text' if cfg.text else '--int8'}: {ccfg.source} has no held-out split to score the int8 file on (the text is too "
                             f"short); give a longer one with --text SOURCE")
     return corpus
+
+
+_FILE_OPTIONS = {  # CorpusConfig fields that choose text within one kind of file, by the formats that read them
+    ("csv", "tsv"): ("columns", "column_sep", "header", "label_column"),
+    ("jsonl",): ("field", "label_field"),
+}
+
+
+def _reading_of(trained: CorpusConfig, text: str) -> CorpusConfig:
+    """How --text is read: as the training corpus was (encoding, case, normalisation, records), but with its
+    columns or fields only where --text is a file of their kind, and its format found anew: a model trained on
+    a CSV's column can be scored on a plain text, and one trained on a text on a JSONL file's "text" field."""
+    from .corpus import resolve
+
+    fmt = resolve(CorpusConfig(source=text, records=trained.records, encoding=trained.encoding)).format
+    reset = {name: getattr(CorpusConfig(), name) for formats, names in _FILE_OPTIONS.items() if fmt not in formats
+             for name in names}
+    if not any(getattr(trained, k) is not None and k not in reset for k in ("label_column", "label_field")):
+        reset["label_map"] = None  # no column or field of labels in this kind of file
+    if fmt == "jsonl" and trained.field is None:  # a JSONL file's text needs a field: the usual one
+        reset["field"] = "text"
+    one_file = Path(text).expanduser().is_file()  # --ext chooses among a folder's files, refused on one
+    return trained.replace(source=text, format="auto", extensions=() if one_file else trained.extensions, **reset)
 
 
 def heldout_batch(ck: Checkpoint) -> BatchConfig:
