@@ -122,6 +122,12 @@ def test_cors_origin_allows_that_origin_only(make_client):
     assert "access-control-allow-origin" not in other.headers
 
 
+def test_a_cors_origin_given_in_capitals_matches_the_browsers_lower_case(make_client):
+    client = make_client(cors_origins=("HTTP://LocalHost:3000",))  # scheme and host know no case
+    ok = preflight(client, "http://localhost:3000")
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
 # ---- content type -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
 def test_a_body_not_sent_as_json_is_415_naming_the_header(make_client, content_type):

@@ -702,9 +702,10 @@ def _flagged(e: CharloomError, parser: argparse.ArgumentParser, ns: argparse.Nam
     flags = {key: long[0] for a in (command._actions if command else ())
              if (long := [o for o in a.option_strings if o.startswith("--")])
              for key in (a.dest, long[0][2:].replace("-", "_"))}  # a field, or the flag's own name (--temperature)
-    if not isinstance(e, ConfigError) or not colon or name not in flags:
+    field_name = re.sub(r"\[\d+\]$", "", name)  # one value of a repeated flag: temperatures[0]
+    if not isinstance(e, ConfigError) or not colon or field_name not in flags:
         return str(e)
-    return f"{name} ({flags[name]}):{rest}"
+    return f"{field_name} ({flags[field_name]}):{rest}"
 
 
 def _reading_threads(ns: argparse.Namespace) -> None:

@@ -571,10 +571,10 @@ def _add_guards(app: FastAPI, cfg: ServeConfig) -> None:
     app.add_exception_handler(StarletteHTTPException, _unreadable_body)
     app.add_exception_handler(CharloomError, _charloom_error)
     # the last added runs first: the Host check before anything else, then CORS, so that its headers are
-    # on every answer from the body limit and the routes
+    # on every answer from the body limit and the routes; a browser sends an Origin in lower case
     app.add_middleware(_BodyLimit, limit=cfg.max_body)
     if cfg.cors_origins:  # an Origin header is never sent with a trailing slash
-        app.add_middleware(CORSMiddleware, allow_origins=[o.rstrip("/") for o in cfg.cors_origins],
+        app.add_middleware(CORSMiddleware, allow_origins=[o.rstrip("/").lower() for o in cfg.cors_origins],
                            allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
     app.add_middleware(_HostCheck, allowed=_allowed_hosts(cfg))
 
