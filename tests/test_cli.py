@@ -293,7 +293,7 @@ def test_training_shortens_openmp_spinning_before_torch_loads_and_a_users_value_
     (["eval", "--checkpoint", "nowhere", "--adapt-lr", "-1"], "adapt_lr (--adapt-lr): must not be negative"),
     (["eval", "--checkpoint", "nowhere", "--adapt-segment", "64"],
      "adapt_segment (--adapt-segment): only means something with --adapt"),
-    (["sample", "--checkpoint", "nowhere", "--temperature", "nan"], "temperatures (--temperature): nan is not a finite"),
+    (["sample", "--checkpoint", "nowhere", "--temperature", "nan"], "temperatures[0] (--temperature): nan is not"),
     (["sample", "--checkpoint", "nowhere", "--greedy", "--temperature", "0.5"],
      "greedy (--greedy): means --temperature 0, and --temperature 0.5 was given too"),
 ])

@@ -150,7 +150,7 @@ def test_undecodable_start_or_stop_is_a_one_line_error(recited):
     run_dir, _ = recited
     bad = b"ok\xff".decode("utf-8", "surrogateescape")  # what an invalid UTF-8 argument becomes
     for flag, needle in (("--start", "start (--start): U+DCFF at position 2 is a lone surrogate"),
-                         ("--stop", "stop[0]: U+DCFF at position 2 is a lone surrogate")):
+                         ("--stop", "stop[0] (--stop): U+DCFF at position 2 is a lone surrogate")):
         code, _, err = run("sample", "--checkpoint", str(run_dir), flag, bad, "--length", "5")
         assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
 
@@ -268,3 +268,19 @@ def test_a_command_that_runs_a_model_takes_the_threads_other_work_leaves_idle(re
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_samples_written_without_a_seed_record_one_that_makes_them_again(recited, tmp_path):
+    """As the server says the seed it drew: a record with no seed could not be made again."""
+    run_dir, _ = recited
+    out = tmp_path / "s.jsonl"
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--num-samples", "2", "--length", "30",
+                       "--output", str(out))
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert isinstance(rows[0]["seed"], int) and rows[1]["seed"] == rows[0]["seed"] + 1
+    again = tmp_path / "again.jsonl"
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--length", "30", "--seed", str(rows[1]["seed"]),
+                       "--output", str(again))
+    assert code == 0, err
+    assert json.loads(again.read_text())["text"] == rows[1]["text"]

@@ -330,8 +330,16 @@ def _runs(interactive: bool, cfg: SampleConfig, base: SampleOptions) -> list[Sam
     return None
 
 
+def _seeded(base: SampleOptions, output: str | None) -> SampleOptions:
+    """Samples written to a file without --seed: a seed drawn here, so that each record names the one that made
+    it and the text can be made again (as the server says the seed it drew)."""
+    if output and base.seed is None:
+        return base.replace(seed=int.from_bytes(os.urandom(6), "big"))
+    return base
+
+
 def cmd_sample(ns: argparse.Namespace) -> None:
-    cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
+    cfg, base = options(ns, SampleConfig), _seeded(options(ns, SampleOptions), ns.output)
     gen, ck = _generator(ns.checkpoint, ns.device)
     ngram_note = _onnx_ngram(ns, gen)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
@@ -705,7 +713,7 @@ def _flagged(e: CharloomError, parser: argparse.ArgumentParser, ns: argparse.Nam
     field_name = re.sub(r"\[\d+\]$", "", name)  # one value of a repeated flag: temperatures[0]
     if not isinstance(e, ConfigError) or not colon or field_name not in flags:
         return str(e)
-    return f"{field_name} ({flags[field_name]}):{rest}"
+    return f"{name} ({flags[field_name]}):{rest}"
 
 
 def _reading_threads(ns: argparse.Namespace) -> None:
