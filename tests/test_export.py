@@ -16,7 +16,7 @@ import onnx  # noqa: E402
 
 from charloom import checkpoint  # noqa: E402
 from charloom.cli import main  # noqa: E402
-from charloom.config import ExportConfig, ModelConfig  # noqa: E402
+from charloom.config import CorpusConfig, ExportConfig, ModelConfig  # noqa: E402
 from charloom.errors import CharloomError  # noqa: E402
 from charloom.evaluation import evaluate  # noqa: E402
 from charloom.export import FP32_TOLERANCE, export, metadata, write_onnx  # noqa: E402
@@ -599,3 +599,22 @@ def test_int8_scores_a_text_of_another_kind_than_the_training_corpus(tmp_path, t
     ck = checkpoint.load(tmp_path / "txt")
     report = export(ck, ExportConfig(int8=True, text=str(tmp_path / "lines.jsonl")), tmp_path / "b.onnx")
     assert report.scored_characters > 0 and math.isfinite(report.bpc["int8"])
+
+
+def test_the_text_an_int8_export_scores_keeps_a_format_the_training_corpus_was_given(tmp_path):
+    """A CSV named .txt, or a folder read a file a record, keeps its --format (export has none to give); a
+    training corpus's --ext still chooses a --text folder's files; a bundled corpus is one file."""
+    from charloom.export import _reading_of
+
+    (tmp_path / "data.txt").write_text("text,label\nhello,A\n")
+    trained = CorpusConfig(source="old.txt", format="csv", columns=("text",), records=True)
+    assert _reading_of(trained, str(tmp_path / "data.txt")).replace(source="x") == trained.replace(source="x")
+    poems = tmp_path / "poems"
+    poems.mkdir()
+    (poems / "a.txt").write_text("one\ntwo\n")
+    each = CorpusConfig(source="old", format="text", records=True)
+    assert _reading_of(each, str(poems)).format == "text"
+    (poems / "b.csv").write_text("x,y\n1,2\n")
+    by_ext = CorpusConfig(source="old", extensions=(".txt",))
+    assert _reading_of(by_ext, str(poems)).extensions == (".txt",)
+    assert _reading_of(by_ext, "names").extensions == ()

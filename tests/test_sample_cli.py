@@ -284,3 +284,13 @@ def test_samples_written_without_a_seed_record_one_that_makes_them_again(recited
                        "--output", str(again))
     assert code == 0, err
     assert json.loads(again.read_text())["text"] == rows[1]["text"]
+
+
+def test_each_line_typed_draws_its_own_seed_when_samples_are_written(recited, tmp_path):
+    run_dir, _ = recited
+    out = tmp_path / "typed.jsonl"
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--interactive", "--length", "20", "--output", str(out),
+                       stdin="@amy\n@amy\n")
+    assert code == 0, err
+    seeds = [json.loads(x)["seed"] for x in out.read_text().splitlines()]
+    assert len(seeds) == 2 and all(isinstance(s, int) for s in seeds) and seeds[0] != seeds[1]

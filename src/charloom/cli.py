@@ -331,19 +331,20 @@ def _runs(interactive: bool, cfg: SampleConfig, base: SampleOptions) -> list[Sam
 
 
 def _seeded(base: SampleOptions, output: str | None) -> SampleOptions:
-    """Samples written to a file without --seed: a seed drawn here, so that each record names the one that made
-    it and the text can be made again (as the server says the seed it drew)."""
+    """Samples written to a file without --seed: a seed drawn here (for each line typed, with --interactive), so
+    that each record names the one that made it and the text can be made again (as the server says the seed it
+    drew)."""
     if output and base.seed is None:
         return base.replace(seed=int.from_bytes(os.urandom(6), "big"))
     return base
 
 
 def cmd_sample(ns: argparse.Namespace) -> None:
-    cfg, base = options(ns, SampleConfig), _seeded(options(ns, SampleOptions), ns.output)
+    cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
     ngram_note = _onnx_ngram(ns, gen)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
-    runs = _runs(ns.interactive, cfg, base)
+    runs = _runs(ns.interactive, cfg, _seeded(base, ns.output))
     for opts in runs or ():
         _check_start(gen, opts.start, notes=False)  # refused, like the memory, before anything is written
     novelty = _novelty(ns, ck)
@@ -382,7 +383,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     try:
         if ns.interactive:
             for start in _typed_starts():
-                one(base.replace(start=start, temperature=cfg.temperature_list[0]))
+                one(_seeded(base, ns.output).replace(start=start, temperature=cfg.temperature_list[0]))  # each its own
         else:
             labelled = len(runs) > 1 or base.n > 1
             for opts in runs:

@@ -301,20 +301,26 @@ _FILE_OPTIONS = {  # CorpusConfig fields that choose text within one kind of fil
 
 
 def _reading_of(trained: CorpusConfig, text: str) -> CorpusConfig:
-    """How --text is read: as the training corpus was (encoding, case, normalisation, records), but with its
-    columns or fields only where --text is a file of their kind, and its format found anew: a model trained on
-    a CSV's column can be scored on a plain text, and one trained on a text on a JSONL file's "text" field."""
-    from .corpus import resolve
+    """How --text is read: as the training corpus was (encoding, case, normalisation, records, format, --ext), but
+    where --text is a CSV, TSV or JSONL file by its name and the training corpus was not read as one, in that
+    format; and with the training corpus's columns or fields only where --text is a file of their kind. So a model
+    trained on a CSV's column can be scored on a plain text, and one trained on a text on a JSONL file's "text"
+    field; a training corpus read with --format (a CSV named .txt, a file a record) keeps it."""
+    from .corpus import bundled, resolve
 
-    fmt = resolve(CorpusConfig(source=text, records=trained.records, encoding=trained.encoding)).format
+    one_file = text in bundled() or Path(text).expanduser().is_file()  # --ext chooses among a folder's files
+    extensions = () if one_file else trained.extensions
+    found = resolve(CorpusConfig(source=text, records=trained.records, encoding=trained.encoding,
+                                 extensions=extensions)).format
+    fmt = found if trained.format == "auto" or found in ("csv", "tsv", "jsonl") else trained.format
     reset = {name: getattr(CorpusConfig(), name) for formats, names in _FILE_OPTIONS.items() if fmt not in formats
              for name in names}
     if not any(getattr(trained, k) is not None and k not in reset for k in ("label_column", "label_field")):
         reset["label_map"] = None  # no column or field of labels in this kind of file
     if fmt == "jsonl" and trained.field is None:  # a JSONL file's text needs a field: the usual one
         reset["field"] = "text"
-    one_file = Path(text).expanduser().is_file()  # --ext chooses among a folder's files, refused on one
-    return trained.replace(source=text, format="auto", extensions=() if one_file else trained.extensions, **reset)
+    return trained.replace(source=text, format=fmt if fmt == trained.format else "auto", extensions=extensions,
+                           **reset)
 
 
 def heldout_batch(ck: Checkpoint) -> BatchConfig:
