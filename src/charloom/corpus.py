@@ -957,7 +957,7 @@ def _unwritable(folder: Path, e: OSError) -> CharloomError:
     # cache to write them to there is no bounded way to load it, so this stops, as a cache folder that cannot be
     # made does, rather than reading the text whole
     cache = folder.parent.parent
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the folder can be written; its disk, or the user's quota, is full
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # the disk, or the user's quota, is full
         fix = "free space there, or name a folder on a disk with room for it"
     else:
         fix = "name a folder that can be written"
