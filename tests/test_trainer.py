@@ -361,6 +361,20 @@ def test_a_training_option_the_corpus_never_reads_is_refused_on_resume_too(tmp_p
     assert charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=3, resume=True).progress.step == 3
 
 
+def test_an_option_the_corpus_never_reads_is_refused_before_the_text_is_encoded(tmp_path, text_file, tiny,
+                                                                                 monkeypatch):
+    """The kind of text is known from its name and options: a large corpus's first encoding takes minutes."""
+    def encoded(*args, **kwargs):
+        raise AssertionError("the corpus was read before the option was refused")
+
+    monkeypatch.setattr(train_mod, "load_corpus", encoded)
+    with pytest.raises(CharloomError, match=r"^--max-record-len: only for records"):
+        charloom.train(source=str(text_file), out=str(tmp_path), max_steps=2, max_record_len=64, **tiny)
+    with pytest.raises(CharloomError, match=r"^--early-pieces: only for continuous text"):
+        charloom.train(source="names", out=str(tmp_path), max_steps=2, early_pieces=4,
+                       **{k: v for k, v in tiny.items() if k != "seq_len"})
+
+
 def test_a_trainer_set_up_and_never_run_lets_its_folder_go_by_close_or_with(tmp_path, text_file, tiny, monkeypatch):
     cfgs = train_mod.configure(source=str(text_file), out=str(tmp_path), max_steps=2, **tiny).values()
     with train_mod.setup(*cfgs):

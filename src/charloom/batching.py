@@ -461,22 +461,22 @@ _RECORDS_ONLY = ("max_record_len", "overlong", "bucket")  # BatchConfig fields t
 _STREAM_ONLY = ("order",)
 
 
-def check_options(corpus: Corpus, cfg: BatchConfig) -> None:
-    """Refuse a batch option set away from its default where this corpus's kind of batch never reads it, so that
-    a flag meant to change a run is not dropped in silence. A fresh run checks; a resumed one keeps what it saved."""
-    defaults = BatchConfig()
-    records = corpus.offsets is not None
+def check_options(records: bool, labelled: bool, name: str, cfg: BatchConfig) -> None:
+    """Refuse a batch option set away from its default where a corpus of this kind (`records`, `labelled`; `name`
+    for the message) is never batched by it, so that a flag meant to change a run is not dropped in silence. A
+    fresh run checks, before its text is read; a resumed one keeps what it saved."""
+    defaults, corpus_name = BatchConfig(), name
     for name in _STREAM_ONLY if records else _RECORDS_ONLY:
         if (value := getattr(cfg, name)) != getattr(defaults, name):
             flag = "--" + ("no-" if value is False else "") + name.replace("_", "-")
             if records:
-                raise CharloomError(f"{flag}: only for continuous text, cut into windows; {corpus.name} is read as "
+                raise CharloomError(f"{flag}: only for continuous text, cut into windows; {corpus_name} is read as "
                                     f"records, each whole in its batch (give --no-records to read it as one text)")
-            raise CharloomError(f"{flag}: only for records; {corpus.name} is read as one continuous text (give "
+            raise CharloomError(f"{flag}: only for records; {corpus_name} is read as one continuous text (give "
                                 f"--records to read it as records)")
-    if corpus.labels is None and cfg.label_dropout != defaults.label_dropout:
+    if not labelled and cfg.label_dropout != defaults.label_dropout:
         raise CharloomError(f"--label-dropout: only for labelled records (--label-column, --label-field); "
-                            f"{corpus.name} has no labels")
+                            f"{corpus_name} has no labels")
 
 
 def prepare(corpus: Corpus, cfg: BatchConfig, rank: int = 0, world: int = 1) -> Data:

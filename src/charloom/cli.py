@@ -175,7 +175,7 @@ def _split_figures(c: Corpus, bcfg: BatchConfig) -> dict[str, Any]:
     from . import batching
 
     try:
-        batching.check_options(c, bcfg)
+        batching.check_options(c.is_records, c.labels is not None, c.name, bcfg)
         data = batching.prepare(c, bcfg.settled(TrainConfig().ngram))
     except CharloomError as e:
         return dict.fromkeys(("train", "validation", "fit", "batches_per_epoch")) | {"split_error": str(e)}

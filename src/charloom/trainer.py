@@ -39,7 +39,7 @@ from .batching import Batch, Data, check_options, prepare
 from .checkpoint import Progress, RunState
 from .config import (BATCH_SIZES, EARLY_PIECE, EXPORTED, EXPORTED_INT8, LATE_PIECE, MAX_PIECES, SPLIT_FIELDS,
                      BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig)
-from .corpus import Corpus, load as load_corpus
+from .corpus import Corpus, Source, load as load_corpus, resolve
 from .decoding import HEAD_ROWS, memory_cap, recall_floats, state_bytes
 from .errors import CharloomError, ConfigError
 from .evaluation import LN2, STATE_GRADIENTS, Evaluation, batch_loss, evaluate
@@ -514,25 +514,35 @@ def _check_out(out: Path) -> IO[str] | None:
     return lock
 
 
-def _check_options(data: Data, batch: BatchConfig, cfg: TrainConfig, saved: dict[str, Any] | None) -> None:
-    """Options this corpus's batches would never read are refused rather than dropped (see check_options). A
-    resumed run (`saved`: the training options it recorded) takes what was not given from its file: its batch
-    options must match the file's (resume checks), and a training option is refused only where given anew."""
+def _check_options(kind: tuple[bool, bool, str], batch: BatchConfig, cfg: TrainConfig, saved: dict[str, Any] | None
+                   ) -> None:
+    """Options a corpus of this kind (records, labelled, its name) is never batched or trained by are refused
+    rather than dropped (see check_options). A resumed run (`saved`: the training options it recorded) takes what
+    was not given from its file: its batch options must match the file's (resume checks), and a training option
+    is refused only where given anew."""
+    records, _, name = kind
     if saved is None:
-        check_options(data.corpus, batch)
+        check_options(*kind, batch)
     defaults = TrainConfig().to_dict()
 
     def anew(name: str) -> bool:  # neither the default (0: the pieces chosen) nor what the resumed run recorded
         return getattr(cfg, name) not in (defaults[name], (saved or defaults).get(name, defaults[name]))
 
-    if data.corpus.is_records:  # records are short already: never learned in pieces
-        for name in ("early_pieces", "late_pieces", "early_share"):
-            if anew(name):
-                raise CharloomError(f"--{name.replace('_', '-')}: only for continuous text, whose windows are "
-                                    f"learned in pieces; {data.corpus.name} is read as records")
-    if anew("carry_state") and (data.corpus.is_records or data.cfg.order != "contiguous"):
+    if records:  # records are short already: never learned in pieces
+        for option in ("early_pieces", "late_pieces", "early_share"):
+            if anew(option):
+                raise CharloomError(f"--{option.replace('_', '-')}: only for continuous text, whose windows are "
+                                    f"learned in pieces; {name} is read as records")
+    if anew("carry_state") and (records or batch.order != "contiguous"):
         raise CharloomError("--no-carry-state: only with --order contiguous on continuous text, where the state "
                             "would carry from batch to batch; shuffled windows and records start from zero")
+
+
+def _kind(text: Corpus | Source, labelled: bool | None = None) -> tuple[bool, bool, str]:
+    """(records, labelled, name) of a corpus read, or of one resolved and yet to be read (`labelled` its config's)."""
+    if isinstance(text, Source):
+        return text.records, bool(labelled), text.label
+    return text.is_records, text.labels is not None, text.name
 
 
 def _check_reading(data: Data, cfg: BatchConfig, train: TrainConfig) -> None:
@@ -773,9 +783,10 @@ def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, con
     out = Path(config.out).expanduser()
     cfg = _settled(config, rt.precision, batch.seq_len)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
-    given = batch
+    # the kind of text is known before it is read: a refused option is said before a large corpus is encoded
+    kind = _kind(data.corpus) if data is not None else _kind(resolve(corpus), corpus.labelled)
+    _check_options(kind, batch, config, previous[1].configs.get("train", {}) if previous is not None else None)
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
-    _check_options(data, given, config, previous[1].configs.get("train", {}) if previous is not None else None)
     _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
     if parent is not None:
