@@ -432,3 +432,22 @@ def test_a_max_length_below_the_default_length_says_which_to_lower():
                                           r"give --default-length 100 or less$"):
         ServeConfig(max_length=100)
     assert ServeConfig(max_length=100, default_length=100).default_length == 100
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "~nosuchuser-charloom/play.txt"], ["train", "--out", "~nosuchuser-charloom/run"],
+    ["train", "--init-from", "~nosuchuser-charloom/run"], ["eval", "--checkpoint", "MODEL", "~nosuchuser-charloom/x"],
+    ["sample", "--checkpoint", "~nosuchuser-charloom/run"], ["info", "~nosuchuser-charloom/run"],
+    ["sample", "--checkpoint", "MODEL", "--output", "~nosuchuser-charloom/s.txt"],
+    ["plot", "~nosuchuser-charloom/run", "--out", "c.png"], ["plot", "MODEL", "--out", "~nosuchuser-charloom/c.png"],
+    ["export", "--checkpoint", "MODEL", "--out", "~nosuchuser-charloom/m.onnx"],
+])
+def test_a_home_folder_of_no_known_user_is_one_line_and_nothing_is_written(argv, model_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    """`~user` where no such user exists: pathlib raises a bare RuntimeError, and a path left as it is would be
+    written as a folder named `~user` in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([str(model_dir) if a == "MODEL" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("no home folder is known for ~nosuchuser-charloom"), err
+    assert list(tmp_path.iterdir()) == []

@@ -35,7 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import atomic, ngram, runtime
-from .config import RECENT, ModelConfig, state_shapes
+from .config import RECENT, ModelConfig, expand, state_shapes
 from .errors import CharloomError
 from .model import CharRNN
 from .vocab import SPECIALS, Vocab, check_labelled
@@ -82,7 +82,7 @@ def model_path(path: str | Path) -> Path:
     """A run folder means the model file in it."""
     if not str(path).strip():  # Path("") is the current folder
         raise CharloomError("no model file or run folder named (an empty path)")
-    p = Path(path).expanduser()
+    p = expand(path)
     if p.is_dir():
         for name in (MODEL_FILE, RESUME_FILE):
             if (p / name).is_file():

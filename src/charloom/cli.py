@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
-                     SampleOptions, ServeConfig, TrainConfig)
+                     SampleOptions, ServeConfig, TrainConfig, expand)
 from .errors import CharloomError, CharloomWarning, ConfigError
 
 if TYPE_CHECKING:  # the corpus module (and torch) load only for the commands that read text
@@ -242,13 +242,13 @@ class _Output:
         """reading: the model file the samples come from, which the output must not replace."""
         self.path = path
         self.jsonl = path.lower().endswith((".jsonl", ".ndjson"))
-        target = Path(path)
+        target = expand(path, "--output")
         if target.suffix.lower() in (".safetensors", ".onnx") or (
                 reading is not None and target.exists() and Path(reading).exists() and target.samefile(reading)):
             raise CharloomError(f"--output: {path} is a model file's name; samples are written to a .txt or "
                                 f".jsonl file, never over a model")
         try:
-            self.file = open(path, "w", encoding="utf-8")
+            self.file = open(target, "w", encoding="utf-8")
         except OSError as e:
             raise self._error(e) from None
 

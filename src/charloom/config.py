@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
@@ -32,6 +33,17 @@ def option(default: Any, help: str, *, flag: str | None = None, metavar: str | N
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults")
     return field(default=default, metadata=meta)
+
+
+def expand(path: str | Path, name: str = "") -> Path:
+    """`path` with a leading ~ or ~user made the home folder it names; where no such user (or home) is known,
+    a ConfigError naming the path, after the option `name` where one is given (pathlib raises a bare
+    RuntimeError)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        head = str(path).split("/", 1)[0]
+        raise ConfigError(f"{name + ': ' if name else ''}{str(path)}: no home folder is known for {head}") from None
 
 
 def _check(name: str, value: Any, tp: Any) -> Any:
@@ -119,6 +131,8 @@ class Config:
         for f in dataclasses.fields(self):
             if not f.metadata.get("path"):
                 check_text(f.name, getattr(self, f.name))
+            elif isinstance(value := getattr(self, f.name), str) and value.startswith("~"):
+                expand(value, f.name)
 
     def validate(self) -> None:
         """Range checks across fields; subclasses raise ConfigError naming the field."""

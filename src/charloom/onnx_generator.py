@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import EXPORTED, MEMORY, RECENT, ModelConfig, state_shapes
+from .config import EXPORTED, MEMORY, RECENT, ModelConfig, expand, state_shapes
 from .decoding import Writer
 from .errors import CharloomError
 from .vocab import Vocab, check_labelled
@@ -69,7 +69,7 @@ class OnnxModel:
             raise CharloomError("an .onnx model needs the 'onnx' extra: pip install 'charloom[onnx]'") from None
         if not str(path).strip():  # Path("") is the current folder
             raise CharloomError("no ONNX file or run folder named (an empty path)")
-        p = Path(path).expanduser()
+        p = expand(path)
         if p.is_dir() and (p / EXPORTED).is_file():  # a run folder means the file `charloom export` wrote there
             p = p / EXPORTED
         where = str(p)
