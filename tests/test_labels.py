@@ -81,6 +81,17 @@ def test_labels_come_from_a_jsonl_field_named_as_they_are(tmp_path):
     assert c.labels.tolist() == [0, 1, 0]  # the record without text is skipped with its label
 
 
+def test_a_number_label_is_named_by_its_value_as_a_csv_file_would_name_it(tmp_path):
+    """1, 1.0 and 1e0 in a JSONL label field are one star rating, not three labels; 1e3 is 1000."""
+    path = tmp_path / "reviews.jsonl"
+    stars = [1, 1.0, 1e0, 2, 2.5, 1e3, True, "1"]
+    path.write_text("".join(json.dumps({"text": f"review {i}", "stars": v}) + "\n" for i, v in enumerate(stars)))
+    c = load(CorpusConfig(source=str(path), records=True, field="text", label_field="stars",
+                          cache_dir=str(tmp_path / "cache")))
+    assert c.vocab.labels == ("1", "1000", "2", "2.5", "true")
+    assert [c.vocab.labels[i] for i in c.labels] == ["1", "1", "1", "2", "2.5", "1000", "true", "1"]
+
+
 def test_a_value_outside_the_map_is_refused_naming_value_and_flag(ag_csv):
     path, _ = ag_csv
     with pytest.raises(CharloomError, match=r"--label-map: label value '4' is not in the map"):

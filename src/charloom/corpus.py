@@ -51,8 +51,9 @@ CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file
 _CUTS = " \t,;-()0123456789"
 _SCAN = 1 << 16  # how far back from a long piece's end another safe place to cut is looked for
 _JOINS_BACK = (("\u1160", "\u11ff"), ("\ud7b0", "\ud7ff"))  # Hangul vowel and final jamo join the syllable before
-CACHE_VERSION = 4  # 2: a lone "\r" ends a line; 3: JSONL refuses lone surrogates, NUL-filled files are refused;
-# 4: labels lose the spaces around them, and a JSON key holding dots is read before the nested path
+CACHE_VERSION = 5  # 2: a lone "\r" ends a line; 3: JSONL refuses lone surrogates, NUL-filled files are refused;
+# 4: labels lose the spaces around them, and a JSON key holding dots is read before the nested path; 5: a JSON
+# number label is named by its value (1.0 is "1")
 _COMPRESSED = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 # a line and its end: "\n", "\r\n" or a lone "\r" (old Mac files), and nothing else: str.splitlines would also
 # split on \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029, which are text inside a record
@@ -541,11 +542,21 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
             if isinstance(value, (dict, list)) or value is None:
                 raise CharloomError(f"{_shown(path)}: line {n}: label field {cfg.label_field!r} is "
                                     f"{'null' if value is None else _json_type(value)}, not a label")
-            # 1 and true read as "1" and "true"; a long integer as its digits
-            label = value if isinstance(value, str) else str(value) if isinstance(value, _LongInteger) \
-                else json.dumps(value)
+            label = _json_label(value)
             _check_characters(label, f"{_shown(path)}: line {n}: label field {cfg.label_field!r}")
         yield text, label
+
+
+def _json_label(value: Any) -> str:
+    """A JSON label value's name: text as it is; 1 and true as "1" and "true"; a long integer as its digits; a
+    number by its value, so that 1, 1.0 and 1e0 are one label ("1") and 1e3 is "1000", as 0.5 is "0.5"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, _LongInteger):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return json.dumps(value)
 
 
 @dataclass(frozen=True)
