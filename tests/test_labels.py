@@ -98,6 +98,18 @@ def test_a_value_outside_the_map_is_refused_naming_value_and_flag(ag_csv):
         load(ag_config(path, label_map="1=World,2=Sports,3=Business"))
 
 
+def test_a_mapped_name_the_model_lacks_blames_the_map(ag_csv, tmp_path):
+    """Reading with a model's vocabulary: the map gave the name, so the map is what to fix; without a map the
+    label column's value is the name."""
+    path, _ = ag_csv
+    vocab = load(ag_config(path, cache_dir=str(tmp_path / "cache"))).vocab
+    with pytest.raises(CharloomError, match=r"^--label-map: label 'Science' is not one of the model's"):
+        load(ag_config(path, label_map="1=World,2=Sports,3=Business,4=Science", cache_dir=str(tmp_path / "cache")),
+             vocab=vocab)
+    with pytest.raises(CharloomError, match=r"^--label-column: label '4' is not one of the model's"):
+        load(ag_config(path, label_map=None, cache_dir=str(tmp_path / "cache")), vocab=vocab)
+
+
 def test_a_header_row_read_as_a_record_is_named_with_the_way_out(ag_csv, tmp_path):
     path, rows = ag_csv
     headed = tmp_path / "headed.csv"

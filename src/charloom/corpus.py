@@ -885,8 +885,9 @@ def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> t
         if padded:
             names = [n if n in known else padded.get(n, n) for n in names]
         bad = next((n for n in dict.fromkeys(names) if n not in known), None)
-        if bad is not None:
-            raise CharloomError(f"{flag}: label {bad!r} is not one of the model's ({', '.join(known)})")
+        if bad is not None:  # a name the map gave is the map's to fix
+            named = "--label-map" if cfg.label_map is not None else flag
+            raise CharloomError(f"{named}: label {bad!r} is not one of the model's ({', '.join(known)})")
     if "" in known:
         raise CharloomError(f"{flag}: {names.count(''):,} of {len(names):,} records have an empty label; give each one "
                             f"a label, or name the empty value with --label-map (\"=unlabelled\" beside the others)")
