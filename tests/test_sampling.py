@@ -264,6 +264,22 @@ def test_reading_a_text_counts_the_state_an_attention_head_keeps(monkeypatch):
     assert plain.read_logits(ids).shape == (len(ids), len(plain.vocab))
 
 
+def test_the_logits_of_a_text_are_read_a_memory_at_a_time_as_one_call_reads_them(monkeypatch):
+    """An attention head's scores over one call grow with its length squared (100,000 characters asked for 40 GB):
+    a text's logits (`eval --color`, the server's /v1/score) are read no more than its memory at a time, the
+    state carried, and come out as one call's."""
+    g = model_for(attention=4)  # a memory of 5
+    ids = g.vocab.encode((TEXT * 3)[:23])
+    with torch.no_grad():
+        whole, _ = g.model.eval()(torch.tensor([ids]))  # (1, T, V)
+    calls, forward = [], g.model.forward
+    monkeypatch.setattr(g.model, "forward", lambda x, state=None: calls.append(x.shape[1]) or forward(x, state))
+    got = g.read_logits(ids)
+    assert calls == [5, 5, 5, 5, 3]
+    assert got.shape == (23, len(g.vocab)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, whole[0].numpy(), atol=1e-5, rtol=0)
+
+
 def test_start_text_in_one_call_equals_one_character_at_a_time():
     g = model_for()
     model = g.model.eval()

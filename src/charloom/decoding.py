@@ -203,11 +203,10 @@ class Writer:
         V, given = len(self.vocab), np.asarray(ids)
         if not given.size or given.ndim != 1 or given.dtype.kind not in "iu" or given.min() < 0 or given.max() >= V:
             raise ConfigError(f"ids: must be one or more ids of this model's vocabulary (0 to {V - 1})")
-        self.check_reading(len(ids))
-        logits = self._read_logits(ids)
+        self.check_reading(len(ids), len(ids) * V * 4)  # and the (T, V) logits returned
+        logits = self._read_logits(ids)  # a new array from either backend: rewritten in place below
         if self.mixture is None or not ngram:
             return logits
-        logits = np.array(logits, dtype=np.float32)  # its own copy, rewritten below
         ctx = contexts(np.asarray([list(ids)]), None, self.mixture.ngram.order, self.mixture.uncounted)[0]  # (T, order)
         rows = max(1, MIX_FLOATS // logits.shape[1])  # in pieces: the mixture's float64 copies stay small
         for at in range(0, len(logits), rows):
@@ -302,16 +301,21 @@ class Writer:
         """Characters of start text read per call by a backend that reads in pieces: about READ_BYTES of work."""
         return attended_rows(self.config, max(1, READ_BYTES // self.row_bytes()))
 
+    def logit_rows(self) -> int:
+        """Characters read per call where every one's logits are kept (`read_logits`): about READ_BYTES of work."""
+        return attended_rows(self.config, max(1, READ_BYTES // Writer.row_bytes(self)))
+
     def reading_bytes(self, chars: int) -> int:
         """Bytes that reading a start text of `chars` characters holds at its peak, roughly: its ids, and the
         model's work on one piece of it (on all of it, for a backend that reads in one call)."""
         rows = min(chars, self.piece_rows()) if self.reads_in_pieces else chars
         return chars * START_BYTES + rows * self.row_bytes() + state_bytes(self.config)
 
-    def check_reading(self, chars: int) -> None:
+    def check_reading(self, chars: int, kept: int = 0) -> None:
         """Refuse, before any work, reading a text of `chars` characters that would not fit in memory (half of this
-        machine's): its state above all, an attention head's memory, which is never cut in pieces."""
-        if (need := self.reading_bytes(chars)) > (cap := memory_cap()):
+        machine's): its state above all, an attention head's memory, which is never cut in pieces; `kept`: bytes
+        the reading keeps besides (the logits of every character)."""
+        if (need := self.reading_bytes(chars) + kept) > (cap := memory_cap()):
             raise ConfigError(f"text: reading {chars:,} characters with this model needs about {need / 1e9:,.1f} GB, "
                               f"more than the {cap / 1e9:,.1f} GB allowed (half of this machine's memory)")
 

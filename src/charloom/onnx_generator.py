@@ -220,10 +220,10 @@ class OnnxGenerator(Writer):
         return logits[:, 0], state
 
     def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
-        """(T, V) logits of `ids` from a zero state, read as `_start` reads: `piece_rows()` characters per call with
+        """(T, V) logits of `ids` from a zero state, read as `_start` reads: `logit_rows()` characters per call with
         the state carried, so the graph's work is one piece's whatever the text's length (one call's logits, to
         float rounding). Each piece's rows go straight into the one (T, V) array returned: no second copy."""
-        x, rows, state = np.asarray([list(ids)], dtype=np.int64), self.piece_rows(), None  # (1, T)
+        x, rows, state = np.asarray([list(ids)], dtype=np.int64), self.logit_rows(), None  # (1, T)
         out = np.empty((x.shape[1], self.model.config.vocab_size), np.float32)  # (T, V)
         for at in range(0, max(x.shape[1], 1), rows):  # an empty text still makes its one call, as it did
             logits, state = self.model.forward(x[:, at:at + rows], state)  # (1, rows, V)

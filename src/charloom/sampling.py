@@ -169,9 +169,17 @@ class Generator(Writer):
 
 
     def _read_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """(T, V) logits of `ids` from a zero state, read in pieces with the state carried, each about READ_BYTES
+        of work counting its logits (one call's, to float rounding): an attention head's scores over one call
+        grow with its length squared."""
+        x = torch.tensor([list(ids)], device=self.device)  # (1, T)
+        rows, state = self.logit_rows(), None
+        out = np.empty((x.shape[1], self.config.vocab_size), np.float32)  # (T, V)
         with self._reading():
-            logits, _ = self.model(torch.tensor([list(ids)], device=self.device))
-        return _numpy(logits[0])  # (T, V)
+            for at in range(0, x.shape[1], rows):
+                logits, state = self.model(x[:, at:at + rows], state)  # (1, rows, V)
+                out[at:at + rows] = _numpy(logits[0])
+        return out
 
     def state_arrays(self, state: State) -> dict[str, np.ndarray]:
         return {name: s.detach().float().cpu().numpy() for name, s in zip(self.model.cell.state, state)}
