@@ -35,6 +35,14 @@ def test_a_callback_stops_the_run_from_an_evaluation_after_the_next_step(tmp_pat
     assert [e["step"] for e in events if e["event"] == "eval"][0] == 5
 
 
+def test_a_callback_that_cannot_be_called_is_refused_before_an_old_run_is_cleared(tmp_path, text_file, tiny):
+    charloom.train(source=str(text_file), out=str(tmp_path), **dict(tiny, max_steps=2, eval_every=2))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CharloomError, match=r"^callback: int is not callable"):
+        charloom.train(source=str(text_file), out=str(tmp_path), overwrite=True, callback=5, **tiny)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and charloom.load(tmp_path).info["step"] == 2
+
+
 @pytest.mark.parametrize("kind", ["contiguous", "records"])
 def test_stopped_and_resumed_run_follows_the_same_losses(tmp_path, text_file, tiny, kind):
     extra = dict(order="contiguous", dropout=0.2, num_layers=2) if kind == "contiguous" else dict(records=True)

@@ -757,6 +757,9 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
     """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming
     (`setup(*configure(...).values())` takes the configs `configure` makes, in its order)."""
+    if callback is not None and not callable(callback):  # said before an old run in the folder is cleared
+        raise CharloomError(f"callback: {type(callback).__name__} is not callable; give a function of one event "
+                            f"(a dict), or None")
     out = Path(config.out).expanduser()
     seen = atomic.stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
