@@ -361,6 +361,18 @@ def test_encoding_with_a_given_vocab_counts_unknowns(tmp_path):
     assert other.stats["unknown_characters"] == 2
 
 
+def test_a_given_vocab_reads_text_in_its_own_case_and_normalisation(tmp_path):
+    """A lower-cased model's vocabulary has no capitals: a text read for it is lower-cased as its training text
+    was, whatever the config says, so `score` gives the figure `charloom eval` gives, not one of <unk>s."""
+    p = tmp_path / "t.txt"
+    p.write_text("the cat")
+    vocab = load(CorpusConfig(source=str(p), lower=True, normalize="NFKC", cache_dir=str(tmp_path / "c"))).vocab
+    q = tmp_path / "other.txt"
+    q.write_text("The ＣAT")  # a fullwidth C: NFKC makes it C, lower-casing c
+    other = load(CorpusConfig(source=str(q), cache_dir=str(tmp_path / "c")), vocab=vocab)
+    assert other.ids.tolist() == vocab.encode("the cat") and other.stats["unknown_characters"] == 0
+
+
 def test_bundled_corpora_are_listed_and_readable():
     corpora = bundled()
     assert set(corpora) == {"shakespeare", "names"}

@@ -534,7 +534,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     ck = checkpoint.load(ns.checkpoint, device=device)
     check_streams(ck.model, ecfg.streams)  # before the text is read: its states do not depend on it
     v = ck.vocab
-    ccfg = options(ns, CorpusConfig).replace(lower=v.lower, normalize=v.normalize)  # read as the model reads
+    ccfg = options(ns, CorpusConfig)  # read as the model reads: corpus.load takes its case and normalisation
     if ccfg.records is None:  # neither --records nor --no-records: records for a model of records, as it trained
         if ccfg.labelled and not ck.records:  # else the records check would name a --no-records never given
             flag = "--label-column" if ccfg.label_column is not None else "--label-field"

@@ -789,9 +789,12 @@ def _buffered(pieces: Iterator[str], size: int = CHUNK_BYTES) -> Iterator[str]:
 def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = False) -> Corpus:
     """Read, encode and cache the corpus `cfg` describes.
 
-    vocab: encode with this vocabulary (e.g. a trained model's) instead of building one from the corpus;
-        characters outside it follow its unknown-character policy.
+    vocab: encode with this vocabulary (e.g. a trained model's) instead of building one from the corpus, its
+        Unicode normalisation and lower-casing taken over cfg's; characters outside it follow its
+        unknown-character policy.
     """
+    if vocab is not None:  # read as the vocabulary reads: capitals of a lower-cased model's text are its letters
+        cfg = cfg.replace(lower=vocab.lower, normalize=vocab.normalize)
     source = resolve(cfg)
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     try:

@@ -637,8 +637,7 @@ def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | No
     if parent is not None:
         return finetune.read_corpus(parent, corpus, cfg.extend_vocab)
     if previous is not None and (previous[0].info.get("parent") or previous[0].vocab.padded_labels):
-        v = previous[0].vocab
-        return load_corpus(corpus.replace(lower=v.lower, normalize=v.normalize), vocab=v)
+        return load_corpus(corpus, vocab=previous[0].vocab)
     return load_corpus(corpus)
 
 
