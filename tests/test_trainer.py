@@ -367,6 +367,9 @@ def test_a_training_option_the_corpus_never_reads_is_refused_on_resume_too(tmp_p
     with pytest.raises(CharloomError, match=r"^--no-carry-state: only with --order contiguous"):
         charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=3, resume=True, carry_state=False)
     assert charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=3, resume=True).progress.step == 3
+    with pytest.raises(CharloomError, match=r"^--overwrite: starts afresh, and --resume continues the run in "):
+        charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=4, resume=True, overwrite=True)
+    assert charloom.load(tmp_path / "t" / "last.safetensors").info["step"] == 3
 
 
 def test_an_option_the_corpus_never_reads_is_refused_before_the_text_is_encoded(tmp_path, text_file, tiny,
