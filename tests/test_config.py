@@ -24,6 +24,7 @@ def test_unknown_option_is_refused_with_the_known_ones():
     ({"val_fraction": 1.0}, r"val_fraction: must be in \[0, 1\)"),
     ({"order": "random"}, "order: 'random' is not one of 'shuffle', 'contiguous'"),
     ({"val_fraction": float("nan")}, "val_fraction: nan is not a finite number"),
+    ({"max_record_len": 2**63}, r"max_record_len: at most 1,099,511,627,776, got 9,223,372,036,854,775,808"),
 ])
 def test_ill_typed_or_out_of_range_options_fail_loudly(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -51,6 +52,12 @@ def test_the_heads_hidden_layer_is_none_as_wide_or_a_width():
 def test_the_early_pieces_are_bounded(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_samples_too_long_to_show_are_refused_before_a_run_not_at_its_first_evaluation():
+    assert TrainConfig(sample_length=100_000).sample_length == 100_000
+    with pytest.raises(ConfigError, match=r"^sample_length: at most 100,000 characters per sample shown, got 100,001$"):
+        TrainConfig(sample_length=100_001)
 
 
 def test_lists_become_tuples_and_items_are_checked():

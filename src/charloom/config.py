@@ -23,6 +23,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair alone: no ch
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+MAX_SAMPLE_LENGTH = 100_000  # characters of each sample a run shows at its evaluations
+MAX_RECORD_LEN = 2**40  # characters a record may keep: far past any record, within an int64 length's range
 MAX_LR = 10.0  # the highest peak learning rate taken
 
 
@@ -316,6 +318,8 @@ class BatchConfig(Config):
 
     def validate(self) -> None:
         _positive(self, "seq_len", "max_record_len")
+        if self.max_record_len > MAX_RECORD_LEN:  # lengths are cut to it in int64 arrays
+            raise ConfigError(f"max_record_len: at most {MAX_RECORD_LEN:,}, got {self.max_record_len:,}")
         if self.batch_size < 0:
             raise ConfigError(f"batch_size: must be 0 (chosen) or positive, got {self.batch_size}")
         _seed(self.seed)
@@ -529,6 +533,9 @@ class TrainConfig(Config):
                 raise ConfigError(f"{n}: must not be negative, got {getattr(self, n)}")
         if self.epochs < 0:
             raise ConfigError(f"epochs: must not be negative, got {self.epochs}")
+        if self.sample_length > MAX_SAMPLE_LENGTH:  # else refused at the first evaluation, the run cut short there
+            raise ConfigError(f"sample_length: at most {MAX_SAMPLE_LENGTH:,} characters per sample shown, got "
+                              f"{self.sample_length:,}")
         if self.ngram > 16:
             raise ConfigError(f"ngram: at most 16, got {self.ngram}")
         if self.extend_vocab and not self.init_from:
