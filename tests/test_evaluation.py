@@ -162,18 +162,22 @@ def test_a_text_of_one_character_is_refused_naming_it(tmp_path, adapt):
 
 def test_an_adapted_segment_too_large_for_memory_is_refused_naming_the_option(tmp_path, monkeypatch):
     """A segment is learned in one step, so it cannot be read in pieces: past half the machine's memory (here made
-    small) it is refused before any work; one that fits is scored."""
+    small) it is refused before any work; one that fits is scored, and so is a text shorter than the segment asked,
+    which is all one segment."""
     from charloom import evaluation
     from charloom.evaluation import score_adapted
 
     (tmp_path / "t.txt").write_text("abcabd" * 40)
+    (tmp_path / "long.txt").write_text("abcabd" * 20_000)
     corpus = load_corpus(CorpusConfig(source=str(tmp_path / "t.txt")))
+    long = load_corpus(CorpusConfig(source=str(tmp_path / "long.txt")), vocab=corpus.vocab)
     model = make(vocab=len(corpus.vocab))
     monkeypatch.setattr(evaluation, "memory_cap", lambda: 4 * 10**6)
     with pytest.raises(ConfigError, match=r"^adapt_segment \(--adapt-segment\): segments of 100,000 characters need "
                                           r"about [\d.]+ GB"):
-        score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=100_000))
+        score_adapted(model, long, EvalConfig(adapt=True, adapt_segment=100_000))
     assert score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=10)).characters == 239
+    assert score_adapted(model, corpus, EvalConfig(adapt=True, adapt_segment=100_000)).characters == 239
 
 
 def test_streams_whose_attention_memory_would_not_fit_are_refused_naming_the_option(tmp_path, monkeypatch):

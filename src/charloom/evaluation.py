@@ -461,11 +461,13 @@ def check_streams(model: CharRNN, streams: int, copies: int = 1) -> None:
                       f"allowed (half of this machine's memory); {hint}")
 
 
-def _check_segment(model: CharRNN, streams: int, segment: int) -> None:
+def _check_segment(model: CharRNN, streams: int, segment: int, longest: int) -> None:
     """A segment learned in one step cannot be cut in pieces as a scored window is (its step would differ): one too
-    large for memory, forward and backward, is refused before any work, naming the option."""
+    large for memory, forward and backward, is refused before any work, naming the option. `longest`: the most
+    characters any segment of the text can hold (a segment longer than the text holds the text)."""
     check_streams(model, streams, STATE_GRADIENTS)
-    need = streams * (SEGMENT_COPIES * segment * _position_bytes(model.cfg) + STATE_GRADIENTS * state_bytes(model.cfg))
+    need = streams * (SEGMENT_COPIES * min(segment, longest) * _position_bytes(model.cfg)
+                      + STATE_GRADIENTS * state_bytes(model.cfg))
     if need > (cap := memory_cap()):
         raise ConfigError(f"adapt_segment (--adapt-segment): segments of {segment:,} characters need about "
                           f"{need / 1e9:,.1f} GB to learn from, more than the {cap / 1e9:,.1f} GB allowed (half of "
@@ -481,7 +483,8 @@ def score_adapted(model: CharRNN, corpus: Corpus, cfg: EvalConfig | None = None,
     _check_scorable(corpus, model)
     device = _where(model, cfg, device)  # `adapt` works on a copy it moves there itself
     streams = cfg.streams if corpus.is_records else 1
-    _check_segment(model, streams, cfg.adapt_segment)
+    longest = len(corpus.ids) + (2 * corpus.num_records if corpus.is_records else 0)  # a record with <bos>, <eos>
+    _check_segment(model, streams, cfg.adapt_segment, longest)
     return adapt(model, corpus_batches(corpus, streams, cfg.adapt_segment), cfg.adapt_lr, cfg.adapt_decay, device,
                  mixture=mixture)
 
