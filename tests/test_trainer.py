@@ -740,6 +740,19 @@ def test_a_network_too_large_to_train_here_is_refused_before_it_is_allocated(tmp
         charloom.train(source=str(text_file), **dict(opts, hidden_size=8, attention=64, memory=4096, overwrite=True))
 
 
+def test_the_size_check_counts_an_attention_heads_scores_over_the_whole_piece(monkeypatch):
+    """A piece is learned in one call, whose attention scores are (B, T, M + T): 4 rows of 8,000 characters learned
+    whole hold 4 x 8,000 x 8,016 of them, 1 GB in fp32, which the bound refuses, where the same window in 8 pieces
+    (scores 4 x 1,000 x 1,016 each) fits; the check once counted scores over twice the memory whatever the piece."""
+    cfg = charloom.ModelConfig(vocab_size=70, hidden_size=16, embedding=8, attention=8, memory=16)
+    monkeypatch.setattr(train_mod, "memory_cap", lambda: 10**9)
+    train_mod._check_size(cfg, (4, 8000.0), 8)
+    with pytest.raises(charloom.ConfigError, match=r"a batch of 4 x 8000 learned in pieces of 8,000 would need about "
+                                                   r"[\d.]+ GB to train, more than the 1.0 GB allowed .*; give a "
+                                                   r"smaller model, --batch-size or --seq-len$"):
+        train_mod._check_size(cfg, (4, 8000.0), 1)
+
+
 def test_the_size_check_counts_the_activations_of_one_piece_not_of_the_whole_window(monkeypatch):
     """A window learned in pieces holds one piece's graph at a time: under some memory bounds a batch of 32 x 256 in
     8 pieces fits where the same batch learned whole does not, and never the other way round."""

@@ -42,12 +42,14 @@ ATTENTION_ROWS = 6  # (A,) float32 rows of an attention head per character read:
 MEMORY_COPIES = 3  # ... and copies of its memory per sample: the memory, it with the new keys, the new memory
 
 
-def recall_floats(cfg: ModelConfig) -> int:
+def recall_floats(cfg: ModelConfig, piece: int | None = None) -> int:
     """float32 numbers an attention head computes per character read: its query, keys, values and read, and its
-    scores over the memory and a piece no longer than the memory (0 without one); with shifted keys also the
-    keys' part from the output before each position, before and after its shift."""
+    scores over the memory and the piece read in one call, `piece` characters (None: no longer than the memory, as
+    scoring and writing keep it; training learns whole pieces, so its scores grow with theirs); 0 without one. With
+    shifted keys also the keys' part from the output before each position, before and after its shift."""
     shifted = 2 * cfg.attention if cfg.shifted_keys else 0
-    return ATTENTION_ROWS * cfg.attention + 2 * cfg.memory + shifted if cfg.attention else 0
+    scores = cfg.memory + (cfg.memory if piece is None else piece)
+    return ATTENTION_ROWS * cfg.attention + scores + shifted if cfg.attention else 0
 
 
 def state_bytes(cfg: ModelConfig) -> int:

@@ -691,16 +691,18 @@ def _check_size(model: ModelConfig, shape: tuple[int, float], pieces: int = 1) -
     with torch.device("meta"):
         n = CharRNN(model).num_parameters()
     H, V, W, A = model.hidden_size, model.vocab_size, model.head_width, model.attention
-    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * math.ceil(shape[1] / pieces)
-                * (V + HEAD_ROWS * W + 4 * H * model.num_layers + recall_floats(model))) \
+    piece = math.ceil(shape[1] / pieces)  # characters per row of the largest piece
+    need = 4 * (TRAIN_COPIES * n + ACTIVATION_COPIES * shape[0] * piece
+                * (V + HEAD_ROWS * W + 4 * H * model.num_layers + recall_floats(model, piece))) \
         + STATE_GRADIENTS * shape[0] * state_bytes(model)
     if need > (cap := memory_cap()):
         raise ConfigError(f"hidden_size, head_hidden, attention, memory, embedding and num_layers (--hidden {H}, "
                           f"--head-hidden {model.head_hidden}, --attention {A}, --memory {model.memory}, --embedding "
                           f"{model.embedding}, --layers {model.num_layers}): "
-                          f"{n:,} parameters and a batch of {shape[0]} x "
-                          f"{shape[1]:.0f} would need about {need / 1e9:,.1f} GB to train, more than the "
-                          f"{cap / 1e9:,.1f} GB allowed (half of this machine's memory)")
+                          f"{n:,} parameters and a batch of {shape[0]} x {shape[1]:.0f} learned in pieces of "
+                          f"{piece:,} would need about {need / 1e9:,.1f} GB to train, more than the "
+                          f"{cap / 1e9:,.1f} GB allowed (half of this machine's memory); give a smaller model, "
+                          f"--batch-size or --seq-len")
     return model
 
 
