@@ -92,6 +92,16 @@ def test_a_number_label_is_named_by_its_value_as_a_csv_file_would_name_it(tmp_pa
     assert [c.vocab.labels[i] for i in c.labels] == ["1", "1", "1", "2", "2.5", "1000", "true", "1"]
 
 
+@pytest.mark.parametrize("columns, label", [(("label",), "1"), (("-1",), "label"), (("0",), "-2")])
+def test_a_label_column_that_is_also_a_text_column_by_another_name_is_refused(tmp_path, columns, label):
+    path = tmp_path / "news.csv"
+    path.write_text("text,label\nhello there,world\ngoal scored,sport\n")
+    with pytest.raises(CharloomError, match=rf"^--label-column: '{label}' names column \d of .*news.csv, which --column "
+                                            r"also chose; the label is another column$"):
+        load(CorpusConfig(source=str(path), records=True, columns=columns, label_column=label,
+                          cache_dir=str(tmp_path / "cache")))
+
+
 def test_a_value_outside_the_map_is_refused_naming_value_and_flag(ag_csv):
     path, _ = ag_csv
     with pytest.raises(CharloomError, match=r"--label-map: label value '4' is not in the map"):

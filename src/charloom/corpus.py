@@ -455,6 +455,7 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
                 picks = _pick_columns(path, cfg.columns, head, len(row))
                 if cfg.label_column is not None:
                     at = _pick_columns(path, (cfg.label_column,), head, len(row))[0]
+                    _check_label_apart(path, cfg, picks, at, len(row))
             if max(picks) >= len(row) or -min(picks) > len(row):
                 raise CharloomError(
                     f"{_shown(path)}: line {reader.line_num}: row has {len(row)} columns, column {max(picks)} was "
@@ -469,6 +470,14 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
         _check_closed(path, lines, delimiter, reader.line_num)
     except csv.Error as e:
         raise CharloomError(f"{_shown(path)}: line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def _check_label_apart(path: Path, cfg: CorpusConfig, picks: list[int], at: int, width: int) -> None:
+    """A label column that is also a text column, named another way (a name and its index, -1 and the last): every
+    record would be its own label. (The config refuses the same name given twice.)"""
+    if at % width in {p % width for p in picks}:
+        raise CharloomError(f"--label-column: {cfg.label_column!r} names column {at % width} of {_shown(path)}, "
+                            f"which --column also chose; the label is another column")
 
 
 def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> None:
