@@ -94,6 +94,23 @@ def test_a_zero_time_budget_is_one_line_not_a_run_that_never_ends():
     assert code == 2 and err == "charloom: error: max_time (--max-time): must be longer than zero, got '0'\n"
 
 
+def test_a_duration_past_a_floats_range_is_refused_not_read_as_no_budget():
+    from charloom.config import ConfigError, TrainConfig
+
+    for text in ("9" * 400 + "h", "9" * 400):
+        with pytest.raises(ConfigError, match=r"^max_time: '9{40}'... is too long a duration$"):
+            TrainConfig(max_time=text)
+
+
+def test_a_line_break_inside_a_message_is_kept_on_its_one_line(tmp_path, capsys):
+    """A codec's own message may end in the character it choked on: a newline, here."""
+    (tmp_path / "names.txt").write_text("anna\nbob\n")
+    assert main(["corpus-info", str(tmp_path / "names.txt"), "--records", "--encoding", "punycode",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'\\n'" in err and err.startswith("charloom: error: "), err
+
+
 TINY = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--sample-length", "0"]
 
 

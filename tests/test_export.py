@@ -49,6 +49,17 @@ def exported(tmp_path, **kw):
     return ck, export(ck, ExportConfig(), out)
 
 
+def test_an_onnx_file_named_in_capitals_is_known_by_its_name(tmp_path, capsys):
+    """MODEL.ONNX (as a case-blind file system may keep it) is sampled as the ONNX file it is, not read as a model
+    file with a header of eight quintillion bytes."""
+    _, report = exported(tmp_path)
+    upper = report.path.rename(tmp_path / "MODEL.ONNX")
+    assert main(["sample", "--checkpoint", str(upper), "--start", "the", "--length", "20", "--seed", "1"]) == 0
+    assert OnnxGenerator.load(upper).generate("the", 20, seed=1)[0] in capsys.readouterr().out
+    with pytest.raises(CharloomError, match=r"MODEL.ONNX: an exported ONNX file runs with `charloom sample`"):
+        checkpoint.load(upper)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("embedding", [0, 8])
 @pytest.mark.parametrize("layers", [1, 2])

@@ -35,7 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import atomic, ngram, runtime
-from .config import RECENT, ModelConfig, expand, state_shapes
+from .config import RECENT, ModelConfig, expand, onnx_named, state_shapes
 from .errors import CharloomError
 from .model import CharRNN
 from .vocab import SPECIALS, Vocab, check_labelled
@@ -90,7 +90,7 @@ def model_path(path: str | Path) -> Path:
         raise CharloomError(f"{p}: folder holds no {MODEL_FILE}")
     if not p.exists():
         raise CharloomError(f"{p}: no such model file or run folder")
-    if p.suffix == ".onnx":
+    if onnx_named(p):
         raise CharloomError(f"{p}: an exported ONNX file runs with `charloom sample` (or OnnxGenerator in Python); "
                             f"here give the run folder or its model.safetensors")
     return p

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .config import (BatchConfig, Config, CorpusConfig, EvalConfig, ExportConfig, ModelConfig, SampleConfig,
-                     SampleOptions, ServeConfig, TrainConfig, expand)
+                     SampleOptions, ServeConfig, TrainConfig, expand, onnx_named)
 from .errors import CharloomError, CharloomWarning, ConfigError
 
 if TYPE_CHECKING:  # the corpus module (and torch) load only for the commands that read text
@@ -404,7 +404,7 @@ def _onnx_ngram(ns: argparse.Namespace, gen: Any) -> str | None:
     """An .onnx file holds the network alone, never the n-gram a model file may mix in. With one, --ngram given is
     refused; left to its default, the note to show after the samples where the file's model had an n-gram (None:
     nothing to say). A flag that was not given is absent from `ns` (add_options' defaults are SUPPRESS)."""
-    if not ns.checkpoint.endswith(".onnx"):
+    if not onnx_named(ns.checkpoint):
         return None
     if getattr(ns, "ngram", None):
         raise CharloomError(f"--ngram: {ns.checkpoint} is an ONNX file, which holds no n-gram (export writes the "
@@ -476,7 +476,7 @@ def _coloured_corpus(ck: Any, c: Any, ngram: bool = True) -> None:
 def _generator(path: str, device: str) -> tuple[Any, Any]:
     """(the Generator, what it was loaded from) for a model file or run folder, or for an exported .onnx file,
     which runs on onnxruntime without torch."""
-    if path.endswith(".onnx"):
+    if onnx_named(path):
         if device not in ("cpu", "auto"):
             raise CharloomError(f"--device {device}: an .onnx model runs on onnxruntime's CPU backend; use --device cpu")
         from .onnx_generator import OnnxGenerator
@@ -722,11 +722,16 @@ def _reading_threads(ns: argparse.Namespace) -> None:
     at its start (`runtime.set_threads`): a thread that waits for a busy CPU stalls every step, and a sample of
     3,000 characters that takes 2.5 s alone ran past 40 s beside a busy CPU. An .onnx file runs on onnxruntime's
     threads, without torch, which is then never imported."""
-    if str(getattr(ns, "checkpoint", "") or "").endswith(".onnx"):
+    if onnx_named(getattr(ns, "checkpoint", "") or ""):
         return
     from .runtime import READ_IDLE_SECONDS, set_threads
 
     set_threads(0, seconds=READ_IDLE_SECONDS)
+
+
+def _line(message: str) -> str:
+    """A message kept to one line: a line break inside it (a codec's own message may hold one) written as \\n."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _one_line(show: Callable[..., None]) -> Callable[..., None]:
@@ -734,7 +739,7 @@ def _one_line(show: Callable[..., None]) -> Callable[..., None]:
     other library's to `show`, as Python shows them."""
     def said(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
         if issubclass(category, CharloomWarning):
-            print(f"charloom: warning: {message}", file=sys.stderr)
+            print(f"charloom: warning: {_line(str(message))}", file=sys.stderr)
         else:
             show(message, category, *rest, **kw)
     return said
@@ -752,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _reading_threads(ns)
             code = ns.run(ns)
     except CharloomError as e:
-        print(f"charloom: error: {_flagged(e, parser, ns)}", file=sys.stderr)
+        print(f"charloom: error: {_line(_flagged(e, parser, ns))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("charloom: interrupted", file=sys.stderr)

@@ -335,6 +335,12 @@ SPLIT_FIELDS = ("split", "val_fraction", "seed")  # the BatchConfig fields that 
 EXPORTED = "model.onnx"  # the file `charloom export` writes into a run folder by default ...
 EXPORTED_INT8 = "model.int8.onnx"  # ... and its int8 twin (--int8)
 
+
+def onnx_named(path: str | Path) -> bool:
+    """Whether a path names an exported ONNX file (model.onnx, or MODEL.ONNX as a case-blind file system keeps it)."""
+    return str(path).lower().endswith(".onnx")
+
+
 # each recurrent cell's state tensors by name, each (num_layers, B, H): the cells of cells.CELLS, named here
 # without torch so that a config and an exported file's state can be checked where torch is absent
 CELL_STATES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
@@ -441,11 +447,14 @@ def parse_duration(text: str, name: str = "max_time") -> float:
     if not t:
         return 0.0
     if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
+        t += "s"  # plain seconds
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
     if not parts or "".join(a + b for a, b in parts) != t.replace(" ", ""):
         raise ConfigError(f"{name}: {text!r} is not a duration (examples: 90s, 10m, 1.5h, 2m30s)")
-    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+    seconds = sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
+    if not math.isfinite(seconds):  # digits past a float's range read as inf: no budget at all
+        raise ConfigError(f"{name}: {text[:40]!r}{'...' if len(text) > 40 else ''} is too long a duration")
+    return seconds
 
 
 MAX_PIECES = 64  # TrainConfig.early_pieces and late_pieces at most: each piece costs an optimizer step's fixed work

@@ -34,7 +34,8 @@ from torch import nn
 
 from . import atomic
 from .checkpoint import Checkpoint, plain
-from .config import RECENT, SPLIT_FIELDS, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, state_shapes
+from .config import (RECENT, SPLIT_FIELDS, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, onnx_named,
+                     state_shapes)
 from .errors import CharloomError
 from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
 
@@ -394,7 +395,7 @@ def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
     if out.is_dir():
         raise CharloomError(f"--out {out}: is a folder; give the name of the ONNX file to write (e.g. "
                             f"{out / 'model.onnx'})")
-    if out.suffix != ".onnx":
+    if not onnx_named(out):
         raise CharloomError(f"--out {out}: give a file name ending in .onnx (sample and the web page know an "
                             f"exported model by it)")
     if ck.path is not None and out.resolve() == ck.path.resolve():
