@@ -401,6 +401,8 @@ def test_only_charloom_warnings_are_made_one_line(capsys):
     ("names", ["--label-dropout", "0.5"], "--label-dropout: only for labelled records"),
     ("names", ["--early-pieces", "4"], "--early-pieces: only for continuous text"),
     ("text", ["--no-carry-state"], "--no-carry-state: only with --order contiguous"),
+    ("text", ["--fit-chars", "10000", "--ngram", "0"], "--fit-chars: leaves text out of training for the n-gram's "
+                                                       "mixture, which --ngram 0 never fits"),
 ])
 def test_a_batch_option_the_corpus_never_reads_is_refused_before_training(tmp_path, capsys, source, argv, message):
     """A flag meant to change the run, on a corpus whose batches never read it, is named rather than dropped."""

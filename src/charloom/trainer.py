@@ -528,6 +528,9 @@ def _check_options(kind: tuple[bool, bool, str], batch: BatchConfig, cfg: TrainC
     def anew(name: str) -> bool:  # neither the default (0: the pieces chosen) nor what the resumed run recorded
         return getattr(cfg, name) not in (defaults[name], (saved or defaults).get(name, defaults[name]))
 
+    if saved is None and batch.fit_chars > 0 and not cfg.ngram:  # text trained on by nothing
+        raise CharloomError("--fit-chars: leaves text out of training for the n-gram's mixture, which --ngram 0 "
+                            "never fits; leave --fit-chars out")
     if saved is not None and anew("overwrite"):
         raise CharloomError(f"--overwrite: starts afresh, and --resume continues the run in {cfg.out}; give one or "
                             f"the other")
