@@ -60,6 +60,14 @@ def test_samples_too_long_to_show_are_refused_before_a_run_not_at_its_first_eval
         TrainConfig(sample_length=100_001)
 
 
+def test_an_empty_stop_string_is_refused_where_it_was_dropped():
+    from charloom.config import SampleOptions
+
+    assert SampleOptions(stop=("\n\n", "!")).stop == ("\n\n", "!")
+    with pytest.raises(ConfigError, match=r"^stop\[1\]: an empty stop string; give one of one character or more$"):
+        SampleOptions(stop=("!", ""))
+
+
 def test_lists_become_tuples_and_items_are_checked():
     assert CorpusConfig(columns=["a", "1"]).columns == ("a", "1")
     with pytest.raises(ConfigError, match=r"columns\[1\]: 2 is not a string"):

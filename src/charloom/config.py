@@ -622,6 +622,8 @@ class SampleOptions(Config):
             raise ConfigError(f"repetition_penalty: must be in [1, 10] (1 = off), got {self.repetition_penalty}")
         if self.seed is not None and not 0 <= self.seed < 2**62:
             raise ConfigError(f"seed: must be in [0, 2**62), got {self.seed}")
+        if "" in self.stop:  # it would stop every sample before its first character, so it was dropped
+            raise ConfigError(f"stop[{self.stop.index('')}]: an empty stop string; give one of one character or more")
         if self.label is not None:
             if not self.label or len(self.label) > MAX_LABEL_LENGTH:
                 raise ConfigError(f"label: must be 1 to {MAX_LABEL_LENGTH} characters, got {len(self.label)}")
