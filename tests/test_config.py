@@ -68,6 +68,17 @@ def test_an_empty_stop_string_is_refused_where_it_was_dropped():
         SampleOptions(stop=("!", ""))
 
 
+@pytest.mark.parametrize("origin", ["example.com", "http://example.com/app", "localhost:3000"])
+def test_a_cors_origin_no_browser_sends_is_refused(origin):
+    """A browser's Origin is scheme://host[:port]: a value without a scheme, or with a path, never matches one, so
+    the server started and every cross-origin call still failed."""
+    from charloom.config import ServeConfig
+
+    assert ServeConfig(cors_origins=("https://example.com", "http://localhost:3000/", "*")).cors_origins
+    with pytest.raises(ConfigError, match=rf"^cors_origins\[0\]: '{origin}' is not a web origin"):
+        ServeConfig(cors_origins=(origin,))
+
+
 def test_lists_become_tuples_and_items_are_checked():
     assert CorpusConfig(columns=["a", "1"]).columns == ("a", "1")
     with pytest.raises(ConfigError, match=r"columns\[1\]: 2 is not a string"):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair alone: no character
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")  # a web origin: scheme://host[:port], nothing after
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
@@ -730,6 +731,10 @@ class ServeConfig(Config):
                   "max_score", "max_trace", "max_stops", "max_stop_length")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
+        for i, origin in enumerate(self.cors_origins):  # what a browser sends: no path, never without a scheme
+            if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin.rstrip("/")):
+                raise ConfigError(f"cors_origins[{i}]: {origin!r} is not a web origin, which a browser sends as "
+                                  f"scheme://host[:port] (https://example.com), or * for any")
         if self.default_length > self.max_length:
             said = "" if self.default_length != ServeConfig.default_length else " (its default)"
             raise ConfigError(f"default_length: {self.default_length}{said} is more than --max-length "
