@@ -772,6 +772,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
     config = _with_parent(config, previous)
     rt = _runtime(config, model, previous, out)
+    made = not out.exists()
     lock = _check_out(out) if rt.procs.main else None  # only the first process writes the run folder
     try:
         if lock is not None and previous is not None and atomic.stamp(out / checkpoint.RESUME_FILE) != seen:
@@ -780,10 +781,23 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         trainer = _assembled(corpus, batch, model, config, rt, previous, callback, data)
     except BaseException:
         if lock is not None:  # a start that fails frees the folder now, not when its traceback is let go
-            lock.close()
+            _let_go(lock, out, made)
         raise
     trainer.lock = lock
     return trainer
+
+
+def _let_go(lock: IO[str], out: Path, made: bool) -> None:
+    """Free the run folder of a start that failed; one this start made, holding nothing but its lock, goes too
+    (a refused option would otherwise leave an empty run folder behind)."""
+    try:
+        if made and [p.name for p in out.iterdir()] == [atomic.LOCK_FILE]:
+            (out / atomic.LOCK_FILE).unlink()
+            out.rmdir()
+    except OSError:  # another writer came meanwhile: the folder is its now
+        pass
+    finally:
+        lock.close()
 
 
 def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig, rt: Runtime,
