@@ -62,6 +62,17 @@ def test_characters_outside_the_vocabulary_follow_the_parents_policy_and_are_rep
     assert int((corpus.ids == old.unk_id).sum()) == 60 and corpus.stats["unknown_characters"] == 60
 
 
+@pytest.mark.parametrize("option, value", [("lower", True), ("normalize", "NFKC"), ("unknown", "error"),
+                                           ("min_count", 5)])
+def test_a_reading_option_the_parents_vocabulary_settles_is_refused_not_dropped(tmp_path, parent, option, value):
+    run, new = parent
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(CharloomError, match=rf"^{flag}: .*drop the flag"):
+        read_corpus(load_parent(str(run)), CorpusConfig(source=str(new), **{option: value}), extend=False)
+    if option == "min_count":  # extending the vocabulary builds one of the new text: its --min-count counts there
+        assert read_corpus(load_parent(str(run)), CorpusConfig(source=str(new), min_count=5), extend=True).vocab
+
+
 def test_a_parent_that_refuses_unknown_characters_refuses_the_new_text(tmp_path, tiny):
     src = tmp_path / "old.txt"
     src.write_text(PARENT_TEXT)

@@ -85,10 +85,26 @@ def read_corpus(parent: Parent, cfg: CorpusConfig, extend: bool) -> Corpus:
     """The new text encoded with the parent's vocabulary (extended by its unknown characters if asked), read
     as the parent's vocabulary reads text (normalised and lower-cased as it was)."""
     vocab = parent.ck.vocab
+    _check_reading(parent, cfg, extend)
     cfg = cfg.replace(lower=vocab.lower, normalize=vocab.normalize)
     if extend:
         vocab = vocab.extended(load_corpus(cfg).vocab.chars)
     return load_corpus(cfg, vocab=vocab)
+
+
+def _check_reading(parent: Parent, cfg: CorpusConfig, extend: bool) -> None:
+    """A reading option that the parent's vocabulary settles (its case, normalisation and unknown-character policy;
+    --min-count, which builds a vocabulary, unless --extend-vocab adds to it) given another value is refused, not
+    dropped."""
+    vocab, default = parent.ck.vocab, CorpusConfig()
+    theirs = {"lower": vocab.lower, "normalize": vocab.normalize, "unknown": vocab.unknown}
+    for name, value in theirs.items():
+        if getattr(cfg, name) not in (getattr(default, name), value):
+            raise CharloomError(f"--{name}: a fine-tuned model reads text as its parent's vocabulary does ({name} "
+                                f"{value!r} in {parent.path}); drop the flag")
+    if not extend and cfg.min_count != default.min_count:
+        raise CharloomError(f"--min-count: builds a vocabulary, and a fine-tuned model keeps its parent's; drop the "
+                            f"flag, or add --extend-vocab to add the new text's characters seen that often")
 
 
 def outside(parent: Parent, corpus: Corpus) -> str | None:
