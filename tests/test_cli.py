@@ -403,9 +403,15 @@ def test_only_charloom_warnings_are_made_one_line(capsys):
     ("text", ["--no-carry-state"], "--no-carry-state: only with --order contiguous"),
     ("text", ["--fit-chars", "10000", "--ngram", "0"], "--fit-chars: leaves text out of training for the n-gram's "
                                                        "mixture, which --ngram 0 never fits"),
+    ("text", ["--cell", "gru", "--forget-bias", "1"], "forget_bias (--forget-bias): only for --cell lstm"),
+    ("text", ["--gram-buckets", "7"], "gram_buckets (--gram-buckets): only with --grams N"),
+    ("text", ["--attention", "0", "--memory", "3"], "memory (--memory): only with an attention head"),
+    ("text", ["--attention", "0", "--no-shifted-keys"], "shifted_keys (--shifted-keys): only with an attention"),
+    ("text", ["--schedule", "constant", "--min-lr-ratio", "0.5"], "min_lr_ratio (--min-lr-ratio): the cosine"),
 ])
 def test_a_batch_option_the_corpus_never_reads_is_refused_before_training(tmp_path, capsys, source, argv, message):
-    """A flag meant to change the run, on a corpus whose batches never read it, is named rather than dropped."""
+    """A flag meant to change the run, where the corpus or the run's other options never read it, is named rather
+    than dropped."""
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
     src = str(text) if source == "text" else source

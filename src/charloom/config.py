@@ -385,6 +385,18 @@ class ModelConfig(Config):
                                      "the memory from the first step, as Keras does)")
     vocab_size: int = option(0, "ids the model reads and predicts (set from the vocabulary, not by hand)")
 
+    def check_unused(self) -> None:
+        """Refuse, for a new model, an option set that its other options leave unread (a model file that holds one
+        still loads: this is not part of validate)."""
+        default = ModelConfig()
+        if self.forget_bias != default.forget_bias and self.cell != "lstm":
+            raise ConfigError(f"forget_bias: only for --cell lstm; the {self.cell} cell has no forget gate")
+        if self.gram_buckets != default.gram_buckets and not self.grams:
+            raise ConfigError("gram_buckets: only with --grams N, whose tables it sizes")
+        for name in ("memory", "shifted_keys"):
+            if not self.attention and getattr(self, name) != getattr(default, name):
+                raise ConfigError(f"{name}: only with an attention head, which --attention 0 leaves out")
+
     def validate(self) -> None:
         if self.cell not in CELL_STATES:
             raise ConfigError(f"cell: {self.cell!r} is not one of {', '.join(map(repr, CELL_STATES))}")
@@ -529,6 +541,12 @@ class TrainConfig(Config):
     overwrite: bool = option(False, "start afresh even if --out already holds a run (its files are replaced)")
     progress: bool = option(True, "show a progress bar, evaluations and samples on the terminal while it trains "
                                   "(off: only the end: where the model went, its score and the run's report)")
+
+    def check_unused(self) -> None:
+        """Refuse, for a new run, an option its other options leave unread (not part of validate: a resumed run's
+        file may hold one)."""
+        if self.schedule == "constant" and self.min_lr_ratio != TrainConfig.min_lr_ratio:
+            raise ConfigError("min_lr_ratio: the cosine schedule's end, and --schedule constant never decays")
 
     @property
     def shows_samples(self) -> bool:

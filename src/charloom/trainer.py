@@ -810,6 +810,10 @@ def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, con
     # the kind of text is known before it is read: a refused option is said before a large corpus is encoded
     kind = _kind(data.corpus) if data is not None else _kind(resolve(corpus), corpus.labelled)
     _check_options(kind, batch, config, previous[1].configs.get("train", {}) if previous is not None else None)
+    if previous is None:  # a new model (a fine-tune's is its parent's, which model_config checks)
+        config.check_unused()
+        if parent is None:
+            model.check_unused()
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
     _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
