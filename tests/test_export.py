@@ -335,6 +335,24 @@ def test_a_page_without_a_runtime_loads_the_pinned_one_and_says_so(tmp_path):
     assert Path(tmp_path / "page" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
 
 
+@pytest.mark.parametrize("name", ["index.html", "charloom.js", "model.onnx"])
+def test_a_page_is_not_written_over_a_folder_of_someone_elses_files(tmp_path, name):
+    """A --web folder holding another page's file is refused before anything is written; one holding the page an
+    earlier export wrote is written again."""
+    ck = saved_model(tmp_path)
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / name).write_text("my own page")
+    with pytest.raises(CharloomError, match=rf"^--web {page}: holds a {name} that is not a page an export wrote"):
+        export(ck, ExportConfig(web=str(page)), tmp_path / "m.onnx")
+    assert [p.name for p in page.iterdir()] == [name] and (page / name).read_text() == "my own page"
+    assert not (tmp_path / "m.onnx").exists()
+    (page / name).unlink()
+    export(ck, ExportConfig(web=str(page)), tmp_path / "m.onnx")
+    export(ck, ExportConfig(web=str(page)), tmp_path / "m.onnx")  # over its own page
+    export(ck, ExportConfig(web=str(page)), page / "model.onnx")  # --out the page's own model file
+
+
 def readme_export_lines():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("## Use a model elsewhere", 1)[1].split("```", 2)[1]

@@ -34,8 +34,8 @@ from torch import nn
 
 from . import atomic
 from .checkpoint import Checkpoint, plain
-from .config import (RECENT, SPLIT_FIELDS, BatchConfig, CorpusConfig, ExportConfig, SampleOptions, onnx_named,
-                     state_shapes)
+from .config import (EXPORTED, RECENT, SPLIT_FIELDS, BatchConfig, CorpusConfig, ExportConfig, SampleOptions,
+                     onnx_named, state_shapes)
 from .errors import CharloomError
 from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
 
@@ -44,6 +44,7 @@ ORT_WEB_VERSION = "1.31.1"  # the onnxruntime-web the page loads when no runtime
 ORT_WEB_URL = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
 RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 WEB_FILES = ("index.html", "charloom.js")  # the page's own files, package data under charloom/web
+PAGE_TITLE = "<title>charloom</title>"  # what tells a page an export wrote from another in a --web folder
 HELDOUT_BATCH = BatchConfig(batch_size=16, seq_len=256)  # how the int8 comparison reads the held-out split
 
 
@@ -409,11 +410,28 @@ def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
         web = Path(cfg.web)
         if web.exists() and not web.is_dir():
             raise CharloomError(f"--web {web}: not a folder")
+        _check_page_folder(web, out)
         try:
             _probe_folder(web)
         except OSError as e:  # a file in the way is "Not a directory", as mkdir says
             what = "write the page" if web.is_dir() else "make the folder"
             raise CharloomError(f"--web {web}: cannot {what} ({e.strerror or e})") from None
+
+
+def _check_page_folder(web: Path, out: Path) -> None:
+    """The page's files are not written over another page's or a user's: a --web folder may hold none of them, or
+    the page an earlier export wrote there (its index.html is titled charloom), or --out's own model.onnx."""
+    index = web / "index.html"
+    try:
+        if index.is_file() and PAGE_TITLE in index.read_text(encoding="utf-8", errors="replace")[:4096]:
+            return
+    except OSError:
+        pass  # unreadable: not known to be a page an export wrote
+    taken = [n for n in (*WEB_FILES, EXPORTED) if (web / n).exists()
+             and not (n == EXPORTED and (web / n).resolve() == out.resolve())]
+    if taken:
+        raise CharloomError(f"--web {web}: holds a {taken[0]} that is not a page an export wrote, which the page "
+                            f"would replace; choose an empty folder, or remove it")
 
 
 def _check_folder(folder: Path, flag: str) -> None:
