@@ -74,6 +74,9 @@ def test_a_quote_never_closed_is_named_not_read_as_the_rest_of_the_file(tmp_path
         records(tmp_path, "bad.csv", 'id,text\n1,fine\n2,"never closed\n' + rows, columns=("text",))
     with pytest.raises(CharloomError, match=r"head.csv: line 1: a quoted field .* never closed"):
         records(tmp_path, "head.csv", '"id,text\n1,fine\n2,more\n', columns=("text",))
+    with pytest.raises(CharloomError, match=r"last.csv: line 2: a quoted field .* never closed, so the rest of the "
+                                            r"line would be one field$"):
+        records(tmp_path, "last.csv", 'a,b\n"unterminated,2\n', columns=("a",))
     # a closed quote over lines, and a lone quote inside an unquoted field, are CSV as read before
     fine = 'id,text,note\n1,5" screen,x\n2,"two\nlines",x\n3,a 5" screen,"two\nlines"\n'
     assert records(tmp_path, "fine.csv", fine, columns=("text",)) == ['5" screen', "two\nlines", 'a 5" screen']

@@ -484,15 +484,16 @@ def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> Non
     """Refuses a last row (or header) that ran to the end of the file inside a quoted field: read leniently, it
     would hold the rest of the file as one field. Only a strict reread of its lines tells that case from a
     literal quote inside an unquoted field."""
-    if len(lines) < 2:
+    if not lines:
         return
     try:
         for _ in csv.reader(lines, delimiter=delimiter, strict=True):
             pass
     except csv.Error as e:
         if "unexpected end of data" in str(e):
+            rest = "the rest of the line" if len(lines) == 1 else f"the file's last {len(lines)} lines"
             raise CharloomError(f"{_shown(path)}: line {end - len(lines) + 1}: a quoted field opened in this row is "
-                                f"never closed, so the file's last {len(lines)} lines would be one field") from None
+                                f"never closed, so {rest} would be one field") from None
 
 
 def _is_index(col: str) -> bool:
