@@ -476,3 +476,20 @@ def test_a_home_folder_of_no_known_user_is_one_line_and_nothing_is_written(argv,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith("no home folder is known for ~nosuchuser-charloom"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flags_a_model_or_its_text_would_leave_unread_are_refused(tmp_path, capsys):
+    """--ngram for a model trained without one, and --window for records (each scored whole): named, not
+    dropped, before the text is read."""
+    out = tmp_path / "names"
+    charloom.train(source="names", out=str(out), max_steps=2, hidden_size=8, ngram=0, progress=False,
+                   cache_dir=str(tmp_path / "cache"))
+    for argv, message in ((["eval", "--checkpoint", str(out), "names", "--ngram"], "--ngram: "),
+                          (["sample", "--checkpoint", str(out), "--ngram", "--length", "5"], "--ngram: "),
+                          (["eval", "--checkpoint", str(out), "names", "--window", "64"], "--window: records are "
+                                                                                          "scored each whole")):
+        assert main([*argv, "--cache-dir", str(tmp_path / "cache")] if argv[0] == "eval" else argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"charloom: error: {message}") and err.count("\n") == 1, err
+        assert "no n-gram (trained with --ngram 0), or leave --ngram out" in err or "--window" in argv
+    assert main(["sample", "--checkpoint", str(out), "--no-ngram", "--length", "5", "--seed", "1"]) == 0

@@ -342,7 +342,7 @@ def _seeded(base: SampleOptions, output: str | None) -> SampleOptions:
 def cmd_sample(ns: argparse.Namespace) -> None:
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
-    ngram_note = _onnx_ngram(ns, gen)
+    ngram_note = _ngram_note(ns, gen)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
     runs = _runs(ns.interactive, cfg, _seeded(base, ns.output))
     for opts in runs or ():
@@ -400,16 +400,17 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     _closing_notes(verdicts, ngram_note)
 
 
-def _onnx_ngram(ns: argparse.Namespace, gen: Any) -> str | None:
-    """An .onnx file holds the network alone, never the n-gram a model file may mix in. With one, --ngram given is
-    refused; left to its default, the note to show after the samples where the file's model had an n-gram (None:
-    nothing to say). A flag that was not given is absent from `ns` (add_options' defaults are SUPPRESS)."""
-    if not onnx_named(ns.checkpoint):
-        return None
-    if getattr(ns, "ngram", None):
-        raise CharloomError(f"--ngram: {ns.checkpoint} is an ONNX file, which holds no n-gram (export writes the "
-                            f"network alone); sample the model file it came from to mix one in, or leave --ngram out")
-    if hasattr(ns, "ngram") or not gen.model.left_ngram:  # --no-ngram as asked, or nothing was left out
+def _ngram_note(ns: argparse.Namespace, gen: Any) -> str | None:
+    """--ngram given for a model that holds no n-gram is refused: an .onnx file (export writes the network alone)
+    or a model file trained without one. Left to its default, the note to show after the samples where an .onnx
+    file's model had an n-gram (None: nothing to say). A flag that was not given is absent from `ns` (add_options'
+    defaults are SUPPRESS)."""
+    onnx = onnx_named(ns.checkpoint)
+    if getattr(ns, "ngram", None) and gen.mixture is None:
+        what = ("an ONNX file, which holds no n-gram (export writes the network alone); sample the model file it came "
+                "from to mix one in") if onnx else "a model with no n-gram (trained with --ngram 0)"
+        raise CharloomError(f"--ngram: {ns.checkpoint} is {what}, or leave --ngram out")
+    if not onnx or hasattr(ns, "ngram") or not gen.model.left_ngram:  # --no-ngram as asked, or nothing left out
         return None
     return (f"charloom: note: {ns.checkpoint} is an ONNX file, which holds no n-gram: the samples are the network's "
             f"alone, without the n-gram its model file mixes in (--no-ngram says so, without this note)")
@@ -540,6 +541,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
             flag = "--label-column" if ccfg.label_column is not None else "--label-field"
             raise CharloomError(f"{flag}: {ck.path} was trained on continuous text, which has no labels")
         ccfg = ccfg.replace(records=ck.records)
+    _check_eval_flags(ns, ck, bool(ccfg.records))
     c = corpus.load(ccfg, vocab=v)
     mixture = ck.mixture if ecfg.ngram else None
     result = score(ck.model, c, ecfg, device, mixture)
@@ -580,6 +582,16 @@ def _eval_lines(source: str, result: Any, adapted: Any, ecfg: EvalConfig, unknow
         out.append(f"adapted while reading (dynamic evaluation, lr {ecfg.adapt_lr:g}, segments of "
                    f"{ecfg.adapt_segment}{counting}): {adapted.bpc:.4f} bits per character{alone(adapted)}")
     return out
+
+
+def _check_eval_flags(ns: argparse.Namespace, ck: Any, records: bool) -> None:
+    """Flags given (present in `ns`) that this model or text would leave unread are refused before it is read."""
+    if getattr(ns, "ngram", None) and ck.mixture is None:
+        raise CharloomError(f"--ngram: {ck.path} is a model with no n-gram (trained with --ngram 0), or leave "
+                            f"--ngram out")
+    if hasattr(ns, "window") and records:
+        raise CharloomError("--window: records are scored each whole, from <bos> through <eos>; --window is how "
+                            "much of a continuous text one call reads")
 
 
 def label_table(rows: list[dict[str, Any]], alone: bool = False) -> list[str]:
