@@ -96,8 +96,8 @@ def test_a_number_label_is_named_by_its_value_as_a_csv_file_would_name_it(tmp_pa
 def test_a_label_column_that_is_also_a_text_column_by_another_name_is_refused(tmp_path, columns, label):
     path = tmp_path / "news.csv"
     path.write_text("text,label\nhello there,world\ngoal scored,sport\n")
-    with pytest.raises(CharloomError, match=rf"^--label-column: '{label}' names column \d of .*news.csv, which --column "
-                                            r"also chose; the label is another column$"):
+    with pytest.raises(CharloomError, match=rf"^--label-column: '{label}' names column \d of .*news.csv, which "
+                                            r"--column also chose; the label is another column$"):
         load(CorpusConfig(source=str(path), records=True, columns=columns, label_column=label,
                           cache_dir=str(tmp_path / "cache")))
 
@@ -106,6 +106,24 @@ def test_a_value_outside_the_map_is_refused_naming_value_and_flag(ag_csv):
     path, _ = ag_csv
     with pytest.raises(CharloomError, match=r"--label-map: label value '4' is not in the map"):
         load(ag_config(path, label_map="1=World,2=Sports,3=Business"))
+
+
+def test_a_model_whose_number_labels_were_named_2_0_still_reads_its_own_data(tmp_path):
+    """Before labels were named by value, a JSON 2.0 was the label "2.0": a model holding such names reads the same
+    file (now giving "2") as its own labels (as eval and a resume read it), and a map written with "2.0=ok" still
+    maps."""
+    path = tmp_path / "stars.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review {i}", "stars": float(i % 3 + 1)}) + "\n" for i in range(9)))
+    cfg = CorpusConfig(source=str(path), records=True, field="text", label_field="stars",
+                       cache_dir=str(tmp_path / "cache"))
+    now = load(cfg)
+    assert now.vocab.labels == ("1", "2", "3")
+    old = Vocab(now.vocab.chars, labels=("1.0", "2.0", "3.0"))  # as a model trained before held them
+    read = load(cfg, vocab=old)
+    assert read.vocab == old and read.labels.tolist() == now.labels.tolist()
+    assert old.label_id("2") == old.label_id("2.0")  # sample --label 2 for such a model
+    mapped = load(cfg.replace(label_map="1.0=bad,2.0=ok,3.0=good"))
+    assert [mapped.vocab.labels[i] for i in mapped.labels[:3]] == ["bad", "ok", "good"]
 
 
 def test_a_mapped_name_the_model_lacks_blames_the_map(ag_csv, tmp_path):

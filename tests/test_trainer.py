@@ -120,7 +120,7 @@ def test_early_batches_take_one_step_per_piece_with_the_state_carried_between_th
 
     trainer = train_mod.setup(
         CorpusConfig(source=str(text_file)), BatchConfig(batch_size=4, seq_len=10, order=order),
-        ModelConfig(hidden_size=16, embedding=8, cell="lstm", grams=grams, gram_buckets=64),
+        ModelConfig(hidden_size=16, embedding=8, cell="lstm", grams=grams, **({"gram_buckets": 64} if grams else {})),
         TrainConfig(out=str(tmp_path), max_steps=5, eval_every=0, sample_length=0, progress=False, lr=1e-2, ema=0,
                     warmup=0, schedule="constant", early_pieces=3, early_share=1.0, precision="fp32"))
     reference = CharRNN(trainer.model.cfg)

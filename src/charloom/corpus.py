@@ -42,7 +42,7 @@ import numpy as np
 from . import atomic
 from .config import CorpusConfig, check_text
 from .errors import CharloomError, CharloomWarning
-from .vocab import CharCounter, Vocab, check_labels, prepare_text
+from .vocab import INTEGRAL_FLOAT, CharCounter, Vocab, check_labels, prepare_text
 
 CHUNK_BYTES = 1 << 22  # 4 MiB of file read per step: bounds memory for any file size
 # where a piece of a stream may end when a line runs on past CHUNK_BYTES: before one of these, neither Unicode
@@ -871,6 +871,8 @@ def label_names(raw: list[str], cfg: CorpusConfig) -> list[str]:
     raw = [r.strip() for r in raw]
     if mapping is None:
         return raw
+    # a map written for JSON numbers as they were named before ("2.0=ok") maps them as named now ("2")
+    mapping = {**{k[:-2]: v for k, v in mapping.items() if INTEGRAL_FLOAT.fullmatch(k)}, **mapping}
     bad = next((r for r in dict.fromkeys(raw) if r not in mapping), None)
     if bad is not None:
         # the first row's value, in no other row: most often a header row the reading was not told of
@@ -894,9 +896,9 @@ def label_indices(names: list[str], cfg: CorpusConfig, vocab: Vocab | None) -> t
         known = vocab.labels
         if not known:
             raise CharloomError(f"{flag}: the model was not trained on labelled records, so it has no labels")
-        padded = vocab.padded_labels  # a model from before labels lost their spaces
-        if padded:
-            names = [n if n in known else padded.get(n, n) for n in names]
+        earlier = vocab.earlier_labels  # a model from before labels lost their spaces, or were named by value
+        if earlier:
+            names = [n if n in known else earlier.get(n, n) for n in names]
         bad = next((n for n in dict.fromkeys(names) if n not in known), None)
         if bad is not None:  # a name the map gave is the map's to fix
             named = "--label-map" if cfg.label_map is not None else flag

@@ -638,11 +638,12 @@ def _saved_batch_size(cfg: TrainConfig, run: RunState) -> int:
 def _corpus(corpus: CorpusConfig, cfg: TrainConfig, parent: finetune.Parent | None,
             previous: tuple[checkpoint.Checkpoint, RunState] | None):
     """The corpus, encoded with the vocabulary the run must keep: its parent's when fine-tuning (or the one it
-    had when resuming a fine-tuned run, or a run whose labels kept the spaces around them, as labels did before
-    they lost them: read now, they would lose them); otherwise one built from the text."""
+    had when resuming a fine-tuned run, or a run whose labels were named as labels were before: with the spaces
+    around them, or "2.0" for a JSON 2.0; read now, they would be named otherwise); otherwise one built from the
+    text."""
     if parent is not None:
         return finetune.read_corpus(parent, corpus, cfg.extend_vocab)
-    if previous is not None and (previous[0].info.get("parent") or previous[0].vocab.padded_labels):
+    if previous is not None and (previous[0].info.get("parent") or previous[0].vocab.earlier_labels):
         return load_corpus(corpus, vocab=previous[0].vocab)
     return load_corpus(corpus)
 

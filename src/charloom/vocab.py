@@ -10,6 +10,7 @@ round-trip exactly (unless normalisation or lower-casing is switched on).
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ FORMAT = "charloom-vocab"
 VERSION = 1
 NORMALIZATIONS = ("none", "NFC", "NFKC")
 POLICIES = ("unk", "error")
+# a label as a JSON number of integer value was named before it was named by its value ("2.0", now "2")
+INTEGRAL_FLOAT = re.compile(r"-?[0-9]+\.0")
 UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")  # what a label may not hold: controls (escapes, tabs), surrogates, line breaks
 FIELDS = frozenset(("format", "version", "specials", "labels", "chars", "unknown", "normalize", "lower"))  # to_dict's
 
@@ -145,10 +148,16 @@ class Vocab:
         return self.stoi.get(char, -1) >= self.first_char
 
     @property
-    def padded_labels(self) -> dict[str, str]:
-        """{name without its spaces: name} for the labels that keep spaces around them, as a model's did before
-        labels read from a corpus lost them."""
-        return {n.strip(): n for n in self.labels if n != n.strip()}
+    def earlier_labels(self) -> dict[str, str]:
+        """{name as a corpus gives it now: name} for the labels a model holds as labels were read before: with the
+        spaces around them kept, or a JSON number of integer value written "2.0" (read now as "2")."""
+        out = {}
+        for name in self.labels:
+            now = name.strip()
+            now = now[:-2] if INTEGRAL_FLOAT.fullmatch(now) else now
+            if now != name:
+                out[now] = name
+        return out
 
     def label_id(self, name: str, where: str = "label") -> int:
         """The token id of label `name`, its spaces around it aside (as labels read from a corpus lose them; in a
@@ -157,7 +166,7 @@ class Vocab:
         if not self.labels:
             raise CharloomError(f"{where}: this model was not trained on labelled records, so it takes no label")
         if name not in self.labels:  # as a label read from a corpus, without the spaces around it
-            name = name.strip() if name.strip() in self.labels else self.padded_labels.get(name.strip(), name)
+            name = name.strip() if name.strip() in self.labels else self.earlier_labels.get(name.strip(), name)
         if name not in self.labels:
             raise CharloomError(f"{where}: {name!r} is not one of {', '.join(self.labels)}")
         return self.first_char - len(self.labels) + self.labels.index(name)
