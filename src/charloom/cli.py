@@ -242,7 +242,7 @@ class _Output:
         """reading: the model file the samples come from, which the output must not replace."""
         self.path = path
         self.jsonl = path.lower().endswith((".jsonl", ".ndjson"))
-        target = expand(path, "--output")
+        target = expand(path)
         if target.suffix.lower() in (".safetensors", ".onnx") or (
                 reading is not None and target.exists() and Path(reading).exists() and target.samefile(reading)):
             raise CharloomError(f"--output: {path} is a model file's name; samples are written to a .txt or "
@@ -517,7 +517,7 @@ def cmd_export(ns: argparse.Namespace) -> None:
 
     cfg = options(ns, ExportConfig)
     ck = checkpoint.load(ns.checkpoint)
-    out = Path(cfg.out) if cfg.out else (ck.path.parent / EXPORTED)
+    out = expand(cfg.out) if cfg.out else (ck.path.parent / EXPORTED)
     for line in export(ck, cfg, out).lines():
         print(f"charloom: {line}", file=sys.stderr)
 

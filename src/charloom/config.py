@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import re
 import types
 import typing
@@ -38,15 +39,10 @@ def option(default: Any, help: str, *, flag: str | None = None, metavar: str | N
     return field(default=default, metadata=meta)
 
 
-def expand(path: str | Path, name: str = "") -> Path:
-    """`path` with a leading ~ or ~user made the home folder it names; where no such user (or home) is known,
-    a ConfigError naming the path, after the option `name` where one is given (pathlib raises a bare
-    RuntimeError)."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        head = str(path).split("/", 1)[0]
-        raise ConfigError(f"{name + ': ' if name else ''}{str(path)}: no home folder is known for {head}") from None
+def expand(path: str | Path) -> Path:
+    """`path` with a leading ~ or ~user made the home folder it names, as a shell makes it: where no such user is
+    known it stays as written (pathlib's expanduser raises a bare RuntimeError there)."""
+    return Path(os.path.expanduser(os.fspath(path)))
 
 
 def _check(name: str, value: Any, tp: Any) -> Any:
@@ -134,8 +130,6 @@ class Config:
         for f in dataclasses.fields(self):
             if not f.metadata.get("path"):
                 check_text(f.name, getattr(self, f.name))
-            elif isinstance(value := getattr(self, f.name), str) and value.startswith("~"):
-                expand(value, f.name)
 
     def validate(self) -> None:
         """Range checks across fields; subclasses raise ConfigError naming the field."""

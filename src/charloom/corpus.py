@@ -40,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import atomic
-from .config import CorpusConfig, check_text
+from .config import CorpusConfig, check_text, expand
 from .errors import CharloomError, CharloomWarning
 from .vocab import INTEGRAL_FLOAT, CharCounter, Vocab, check_labels, prepare_text
 
@@ -141,7 +141,7 @@ def resolve(cfg: CorpusConfig) -> Source:
     """Find the files of `cfg.source` and decide the reader and the corpus kind."""
     label = _shown(cfg.source)
     corpora = bundled()
-    path = Path(cfg.source).expanduser()
+    path = expand(cfg.source)
     if cfg.source in corpora and not path.exists():
         entry = corpora[cfg.source]
         records = entry.kind == "records" if cfg.records is None else cfg.records
@@ -186,7 +186,7 @@ def _files_of(cfg: CorpusConfig, path: Path, label: str) -> list[Path]:
             raise CharloomError(f"{label}: folder has no files {what}to read")
         return files
     if any(ch in cfg.source for ch in "*?["):
-        files = sorted(p for p in _globbed(os.path.expanduser(cfg.source)) if wanted(p))
+        files = sorted(p for p in _globbed(str(expand(cfg.source))) if wanted(p))
         if not files:
             raise CharloomError(f"{label}: no files match this pattern")
         return files
@@ -806,7 +806,7 @@ def load(cfg: CorpusConfig, *, vocab: Vocab | None = None, progress: bool = Fals
     if vocab is not None:  # read as the vocabulary reads: capitals of a lower-cased model's text are its letters
         cfg = cfg.replace(lower=vocab.lower, normalize=vocab.normalize)
     source = resolve(cfg)
-    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    cache = expand(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -342,7 +342,7 @@ def draw(curves: Sequence[Curve], out: str | Path, title: str | None = None) -> 
 def plot_runs(paths: Sequence[str | Path], out: str | Path) -> list[Drawn]:
     """`charloom plot RUN [RUN ...] --out FILE`: the runs' curves on one chart, each labelled by the settings
     that differ between them. A folder without metrics is refused on one line naming it."""
-    paths, out = [expand(p) for p in paths], expand(out, "out")
+    paths, out = [expand(p) for p in paths], expand(out)
     found = [read_curve(p) for p in paths]  # every folder checked before any drawing
     for c, label in zip(found, labels(paths)):
         c.label = label

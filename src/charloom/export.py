@@ -35,7 +35,7 @@ from torch import nn
 from . import atomic
 from .checkpoint import Checkpoint, plain
 from .config import (EXPORTED, RECENT, SPLIT_FIELDS, BatchConfig, CorpusConfig, ExportConfig, SampleOptions,
-                     onnx_named, state_shapes)
+                     expand, onnx_named, state_shapes)
 from .errors import CharloomError
 from .onnx_generator import FORMAT, METADATA_KEY, VERSION, OnnxModel, heldout_bpc
 
@@ -149,7 +149,7 @@ def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
             report.split_recorded = isinstance(ck.info.get("split"), dict)
         _check_unreplaced(ck)  # before any file is put in place
         if cfg.web:  # from this export's own file, before any is put in place
-            report.web = write_web(made, Path(cfg.web), Path(cfg.runtime) if cfg.runtime else None)
+            report.web = write_web(made, expand(cfg.web), expand(cfg.runtime) if cfg.runtime else None)
         if cfg.int8:
             _put(int8, _int8_path(out))
         _put(made, out)
@@ -310,7 +310,7 @@ def _reading_of(trained: CorpusConfig, text: str) -> CorpusConfig:
     field; a training corpus read with --format (a CSV named .txt, a file a record) keeps it."""
     from .corpus import bundled, resolve
 
-    one_file = text in bundled() or Path(text).expanduser().is_file()  # --ext chooses among a folder's files
+    one_file = text in bundled() or expand(text).is_file()  # --ext chooses among a folder's files
     extensions = () if one_file else trained.extensions
     found = resolve(CorpusConfig(source=text, records=trained.records, encoding=trained.encoding,
                                  extensions=extensions)).format
@@ -406,8 +406,8 @@ def _check_targets(ck: Checkpoint, cfg: ExportConfig, out: Path) -> None:
     _check_folder(out.parent, f"--out {out}")
     if cfg.web:
         if cfg.runtime:
-            _check_runtime(Path(cfg.runtime))
-        web = Path(cfg.web)
+            _check_runtime(expand(cfg.runtime))
+        web = expand(cfg.web)
         if web.exists() and not web.is_dir():
             raise CharloomError(f"--web {web}: not a folder")
         _check_page_folder(web, out)

@@ -38,7 +38,7 @@ from . import atomic, checkpoint, finetune, hooks, sizing
 from .batching import Batch, Data, check_options, prepare
 from .checkpoint import Progress, RunState
 from .config import (BATCH_SIZES, EARLY_PIECE, EXPORTED, EXPORTED_INT8, LATE_PIECE, MAX_PIECES, SPLIT_FIELDS,
-                     BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig)
+                     BatchConfig, Config, CorpusConfig, ModelConfig, TrainConfig, expand)
 from .corpus import Corpus, Source, load as load_corpus, resolve
 from .decoding import HEAD_ROWS, memory_cap, recall_floats, state_bytes
 from .errors import CharloomError, ConfigError
@@ -145,7 +145,7 @@ class Trainer:
                               f"{cfg.late_pieces} (setup sets 0)")
         self.model, self.data, self.opt, self.rt, self.cfg = model, data, opt, rt, cfg
         self.hooks = list(hook_list)
-        self.out = Path(cfg.out).expanduser()
+        self.out = expand(cfg.out)
         self.vocab, self.records = data.corpus.vocab, data.corpus.is_records
         self.contiguous = contiguous  # batches continue each other: the hidden state may carry across them
         self.net: torch.nn.Module = model  # what the training step calls
@@ -396,7 +396,7 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
     train_cfg = config or TrainConfig()
     base: dict[str, dict[str, Any]] = {}
     if options.get("resume", train_cfg.resume):
-        out = Path(options.get("out", train_cfg.out)).expanduser()
+        out = expand(options.get("out", train_cfg.out))
         path = out / checkpoint.RESUME_FILE
         if not path.exists():
             raise CharloomError(f"resume (--resume): {path} not found; nothing to resume in {out}")
@@ -485,7 +485,7 @@ def _previous_run(cfg: TrainConfig, out: Path) -> tuple[checkpoint.Checkpoint, R
     if path.exists() and not cfg.overwrite:
         raise CharloomError(f"out (--out): {out} already holds a run; continue it (resume, --resume), replace it "
                             f"(overwrite, --overwrite), or choose another folder")
-    parent = Path(cfg.init_from).expanduser()
+    parent = expand(cfg.init_from)
     folder = parent if parent.is_dir() else parent.parent
     if cfg.init_from and out.is_dir() and folder.is_dir() and out.samefile(folder):
         raise CharloomError(f"init_from (--init-from) {cfg.init_from}: its model is in {out}, the folder this run "
@@ -585,7 +585,7 @@ def _step_of(line: str) -> float:
 def _hooks(cfgs: dict[str, Config], trainer_info: Callable[[], dict[str, Any]], main: bool,
            callback: Callable[[dict[str, Any]], bool | None] | None) -> list[hooks.Hook]:
     cfg: TrainConfig = cfgs["train"]  # type: ignore[assignment]
-    out = Path(cfg.out).expanduser()
+    out = expand(cfg.out)
     chosen: list[hooks.Hook] = [hooks.Mixing(cfg.ngram)] if cfg.ngram else []  # before Display reports the model
     if main:  # quiet or not, the run says where its model went
         chosen.append(hooks.Display(trainer_info, quiet=not cfg.progress))
@@ -621,7 +621,7 @@ def _saved_fit_chars(cfg: TrainConfig, run: RunState) -> int:
     """The text a resumed run left out of training for its mixture (none, in a file from before the option)."""
     n = run.configs["batch"].get("fit_chars", PREDATED["batch"]["fit_chars"])
     if isinstance(n, bool) or not isinstance(n, int) or n < -1:
-        raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
+        raise CharloomError(f"{expand(cfg.out) / checkpoint.RESUME_FILE}: damaged resume file "
                             f"(batch fit_chars {n!r})")
     return max(n, 0)
 
@@ -630,7 +630,7 @@ def _saved_batch_size(cfg: TrainConfig, run: RunState) -> int:
     """The batch size a resumed run trained with (chosen or given)."""
     n = run.configs["batch"].get("batch_size")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
+        raise CharloomError(f"{expand(cfg.out) / checkpoint.RESUME_FILE}: damaged resume file "
                             f"(batch batch_size {n!r})")
     return n
 
@@ -735,7 +735,7 @@ def _peak_lr(cfg: TrainConfig, width: int, previous: tuple[checkpoint.Checkpoint
         return sizing.peak_lr(width)
     lr = previous[1].configs["train"].get("lr")
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
-        raise CharloomError(f"{Path(cfg.out).expanduser() / checkpoint.RESUME_FILE}: damaged resume file "
+        raise CharloomError(f"{expand(cfg.out) / checkpoint.RESUME_FILE}: damaged resume file "
                             f"(train lr {lr!r})")
     return float(lr)
 
@@ -768,7 +768,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     if callback is not None and not callable(callback):  # said before an old run in the folder is cleared
         raise CharloomError(f"callback: {type(callback).__name__} is not callable; give a function of one event "
                             f"(a dict), or None")
-    out = Path(config.out).expanduser()
+    out = expand(config.out)
     seen = atomic.stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
     config = _with_parent(config, previous)
@@ -805,7 +805,7 @@ def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, con
                previous: tuple[checkpoint.Checkpoint, RunState] | None,
                callback: Callable[[dict[str, Any]], bool | None] | None, data: Data | None) -> Trainer:
     """setup's work once the run folder is held: data, model, optimizer, hooks and the saved state."""
-    out = Path(config.out).expanduser()
+    out = expand(config.out)
     cfg = _settled(config, rt.precision, batch.seq_len)
     parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     # the kind of text is known before it is read: a refused option is said before a large corpus is encoded
