@@ -58,6 +58,9 @@ def test_an_onnx_file_named_in_capitals_is_known_by_its_name(tmp_path, capsys):
     assert OnnxGenerator.load(upper).generate("the", 20, seed=1)[0] in capsys.readouterr().out
     with pytest.raises(CharloomError, match=r"MODEL.ONNX: an exported ONNX file runs with `charloom sample`"):
         checkpoint.load(upper)
+    from charloom.export import _int8_path
+
+    assert _int8_path(tmp_path / "MODEL.ONNX") == tmp_path / "MODEL.int8.onnx"  # not MODEL.ONNX.int8.onnx
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -40,6 +40,8 @@ def test_a_callback_that_cannot_be_called_is_refused_before_an_old_run_is_cleare
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(CharloomError, match=r"^callback: int is not callable"):
         charloom.train(source=str(text_file), out=str(tmp_path), overwrite=True, callback=5, **tiny)
+    with pytest.raises(CharloomError, match=r"^callback: '<lambda>' cannot be called with one event"):
+        charloom.train(source=str(text_file), out=str(tmp_path), overwrite=True, callback=lambda: None, **tiny)
     assert sorted(p.name for p in tmp_path.iterdir()) == before and charloom.load(tmp_path).info["step"] == 2
 
 
@@ -370,6 +372,11 @@ def test_a_training_option_the_corpus_never_reads_is_refused_on_resume_too(tmp_p
     with pytest.raises(CharloomError, match=r"^--overwrite: starts afresh, and --resume continues the run in "):
         charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=4, resume=True, overwrite=True)
     assert charloom.load(tmp_path / "t" / "last.safetensors").info["step"] == 3
+    # a run begun with overwrite records it: its resume neither inherits it nor lets it be given again
+    charloom.train(source=str(text_file), out=str(tmp_path / "t"), max_steps=2, overwrite=True, **tiny)
+    with pytest.raises(CharloomError, match=r"^--overwrite: starts afresh"):
+        charloom.train(out=str(tmp_path / "t"), max_steps=3, resume=True, overwrite=True)
+    assert charloom.train(out=str(tmp_path / "t"), max_steps=3, resume=True).progress.step == 3
 
 
 def test_an_option_the_corpus_never_reads_is_refused_before_the_text_is_encoded(tmp_path, text_file, tiny,

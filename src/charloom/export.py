@@ -460,7 +460,7 @@ def _probe_folder(folder: Path) -> None:
 
 
 def _int8_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx")
+    return out.with_name(out.name[:-len(".onnx")] + ".int8.onnx")  # out is onnx_named, in any case
 
 
 def _runtime_version(dist: Path) -> str | None:

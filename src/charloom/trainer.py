@@ -18,6 +18,7 @@ SIGTERM finish the current step, save and return; a non-finite loss stops before
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -405,6 +406,7 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
             if isinstance(saved.get(kind), dict):
                 saved[kind] = {**before, **saved[kind]}
         base = {k: CONFIGS[k].from_dict(v, where=f"{path}: {k} options").to_dict() for k, v in saved.items()}
+        base.get("train", {}).pop("overwrite", None)  # how the run began, not how it goes on
     cfgs = {}
     for kind, cls in CONFIGS.items():
         start = given[kind].to_dict() if given[kind] is not None else base.get(kind, {})
@@ -531,7 +533,7 @@ def _check_options(kind: tuple[bool, bool, str], batch: BatchConfig, cfg: TrainC
     if saved is None and batch.fit_chars > 0 and not cfg.ngram:  # text trained on by nothing
         raise CharloomError("--fit-chars: leaves text out of training for the n-gram's mixture, which --ngram 0 "
                             "never fits; leave --fit-chars out")
-    if saved is not None and anew("overwrite"):
+    if saved is not None and cfg.overwrite:
         raise CharloomError(f"--overwrite: starts afresh, and --resume continues the run in {cfg.out}; give one or "
                             f"the other")
     if records:  # records are short already: never learned in pieces
@@ -765,9 +767,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
           callback: Callable[[dict[str, Any]], bool | None] | None = None, data: Data | None = None) -> Trainer:
     """A Trainer ready to run: runtime, data, model, optimizer and hooks, and the saved state when resuming
     (`setup(*configure(...).values())` takes the configs `configure` makes, in its order)."""
-    if callback is not None and not callable(callback):  # said before an old run in the folder is cleared
-        raise CharloomError(f"callback: {type(callback).__name__} is not callable; give a function of one event "
-                            f"(a dict), or None")
+    _check_callback(callback)  # said before an old run in the folder is cleared
     out = expand(config.out)
     seen = atomic.stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
@@ -786,6 +786,22 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         raise
     trainer.lock = lock
     return trainer
+
+
+def _check_callback(callback: Any) -> None:
+    """A callback is a function of one event (a dict), or None: anything else would fail at the first step."""
+    if callback is None:
+        return
+    if not callable(callback):
+        raise CharloomError(f"callback: {type(callback).__name__} is not callable; give a function of one event "
+                            f"(a dict), or None")
+    try:
+        inspect.signature(callback).bind({})
+    except TypeError:
+        raise CharloomError(f"callback: {getattr(callback, '__name__', callback)!r} cannot be called with one "
+                            f"event (a dict); give a function of one argument") from None
+    except ValueError:  # no signature to read (some built-ins): it is called as given
+        pass
 
 
 def _let_go(lock: IO[str], out: Path, made: bool) -> None:
