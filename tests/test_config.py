@@ -1,4 +1,6 @@
 import json
+import re
+
 import pytest
 
 from charloom.config import (BatchConfig, CorpusConfig, EvalConfig, ModelConfig, SampleConfig, SampleOptions,
@@ -68,14 +70,17 @@ def test_an_empty_stop_string_is_refused_where_it_was_dropped():
         SampleOptions(stop=("!", ""))
 
 
-@pytest.mark.parametrize("origin", ["example.com", "http://example.com/app", "localhost:3000"])
+@pytest.mark.parametrize("origin", ["example.com", "http://example.com/app", "localhost:3000", "https://*.example.com",
+                                    "https://example.com:443", "http://example.com:80", "http://user@example.com",
+                                    "file:///home/page.html"])
 def test_a_cors_origin_no_browser_sends_is_refused(origin):
     """A browser's Origin is scheme://host[:port]: a value without a scheme, or with a path, never matches one, so
     the server started and every cross-origin call still failed."""
     from charloom.config import ServeConfig
 
-    assert ServeConfig(cors_origins=("https://example.com", "http://localhost:3000/", "*")).cors_origins
-    with pytest.raises(ConfigError, match=rf"^cors_origins\[0\]: '{origin}' is not a web origin"):
+    assert ServeConfig(cors_origins=("https://example.com", "http://localhost:3000/", "*", "null",
+                                     "https://example.com:8443", "chrome-extension://abcdef")).cors_origins
+    with pytest.raises(ConfigError, match=rf"^cors_origins\[0\]: '{re.escape(origin)}' is not a web origin"):
         ServeConfig(cors_origins=(origin,))
 
 

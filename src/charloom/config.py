@@ -21,7 +21,9 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair alone: no character
-_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")  # a web origin: scheme://host[:port], nothing after
+# a web origin as a browser sends it: scheme://host[:port], no user, path or wildcard, and no port its scheme
+# implies (a browser leaves :443 out of an https origin, :80 out of an http one); a file's page sends null
+_ORIGIN = re.compile(r"(?!https://[^/]*:0*443$|http://[^/]*:0*80$|file:)[a-z][a-z0-9+.-]*://[^/?#@*\s]+", re.I)
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
@@ -745,8 +747,9 @@ class ServeConfig(Config):
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
         for i, origin in enumerate(self.cors_origins):  # what a browser sends: no path, never without a scheme
             if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin.rstrip("/")):
-                raise ConfigError(f"cors_origins[{i}]: {origin!r} is not a web origin, which a browser sends as "
-                                  f"scheme://host[:port] (https://example.com), or * for any")
+                raise ConfigError(f"cors_origins[{i}]: {origin!r} is not a web origin as a browser sends it: "
+                                  f"scheme://host[:port] (https://example.com, no path, user or wildcard, and no "
+                                  f"port its scheme implies), null (a page opened from a file), or * for any")
         if self.default_length > self.max_length:
             said = "" if self.default_length != ServeConfig.default_length else " (its default)"
             raise ConfigError(f"default_length: {self.default_length}{said} is more than --max-length "
