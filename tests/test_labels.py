@@ -92,12 +92,27 @@ def test_a_number_label_is_named_by_its_value_as_a_csv_file_would_name_it(tmp_pa
     assert [c.vocab.labels[i] for i in c.labels] == ["1", "1", "1", "2", "2.5", "1000", "true", "1"]
 
 
+def test_a_label_column_counted_from_the_end_is_checked_in_each_row_of_a_ragged_file(tmp_path):
+    """-1 is another column in a row of three than in a row of two: the row where it is the text is named, and a
+    first row of one column (where the two agree only there) is not the whole file's fault."""
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b,hello there,pos\nawful,neg\n")
+    with pytest.raises(CharloomError, match=r"^--label-column: '-1' names column 1 of .*ragged.csv \(line 2, 2 "
+                                            r"columns\), which --column also chose"):
+        load(CorpusConfig(source=str(path), records=True, columns=("1",), label_column="-1", header=False,
+                          cache_dir=str(tmp_path / "cache")))
+    path.write_text("a,b,hello there,pos\nc,d,awful,neg\n")
+    c = load(CorpusConfig(source=str(path), records=True, columns=("1",), label_column="-1", header=False,
+                          cache_dir=str(tmp_path / "cache")))
+    assert c.vocab.labels == ("neg", "pos")
+
+
 @pytest.mark.parametrize("columns, label", [(("label",), "1"), (("-1",), "label"), (("0",), "-2")])
 def test_a_label_column_that_is_also_a_text_column_by_another_name_is_refused(tmp_path, columns, label):
     path = tmp_path / "news.csv"
     path.write_text("text,label\nhello there,world\ngoal scored,sport\n")
-    with pytest.raises(CharloomError, match=rf"^--label-column: '{label}' names column \d of .*news.csv, which "
-                                            r"--column also chose; the label is another column$"):
+    with pytest.raises(CharloomError, match=rf"^--label-column: '{label}' names column \d of .*news.csv \(line \d, 2 "
+                                            r"columns\), which --column also chose; the label is another column$"):
         load(CorpusConfig(source=str(path), records=True, columns=columns, label_column=label,
                           cache_dir=str(tmp_path / "cache")))
 

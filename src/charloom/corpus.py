@@ -455,7 +455,7 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
                 picks = _pick_columns(path, cfg.columns, head, len(row))
                 if cfg.label_column is not None:
                     at = _pick_columns(path, (cfg.label_column,), head, len(row))[0]
-                    _check_label_apart(path, cfg, picks, at, len(row))
+                    unchecked, ragged = True, min(*picks, at) < 0  # counted from each row's end: each checked
             if max(picks) >= len(row) or -min(picks) > len(row):
                 raise CharloomError(
                     f"{_shown(path)}: line {reader.line_num}: row has {len(row)} columns, column {max(picks)} was "
@@ -465,6 +465,9 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
                 if not -len(row) <= at < len(row):
                     raise CharloomError(f"{_shown(path)}: line {reader.line_num}: row has {len(row)} columns, "
                                         f"label column {at} was asked for")
+                if unchecked or ragged:
+                    _check_label_apart(path, cfg, picks, at, len(row), reader.line_num)
+                    unchecked = False
                 label = row[at]
             yield cfg.column_sep.join(row[i] for i in picks), label
         _check_closed(path, lines, delimiter, reader.line_num)
@@ -472,12 +475,12 @@ def _csv_records(path: Path, cfg: CorpusConfig, delimiter: str) -> Iterator[tupl
         raise CharloomError(f"{_shown(path)}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
-def _check_label_apart(path: Path, cfg: CorpusConfig, picks: list[int], at: int, width: int) -> None:
-    """A label column that is also a text column, named another way (a name and its index, -1 and the last): every
-    record would be its own label. (The config refuses the same name given twice.)"""
+def _check_label_apart(path: Path, cfg: CorpusConfig, picks: list[int], at: int, width: int, line: int) -> None:
+    """A label column that is also a text column, named another way (a name and its index, -1 and the last), in a
+    row `width` columns wide: the record would be its own label. (The config refuses the same name given twice.)"""
     if at % width in {p % width for p in picks}:
-        raise CharloomError(f"--label-column: {cfg.label_column!r} names column {at % width} of {_shown(path)}, "
-                            f"which --column also chose; the label is another column")
+        raise CharloomError(f"--label-column: {cfg.label_column!r} names column {at % width} of {_shown(path)} (line "
+                            f"{line}, {width} columns), which --column also chose; the label is another column")
 
 
 def _check_closed(path: Path, lines: list[str], delimiter: str, end: int) -> None:
