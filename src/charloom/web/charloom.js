@@ -17,6 +17,7 @@ const VERSION = 1;
 const GREEDY_BELOW = 1e-30; // a smaller temperature is greedy, as in decoding.py
 const MAX_SEED = 2n ** 62n;
 const TURN_MS = 12; // the longest the generation loop keeps the page from drawing and reading input
+const START_PIECE = 1024; // characters of start text one call reads, without an attention head (with one: its memory)
 
 // ---- the model file's metadata, from its protobuf bytes -------------------------------------------------------
 function varint(buf, pos) {
@@ -224,11 +225,19 @@ export class Model {
     return { logits: out.logits.data, state: this.names.map((name) => out[`${name}_out`]) };
   }
 
-  // The start text in one call, its last logits and state repeated for n samples: ((n, V), state for n).
+  // The start text read a piece at a time, the state carried (an attention head's scores over one call grow with
+  // its length squared: a pasted book would not fit in WebAssembly's memory), its last logits and state repeated
+  // for n samples: ((n, V), state for n).
   async start(prefix, n) {
-    const { logits, state } = await this.forward(prefix, 1, prefix.length, null);
+    const m = this.meta.model;
+    const size = m.attention ? m.memory : START_PIECE;
+    let logits = null, state = null, piece = [];
+    for (let at = 0; at < prefix.length; at += size) {
+      piece = prefix.slice(at, at + size);
+      ({ logits, state } = await this.forward(piece, 1, piece.length, state));
+    }
     const V = this.vocabSize;
-    const last = logits.subarray((prefix.length - 1) * V, prefix.length * V);
+    const last = logits.subarray((piece.length - 1) * V, piece.length * V);
     const rows = new Float32Array(n * V);
     for (let i = 0; i < n; i++) rows.set(last, i * V);
     const repeated = state.map((s, k) => {
