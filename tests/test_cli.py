@@ -472,6 +472,7 @@ def test_a_home_folder_of_no_known_user_is_a_path_as_written_and_one_line(argv, 
     assert main([str(model_dir) if a == "MODEL" else a for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "~nosuchuser-charloom" in err and "Traceback" not in err, err
+    assert "home folder" not in err  # as written: not a user's home to refuse
 
 
 def test_a_path_under_the_home_folder_is_written_there_not_in_a_folder_named_tilde(model_dir, tmp_path,

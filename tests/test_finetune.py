@@ -71,6 +71,10 @@ def test_a_reading_option_the_parents_vocabulary_settles_is_refused_not_dropped(
         read_corpus(load_parent(str(run)), CorpusConfig(source=str(new), **{option: value}), extend=False)
     if option == "min_count":  # extending the vocabulary builds one of the new text: its --min-count counts there
         assert read_corpus(load_parent(str(run)), CorpusConfig(source=str(new), min_count=5), extend=True).vocab
+    else:  # the parent's own value is no other value
+        parent_value = getattr(checkpoint.load(run).vocab, option)
+        assert read_corpus(load_parent(str(run)), CorpusConfig(source=str(new), **{option: parent_value}),
+                           extend=False).vocab
 
 
 def test_a_parent_that_refuses_unknown_characters_refuses_the_new_text(tmp_path, tiny):

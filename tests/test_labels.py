@@ -139,6 +139,11 @@ def test_a_model_whose_number_labels_were_named_2_0_still_reads_its_own_data(tmp
     assert old.label_id("2") == old.label_id("2.0")  # sample --label 2 for such a model
     mapped = load(cfg.replace(label_map="1.0=bad,2.0=ok,3.0=good"))
     assert [mapped.vocab.labels[i] for i in mapped.labels[:3]] == ["bad", "ok", "good"]
+    csv = tmp_path / "stars.csv"  # a CSV's values are its text, never named the JSON way: "2" is not "2.0"
+    csv.write_text("good one,2.0\nfine,2\n")
+    with pytest.raises(CharloomError, match=r"label value '2' is not in the map \(it maps '2.0'\)$"):
+        load(CorpusConfig(source=str(csv), records=True, columns=("0",), label_column="1", label_map="2.0=ok",
+                          cache_dir=str(tmp_path / "cache")))
 
 
 def test_a_mapped_name_the_model_lacks_blames_the_map(ag_csv, tmp_path):

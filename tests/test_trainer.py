@@ -42,6 +42,13 @@ def test_a_callback_that_cannot_be_called_is_refused_before_an_old_run_is_cleare
         charloom.train(source=str(text_file), out=str(tmp_path), overwrite=True, callback=5, **tiny)
     with pytest.raises(CharloomError, match=r"^callback: '<lambda>' cannot be called with one event"):
         charloom.train(source=str(text_file), out=str(tmp_path), overwrite=True, callback=lambda: None, **tiny)
+    import functools
+
+    @functools.wraps(lambda: None)
+    def wrapper(event):  # takes one event, whatever it wraps
+        return None
+    train_mod._check_callback(wrapper)
+    train_mod._check_callback(functools.partial(lambda tag, event: None, "run"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before and charloom.load(tmp_path).info["step"] == 2
 
 

@@ -874,14 +874,15 @@ def label_names(raw: list[str], cfg: CorpusConfig) -> list[str]:
     raw = [r.strip() for r in raw]
     if mapping is None:
         return raw
-    # a map written for JSON numbers as they were named before ("2.0=ok") maps them as named now ("2")
-    mapping = {**{k[:-2]: v for k, v in mapping.items() if INTEGRAL_FLOAT.fullmatch(k)}, **mapping}
+    given = mapping
+    if cfg.label_field is not None:  # a map written for JSON numbers as they were named before ("2.0=ok")
+        mapping = {**{k[:-2]: v for k, v in given.items() if INTEGRAL_FLOAT.fullmatch(k)}, **given}
     bad = next((r for r in dict.fromkeys(raw) if r not in mapping), None)
     if bad is not None:
         # the first row's value, in no other row: most often a header row the reading was not told of
         header = bad == raw[0] and raw.count(bad) == 1 and not cfg.header and cfg.label_column is not None
         raise CharloomError(f"--label-map: label value {bad!r} is not in the map (it maps "
-                            f"{', '.join(map(repr, mapping))})"
+                            f"{', '.join(map(repr, given))})"
                             + ("; if the file's first row names its columns, give --header" if header else ""))
     return [mapping[r] for r in raw]
 

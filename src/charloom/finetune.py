@@ -102,7 +102,9 @@ def _check_reading(parent: Parent, cfg: CorpusConfig, extend: bool) -> None:
         if getattr(cfg, name) not in (getattr(default, name), value):
             raise CharloomError(f"--{name}: a fine-tuned model reads text as its parent's vocabulary does ({name} "
                                 f"{value!r} in {parent.path}); drop the flag")
-    if not extend and cfg.min_count != default.min_count:
+    recorded = parent.ck.info.get("corpus_config")
+    built = recorded.get("min_count", default.min_count) if isinstance(recorded, dict) else default.min_count
+    if not extend and cfg.min_count not in (default.min_count, built):
         raise CharloomError(f"--min-count: builds a vocabulary, and a fine-tuned model keeps its parent's; drop the "
                             f"flag, or add --extend-vocab to add the new text's characters seen that often")
 

@@ -796,7 +796,7 @@ def _check_callback(callback: Any) -> None:
         raise CharloomError(f"callback: {type(callback).__name__} is not callable; give a function of one event "
                             f"(a dict), or None")
     try:
-        inspect.signature(callback).bind({})
+        inspect.signature(callback, follow_wrapped=False).bind({})  # a wrapper takes what it is called with
     except TypeError:
         raise CharloomError(f"callback: {getattr(callback, '__name__', callback)!r} cannot be called with one "
                             f"event (a dict); give a function of one argument") from None
