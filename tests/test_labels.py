@@ -137,6 +137,7 @@ def test_a_model_whose_number_labels_were_named_2_0_still_reads_its_own_data(tmp
     read = load(cfg, vocab=old)
     assert read.vocab == old and read.labels.tolist() == now.labels.tolist()
     assert old.label_id("2") == old.label_id("2.0")  # sample --label 2 for such a model
+    assert Vocab(now.vocab.chars, labels=("-0.0", "1.0")).earlier_labels == {"0": "-0.0", "1": "1.0"}
     mapped = load(cfg.replace(label_map="1.0=bad,2.0=ok,3.0=good"))
     assert [mapped.vocab.labels[i] for i in mapped.labels[:3]] == ["bad", "ok", "good"]
     csv = tmp_path / "stars.csv"  # a CSV's values are its text, never named the JSON way: "2" is not "2.0"

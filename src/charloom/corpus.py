@@ -876,7 +876,7 @@ def label_names(raw: list[str], cfg: CorpusConfig) -> list[str]:
         return raw
     given = mapping
     if cfg.label_field is not None:  # a map written for JSON numbers as they were named before ("2.0=ok")
-        mapping = {**{k[:-2]: v for k, v in given.items() if INTEGRAL_FLOAT.fullmatch(k)}, **given}
+        mapping = {**{str(int(float(k))): v for k, v in given.items() if INTEGRAL_FLOAT.fullmatch(k)}, **given}
     bad = next((r for r in dict.fromkeys(raw) if r not in mapping), None)
     if bad is not None:
         # the first row's value, in no other row: most often a header row the reading was not told of

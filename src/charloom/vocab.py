@@ -154,7 +154,7 @@ class Vocab:
         out = {}
         for name in self.labels:
             now = name.strip()
-            now = now[:-2] if INTEGRAL_FLOAT.fullmatch(now) else now
+            now = str(int(float(now))) if INTEGRAL_FLOAT.fullmatch(now) else now  # "-0.0" is "0" now
             if now != name:
                 out[now] = name
         return out
