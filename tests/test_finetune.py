@@ -157,6 +157,21 @@ def test_the_command_line_refuses_a_model_flag_other_than_the_parents_even_a_def
     assert main([*args, "--cell", "gru", "--hidden", "16", "--batch-size", "4", "--seq-len", "16"]) == 0  # its own
 
 
+def test_the_command_line_refuses_a_reading_flag_other_than_the_parents_even_a_default(tmp_path, text_file, tiny,
+                                                                                       capsys):
+    from charloom.cli import main
+
+    charloom.train(source=str(text_file), out=str(tmp_path / "low"), max_steps=2, lower=True, min_count=2, **tiny)
+    args = ["train", str(text_file), "--init-from", str(tmp_path / "low"), "--out", str(tmp_path / "c"),
+            "--max-steps", "1", "--no-progress", "--hidden", "16", "--batch-size", "4", "--seq-len", "16"]
+    assert main([*args, "--no-lower"]) == 2  # not lower-casing is the default, but not the parent's
+    assert "--lower: a fine-tuned model reads text as its parent's vocabulary does (lower True in" in \
+        capsys.readouterr().err
+    assert main([*args, "--min-count", "1"]) == 2
+    assert "(min_count 2 in" in capsys.readouterr().err
+    assert main([*args, "--lower", "--min-count", "2"]) == 0  # its own
+
+
 def test_a_resumed_fine_tune_refuses_another_parent(tmp_path, text_file, tiny):
     charloom.train(source=str(text_file), out=str(tmp_path / "a"), max_steps=2, **tiny)
     charloom.train(source=str(text_file), out=str(tmp_path / "b"), max_steps=2, **tiny)

@@ -81,32 +81,35 @@ def _same(mine: ModelConfig, name: str, value: Any) -> bool:
     return value == getattr(mine, name)
 
 
+READING = ("lower", "normalize", "unknown", "min_count")  # the reading options a parent's vocabulary settles
+
+
 def read_corpus(parent: Parent, cfg: CorpusConfig, extend: bool) -> Corpus:
     """The new text encoded with the parent's vocabulary (extended by its unknown characters if asked), read
     as the parent's vocabulary reads text (normalised and lower-cased as it was)."""
     vocab = parent.ck.vocab
-    _check_reading(parent, cfg, extend)
+    default = CorpusConfig()  # a value other than the default was given (the command line checks any given)
+    check_reading(parent, {k: getattr(cfg, k) for k in READING if getattr(cfg, k) != getattr(default, k)}, extend)
     cfg = cfg.replace(lower=vocab.lower, normalize=vocab.normalize)
     if extend:
         vocab = vocab.extended(load_corpus(cfg).vocab.chars)
     return load_corpus(cfg, vocab=vocab)
 
 
-def _check_reading(parent: Parent, cfg: CorpusConfig, extend: bool) -> None:
-    """A reading option that the parent's vocabulary settles (its case, normalisation and unknown-character policy;
-    --min-count, which builds a vocabulary, unless --extend-vocab adds to it) given another value is refused, not
-    dropped."""
-    vocab, default = parent.ck.vocab, CorpusConfig()
+def check_reading(parent: Parent, given: dict[str, Any], extend: bool) -> None:
+    """Each reading option in `given` that the parent's vocabulary settles (its case, normalisation and
+    unknown-character policy; --min-count, which built it, unless --extend-vocab adds to it) must be the parent's
+    own: another is refused, not dropped."""
+    vocab, recorded = parent.ck.vocab, parent.ck.info.get("corpus_config")
+    built = recorded.get("min_count") if isinstance(recorded, dict) else None
     theirs = {"lower": vocab.lower, "normalize": vocab.normalize, "unknown": vocab.unknown}
+    if not extend:
+        theirs["min_count"] = built if isinstance(built, int) else CorpusConfig.min_count
     for name, value in theirs.items():
-        if getattr(cfg, name) not in (getattr(default, name), value):
-            raise CharloomError(f"--{name}: a fine-tuned model reads text as its parent's vocabulary does ({name} "
-                                f"{value!r} in {parent.path}); drop the flag")
-    recorded = parent.ck.info.get("corpus_config")
-    built = recorded.get("min_count", default.min_count) if isinstance(recorded, dict) else default.min_count
-    if not extend and cfg.min_count not in (default.min_count, built):
-        raise CharloomError(f"--min-count: builds a vocabulary, and a fine-tuned model keeps its parent's; drop the "
-                            f"flag, or add --extend-vocab to add the new text's characters seen that often")
+        if name in given and given[name] != value:
+            more = ", or add --extend-vocab to count the new text's characters" if name == "min_count" else ""
+            raise CharloomError(f"--{name.replace('_', '-')}: a fine-tuned model reads text as its parent's vocabulary "
+                                f"does ({name} {value!r} in {parent.path}); drop the flag{more}")
 
 
 def outside(parent: Parent, corpus: Corpus) -> str | None:
