@@ -507,3 +507,15 @@ def test_flags_a_model_or_its_text_would_leave_unread_are_refused(tmp_path, caps
         assert err.startswith(f"charloom: error: {message}") and err.count("\n") == 1, err
         assert "no n-gram (trained with --ngram 0), or leave --ngram out" in err or "--window" in argv
     assert main(["sample", "--checkpoint", str(out), "--no-ngram", "--length", "5", "--seed", "1"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no-progress", "--sample-start", "ROMEO."], "--sample-start: shapes the samples shown at each evaluation, and "
+                                                    "--no-progress shows none"),
+    (["--sample-length", "0", "--sample-temperature", "0.3"], "--sample-temperature: shapes the samples shown at each "
+                                                              "evaluation, and --sample-length 0 shows none"),
+])
+def test_sample_flags_beside_a_run_that_shows_no_samples_are_refused(tmp_path, capsys, argv, message):
+    assert main(["train", "names", "--out", str(tmp_path / "run"), "--max-steps", "1", *argv]) == 2
+    assert capsys.readouterr().err == f"charloom: error: {message}; leave one out\n"
+    assert not (tmp_path / "run").exists()

@@ -231,8 +231,22 @@ def cmd_train(ns: argparse.Namespace) -> int:
         parent = load_parent(given["init_from"])  # a flag given at its default is still not the parent's
         check_flags(parent, {k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}})
         check_reading(parent, given, bool(given.get("extend_vocab")))
+    _check_sample_flags(given)
     stopped_by = train(**given).stopped_by
     return 128 + signal.Signals[stopped_by] if stopped_by in ("SIGINT", "SIGTERM") else 0
+
+
+def _check_sample_flags(given: dict[str, Any]) -> None:
+    """--sample-start and --sample-temperature shape the samples a run shows: beside --no-progress or
+    --sample-length 0, which show none, they would be dropped. (Python's progress=False is its usual quiet call,
+    where a caller's own sample options are left alone.)"""
+    none = "--no-progress" if given.get("progress") is False else "--sample-length 0" \
+        if given.get("sample_length") == 0 else None
+    for name in ("sample_start", "sample_temperatures"):
+        if none and name in given:
+            flag = "--sample-start" if name == "sample_start" else "--sample-temperature"
+            raise CharloomError(f"{flag}: shapes the samples shown at each evaluation, and {none} shows none; "
+                                f"leave one out")
 
 
 class _Output:
