@@ -52,6 +52,7 @@ bench: setup
 	$(PY) bench/corpora_bench.py --minutes 3
 	$(PY) bench/ngram_bench.py
 	$(PY) bench/recurrence_bench.py
+	$(PY) bench/read_bench.py
 
 # the README's chart and coloured passage, from a one-minute run on the bundled Shakespeare (runs/readme)
 readme-images: setup
