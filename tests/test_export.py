@@ -208,6 +208,20 @@ def test_int8_file_is_smaller_and_its_bpc_change_is_measured(tmp_path, text_file
     assert any("int8" in line and "held-out bpc" in line for line in report.lines())
 
 
+def test_int8_weights_keep_to_seven_bits_so_avx2_cpus_do_not_saturate(tmp_path):
+    """An int8 file runs wherever it is copied: on a CPU without VNNI, onnxruntime multiplies uint8 activations by
+    int8 weights in pairs summed into int16 (vpmaddubsw), which saturates once weights reach past 64."""
+    from onnx import numpy_helper
+
+    ck = saved_model(tmp_path, layers=2, attention=6, memory=5)
+    (tmp_path / "text.txt").write_text(TEXT * 20)
+    report = export(ck, ExportConfig(int8=True, text=str(tmp_path / "text.txt")), tmp_path / "model.onnx")
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(report.int8_path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    largest = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
+    assert 32 < largest <= 64  # 255 x 64 x 2 fits in int16; the seven bits are used, not fewer
+
+
 def test_the_onnx_path_needs_no_torch(tmp_path):
     ck, report = exported(tmp_path, layers=2)
     want = Generator.from_checkpoint(ck).generate("the", 80, n=2, seed=4, temperature=1.0)
