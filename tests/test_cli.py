@@ -519,3 +519,15 @@ def test_sample_flags_beside_a_run_that_shows_no_samples_are_refused(tmp_path, c
     assert main(["train", "names", "--out", str(tmp_path / "run"), "--max-steps", "1", *argv]) == 2
     assert capsys.readouterr().err == f"charloom: error: {message}; leave one out\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_package_reaches_its_modules_after_a_plain_import():
+    """`import charloom` loads nothing: what README's Python calls (`charloom.insight.read`,
+    `charloom.evaluation.score_adapted`) name loads on first use, and a name that is no module stays an error."""
+    code = ("import sys, charloom\n"
+            "print('charloom.insight' in sys.modules, callable(charloom.insight.read),\n"
+            "      callable(charloom.evaluation.score_adapted), charloom.Generator is charloom.sampling.Generator)\n"
+            "try:\n    charloom.nosuchthing\nexcept AttributeError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "False True True True"
+    assert out[1] == "module 'charloom' has no attribute 'nosuchthing'"

@@ -7,6 +7,7 @@
 """
 
 import importlib
+import importlib.util
 
 # name -> (module, attribute): loaded on first use, so `import charloom` costs nothing, the ONNX backend runs
 # without torch, and inference never imports the training loop
@@ -28,10 +29,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):  # charloom.insight.read(...)
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'charloom' has no attribute {name!r}")
-    module, attribute = _EXPORTS[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
     globals()[name] = value  # found directly from now on
     return value
 
