@@ -342,3 +342,26 @@ def test_a_cpu_count_variable_that_is_not_a_number_is_one_line_naming_it(monkeyp
     monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "abc")
     with pytest.raises(CharloomError, match=r"^LOKY_MAX_CPU_COUNT: 'abc' is not a whole number of CPUs"):
         runtime.set_threads(0)
+
+
+@pytest.mark.parametrize("slower, rounds", [(10.0, 1), (1.2, runtime.PROBE_ROUNDS), (0.5, runtime.PROBE_REPEATS)])
+def test_the_probe_stops_at_once_for_a_kernel_many_times_slower(monkeypatch, slower, rounds):
+    """bf16 emulated where the CPU has none (a GRU on an AVX2 CPU: 8x slower) would cost seconds a round over all
+    of PROBE_ROUNDS; a kernel a little slower may be unlucky and is timed on; a faster one takes PROBE_REPEATS."""
+    clock = {"now": 0.0}
+    calls = {"fp32": 0, "bf16": 0}
+
+    def fake_step(device, cell):
+        def step(precision):
+            calls[precision] += 1
+            clock["now"] += 1.0 if precision == "fp32" else slower
+        return step
+
+    monkeypatch.setattr(runtime, "_probe_step", fake_step)
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock["now"])
+    runtime.speedup.cache_clear()
+    try:
+        assert runtime.speedup("cpu", "gru", "bf16") == pytest.approx(1 / slower)
+    finally:
+        runtime.speedup.cache_clear()
+    assert calls == {"fp32": rounds + 1, "bf16": rounds + 1}  # each warmed up once

@@ -37,6 +37,9 @@ PROBE_REPEATS = 5  # rounds timed when they show the candidate FASTER
 # rounds at most when they do not: while other processes want the same cores, a few rounds can all be slowed for
 # one precision and not the other, and a run would train in fp32, a third slower, for a probe's bad luck
 PROBE_ROUNDS = 20
+# ... but a candidate this many times slower in its fastest round is emulated (bf16 on a CPU without it), not
+# unlucky: its rounds would cost seconds each and show nothing more
+PROBE_SLOWER = 2.0
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the cores, or OMP_NUM_THREADS), before any change
 IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before a run's threads are set
 READ_IDLE_SECONDS = 0.1  # ... and before a command that only runs a model sets them: enough to see a busy CPU, and
@@ -297,9 +300,9 @@ def probe(device_type: str, cell: str, precision: str) -> Probe:
 def speedup(device_type: str, cell: str, precision: str) -> float:
     """How many times faster the cell's step runs in `precision` than in fp32 here (it must run). The two are
     timed in turns, the fastest round of each counting: PROBE_REPEATS rounds when they show `precision` FASTER,
-    else more, up to PROBE_ROUNDS, until they do. On a CPU one thread times them: the kernels' speed is the
-    question, and a step of several threads waits for the slowest, which other processes on the cores make a
-    lottery. Cached per process."""
+    else more, up to PROBE_ROUNDS, until they do (one, when it is PROBE_SLOWER). On a CPU one thread times them:
+    the kernels' speed is the question, and a step of several threads waits for the slowest, which other
+    processes on the cores make a lottery. Cached per process."""
     device = torch.device(device_type)
     with _quiet_probe(device), _one_thread(device):
         step = _probe_step(device, cell)
@@ -308,6 +311,8 @@ def speedup(device_type: str, cell: str, precision: str) -> float:
             step(p)
         for done in range(PROBE_ROUNDS):
             if done >= PROBE_REPEATS and best["fp32"] >= FASTER * best[precision]:
+                break
+            if done and best[precision] >= PROBE_SLOWER * best["fp32"]:
                 break
             for p in best:
                 t0 = time.perf_counter()
