@@ -332,7 +332,8 @@ def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> st
             raise CharloomError(f"--precision {name}: not supported on mps here; use fp32")
         return "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise CharloomError(f"--precision fp16: fp16 autocast is for a CUDA GPU; on {device.type} use bf16 or fp32")
+        raise CharloomError(f"--precision fp16: fp16 autocast is for a CUDA GPU; on {device.type} use fp32, or auto "
+                            f"to take bf16 where it runs and is faster")
     if name == "auto":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return "fp32"
