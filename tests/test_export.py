@@ -647,6 +647,22 @@ def test_int8_scores_a_text_of_another_kind_than_the_training_corpus(tmp_path, t
     assert report.scored_characters > 0 and math.isfinite(report.bpc["int8"])
 
 
+def test_a_text_export_cannot_read_names_what_export_reads_not_a_flag_it_lacks(tmp_path, tiny, capsys):
+    """A CSV of two columns for a model of a plain text: the reader asks for --column, which export has not; the
+    message says how export reads --text instead. A message naming export's own flags gains nothing."""
+    import charloom
+    from charloom.export import _text_hint
+
+    (tmp_path / "plain.txt").write_text("the cat sat on the mat\nthe dog ran to the log\n" * 40)
+    (tmp_path / "two.csv").write_text("a,b\n" + "the cat,the dog\n" * 80)
+    charloom.train(source=str(tmp_path / "plain.txt"), out=str(tmp_path / "txt"), max_steps=2, **tiny)
+    assert main(["export", "--checkpoint", str(tmp_path / "txt"), "--int8", "--text", str(tmp_path / "two.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--column" in err
+    assert "export has no such flag: it reads --text as the model's training corpus was read" in err
+    assert _text_hint("--text: short.txt: too short; give a longer one with --text SOURCE") == ""
+
+
 def test_the_text_an_int8_export_scores_keeps_a_format_the_training_corpus_was_given(tmp_path):
     """A CSV named .txt, or a folder read a file a record, keeps its --format (export has none to give); a
     training corpus's --ext still chooses a --text folder's files; a bundled corpus is one file."""

@@ -20,10 +20,11 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -290,12 +291,22 @@ def _heldout_corpus(ck: Checkpoint, cfg: ExportConfig):
         corpus = load_corpus(ccfg, vocab=ck.vocab)
     except CharloomError as e:
         flag = "--text" if cfg.text else "--int8"
-        hint = "" if cfg.text else " (the corpus the model was trained on); give the text to score with --text SOURCE"
+        hint = _text_hint(str(e)) if cfg.text else (" (the corpus the model was trained on); give the text to score "
+                                                    "with --text SOURCE")
         raise CharloomError(f"{flag}: {e}{hint}") from None
     if next(heldout_batches(corpus, heldout_batch(ck)), None) is None:
         raise CharloomError(f"{'--text' if cfg.text else '--int8'}: {ccfg.source} has no held-out split to score the int8 file on (the text is too "
                             f"short); give a longer one with --text SOURCE")
     return corpus
+
+
+def _text_hint(message: str) -> str:
+    """A reading error about --text may name a corpus flag (--column) that export has not: say what it reads."""
+    own = {f"--{f.name.replace('_', '-')}" for f in fields(ExportConfig)}
+    if all(flag in own for flag in re.findall(r"--[a-z][a-z-]*", message)):
+        return ""
+    return ("; export has no such flag: it reads --text as the model's training corpus was read, with its columns "
+            "or fields, so give a plain text file or one laid out as the training corpus was")
 
 
 _FILE_OPTIONS = {  # CorpusConfig fields that choose text within one kind of file, by the formats that read them
