@@ -51,14 +51,19 @@ EARLIER_CPU = "AMD EPYC"
 
 
 def cpu_model() -> str:
-    """This machine's CPU model, as /proc/cpuinfo names it (else what platform knows)."""
+    """This machine's CPU model, as /proc/cpuinfo names it (else what platform knows). A name with no model number
+    in it ("AMD EPYC", as a cloud machine may report a Zen 3 and a Zen 5 alike) gains the family and model, so
+    that two machines' rows are never taken for one's."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        info = {}
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if not any(c.isdigit() for c in name) and "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return name
 
 
 def cpu_of(row: dict) -> str:
