@@ -37,9 +37,9 @@ PROBE_REPEATS = 5  # rounds timed when they show the candidate FASTER
 # rounds at most when they do not: while other processes want the same cores, a few rounds can all be slowed for
 # one precision and not the other, and a run would train in fp32, a third slower, for a probe's bad luck
 PROBE_ROUNDS = 20
-# ... but a candidate this many times slower in its fastest round is emulated (bf16 on a CPU without it), not
-# unlucky: its rounds would cost seconds each and show nothing more
-PROBE_SLOWER = 2.0
+# ... but a candidate this many times slower in its fastest round is emulated (bf16 on a CPU without it: 8-12x),
+# not unlucky (other work was seen to slow its rounds 2x): more rounds would cost seconds each and show nothing
+PROBE_SLOWER = 4.0
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the cores, or OMP_NUM_THREADS), before any change
 IDLE_SECONDS = 0.25  # how long the CPUs' use by other work is watched before a run's threads are set
 READ_IDLE_SECONDS = 0.1  # ... and before a command that only runs a model sets them: enough to see a busy CPU, and
