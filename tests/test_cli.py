@@ -310,6 +310,8 @@ def test_training_shortens_openmp_spinning_before_torch_loads_and_a_users_value_
     (["eval", "--checkpoint", "nowhere", "--adapt-lr", "-1"], "adapt_lr (--adapt-lr): must not be negative"),
     (["eval", "--checkpoint", "nowhere", "--adapt-segment", "64"],
      "adapt_segment (--adapt-segment): only means something with --adapt"),
+    (["eval", "--checkpoint", "nowhere", "--adapt-lr", "0.1"],  # its default, but given
+     "adapt_lr (--adapt-lr): only means something with --adapt"),
     (["sample", "--checkpoint", "nowhere", "--temperature", "nan"], "temperatures[0] (--temperature): nan is not"),
     (["sample", "--checkpoint", "nowhere", "--greedy", "--temperature", "0.5"],
      "greedy (--greedy): means --temperature 0, and --temperature 0.5 was given too"),
@@ -408,6 +410,19 @@ def test_only_charloom_warnings_are_made_one_line(capsys):
     ("text", ["--attention", "0", "--memory", "3"], "memory (--memory): only with an attention head"),
     ("text", ["--attention", "0", "--no-shifted-keys"], "shifted_keys (--shifted-keys): only with an attention"),
     ("text", ["--schedule", "constant", "--min-lr-ratio", "0.5"], "min_lr_ratio (--min-lr-ratio): the cosine"),
+    # given at its default value: still a flag the user meant, and still never read
+    ("names", ["--separator", "\\n"], "--separator: joins records or files into one stream; names is read as records"),
+    ("names", ["--order", "shuffle"], "--order: only for continuous text"),
+    ("names", ["--early-pieces", "0"], "--early-pieces: only for continuous text"),
+    ("names", ["--late-pieces", "0"], "--late-pieces: only for continuous text"),
+    ("names", ["--early-share", "0.3"], "--early-share: only for continuous text"),
+    ("text", ["--bucket"], "--bucket: only for records"),
+    ("text", ["--label-dropout", "0.1"], "--label-dropout: only for labelled records"),
+    ("text", ["--carry-state"], "--carry-state: only with --order contiguous"),
+    ("text", ["--cell", "gru", "--forget-bias", "0"], "forget_bias (--forget-bias): only for --cell lstm"),
+    ("text", ["--gram-buckets", "8192"], "gram_buckets (--gram-buckets): only with --grams N"),
+    ("text", ["--attention", "0", "--shifted-keys"], "shifted_keys (--shifted-keys): only with an attention"),
+    ("text", ["--schedule", "constant", "--min-lr-ratio", "0.1"], "min_lr_ratio (--min-lr-ratio): the cosine"),
 ])
 def test_a_batch_option_the_corpus_never_reads_is_refused_before_training(tmp_path, capsys, source, argv, message):
     """A flag meant to change the run, where the corpus or the run's other options never read it, is named rather

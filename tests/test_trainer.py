@@ -398,6 +398,9 @@ def test_an_option_the_corpus_never_reads_is_refused_before_the_text_is_encoded(
     with pytest.raises(CharloomError, match=r"^--early-pieces: only for continuous text"):
         charloom.train(source="names", out=str(tmp_path), max_steps=2, early_pieces=4,
                        **{k: v for k, v in tiny.items() if k != "seq_len"})
+    with pytest.raises(CharloomError, match=r"^--early-pieces: only for continuous text"):  # named at its default
+        charloom.train(source="names", out=str(tmp_path), max_steps=2, early_pieces=0,
+                       **{k: v for k, v in tiny.items() if k != "seq_len"})
 
 
 def test_a_trainer_set_up_and_never_run_lets_its_folder_go_by_close_or_with(tmp_path, text_file, tiny, monkeypatch):

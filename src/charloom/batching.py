@@ -462,19 +462,20 @@ _STREAM_ONLY = ("order",)
 
 
 def check_options(records: bool, labelled: bool, name: str, cfg: BatchConfig) -> None:
-    """Refuse a batch option set away from its default where a corpus of this kind (`records`, `labelled`; `name`
+    """Refuse a batch option given or set away from its default where a corpus of this kind (`records`, `labelled`; `name`
     for the message) is never batched by it, so that a flag meant to change a run is not dropped in silence. A
     fresh run checks, before its text is read; a resumed one keeps what it saved."""
-    defaults, corpus_name = BatchConfig(), name
+    corpus_name = name
     for name in _STREAM_ONLY if records else _RECORDS_ONLY:
-        if (value := getattr(cfg, name)) != getattr(defaults, name):
+        if cfg.is_set(name):
+            value = getattr(cfg, name)
             flag = "--" + ("no-" if value is False else "") + name.replace("_", "-")
             if records:
                 raise CharloomError(f"{flag}: only for continuous text, cut into windows; {corpus_name} is read as "
                                     f"records, each whole in its batch (give --no-records to read it as one text)")
             raise CharloomError(f"{flag}: only for records; {corpus_name} is read as one continuous text (give "
                                 f"--records to read it as records)")
-    if not labelled and cfg.label_dropout != defaults.label_dropout:
+    if not labelled and cfg.is_set("label_dropout"):
         raise CharloomError(f"--label-dropout: only for labelled records (--label-column, --label-field); "
                             f"{corpus_name} has no labels")
 

@@ -110,10 +110,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Config], skip: Sequen
 
 
 def options(ns: argparse.Namespace, cls: type[Config]) -> Any:
-    """The `cls` instance for the flags the user gave (defaults for the rest)."""
+    """The `cls` instance for the flags the user gave (defaults for the rest), each marked as given."""
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(ns).items() if k in names}
-    return cls(**given)
+    return cls(**given).marked(given)
 
 
 # ---- commands ----------------------------------------------------------------------------------------

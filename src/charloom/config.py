@@ -7,6 +7,7 @@ unknown keys and ill-typed values.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -14,6 +15,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -153,7 +155,23 @@ class Config:
             raise ConfigError(f"{where}: {e}") from None
 
     def replace(self, **changes: Any):
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes).marked(self.given)
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The options the user named (flags on the command line, keywords to `train`), whatever their value."""
+        return self.__dict__.get("_given", frozenset())
+
+    def marked(self, names: Iterable[str]):
+        """A copy with `names` marked as given too (see `is_set`)."""
+        new = copy.copy(self)
+        object.__setattr__(new, "_given", self.given | frozenset(names))  # not a field: no file or dict holds it
+        return new
+
+    def is_set(self, name: str) -> bool:
+        """Whether option `name` asks for something: given by name, or away from its default. A check that refuses an
+        option its other options leave unread asks this, so a flag given at its default is refused too."""
+        return name in self.given or getattr(self, name) != type(self).__dataclass_fields__[name].default
 
 
 MAX_LABEL_LENGTH = 64  # characters of one label name
@@ -384,13 +402,12 @@ class ModelConfig(Config):
     def check_unused(self) -> None:
         """Refuse, for a new model, an option set that its other options leave unread (a model file that holds one
         still loads: this is not part of validate)."""
-        default = ModelConfig()
-        if self.forget_bias != default.forget_bias and self.cell != "lstm":
+        if self.is_set("forget_bias") and self.cell != "lstm":
             raise ConfigError(f"forget_bias: only for --cell lstm; the {self.cell} cell has no forget gate")
-        if self.gram_buckets != default.gram_buckets and not self.grams:
+        if self.is_set("gram_buckets") and not self.grams:
             raise ConfigError("gram_buckets: only with --grams N, whose tables it sizes")
         for name in ("memory", "shifted_keys"):
-            if not self.attention and getattr(self, name) != getattr(default, name):
+            if not self.attention and self.is_set(name):
                 raise ConfigError(f"{name}: only with an attention head, which --attention 0 leaves out")
 
     def validate(self) -> None:
@@ -541,7 +558,7 @@ class TrainConfig(Config):
     def check_unused(self) -> None:
         """Refuse, for a new run, an option its other options leave unread (not part of validate: a resumed run's
         file may hold one)."""
-        if self.schedule == "constant" and self.min_lr_ratio != TrainConfig.min_lr_ratio:
+        if self.schedule == "constant" and self.is_set("min_lr_ratio"):
             raise ConfigError("min_lr_ratio: the cosine schedule's end, and --schedule constant never decays")
 
     @property
@@ -711,8 +728,7 @@ class EvalConfig(Config):
     def check_static(self) -> None:
         """Scoring as the model stands (`evaluation.score`) with an adapting option set and `adapt` not: nothing would
         read it. (A caller of `score_adapted` asks for adapting by calling it.)"""
-        defaults = {f.name: f.default for f in fields(self)}
-        given = next((k for k in ("adapt_lr", "adapt_segment", "adapt_decay") if getattr(self, k) != defaults[k]), None)
+        given = next((k for k in ("adapt_lr", "adapt_segment", "adapt_decay") if self.is_set(k)), None)
         if given and not self.adapt:
             raise ConfigError(f"{given}: only means something with --adapt (dynamic evaluation), which was not given")
 

@@ -250,14 +250,14 @@ def _check_applies(cfg: CorpusConfig, fmt: str, label: str, one_file: bool) -> N
                                 f"{kinds})")
     if one_file and cfg.extensions:
         raise CharloomError(f"--ext: chooses the files of a folder or a glob; {label} is one file")
-    if fmt not in ("csv", "tsv") and cfg.column_sep != CorpusConfig().column_sep:
+    if fmt not in ("csv", "tsv") and cfg.is_set("column_sep"):
         raise CharloomError(f"--column-sep: joins the chosen columns of a CSV or TSV row; {label} is read as {fmt}")
 
 
 def _check_separator(cfg: CorpusConfig, records: bool, label: str) -> None:
     """--separator joins a continuous text's pieces: on records (asked for, or a bundled corpus's kind) it would be
-    dropped. An option left at its default may not be one the user gave, so only another value is refused."""
-    if records and cfg.separator != CorpusConfig().separator:
+    dropped."""
+    if records and cfg.is_set("separator"):
         raise CharloomError(f"--separator: joins records or files into one stream; {label} is read as records "
                             f"(give --no-records to join them)")
 

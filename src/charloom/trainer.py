@@ -410,7 +410,8 @@ def configure(corpus: CorpusConfig | None = None, batch: BatchConfig | None = No
     cfgs = {}
     for kind, cls in CONFIGS.items():
         start = given[kind].to_dict() if given[kind] is not None else base.get(kind, {})
-        cfgs[kind] = cls(**{**start, **{k: v for k, v in options.items() if k in names[kind]}})
+        mine = {k: v for k, v in options.items() if k in names[kind]}
+        cfgs[kind] = cls(**{**start, **mine}).marked(mine)  # what was named is checked as given, whatever its value
     return cfgs
 
 
@@ -527,8 +528,9 @@ def _check_options(kind: tuple[bool, bool, str], batch: BatchConfig, cfg: TrainC
         check_options(*kind, batch)
     defaults = TrainConfig().to_dict()
 
-    def anew(name: str) -> bool:  # neither the default (0: the pieces chosen) nor what the resumed run recorded
-        return getattr(cfg, name) not in (defaults[name], (saved or defaults).get(name, defaults[name]))
+    def anew(name: str) -> bool:  # given, or neither the default (0: the pieces chosen) nor what the run recorded
+        return name in cfg.given or getattr(cfg, name) not in (defaults[name], (saved or defaults).get(name,
+                                                                                                   defaults[name]))
 
     if saved is None and batch.fit_chars > 0 and not cfg.ngram:  # text trained on by nothing
         raise CharloomError("--fit-chars: leaves text out of training for the n-gram's mixture, which --ngram 0 "
@@ -542,8 +544,9 @@ def _check_options(kind: tuple[bool, bool, str], batch: BatchConfig, cfg: TrainC
                 raise CharloomError(f"--{option.replace('_', '-')}: only for continuous text, whose windows are "
                                     f"learned in pieces; {name} is read as records")
     if anew("carry_state") and (records or batch.order != "contiguous"):
-        raise CharloomError("--no-carry-state: only with --order contiguous on continuous text, where the state "
-                            "would carry from batch to batch; shuffled windows and records start from zero")
+        flag = "--carry-state" if cfg.carry_state else "--no-carry-state"
+        raise CharloomError(f"{flag}: only with --order contiguous on continuous text, where the state would carry "
+                            f"from batch to batch; shuffled windows and records start from zero")
 
 
 def _kind(text: Corpus | Source, labelled: bool | None = None) -> tuple[bool, bool, str]:
