@@ -462,9 +462,9 @@ _STREAM_ONLY = ("order",)
 
 
 def check_options(records: bool, labelled: bool, name: str, cfg: BatchConfig) -> None:
-    """Refuse a batch option given or set away from its default where a corpus of this kind (`records`, `labelled`; `name`
-    for the message) is never batched by it, so that a flag meant to change a run is not dropped in silence. A
-    fresh run checks, before its text is read; a resumed one keeps what it saved."""
+    """Refuse a batch option given (or set away from its default) where a corpus of this kind (`records`,
+    `labelled`; `name` for the message) is never batched by it, so that a flag meant to change a run is not
+    dropped in silence. A fresh run checks, before its text is read; a resumed one keeps what it saved."""
     corpus_name = name
     for name in _STREAM_ONLY if records else _RECORDS_ONLY:
         if cfg.is_set(name):
