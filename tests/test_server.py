@@ -420,6 +420,23 @@ def test_a_disconnect_mid_stream_stops_the_work(live):
     assert httpx.get(f"{url}/healthz").json()["active_generations"] == 0
 
 
+def test_a_client_that_leaves_a_plain_request_stops_its_work(live):
+    """Not streamed, the answer comes at the end: a client that gives up before it (a timeout) ends the generation
+    and gives its slot back, as a stream's does, rather than leave the work to run to its length."""
+    url, app = live
+    slots = app.state.slots
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{url}/v1/generate", json={"length": 100000, "n": 4}, timeout=0.5)
+    deadline = time.time() + 5
+    while slots.active and time.time() < deadline:
+        time.sleep(0.02)
+    assert slots.active == 0
+    before = slots.characters
+    time.sleep(0.5)
+    assert slots.characters == before < 400000  # stopped, far short of the four samples' length
+    assert httpx.post(f"{url}/v1/generate", json={"length": 5}).status_code == 200
+
+
 def test_serve_command_starts_and_refuses_a_bad_path(model_dir, tmp_path):
     import os
     import socket

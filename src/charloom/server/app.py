@@ -300,6 +300,7 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
     return opts
 
 
+GONE_SECONDS = 0.2  # how often a generation that answers at its end asks whether its client is still there
 SHOWN_UNKNOWN = 40  # unknown characters a warning names at most: a text in another script has thousands
 
 
@@ -352,13 +353,23 @@ class _Runner:
         with self.turn():
             return read(self.gen, text, opts.start, label=opts.label, ngram=opts.ngram).to_json()
 
-    def collect(self, opts: SampleOptions) -> list[str]:
+    async def collect(self, opts: SampleOptions, gone: typing.Callable[[], typing.Awaitable[bool]]) -> list[str]:
+        """The samples `opts` asks for, a step at a time as `events` writes them. `gone()`, asked every
+        GONE_SECONDS, says whether the client left: its generation ends there, as a stream's does."""
         out = [""] * opts.n
         it = self.gen.quietly(opts)  # unknown_warnings has told of unknown start characters
-        while (item := self._next(it)) is not self._END:
-            i, piece = item
-            out[i] += piece
-            self.slots.count(len(piece))
+        asked = time.monotonic()
+        try:
+            while (item := await run_in_threadpool(self._next, it)) is not self._END:
+                i, piece = item
+                out[i] += piece
+                self.slots.count(len(piece))
+                if time.monotonic() - asked > GONE_SECONDS:
+                    if await gone():
+                        break
+                    asked = time.monotonic()
+        finally:
+            it.close()
         return out
 
     async def events(self, opts: SampleOptions, release: _Once, logprobs: bool = False,
@@ -448,7 +459,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
     page = (resources.files("charloom.server") / "static" / "index.html").read_text(encoding="utf-8")
 
     @app.post("/v1/generate")
-    async def generate(req: GenerateRequest):
+    async def generate(req: GenerateRequest, request: Request):
         opts = request_options(req, cfg, gen)
         slots.take()
         # after the slot: a request turned away logs nothing
@@ -461,7 +472,7 @@ def create_app(checkpoint: str | Path | Checkpoint, cfg: ServeConfig | None = No
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             t0 = time.perf_counter()
-            texts = await run_in_threadpool(runner.collect, opts)
+            texts = await runner.collect(opts, request.is_disconnected)
             dt = time.perf_counter() - t0
             samples = [{"text": t} for t in texts]
             for sample in samples if req.logprobs else ():
