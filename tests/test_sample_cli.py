@@ -201,6 +201,15 @@ def test_output_never_replaces_a_model_file(recited, tmp_path):
     assert model.read_bytes() == before and not (tmp_path / "other.safetensors").exists()
     code, _, err = run("sample", "--checkpoint", str(run_dir), "--length", "5", "--output", str(tmp_path / "S.JSONL"))
     assert code == 0 and "text" in json.loads((tmp_path / "S.JSONL").read_text().splitlines()[0]), err
+    for own in ("metrics.jsonl", "curves.png"):  # the run's curves are its record of training
+        (run_dir / own).write_bytes(b"kept")
+        code, _, err = run("sample", "--checkpoint", str(run_dir), "--length", "5", "--output", str(run_dir / own))
+        assert code == 2 and err.startswith(f"charloom: error: --output: {run_dir / own} is a file of the run"), err
+        assert (run_dir / own).read_bytes() == b"kept"
+    code, _, err = run("sample", "--checkpoint", str(run_dir), "--length", "5", "--color", "--output",
+                       str(tmp_path / "c.txt"))
+    assert code == 2 and err.strip() == ("charloom: error: --color: not with --output (the colours are for a person "
+                                         "reading a terminal)") and not (tmp_path / "c.txt").exists()
 
 
 def test_interactive_with_a_start_text_is_refused_not_ignored(recited):

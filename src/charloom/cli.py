@@ -257,11 +257,17 @@ class _Output:
         """reading: the model file the samples come from, which the output must not replace."""
         self.path = path
         self.jsonl = path.lower().endswith((".jsonl", ".ndjson"))
+        from .checkpoint import MODEL_FILE
+        from .curves import CHART_FILE, METRICS_FILE
+
         target = expand(path)
         if target.suffix.lower() in (".safetensors", ".onnx") or (
                 reading is not None and target.exists() and Path(reading).exists() and target.samefile(reading)):
             raise CharloomError(f"--output: {path} is a model file's name; samples are written to a .txt or "
                                 f".jsonl file, never over a model")
+        if target.name in (METRICS_FILE, CHART_FILE) and (target.parent / MODEL_FILE).exists():
+            raise CharloomError(f"--output: {path} is a file of the run in {target.parent}; write the samples to "
+                                f"another name")
         try:
             self.file = open(target, "w", encoding="utf-8")
         except OSError as e:
@@ -355,6 +361,8 @@ def _seeded(base: SampleOptions, output: str | None) -> SampleOptions:
 
 
 def cmd_sample(ns: argparse.Namespace) -> None:
+    if ns.color and ns.output:  # the file holds the text alone: the colours would be dropped
+        raise CharloomError("--color: not with --output (the colours are for a person reading a terminal)")
     cfg, base = options(ns, SampleConfig), options(ns, SampleOptions)
     gen, ck = _generator(ns.checkpoint, ns.device)
     ngram_note = _ngram_note(ns, gen)
@@ -364,7 +372,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
         _check_start(gen, opts.start, notes=False)  # refused, like the memory, before anything is written
     novelty = _novelty(ns, ck)
     sink = _Output(ns.output, getattr(gen, "path", None) or ns.checkpoint) if ns.output else None
-    colour = ns.color and sink is None and _colour_terminal()
+    colour = ns.color and _colour_terminal()
     if colour:
         from .insight import legend
 
