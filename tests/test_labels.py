@@ -443,6 +443,9 @@ def test_sample_and_info_on_the_command_line(trained, capsys):
     assert "<label" not in capsys.readouterr().out
     assert main(["sample", "--checkpoint", str(run), "--label", "Sprots"]) == 2
     assert "label (--label): 'Sprots' is not one of World, Sports, Business, Sci/Tech" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(run), "--label", "Sprots", "--num-samples", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "label (--label): 'Sprots' is not one of" in err  # refused before a heading is printed
     assert main(["info", str(run), "--samples", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["corpus"]["labels"] == list(NAMES)
 

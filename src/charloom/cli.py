@@ -370,6 +370,10 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     runs = _runs(ns.interactive, cfg, _seeded(base, ns.output))
     for opts in runs or ():
         _check_start(gen, opts.start, notes=False)  # refused, like the memory, before anything is written
+    if base.label is not None:  # ... and a label the model lacks, before a sample set's heading is printed
+        from .decoding import label_token
+
+        label_token(gen.vocab, base.label)
     novelty = _novelty(ns, ck)
     sink = _Output(ns.output, getattr(gen, "path", None) or ns.checkpoint) if ns.output else None
     colour = ns.color and _colour_terminal()

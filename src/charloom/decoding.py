@@ -455,7 +455,7 @@ def prefix_ids(vocab: Vocab, records: bool, start: str, where: str = "start text
     """The ids a model reads before it writes or scores what follows `start`: the start text, after <bos> for a
     records model, or after a newline for a continuous one given no text (so the first character is predicted).
     label: a labelled records model's label, read right after <bos>; a name the model lacks is refused."""
-    head = [] if label is None else [_label_id(vocab, label)]
+    head = [] if label is None else [label_token(vocab, label)]
     ids = vocab.encode_array(start, where=where).tolist()  # the vocabulary's unknown policy applies
     if records or not start:
         first = vocab.bos_id if records or "\n" not in vocab else vocab.stoi["\n"]
@@ -463,7 +463,7 @@ def prefix_ids(vocab: Vocab, records: bool, start: str, where: str = "start text
     return ids
 
 
-def _label_id(vocab: Vocab, label: str) -> int:
+def label_token(vocab: Vocab, label: str) -> int:
     """The token of `label`, or a ConfigError naming the field and the labels the model knows."""
     try:
         return vocab.label_id(label)
