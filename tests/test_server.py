@@ -1,4 +1,5 @@
 import json
+import threading
 import time
 
 import httpx
@@ -10,6 +11,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from charloom.server import create_app  # noqa: E402
+from charloom.server.app import SHUTDOWN_SECONDS  # noqa: E402
 
 @pytest.fixture
 def client(model_dir):
@@ -447,7 +449,8 @@ def test_serve_command_starts_and_refuses_a_bad_path(model_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "charloom", "serve", "--checkpoint", str(model_dir), "--port",
-                             str(port), "--max-n", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             str(port), "--max-n", "2", "--max-length", "1000000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
                             env=os.environ.copy())
     try:
         assert "serving" in proc.stdout.readline()
@@ -462,8 +465,19 @@ def test_serve_command_starts_and_refuses_a_bad_path(model_dir, tmp_path):
         assert r.json()["limits"]["max_n"] == 2
         bad = httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"n": 3})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "n"
-    finally:
+        # a long generation under way does not hold the server past SIGTERM's grace
+        long = threading.Thread(target=lambda: httpx.post(f"http://127.0.0.1:{port}/v1/generate",
+                                                          json={"length": 1000000, "n": 2}, timeout=60), daemon=True)
+        long.start()
+        while httpx.get(f"http://127.0.0.1:{port}/healthz").json()["active_generations"] == 0:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        t0 = time.time()
         proc.terminate()
+        proc.wait(20)
+        assert time.time() - t0 < SHUTDOWN_SECONDS + 5
+    finally:
+        proc.kill()  # whatever happened above, no server is left behind
         proc.wait(20)
     p = subprocess.run([sys.executable, "-m", "charloom", "serve", "--checkpoint", str(tmp_path / "none")],
                        capture_output=True, text=True, timeout=60)

@@ -300,6 +300,8 @@ def request_options(req: BaseModel, cfg: ServeConfig, gen: Generator) -> SampleO
     return opts
 
 
+# how long SIGTERM or Ctrl-C lets running generations go on before they are cut: a request may ask for minutes
+SHUTDOWN_SECONDS = 3
 GONE_SECONDS = 0.2  # how often a generation that answers at its end asks whether its client is still there
 SHOWN_UNKNOWN = 40  # unknown characters a warning names at most: a text in another script has thousands
 
@@ -645,7 +647,8 @@ def serve(checkpoint: str | Path, cfg: ServeConfig) -> None:
     sock = _bind(cfg)
     cfg = cfg.replace(port=sock.getsockname()[1])
     print("\n".join(startup_lines(checkpoint, cfg)), flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                  timeout_graceful_shutdown=SHUTDOWN_SECONDS)).run(sockets=[sock])
 
 
 __all__ = ["GenerateRequest", "create_app", "request_options", "serve", "startup_lines"]
