@@ -360,6 +360,17 @@ def _seeded(base: SampleOptions, output: str | None) -> SampleOptions:
     return base
 
 
+def _check_asked(gen: Any, runs: Sequence[SampleOptions], label: str | None) -> None:
+    """Start texts and a label the model cannot read are refused, like the memory, before anything is written:
+    a sample set's heading, or the file --output names."""
+    for opts in runs:
+        _check_start(gen, opts.start, notes=False)
+    if label is not None:
+        from .decoding import label_token
+
+        label_token(gen.vocab, label)
+
+
 def cmd_sample(ns: argparse.Namespace) -> None:
     if ns.color and ns.output:  # the file holds the text alone: the colours would be dropped
         raise CharloomError("--color: not with --output (the colours are for a person reading a terminal)")
@@ -368,12 +379,7 @@ def cmd_sample(ns: argparse.Namespace) -> None:
     ngram_note = _ngram_note(ns, gen)
     gen.check_memory(base)  # every generation has base's count and length: refused before any file is touched
     runs = _runs(ns.interactive, cfg, _seeded(base, ns.output))
-    for opts in runs or ():
-        _check_start(gen, opts.start, notes=False)  # refused, like the memory, before anything is written
-    if base.label is not None:  # ... and a label the model lacks, before a sample set's heading is printed
-        from .decoding import label_token
-
-        label_token(gen.vocab, base.label)
+    _check_asked(gen, runs or (), base.label)
     novelty = _novelty(ns, ck)
     sink = _Output(ns.output, getattr(gen, "path", None) or ns.checkpoint) if ns.output else None
     colour = ns.color and _colour_terminal()
