@@ -360,19 +360,27 @@ class _Runner:
         GONE_SECONDS, says whether the client left: its generation ends there, as a stream's does."""
         out = [""] * opts.n
         it = self.gen.quietly(opts)  # unknown_warnings has told of unknown start characters
-        asked = time.monotonic()
         try:
-            while (item := await run_in_threadpool(self._next, it)) is not self._END:
-                i, piece = item
-                out[i] += piece
-                self.slots.count(len(piece))
-                if time.monotonic() - asked > GONE_SECONDS:
-                    if await gone():
-                        break
-                    asked = time.monotonic()
+            while True:
+                items, ended = await run_in_threadpool(self._steps, it, GONE_SECONDS)
+                for i, piece in items:
+                    out[i] += piece
+                    self.slots.count(len(piece))
+                if ended or await gone():
+                    break
         finally:
             it.close()
         return out
+
+    def _steps(self, it, seconds: float) -> tuple[list[tuple[int, str]], bool]:
+        """The pieces of `it`'s steps for about `seconds`, each step its own turn, so that other requests' steps
+        interleave with them (one hop to a worker thread for many steps); and whether `it` ended."""
+        items, until = [], time.monotonic() + seconds
+        while time.monotonic() < until:
+            if (item := self._next(it)) is self._END:
+                return items, True
+            items.append(item)
+        return items, False
 
     async def events(self, opts: SampleOptions, release: _Once, logprobs: bool = False,
                      notes: list[dict[str, Any]] | None = None):
