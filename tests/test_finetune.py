@@ -9,7 +9,7 @@ import torch
 import charloom
 from charloom import checkpoint
 from charloom.batching import prepare
-from charloom.config import BatchConfig, CorpusConfig
+from charloom.config import BatchConfig, CorpusConfig, ModelConfig
 from charloom.corpus import load as load_corpus
 from charloom.errors import CharloomError
 from charloom.evaluation import batch_loss
@@ -32,9 +32,10 @@ def parent(tmp_path, tiny):
 def test_fine_tuning_keeps_every_id_and_starts_at_the_parents_loss(tmp_path, parent, tiny, capsys):
     run, new = parent
     losses = []
+    rest = {k: v for k, v in tiny.items() if k not in ("hidden_size", "num_layers", "embedding")}
     result = charloom.train(source=str(new), out=str(tmp_path / "child"), init_from=str(run), max_steps=3,
                             precision="fp32", callback=lambda e: losses.append(e["loss"]) if "loss" in e else None,
-                            **{**tiny, "hidden_size": 0, "embedding": 64})  # the parent's config wins over defaults
+                            model=ModelConfig(), **rest)  # an object's defaults ask nothing: the parent's config wins
     old = checkpoint.load(run)
     assert result.vocab == old.vocab and result.model.cfg == old.config
     # the same first batch through the parent: its loss is the fine-tuning's first
@@ -145,8 +146,7 @@ def test_fine_tuning_refuses_a_different_model_or_a_missing_parent(tmp_path, par
                        **tiny)
 
 
-def test_the_command_line_refuses_a_model_flag_other_than_the_parents_even_a_default(tmp_path, text_file, tiny,
-                                                                                     capsys):
+def test_a_model_option_other_than_the_parents_is_refused_even_at_its_default(tmp_path, text_file, tiny, capsys):
     from charloom.cli import main
 
     charloom.train(source=str(text_file), out=str(tmp_path / "gru"), max_steps=2, cell="gru", **tiny)
@@ -154,11 +154,14 @@ def test_the_command_line_refuses_a_model_flag_other_than_the_parents_even_a_def
             "--max-steps", "1", "--no-progress"]
     assert main([*args, "--cell", "lstm"]) == 2  # lstm is the default, but not the parent's
     assert "--cell lstm: a fine-tuned model keeps its parent's model config (cell 'gru'" in capsys.readouterr().err
+    with pytest.raises(CharloomError, match=r"^--cell lstm: a fine-tuned model keeps its parent's model config"):
+        charloom.train(source=str(text_file), out=str(tmp_path / "p"), init_from=str(tmp_path / "gru"), max_steps=1,
+                       cell="lstm", progress=False)  # the same keyword from Python
+    assert not (tmp_path / "p" / "model.safetensors").exists()
     assert main([*args, "--cell", "gru", "--hidden", "16", "--batch-size", "4", "--seq-len", "16"]) == 0  # its own
 
 
-def test_the_command_line_refuses_a_reading_flag_other_than_the_parents_even_a_default(tmp_path, text_file, tiny,
-                                                                                       capsys):
+def test_a_reading_option_other_than_the_parents_is_refused_even_at_its_default(tmp_path, text_file, tiny, capsys):
     from charloom.cli import main
 
     charloom.train(source=str(text_file), out=str(tmp_path / "low"), max_steps=2, lower=True, min_count=2, **tiny)
@@ -169,6 +172,10 @@ def test_the_command_line_refuses_a_reading_flag_other_than_the_parents_even_a_d
         capsys.readouterr().err
     assert main([*args, "--min-count", "1"]) == 2
     assert "(min_count 2 in" in capsys.readouterr().err
+    for option in ({"lower": False}, {"min_count": 1}):  # the same keywords from Python
+        with pytest.raises(CharloomError, match=r"a fine-tuned model reads text as its parent's vocabulary does"):
+            charloom.train(source=str(text_file), out=str(tmp_path / "p"), init_from=str(tmp_path / "low"),
+                           max_steps=1, progress=False, **option)
     assert main([*args, "--lower", "--min-count", "2"]) == 0  # its own
 
 

@@ -225,12 +225,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     names = {f.name for cls in CONFIGS.values() for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(ns).items() if k in names}  # only the flags given: resuming keeps the rest
-    if given.get("init_from"):
-        from .finetune import check_flags, check_reading, load_parent
-
-        parent = load_parent(given["init_from"])  # a flag given at its default is still not the parent's
-        check_flags(parent, {k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}})
-        check_reading(parent, given, bool(given.get("extend_vocab")))
     _check_sample_flags(given)
     stopped_by = train(**given).stopped_by
     return 128 + signal.Signals[stopped_by] if stopped_by in ("SIGINT", "SIGTERM") else 0

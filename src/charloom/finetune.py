@@ -55,22 +55,16 @@ def load_parent(path: str) -> Parent:
 
 
 def model_config(parent: Parent, asked: ModelConfig) -> ModelConfig:
-    """The parent's model config; a model option set to another value than its default and the parent's is a
-    mistake said at once (the command line also refuses one given with its default: see check_flags)."""
-    default = ModelConfig()
-    check_flags(parent, {f.name: getattr(asked, f.name) for f in fields(ModelConfig)
-                         if f.name != "vocab_size" and getattr(asked, f.name) != getattr(default, f.name)})
-    return parent.ck.config
-
-
-def check_flags(parent: Parent, given: dict[str, Any]) -> None:
-    """Each model option in `given` must be the parent's own value."""
+    """The parent's model config; a model option asked for (given by name, even at its default, or away from its
+    default) with another value than the parent's is a mistake said at once, not dropped."""
     mine = parent.ck.config
     for f in fields(ModelConfig):
-        if f.name in given and f.name != "vocab_size" and not _same(mine, f.name, given[f.name]):
+        value = getattr(asked, f.name)
+        if f.name != "vocab_size" and asked.is_set(f.name) and not _same(mine, f.name, value):
             flag = (f.metadata.get("flag") or f.name).replace("_", "-")
-            raise CharloomError(f"--{flag} {given[f.name]}: a fine-tuned model keeps its parent's model config "
+            raise CharloomError(f"--{flag} {value}: a fine-tuned model keeps its parent's model config "
                                 f"({f.name} {getattr(mine, f.name)!r} in {parent.path}); drop the flag")
+    return mine
 
 
 def _same(mine: ModelConfig, name: str, value: Any) -> bool:
@@ -88,8 +82,7 @@ def read_corpus(parent: Parent, cfg: CorpusConfig, extend: bool) -> Corpus:
     """The new text encoded with the parent's vocabulary (extended by its unknown characters if asked), read
     as the parent's vocabulary reads text (normalised and lower-cased as it was)."""
     vocab = parent.ck.vocab
-    default = CorpusConfig()  # a value other than the default was given (the command line checks any given)
-    check_reading(parent, {k: getattr(cfg, k) for k in READING if getattr(cfg, k) != getattr(default, k)}, extend)
+    check_reading(parent, {k: getattr(cfg, k) for k in READING if cfg.is_set(k)}, extend)
     cfg = cfg.replace(lower=vocab.lower, normalize=vocab.normalize)
     if extend:
         vocab = vocab.extended(load_corpus(cfg).vocab.chars)

@@ -830,17 +830,17 @@ def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, con
     # the kind of text is known before it is read: a refused option is said before a large corpus is encoded
     kind = _kind(data.corpus) if data is not None else _kind(resolve(corpus), corpus.labelled)
     _check_options(kind, batch, config, previous[1].configs.get("train", {}) if previous is not None else None)
-    if previous is None:  # a new model (a fine-tune's is its parent's, which model_config checks)
+    if previous is None:  # a new model; a fine-tune's is its parent's, checked before the text is read
         config.check_unused()
         if parent is None:
             model.check_unused()
+        else:
+            model = finetune.model_config(parent, model)
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
     _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
-    if parent is not None:
-        model = finetune.model_config(parent, model)
-        if rt.procs.main and (line := finetune.outside(parent, data.corpus)):
-            hooks.say(line)  # before any step: what of the new text the parent cannot read
+    if parent is not None and rt.procs.main and (line := finetune.outside(parent, data.corpus)):
+        hooks.say(line)  # before any step: what of the new text the parent cannot read
     model, data, sized = _width(model.replace(vocab_size=len(vocab)), cfg, rt, data, batch, previous)
     batch = batch.replace(batch_size=data.cfg.rows)
     cfg = cfg.replace(lr=_peak_lr(cfg, model.hidden_size, previous))
