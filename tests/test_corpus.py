@@ -131,7 +131,10 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [("[" * 100_000, "JSON nested too deeply to read"),
-                                           ('{"text": ' + "1" * 5000 + "}", "field 'text' is int, not text")])
+                                           ('{"text": ' + "1" * 5000 + "}", "field 'text' is int, not text"),
+                                           ('{"text": "a", "label": NaN}', r"not valid JSON \(NaN is not a JSON value\)"),
+                                           ('{"text": "a", "n": ' + "1" * 5000 + ', "x": -Infinity}',
+                                            r"not valid JSON \(-Infinity is not a JSON value\)")])
 def test_a_jsonl_line_python_cannot_parse_names_the_file_and_line(tmp_path, line, message):
     p = tmp_path / "deep.jsonl"
     p.write_text('{"text": "ok"}\n' + line + "\n")
@@ -201,6 +204,16 @@ def test_folder_with_extension_filter_and_glob(tmp_path):
     assert g.text() == "import os\nx = 1\n"
     per_file = load(CorpusConfig(source=str(src), extensions=("py",), records=True, format="text"))
     assert [per_file.record(i) for i in range(per_file.num_records)] == ["import os\n", "x = 1\n"]
+
+
+@pytest.mark.parametrize("ext, read", [(".py.gz", ["g"]), ("py.gz", ["g"]), (".gz", ["g", "n"]), (".py", ["a", "g"]),
+                                       (".PY", ["a", "g"])])
+def test_an_extension_names_a_compressed_files_whole_ending_or_either_part(tmp_path, ext, read):
+    (tmp_path / "a.py").write_text("a\n")
+    (tmp_path / "g.py.gz").write_bytes(gzip.compress(b"g\n"))
+    (tmp_path / "n.md.gz").write_bytes(gzip.compress(b"n\n"))
+    c = load(CorpusConfig(source=str(tmp_path), extensions=(ext,), records=True, format="lines"))
+    assert [c.record(i) for i in range(c.num_records)] == read
 
 
 def test_bom_is_stripped_and_crlf_kept(tmp_path):

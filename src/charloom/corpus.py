@@ -174,8 +174,9 @@ def _files_of(cfg: CorpusConfig, path: Path, label: str) -> list[Path]:
     a file is read, once: `_each_file_once`). A folder that cannot be read raises OSError naming it."""
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions}
 
-    def wanted(p: Path) -> bool:
-        return p.is_file() and (not exts or _inner_suffix(p) in exts or p.suffix.lower() in exts)
+    def wanted(p: Path) -> bool:  # .py takes a.py and a.py.gz; .gz and .py.gz take a.py.gz
+        name = p.name.lower()
+        return p.is_file() and (not exts or _inner_suffix(p) in exts or any(name.endswith(e) for e in exts))
 
     if path.is_file():
         return [path]
@@ -589,15 +590,23 @@ def _json_int(digits: str) -> int | _LongInteger:
     return _LongInteger(digits) if limit and len(digits.lstrip("-")) > limit else int(digits)
 
 
+class _NotJson(ValueError):
+    """NaN, Infinity or -Infinity: Python's parser reads them, JSON has no such words."""
+
+
+def _not_json(word: str) -> Any:
+    raise _NotJson(f"{word} is not a JSON value")
+
+
 def _json_object(line: str) -> Any:
     """A JSON line parsed; one with an integer longer than Python converts is parsed again with it kept as
     digits (parse_int costs a Python call for each integer, so only such a line pays it)."""
     try:
-        return json.loads(line)
-    except json.JSONDecodeError:
+        return json.loads(line, parse_constant=_not_json)
+    except (json.JSONDecodeError, _NotJson):
         raise
     except ValueError:
-        return json.loads(line, parse_int=_json_int)
+        return json.loads(line, parse_int=_json_int, parse_constant=_not_json)
 
 
 def _json_type(value: Any) -> str:
