@@ -70,6 +70,19 @@ def test_an_empty_stop_string_is_refused_where_it_was_dropped():
         SampleOptions(stop=("!", ""))
 
 
+@pytest.mark.parametrize("host", ["a b", "", "http://box.lan", "box.lan/", "*.example.com", "user@box.lan",
+                                  "box.lan:port", "[fd00::7"])
+def test_an_allowed_host_no_browser_sends_is_refused(host):
+    """A Host header is a name or address with a port or not: any other value never matches one, so the server
+    would start and answer every request to that name 403."""
+    from charloom.config import ServeConfig
+
+    assert ServeConfig(allow_hosts=("box.lan", "example.org:8443", "[fd00::7]", "[fd00::7]:80", "fd00::7", "*",
+                                    "192.168.1.5", "my_box.local.", "XN--BCHER-KVA.example")).allow_hosts
+    with pytest.raises(ConfigError, match=rf"^allow_hosts\[0\]: '{re.escape(host)}' is not a Host header"):
+        ServeConfig(allow_hosts=(host,))
+
+
 @pytest.mark.parametrize("origin", ["example.com", "http://example.com/app", "localhost:3000", "https://*.example.com",
                                     "https://example.com:443", "http://example.com:80", "http://user@example.com",
                                     "file:///home/page.html"])
@@ -135,9 +148,12 @@ def test_numbers_past_what_a_float32_tensor_or_a_step_can_take_are_refused(make,
 def test_export_options_for_the_int8_score_need_int8(kwargs):
     from charloom.config import ExportConfig
 
-    with pytest.raises(ConfigError, match=r"^text and score_chars: only mean something with --int8"):
-        ExportConfig(**kwargs)
-    assert ExportConfig(int8=True, **kwargs).int8
+    at_default = {k: getattr(ExportConfig, k) for k in kwargs}
+    for cfg in (ExportConfig(**kwargs), ExportConfig(**at_default).marked(kwargs)):  # away, or given at the default
+        with pytest.raises(ConfigError, match=rf"^{next(iter(kwargs))}: only means something with --int8"):
+            cfg.check_unused()
+    ExportConfig(**at_default).check_unused()  # an object's defaults ask nothing
+    ExportConfig(int8=True, **kwargs).marked(kwargs).check_unused()
 
 
 @pytest.mark.parametrize("kwargs, message", [

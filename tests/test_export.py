@@ -334,7 +334,9 @@ def test_export_flags_are_checked(tmp_path, capsys):
     for args, message in ((["--out", str(ck.path)], "give a file name ending in .onnx"),
                           (["--out", str(tmp_path / "m.txt")], "give a file name ending in .onnx"),
                           (["--out", str(tmp_path / "x.onnx"), "--web", str(ck.path)], "not a folder"),
-                          (["--out", str(tmp_path / "x.onnx"), "--int8"], "give the text to score with --text")):
+                          (["--out", str(tmp_path / "x.onnx"), "--int8"], "give the text to score with --text"),
+                          (["--out", str(tmp_path / "x.onnx"), "--score-chars", "100000"],  # its default, unread
+                           "score_chars (--score-chars): only means something with --int8")):
         assert main(["export", "--checkpoint", str(ck.path), *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err

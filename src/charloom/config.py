@@ -27,6 +27,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair alone: no ch
 # implies (a browser leaves :443 out of an https origin, :80 out of an http one); a file's page sends null
 _ORIGIN = re.compile(r"(?!https://[^/]*:0*443$|http://[^/]*:0*80$|file:)[a-z][a-z0-9+.-]*://[^/?#@*\s]+", re.I)
 
+# a Host header's value as a browser sends it: a name or IPv4 address, or an IPv6 one in brackets, with a port or
+# not; a bare IPv6 address (no port); or * for any
+_HOST = re.compile(r"\*|(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?|[0-9a-f]*:[0-9a-f:.]+", re.I)
+
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 MAX_SAMPLE_LENGTH = 100_000  # characters of each sample a run shows at its evaluations
@@ -761,6 +765,11 @@ class ServeConfig(Config):
                   "max_score", "max_trace", "max_stops", "max_stop_length")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be in 0-65535, got {self.port}")
+        for i, host in enumerate(self.allow_hosts):
+            if not _HOST.fullmatch(host):
+                raise ConfigError(f"allow_hosts[{i}]: {host!r} is not a Host header as a browser sends it: a name or "
+                                  f"address with a port or not (box.lan, 192.168.1.5:8000, [fd00::7]; no scheme, path "
+                                  f"or wildcard part), or * for any")
         for i, origin in enumerate(self.cors_origins):  # what a browser sends: no path, never without a scheme
             if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin.rstrip("/")):
                 raise ConfigError(f"cors_origins[{i}]: {origin!r} is not a web origin as a browser sends it: "
@@ -798,6 +807,11 @@ class ExportConfig(Config):
             raise ConfigError(f"opset: must be in [14, 21] (onnxruntime and onnxruntime-web run them), got {self.opset}")
         if self.runtime and not self.web:
             raise ConfigError("runtime: only means something with --web DIR (it is copied into the page)")
-        if not self.int8 and (self.text or self.score_chars != ExportConfig.score_chars):
-            raise ConfigError("text and score_chars: only mean something with --int8 (the held-out text the int8 "
-                              "file is scored on)")
+
+    def check_unused(self) -> None:
+        """Refuse an option of the int8 file's score without --int8, which leaves it unread (a flag given at its
+        default too: see is_set)."""
+        name = next((n for n in ("text", "score_chars") if self.is_set(n)), None)
+        if name and not self.int8:
+            raise ConfigError(f"{name}: only means something with --int8 (the held-out text the int8 file is scored "
+                              f"on)")

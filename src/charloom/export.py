@@ -122,6 +122,7 @@ def _shared_info(info: dict[str, Any]) -> dict[str, Any]:
 
 def export(ck: Checkpoint, cfg: ExportConfig, out: Path) -> ExportReport:
     """Write `out` (and its int8 twin, the web page, as `cfg` asks), each checked before it is reported."""
+    cfg.check_unused()
     _need_onnx()
     _check_targets(ck, cfg, out)  # checks only: nothing is made on disk until every refusal has been said
     if cfg.int8:
