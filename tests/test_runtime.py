@@ -91,6 +91,22 @@ def test_autocast_is_the_only_context_and_fp32_is_none():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+@pytest.mark.parametrize("speedup, said", [(0.1, "10x slower"), (0.25, "4x slower"), (0.6, None), (1.6, None)])
+def test_a_precision_asked_for_by_name_that_runs_emulated_is_said_once_before_training(monkeypatch, text_file,
+                                                                                      tmp_path, capsys, speedup, said):
+    fake_probes(monkeypatch, Probe(True), speedup=speedup)
+    rt = runtime.Runtime.start("cpu", "bf16", threads=1, cell="gru")
+    assert rt.precision == "bf16"  # asked for by name: it runs, and is said to be slow
+    assert (rt.note is None) == (said is None)
+    if said:
+        assert rt.note == f"--precision bf16: the gru cell's step runs {said} than in fp32 on this CPU (no native " \
+                          "bf16 kernel here); --precision fp32, or auto, would train faster"
+        charloom.train(source=str(text_file), out=str(tmp_path / "r"), precision="bf16", cell="gru", hidden_size=8,
+                       batch_size=2, seq_len=8, max_steps=1, sample_length=0, eval_chars=0)
+        assert capsys.readouterr().out.count(said) == 1
+    assert runtime.Runtime.start("cpu", "auto", threads=1, cell="gru").note is None  # auto takes the faster
+
+
 def test_the_trainer_runs_in_the_precision_the_runtime_resolved(monkeypatch, text_file, tmp_path):
     cfgs = [CorpusConfig(source=str(text_file)), BatchConfig(batch_size=2, seq_len=8), ModelConfig(hidden_size=8)]
     fake_probes(monkeypatch, Probe(True), speedup=2.0)

@@ -144,7 +144,7 @@ def test_early_batches_take_one_step_per_piece_with_the_state_carried_between_th
         state = state if batch.continues else None
         for piece in batch.pieces(3):
             loss, state = batch_loss(reference, piece, state, torch.device("cpu"))
-            total += float(loss) * piece.x.numel()
+            total += loss.item() * piece.x.numel()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)

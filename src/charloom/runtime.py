@@ -50,6 +50,7 @@ WATCH_SECONDS = 5.0  # how often a run that chose its own threads looks again at
 # take when the run takes the CPU back: between the two, the count stays as it is, so it does not flip
 WATCH_SHARE, BACK_SHARE = 0.5, 0.25
 FASTER = 1.15  # auto takes bf16 when its step runs at least this many times as fast as fp32's
+SLOW_NOTE = 2.0  # a precision asked for by name whose step runs this many times slower than fp32's is said
 
 
 def _has_mps() -> bool:
@@ -346,6 +347,18 @@ def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> st
     return name
 
 
+def _slow_note(asked: str, resolved: str, device: torch.device, cell: str) -> str | None:
+    """The line that says a precision asked for by name runs emulated on this CPU (bf16 without AVX512-BF16 or
+    AMX: 8-12x slower than fp32); auto never takes it."""
+    if asked == "auto" or resolved == "fp32" or device.type != "cpu":
+        return None
+    slower = 1 / speedup(device.type, cell, resolved)
+    if slower < SLOW_NOTE:
+        return None
+    return (f"--precision {resolved}: the {cell} cell's step runs {slower:.0f}x slower than in fp32 on this CPU "
+            f"(no native {resolved} kernel here); --precision fp32, or auto, would train faster")
+
+
 class Processes:
     """The processes of a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK), or just this one.
 
@@ -433,6 +446,7 @@ class Runtime:
             names = list(PRECISIONS)
             (index,) = procs.total([names.index(resolved) if procs.main else 0], dev)
             resolved = names[int(index)]
+        note = "\n".join(line for line in (note, _slow_note(precision, resolved, dev, cell)) if line) or None
         return cls(dev, resolved, procs, note, watcher)
 
     def retune(self) -> str | None:
