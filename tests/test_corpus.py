@@ -132,7 +132,8 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
 
 @pytest.mark.parametrize("line, message", [("[" * 100_000, "JSON nested too deeply to read"),
                                            ('{"text": ' + "1" * 5000 + "}", "field 'text' is int, not text"),
-                                           ('{"text": "a", "label": NaN}', r"not valid JSON \(NaN is not a JSON value\)"),
+                                           ('{"text": "a", "label": NaN}',
+                                            r"not valid JSON \(NaN is not a JSON value\)"),
                                            ('{"text": "a", "n": ' + "1" * 5000 + ', "x": -Infinity}',
                                             r"not valid JSON \(-Infinity is not a JSON value\)")])
 def test_a_jsonl_line_python_cannot_parse_names_the_file_and_line(tmp_path, line, message):

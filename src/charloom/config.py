@@ -29,7 +29,8 @@ _ORIGIN = re.compile(r"(?!https://[^/]*:0*443$|http://[^/]*:0*80$|file:)[a-z][a-
 
 # a Host header's value as a browser sends it: a name or IPv4 address, or an IPv6 one in brackets, with a port or
 # not; a bare IPv6 address (no port); or * for any
-_HOST = re.compile(r"\*|(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?|[0-9a-f]*:[0-9a-f:.]+", re.I)
+_HOST = re.compile(r"\*|(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+                   r"|[0-9a-f]*:[0-9a-f:.]+", re.I)
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
