@@ -26,13 +26,17 @@ demo: setup
 # an AVX2-only CPU on any x86 machine: ATen's, oneDNN's (no bf16 LSTM there) and MKL's kernels held to AVX2
 AVX2 = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-# the tests that depend on the CPU's kernels run a second time on the AVX2 path, so a suite that passes on an
-# AVX-512 machine also passes on an AVX2 one
+# the tests run in one process per core (at most 4), each on its share of the cores (tests/conftest.py), then
+# those that read the machine's load in one process; those that depend on the CPU's kernels run a second time on
+# the AVX2 path, so a suite that passes on an AVX-512 machine also passes on an AVX2 one
+PYTEST = $(PY) -m pytest -q -n auto --maxprocesses 4
+
 test: setup
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_ort_web.sh
-	$(PY) -m pytest -q
-	$(AVX2) $(PY) -m pytest -q -m kernel
+	$(PYTEST)
+	$(PY) -m pytest -q -m alone
+	$(AVX2) $(PYTEST) -m kernel
 
 bench: setup
 	$(PY) -m pip install -q -e ".[plot]"

@@ -12,6 +12,9 @@ def pytest_configure(config):
                                        "a second time on oneDNN's AVX2 path")
     config.addinivalue_line("markers", "bf16: computes in bf16: runs where this CPU has a bf16 LSTM kernel, "
                                        "skips elsewhere")
+    config.addinivalue_line("markers", "alone: reads the machine's load, which other test processes would make "
+                                       "noise in: skips in a suite of several processes (`make test` runs these "
+                                       "after it, in one)")
 
 
 def bf16_runs() -> bool:
@@ -24,6 +27,8 @@ def bf16_runs() -> bool:
 def pytest_runtest_setup(item):
     if item.get_closest_marker("bf16") and not bf16_runs():
         pytest.skip("no bf16 LSTM kernel on this CPU (the clear error is pinned by test_runtime)")
+    if item.get_closest_marker("alone") and WORKERS > 1:
+        pytest.skip("reads the machine's load: runs where the suite runs in one process")
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +37,31 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CHARLOOM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+# the CPUs each test process may take: all of them, or their share when the suite runs in several processes
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+CPUS = max(1, (os.cpu_count() or 1) // WORKERS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _share_of_the_cpus():
+    """In several test processes each takes its share of the cores: threads beyond them wait on each other."""
+    import torch
+
+    torch.set_num_threads(min(CPUS, torch.get_num_threads()))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_cpus(monkeypatch):
-    """Runs in a test take the threads of a quiet machine: tests compare runs to the bit, and the threads a run
-    takes otherwise follow whatever else the machine is doing (test_runtime tests that choice itself)."""
+    """Runs in a test take the threads of a quiet machine (its share of one, in several test processes): tests
+    compare runs to the bit, and the threads a run takes otherwise follow whatever else the machine is doing
+    (test_runtime tests that choice itself)."""
     import math
-    import os
 
     from charloom import runtime
 
-    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: os.cpu_count() or 1)
+    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: CPUS)
     monkeypatch.setattr(runtime, "WATCH_SECONDS", math.inf)  # nor do they move as the run goes
-    monkeypatch.setattr(runtime, "other_work", lambda: lambda: (0.0, os.cpu_count() or 1))
+    monkeypatch.setattr(runtime, "other_work", lambda: lambda: (0.0, CPUS))
 
 
 TEXT = ("First Citizen: Before we proceed any further, hear me speak.\n"

@@ -296,6 +296,7 @@ def test_a_run_that_chose_its_threads_keeps_them_to_the_cpus_other_work_leaves(m
         torch.set_num_threads(threads)
 
 
+@pytest.mark.alone
 def test_the_reading_counts_other_processes_work_and_not_this_ones():
     """A process that spins on one CPU reads as about one CPU of other work; this process spinning reads as
     none (its own time is taken away). Each against the same reading of the machine at rest just before."""
