@@ -107,6 +107,36 @@ def test_a_precision_asked_for_by_name_that_runs_emulated_is_said_once_before_tr
     assert runtime.Runtime.start("cpu", "auto", threads=1, cell="gru").note is None  # auto takes the faster
 
 
+def test_the_slow_precision_is_said_for_the_cell_that_runs_and_not_of_a_resumed_runs_record(monkeypatch, text_file,
+                                                                                           tmp_path, capsys):
+    timed = []
+
+    def speedup(device, cell, precision):
+        timed.append(cell)
+        return 0.1 if cell == "gru" else 1.0
+
+    monkeypatch.setattr(runtime, "probe", lambda device, cell, precision: Probe(True))
+    monkeypatch.setattr(runtime, "speedup", speedup)
+    small = dict(hidden_size=8, batch_size=2, seq_len=8, sample_length=0, eval_chars=0)
+    charloom.train(source=str(text_file), out=str(tmp_path / "gru"), cell="gru", max_steps=1, **small)
+    capsys.readouterr()
+    charloom.train(source=str(text_file), out=str(tmp_path / "child"), init_from=str(tmp_path / "gru"),
+                   precision="bf16", max_steps=1, **{k: v for k, v in small.items() if k != "hidden_size"})
+    assert timed[-1] == "gru" and "the gru cell's step runs 10x slower" in capsys.readouterr().out  # the parent's
+    charloom.train(out=str(tmp_path / "child"), resume=True, max_steps=2)  # bf16 is the record's, not asked
+    assert "slower" not in capsys.readouterr().out
+    charloom.train(out=str(tmp_path / "child"), resume=True, max_steps=3, precision="bf16")  # asked again
+    assert "the gru cell's step runs 10x slower" in capsys.readouterr().out
+
+
+def test_a_test_process_starts_runs_as_on_a_quiet_machine_of_its_share_of_the_cores():
+    """conftest's promise, which a suite of several processes keeps too: no run in a test is told of busy CPUs."""
+    from conftest import CPUS
+
+    rt = runtime.Runtime.start("cpu", "fp32")
+    assert rt.note is None and torch.get_num_threads() == min(CPUS, runtime.TORCH_THREADS)
+
+
 def test_the_trainer_runs_in_the_precision_the_runtime_resolved(monkeypatch, text_file, tmp_path):
     cfgs = [CorpusConfig(source=str(text_file)), BatchConfig(batch_size=2, seq_len=8), ModelConfig(hidden_size=8)]
     fake_probes(monkeypatch, Probe(True), speedup=2.0)

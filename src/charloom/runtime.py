@@ -431,10 +431,11 @@ class Runtime:
 
     @classmethod
     def start(cls, device: str = "auto", precision: str = "auto", threads: int = 0, cell: str = "lstm",
-              watch: bool = True, follow: bool | None = None) -> Runtime:
+              watch: bool = True, follow: bool | None = None, asked: bool = True) -> Runtime:
         """Pick the device, join the process group (under torchrun), set the threads (`watch`: leaving the CPUs
         other work keeps busy, on a CPU run), resolve the precision. `follow`: keep the threads to the CPUs other
-        work leaves as the run goes (a ThreadWatch; default: when the count was not given)."""
+        work leaves as the run goes (a ThreadWatch; default: when the count was not given). `asked`: `precision`
+        is the user's (not a resumed run's record), so a named one that runs emulated here is said."""
         procs = Processes()
         dev = procs.start(pick_device(device))
         note = set_threads(threads, watch=watch and dev.type == "cpu")
@@ -446,7 +447,8 @@ class Runtime:
             names = list(PRECISIONS)
             (index,) = procs.total([names.index(resolved) if procs.main else 0], dev)
             resolved = names[int(index)]
-        note = "\n".join(line for line in (note, _slow_note(precision, resolved, dev, cell)) if line) or None
+        slow = _slow_note(precision, resolved, dev, cell) if asked and procs.main else None
+        note = "\n".join(line for line in (note, slow) if line) or None
         return cls(dev, resolved, procs, note, watcher)
 
     def retune(self) -> str | None:

@@ -756,9 +756,10 @@ def _runtime(config: TrainConfig, model: ModelConfig, previous: tuple[checkpoint
         saved = previous[0].info.get("threads")
         threads = saved if type(saved) is int and 0 < saved <= (os.cpu_count() or 1) else 0
         follow = previous[0].info.get("threads_chosen") is True or not threads
+    asked = config.is_set("precision") if previous is None else "precision" in config.given  # not the record's
     try:
         return Runtime.start(config.device, config.precision, threads, model.cell, watch=previous is None,
-                             follow=follow)
+                             follow=follow, asked=asked)
     except CharloomError as e:
         if previous is None:
             raise
@@ -775,6 +776,9 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
     seen = atomic.stamp(out / checkpoint.RESUME_FILE)  # as it is read: a run that saves meanwhile replaces it
     previous = _previous_run(config, out)  # before any work: a run folder in the way is a mistake to say at once
     config = _with_parent(config, previous)
+    parent = finetune.load_parent(config.init_from) if config.init_from and previous is None else None
+    if parent is not None:  # its model, checked before any work: the runtime probes the parent's cell
+        model = finetune.model_config(parent, model)
     rt = _runtime(config, model, previous, out)
     made = not out.exists()
     lock = _check_out(out) if rt.procs.main else None  # only the first process writes the run folder
@@ -782,7 +786,7 @@ def setup(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: 
         if lock is not None and previous is not None and atomic.stamp(out / checkpoint.RESUME_FILE) != seen:
             raise CharloomError(f"resume (--resume): the run in {out} saved again while this start read it (another "
                                 f"run was writing the folder until now); start again to continue from its last save")
-        trainer = _assembled(corpus, batch, model, config, rt, previous, callback, data)
+        trainer = _assembled(corpus, batch, model, config, rt, previous, parent, callback, data)
     except BaseException:
         if lock is not None:  # a start that fails frees the folder now, not when its traceback is let go
             _let_go(lock, out, made)
@@ -821,21 +825,18 @@ def _let_go(lock: IO[str], out: Path, made: bool) -> None:
 
 
 def _assembled(corpus: CorpusConfig, batch: BatchConfig, model: ModelConfig, config: TrainConfig, rt: Runtime,
-               previous: tuple[checkpoint.Checkpoint, RunState] | None,
+               previous: tuple[checkpoint.Checkpoint, RunState] | None, parent: finetune.Parent | None,
                callback: Callable[[dict[str, Any]], bool | None] | None, data: Data | None) -> Trainer:
     """setup's work once the run folder is held: data, model, optimizer, hooks and the saved state."""
     out = expand(config.out)
     cfg = _settled(config, rt.precision, batch.seq_len)
-    parent = finetune.load_parent(cfg.init_from) if cfg.init_from and previous is None else None
     # the kind of text is known before it is read: a refused option is said before a large corpus is encoded
     kind = _kind(data.corpus) if data is not None else _kind(resolve(corpus), corpus.labelled)
     _check_options(kind, batch, config, previous[1].configs.get("train", {}) if previous is not None else None)
-    if previous is None:  # a new model; a fine-tune's is its parent's, checked before the text is read
+    if previous is None:  # a new model (a fine-tune's is its parent's, which setup checked)
         config.check_unused()
         if parent is None:
             model.check_unused()
-        else:
-            model = finetune.model_config(parent, model)
     data, batch = _prepared(lambda: _corpus(corpus, cfg, parent, previous), batch, cfg, rt, data, previous)
     _check_reading(data, batch, cfg)
     vocab = data.corpus.vocab
