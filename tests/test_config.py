@@ -71,7 +71,7 @@ def test_an_empty_stop_string_is_refused_where_it_was_dropped():
 
 
 @pytest.mark.parametrize("host", ["a b", "", "http://box.lan", "box.lan/", "*.example.com", "user@box.lan",
-                                  "box.lan:port", "[fd00::7"])
+                                  "box.lan:port", "[fd00::7", ":80", "bücher.example"])
 def test_an_allowed_host_no_browser_sends_is_refused(host):
     """A Host header is a name or address with a port or not: any other value never matches one, so the server
     would start and answer every request to that name 403."""

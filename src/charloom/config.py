@@ -28,9 +28,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair alone: no ch
 _ORIGIN = re.compile(r"(?!https://[^/]*:0*443$|http://[^/]*:0*80$|file:)[a-z][a-z0-9+.-]*://[^/?#@*\s]+", re.I)
 
 # a Host header's value as a browser sends it: a name or IPv4 address, or an IPv6 one in brackets, with a port or
-# not; a bare IPv6 address (no port); or * for any
+# not; a bare IPv6 address (two colons at least, no port); or * for any
 _HOST = re.compile(r"\*|(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
-                   r"|[0-9a-f]*:[0-9a-f:.]+", re.I)
+                   r"|[0-9a-f]*:[0-9a-f]*:[0-9a-f:.]*", re.I)
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
@@ -770,7 +770,7 @@ class ServeConfig(Config):
             if not _HOST.fullmatch(host):
                 raise ConfigError(f"allow_hosts[{i}]: {host!r} is not a Host header as a browser sends it: a name or "
                                   f"address with a port or not (box.lan, 192.168.1.5:8000, [fd00::7]; no scheme, path "
-                                  f"or wildcard part), or * for any")
+                                  f"or wildcard part; a name outside ASCII in its xn-- form), or * for any")
         for i, origin in enumerate(self.cors_origins):  # what a browser sends: no path, never without a scheme
             if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin.rstrip("/")):
                 raise ConfigError(f"cors_origins[{i}]: {origin!r} is not a web origin as a browser sends it: "
