@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import math
 import os
 import re
 import shutil
@@ -553,9 +554,11 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
         label = None
         if cfg.label_field is not None:
             value = _json_field(obj, cfg.label_field, f"{_shown(path)}: line {n}")
-            if isinstance(value, (dict, list)) or value is None:
-                raise CharloomError(f"{_shown(path)}: line {n}: label field {cfg.label_field!r} is "
-                                    f"{'null' if value is None else _json_type(value)}, not a label")
+            # NaN and Infinity: Python's json writes and reads them (allow_nan), but they are no JSON value
+            if isinstance(value, (dict, list)) or value is None or isinstance(value, float) and not math.isfinite(value):
+                what = "null" if value is None else json.dumps(value) if isinstance(value, float) else _json_type(value)
+                raise CharloomError(f"{_shown(path)}: line {n}: label field {cfg.label_field!r} is {what}, not a "
+                                    f"label")
             label = _json_label(value)
             _check_characters(label, f"{_shown(path)}: line {n}: label field {cfg.label_field!r}")
         yield text, label
@@ -590,23 +593,15 @@ def _json_int(digits: str) -> int | _LongInteger:
     return _LongInteger(digits) if limit and len(digits.lstrip("-")) > limit else int(digits)
 
 
-class _NotJson(ValueError):
-    """NaN, Infinity or -Infinity: Python's parser reads them, JSON has no such words."""
-
-
-def _not_json(word: str) -> Any:
-    raise _NotJson(f"{word} is not a JSON value")
-
-
 def _json_object(line: str) -> Any:
     """A JSON line parsed; one with an integer longer than Python converts is parsed again with it kept as
     digits (parse_int costs a Python call for each integer, so only such a line pays it)."""
     try:
-        return json.loads(line, parse_constant=_not_json)
-    except (json.JSONDecodeError, _NotJson):
+        return json.loads(line)
+    except json.JSONDecodeError:
         raise
     except ValueError:
-        return json.loads(line, parse_int=_json_int, parse_constant=_not_json)
+        return json.loads(line, parse_int=_json_int)
 
 
 def _json_type(value: Any) -> str:
