@@ -59,7 +59,8 @@ def _quiet_cpus(monkeypatch):
 
     from charloom import runtime
 
-    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: CPUS)
+    monkeypatch.setattr(runtime, "TORCH_THREADS", min(CPUS, runtime.TORCH_THREADS))  # the CPUs it may use ...
+    monkeypatch.setattr(runtime, "idle_cpus", lambda *_: CPUS)  # ... all idle
     monkeypatch.setattr(runtime, "WATCH_SECONDS", math.inf)  # nor do they move as the run goes
     monkeypatch.setattr(runtime, "other_work", lambda: lambda: (0.0, CPUS))
 
@@ -101,12 +102,6 @@ def model_dir(tmp_path_factory):
     return folder / "run"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(model, **limits):
     """A model (a run folder, model file or loaded Checkpoint) served by uvicorn on a free loopback port:
@@ -117,10 +112,12 @@ def serving(model, **limits):
     from charloom.config import ServeConfig
     from charloom.server import create_app
 
-    port = _free_port()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # held from here on: no other test process can take the port meanwhile
+    port = sock.getsockname()[1]
     app = create_app(model, ServeConfig(port=port, **limits))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not server.started and time.time() < deadline:
@@ -131,6 +128,7 @@ def serving(model, **limits):
     finally:
         server.should_exit = True
         thread.join(10)
+        sock.close()
 
 
 @pytest.fixture(scope="session")
