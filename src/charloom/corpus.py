@@ -555,7 +555,8 @@ def _jsonl_records(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str | N
         if cfg.label_field is not None:
             value = _json_field(obj, cfg.label_field, f"{_shown(path)}: line {n}")
             # NaN and Infinity: Python's json writes and reads them (allow_nan), but they are no JSON value
-            if isinstance(value, (dict, list)) or value is None or isinstance(value, float) and not math.isfinite(value):
+            odd = isinstance(value, float) and not math.isfinite(value)
+            if isinstance(value, (dict, list)) or value is None or odd:
                 what = "null" if value is None else json.dumps(value) if isinstance(value, float) else _json_type(value)
                 raise CharloomError(f"{_shown(path)}: line {n}: label field {cfg.label_field!r} is {what}, not a "
                                     f"label")
