@@ -347,10 +347,10 @@ def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> st
     return name
 
 
-def _slow_note(asked: str, resolved: str, device: torch.device, cell: str) -> str | None:
+def _slow_note(name: str, resolved: str, device: torch.device, cell: str) -> str | None:
     """The line that says a precision asked for by name runs emulated on this CPU (bf16 without AVX512-BF16 or
     AMX: 8-12x slower than fp32); auto never takes it."""
-    if asked == "auto" or resolved == "fp32" or device.type != "cpu":
+    if name == "auto" or resolved == "fp32" or device.type != "cpu":
         return None
     slower = 1 / speedup(device.type, cell, resolved)
     if slower < SLOW_NOTE:
